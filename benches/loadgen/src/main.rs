@@ -1,0 +1,945 @@
+//! loadgen: a small MQTT 3.1.1 load generator (blocking std sockets and
+//! threads) for comparing midge with Mosquitto. Talks to loopback only.
+//!
+//!   loadgen throughput --port P [--qos 0|1] [--publishers N] [--subscribers M]
+//!                      [--messages K] [--payload 16] [--window 64] [--timeout-secs 60]
+//!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16]
+//!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
+//!
+//! Every mode prints one machine-readable `RESULT key=value ...` line on
+//! stdout (diagnostics go to stderr, prefixed `loadgen:`).
+
+mod mqtt;
+mod net;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mqtt::FrameReader;
+
+const USAGE: &str = "\
+usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers N]
+                          [--subscribers M] [--messages K per publisher] [--payload BYTES]
+                          [--window 64] [--timeout-secs 60] [--grace-ms 2000]
+       loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16]
+                          [--timeout-secs 60]
+       loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
+                          [--batch 64] [--timeout-secs 120]
+Output: one `RESULT key=value ...` line on stdout. Targets must be 127.0.0.0/8.";
+
+const READ_POLL: Duration = Duration::from_millis(100);
+const BATCH_BYTES: usize = 64 * 1024;
+
+struct Args {
+    mode: String,
+    kv: HashMap<String, String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut it = std::env::args().skip(1);
+        let mode = it.next().ok_or("missing mode")?;
+        if mode == "-h" || mode == "--help" {
+            return Err(String::new());
+        }
+        let mut kv = HashMap::new();
+        while let Some(k) = it.next() {
+            let key = k.strip_prefix("--").ok_or_else(|| format!("unexpected argument {k}"))?;
+            let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+            kv.insert(key.to_string(), v);
+        }
+        Ok(Args { mode, kv })
+    }
+
+    fn take<T: std::str::FromStr>(&mut self, key: &str, default: Option<T>) -> Result<T, String> {
+        match self.kv.remove(key) {
+            Some(v) => v.parse().map_err(|_| format!("--{key}: bad value {v:?}")),
+            None => default.ok_or_else(|| format!("--{key} is required")),
+        }
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if let Some(k) = self.kv.keys().next() {
+            return Err(format!("unknown option --{k} for mode {}", self.mode));
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("loadgen: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match args.mode.clone().as_str() {
+        "throughput" => throughput(&mut args),
+        "latency" => latency(&mut args),
+        "idle" => idle(&mut args),
+        m => Err(format!("unknown mode {m}\n{USAGE}")),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn target(args: &mut Args) -> Result<SocketAddrV4, String> {
+    let host: String = args.take("host", Some("127.0.0.1".to_string()))?;
+    let port: u16 = args.take("port", None)?;
+    net::check_loopback(&host, port)
+}
+
+/// One MQTT client connection: a frame reader and an unbuffered writer on
+/// the same socket (writers batch into their own Vec).
+struct Conn {
+    rd: FrameReader<TcpStream>,
+    wr: TcpStream,
+}
+
+impl Conn {
+    fn open(
+        dst: SocketAddrV4,
+        src: Option<Ipv4Addr>,
+        id: &str,
+        keepalive: u16,
+        nodelay: bool,
+        rbuf: usize,
+        deadline: Instant,
+    ) -> io::Result<Conn> {
+        let s = net::connect_from(src, dst)?;
+        let c = Conn::start(s, id, keepalive, nodelay, rbuf)?;
+        c.finish_connect(deadline)
+    }
+
+    /// Connected socket -> CONNECT written (CONNACK not read yet).
+    fn start(s: TcpStream, id: &str, keepalive: u16, nodelay: bool, rbuf: usize) -> io::Result<Conn> {
+        s.set_nodelay(nodelay)?;
+        s.set_read_timeout(Some(READ_POLL))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let wr = s.try_clone()?;
+        let mut c = Conn { rd: FrameReader::new(s, rbuf), wr };
+        let mut p = Vec::with_capacity(64);
+        mqtt::connect(&mut p, id, keepalive);
+        c.wr.write_all(&p)?;
+        Ok(c)
+    }
+
+    fn finish_connect(mut self, deadline: Instant) -> io::Result<Conn> {
+        let b = self.rd.expect(mqtt::CONNACK, deadline, "CONNACK")?;
+        if b.len() != 2 {
+            return Err(mqtt::bad(format!("CONNACK with {} bytes", b.len())));
+        }
+        if b[1] != 0 {
+            return Err(mqtt::bad(format!("CONNACK refused, return code {}", b[1])));
+        }
+        Ok(self)
+    }
+
+    fn subscribe(&mut self, topic: &str, qos: u8, deadline: Instant) -> io::Result<u8> {
+        let mut p = Vec::new();
+        mqtt::subscribe(&mut p, 1, topic, qos);
+        self.wr.write_all(&p)?;
+        let b = self.rd.expect(mqtt::SUBACK, deadline, "SUBACK")?;
+        if b.len() != 3 || mqtt::packet_id(&b)? != 1 {
+            return Err(mqtt::bad("malformed SUBACK"));
+        }
+        if b[2] == 0x80 {
+            return Err(mqtt::bad("SUBACK: subscription refused (0x80)"));
+        }
+        Ok(b[2])
+    }
+
+    fn disconnect(&mut self) {
+        let mut p = Vec::new();
+        mqtt::disconnect(&mut p);
+        let _ = self.wr.write_all(&p);
+    }
+}
+
+// ---------------------------------------------------------------- throughput
+
+#[derive(Default)]
+struct SubStats {
+    received: u64,
+    unique: u64,
+    dups: u64,
+    bogus: u64,
+    last_recv: Option<Instant>,
+    first_recv: Option<Instant>,
+    error: Option<String>,
+    timed_out: bool,
+}
+
+struct PubStats {
+    done: Option<Instant>,
+    acked: u64,
+    error: Option<String>,
+    timed_out: bool,
+    conn: Option<Conn>,
+}
+
+fn throughput(args: &mut Args) -> Result<u8, String> {
+    let dst = target(args)?;
+    let qos: u8 = args.take("qos", Some(0))?;
+    let npub: usize = args.take("publishers", Some(1))?;
+    let nsub: usize = args.take("subscribers", Some(1))?;
+    let k: u64 = args.take("messages", Some(100_000))?;
+    let psize: usize = args.take("payload", Some(16))?;
+    let window: u64 = args.take("window", Some(64))?;
+    let timeout: f64 = args.take("timeout-secs", Some(60.0))?;
+    let grace_ms: u64 = args.take("grace-ms", Some(2000))?;
+    args.finish()?;
+    if qos > 1 {
+        return Err("--qos must be 0 or 1".into());
+    }
+    if psize < 8 {
+        return Err("--payload must be at least 8 bytes (publisher id + sequence)".into());
+    }
+    if npub == 0 || nsub == 0 || k == 0 || window == 0 || window > 60_000 {
+        return Err("publishers, subscribers, messages must be > 0; window in 1..60000".into());
+    }
+    if k > u32::MAX as u64 {
+        return Err("--messages too large".into());
+    }
+    net::raise_nofile((npub * 2 + nsub * 2 + 64) as u64);
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let run = std::process::id();
+    let topic = format!("loadgen/{run}/tp");
+    let expected = npub as u64 * k;
+    let pubs_done = Arc::new(AtomicBool::new(false));
+    let abort = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+
+    // Subscribers first; each reports ready after its SUBACK.
+    let mut subs = Vec::new();
+    for i in 0..nsub {
+        let topic = topic.clone();
+        let ready = ready_tx.clone();
+        let pubs_done = pubs_done.clone();
+        let abort = abort.clone();
+        let h = thread::Builder::new()
+            .name(format!("sub{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut st = SubStats::default();
+                let conn = Conn::open(dst, None, &format!("lg{run}-s{i}"), 60, false, 256 * 1024, deadline)
+                    .and_then(|mut c| c.subscribe(&topic, qos, deadline).map(|_| c));
+                let mut conn = match conn {
+                    Ok(c) => {
+                        let _ = ready.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("subscriber {i}: {e}")));
+                        st.error = Some(e.to_string());
+                        return st;
+                    }
+                };
+                drop(ready);
+                if let Err(e) = sub_loop(&mut conn, &mut st, k, expected, deadline, &pubs_done, &abort, grace_ms) {
+                    st.error = Some(format!("subscriber {i}: {e}"));
+                }
+                conn.disconnect();
+                st
+            })
+            .map_err(|e| e.to_string())?;
+        subs.push(h);
+    }
+
+    let barrier = Arc::new(Barrier::new(npub + 1));
+    let mut pubs = Vec::new();
+    for i in 0..npub {
+        let topic = topic.clone();
+        let ready = ready_tx.clone();
+        let barrier = barrier.clone();
+        let abort = abort.clone();
+        let h = thread::Builder::new()
+            .name(format!("pub{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut st = PubStats { done: None, acked: 0, error: None, timed_out: false, conn: None };
+                let conn = Conn::open(dst, None, &format!("lg{run}-p{i}"), 60, false, 64 * 1024, deadline);
+                let conn = match conn {
+                    Ok(c) => {
+                        let _ = ready.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("publisher {i}: {e}")));
+                        barrier.wait();
+                        st.error = Some(e.to_string());
+                        return st;
+                    }
+                };
+                drop(ready);
+                barrier.wait();
+                if abort.load(Ordering::Relaxed) {
+                    st.conn = Some(conn);
+                    return st;
+                }
+                let r = if qos == 0 {
+                    pub_qos0(conn, i as u32, k, psize, &topic, deadline, &mut st)
+                } else {
+                    pub_qos1(conn, i as u32, k, psize, window, &topic, deadline, &mut st)
+                };
+                if let Err(e) = r {
+                    st.error = Some(format!("publisher {i}: {e}"));
+                }
+                st
+            })
+            .map_err(|e| e.to_string())?;
+        pubs.push(h);
+    }
+    drop(ready_tx);
+
+    let mut setup_errors = Vec::new();
+    for _ in 0..(npub + nsub) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => setup_errors.push(e),
+            Err(_) => {
+                setup_errors.push("timed out during connection setup".into());
+                break;
+            }
+        }
+    }
+    if !setup_errors.is_empty() {
+        abort.store(true, Ordering::Relaxed);
+    }
+    let start = Instant::now();
+    barrier.wait();
+
+    let mut pub_done = start;
+    let mut errors = setup_errors;
+    let mut timed_out = false;
+    let mut acked = 0;
+    let mut keep = Vec::new(); // publisher connections stay open until subscribers finish
+    for h in pubs {
+        let mut st = h.join().map_err(|_| "publisher thread panicked".to_string())?;
+        if let Some(d) = st.done {
+            pub_done = pub_done.max(d);
+        }
+        acked += st.acked;
+        timed_out |= st.timed_out;
+        errors.extend(st.error.take());
+        keep.extend(st.conn.take());
+    }
+    pubs_done.store(true, Ordering::Relaxed);
+    if !errors.is_empty() {
+        abort.store(true, Ordering::Relaxed);
+    }
+
+    let (mut received, mut unique, mut dups, mut bogus) = (0u64, 0u64, 0u64, 0u64);
+    let mut last = None::<Instant>;
+    let mut first = None::<Instant>;
+    let mut min_unique = u64::MAX;
+    for h in subs {
+        let st = h.join().map_err(|_| "subscriber thread panicked".to_string())?;
+        received += st.received;
+        unique += st.unique;
+        dups += st.dups;
+        bogus += st.bogus;
+        min_unique = min_unique.min(st.unique);
+        timed_out |= st.timed_out;
+        errors.extend(st.error);
+        if let Some(t) = st.last_recv {
+            last = Some(last.map_or(t, |l: Instant| l.max(t)));
+        }
+        if let Some(t) = st.first_recv {
+            first = Some(first.map_or(t, |l: Instant| l.min(t)));
+        }
+    }
+    for mut c in keep {
+        c.disconnect();
+    }
+    let total_expected = expected * nsub as u64;
+    let lost = total_expected.saturating_sub(unique);
+    let elapsed = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
+    let pub_elapsed = pub_done.duration_since(start).as_secs_f64();
+    let rate = |n: u64, t: f64| if t > 0.0 { n as f64 / t } else { 0.0 };
+    let status = if !errors.is_empty() {
+        "error"
+    } else if timed_out {
+        "timeout"
+    } else if lost > 0 {
+        "loss"
+    } else {
+        "ok"
+    };
+    for e in &errors {
+        eprintln!("loadgen: {e}");
+    }
+    if qos == 1 && lost > 0 {
+        eprintln!("loadgen: QoS 1 LOSS: {lost} of {total_expected} deliveries missing (worst subscriber got {min_unique} of {expected} unique)");
+    }
+    println!(
+        "RESULT mode=throughput status={status} qos={qos} publishers={npub} subscribers={nsub} messages={k} \
+         payload={psize} window={window} expected={total_expected} delivered={received} unique={unique} lost={lost} \
+         dups={dups} bogus={bogus} acked={acked} elapsed_s={elapsed:.4} deliver_rate={:.0} \
+         first_delivery_ms={:.3} publish_elapsed_s={pub_elapsed:.4} publish_rate={:.0} errors={}",
+        rate(unique, elapsed),
+        first.map_or(-1.0, |f| f.duration_since(start).as_secs_f64() * 1e3),
+        rate(expected, pub_elapsed),
+        errors.len()
+    );
+    Ok(if status == "ok" || (status == "loss" && qos == 0) { 0 } else { 1 })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sub_loop(
+    conn: &mut Conn,
+    st: &mut SubStats,
+    k: u64,
+    expected: u64,
+    deadline: Instant,
+    pubs_done: &AtomicBool,
+    abort: &AtomicBool,
+    grace_ms: u64,
+) -> io::Result<()> {
+    let mut seen = vec![0u64; expected.div_ceil(64) as usize];
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut last_activity = Instant::now();
+    let grace = Duration::from_millis(grace_ms);
+    let r = sub_loop_inner(conn, st, k, expected, deadline, pubs_done, abort, grace, &mut seen, &mut out, &mut last_activity);
+    if st.unique < expected && std::env::var_os("LOADGEN_DEBUG").is_some() {
+        let npub = expected / k;
+        let mut per = Vec::new();
+        for p in 0..npub {
+            let mut c = 0;
+            let mut first_missing = None;
+            for s in 0..k {
+                let idx = p * k + s;
+                if seen[(idx / 64) as usize] & (1 << (idx % 64)) != 0 { c += 1 } else if first_missing.is_none() { first_missing = Some(s) }
+            }
+            per.push(format!("pub{p}:{c} first_missing={first_missing:?}"));
+        }
+        eprintln!("loadgen: debug subscriber missing: {}", per.join(" "));
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sub_loop_inner(
+    conn: &mut Conn,
+    st: &mut SubStats,
+    k: u64,
+    expected: u64,
+    deadline: Instant,
+    pubs_done: &AtomicBool,
+    abort: &AtomicBool,
+    grace: Duration,
+    seen: &mut [u64],
+    out: &mut Vec<u8>,
+    last_activity: &mut Instant,
+) -> io::Result<()> {
+    loop {
+        let mut got = false;
+        while let Some((hdr, body)) = conn.rd.next_buffered()? {
+            match hdr >> 4 {
+                mqtt::PUBLISH => {
+                    let p = mqtt::parse_publish(hdr, body)?;
+                    if p.qos == 1 {
+                        mqtt::puback(out, p.pid);
+                    }
+                    got = true;
+                    st.received += 1;
+                    if p.payload.len() < 8 {
+                        st.bogus += 1;
+                        continue;
+                    }
+                    let pubid = u32::from_be_bytes(p.payload[0..4].try_into().unwrap()) as u64;
+                    let seq = u32::from_be_bytes(p.payload[4..8].try_into().unwrap()) as u64;
+                    let idx = pubid * k + seq;
+                    if seq >= k || idx >= expected {
+                        st.bogus += 1;
+                        continue;
+                    }
+                    let (w, b) = ((idx / 64) as usize, idx % 64);
+                    if seen[w] & (1 << b) != 0 {
+                        st.dups += 1;
+                        let _ = p.dup;
+                    } else {
+                        seen[w] |= 1 << b;
+                        st.unique += 1;
+                    }
+                }
+                mqtt::PINGRESP => {}
+                t => return Err(mqtt::bad(format!("subscriber got unexpected packet type {t}"))),
+            }
+        }
+        let now = Instant::now();
+        if got {
+            st.last_recv = Some(now);
+            st.first_recv.get_or_insert(now);
+            *last_activity = now;
+        }
+        if !out.is_empty() {
+            conn.wr.write_all(out)?;
+            out.clear();
+        }
+        if st.unique >= expected {
+            return Ok(());
+        }
+        if now >= deadline {
+            st.timed_out = true;
+            return Ok(());
+        }
+        if abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if pubs_done.load(Ordering::Relaxed) && now.duration_since(*last_activity) > grace {
+            return Ok(()); // nothing more is coming: count the rest as lost
+        }
+        conn.rd.fill()?;
+    }
+}
+
+fn fill_payload(payload: &mut [u8], pubid: u32, seq: u32) {
+    payload[0..4].copy_from_slice(&pubid.to_be_bytes());
+    payload[4..8].copy_from_slice(&seq.to_be_bytes());
+}
+
+fn pub_qos0(
+    mut conn: Conn,
+    pubid: u32,
+    k: u64,
+    psize: usize,
+    topic: &str,
+    deadline: Instant,
+    st: &mut PubStats,
+) -> io::Result<()> {
+    let mut payload = vec![0u8; psize];
+    let mut buf = Vec::with_capacity(BATCH_BYTES + psize + 256);
+    let t = topic.as_bytes();
+    for seq in 0..k {
+        fill_payload(&mut payload, pubid, seq as u32);
+        mqtt::publish(&mut buf, t, 0, 0, &payload);
+        if buf.len() >= BATCH_BYTES {
+            conn.wr.write_all(&buf)?;
+            buf.clear();
+            if Instant::now() >= deadline {
+                st.timed_out = true;
+                break;
+            }
+        }
+    }
+    conn.wr.write_all(&buf)?;
+    st.done = Some(Instant::now());
+    st.conn = Some(conn);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pub_qos1(
+    conn: Conn,
+    pubid: u32,
+    k: u64,
+    psize: usize,
+    window: u64,
+    topic: &str,
+    deadline: Instant,
+    st: &mut PubStats,
+) -> io::Result<()> {
+    let Conn { mut rd, mut wr } = conn;
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let wake_at = Arc::new(AtomicU64::new(u64::MAX));
+    let low_water = window / 2;
+    let me = thread::current();
+    let reader = {
+        let acked = acked.clone();
+        let failed = failed.clone();
+        let wake_at = wake_at.clone();
+        thread::Builder::new().stack_size(256 * 1024).spawn(move || -> (FrameReader<TcpStream>, io::Result<bool>) {
+            let mut n = 0u64;
+            let r = (|| loop {
+                while let Some((hdr, body)) = rd.next_buffered()? {
+                    match hdr >> 4 {
+                        mqtt::PUBACK => {
+                            if mqtt::packet_id(body)? == 0 {
+                                return Err(mqtt::bad("PUBACK with packet id 0"));
+                            }
+                            n += 1;
+                        }
+                        mqtt::PINGRESP => {}
+                        t => return Err(mqtt::bad(format!("publisher got unexpected packet type {t}"))),
+                    }
+                }
+                acked.store(n, Ordering::SeqCst);
+                if n >= wake_at.load(Ordering::SeqCst) {
+                    me.unpark();
+                }
+                if n >= k {
+                    return Ok(false);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(true);
+                }
+                rd.fill()?;
+            })();
+            if r.is_err() {
+                failed.store(true, Ordering::Release);
+            }
+            me.unpark();
+            (rd, r)
+        })?
+    };
+    let mut payload = vec![0u8; psize];
+    let mut buf = Vec::with_capacity(BATCH_BYTES + psize + 256);
+    let t = topic.as_bytes();
+    let mut sent = 0u64;
+    let mut werr = None;
+    while sent < k {
+        if sent - acked.load(Ordering::Acquire) >= window {
+            // Window full: flush, then sleep until it has drained to the low
+            // watermark, so publishes go out in batches, not one by one.
+            if !buf.is_empty() {
+                if let Err(e) = wr.write_all(&buf) {
+                    werr = Some(e);
+                    break;
+                }
+                buf.clear();
+            }
+            let target = sent - low_water;
+            wake_at.store(target, Ordering::SeqCst);
+            while acked.load(Ordering::SeqCst) < target {
+                if failed.load(Ordering::Acquire) || Instant::now() >= deadline {
+                    break;
+                }
+                thread::park_timeout(Duration::from_millis(20));
+            }
+            wake_at.store(u64::MAX, Ordering::SeqCst);
+            if failed.load(Ordering::Acquire) || Instant::now() >= deadline {
+                break;
+            }
+            continue;
+        }
+        fill_payload(&mut payload, pubid, sent as u32);
+        let pid = (sent % 65535) as u16 + 1;
+        mqtt::publish(&mut buf, t, 1, pid, &payload);
+        sent += 1;
+        if buf.len() >= BATCH_BYTES {
+            if let Err(e) = wr.write_all(&buf) {
+                werr = Some(e);
+                break;
+            }
+            buf.clear();
+        }
+    }
+    if werr.is_none() && !buf.is_empty() {
+        werr = wr.write_all(&buf).err();
+    }
+    if werr.is_some() {
+        // Unblock the reader: it exits on its deadline or the closed socket.
+        let _ = wr.shutdown(std::net::Shutdown::Both);
+    }
+    let (rd, r) = reader.join().map_err(|_| mqtt::bad("publisher reader panicked"))?;
+    st.acked = acked.load(Ordering::Acquire);
+    if let Some(e) = werr {
+        return Err(e);
+    }
+    let timed_out = r?;
+    st.timed_out = timed_out;
+    if st.acked < k && !timed_out {
+        st.timed_out = true;
+    }
+    st.done = Some(Instant::now());
+    st.conn = Some(Conn { rd, wr });
+    Ok(())
+}
+
+// ------------------------------------------------------------------ latency
+
+fn latency(args: &mut Args) -> Result<u8, String> {
+    let dst = target(args)?;
+    let qos: u8 = args.take("qos", Some(1))?;
+    let count: usize = args.take("count", Some(10_000))?;
+    let warmup: usize = args.take("warmup", Some(200))?;
+    let psize: usize = args.take("payload", Some(16))?;
+    let timeout: f64 = args.take("timeout-secs", Some(60.0))?;
+    args.finish()?;
+    if qos > 1 || psize < 16 || count == 0 {
+        return Err("--qos 0|1, --payload >= 16, --count > 0".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let run = std::process::id();
+    let topic = format!("loadgen/{run}/lat");
+    let e = |w: &str, e: io::Error| format!("{w}: {e}");
+    let mut sub = Conn::open(dst, None, &format!("lg{run}-ls"), 60, true, 16 * 1024, deadline).map_err(|x| e("subscriber connect", x))?;
+    sub.subscribe(&topic, qos, deadline).map_err(|x| e("subscribe", x))?;
+    let mut pubc = Conn::open(dst, None, &format!("lg{run}-lp"), 60, true, 16 * 1024, deadline).map_err(|x| e("publisher connect", x))?;
+    // Sanity: PINGREQ/PINGRESP round trip.
+    let mut p = Vec::new();
+    mqtt::pingreq(&mut p);
+    pubc.wr.write_all(&p).map_err(|x| e("pingreq", x))?;
+    pubc.rd.expect(mqtt::PINGRESP, deadline, "PINGRESP").map_err(|x| e("pingreq", x))?;
+
+    let base = Instant::now();
+    let mut lats: Vec<u64> = Vec::with_capacity(count);
+    let mut payload = vec![0u8; psize];
+    let mut out = Vec::with_capacity(256);
+    let mut ack = Vec::with_capacity(8);
+    let mut status = "ok";
+    let mut err = None;
+    let mut stale = 0u64;
+    let t = topic.as_bytes();
+    'outer: for i in 0..(warmup + count) as u64 {
+        if Instant::now() >= deadline {
+            status = "timeout";
+            break;
+        }
+        let step_deadline = (Instant::now() + Duration::from_secs(5)).min(deadline);
+        let pid = (i % 65535) as u16 + 1;
+        let ts = base.elapsed().as_nanos() as u64;
+        payload[0..8].copy_from_slice(&i.to_be_bytes());
+        payload[8..16].copy_from_slice(&ts.to_be_bytes());
+        out.clear();
+        mqtt::publish(&mut out, t, qos, pid, &payload);
+        if let Err(x) = pubc.wr.write_all(&out) {
+            err = Some(e("publish", x));
+            break;
+        }
+        // Wait for the subscriber to receive message i.
+        loop {
+            match sub.rd.wait_frame(step_deadline) {
+                Ok(true) => {}
+                Ok(false) => {
+                    err = Some(format!("message {i} not delivered within 5 s"));
+                    break 'outer;
+                }
+                Err(x) => {
+                    err = Some(e("subscriber read", x));
+                    break 'outer;
+                }
+            }
+            let (hdr, body) = match sub.rd.next_buffered() {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(x) => {
+                    err = Some(e("subscriber parse", x));
+                    break 'outer;
+                }
+            };
+            let now = base.elapsed().as_nanos() as u64;
+            if hdr >> 4 != mqtt::PUBLISH {
+                continue;
+            }
+            let m = match mqtt::parse_publish(hdr, body) {
+                Ok(m) => m,
+                Err(x) => {
+                    err = Some(e("subscriber parse", x));
+                    break 'outer;
+                }
+            };
+            let seq = u64::from_be_bytes(m.payload[0..8].try_into().unwrap_or([0xff; 8]));
+            let sent_ts = u64::from_be_bytes(m.payload.get(8..16).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
+            let mpid = m.pid;
+            let mqos = m.qos;
+            if mqos == 1 {
+                ack.clear();
+                mqtt::puback(&mut ack, mpid);
+                if let Err(x) = sub.wr.write_all(&ack) {
+                    err = Some(e("subscriber puback", x));
+                    break 'outer;
+                }
+            }
+            if seq == i {
+                if i >= warmup as u64 {
+                    lats.push(now.saturating_sub(sent_ts) / 1000);
+                }
+                break;
+            }
+            stale += 1;
+        }
+        if qos == 1 {
+            match pubc.rd.expect(mqtt::PUBACK, step_deadline, "PUBACK") {
+                Ok(b) if mqtt::packet_id(&b).ok() == Some(pid) => {}
+                Ok(_) => {
+                    err = Some(format!("PUBACK for message {i} has the wrong packet id"));
+                    break;
+                }
+                Err(x) => {
+                    err = Some(e("publisher PUBACK", x));
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(x) = &err {
+        eprintln!("loadgen: {x}");
+        status = "error";
+    }
+    sub.disconnect();
+    pubc.disconnect();
+    lats.sort_unstable();
+    let pct = |q: f64| -> u64 {
+        if lats.is_empty() {
+            return 0;
+        }
+        lats[((lats.len() as f64 * q).ceil() as usize).clamp(1, lats.len()) - 1]
+    };
+    let mean = if lats.is_empty() { 0.0 } else { lats.iter().sum::<u64>() as f64 / lats.len() as f64 };
+    println!(
+        "RESULT mode=latency status={status} qos={qos} count={} warmup={warmup} payload={psize} stale={stale} \
+         p50_us={} p90_us={} p99_us={} p999_us={} max_us={} mean_us={mean:.1} min_us={}",
+        lats.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(0.999),
+        lats.last().copied().unwrap_or(0),
+        lats.first().copied().unwrap_or(0),
+    );
+    Ok(if status == "ok" { 0 } else { 1 })
+}
+
+// --------------------------------------------------------------------- idle
+
+fn idle(args: &mut Args) -> Result<u8, String> {
+    let dst = target(args)?;
+    let n: usize = args.take("connections", None)?;
+    let hold: f64 = args.take("hold-secs", Some(3.0))?;
+    let ips: String = args.take("source-ips", Some("auto".to_string()))?;
+    let batch: usize = args.take("batch", Some(64))?;
+    let timeout: f64 = args.take("timeout-secs", Some(120.0))?;
+    args.finish()?;
+    if !(0.0..=500.0).contains(&hold) {
+        return Err("--hold-secs must be 0..500 (keepalive is 600)".into());
+    }
+    let nips: usize = if ips == "auto" { n.div_ceil(5000).max(1) } else { ips.parse().map_err(|_| "--source-ips: number or auto")? };
+    let nips = nips.clamp(1, 250);
+    let limit = net::raise_nofile(n as u64 + 256);
+    if (limit as usize) < n + 16 {
+        return Err(format!("RLIMIT_NOFILE is {limit}, need {}: raise `ulimit -n`", n + 16));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let run = std::process::id();
+    let t0 = Instant::now();
+    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    let mut pending: Vec<Conn> = Vec::with_capacity(batch);
+    let mut ip_idx = 0usize;
+    let mut used_ips = nips;
+    let mut errors = 0u64;
+    let mut first_err = None::<String>;
+    let src_ip = |i: usize| Ipv4Addr::new(127, 0, 0, 1 + i as u8);
+    let mut i = 0usize;
+    while i < n {
+        if Instant::now() >= deadline {
+            first_err.get_or_insert("timed out while connecting".into());
+            break;
+        }
+        // Connect a batch, sending CONNECT on each, then collect the CONNACKs.
+        while pending.len() < batch && i + pending.len() < n {
+            let id = format!("lg{run}-i{}", i + pending.len());
+            let src = src_ip(ip_idx % used_ips);
+            ip_idx += 1;
+            match net::connect_from(Some(src), dst) {
+                Ok(s) => {
+                    net::set_linger_zero(&s);
+                    match Conn::start(s, &id, 600, false, 128) {
+                        Ok(c) => pending.push(c),
+                        Err(e) => {
+                            errors += 1;
+                            first_err.get_or_insert(format!("CONNECT write: {e}"));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable && used_ips < 250 => {
+                    // Ephemeral ports exhausted for this source IP: add another.
+                    used_ips += 1;
+                    eprintln!("loadgen: source {src} out of ports, now using {used_ips} source IPs");
+                }
+                Err(e) => {
+                    errors += 1;
+                    first_err.get_or_insert(format!("connect: {e}"));
+                    if errors > 100 {
+                        break;
+                    }
+                }
+            }
+            if errors > 100 {
+                break;
+            }
+        }
+        if errors > 100 {
+            break;
+        }
+        for c in pending.drain(..) {
+            i += 1;
+            match c.finish_connect(deadline) {
+                Ok(c) => conns.push(c),
+                Err(e) => {
+                    errors += 1;
+                    first_err.get_or_insert(format!("CONNACK: {e}"));
+                }
+            }
+        }
+        if errors > 100 {
+            break;
+        }
+    }
+    let connect_s = t0.elapsed().as_secs_f64();
+    println!("READY connections={} elapsed_s={connect_s:.3}", conns.len());
+    let _ = io::stdout().flush();
+    if let Some(e) = &first_err {
+        eprintln!("loadgen: {errors} connection errors, first: {e}");
+    }
+
+    // Hold (bounded), then check every connection still answers PINGREQ.
+    let hold_end = Instant::now() + Duration::from_secs_f64(hold);
+    while Instant::now() < hold_end {
+        thread::sleep(hold_end.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)));
+    }
+    let mut ping = Vec::new();
+    mqtt::pingreq(&mut ping);
+    let mut alive = 0usize;
+    let ping_deadline = Instant::now() + Duration::from_secs(20);
+    let mut write_failed = vec![false; conns.len()];
+    for (j, c) in conns.iter_mut().enumerate() {
+        if c.wr.write_all(&ping).is_err() {
+            write_failed[j] = true;
+        }
+    }
+    for (j, c) in conns.iter_mut().enumerate() {
+        if write_failed[j] {
+            continue;
+        }
+        if c.rd.expect(mqtt::PINGRESP, ping_deadline, "PINGRESP").is_ok() {
+            alive += 1;
+        }
+    }
+    let held = conns.len();
+    for c in conns.iter_mut() {
+        c.disconnect();
+    }
+    drop(conns);
+    let status = if held == n && alive == n { "ok" } else { "error" };
+    println!(
+        "RESULT mode=idle status={status} connections={n} connected={held} alive={alive} errors={errors} \
+         source_ips={used_ips} connect_s={connect_s:.3} connect_rate={:.0}",
+        if connect_s > 0.0 { held as f64 / connect_s } else { 0.0 }
+    );
+    Ok(if status == "ok" { 0 } else { 1 })
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Conn>();
+}

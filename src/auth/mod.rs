@@ -1,0 +1,2 @@
+pub mod acl;
+pub mod password;

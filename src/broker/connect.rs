@@ -1,0 +1,283 @@
+//! CONNECT: validation, authentication, client ids, session takeover and
+//! the CONNACK that follows once the session is in the durable state.
+
+use std::rc::Rc;
+
+use log::info;
+
+use super::state::{Command, WillMsg, EXPIRY_NEVER};
+use super::{Action, Broker, ConnId, Message, MessageProps, Phase};
+use crate::auth::acl::Access;
+use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};
+
+/// Mosquitto's limit for 3.1 client ids (MQTT 3.1 §3.1).
+const V31_CLIENT_ID_CHARS_MAX: usize = 23;
+
+impl Broker {
+    pub(super) fn on_connect(&mut self, conn: ConnId, cp: Connect, now: u64) {
+        let settings = self.settings.clone();
+        let lim = &settings.limits;
+        {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            c.version = cp.version;
+            c.username = cp.username.as_deref().map(Rc::from);
+        }
+        let v5 = cp.version.is_v5();
+        let mut ack_props = Properties::default();
+
+        // Client identifier [MQTT-3.1.3-6..9].
+        let client: Rc<str> = if cp.client_id.is_empty() {
+            if cp.version == Version::V31 || (cp.version == Version::V311 && !cp.clean_start) {
+                return self.refuse(
+                    conn,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    reason::V3_IDENTIFIER_REJECTED,
+                    "empty client id without clean session",
+                    now,
+                );
+            }
+            let id = self.assign_client_id(now);
+            if v5 {
+                ack_props.assigned_client_identifier = Some(id.to_string());
+            }
+            id
+        } else {
+            if cp.version == Version::V31 && cp.client_id.chars().count() > V31_CLIENT_ID_CHARS_MAX {
+                return self.refuse(
+                    conn,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    reason::V3_IDENTIFIER_REJECTED,
+                    "3.1 client id longer than 23 characters",
+                    now,
+                );
+            }
+            Rc::from(cp.client_id.as_str())
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.client = Some(client.clone());
+        }
+
+        if cp.properties.authentication_method.is_some() {
+            // No enhanced authentication method is offered [MQTT-4.12.0-1].
+            return self.refuse(
+                conn,
+                reason::BAD_AUTHENTICATION_METHOD,
+                reason::V3_NOT_AUTHORIZED,
+                "unsupported authentication method",
+                now,
+            );
+        }
+        match (&settings.passwords, cp.username.as_deref()) {
+            (_, None) if !settings.allow_anonymous => {
+                return self.refuse(
+                    conn,
+                    reason::NOT_AUTHORIZED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "not authorised (anonymous)",
+                    now,
+                );
+            }
+            (Some(pw), Some(user)) => {
+                if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) {
+                    return self.refuse(
+                        conn,
+                        reason::BAD_USER_NAME_OR_PASSWORD,
+                        reason::V3_BAD_USER_NAME_OR_PASSWORD,
+                        "bad user name or password",
+                        now,
+                    );
+                }
+            }
+            (None, Some(_)) if !settings.allow_anonymous => {
+                return self.refuse(
+                    conn,
+                    reason::NOT_AUTHORIZED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "not authorised (no password_file)",
+                    now,
+                );
+            }
+            _ => {}
+        }
+
+        // Keep alive [MQTT-3.1.2-22/24]; v5 Server Keep Alive.
+        let mut keep_alive = cp.keep_alive;
+        let max_ka = lim.keepalive_secs_max;
+        if max_ka < u16::MAX && (keep_alive > max_ka || keep_alive == 0) {
+            if v5 {
+                keep_alive = max_ka;
+                ack_props.server_keep_alive = Some(max_ka);
+            } else {
+                return self.refuse(
+                    conn,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    reason::V3_IDENTIFIER_REJECTED,
+                    "keep alive above max_keepalive",
+                    now,
+                );
+            }
+        }
+
+        // Will.
+        let mut will = None;
+        if let Some(w) = &cp.will {
+            if !topic::valid_topic_name(&w.topic) {
+                return self.refuse(
+                    conn,
+                    reason::TOPIC_NAME_INVALID,
+                    reason::V3_NOT_AUTHORIZED,
+                    "invalid will topic",
+                    now,
+                );
+            }
+            if w.qos as u8 > settings.max_qos {
+                return self.refuse(
+                    conn,
+                    reason::QOS_NOT_SUPPORTED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "will QoS above max_qos",
+                    now,
+                );
+            }
+            if w.retain && !settings.retain_available {
+                return self.refuse(
+                    conn,
+                    reason::RETAIN_NOT_SUPPORTED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "retained will but retain_available is false",
+                    now,
+                );
+            }
+            if w.payload.len() > lim.message_bytes_max as usize {
+                return self.refuse(
+                    conn,
+                    reason::PACKET_TOO_LARGE,
+                    reason::V3_NOT_AUTHORIZED,
+                    "will payload over message_size_limit",
+                    now,
+                );
+            }
+            if !settings.allowed(&client, cp.username.as_deref(), &w.topic, Access::Write) {
+                return self.refuse(
+                    conn,
+                    reason::NOT_AUTHORIZED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "will topic not authorised",
+                    now,
+                );
+            }
+            let msg = Message {
+                topic: Rc::from(w.topic.as_str()),
+                payload: Rc::from(&w.payload[..]),
+                qos: w.qos,
+                retain: w.retain,
+                props: MessageProps::from_properties(&w.properties),
+                // Expiry counts from when the will is published; kept relative
+                // here is not possible in a shared Message, so it counts from
+                // now, which is earlier than the spec's start and never later.
+                expires_at_ms: w.properties.message_expiry_interval.map(|s| now + s as u64 * 1000),
+                origin: Some(client.clone()),
+            };
+            will = Some(WillMsg { msg, delay_secs: w.properties.will_delay_interval.unwrap_or(0) });
+        }
+
+        // Session expiry: 3.1.1 clean session 0 means "until the client
+        // cleans it", capped by persistent_client_expiration.
+        let requested = if v5 {
+            cp.properties.session_expiry_interval.unwrap_or(0)
+        } else if cp.clean_start {
+            0
+        } else {
+            EXPIRY_NEVER
+        };
+        let expiry = self.cap_expiry(requested);
+        if v5 && expiry != requested {
+            ack_props.session_expiry_interval = Some(expiry);
+        }
+
+        let c = self.conns.get_mut(&conn).expect("connection checked above");
+        c.keep_alive_ms = keep_alive as u64 * 1000;
+        c.session_expiry_secs = expiry;
+        c.phase = Phase::Connecting;
+        if v5 {
+            c.packet_bytes_out_max = cp.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            c.alias_out_max = cp.properties.topic_alias_maximum.unwrap_or(0);
+        }
+        let window = if v5 { cp.properties.receive_maximum.unwrap_or(u16::MAX) } else { u16::MAX }
+            .min(lim.inflight_messages_max);
+        if settings.connection_messages {
+            info!(
+                "New client connected from {} as {} (p{}, c{}, k{}{}).",
+                c.peer,
+                client,
+                cp.version.level(),
+                cp.clean_start as u8,
+                keep_alive,
+                cp.username.as_deref().map(|u| format!(", u'{}'", u)).unwrap_or_default()
+            );
+        }
+        if v5 {
+            if lim.inflight_messages_max < u16::MAX {
+                ack_props.receive_maximum = Some(lim.inflight_messages_max);
+            }
+            ack_props.topic_alias_maximum = (lim.topic_alias_max > 0).then_some(lim.topic_alias_max);
+            ack_props.maximum_packet_size = Some(lim.packet_bytes_max);
+            if settings.max_qos < 2 {
+                ack_props.maximum_qos = Some(settings.max_qos);
+            }
+            if !settings.retain_available {
+                ack_props.retain_available = Some(0);
+            }
+        }
+        c.connack = Some(ConnAck { session_present: false, code: 0, properties: ack_props });
+
+        // Session takeover [MQTT-3.1.4-3].
+        if let Some(old) = self.by_client.insert(client.clone(), conn) {
+            if old != conn {
+                if settings.connection_messages {
+                    info!("Client {} already connected, closing old connection.", client);
+                }
+                if let Some(oc) = self.conns.get_mut(&old) {
+                    // The Connect command ends the old connection in the
+                    // durable session (its will included).
+                    oc.session_closed = true;
+                    if oc.phase != Phase::Closing {
+                        let v = oc.version;
+                        oc.phase = Phase::Closing;
+                        if v == Version::V5 {
+                            self.actions.push(Action::Send(
+                                old,
+                                Packet::Disconnect(Disconnect {
+                                    code: reason::SESSION_TAKEN_OVER,
+                                    properties: Default::default(),
+                                }),
+                            ));
+                        }
+                        self.actions.push(Action::Close(old));
+                    }
+                }
+            }
+        }
+        self.propose(
+            now,
+            Command::Connect {
+                client,
+                username: cp.username.as_deref().map(Rc::from),
+                clean_start: cp.clean_start,
+                expiry_secs: expiry,
+                window,
+                will,
+            },
+        );
+    }
+
+    fn assign_client_id(&mut self, now: u64) -> Rc<str> {
+        loop {
+            self.next_assigned_id += 1;
+            let id: Rc<str> = Rc::from(format!("midge-{:x}-{:x}", now, self.next_assigned_id));
+            if !self.state.sessions.contains_key(&id) && !self.by_client.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! The broker state machine. It owns the volatile per-connection state
+//! (protocol version, keep alive, topic aliases, flow control) and the
+//! durable `State`, which it changes only by proposing `Command`s.
+//!
+//! Events go in (`open`, `packet`, `closed`, `tick`) with the current time;
+//! `Action`s come out (send a packet, close a connection). It never touches
+//! a socket or a clock, so tests, the fuzzer and the cluster simulation run
+//! it as is.
+
+mod connect;
+pub mod message;
+pub mod settings;
+pub mod state;
+mod sys;
+pub mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use log::{debug, info, warn};
+
+use crate::auth::acl::Access;
+use crate::mqtt::codec::{encoded_len, DecodeError};
+use crate::mqtt::{reason, topic, Disconnect, Packet, PubResp, Publish, QoS, SubAck, SubOptions, UnsubAck, Version};
+pub use message::{Message, MessageProps};
+pub use settings::Settings;
+use state::{AckKind, Command, Delivery, Effect, Entry, State, SubscribeReq};
+use tree::{SubEntry, SubOptionsRepr};
+
+pub type ConnId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(ConnId, Packet),
+    /// Flush what is queued for the connection, then close it.
+    Close(ConnId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// TCP accepted, no CONNECT yet.
+    New,
+    /// CONNECT accepted, waiting for the Connect command to apply.
+    Connecting,
+    Connected,
+    /// Closed by the broker; nothing more is read from it.
+    Closing,
+}
+
+struct Conn {
+    phase: Phase,
+    peer: Rc<str>,
+    version: Version,
+    client: Option<Rc<str>>,
+    username: Option<Rc<str>>,
+    keep_alive_ms: u64,
+    last_rx_ms: u64,
+    opened_ms: u64,
+    /// Client's Maximum Packet Size.
+    packet_bytes_out_max: u32,
+    /// Client's Topic Alias Maximum and the aliases we assigned.
+    alias_out_max: u16,
+    alias_out: HashMap<Rc<str>, u16>,
+    alias_in: HashMap<u16, Rc<str>>,
+    /// QoS 1/2 PUBLISHes received and not yet completed (Receive Maximum).
+    inbound_unacked: u32,
+    /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
+    session_expiry_secs: u32,
+    connack: Option<crate::mqtt::ConnAck>,
+    /// Whether the durable session knows this connection ended.
+    session_closed: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub publish_received: u64,
+    pub publish_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub dropped_qos0: u64,
+    pub dropped_queue_full: u64,
+    pub clients_maximum: u64,
+}
+
+pub struct Broker {
+    pub settings: Rc<Settings>,
+    pub state: State,
+    conns: HashMap<ConnId, Conn>,
+    by_client: HashMap<Rc<str>, ConnId>,
+    congested: HashSet<ConnId>,
+    actions: Vec<Action>,
+    effects: Vec<Effect>,
+    /// Commands proposed and not yet applied.
+    proposals: Vec<Entry>,
+    /// Single-node, in-memory mode: proposals apply at once.
+    auto_commit: bool,
+    next_assigned_id: u64,
+    pub stats: Stats,
+    started_ms: u64,
+    last_sys_ms: u64,
+    sys_retained: std::collections::BTreeMap<Rc<str>, Message>,
+    last_tick_cmd_ms: u64,
+}
+
+impl Broker {
+    pub fn new(settings: Rc<Settings>, now_ms: u64) -> Broker {
+        Broker {
+            settings,
+            state: State::default(),
+            conns: HashMap::new(),
+            by_client: HashMap::new(),
+            congested: HashSet::new(),
+            actions: Vec::new(),
+            effects: Vec::new(),
+            proposals: Vec::new(),
+            auto_commit: true,
+            next_assigned_id: 0,
+            stats: Stats::default(),
+            started_ms: now_ms,
+            last_sys_ms: 0,
+            sys_retained: Default::default(),
+            last_tick_cmd_ms: now_ms,
+        }
+    }
+
+    /// Actions produced so far; the runtime drains them after every call.
+    pub fn take_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        self.actions.drain(..)
+    }
+
+    /// Protocol version of a connection once CONNECT was decoded (the
+    /// codec needs it for everything after CONNECT).
+    pub fn version(&self, conn: ConnId) -> Option<Version> {
+        self.conns.get(&conn).and_then(|c| (c.phase != Phase::New).then_some(c.version))
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The runtime's outgoing buffer for `conn` is over its bound (QoS 0
+    /// messages to it are dropped) or drained again.
+    pub fn set_congested(&mut self, conn: ConnId, congested: bool) {
+        if congested {
+            self.congested.insert(conn);
+        } else {
+            self.congested.remove(&conn);
+        }
+    }
+
+    pub fn count_bytes(&mut self, received: u64, sent: u64) {
+        self.stats.bytes_received += received;
+        self.stats.bytes_sent += sent;
+    }
+
+    pub fn open(&mut self, conn: ConnId, peer: &str, now: u64) {
+        self.conns.insert(
+            conn,
+            Conn {
+                phase: Phase::New,
+                peer: Rc::from(peer),
+                version: Version::V311,
+                client: None,
+                username: None,
+                keep_alive_ms: 0,
+                last_rx_ms: now,
+                opened_ms: now,
+                packet_bytes_out_max: u32::MAX,
+                alias_out_max: 0,
+                alias_out: HashMap::new(),
+                alias_in: HashMap::new(),
+                inbound_unacked: 0,
+                session_expiry_secs: 0,
+                connack: None,
+                session_closed: true,
+            },
+        );
+    }
+
+    /// The socket closed or failed: an ungraceful end (will published).
+    pub fn closed(&mut self, conn: ConnId, now: u64) {
+        if let Some(c) = self.conns.get(&conn) {
+            if c.phase == Phase::Connected && self.settings.connection_messages {
+                info!("Client {} closed its connection.", c.client.as_deref().unwrap_or("<unknown>"));
+            }
+        }
+        self.end_session_link(conn, true, None, now);
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(id) = c.client {
+                if self.by_client.get(&id) == Some(&conn) {
+                    self.by_client.remove(&id);
+                }
+            }
+        }
+        self.congested.remove(&conn);
+        self.commit(now);
+    }
+
+    /// Record in the durable session that its connection ended.
+    fn end_session_link(&mut self, conn: ConnId, will: bool, expiry: Option<u32>, now: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.session_closed {
+            return;
+        }
+        c.session_closed = true;
+        let Some(client) = c.client.clone() else { return };
+        let expiry_secs = expiry.unwrap_or(c.session_expiry_secs);
+        self.propose(now, Command::Disconnect { client, will, expiry_secs });
+    }
+
+    /// The codec rejected the bytes of `conn`.
+    pub fn decode_error(&mut self, conn: ConnId, err: &DecodeError, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let who = c.client.clone().unwrap_or_else(|| c.peer.clone());
+        match err {
+            DecodeError::UnsupportedVersion(level) => {
+                info!("Client {} refused: unsupported protocol version {}.", who, level);
+                // Answered in the 3.1.1 form, as a client of any level can read it.
+                self.actions.push(Action::Send(
+                    conn,
+                    Packet::ConnAck(crate::mqtt::ConnAck {
+                        session_present: false,
+                        code: reason::V3_UNACCEPTABLE_PROTOCOL_VERSION,
+                        properties: Default::default(),
+                    }),
+                ));
+                self.close(conn, None, now);
+            }
+            DecodeError::TooLarge { size, max } => {
+                warn!("Client {} sent a packet of {} bytes, over the maximum of {}; disconnecting.", who, size, max);
+                self.close(conn, Some(reason::PACKET_TOO_LARGE), now);
+            }
+            DecodeError::Malformed(what) => {
+                warn!("Client {} sent a malformed packet ({}); disconnecting.", who, what);
+                self.close(conn, Some(reason::MALFORMED_PACKET), now);
+            }
+            DecodeError::Protocol(what) => {
+                warn!("Client {} violated the protocol ({}); disconnecting.", who, what);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+        }
+        self.commit(now);
+    }
+
+    /// Close a connection from the broker side: a v5 client first gets a
+    /// DISCONNECT with `reason` [MQTT-4.13.1-1]. The will is published.
+    fn close(&mut self, conn: ConnId, reason_code: Option<u8>, now: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.phase == Phase::Closing {
+            return;
+        }
+        let was_connected = c.phase == Phase::Connected;
+        c.phase = Phase::Closing;
+        if let (Some(code), Version::V5, true) = (reason_code, c.version, was_connected) {
+            self.actions
+                .push(Action::Send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() })));
+        }
+        self.actions.push(Action::Close(conn));
+        self.end_session_link(conn, true, None, now);
+    }
+
+    /// Same as `close` before CONNACK: v5 errors go in the CONNACK instead.
+    fn refuse(&mut self, conn: ConnId, v5_code: u8, v3_code: u8, why: &str, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let code = if c.version.is_v5() { v5_code } else { v3_code };
+        if self.settings.connection_messages {
+            info!("Client {} from {} refused: {}.", c.client.as_deref().unwrap_or("<unknown>"), c.peer, why);
+        }
+        self.actions.push(Action::Send(
+            conn,
+            Packet::ConnAck(crate::mqtt::ConnAck { session_present: false, code, properties: Default::default() }),
+        ));
+        self.close(conn, None, now);
+    }
+
+    fn propose(&mut self, now_ms: u64, cmd: Command) {
+        if let Command::Acked { client, acks } = &cmd {
+            if let Some(Entry { cmd: Command::Acked { client: c2, acks: a2 }, .. }) = self.proposals.last_mut() {
+                if c2 == client {
+                    a2.extend_from_slice(acks);
+                    return;
+                }
+            }
+        }
+        self.proposals.push(Entry { now_ms, cmd });
+    }
+
+    /// Commands proposed since the last call, for a replicating runtime.
+    pub fn take_proposals(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.proposals)
+    }
+
+    /// Apply a committed entry and act on its effects.
+    pub fn apply_committed(&mut self, e: &Entry, now: u64) {
+        let settings = self.settings.clone();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+        let mut effects = std::mem::take(&mut self.effects);
+        self.state.apply(e, &settings.apply, &acl, &mut effects);
+        for eff in effects.drain(..) {
+            self.on_effect(eff, now);
+        }
+        self.effects = effects;
+    }
+
+    fn commit(&mut self, now: u64) {
+        if !self.auto_commit {
+            return;
+        }
+        while !self.proposals.is_empty() {
+            let batch = std::mem::take(&mut self.proposals);
+            for e in &batch {
+                self.apply_committed(e, now);
+            }
+        }
+    }
+
+    fn conn_of(&self, client: &str) -> Option<ConnId> {
+        self.by_client.get(client).copied()
+    }
+
+    fn on_effect(&mut self, eff: Effect, now: u64) {
+        match eff {
+            Effect::Connected { client, session_present } => {
+                let Some(id) = self.conn_of(&client) else { return };
+                let Some(c) = self.conns.get_mut(&id) else { return };
+                if c.phase != Phase::Connecting {
+                    return;
+                }
+                c.phase = Phase::Connected;
+                c.session_closed = false;
+                if let Some(mut ack) = c.connack.take() {
+                    ack.session_present = session_present;
+                    self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
+                }
+            }
+            Effect::Deliver { client, packet_id, delivery, dup } => {
+                self.deliver(&client, packet_id, &delivery, dup, now)
+            }
+            Effect::SendPubRel { client, packet_id } | Effect::PubRel { client, packet_id } => {
+                self.send_to_client(
+                    &client,
+                    Packet::PubRel(PubResp { packet_id, code: 0, properties: Default::default() }),
+                );
+            }
+            Effect::PubAck { client, packet_id, code } => {
+                self.inbound_done(&client);
+                self.send_to_client(
+                    &client,
+                    Packet::PubAck(PubResp { packet_id, code, properties: Default::default() }),
+                );
+            }
+            Effect::PubRec { client, packet_id, code } => {
+                self.send_to_client(
+                    &client,
+                    Packet::PubRec(PubResp { packet_id, code, properties: Default::default() }),
+                );
+            }
+            Effect::PubComp { client, packet_id, code } => {
+                self.inbound_done(&client);
+                self.send_to_client(
+                    &client,
+                    Packet::PubComp(PubResp { packet_id, code, properties: Default::default() }),
+                );
+            }
+            Effect::SubAck { client, packet_id, codes } => {
+                self.send_to_client(
+                    &client,
+                    Packet::SubAck(SubAck { packet_id, codes, properties: Default::default() }),
+                );
+            }
+            Effect::UnsubAck { client, packet_id, codes } => {
+                self.send_to_client(
+                    &client,
+                    Packet::UnsubAck(UnsubAck { packet_id, codes, properties: Default::default() }),
+                );
+            }
+            Effect::QueueFull { client } => {
+                self.stats.dropped_queue_full += 1;
+                debug!("Outgoing messages are being dropped for client {}.", client);
+            }
+            Effect::SessionExpired { client } => {
+                info!("Expiring client {} due to timeout.", client);
+            }
+            Effect::WillPublished { client } => {
+                debug!("Will message of client {} published.", client);
+            }
+        }
+    }
+
+    fn inbound_done(&mut self, client: &str) {
+        if let Some(id) = self.conn_of(client) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
+            }
+        }
+    }
+
+    fn send_to_client(&mut self, client: &str, p: Packet) {
+        if let Some(id) = self.conn_of(client) {
+            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
+                self.stats.messages_sent += 1;
+                self.actions.push(Action::Send(id, p));
+            }
+        }
+    }
+
+    /// Turn a delivery into a PUBLISH for the client's connection.
+    fn deliver(&mut self, client: &Rc<str>, packet_id: Option<u16>, d: &Delivery, dup: bool, now: u64) {
+        let Some(id) = self.conn_of(client) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.phase != Phase::Connected {
+            return;
+        }
+        if packet_id.is_none() && self.congested.contains(&id) {
+            self.stats.dropped_qos0 += 1;
+            return;
+        }
+        let mut p = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: d.msg.topic.clone(),
+            packet_id,
+            payload: d.msg.payload.clone(),
+            properties: Default::default(),
+        };
+        if c.version.is_v5() {
+            if let Some(props) = &d.msg.props {
+                props.write_into(&mut p.properties);
+            }
+            p.properties.message_expiry_interval = d.msg.remaining_expiry_secs(now);
+            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            if c.alias_out_max > 0 {
+                if let Some(a) = c.alias_out.get(&d.msg.topic) {
+                    p.properties.topic_alias = Some(*a);
+                    p.topic = Rc::from("");
+                } else if c.alias_out.len() < c.alias_out_max as usize {
+                    let a = c.alias_out.len() as u16 + 1;
+                    c.alias_out.insert(d.msg.topic.clone(), a);
+                    p.properties.topic_alias = Some(a);
+                }
+            }
+        }
+        let packet = Packet::Publish(p);
+        if encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize {
+            // Too large for the client: discarded as if sent [MQTT-3.1.2-25].
+            debug!("Dropping message on {} for client {}: larger than its Maximum Packet Size.", d.msg.topic, client);
+            if let Some(pid) = packet_id {
+                self.propose(now, Command::Acked { client: client.clone(), acks: vec![(pid, AckKind::Discard)] });
+            }
+            return;
+        }
+        self.stats.messages_sent += 1;
+        self.stats.publish_sent += 1;
+        self.actions.push(Action::Send(id, packet));
+    }
+
+    /// A packet decoded from `conn`.
+    pub fn packet(&mut self, conn: ConnId, p: Packet, now: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.last_rx_ms = now;
+        let phase = c.phase;
+        self.stats.messages_received += 1;
+        match (phase, p) {
+            (Phase::Closing, _) => {}
+            (Phase::New, Packet::Connect(cp)) => self.on_connect(conn, *cp, now),
+            (Phase::New, other) => {
+                warn!("Client {} sent {} before CONNECT; disconnecting.", self.who(conn), other.name());
+                self.close(conn, None, now);
+            }
+            (_, Packet::Connect(_)) => {
+                // A second CONNECT is a protocol violation [MQTT-3.1.0-2].
+                warn!("Client {} sent a second CONNECT; disconnecting.", self.who(conn));
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+            (Phase::Connecting, other) => {
+                // Only reachable while a Connect command awaits commit.
+                self.packet_connected(conn, other, now);
+            }
+            (Phase::Connected, other) => self.packet_connected(conn, other, now),
+        }
+        self.commit(now);
+    }
+
+    fn who(&self, conn: ConnId) -> Rc<str> {
+        match self.conns.get(&conn) {
+            Some(c) => c.client.clone().unwrap_or_else(|| c.peer.clone()),
+            None => Rc::from("<unknown>"),
+        }
+    }
+
+    fn packet_connected(&mut self, conn: ConnId, p: Packet, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(client) = c.client.clone() else { return };
+        match p {
+            Packet::Publish(p) => self.on_publish(conn, client, p, now),
+            Packet::PubAck(r) => {
+                self.propose(now, Command::Acked { client, acks: vec![(r.packet_id, AckKind::PubAck)] })
+            }
+            Packet::PubRec(r) => {
+                // A PUBREC with an error code ends the QoS 2 flow (v5 §4.3.3).
+                let kind = if r.code >= 0x80 { AckKind::Discard } else { AckKind::PubRec };
+                self.propose(now, Command::Acked { client, acks: vec![(r.packet_id, kind)] })
+            }
+            Packet::PubComp(r) => {
+                self.propose(now, Command::Acked { client, acks: vec![(r.packet_id, AckKind::PubComp)] })
+            }
+            Packet::PubRel(r) => self.propose(now, Command::Release { client, packet_id: r.packet_id }),
+            Packet::Subscribe(s) => self.on_subscribe(conn, client, s, now),
+            Packet::Unsubscribe(u) => {
+                if self.settings.connection_messages {
+                    for f in &u.filters {
+                        debug!("{} 0 {}", client, f);
+                    }
+                }
+                self.propose(now, Command::Unsubscribe { client, packet_id: u.packet_id, filters: u.filters });
+            }
+            Packet::PingReq => {
+                self.stats.messages_sent += 1;
+                self.actions.push(Action::Send(conn, Packet::PingResp));
+            }
+            Packet::Disconnect(d) => self.on_disconnect(conn, client, d, now),
+            Packet::Auth(_) => {
+                // No enhanced authentication method is offered, so an AUTH
+                // packet is a protocol error [MQTT-4.12.0-1].
+                warn!("Client {} sent AUTH without an authentication method; disconnecting.", client);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+            other => {
+                warn!("Client {} sent {}, which only a server may send; disconnecting.", client, other.name());
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, conn: ConnId, client: Rc<str>, d: Disconnect, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let mut expiry = None;
+        if let Some(e) = d.properties.session_expiry_interval {
+            if c.session_expiry_secs == 0 && e != 0 {
+                // [MQTT-3.14.2-2]
+                warn!(
+                    "Client {} tried to set a session expiry at DISCONNECT after connecting with 0; disconnecting.",
+                    client
+                );
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+                return;
+            }
+            expiry = Some(self.cap_expiry(e));
+        }
+        if self.settings.connection_messages {
+            info!("Client {} disconnected.", client);
+        }
+        // Reason 0x04 keeps the will; any other DISCONNECT discards it.
+        let will = d.code == reason::DISCONNECT_WITH_WILL;
+        self.end_session_link(conn, will, expiry, now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::Closing;
+        }
+        self.actions.push(Action::Close(conn));
+    }
+
+    fn cap_expiry(&self, secs: u32) -> u32 {
+        match self.settings.persistent_expiry_secs_max {
+            Some(m) if secs > m => m,
+            _ => secs,
+        }
+    }
+
+    fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
+        self.stats.publish_received += 1;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let v5 = c.version.is_v5();
+        // Topic Alias (v5 §3.3.2.3.4).
+        if let Some(a) = p.properties.topic_alias {
+            if a == 0 || a > self.settings.limits.topic_alias_max {
+                warn!(
+                    "Client {} used topic alias {} outside 1..={}; disconnecting.",
+                    client, a, self.settings.limits.topic_alias_max
+                );
+                self.close(conn, Some(reason::TOPIC_ALIAS_INVALID), now);
+                return;
+            }
+            if p.topic.is_empty() {
+                match c.alias_in.get(&a) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        warn!("Client {} used unknown topic alias {}; disconnecting.", client, a);
+                        self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+                        return;
+                    }
+                }
+            } else {
+                c.alias_in.insert(a, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
+            warn!("Client {} published to an invalid topic; disconnecting.", client);
+            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
+            return;
+        }
+        if topic::level_count(&p.topic) > self.settings.limits.topic_levels_max as usize {
+            warn!(
+                "Client {} published to a topic with more than {} levels; disconnecting.",
+                client, self.settings.limits.topic_levels_max
+            );
+            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
+            return;
+        }
+        if p.qos as u8 > self.settings.max_qos {
+            warn!(
+                "Client {} published at QoS {} above max_qos {}; disconnecting.",
+                client, p.qos as u8, self.settings.max_qos
+            );
+            self.close(conn, Some(reason::QOS_NOT_SUPPORTED), now);
+            return;
+        }
+        if p.retain && !self.settings.retain_available {
+            warn!("Client {} published a retained message but retain_available is false; disconnecting.", client);
+            self.close(conn, Some(reason::RETAIN_NOT_SUPPORTED), now);
+            return;
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos != QoS::AtMostOnce {
+            let known_qos2 = p.qos == QoS::ExactlyOnce
+                && self.state.sessions.get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
+            if !known_qos2 {
+                c.inbound_unacked += 1;
+                if c.inbound_unacked > self.settings.limits.inflight_messages_max as u32 {
+                    warn!(
+                        "Client {} exceeded the Receive Maximum of {}; disconnecting.",
+                        client, self.settings.limits.inflight_messages_max
+                    );
+                    self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
+                    return;
+                }
+            }
+        }
+        let username = c.username.clone();
+        // Checks that refuse this one message but keep the connection.
+        let refusal = if p.payload.len() > self.settings.limits.message_bytes_max as usize {
+            Some((reason::PACKET_TOO_LARGE, "payload over message_size_limit"))
+        } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims"))
+        } else if !self.settings.allowed(&client, username.as_deref(), &p.topic, Access::Write) {
+            Some((reason::NOT_AUTHORIZED, "not authorised by the ACL"))
+        } else if p.qos != QoS::AtMostOnce || p.retain {
+            let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
+            (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max)
+                .then_some((reason::QUOTA_EXCEEDED, "memory_limit reached"))
+        } else {
+            None
+        };
+        if let Some((code, why)) = refusal {
+            info!("Denied PUBLISH from {} to {} ({}).", client, p.topic, why);
+            if code == reason::QUOTA_EXCEEDED && !v5 && p.qos != QoS::AtMostOnce {
+                // 3.1.1 has no negative acknowledgement; not acknowledging
+                // keeps the message with the client, which resends it.
+                self.close(conn, None, now);
+                return;
+            }
+            // v5 gets the reason in its PUBACK/PUBREC; 3.1.1 is acknowledged
+            // and the message discarded, as Mosquitto does.
+            let code = if v5 { code } else { 0 };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.inbound_done(&client);
+                    self.actions.push(Action::Send(
+                        conn,
+                        Packet::PubAck(PubResp { packet_id: pid, code, properties: Default::default() }),
+                    ));
+                }
+                QoS::ExactlyOnce => {
+                    // 3.1.1 completes the flow normally, without routing;
+                    // a later PUBREL gets its PUBCOMP.
+                    self.inbound_done(&client);
+                    self.actions.push(Action::Send(
+                        conn,
+                        Packet::PubRec(PubResp { packet_id: pid, code, properties: Default::default() }),
+                    ));
+                }
+            }
+            return;
+        }
+        let msg = self.message_from(&client, &p, now);
+        match p.qos {
+            QoS::AtMostOnce if !p.retain => {
+                // QoS 0 to online subscribers does not wait for a commit.
+                let settings = self.settings.clone();
+                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+                let targets = self.state.route(&msg, &acl);
+                let mut offline = false;
+                for (target, d) in targets {
+                    if self.state.sessions.get(&target).is_some_and(|s| s.online) {
+                        self.deliver(&target, None, &d, false, now);
+                    } else {
+                        offline = true;
+                    }
+                }
+                if offline && self.settings.apply.queue_qos0_messages {
+                    self.propose(now, Command::Publish { msg, from: None, offline_only: true });
+                }
+            }
+            QoS::AtMostOnce => self.propose(now, Command::Publish { msg, from: None, offline_only: false }),
+            _ => self.propose(now, Command::Publish { msg, from: Some((client, pid)), offline_only: false }),
+        }
+    }
+
+    /// The stored form of a PUBLISH.
+    fn message_from(&self, client: &Rc<str>, p: &Publish, now: u64) -> Message {
+        Message {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: p.qos,
+            retain: p.retain,
+            props: MessageProps::from_properties(&p.properties),
+            expires_at_ms: p.properties.message_expiry_interval.map(|s| now + s as u64 * 1000),
+            origin: Some(client.clone()),
+        }
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let v5 = c.version.is_v5();
+        let username = c.username.clone();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let existing = self.state.sessions.get(&client).map_or(0, |s| s.subs.len());
+        let mut reqs = Vec::new();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for (filter, opts) in s.filters {
+            let (share, tf) = match topic::parse_shared(&filter) {
+                Ok(Some((g, f))) => (Some(g), f),
+                Ok(None) => (None, filter.as_str()),
+                Err(()) => {
+                    codes.push(if v5 { reason::TOPIC_FILTER_INVALID } else { reason::V3_SUBACK_FAILURE });
+                    continue;
+                }
+            };
+            if share.is_some() && opts.no_local {
+                // [MQTT-3.8.3-4]
+                warn!("Client {} set No Local on shared subscription {}; disconnecting.", client, filter);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+                return;
+            }
+            let code = if !topic::valid_topic_filter(tf)
+                || topic::level_count(tf) > self.settings.limits.topic_levels_max as usize
+            {
+                if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                }
+            } else if !self.settings.allowed(&client, username.as_deref(), tf, Access::Subscribe) {
+                if v5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                }
+            } else if existing + reqs.len() >= self.settings.limits.subscriptions_per_client_max as usize {
+                if v5 {
+                    reason::QUOTA_EXCEEDED
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                }
+            } else {
+                let granted = QoS::from_u8((opts.qos as u8).min(self.settings.max_qos)).unwrap_or_default();
+                let o = SubOptions { qos: granted, ..opts };
+                reqs.push(SubscribeReq {
+                    filter: filter.clone(),
+                    entry: SubEntry { opts: SubOptionsRepr::from_opts(o), sub_id },
+                });
+                granted as u8
+            };
+            if self.settings.connection_messages {
+                debug!("{} {} {}", client, code, filter);
+            }
+            codes.push(code);
+        }
+        let new_filters: Vec<String> = reqs.iter().map(|r| r.filter.clone()).collect();
+        self.propose(now, Command::Subscribe { client: client.clone(), packet_id: s.packet_id, reqs, codes });
+        // $SYS values are not durable state; they go out as retained QoS 0.
+        self.commit(now);
+        for f in new_filters {
+            self.send_sys_retained(&client, &f, now);
+        }
+    }
+
+    /// Periodic work: keep-alive and connect timeouts, the durable Tick
+    /// (wills, session expiry), $SYS. Call about once a second.
+    pub fn tick(&mut self, now: u64) {
+        let mut late = Vec::new();
+        for (id, c) in &self.conns {
+            match c.phase {
+                Phase::Connected
+                    if c.keep_alive_ms > 0 && now.saturating_sub(c.last_rx_ms) > c.keep_alive_ms * 3 / 2 =>
+                {
+                    late.push((*id, true));
+                }
+                Phase::New if now.saturating_sub(c.opened_ms) > self.settings.connect_timeout_ms => {
+                    late.push((*id, false))
+                }
+                _ => {}
+            }
+        }
+        for (id, connected) in late {
+            if connected {
+                info!("Client {} has exceeded timeout, disconnecting.", self.who(id));
+                self.close(id, Some(reason::KEEP_ALIVE_TIMEOUT), now);
+            } else {
+                info!(
+                    "Client {} sent no CONNECT within {} ms, disconnecting.",
+                    self.who(id),
+                    self.settings.connect_timeout_ms
+                );
+                self.close(id, None, now);
+            }
+        }
+        if now.saturating_sub(self.last_tick_cmd_ms) >= 1000 {
+            self.last_tick_cmd_ms = now;
+            if self.state.sessions.values().any(|s| !s.online) || !self.state.retained.is_empty() {
+                self.propose(now, Command::Tick);
+            }
+        }
+        self.commit(now);
+        self.sys_tick(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! Conversations with the broker state machine at the packet level, each
+//! tagged with the spec statement it checks. The byte-level and
+//! third-party-client tests live in tests/.
+
+use std::rc::Rc;
+
+use super::*;
+use crate::config::Config;
+use crate::mqtt::{ConnAck, Connect, Properties, RetainHandling, Subscribe, Will};
+
+fn broker_with(f: impl FnOnce(&mut Config)) -> Broker {
+    let mut c = Config::default();
+    f(&mut c);
+    Broker::new(Rc::new(Settings::from_config(&c, None, None)), 1_000)
+}
+
+fn broker() -> Broker {
+    broker_with(|_| {})
+}
+
+fn connect_packet(id: &str, version: Version, clean: bool) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        version,
+        client_id: id.into(),
+        clean_start: clean,
+        keep_alive: 60,
+        username: None,
+        password: None,
+        will: None,
+        properties: Properties::default(),
+    }))
+}
+
+fn sent(b: &mut Broker) -> Vec<(ConnId, Packet)> {
+    b.take_actions()
+        .filter_map(|a| match a {
+            Action::Send(c, p) => Some((c, p)),
+            Action::Close(_) => None,
+        })
+        .collect()
+}
+
+fn closed(b: &mut Broker) -> Vec<ConnId> {
+    b.take_actions().filter_map(|a| if let Action::Close(c) = a { Some(c) } else { None }).collect()
+}
+
+fn connack(p: &Packet) -> &ConnAck {
+    match p {
+        Packet::ConnAck(a) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn connect(b: &mut Broker, conn: ConnId, id: &str, v: Version, clean: bool, now: u64) -> ConnAck {
+    b.open(conn, "127.0.0.1:1", now);
+    b.packet(conn, connect_packet(id, v, clean), now);
+    let out = sent(b);
+    connack(&out[0].1).clone()
+}
+
+fn subscribe(b: &mut Broker, conn: ConnId, filter: &str, qos: QoS, now: u64) -> Vec<(ConnId, Packet)> {
+    b.packet(
+        conn,
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(filter.into(), SubOptions { qos, ..Default::default() })],
+            properties: Properties::default(),
+        }),
+        now,
+    );
+    sent(b)
+}
+
+fn publish(topic: &str, payload: &[u8], qos: QoS, pid: Option<u16>, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: Rc::from(topic),
+        packet_id: pid,
+        payload: Rc::from(payload),
+        properties: Properties::default(),
+    })
+}
+
+fn publishes(out: &[(ConnId, Packet)], to: ConnId) -> Vec<Publish> {
+    out.iter()
+        .filter_map(|(c, p)| match p {
+            Packet::Publish(p) if *c == to => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connack_before_anything_and_session_not_present_for_new_session() {
+    let mut b = broker();
+    let ack = connect(&mut b, 1, "a", Version::V311, false, 1000);
+    assert_eq!(ack.code, 0);
+    assert!(!ack.session_present); // [MQTT-3.2.2-3]
+}
+
+#[test]
+fn second_connect_closes_the_connection() {
+    // [MQTT-3.1.0-2]
+    let mut b = broker();
+    connect(&mut b, 1, "a", Version::V311, true, 1000);
+    b.packet(1, connect_packet("a", Version::V311, true), 1001);
+    assert_eq!(closed(&mut b), vec![1]);
+}
+
+#[test]
+fn empty_client_id_needs_clean_session_in_311() {
+    // [MQTT-3.1.3-8]
+    let mut b = broker();
+    let ack = connect(&mut b, 1, "", Version::V311, false, 1000);
+    assert_eq!(ack.code, reason::V3_IDENTIFIER_REJECTED);
+    // [MQTT-3.1.3-6]: with clean session the server assigns one.
+    let ack = connect(&mut b, 2, "", Version::V311, true, 1000);
+    assert_eq!(ack.code, 0);
+}
+
+#[test]
+fn v5_empty_client_id_gets_assigned_identifier() {
+    let mut b = broker();
+    let ack = connect(&mut b, 1, "", Version::V5, true, 1000);
+    assert_eq!(ack.code, 0);
+    let id = ack.properties.assigned_client_identifier.expect("assigned id");
+    assert!(!id.is_empty());
+    assert_eq!(ack.properties.receive_maximum, Some(20));
+}
+
+#[test]
+fn qos1_is_acknowledged_and_delivered_once_per_session() {
+    let mut b = broker();
+    connect(&mut b, 1, "sub", Version::V311, true, 1000);
+    let out = subscribe(&mut b, 1, "a/+", QoS::AtLeastOnce, 1000);
+    assert!(matches!(&out[0].1, Packet::SubAck(s) if s.codes == vec![1]));
+    connect(&mut b, 2, "pub", Version::V311, true, 1000);
+    b.packet(2, publish("a/b", b"x", QoS::AtLeastOnce, Some(7), false), 1001);
+    let out = sent(&mut b);
+    let got = publishes(&out, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+    assert!(out.iter().any(|(c, p)| *c == 2 && matches!(p, Packet::PubAck(r) if r.packet_id == 7)));
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_max_qos() {
+    // [MQTT-3.3.4-2] (v5 [MQTT-3.3.4-3]): one message, highest QoS.
+    let mut b = broker();
+    connect(&mut b, 1, "sub", Version::V5, true, 1000);
+    subscribe(&mut b, 1, "a/#", QoS::AtMostOnce, 1000);
+    subscribe(&mut b, 1, "a/b", QoS::ExactlyOnce, 1000);
+    connect(&mut b, 2, "pub", Version::V5, true, 1000);
+    b.packet(2, publish("a/b", b"x", QoS::ExactlyOnce, Some(1), false), 1001);
+    let got = publishes(&sent(&mut b), 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
+}
+
+#[test]
+fn offline_persistent_session_queues_and_resends_with_dup() {
+    let mut b = broker();
+    connect(&mut b, 1, "sub", Version::V311, false, 1000);
+    subscribe(&mut b, 1, "t", QoS::AtLeastOnce, 1000);
+    connect(&mut b, 2, "pub", Version::V311, true, 1000);
+    b.packet(2, publish("t", b"1", QoS::AtLeastOnce, Some(1), false), 1001);
+    let first = publishes(&sent(&mut b), 1);
+    assert_eq!(first.len(), 1);
+    // Subscriber drops without acknowledging, then two more arrive offline.
+    b.closed(1, 1002);
+    b.packet(2, publish("t", b"2", QoS::AtLeastOnce, Some(2), false), 1003);
+    b.packet(2, publish("t", b"3", QoS::AtLeastOnce, Some(3), false), 1003);
+    sent(&mut b);
+    let ack = connect(&mut b, 3, "sub", Version::V311, false, 1004);
+    assert!(ack.session_present); // [MQTT-3.2.2-2]
+    b.open(4, "x", 1004); // another conn to flush nothing
+    let _ = sent(&mut b);
+    // Re-connect again to observe the resend order in one batch.
+    b.closed(3, 1005);
+    b.open(5, "127.0.0.1:2", 1006);
+    b.packet(5, connect_packet("sub", Version::V311, false), 1006);
+    let out = sent(&mut b);
+    let got = publishes(&out, 5);
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &*p.payload).collect();
+    assert_eq!(payloads, vec![&b"1"[..], b"2", b"3"]);
+    // [MQTT-4.4.0-1] unacknowledged messages are resent with DUP.
+    assert!(got.iter().all(|p| p.dup));
+}
+
+#[test]
+fn clean_session_discards_state() {
+    let mut b = broker();
+    connect(&mut b, 1, "sub", Version::V311, false, 1000);
+    subscribe(&mut b, 1, "t", QoS::AtLeastOnce, 1000);
+    b.closed(1, 1001);
+    let ack = connect(&mut b, 2, "sub", Version::V311, true, 1002);
+    assert!(!ack.session_present); // [MQTT-3.2.2-1]
+    assert!(b.state.sessions.get("sub").is_some_and(|s| s.subs.is_empty()));
+}
+
+#[test]
+fn retained_message_set_replaced_cleared() {
+    let mut b = broker();
+    connect(&mut b, 1, "pub", Version::V311, true, 1000);
+    b.packet(1, publish("r", b"one", QoS::AtMostOnce, None, true), 1000);
+    b.packet(1, publish("r", b"two", QoS::AtLeastOnce, Some(1), true), 1000);
+    sent(&mut b);
+    connect(&mut b, 2, "s1", Version::V311, true, 1000);
+    let got = publishes(&subscribe(&mut b, 2, "r", QoS::AtLeastOnce, 1000), 2);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&*got[0].payload, b"two");
+    assert!(got[0].retain); // [MQTT-3.3.1-8]
+                            // [MQTT-3.3.1-10] empty payload clears.
+    b.packet(1, publish("r", b"", QoS::AtMostOnce, None, true), 1000);
+    sent(&mut b);
+    connect(&mut b, 3, "s2", Version::V311, true, 1000);
+    assert!(publishes(&subscribe(&mut b, 3, "r", QoS::AtLeastOnce, 1000), 3).is_empty());
+}
+
+#[test]
+fn dollar_topics_not_matched_by_leading_wildcards() {
+    // [MQTT-4.7.2-1]
+    let mut b = broker();
+    connect(&mut b, 1, "s", Version::V311, true, 1000);
+    subscribe(&mut b, 1, "#", QoS::AtMostOnce, 1000);
+    connect(&mut b, 2, "p", Version::V311, true, 1000);
+    b.packet(2, publish("$x/y", b"1", QoS::AtMostOnce, None, false), 1000);
+    assert!(publishes(&sent(&mut b), 1).is_empty());
+}
+
+#[test]
+fn will_published_on_ungraceful_close_not_after_disconnect() {
+    let mut b = broker();
+    connect(&mut b, 1, "s", Version::V311, true, 1000);
+    subscribe(&mut b, 1, "will", QoS::AtMostOnce, 1000);
+    let mut c = Connect {
+        version: Version::V311,
+        client_id: "w".into(),
+        clean_start: true,
+        keep_alive: 60,
+        username: None,
+        password: None,
+        will: Some(Will {
+            topic: "will".into(),
+            payload: b"gone".to_vec(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        }),
+        properties: Properties::default(),
+    };
+    b.open(2, "x", 1000);
+    b.packet(2, Packet::Connect(Box::new(c.clone())), 1000);
+    sent(&mut b);
+    b.closed(2, 1001);
+    assert_eq!(publishes(&sent(&mut b), 1).len(), 1); // [MQTT-3.1.2-8]
+    c.client_id = "w2".into();
+    b.open(3, "x", 1000);
+    b.packet(3, Packet::Connect(Box::new(c)), 1000);
+    b.packet(3, Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }), 1001);
+    b.closed(3, 1001);
+    assert!(publishes(&sent(&mut b), 1).is_empty()); // [MQTT-3.1.2-10]
+}
+
+#[test]
+fn keep_alive_timeout_closes_after_one_and_a_half_intervals() {
+    // [MQTT-3.1.2-24]
+    let mut b = broker();
+    connect(&mut b, 1, "k", Version::V5, true, 0); // keep alive 60 s
+    b.tick(89_000);
+    assert!(closed(&mut b).is_empty());
+    b.tick(90_001);
+    let acts: Vec<Action> = b.take_actions().collect();
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Send(1, Packet::Disconnect(d)) if d.code == reason::KEEP_ALIVE_TIMEOUT)));
+    assert!(acts.contains(&Action::Close(1)));
+}
+
+#[test]
+fn receive_maximum_exceeded_disconnects_with_0x93() {
+    let mut b = broker_with(|c| c.limits.inflight_messages_max = 2);
+    connect(&mut b, 1, "p", Version::V5, true, 0);
+    for pid in 1..=3u16 {
+        b.packet(1, publish("t", b"x", QoS::ExactlyOnce, Some(pid), false), 1);
+    }
+    let acts: Vec<Action> = b.take_actions().collect();
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Send(1, Packet::Disconnect(d)) if d.code == reason::RECEIVE_MAXIMUM_EXCEEDED)));
+}
+
+#[test]
+fn qos2_duplicate_publish_is_not_delivered_twice() {
+    // [MQTT-4.3.3-10]
+    let mut b = broker();
+    connect(&mut b, 1, "s", Version::V311, true, 0);
+    subscribe(&mut b, 1, "t", QoS::AtMostOnce, 0);
+    connect(&mut b, 2, "p", Version::V311, true, 0);
+    b.packet(2, publish("t", b"x", QoS::ExactlyOnce, Some(9), false), 1);
+    b.packet(2, publish("t", b"x", QoS::ExactlyOnce, Some(9), false), 2);
+    let out = sent(&mut b);
+    assert_eq!(publishes(&out, 1).len(), 1);
+    assert_eq!(out.iter().filter(|(c, p)| *c == 2 && matches!(p, Packet::PubRec(_))).count(), 2);
+    b.packet(2, Packet::PubRel(PubResp { packet_id: 9, code: 0, properties: Properties::default() }), 3);
+    assert!(sent(&mut b).iter().any(|(c, p)| *c == 2 && matches!(p, Packet::PubComp(r) if r.packet_id == 9)));
+}
+
+#[test]
+fn shared_subscription_spreads_across_members() {
+    let mut b = broker();
+    connect(&mut b, 1, "m1", Version::V5, true, 0);
+    subscribe(&mut b, 1, "$share/g/t", QoS::AtMostOnce, 0);
+    connect(&mut b, 2, "m2", Version::V5, true, 0);
+    subscribe(&mut b, 2, "$share/g/t", QoS::AtMostOnce, 0);
+    connect(&mut b, 3, "p", Version::V5, true, 0);
+    for _ in 0..10 {
+        b.packet(3, publish("t", b"x", QoS::AtMostOnce, None, false), 1);
+    }
+    let out = sent(&mut b);
+    let (a, c) = (publishes(&out, 1).len(), publishes(&out, 2).len());
+    assert_eq!(a + c, 10);
+    assert_eq!(a, 5);
+}
+
+#[test]
+fn retain_handling_2_sends_no_retained() {
+    let mut b = broker();
+    connect(&mut b, 1, "p", Version::V5, true, 0);
+    b.packet(1, publish("r", b"v", QoS::AtMostOnce, None, true), 0);
+    connect(&mut b, 2, "s", Version::V5, true, 0);
+    b.packet(
+        2,
+        Packet::Subscribe(Subscribe {
+            packet_id: 3,
+            filters: vec![(
+                "r".into(),
+                SubOptions { retain_handling: RetainHandling::DoNotSend, ..Default::default() },
+            )],
+            properties: Properties::default(),
+        }),
+        0,
+    );
+    assert!(publishes(&sent(&mut b), 2).is_empty());
+}
+
+#[test]
+fn outbound_window_honours_receive_maximum_and_queues_the_rest() {
+    let mut b = broker();
+    b.open(1, "x", 0);
+    let mut c = connect_packet("s", Version::V5, true);
+    if let Packet::Connect(c) = &mut c {
+        c.properties.receive_maximum = Some(2);
+    }
+    b.packet(1, c, 0);
+    sent(&mut b);
+    subscribe(&mut b, 1, "t", QoS::AtLeastOnce, 0);
+    connect(&mut b, 2, "p", Version::V5, true, 0);
+    for pid in 1..=5u16 {
+        b.packet(2, publish("t", b"x", QoS::AtLeastOnce, Some(pid), false), 1);
+    }
+    let got = publishes(&sent(&mut b), 1);
+    assert_eq!(got.len(), 2); // [MQTT-3.3.4-9]
+    b.packet(
+        1,
+        Packet::PubAck(PubResp { packet_id: got[0].packet_id.unwrap(), code: 0, properties: Properties::default() }),
+        2,
+    );
+    assert_eq!(publishes(&sent(&mut b), 1).len(), 1);
+}

@@ -1,0 +1,192 @@
+//! The subscription index: a tree of topic levels. Each node holds the
+//! plain subscriptions and the shared-subscription groups whose filter ends
+//! there. Matching walks one path per topic level plus the `+` and `#`
+//! branches, so its cost depends on the topic, not on the number of
+//! subscriptions. Children are ordered (BTreeMap) so that the order of
+//! matches is the same on every node and after a snapshot restore.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt::SubOptions;
+
+/// One subscription of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubEntry {
+    pub opts: SubOptionsRepr,
+    /// v5 Subscription Identifier, if the SUBSCRIBE carried one.
+    pub sub_id: Option<u32>,
+}
+
+/// `SubOptions` in a serialisable, fixed-width form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubOptionsRepr(pub u8);
+
+impl SubOptionsRepr {
+    pub fn from_opts(o: SubOptions) -> Self {
+        SubOptionsRepr(
+            (o.qos as u8)
+                | (o.no_local as u8) << 2
+                | (o.retain_as_published as u8) << 3
+                | (o.retain_handling as u8) << 4,
+        )
+    }
+    pub fn qos(self) -> crate::mqtt::QoS {
+        crate::mqtt::QoS::from_u8(self.0 & 3).unwrap_or_default()
+    }
+    pub fn no_local(self) -> bool {
+        self.0 & 4 != 0
+    }
+    pub fn retain_as_published(self) -> bool {
+        self.0 & 8 != 0
+    }
+    pub fn retain_handling(self) -> u8 {
+        (self.0 >> 4) & 3
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SharedGroup {
+    pub members: BTreeMap<Rc<str>, SubEntry>,
+    /// Round-robin position. Not part of the replicated state: which member
+    /// receives a message is a leader-local choice.
+    pub cursor: Cell<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: BTreeMap<Box<str>, Node>,
+    subs: BTreeMap<Rc<str>, SubEntry>,
+    shared: BTreeMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TopicTree {
+    root: Node,
+    count: usize,
+}
+
+impl TopicTree {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Insert or replace; returns true if the subscription existed already.
+    pub fn insert(&mut self, filter: &str, share: Option<&str>, client: &Rc<str>, e: SubEntry) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let old = match share {
+            None => node.subs.insert(client.clone(), e),
+            Some(g) => node.shared.entry(g.into()).or_default().members.insert(client.clone(), e),
+        };
+        if old.is_none() {
+            self.count += 1;
+        }
+        old.is_some()
+    }
+
+    /// Remove; returns true if it existed. Empty branches are pruned.
+    pub fn remove(&mut self, filter: &str, share: Option<&str>, client: &str) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_in(&mut self.root, &levels, share, client);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    fn remove_in(node: &mut Node, levels: &[&str], share: Option<&str>, client: &str) -> bool {
+        match levels.split_first() {
+            None => match share {
+                None => node.subs.remove(client).is_some(),
+                Some(g) => {
+                    let Some(group) = node.shared.get_mut(g) else { return false };
+                    let r = group.members.remove(client).is_some();
+                    if group.members.is_empty() {
+                        node.shared.remove(g);
+                    }
+                    r
+                }
+            },
+            Some((first, rest)) => {
+                let Some(child) = node.children.get_mut(*first) else { return false };
+                let r = Self::remove_in(child, rest, share, client);
+                if child.is_empty() {
+                    node.children.remove(*first);
+                }
+                r
+            }
+        }
+    }
+
+    /// Call `plain` for every plain subscription matching `topic`, and
+    /// `shared` for every shared group with a matching filter.
+    pub fn for_each_match<'a>(
+        &'a self,
+        topic: &str,
+        plain: &mut dyn FnMut(&'a Rc<str>, &'a SubEntry),
+        shared: &mut dyn FnMut(&'a SharedGroup),
+    ) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // [MQTT-4.7.2-1] topics starting with '$' are not matched by a
+        // filter starting with a wildcard.
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, &levels, dollar, plain, shared);
+    }
+
+    fn visit<'a>(
+        node: &'a Node,
+        plain: &mut dyn FnMut(&'a Rc<str>, &'a SubEntry),
+        shared: &mut dyn FnMut(&'a SharedGroup),
+    ) {
+        for (c, e) in &node.subs {
+            plain(c, e);
+        }
+        for g in node.shared.values() {
+            shared(g);
+        }
+    }
+
+    fn walk<'a>(
+        node: &'a Node,
+        levels: &[&str],
+        skip_wild: bool,
+        plain: &mut dyn FnMut(&'a Rc<str>, &'a SubEntry),
+        shared: &mut dyn FnMut(&'a SharedGroup),
+    ) {
+        let Some((first, rest)) = levels.split_first() else {
+            Self::visit(node, plain, shared);
+            // "sport/#" also matches "sport".
+            if let Some(h) = node.children.get("#") {
+                Self::visit(h, plain, shared);
+            }
+            return;
+        };
+        if !skip_wild {
+            if let Some(h) = node.children.get("#") {
+                Self::visit(h, plain, shared);
+            }
+            if let Some(p) = node.children.get("+") {
+                Self::walk(p, rest, false, plain, shared);
+            }
+        }
+        if let Some(c) = node.children.get(*first) {
+            Self::walk(c, rest, false, plain, shared);
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Mosquitto-compatible configuration file (`midge.conf`).
+//!
+//! The format is Mosquitto's: one `key value...` option per line, `#` starts
+//! a comment line, blank lines are ignored. Every key midge understands is
+//! documented, with its default and how it differs from Mosquitto, in
+//! `docs/CONFIG.md`. Unknown keys and invalid values are hard errors that name
+//! the file and line ([`ConfigError`]); a handful of harmless Mosquitto keys
+//! that midge does not need are accepted with a `log::warn!`.
+//!
+//! ```text
+//! listener 1883
+//! listener 8883 127.0.0.1
+//! password_file /etc/midge/passwd
+//! max_inflight_messages 10
+//! ```
+
+mod parse;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The largest packet / payload size MQTT can express (Remaining Length max).
+pub const PROTOCOL_MAX_BYTES: u32 = 268_435_455;
+/// The port used when no listener is configured.
+pub const DEFAULT_PORT: u16 = 1883;
+
+const KIB: u32 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// A TCP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    /// IPv4 or IPv6 literal (without brackets) or a hostname; `None` = all
+    /// interfaces.
+    pub address: Option<String>,
+}
+
+impl Listener {
+    /// A listener on `port` on all interfaces.
+    pub fn any(port: u16) -> Listener {
+        Listener { port, address: None }
+    }
+}
+
+/// Every bound in one place; units last in names. Nothing defaults to
+/// unlimited: a Mosquitto "0 = unlimited" value is mapped as documented per
+/// field (and in `docs/CONFIG.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_packet_size`: largest packet accepted, whole packet. Default 1 MiB;
+    /// configured `0` means the protocol maximum (268 435 455).
+    pub packet_bytes_max: u32,
+    /// `message_size_limit`: largest PUBLISH payload. Default and configured
+    /// `0` mean the protocol maximum (268 435 455); the packet limit still
+    /// applies, so the effective payload limit is the smaller of the two.
+    pub message_bytes_max: u32,
+    /// `max_inflight_messages`: the Receive Maximum midge advertises and its
+    /// outbound QoS 1/2 window per client. Default 20; configured `0` (Mosquitto:
+    /// unlimited) means 65535.
+    pub inflight_messages_max: u16,
+    /// `max_queued_messages`: QoS 1/2 messages queued per session beyond the
+    /// in-flight window. Default 1000; must be at least 1.
+    pub queued_messages_max: u32,
+    /// `max_queued_bytes`: payload bytes queued per session. Default 16 MiB;
+    /// configured `0` (Mosquitto: unlimited) means `u64::MAX`, i.e. only
+    /// `queued_messages_max` bounds the queue.
+    pub queued_bytes_max: u64,
+    /// `memory_limit`: total memory the broker will use for messages.
+    /// Default 256 MiB; configured `0` (Mosquitto: unlimited) means `u64::MAX`.
+    pub memory_bytes_max: u64,
+    /// `max_keepalive`: largest keep-alive granted to clients. Default 65535.
+    pub keepalive_secs_max: u16,
+    /// `max_connections`: simultaneous client connections, all listeners
+    /// together. Default 100 000; configured `-1` or `0` (Mosquitto: unlimited)
+    /// mean the default.
+    pub connections_max: u32,
+    /// `client_out_buffer_bytes` (midge): bytes queued to one socket before
+    /// QoS 0 messages to that client are dropped. Default 256 KiB.
+    pub out_buffer_bytes_max: u32,
+    /// `max_topic_levels` (midge): levels in a topic name or filter. Default 64.
+    pub topic_levels_max: u16,
+    /// `max_subscriptions_per_client` (midge). Default 1000.
+    pub subscriptions_per_client_max: u32,
+    /// `max_retained_messages` (midge): retained messages broker-wide.
+    /// Default 100 000.
+    pub retained_messages_max: u32,
+    /// `max_topic_alias`: Topic Alias Maximum midge advertises. Default 10;
+    /// `0` disables topic aliases.
+    pub topic_alias_max: u16,
+}
+
+/// Value of `max_connections` when unset, `-1` or `0`.
+pub const DEFAULT_CONNECTIONS_MAX: u32 = 100_000;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            packet_bytes_max: 1024 * KIB,
+            message_bytes_max: PROTOCOL_MAX_BYTES,
+            inflight_messages_max: 20,
+            queued_messages_max: 1000,
+            queued_bytes_max: 16 * MIB,
+            memory_bytes_max: 256 * MIB,
+            keepalive_secs_max: 65535,
+            connections_max: DEFAULT_CONNECTIONS_MAX,
+            out_buffer_bytes_max: 256 * KIB,
+            topic_levels_max: 64,
+            subscriptions_per_client_max: 1000,
+            retained_messages_max: 100_000,
+            topic_alias_max: 10,
+        }
+    }
+}
+
+/// A `log_type` value. `none` and `all` are not variants: they set the list
+/// to empty and to [`LogType::ALL`] respectively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogType {
+    Error,
+    Warning,
+    Notice,
+    Information,
+    Debug,
+    Subscribe,
+    Unsubscribe,
+    Websockets,
+}
+
+impl LogType {
+    pub const ALL: [LogType; 8] = [
+        LogType::Error,
+        LogType::Warning,
+        LogType::Notice,
+        LogType::Information,
+        LogType::Debug,
+        LogType::Subscribe,
+        LogType::Unsubscribe,
+        LogType::Websockets,
+    ];
+    /// Mosquitto's default: error, warning, notice, information.
+    pub const DEFAULT: [LogType; 4] = [LogType::Error, LogType::Warning, LogType::Notice, LogType::Information];
+
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogType::Error => "error",
+            LogType::Warning => "warning",
+            LogType::Notice => "notice",
+            LogType::Information => "information",
+            LogType::Debug => "debug",
+            LogType::Subscribe => "subscribe",
+            LogType::Unsubscribe => "unsubscribe",
+            LogType::Websockets => "websockets",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<LogType> {
+        LogType::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// `log_dest`: where log output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogDest {
+    Stdout,
+    #[default]
+    Stderr,
+}
+
+/// `cluster_follower_mode`: what a follower does with client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FollowerMode {
+    /// Accept clients and forward their traffic to the leader.
+    #[default]
+    Proxy,
+    /// Tell MQTT 5 clients to use the leader (Server Reference) and refuse.
+    Redirect,
+    /// Refuse client connections while not the leader.
+    Closed,
+}
+
+impl FollowerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FollowerMode::Proxy => "proxy",
+            FollowerMode::Redirect => "redirect",
+            FollowerMode::Closed => "closed",
+        }
+    }
+}
+
+/// The broker configuration. `Config::default()` is what midge runs with when
+/// started without a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Default: one listener on port 1883 on all interfaces when none is
+    /// configured (`listener`, `port` or `bind_address`).
+    pub listeners: Vec<Listener>,
+    /// Default: `true` when no `password_file` is set, `false` when one is.
+    pub allow_anonymous: bool,
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    /// `persistent_client_expiration`; `None` = never expire.
+    pub persistent_client_expiration_secs: Option<u64>,
+    /// Default `true`.
+    pub retain_available: bool,
+    /// Default 10; 0 disables `$SYS` updates.
+    pub sys_interval_secs: u32,
+    /// Default `false`.
+    pub queue_qos0_messages: bool,
+    /// Default `false` (Mosquitto's default).
+    pub set_tcp_nodelay: bool,
+    /// Default [`LogType::DEFAULT`]. Empty means log nothing.
+    pub log_types: Vec<LogType>,
+    /// Default stderr.
+    pub log_dest: LogDest,
+    /// Default `true`.
+    pub connection_messages: bool,
+    /// Default 2.
+    pub max_qos: u8,
+    /// Default `false`.
+    pub upgrade_outgoing_qos: bool,
+    /// Default `true` (Mosquitto: `false`).
+    pub persistence: bool,
+    /// `None` = the current working directory.
+    pub persistence_location: Option<PathBuf>,
+    pub limits: Limits,
+    /// Cluster settings: validated now, used by the cluster layer.
+    pub cluster_node_id: Option<u64>,
+    /// `cluster_peer ID HOST:PORT` lines, in file order; includes this node.
+    pub cluster_peers: Vec<(u64, String)>,
+    pub cluster_follower_mode: FollowerMode,
+    pub cluster_preferred_leader: Option<u64>,
+    /// `cluster_allow_two_nodes`: accept a two-node cluster. Default `false`.
+    pub cluster_allow_two_nodes: bool,
+    /// The file this configuration was read from.
+    pub source: Option<PathBuf>,
+    /// Warnings found while parsing (ignored Mosquitto options, options set
+    /// twice), each naming file and line. They are also sent to `log::warn!`
+    /// as they are found; a program that sets up its logger only after
+    /// reading the configuration should log these once the logger is ready.
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listeners: vec![Listener::any(DEFAULT_PORT)],
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            persistent_client_expiration_secs: None,
+            retain_available: true,
+            sys_interval_secs: 10,
+            queue_qos0_messages: false,
+            set_tcp_nodelay: false,
+            log_types: LogType::DEFAULT.to_vec(),
+            log_dest: LogDest::Stderr,
+            connection_messages: true,
+            max_qos: 2,
+            upgrade_outgoing_qos: false,
+            persistence: true,
+            persistence_location: None,
+            limits: Limits::default(),
+            cluster_node_id: None,
+            cluster_peers: Vec::new(),
+            cluster_follower_mode: FollowerMode::Proxy,
+            cluster_preferred_leader: None,
+            cluster_allow_two_nodes: false,
+            source: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a configuration file. Errors name the file as given.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = read_text(path, &name)?;
+        let mut cfg = Config::parse_str(&text, &name)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses configuration text; `file_name` is used in error messages.
+    pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+        parse::parse(text, file_name)
+    }
+
+    /// Like `mosquitto -p PORT`: replaces every listener with one on `port`
+    /// on all interfaces.
+    pub fn override_port(&mut self, port: u16) {
+        self.listeners = vec![Listener::any(port)];
+    }
+
+    /// Whether messages of type `t` are to be logged.
+    pub fn logs(&self, t: LogType) -> bool {
+        self.log_types.contains(&t)
+    }
+
+    /// The most verbose `log` level that `log_types` asks for: `debug` →
+    /// Debug; `information`, `notice`, `subscribe`, `unsubscribe` → Info;
+    /// `warning` → Warn; `error` → Error; nothing → Off.
+    pub fn log_level(&self) -> log::LevelFilter {
+        use log::LevelFilter;
+        let mut level = LevelFilter::Off;
+        for t in &self.log_types {
+            let l = match t {
+                LogType::Debug => LevelFilter::Debug,
+                LogType::Information | LogType::Notice | LogType::Subscribe | LogType::Unsubscribe => LevelFilter::Info,
+                LogType::Warning => LevelFilter::Warn,
+                LogType::Error => LevelFilter::Error,
+                LogType::Websockets => LevelFilter::Off,
+            };
+            level = level.max(l);
+        }
+        level
+    }
+}
+
+/// An error in a configuration, password or ACL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name as given by the caller.
+    pub file: String,
+    /// 1-based line number; 0 when the error is not about one line.
+    pub line: u32,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: impl Into<String>, line: u32, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: file.into(), line, message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads a whole UTF-8 text file, naming `name` in errors.
+pub(crate) fn read_text(path: &Path, name: &str) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::new(name, 0, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        ConfigError::new(name, line_no(line), "not valid UTF-8 text")
+    })
+}
+
+/// Numbered lines (1-based) of a text file, with a leading UTF-8 byte order
+/// mark and trailing `\r` removed.
+pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (u32, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    text.lines().enumerate().map(|(i, l)| (line_no(i + 1), l))
+}
+
+/// Splits a line into its first word and the rest of the line, trimmed.
+pub(crate) fn split_first(s: &str) -> (&str, &str) {
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+fn line_no(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,644 @@
+//! The line parser behind [`Config::parse_str`](super::Config::parse_str).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
+
+use super::values::{edit_distance, is_hostname, join, parse_u64, peer_key, same_listener};
+use super::{
+    numbered_lines, split_first, Config, ConfigError, FollowerMode, Listener, LogDest, LogType,
+    DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+};
+
+/// Every key midge implements (documented in docs/CONFIG.md).
+pub(super) const SUPPORTED_KEYS: &[&str] = &[
+    "acl_file",
+    "allow_anonymous",
+    "bind_address",
+    "client_out_buffer_bytes",
+    "cluster_allow_two_nodes",
+    "cluster_follower_mode",
+    "cluster_node_id",
+    "cluster_peer",
+    "cluster_preferred_leader",
+    "connection_messages",
+    "listener",
+    "log_dest",
+    "log_type",
+    "max_connections",
+    "max_inflight_messages",
+    "max_keepalive",
+    "max_packet_size",
+    "max_qos",
+    "max_queued_bytes",
+    "max_queued_messages",
+    "max_retained_messages",
+    "max_subscriptions_per_client",
+    "max_topic_alias",
+    "max_topic_levels",
+    "memory_limit",
+    "message_size_limit",
+    "password_file",
+    "persistence",
+    "persistence_location",
+    "persistent_client_expiration",
+    "port",
+    "protocol",
+    "queue_qos0_messages",
+    "retain_available",
+    "set_tcp_nodelay",
+    "sys_interval",
+    "upgrade_outgoing_qos",
+];
+
+/// Mosquitto keys midge accepts and ignores with a warning.
+pub(super) const IGNORED_KEYS: &[&str] = &[
+    "autosave_interval",
+    "autosave_on_changes",
+    "log_timestamp",
+    "log_timestamp_format",
+    "per_listener_settings",
+    "persistence_file",
+    "pid_file",
+    "user",
+];
+
+const TLS: &str = "TLS is not supported; terminate TLS in front of midge";
+const PLUGINS: &str = "plugins are not supported";
+const BRIDGES: &str = "bridges are not supported";
+const WEBSOCKETS: &str = "websockets are not supported";
+
+/// Mosquitto keys midge recognises but rejects, with the reason.
+const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
+    ("cafile", TLS),
+    ("capath", TLS),
+    ("certfile", TLS),
+    ("keyfile", TLS),
+    ("ciphers", TLS),
+    ("ciphers_tls1.3", TLS),
+    ("crlfile", TLS),
+    ("dhparamfile", TLS),
+    ("require_certificate", TLS),
+    ("tls_engine", TLS),
+    ("tls_engine_kpass_sha1", TLS),
+    ("tls_keyform", TLS),
+    ("tls_version", TLS),
+    ("use_identity_as_username", TLS),
+    ("use_subject_as_username", TLS),
+    ("psk_hint", TLS),
+    ("psk_file", TLS),
+    ("auth_plugin", PLUGINS),
+    ("auth_plugin_deny_special_chars", PLUGINS),
+    ("plugin", PLUGINS),
+    ("global_plugin", PLUGINS),
+    ("connection", BRIDGES),
+    ("address", BRIDGES),
+    ("addresses", BRIDGES),
+    ("topic", BRIDGES),
+    ("cleansession", BRIDGES),
+    ("local_clientid", BRIDGES),
+    ("remote_clientid", BRIDGES),
+    ("remote_username", BRIDGES),
+    ("remote_password", BRIDGES),
+    ("notifications", BRIDGES),
+    ("try_private", BRIDGES),
+    ("round_robin", BRIDGES),
+    ("start_type", BRIDGES),
+    ("restart_timeout", BRIDGES),
+    ("keepalive_interval", BRIDGES),
+    ("http_dir", WEBSOCKETS),
+    ("websockets_log_level", WEBSOCKETS),
+    ("websockets_headers_size", WEBSOCKETS),
+    ("include_dir", "put every option in one file"),
+    ("mount_point", ""),
+    ("bind_interface", "use listener PORT ADDRESS"),
+    ("socket_domain", "use listener PORT ADDRESS with an IPv4 or IPv6 address"),
+    ("max_inflight_bytes", "max_inflight_messages bounds the in-flight window"),
+    ("use_username_as_clientid", ""),
+    ("allow_zero_length_clientid", ""),
+    ("auto_id_prefix", ""),
+    ("clientid_prefixes", ""),
+    ("check_retain_source", ""),
+    ("allow_duplicate_messages", ""),
+    ("log_facility", "log_dest syslog is not supported"),
+];
+
+const UNSUPPORTED_PREFIXES: &[(&str, &str)] = &[("auth_opt_", PLUGINS), ("plugin_opt_", PLUGINS), ("bridge_", BRIDGES)];
+
+pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut p = Parser::new(file);
+    for (line, raw) in numbered_lines(text) {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        p.line = line;
+        let (key, rest) = split_first(trimmed);
+        p.option(key, rest)?;
+    }
+    p.finish()
+}
+
+struct Parser<'f> {
+    file: &'f str,
+    line: u32,
+    cfg: Config,
+    /// Single-valued keys already set, with their line.
+    seen: HashMap<String, u32>,
+    default_port: Option<u16>,
+    default_address: Option<String>,
+    default_line: u32,
+    listeners: Vec<(Listener, u32)>,
+    allow_anonymous: Option<bool>,
+    log_types: Option<Vec<LogType>>,
+    node_id_line: u32,
+    peer_lines: Vec<u32>,
+    preferred_leader_line: u32,
+}
+
+impl<'f> Parser<'f> {
+    fn new(file: &'f str) -> Parser<'f> {
+        let mut cfg = Config::default();
+        cfg.listeners.clear();
+        Parser {
+            file,
+            line: 0,
+            cfg,
+            seen: HashMap::new(),
+            default_port: None,
+            default_address: None,
+            default_line: 0,
+            listeners: Vec::new(),
+            allow_anonymous: None,
+            log_types: None,
+            node_id_line: 0,
+            peer_lines: Vec::new(),
+            preferred_leader_line: 0,
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file, self.line, message)
+    }
+
+    fn warn(&mut self, message: &str) {
+        let w = self.err(message);
+        log::warn!("{w}");
+        self.cfg.warnings.push(w);
+    }
+
+    fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
+        match key {
+            "listener" => self.listener(rest)?,
+            "port" => {
+                let port = self.num_opt(key, rest, 1, 65535)?;
+                self.default_port = Some(port as u16);
+                self.default_line = self.line;
+            }
+            "bind_address" => {
+                self.once(key);
+                let v = self.one(key, rest)?;
+                self.default_address = Some(self.address(key, v)?);
+                self.default_line = self.line;
+            }
+            "protocol" => {
+                let v = self.one(key, rest)?;
+                if v != "mqtt" {
+                    return Err(self.err(format!("protocol: \"{v}\" is not supported by midge (only mqtt)")));
+                }
+            }
+            "allow_anonymous" => self.allow_anonymous = Some(self.bool_opt(key, rest)?),
+            "password_file" => self.cfg.password_file = Some(self.path_opt(key, rest)?),
+            "acl_file" => self.cfg.acl_file = Some(self.path_opt(key, rest)?),
+            "persistence_location" => self.cfg.persistence_location = Some(self.path_opt(key, rest)?),
+            "persistent_client_expiration" => {
+                self.once(key);
+                let v = self.one(key, rest)?;
+                self.cfg.persistent_client_expiration_secs = Some(self.duration(key, v)?);
+            }
+            "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
+            "queue_qos0_messages" => self.cfg.queue_qos0_messages = self.bool_opt(key, rest)?,
+            "set_tcp_nodelay" => self.cfg.set_tcp_nodelay = self.bool_opt(key, rest)?,
+            "connection_messages" => self.cfg.connection_messages = self.bool_opt(key, rest)?,
+            "upgrade_outgoing_qos" => self.cfg.upgrade_outgoing_qos = self.bool_opt(key, rest)?,
+            "persistence" => self.cfg.persistence = self.bool_opt(key, rest)?,
+            "sys_interval" => self.cfg.sys_interval_secs = self.num_opt(key, rest, 0, u32::MAX.into())? as u32,
+            "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
+            "log_type" => self.log_type(rest)?,
+            "log_dest" => {
+                self.once(key);
+                let mut toks = rest.split_whitespace();
+                let dest = match toks.next() {
+                    Some("stdout") => LogDest::Stdout,
+                    Some("stderr") => LogDest::Stderr,
+                    Some(other) => {
+                        return Err(
+                            self.err(format!("log_dest: \"{other}\" is not supported by midge (use stdout or stderr)"))
+                        )
+                    }
+                    None => return Err(self.err("log_dest: missing value")),
+                };
+                if let Some(extra) = toks.next() {
+                    return Err(self.extra(key, extra));
+                }
+                self.cfg.log_dest = dest;
+            }
+            "max_packet_size" => {
+                let v = self.num_opt(key, rest, 0, PROTOCOL_MAX_BYTES.into())? as u32;
+                if (1..20).contains(&v) {
+                    return Err(self.err(format!(
+                        "max_packet_size: {v} is below the minimum of 20 bytes (0 means the protocol maximum)"
+                    )));
+                }
+                self.cfg.limits.packet_bytes_max = if v == 0 { PROTOCOL_MAX_BYTES } else { v };
+            }
+            "message_size_limit" => {
+                let v = self.num_opt(key, rest, 0, PROTOCOL_MAX_BYTES.into())? as u32;
+                self.cfg.limits.message_bytes_max = if v == 0 { PROTOCOL_MAX_BYTES } else { v };
+            }
+            "max_inflight_messages" => {
+                let v = self.num_opt(key, rest, 0, 65535)? as u16;
+                self.cfg.limits.inflight_messages_max = if v == 0 { u16::MAX } else { v };
+            }
+            "max_queued_messages" => {
+                let v = self.num_opt(key, rest, 0, u32::MAX.into())? as u32;
+                if v == 0 {
+                    return Err(self.err("max_queued_messages: must be at least 1 (midge has no unlimited queues)"));
+                }
+                self.cfg.limits.queued_messages_max = v;
+            }
+            "max_queued_bytes" => {
+                let v = self.num_opt(key, rest, 0, u64::MAX)?;
+                self.cfg.limits.queued_bytes_max = if v == 0 { u64::MAX } else { v };
+            }
+            "memory_limit" => {
+                let v = self.num_opt(key, rest, 0, u64::MAX)?;
+                self.cfg.limits.memory_bytes_max = if v == 0 { u64::MAX } else { v };
+            }
+            "max_keepalive" => self.cfg.limits.keepalive_secs_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "max_connections" => {
+                self.once(key);
+                let v = self.one(key, rest)?;
+                let n = if v == "-1" {
+                    0
+                } else {
+                    match parse_u64(v).filter(|&n| n <= u32::MAX.into()) {
+                        Some(n) => n as u32,
+                        None => {
+                            return Err(self.err(format!(
+                                "max_connections: \"{v}\" is not -1 or a number between 0 and {}",
+                                u32::MAX
+                            )))
+                        }
+                    }
+                };
+                self.cfg.limits.connections_max = if n == 0 { DEFAULT_CONNECTIONS_MAX } else { n };
+            }
+            "client_out_buffer_bytes" => {
+                self.cfg.limits.out_buffer_bytes_max = self.num_opt(key, rest, 1, u32::MAX.into())? as u32
+            }
+            "max_topic_levels" => self.cfg.limits.topic_levels_max = self.num_opt(key, rest, 1, 65535)? as u16,
+            "max_subscriptions_per_client" => {
+                self.cfg.limits.subscriptions_per_client_max = self.num_opt(key, rest, 1, u32::MAX.into())? as u32
+            }
+            "max_retained_messages" => {
+                let v = self.num_opt(key, rest, 0, u32::MAX.into())? as u32;
+                if v == 0 {
+                    return Err(self.err(
+                        "max_retained_messages: must be at least 1 (to disable retained messages use retain_available false)",
+                    ));
+                }
+                self.cfg.limits.retained_messages_max = v;
+            }
+            "max_topic_alias" => self.cfg.limits.topic_alias_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "cluster_node_id" => {
+                self.cfg.cluster_node_id = Some(self.num_opt(key, rest, 1, u64::MAX)?);
+                self.node_id_line = self.line;
+            }
+            "cluster_peer" => self.cluster_peer(rest)?,
+            "cluster_follower_mode" => {
+                self.once(key);
+                self.cfg.cluster_follower_mode = match self.one(key, rest)? {
+                    "proxy" => FollowerMode::Proxy,
+                    "redirect" => FollowerMode::Redirect,
+                    "closed" => FollowerMode::Closed,
+                    other => {
+                        return Err(self
+                            .err(format!("cluster_follower_mode: \"{other}\" is not one of proxy, redirect, closed")))
+                    }
+                };
+            }
+            "cluster_preferred_leader" => {
+                self.cfg.cluster_preferred_leader = Some(self.num_opt(key, rest, 1, u64::MAX)?);
+                self.preferred_leader_line = self.line;
+            }
+            "cluster_allow_two_nodes" => self.cfg.cluster_allow_two_nodes = self.bool_opt(key, rest)?,
+            // Harmless Mosquitto options: checked, then ignored with a warning.
+            "autosave_interval" | "autosave_on_changes" => {
+                if key == "autosave_interval" {
+                    self.num_opt(key, rest, 0, u64::MAX)?;
+                } else {
+                    self.bool_opt(key, rest)?;
+                }
+                self.warn(&format!("{key} is ignored: midge writes every change to disk as it happens"));
+            }
+            "pid_file" => {
+                self.path_opt(key, rest)?;
+                self.warn("pid_file is ignored: midge writes no pid file");
+            }
+            "user" => {
+                self.one(key, rest)?;
+                self.warn("user is ignored: midge does not change user; start it as the user it should run as");
+            }
+            "log_timestamp" | "log_timestamp_format" => {
+                if key == "log_timestamp" {
+                    self.bool_opt(key, rest)?;
+                } else {
+                    self.path_opt(key, rest)?;
+                }
+                self.warn(&format!("{key} is ignored: midge's log format is fixed"));
+            }
+            "persistence_file" => {
+                self.path_opt(key, rest)?;
+                self.warn("persistence_file is ignored: midge names its own files inside persistence_location");
+            }
+            "per_listener_settings" => {
+                if self.bool_opt(key, rest)? {
+                    return Err(self.err(
+                        "per_listener_settings true is not supported by midge: authentication and access control apply to all listeners",
+                    ));
+                }
+                self.warn("per_listener_settings false is ignored: it is what midge always does");
+            }
+            _ => return Err(self.unknown(key)),
+        }
+        Ok(())
+    }
+
+    fn unknown(&self, key: &str) -> ConfigError {
+        let reason = UNSUPPORTED_KEYS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .or_else(|| UNSUPPORTED_PREFIXES.iter().find(|(p, _)| key.starts_with(p)));
+        if let Some((_, reason)) = reason {
+            let mut msg = format!("\"{key}\" is a Mosquitto option that midge does not support");
+            if !reason.is_empty() {
+                msg.push_str(&format!(" ({reason})"));
+            }
+            return self.err(msg);
+        }
+        let mut msg = format!("unknown option \"{key}\"");
+        if let Some(s) = suggest(key) {
+            msg.push_str(&format!(" (did you mean {s}?)"));
+        }
+        self.err(msg)
+    }
+
+    /// Notes a single-valued key; warns when it overrides an earlier line.
+    fn once(&mut self, key: &str) {
+        if let Some(prev) = self.seen.insert(key.to_string(), self.line) {
+            self.warn(&format!("{key} overrides the value set on line {prev}"));
+        }
+    }
+
+    fn extra(&self, key: &str, extra: &str) -> ConfigError {
+        let hint = if extra.starts_with('#') { " (comments must be on a line of their own)" } else { "" };
+        self.err(format!("{key}: unexpected extra value \"{extra}\"{hint}"))
+    }
+
+    /// Exactly one whitespace-free value.
+    fn one<'v>(&self, key: &str, rest: &'v str) -> Result<&'v str, ConfigError> {
+        let mut toks = rest.split_whitespace();
+        let v = toks.next().ok_or_else(|| self.err(format!("{key}: missing value")))?;
+        match toks.next() {
+            Some(extra) => Err(self.extra(key, extra)),
+            None => Ok(v),
+        }
+    }
+
+    fn num(&self, key: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        match parse_u64(v) {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.err(format!("{key}: \"{v}\" is not a number between {min} and {max}"))),
+        }
+    }
+
+    fn num_opt(&mut self, key: &str, rest: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        self.once(key);
+        let v = self.one(key, rest)?;
+        self.num(key, v, min, max)
+    }
+
+    fn bool_opt(&mut self, key: &str, rest: &str) -> Result<bool, ConfigError> {
+        self.once(key);
+        match self.one(key, rest)? {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            v => Err(self.err(format!("{key}: \"{v}\" is not true or false"))),
+        }
+    }
+
+    /// The rest of the line, which may contain spaces (Mosquitto semantics).
+    fn path_opt(&mut self, key: &str, rest: &str) -> Result<PathBuf, ConfigError> {
+        self.once(key);
+        if rest.is_empty() {
+            return Err(self.err(format!("{key}: missing value")));
+        }
+        Ok(PathBuf::from(rest))
+    }
+
+    fn duration(&self, key: &str, v: &str) -> Result<u64, ConfigError> {
+        let err = || {
+            self.err(format!("{key}: \"{v}\" is not a duration (a number followed by s, h, d, w, m or y, e.g. 14d)"))
+        };
+        let unit = v.chars().last().ok_or_else(err)?;
+        let mult: u64 = match unit {
+            's' => 1,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            'm' => 30 * 86_400,
+            'y' => 365 * 86_400,
+            _ => return Err(err()),
+        };
+        parse_u64(&v[..v.len() - 1]).filter(|&n| n > 0).and_then(|n| n.checked_mul(mult)).ok_or_else(err)
+    }
+
+    fn address(&self, key: &str, a: &str) -> Result<String, ConfigError> {
+        if let Some(inner) = a.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            if inner.parse::<Ipv6Addr>().is_ok() {
+                return Ok(inner.to_string());
+            }
+        } else if a.parse::<IpAddr>().is_ok() || is_hostname(a) {
+            return Ok(a.to_string());
+        }
+        Err(self.err(format!("{key}: \"{a}\" is not an IP address or host name")))
+    }
+
+    fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
+        let toks: Vec<&str> = rest.split_whitespace().collect();
+        match toks.len() {
+            0 => return Err(self.err("listener: missing port (listener PORT [ADDRESS])")),
+            1 | 2 => {}
+            _ => return Err(self.extra("listener", toks[2])),
+        }
+        let port = self.num("listener", toks[0], 0, 65535)? as u16;
+        if port == 0 {
+            return Err(self.err("listener: port 0 (a Unix socket listener) is not supported by midge"));
+        }
+        let address = match toks.get(1) {
+            Some(a) => Some(self.address("listener", a)?),
+            None => None,
+        };
+        self.listeners.push((Listener { port, address }, self.line));
+        Ok(())
+    }
+
+    fn log_type(&mut self, rest: &str) -> Result<(), ConfigError> {
+        if rest.is_empty() {
+            return Err(self.err("log_type: missing value"));
+        }
+        let mut list = self.log_types.take().unwrap_or_default();
+        for t in rest.split_whitespace() {
+            match t {
+                "none" => list.clear(),
+                "all" => list = LogType::ALL.to_vec(),
+                _ => match LogType::from_name(t) {
+                    Some(x) if !list.contains(&x) => list.push(x),
+                    Some(_) => {}
+                    None => {
+                        return Err(self.err(format!(
+                            "log_type: \"{t}\" is not one of error, warning, notice, information, \
+                             debug, subscribe, unsubscribe, websockets, none, all"
+                        )))
+                    }
+                },
+            }
+        }
+        self.log_types = Some(list);
+        Ok(())
+    }
+
+    fn cluster_peer(&mut self, rest: &str) -> Result<(), ConfigError> {
+        let toks: Vec<&str> = rest.split_whitespace().collect();
+        match toks.len() {
+            0 | 1 => return Err(self.err("cluster_peer: expected cluster_peer ID HOST:PORT")),
+            2 => {}
+            _ => return Err(self.extra("cluster_peer", toks[2])),
+        }
+        let id = self.num("cluster_peer", toks[0], 1, u64::MAX)?;
+        let addr = toks[1];
+        let key = peer_key(addr).ok_or_else(|| {
+            self.err(format!("cluster_peer: \"{addr}\" is not HOST:PORT (an IPv6 address is written [ADDRESS]:PORT)"))
+        })?;
+        for (i, (other_id, other_addr)) in self.cfg.cluster_peers.iter().enumerate() {
+            let line = self.peer_lines[i];
+            if *other_id == id {
+                return Err(self.err(format!("cluster_peer: id {id} is already used on line {line}")));
+            }
+            if peer_key(other_addr).as_ref() == Some(&key) {
+                return Err(
+                    self.err(format!("cluster_peer: address {addr} is already used by peer {other_id} on line {line}"))
+                );
+            }
+        }
+        self.cfg.cluster_peers.push((id, addr.to_string()));
+        self.peer_lines.push(self.line);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        let mut listeners = Vec::new();
+        if self.default_port.is_some() || self.default_address.is_some() {
+            let l = Listener { port: self.default_port.unwrap_or(DEFAULT_PORT), address: self.default_address.take() };
+            listeners.push((l, self.default_line));
+        }
+        listeners.append(&mut self.listeners);
+        listeners.sort_by_key(|(_, line)| *line);
+        for (i, (l, line)) in listeners.iter().enumerate() {
+            if let Some((_, first)) = listeners[..i].iter().find(|(o, _)| same_listener(o, l)) {
+                let at = match &l.address {
+                    Some(a) => format!("{a} port {}", l.port),
+                    None => format!("port {} on all interfaces", l.port),
+                };
+                return Err(ConfigError::new(
+                    self.file,
+                    *line,
+                    format!("duplicate listener on {at} (already defined on line {first})"),
+                ));
+            }
+        }
+        let mut cfg = self.cfg;
+        cfg.listeners = listeners.into_iter().map(|(l, _)| l).collect();
+        if cfg.listeners.is_empty() {
+            cfg.listeners.push(Listener::any(DEFAULT_PORT));
+        }
+        cfg.allow_anonymous = self.allow_anonymous.unwrap_or(cfg.password_file.is_none());
+        if let Some(types) = self.log_types {
+            cfg.log_types = types;
+        }
+
+        // Cluster membership.
+        let err = |line: u32, msg: String| Err(ConfigError::new(self.file, line, msg));
+        let ids: Vec<u64> = cfg.cluster_peers.iter().map(|(id, _)| *id).collect();
+        if !ids.is_empty() {
+            match cfg.cluster_node_id {
+                None => {
+                    return err(self.peer_lines[0], "cluster_peer requires cluster_node_id (this node's own id)".into())
+                }
+                Some(me) if !ids.contains(&me) => {
+                    return err(
+                        self.node_id_line,
+                        format!(
+                            "cluster_node_id {me} is not one of the cluster_peer ids ({}); \
+                             list this node as a cluster_peer too",
+                            join(&ids)
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+            if ids.len() == 2 && !cfg.cluster_allow_two_nodes {
+                return err(
+                    self.peer_lines[1],
+                    "a two-node cluster has no fault tolerance: a majority of 2 is 2, so losing \
+                     either node stops it; add a third peer or set cluster_allow_two_nodes true"
+                        .into(),
+                );
+            }
+        }
+        if let Some(leader) = cfg.cluster_preferred_leader {
+            let members = if ids.is_empty() { cfg.cluster_node_id.into_iter().collect() } else { ids };
+            if !members.contains(&leader) {
+                return err(
+                    self.preferred_leader_line,
+                    format!(
+                        "cluster_preferred_leader {leader} is not a cluster member ({})",
+                        if members.is_empty() {
+                            "no cluster_node_id or cluster_peer is set".to_string()
+                        } else {
+                            format!("members: {}", join(&members))
+                        }
+                    ),
+                );
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The closest known key: within edit distance 3, or else the shortest known
+/// key that starts with `key` (so `max_inflight` suggests
+/// `max_inflight_messages`).
+pub(super) fn suggest(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    let known = || SUPPORTED_KEYS.iter().chain(IGNORED_KEYS).copied();
+    let close = known().map(|k| (edit_distance(&key, k), k)).filter(|(d, _)| *d <= 3).min();
+    if let Some((_, k)) = close {
+        return Some(k);
+    }
+    if key.len() < 4 {
+        return None;
+    }
+    known().filter(|k| k.starts_with(key.as_str())).min_by_key(|k| (k.len(), *k))
+}

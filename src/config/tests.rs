@@ -1,0 +1,490 @@
+use super::parse::{suggest, IGNORED_KEYS, SUPPORTED_KEYS};
+use super::*;
+
+fn parse(text: &str) -> Config {
+    Config::parse_str(text, "midge.conf").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(text: &str) -> String {
+    Config::parse_str(text, "midge.conf").expect_err("should fail").to_string()
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    let d = Config::default();
+    assert_eq!(parse(""), d);
+    assert_eq!(parse("# only a comment\n\n   \n\t\n"), d);
+    assert_eq!(d.listeners, vec![Listener { port: 1883, address: None }]);
+    assert!(d.allow_anonymous);
+    assert!(d.retain_available && d.connection_messages && d.persistence);
+    assert!(!d.queue_qos0_messages && !d.set_tcp_nodelay && !d.upgrade_outgoing_qos);
+    assert_eq!(d.sys_interval_secs, 10);
+    assert_eq!(d.max_qos, 2);
+    assert_eq!(d.log_types, LogType::DEFAULT.to_vec());
+    assert_eq!(d.log_dest, LogDest::Stderr);
+    assert_eq!(d.cluster_follower_mode, FollowerMode::Proxy);
+    assert_eq!(d.source, None);
+    let l = d.limits;
+    assert_eq!(l.packet_bytes_max, 1_048_576);
+    assert_eq!(l.message_bytes_max, 268_435_455);
+    assert_eq!(l.inflight_messages_max, 20);
+    assert_eq!(l.queued_messages_max, 1000);
+    assert_eq!(l.queued_bytes_max, 16 * 1024 * 1024);
+    assert_eq!(l.memory_bytes_max, 256 * 1024 * 1024);
+    assert_eq!(l.keepalive_secs_max, 65535);
+    assert_eq!(l.connections_max, 100_000);
+    assert_eq!(l.out_buffer_bytes_max, 256 * 1024);
+    assert_eq!(l.topic_levels_max, 64);
+    assert_eq!(l.subscriptions_per_client_max, 1000);
+    assert_eq!(l.retained_messages_max, 100_000);
+    assert_eq!(l.topic_alias_max, 10);
+}
+
+#[test]
+fn full_config() {
+    let c = parse(
+        "\u{feff}# midge\r\n\
+         listener 1883\r\n\
+         listener 8883 127.0.0.1\n\
+         listener 1884 ::1\n\
+         listener 1885 [fe80::1]\n\
+         listener 1886 gateway.local\n\
+         \tallow_anonymous   true\n\
+         password_file /etc/midge/pass words\n\
+         acl_file /etc/midge/acl\n\
+         persistent_client_expiration 2w\n\
+         retain_available false\n\
+         sys_interval 0\n\
+         queue_qos0_messages true\n\
+         set_tcp_nodelay true\n\
+         log_type error\n\
+         log_type warning subscribe\n\
+         log_dest stdout\n\
+         connection_messages false\n\
+         max_qos 1\n\
+         upgrade_outgoing_qos true\n\
+         persistence false\n\
+         persistence_location /var/lib/midge/\n\
+         max_packet_size 2048\n\
+         message_size_limit 1000\n\
+         max_inflight_messages 5\n\
+         max_queued_messages 7\n\
+         max_queued_bytes 4096\n\
+         memory_limit 1048576\n\
+         max_keepalive 120\n\
+         max_connections 50\n\
+         client_out_buffer_bytes 65536\n\
+         max_topic_levels 8\n\
+         max_subscriptions_per_client 9\n\
+         max_retained_messages 11\n\
+         max_topic_alias 0\n\
+         protocol mqtt\n\
+         cluster_node_id 2\n\
+         cluster_peer 1 10.0.0.1:7000\n\
+         cluster_peer 2 node-b.local:7000\n\
+         cluster_peer 3 [fd00::3]:7000\n\
+         cluster_follower_mode redirect\n\
+         cluster_preferred_leader 3\n",
+    );
+    assert_eq!(
+        c.listeners,
+        vec![
+            Listener::any(1883),
+            Listener { port: 8883, address: Some("127.0.0.1".into()) },
+            Listener { port: 1884, address: Some("::1".into()) },
+            Listener { port: 1885, address: Some("fe80::1".into()) },
+            Listener { port: 1886, address: Some("gateway.local".into()) },
+        ]
+    );
+    assert!(c.allow_anonymous);
+    assert_eq!(c.password_file, Some("/etc/midge/pass words".into()));
+    assert_eq!(c.acl_file, Some("/etc/midge/acl".into()));
+    assert_eq!(c.persistent_client_expiration_secs, Some(14 * 86400));
+    assert!(!c.retain_available && !c.connection_messages && !c.persistence);
+    assert!(c.queue_qos0_messages && c.set_tcp_nodelay && c.upgrade_outgoing_qos);
+    assert_eq!(c.sys_interval_secs, 0);
+    assert_eq!(c.log_types, vec![LogType::Error, LogType::Warning, LogType::Subscribe]);
+    assert_eq!(c.log_dest, LogDest::Stdout);
+    assert_eq!(c.max_qos, 1);
+    assert_eq!(c.persistence_location, Some("/var/lib/midge/".into()));
+    let l = &c.limits;
+    assert_eq!(l.packet_bytes_max, 2048);
+    assert_eq!(l.message_bytes_max, 1000);
+    assert_eq!(l.inflight_messages_max, 5);
+    assert_eq!(l.queued_messages_max, 7);
+    assert_eq!(l.queued_bytes_max, 4096);
+    assert_eq!(l.memory_bytes_max, 1_048_576);
+    assert_eq!(l.keepalive_secs_max, 120);
+    assert_eq!(l.connections_max, 50);
+    assert_eq!(l.out_buffer_bytes_max, 65536);
+    assert_eq!(l.topic_levels_max, 8);
+    assert_eq!(l.subscriptions_per_client_max, 9);
+    assert_eq!(l.retained_messages_max, 11);
+    assert_eq!(l.topic_alias_max, 0);
+    assert_eq!(c.cluster_node_id, Some(2));
+    assert_eq!(
+        c.cluster_peers,
+        vec![(1, "10.0.0.1:7000".to_string()), (2, "node-b.local:7000".to_string()), (3, "[fd00::3]:7000".to_string()),]
+    );
+    assert_eq!(c.cluster_follower_mode, FollowerMode::Redirect);
+    assert_eq!(c.cluster_preferred_leader, Some(3));
+}
+
+#[test]
+fn brief_error_examples() {
+    assert_eq!(
+        err("# a\n\n\n\n\n\n\n\n\n\n\nmax_inflight 5\n"),
+        "midge.conf:12: unknown option \"max_inflight\" (did you mean max_inflight_messages?)"
+    );
+    assert_eq!(
+        err("\n\nmax_keepalive abc\n"),
+        "midge.conf:3: max_keepalive: \"abc\" is not a number between 0 and 65535"
+    );
+}
+
+#[test]
+fn number_errors() {
+    for v in ["-1", "+5", "1.5", "65536", "0x10", "99999999999999999999999"] {
+        assert_eq!(
+            err(&format!("max_keepalive {v}")),
+            format!("midge.conf:1: max_keepalive: \"{v}\" is not a number between 0 and 65535")
+        );
+    }
+    assert_eq!(err("max_keepalive"), "midge.conf:1: max_keepalive: missing value");
+    assert_eq!(err("max_qos 3"), "midge.conf:1: max_qos: \"3\" is not a number between 0 and 2");
+    assert_eq!(
+        err("max_keepalive 60 # one minute"),
+        "midge.conf:1: max_keepalive: unexpected extra value \"#\" (comments must be on a line of their own)"
+    );
+    assert_eq!(err("max_qos 1 2"), "midge.conf:1: max_qos: unexpected extra value \"2\"");
+    assert_eq!(err("allow_anonymous yes"), "midge.conf:1: allow_anonymous: \"yes\" is not true or false");
+    assert_eq!(err("max_topic_levels 0"), "midge.conf:1: max_topic_levels: \"0\" is not a number between 1 and 65535");
+}
+
+#[test]
+fn zero_and_unlimited_mappings() {
+    let l = parse(
+        "max_packet_size 0\nmessage_size_limit 0\nmax_inflight_messages 0\n\
+         max_queued_bytes 0\nmemory_limit 0\nmax_connections 0\n",
+    )
+    .limits;
+    assert_eq!(l.packet_bytes_max, PROTOCOL_MAX_BYTES);
+    assert_eq!(l.message_bytes_max, PROTOCOL_MAX_BYTES);
+    assert_eq!(l.inflight_messages_max, 65535);
+    assert_eq!(l.queued_bytes_max, u64::MAX);
+    assert_eq!(l.memory_bytes_max, u64::MAX);
+    assert_eq!(l.connections_max, DEFAULT_CONNECTIONS_MAX);
+    assert_eq!(parse("max_connections -1").limits.connections_max, 100_000);
+    assert_eq!(parse("max_packet_size 20").limits.packet_bytes_max, 20);
+    assert_eq!(parse("max_packet_size 268435455").limits.packet_bytes_max, PROTOCOL_MAX_BYTES);
+    assert_eq!(
+        err("max_packet_size 19"),
+        "midge.conf:1: max_packet_size: 19 is below the minimum of 20 bytes (0 means the protocol maximum)"
+    );
+    assert!(err("max_packet_size 268435456").contains("is not a number between 0 and 268435455"));
+    assert!(err("message_size_limit 268435456").contains("between 0 and 268435455"));
+    assert_eq!(
+        err("max_queued_messages 0"),
+        "midge.conf:1: max_queued_messages: must be at least 1 (midge has no unlimited queues)"
+    );
+    assert!(err("max_retained_messages 0").contains("retain_available false"));
+    assert_eq!(
+        err("max_connections -2"),
+        "midge.conf:1: max_connections: \"-2\" is not -1 or a number between 0 and 4294967295"
+    );
+    assert!(err("max_inflight_messages 65536").contains("between 0 and 65535"));
+    assert!(err("client_out_buffer_bytes 0").contains("between 1 and"));
+}
+
+#[test]
+fn repeated_keys_last_one_wins() {
+    let c = parse("max_qos 0\nmax_qos 1\nacl_file /a\nacl_file /b\n");
+    assert_eq!(c.max_qos, 1);
+    assert_eq!(c.acl_file, Some("/b".into()));
+    let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        [
+            "midge.conf:2: max_qos overrides the value set on line 1",
+            "midge.conf:4: acl_file overrides the value set on line 3"
+        ]
+    );
+    assert!(parse("listener 1\nlistener 2\nlog_type error\nlog_type debug\n").warnings.is_empty());
+}
+
+#[test]
+fn listeners() {
+    assert_eq!(parse("listener 1884").listeners, vec![Listener::any(1884)]);
+    // Deprecated port / bind_address configure the default listener.
+    assert_eq!(parse("port 1999").listeners, vec![Listener::any(1999)]);
+    assert_eq!(
+        parse("bind_address 127.0.0.1").listeners,
+        vec![Listener { port: 1883, address: Some("127.0.0.1".into()) }]
+    );
+    assert_eq!(
+        parse("listener 1884\nport 1999\nbind_address localhost\n").listeners,
+        vec![Listener::any(1884), Listener { port: 1999, address: Some("localhost".into()) }]
+    );
+    // Different addresses on one port are fine.
+    assert_eq!(parse("listener 1883 127.0.0.1\nlistener 1883 ::1").listeners.len(), 2);
+    assert_eq!(
+        err("listener 1883\n# x\nlistener 1883\n"),
+        "midge.conf:3: duplicate listener on port 1883 on all interfaces (already defined on line 1)"
+    );
+    assert_eq!(
+        err("listener 1883 ::1\nlistener 1883 0:0:0:0:0:0:0:1\n"),
+        "midge.conf:2: duplicate listener on 0:0:0:0:0:0:0:1 port 1883 (already defined on line 1)"
+    );
+    assert_eq!(
+        err("listener 1883 Gateway\nlistener 1883 gateway\n"),
+        "midge.conf:2: duplicate listener on gateway port 1883 (already defined on line 1)"
+    );
+    assert_eq!(
+        err("listener 1883\nport 1883\n"),
+        "midge.conf:2: duplicate listener on port 1883 on all interfaces (already defined on line 1)"
+    );
+    assert!(err("listener 0 /tmp/sock").contains("Unix socket"));
+    assert!(err("listener").contains("missing port"));
+    assert!(err("listener 1883 a b").contains("unexpected extra value \"b\""));
+    assert!(err("listener 70000").contains("between 0 and 65535"));
+    assert!(err("port 0").contains("between 1 and 65535"));
+    for bad in ["foo..bar", "-x", "1.2.3.999", "a/b", "[1.2.3.4]", "[::1"] {
+        assert_eq!(
+            err(&format!("listener 1883 {bad}")),
+            format!("midge.conf:1: listener: \"{bad}\" is not an IP address or host name")
+        );
+    }
+}
+
+#[test]
+fn override_port_replaces_all_listeners() {
+    let mut c = parse("listener 1884\nlistener 1885 127.0.0.1\n");
+    c.override_port(2000);
+    assert_eq!(c.listeners, vec![Listener::any(2000)]);
+}
+
+#[test]
+fn allow_anonymous_default_depends_on_password_file() {
+    assert!(parse("").allow_anonymous);
+    assert!(parse("listener 1884").allow_anonymous);
+    assert!(parse("acl_file /x").allow_anonymous);
+    assert!(!parse("password_file /x").allow_anonymous);
+    assert!(parse("password_file /x\nallow_anonymous true").allow_anonymous);
+    assert!(!parse("allow_anonymous false").allow_anonymous);
+}
+
+#[test]
+fn durations() {
+    let secs = |v: &str| parse(&format!("persistent_client_expiration {v}")).persistent_client_expiration_secs.unwrap();
+    assert_eq!(secs("30s"), 30);
+    assert_eq!(secs("1h"), 3600);
+    assert_eq!(secs("1d"), 86_400);
+    assert_eq!(secs("2w"), 14 * 86_400);
+    assert_eq!(secs("2m"), 60 * 86_400);
+    assert_eq!(secs("1y"), 365 * 86_400);
+    for bad in ["1", "d", "0d", "-1d", "1x", "1.5d", "1D", "99999999999999999999y", "é"] {
+        assert_eq!(
+            err(&format!("persistent_client_expiration {bad}")),
+            format!(
+                "midge.conf:1: persistent_client_expiration: \"{bad}\" is not a duration \
+                 (a number followed by s, h, d, w, m or y, e.g. 14d)"
+            )
+        );
+    }
+}
+
+#[test]
+fn log_types_and_dest() {
+    assert_eq!(parse("log_type none").log_types, vec![]);
+    assert_eq!(parse("log_type all").log_types, LogType::ALL.to_vec());
+    assert_eq!(parse("log_type all\nlog_type none\nlog_type debug\nlog_type debug").log_types, vec![LogType::Debug]);
+    assert!(err("log_type verbose").contains("\"verbose\" is not one of error, warning"));
+    assert_eq!(err("log_type"), "midge.conf:1: log_type: missing value");
+    assert_eq!(parse("log_dest stderr").log_dest, LogDest::Stderr);
+    assert_eq!(
+        err("log_dest file /var/log/mosquitto/mosquitto.log"),
+        "midge.conf:1: log_dest: \"file\" is not supported by midge (use stdout or stderr)"
+    );
+    assert!(err("log_dest syslog").contains("\"syslog\" is not supported by midge"));
+    assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
+
+    let level = |t: &str| parse(t).log_level();
+    assert_eq!(level(""), log::LevelFilter::Info);
+    assert_eq!(level("log_type none"), log::LevelFilter::Off);
+    assert_eq!(level("log_type error"), log::LevelFilter::Error);
+    assert_eq!(level("log_type warning\nlog_type error"), log::LevelFilter::Warn);
+    assert_eq!(level("log_type all"), log::LevelFilter::Debug);
+    assert!(parse("log_type subscribe").logs(LogType::Subscribe));
+    assert!(!parse("log_type subscribe").logs(LogType::Unsubscribe));
+}
+
+#[test]
+fn ignored_mosquitto_keys_are_accepted() {
+    let text = "autosave_interval 1800\nautosave_on_changes false\npid_file /run/mosquitto/mosquitto.pid\n\
+                user mosquitto\nper_listener_settings false\nlog_timestamp true\n\
+                log_timestamp_format %Y-%m-%dT%H:%M:%S\npersistence_file mosquitto.db\n";
+    let c = parse(text);
+    assert_eq!(Config { warnings: vec![], ..c.clone() }, Config::default());
+    assert_eq!(c.warnings.len(), 8);
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "midge.conf:1: autosave_interval is ignored: midge writes every change to disk as it happens"
+    );
+    assert_eq!(c.warnings[3].line, 4);
+    assert!(c.warnings[3].message.starts_with("user is ignored"));
+    // Their values are still checked.
+    assert!(err("autosave_interval soon").contains("is not a number"));
+    assert!(err("autosave_on_changes 1").contains("is not true or false"));
+    assert!(err("pid_file").contains("missing value"));
+    assert_eq!(
+        err("per_listener_settings true"),
+        "midge.conf:1: per_listener_settings true is not supported by midge: \
+         authentication and access control apply to all listeners"
+    );
+}
+
+#[test]
+fn unsupported_mosquitto_keys_are_errors() {
+    assert_eq!(
+        err("certfile /etc/cert.pem"),
+        "midge.conf:1: \"certfile\" is a Mosquitto option that midge does not support \
+         (TLS is not supported; terminate TLS in front of midge)"
+    );
+    assert!(err("include_dir /etc/mosquitto/conf.d").contains("\"include_dir\" is a Mosquitto option"));
+    assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
+    assert!(err("connection bridge-01").contains("bridges are not supported"));
+    assert!(err("protocol websockets").contains("only mqtt"));
+    assert_eq!(
+        err("mount_point x/"),
+        "midge.conf:1: \"mount_point\" is a Mosquitto option that midge does not support"
+    );
+}
+
+#[test]
+fn unknown_keys_and_suggestions() {
+    assert_eq!(err("bogus_option 1"), "midge.conf:1: unknown option \"bogus_option\"");
+    assert_eq!(err("max_keepalve 10"), "midge.conf:1: unknown option \"max_keepalve\" (did you mean max_keepalive?)");
+    assert_eq!(suggest("Allow_Anonymous"), Some("allow_anonymous"));
+    assert_eq!(suggest("listen"), Some("listener"));
+    assert_eq!(suggest("persistance"), Some("persistence"));
+    assert_eq!(suggest("cluster_peers"), Some("cluster_peer"));
+    assert_eq!(suggest("max_queued"), Some("max_queued_bytes"));
+    assert_eq!(suggest("autosave"), Some("autosave_interval"));
+    assert_eq!(suggest("zzz"), None);
+    assert_eq!(suggest("xyzzy_plugh"), None);
+}
+
+#[test]
+fn cluster_validation() {
+    let three = "cluster_node_id 1\ncluster_peer 1 a:1\ncluster_peer 2 b:1\ncluster_peer 3 c:1\n";
+    assert_eq!(parse(three).cluster_peers.len(), 3);
+    // A single node needs no peer list.
+    assert_eq!(parse("cluster_node_id 7").cluster_node_id, Some(7));
+    assert_eq!(parse("cluster_node_id 7\ncluster_preferred_leader 7").cluster_preferred_leader, Some(7));
+    assert_eq!(
+        err("cluster_node_id 4\ncluster_peer 1 a:1\ncluster_peer 2 b:1\ncluster_peer 3 c:1\n"),
+        "midge.conf:1: cluster_node_id 4 is not one of the cluster_peer ids (1, 2, 3); \
+         list this node as a cluster_peer too"
+    );
+    assert_eq!(
+        err("cluster_peer 1 a:1\ncluster_peer 2 b:1\ncluster_peer 3 c:1\n"),
+        "midge.conf:1: cluster_peer requires cluster_node_id (this node's own id)"
+    );
+    assert_eq!(
+        err("cluster_node_id 1\ncluster_peer 1 a:1\ncluster_peer 1 b:1\n"),
+        "midge.conf:3: cluster_peer: id 1 is already used on line 2"
+    );
+    assert_eq!(
+        err("cluster_node_id 1\ncluster_peer 1 10.0.0.1:7000\ncluster_peer 2 b:1\ncluster_peer 3 10.0.0.1:7000\n"),
+        "midge.conf:4: cluster_peer: address 10.0.0.1:7000 is already used by peer 1 on line 2"
+    );
+    assert!(err("cluster_node_id 1\ncluster_peer 1 [::1]:7\ncluster_peer 2 [0::1]:7\n")
+        .starts_with("midge.conf:3: cluster_peer: address [0::1]:7 is already used by peer 1"));
+    let two = "cluster_node_id 1\ncluster_peer 1 a:1\ncluster_peer 2 b:1\n";
+    assert_eq!(
+        err(two),
+        "midge.conf:3: a two-node cluster has no fault tolerance: a majority of 2 is 2, so losing \
+         either node stops it; add a third peer or set cluster_allow_two_nodes true"
+    );
+    let ok = parse(&format!("{two}cluster_allow_two_nodes true\n"));
+    assert!(ok.cluster_allow_two_nodes);
+    assert_eq!(
+        err(&format!("{three}cluster_preferred_leader 9\n")),
+        "midge.conf:5: cluster_preferred_leader 9 is not a cluster member (members: 1, 2, 3)"
+    );
+    assert_eq!(
+        err("cluster_preferred_leader 9\n"),
+        "midge.conf:1: cluster_preferred_leader 9 is not a cluster member \
+         (no cluster_node_id or cluster_peer is set)"
+    );
+    for bad in ["a", "a:", "a:0", "a:70000", "::1:7000", "[::1]7000", "[x]:1", "a b:1", ":1"] {
+        let e = err(&format!("cluster_node_id 1\ncluster_peer 1 {bad}"));
+        assert!(e.contains("is not HOST:PORT") || e.contains("unexpected extra"), "{bad}: {e}");
+    }
+    assert!(err("cluster_peer 0 a:1").contains("between 1 and"));
+    assert!(err("cluster_peer 1").contains("expected cluster_peer ID HOST:PORT"));
+    assert!(err("cluster_node_id 0").contains("between 1 and"));
+    assert_eq!(
+        err("cluster_follower_mode leader"),
+        "midge.conf:1: cluster_follower_mode: \"leader\" is not one of proxy, redirect, closed"
+    );
+    assert_eq!(parse("cluster_follower_mode closed").cluster_follower_mode, FollowerMode::Closed);
+}
+
+#[test]
+fn from_file_records_source_and_names_file_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("midge.conf");
+    std::fs::write(&path, "listener 1999\n").unwrap();
+    let c = Config::from_file(&path).unwrap();
+    assert_eq!(c.listeners, vec![Listener::any(1999)]);
+    assert_eq!(c.source.as_deref(), Some(path.as_path()));
+
+    std::fs::write(&path, "listener 1999\nmax_qos 5\n").unwrap();
+    let e = Config::from_file(&path).unwrap_err();
+    assert_eq!(e.file, path.display().to_string());
+    assert_eq!(e.line, 2);
+    assert_eq!(e.to_string(), format!("{}:2: max_qos: \"5\" is not a number between 0 and 2", path.display()));
+
+    std::fs::write(&path, b"listener 1999\n\xff\n").unwrap();
+    assert_eq!(
+        Config::from_file(&path).unwrap_err().to_string(),
+        format!("{}:2: not valid UTF-8 text", path.display())
+    );
+    let missing = dir.path().join("nope.conf");
+    let e = Config::from_file(&missing).unwrap_err();
+    assert_eq!(e.line, 0);
+    assert!(e.to_string().starts_with(&format!("{}: cannot read:", missing.display())));
+}
+
+#[test]
+fn error_display() {
+    assert_eq!(ConfigError::new("f", 0, "m").to_string(), "f: m");
+    assert_eq!(ConfigError::new("f", 3, "m").to_string(), "f:3: m");
+    let boxed: Box<dyn std::error::Error> = Box::new(ConfigError::new("f", 1, "m"));
+    assert_eq!(boxed.to_string(), "f:1: m");
+}
+
+/// docs/CONFIG.md documents every key, and every ```conf example in it parses.
+#[test]
+fn docs_cover_every_key_and_examples_parse() {
+    let doc = include_str!("../../docs/CONFIG.md");
+    for key in SUPPORTED_KEYS.iter().chain(IGNORED_KEYS) {
+        assert!(doc.contains(&format!("### `{key}`")), "docs/CONFIG.md has no section for {key}");
+    }
+    let mut blocks = 0;
+    let mut rest = doc;
+    while let Some(start) = rest.find("```conf\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed block");
+        let block = &body[..end];
+        // A block may need a cluster or other context: examples are written
+        // to be complete on their own.
+        if let Err(e) = Config::parse_str(block, "CONFIG.md example") {
+            panic!("example does not parse: {e}\n{block}");
+        }
+        blocks += 1;
+        rest = &body[end..];
+    }
+    assert!(blocks >= SUPPORTED_KEYS.len(), "only {blocks} examples");
+}

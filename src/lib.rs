@@ -1,0 +1,11 @@
+//! midge: a small, highly available MQTT broker for Linux edge gateways.
+//!
+//! Data flows one way: socket (`net`) -> codec (`mqtt`) -> broker state
+//! machine (`broker`) -> actions -> codec -> socket. `mqtt` and `broker` do
+//! no I/O and read no clock.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod mqtt;
+pub mod net;
