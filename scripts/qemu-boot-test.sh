@@ -295,7 +295,9 @@ for attempt in 1 2 3; do
   P=${PORT:-$(free_port)}
   : >"$CONSOLE"
   HOST_NOW=$(date -u +%s)
-  qemu-system-aarch64 -M virt -cpu cortex-a72 -m 256 -smp 1 \
+  # `virt` has a PL031 RTC (and Debian's kernel has its driver built in):
+  # start it at 1970 so the guest, like a Pi without RTC, must be given the time.
+  qemu-system-aarch64 -M virt -cpu cortex-a72 -m 256 -smp 1 -rtc base=1970-01-01T00:00:00 \
     -display none -monitor none -serial "file:$CONSOLE" -no-reboot \
     -kernel "$G/vmlinuz" -initrd "$WORK/initrd.gz" \
     -append "console=ttyAMA0 rdinit=/init panic=-1 loglevel=4 midge.time=$HOST_NOW" \
@@ -316,11 +318,16 @@ for attempt in 1 2 3; do
     log "port $P busy, retrying"; QEMU_PID=""; continue
   fi
   cat "$WORK/qemu.out" >&2 || true
+  if grep -q "midge-qemu: midge exited" "$CONSOLE"; then
+    die "midge exited in the guest before logging 'listen socket on port 1883'"
+  elif ! kill -0 "$QEMU_PID" 2>/dev/null; then
+    die "qemu exited before midge logged 'listen socket on port 1883'"
+  fi
   die "midge did not log 'listen socket on port 1883' within ${BOOT_TIMEOUT}s"
 done
 ((booted)) || die "could not start qemu"
 phase "boot to midge listening"
-log "guest up: $(grep -o 'midge-qemu: clock set to.*' "$CONSOLE" | tr -d '\r' || echo 'clock not set')"
+log "guest up: clock at init $(sed -n 's/.*init started, clock \([0-9]*\).*/\1/p' "$CONSOLE" | head -1), $(grep -o 'clock set to.*' "$CONSOLE" | tr -d '\r' || echo 'clock not set')"
 
 # Guest clock must be the host's (not 1970) within a few minutes.
 GUEST_T=$(sed -n 's/.*midge-qemu: clock set to \([0-9]*\).*/\1/p' "$CONSOLE" | head -1)

@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod mqtt;
 pub mod net;
+pub mod store;

@@ -11,8 +11,11 @@ use smol::LocalExecutor;
 use midge::auth::acl::AclFile;
 use midge::auth::password::PasswordFile;
 use midge::broker::{Broker, Settings};
+use midge::cluster::transport::{self, Peers};
+use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
 use midge::net::Server;
+use midge::store::{MemLog, RaftLog, RedbLog, StoreIdentity};
 
 const USAGE: &str = "\
 midge - a small, highly available MQTT broker
@@ -117,8 +120,57 @@ fn main() -> ExitCode {
     } else {
         info!("Using default config.");
     }
-    let ex = Rc::new(LocalExecutor::new());
-    let server = Server::new(Broker::new(settings, midge::net::wall_ms()), config.set_tcp_nodelay);
+    let node_id = config.cluster_node_id.unwrap_or(1);
+    let broker = Broker::new(settings, midge::net::wall_ms());
+    let ncfg = node_config(&config, node_id);
+    if config.persistence {
+        let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
+        let identity = StoreIdentity { cluster_id: 0, node_id };
+        let log = match RedbLog::open(&dir, identity, config.persistence_fsync) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("midge: {e}");
+                return ExitCode::from(4);
+            }
+        };
+        info!(
+            "Persistence: {} (fsync {}).",
+            dir.join("midge.redb").display(),
+            if config.persistence_fsync { "on" } else { "off" }
+        );
+        run(&config, ncfg, log, broker)
+    } else {
+        info!("Persistence is off: state lives in memory only and is lost at exit.");
+        run(&config, ncfg, MemLog::new(), broker)
+    }
+}
+
+fn node_config(config: &Config, id: u64) -> NodeConfig {
+    let mut n = NodeConfig::single(id);
+    if !config.cluster_peers.is_empty() {
+        n.voters = config.cluster_peers.iter().map(|(id, _)| *id).collect();
+    }
+    n.election_ticks = config.cluster.election_ticks as usize;
+    n.election_ticks_max = 2 * n.election_ticks;
+    n.heartbeat_ticks = config.cluster.heartbeat_ticks as usize;
+    n.snapshot_entries = config.cluster.snapshot_entries;
+    n
+}
+
+fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
+    let node_id = ncfg.id;
+    let node = match Node::new(ncfg, log, broker, &raft_logger()) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("midge: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
+    let peers = Peers::new(node_id);
+    let server = Server::new(node, peers.clone(), config.cluster.tick_ms, config.set_tcp_nodelay);
     let mut sockets = Vec::new();
     for l in &config.listeners {
         match smol::block_on(midge::net::bind(l)) {
@@ -133,11 +185,42 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut peer_listener = None;
+    if let Some((_, addr)) = config.cluster_peers.iter().find(|(id, _)| *id == node_id) {
+        match smol::block_on(smol::net::TcpListener::bind(addr.as_str())) {
+            Ok(l) => {
+                info!("Listening for cluster peers on {addr}.");
+                peer_listener = Some(l);
+            }
+            Err(e) => {
+                error!("Cannot listen for cluster peers on {addr}: {e}.");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let ex = Rc::new(LocalExecutor::new());
     smol::block_on(ex.run(async {
         for s in sockets {
             ex.spawn(server.clone().listen(ex.clone(), s)).detach();
         }
+        for (id, addr) in &config.cluster_peers {
+            peers.add(&ex, *id, addr.clone());
+        }
+        if let Some(l) = peer_listener {
+            let ids: Vec<u64> = config.cluster_peers.iter().map(|(id, _)| *id).collect();
+            let s2 = server.clone();
+            ex.spawn(transport::accept_loop(
+                ex.clone(),
+                l,
+                node_id,
+                Rc::new(move |id| ids.contains(&id)),
+                Rc::new(move |m| s2.deliver_peer_message(m)),
+                message_bytes_max,
+            ))
+            .detach();
+        }
         ex.spawn(server.clone().ticker()).detach();
+        ex.spawn(server.clone().driver()).detach();
         let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
             Ok(s) => s,
             Err(e) => {
@@ -145,13 +228,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let stop = async {
-            use futures_lite::StreamExt;
-            let mut signals = signals;
-            let s = signals.next().await;
-            info!("midge received {:?}, shutting down.", s.and_then(|r| r.ok()));
-            ExitCode::SUCCESS
-        };
-        stop.await
+        use futures_lite::StreamExt;
+        let mut signals = signals;
+        let s = signals.next().await;
+        info!("midge received {:?}, shutting down.", s.and_then(|r| r.ok()));
+        ExitCode::SUCCESS
     }))
 }

@@ -23,6 +23,15 @@ impl Broker {
             c.username = cp.username.as_deref().map(Rc::from);
         }
         let v5 = cp.version.is_v5();
+        if !self.serving {
+            return self.refuse(
+                conn,
+                reason::SERVER_UNAVAILABLE,
+                reason::V3_SERVER_UNAVAILABLE,
+                "this node is not the cluster leader",
+                now,
+            );
+        }
         let mut ack_props = Properties::default();
 
         // Client identifier [MQTT-3.1.3-6..9].

@@ -14,7 +14,7 @@ pub mod state;
 mod sys;
 pub mod tree;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use log::{debug, info, warn};
@@ -87,8 +87,8 @@ pub struct Stats {
 pub struct Broker {
     pub settings: Rc<Settings>,
     pub state: State,
-    conns: HashMap<ConnId, Conn>,
-    by_client: HashMap<Rc<str>, ConnId>,
+    conns: BTreeMap<ConnId, Conn>,
+    by_client: BTreeMap<Rc<str>, ConnId>,
     congested: HashSet<ConnId>,
     actions: Vec<Action>,
     effects: Vec<Effect>,
@@ -102,6 +102,11 @@ pub struct Broker {
     last_sys_ms: u64,
     sys_retained: std::collections::BTreeMap<Rc<str>, Message>,
     last_tick_cmd_ms: u64,
+    /// Whether this node accepts clients (the raft leader with its state
+    /// caught up). Always true when not replicated.
+    serving: bool,
+    /// The last LeaderStart applied: (node, term).
+    pub leader_ready: Option<(u64, u64)>,
 }
 
 impl Broker {
@@ -109,8 +114,8 @@ impl Broker {
         Broker {
             settings,
             state: State::default(),
-            conns: HashMap::new(),
-            by_client: HashMap::new(),
+            conns: BTreeMap::new(),
+            by_client: BTreeMap::new(),
             congested: HashSet::new(),
             actions: Vec::new(),
             effects: Vec::new(),
@@ -122,6 +127,40 @@ impl Broker {
             last_sys_ms: 0,
             sys_retained: Default::default(),
             last_tick_cmd_ms: now_ms,
+            serving: true,
+            leader_ready: None,
+        }
+    }
+
+    /// Replicated mode: proposals wait for `take_proposals` and come back
+    /// through `apply_committed`; clients are refused until `set_serving`.
+    pub fn set_replicated(&mut self) {
+        self.auto_commit = false;
+        self.serving = false;
+    }
+
+    pub fn serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Start or stop serving clients. Stopping closes every client
+    /// connection at once (v5 clients get DISCONNECT 0x9C, Use another
+    /// server): a node that is not the leader never serves a session.
+    pub fn set_serving(&mut self, serving: bool, now: u64) {
+        if self.serving == serving {
+            return;
+        }
+        self.serving = serving;
+        if !serving {
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    // The next leader ends these sessions in its state.
+                    c.session_closed = true;
+                }
+                self.close(id, Some(reason::USE_ANOTHER_SERVER), now);
+            }
+            self.proposals.clear();
         }
     }
 
@@ -275,6 +314,16 @@ impl Broker {
         self.close(conn, None, now);
     }
 
+    /// Propose a command outside client traffic (the cluster driver's
+    /// LeaderStart).
+    pub fn propose_command(&mut self, now_ms: u64, cmd: Command) {
+        self.propose(now_ms, cmd);
+    }
+
+    pub fn has_proposals(&self) -> bool {
+        !self.proposals.is_empty()
+    }
+
     fn propose(&mut self, now_ms: u64, cmd: Command) {
         if let Command::Acked { client, acks } = &cmd {
             if let Some(Entry { cmd: Command::Acked { client: c2, acks: a2 }, .. }) = self.proposals.last_mut() {
@@ -386,6 +435,7 @@ impl Broker {
             Effect::WillPublished { client } => {
                 debug!("Will message of client {} published.", client);
             }
+            Effect::LeaderReady { node, term } => self.leader_ready = Some((node, term)),
         }
     }
 
@@ -687,11 +737,11 @@ impl Broker {
         }
         let msg = self.message_from(&client, &p, now);
         match p.qos {
-            QoS::AtMostOnce if !p.retain => {
+            QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos => {
                 // QoS 0 to online subscribers does not wait for a commit.
                 let settings = self.settings.clone();
                 let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
-                let targets = self.state.route(&msg, &acl);
+                let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
                 let mut offline = false;
                 for (target, d) in targets {
                     if self.state.sessions.get(&target).is_some_and(|s| s.online) {

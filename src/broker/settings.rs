@@ -44,6 +44,7 @@ impl Settings {
                 queued_bytes_max: c.limits.queued_bytes_max,
                 retained_messages_max: c.limits.retained_messages_max,
                 queue_qos0_messages: c.queue_qos0_messages,
+                upgrade_outgoing_qos: c.upgrade_outgoing_qos,
             },
         }
     }

@@ -83,6 +83,8 @@ pub struct ApplyLimits {
     pub queued_bytes_max: u64,
     pub retained_messages_max: u32,
     pub queue_qos0_messages: bool,
+    /// upgrade_outgoing_qos: deliver at the subscription's QoS.
+    pub upgrade_outgoing_qos: bool,
 }
 
 pub type AclCheck<'a> = &'a dyn Fn(&str, Option<&str>, &str) -> bool;
@@ -144,6 +146,13 @@ pub enum Command {
     },
     /// Periodic: due wills, expired sessions.
     Tick,
+    /// A new leader starts serving: every session still marked online lost
+    /// its connection with the old leader (an ungraceful end: wills are
+    /// published as for a dropped connection).
+    LeaderStart {
+        node: u64,
+        term: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +230,11 @@ pub enum Effect {
     WillPublished {
         client: Rc<str>,
     },
+    /// The LeaderStart command of `node` in `term` was applied.
+    LeaderReady {
+        node: u64,
+        term: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +247,42 @@ pub struct State {
     pub applied_commands: u64,
 }
 
+/// The serialised form of `State` in a snapshot (postcard), led by
+/// `STATE_FORMAT_VERSION`.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u16,
+    applied_commands: u64,
+    sessions: &'a BTreeMap<Rc<str>, Session>,
+    retained: &'a BTreeMap<Rc<str>, Message>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    #[allow(dead_code)] // checked before decoding the rest
+    version: u16,
+    applied_commands: u64,
+    sessions: BTreeMap<Rc<str>, Session>,
+    retained: BTreeMap<Rc<str>, Message>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    Version(u16),
+    Decode(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Version(v) => {
+                write!(f, "state snapshot has format version {v}, this midge reads {STATE_FORMAT_VERSION}")
+            }
+            SnapshotError::Decode(e) => write!(f, "state snapshot does not decode: {e}"),
+        }
+    }
+}
+
 /// Split a subscribed filter into (share group, topic filter).
 pub fn split_share(filter: &str) -> (Option<&str>, &str) {
     match topic::parse_shared(filter) {
@@ -242,6 +292,49 @@ pub fn split_share(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl State {
+    /// Serialise the whole durable state (postcard, versioned).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let out = SnapshotOut {
+            version: STATE_FORMAT_VERSION,
+            applied_commands: self.applied_commands,
+            sessions: &self.sessions,
+            retained: &self.retained,
+        };
+        postcard::to_allocvec(&out).unwrap_or_default()
+    }
+
+    /// Rebuild a state from `snapshot()` bytes; derived indexes (the
+    /// subscription tree, byte counts) are recomputed. Empty bytes give an
+    /// empty state.
+    pub fn restore(bytes: &[u8]) -> Result<State, SnapshotError> {
+        if bytes.is_empty() {
+            return Ok(State::default());
+        }
+        // The version is the first field; check it before the rest.
+        let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if version != STATE_FORMAT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let s: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let mut st = State { applied_commands: s.applied_commands, ..State::default() };
+        for (client, sess) in &s.sessions {
+            for (f, e) in &sess.subs {
+                let (share, tf) = split_share(f);
+                st.tree.insert(tf, share, client, *e);
+            }
+            st.stored_bytes += sess.queued_bytes;
+            for o in sess.inflight.values() {
+                if let Outbound::Publish(d) = o {
+                    st.stored_bytes += d.msg.cost_bytes();
+                }
+            }
+        }
+        st.stored_bytes += s.retained.values().map(|m| m.cost_bytes()).sum::<u64>();
+        st.sessions = s.sessions;
+        st.retained = s.retained;
+        Ok(st)
+    }
+
     pub fn apply(&mut self, e: &Entry, lim: &ApplyLimits, acl: AclCheck, out: &mut Vec<Effect>) {
         self.applied_commands += 1;
         let now = e.now_ms;
@@ -360,6 +453,14 @@ impl State {
                 self.fill_window(client, now, out);
             }
             Command::Tick => self.tick(now, lim, acl, out),
+            Command::LeaderStart { node, term } => {
+                let online: Vec<Rc<str>> =
+                    self.sessions.iter().filter(|(_, s)| s.online).map(|(c, _)| c.clone()).collect();
+                for c in online {
+                    self.end_connection(&c, true, now, lim, acl, out);
+                }
+                out.push(Effect::LeaderReady { node: *node, term: *term });
+            }
         }
     }
 
@@ -421,7 +522,7 @@ impl State {
         if msg.retain && !offline_only {
             self.set_retained(msg, lim);
         }
-        let targets = self.route(msg, acl);
+        let targets = self.route(msg, lim.upgrade_outgoing_qos, acl);
         let matched = !targets.is_empty();
         for (client, d) in targets {
             let online = self.sessions.get(&client).is_some_and(|s| s.online);
@@ -455,7 +556,7 @@ impl State {
     /// The sessions a message goes to, one delivery per session: the highest
     /// QoS of its matching subscriptions and all their identifiers
     /// [MQTT-3.3.4-2..5]; one member of each matching shared group.
-    pub fn route(&self, msg: &Message, acl: AclCheck) -> Vec<(Rc<str>, Delivery)> {
+    pub fn route(&self, msg: &Message, upgrade_qos: bool, acl: AclCheck) -> Vec<(Rc<str>, Delivery)> {
         let mut hits: Vec<(Rc<str>, SubEntry)> = Vec::new();
         let mut shared_hits: Vec<(Rc<str>, SubEntry)> = Vec::new();
         let origin = msg.origin.as_deref();
@@ -499,7 +600,7 @@ impl State {
         }
         let mut out: Vec<(Rc<str>, Delivery)> = Vec::with_capacity(hits.len());
         for (c, e) in hits {
-            let qos = msg.qos.min(e.opts.qos());
+            let qos = if upgrade_qos { e.opts.qos() } else { msg.qos.min(e.opts.qos()) };
             let retain = msg.retain && e.opts.retain_as_published();
             if let Some((last, d)) = out.last_mut() {
                 if *last == c {

@@ -57,7 +57,7 @@ impl Broker {
             };
             let settings = self.settings.clone();
             let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
-            for (client, mut d) in self.state.route(&msg, &acl) {
+            for (client, mut d) in self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl) {
                 d.qos = QoS::AtMostOnce;
                 self.deliver(&client, None, &d, false, now);
             }

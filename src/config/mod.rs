@@ -193,6 +193,23 @@ impl FollowerMode {
     }
 }
 
+/// Raft timing: one tick every `tick_ms`; a follower that hears nothing for
+/// `election_ticks` (randomised up to twice that) starts an election; the
+/// leader sends heartbeats every `heartbeat_ticks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTiming {
+    pub tick_ms: u64,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub snapshot_entries: u64,
+}
+
+impl Default for ClusterTiming {
+    fn default() -> Self {
+        ClusterTiming { tick_ms: 50, election_ticks: 6, heartbeat_ticks: 1, snapshot_entries: 20_000 }
+    }
+}
+
 /// The broker configuration. `Config::default()` is what midge runs with when
 /// started without a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +254,10 @@ pub struct Config {
     pub cluster_preferred_leader: Option<u64>,
     /// `cluster_allow_two_nodes`: accept a two-node cluster. Default `false`.
     pub cluster_allow_two_nodes: bool,
+    /// Raft timing and snapshot settings (`cluster_tick_ms`, ...).
+    pub cluster: ClusterTiming,
+    /// `persistence_fsync`: fsync every raft Ready (default `true`).
+    pub persistence_fsync: bool,
     /// The file this configuration was read from.
     pub source: Option<PathBuf>,
     /// Warnings found while parsing (ignored Mosquitto options, options set
@@ -271,6 +292,8 @@ impl Default for Config {
             cluster_follower_mode: FollowerMode::Proxy,
             cluster_preferred_leader: None,
             cluster_allow_two_nodes: false,
+            cluster: ClusterTiming::default(),
+            persistence_fsync: true,
             source: None,
             warnings: Vec::new(),
         }

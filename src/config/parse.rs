@@ -17,10 +17,14 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "bind_address",
     "client_out_buffer_bytes",
     "cluster_allow_two_nodes",
+    "cluster_election_ticks",
     "cluster_follower_mode",
+    "cluster_heartbeat_ticks",
     "cluster_node_id",
     "cluster_peer",
     "cluster_preferred_leader",
+    "cluster_snapshot_entries",
+    "cluster_tick_ms",
     "connection_messages",
     "listener",
     "log_dest",
@@ -40,6 +44,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "message_size_limit",
     "password_file",
     "persistence",
+    "persistence_fsync",
     "persistence_location",
     "persistent_client_expiration",
     "port",
@@ -333,6 +338,13 @@ impl<'f> Parser<'f> {
                 self.preferred_leader_line = self.line;
             }
             "cluster_allow_two_nodes" => self.cfg.cluster_allow_two_nodes = self.bool_opt(key, rest)?,
+            "cluster_tick_ms" => self.cfg.cluster.tick_ms = self.num_opt(key, rest, 5, 10_000)?,
+            "cluster_election_ticks" => self.cfg.cluster.election_ticks = self.num_opt(key, rest, 3, 1000)? as u32,
+            "cluster_heartbeat_ticks" => self.cfg.cluster.heartbeat_ticks = self.num_opt(key, rest, 1, 1000)? as u32,
+            "cluster_snapshot_entries" => {
+                self.cfg.cluster.snapshot_entries = self.num_opt(key, rest, 100, u32::MAX.into())?
+            }
+            "persistence_fsync" => self.cfg.persistence_fsync = self.bool_opt(key, rest)?,
             // Harmless Mosquitto options: checked, then ignored with a warning.
             "autosave_interval" | "autosave_on_changes" => {
                 if key == "autosave_interval" {
@@ -606,6 +618,15 @@ impl<'f> Parser<'f> {
                         .into(),
                 );
             }
+        }
+        if cfg.cluster.heartbeat_ticks >= cfg.cluster.election_ticks {
+            return err(
+                0,
+                format!(
+                    "cluster_heartbeat_ticks ({}) must be less than cluster_election_ticks ({})",
+                    cfg.cluster.heartbeat_ticks, cfg.cluster.election_ticks
+                ),
+            );
         }
         if let Some(leader) = cfg.cluster_preferred_leader {
             let members = if ids.is_empty() { cfg.cluster_node_id.into_iter().collect() } else { ids };

@@ -19,9 +19,12 @@ use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 
 use crate::broker::{Action, Broker, ConnId};
+use crate::cluster::transport::Peers;
+use crate::cluster::Node;
 use crate::config::Listener;
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
+use crate::store::RaftLog;
 use io::SmolIo;
 
 /// Smallest read buffer a connection starts with; it grows (up to the
@@ -37,8 +40,13 @@ struct ConnIo {
     doorbell: Sender<()>,
 }
 
-pub struct Server {
-    broker: RefCell<Broker>,
+pub struct Server<L: RaftLog> {
+    node: RefCell<Node<L>>,
+    peers: Rc<Peers>,
+    /// Wakes the raft driver: proposals or peer messages are waiting.
+    driver_bell: Sender<()>,
+    driver_rx: Receiver<()>,
+    tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
@@ -54,11 +62,16 @@ pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-impl Server {
-    pub fn new(broker: Broker, nodelay: bool) -> Rc<Server> {
-        let lim = broker.settings.limits.clone();
+impl<L: RaftLog + 'static> Server<L> {
+    pub fn new(node: Node<L>, peers: Rc<Peers>, tick_ms: u64, nodelay: bool) -> Rc<Server<L>> {
+        let lim = node.broker.settings.limits.clone();
+        let (driver_bell, driver_rx) = bounded(1);
         Rc::new(Server {
-            broker: RefCell::new(broker),
+            node: RefCell::new(node),
+            peers,
+            driver_bell,
+            driver_rx,
+            tick_ms,
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
@@ -78,8 +91,17 @@ impl Server {
     /// Run `f` on the broker, then carry out the actions it produced.
     fn with_broker<R>(&self, f: impl FnOnce(&mut Broker, u64) -> R) -> R {
         let now = self.now();
-        let mut b = self.broker.borrow_mut();
-        let r = f(&mut b, now);
+        let mut node = self.node.borrow_mut();
+        let r = f(&mut node.broker, now);
+        self.dispatch(&mut node.broker);
+        if node.broker.has_proposals() {
+            let _ = self.driver_bell.try_send(());
+        }
+        r
+    }
+
+    /// Encode the broker's actions into the connections' buffers.
+    fn dispatch(&self, b: &mut Broker) {
         let actions: Vec<Action> = b.take_actions().collect();
         let mut congested = Vec::new();
         {
@@ -112,7 +134,62 @@ impl Server {
         for id in congested {
             b.set_congested(id, true);
         }
-        r
+    }
+
+    /// A raft message from a peer.
+    pub fn deliver_peer_message(&self, m: raft::eraftpb::Message) {
+        self.node.borrow_mut().step(m);
+        let _ = self.driver_bell.try_send(());
+    }
+
+    /// The raft driver: ticks, proposals, the Ready loop.
+    pub async fn driver(self: Rc<Self>) {
+        let tick = Duration::from_millis(self.tick_ms);
+        let mut next_tick = std::time::Instant::now() + tick;
+        loop {
+            let rx = self.driver_rx.clone();
+            futures_lite::future::or(
+                async move {
+                    let _ = rx.recv().await;
+                },
+                async {
+                    smol::Timer::at(next_tick).await;
+                },
+            )
+            .await;
+            if std::time::Instant::now() >= next_tick {
+                self.node.borrow_mut().tick();
+                next_tick += tick;
+                if next_tick < std::time::Instant::now() {
+                    next_tick = std::time::Instant::now() + tick;
+                }
+            }
+            // Bounded: a pass that leaves more ready work rings again.
+            let mut again = false;
+            for _ in 0..8 {
+                let now = self.now();
+                let mut node = self.node.borrow_mut();
+                let out = match node.ready(now) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        log::error!("Stopping: {e}.");
+                        std::process::exit(70);
+                    }
+                };
+                self.dispatch(&mut node.broker);
+                again = node.raw.has_ready() || node.broker.has_proposals();
+                drop(node);
+                for m in &out.messages {
+                    self.peers.send(m);
+                }
+                if !again {
+                    break;
+                }
+            }
+            if again {
+                let _ = self.driver_bell.try_send(());
+            }
+        }
     }
 
     pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
@@ -243,6 +320,10 @@ impl Server {
                 }
             });
         }
+    }
+
+    pub fn peers(&self) -> &Rc<Peers> {
+        &self.peers
     }
 
     /// Periodic broker work, once a second.

@@ -227,6 +227,10 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Wait (reading as needed) until a complete frame is buffered or the
     /// deadline passes. The socket must have a read timeout set so that the
     /// deadline is honoured.

@@ -6,6 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::raw::{c_int, c_void};
+use std::time::{Duration, Instant};
 
 const AF_INET: c_int = 2;
 const SOCK_STREAM: c_int = 1;
@@ -15,6 +16,23 @@ const IP_BIND_ADDRESS_NO_PORT: c_int = 24;
 const SOL_SOCKET: c_int = 1;
 const SO_LINGER: c_int = 13;
 const RLIMIT_NOFILE: c_int = 7;
+const SO_ERROR: c_int = 4;
+const F_GETFL: c_int = 3;
+const F_SETFL: c_int = 4;
+const O_NONBLOCK: c_int = 0o4000;
+const EINPROGRESS: i32 = 115;
+const POLLOUT: i16 = 4;
+
+/// Bound on one TCP connect (a broker whose accept queue is full makes a
+/// blocking connect retry SYNs for minutes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: i16,
+    revents: i16,
+}
 
 #[repr(C)]
 struct SockaddrIn {
@@ -42,6 +60,9 @@ extern "C" {
     fn connect(fd: c_int, addr: *const SockaddrIn, len: u32) -> c_int;
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: u32) -> c_int;
     fn close(fd: c_int) -> c_int;
+    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    fn poll(fds: *mut PollFd, n: u64, timeout_ms: c_int) -> c_int;
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut u32) -> c_int;
     fn getrlimit(res: c_int, r: *mut Rlimit) -> c_int;
     fn setrlimit(res: c_int, r: *const Rlimit) -> c_int;
 }
@@ -68,7 +89,7 @@ pub fn check_loopback(host: &str, port: u16) -> Result<SocketAddrV4, String> {
 /// port range per destination).
 pub fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStream> {
     let Some(src) = src else {
-        return TcpStream::connect(dst);
+        return TcpStream::connect_timeout(&SocketAddr::V4(dst), CONNECT_TIMEOUT);
     };
     unsafe {
         let fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -84,18 +105,45 @@ pub fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpS
             close(fd);
             return Err(e);
         }
+        // Non-blocking connect + poll, so that it is bounded in time.
+        let fl = fcntl(fd, F_GETFL);
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
         let d = sockaddr(dst);
-        loop {
-            if connect(fd, &d, std::mem::size_of::<SockaddrIn>() as u32) == 0 {
-                break;
-            }
+        if connect(fd, &d, std::mem::size_of::<SockaddrIn>() as u32) != 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+            if e.raw_os_error() != Some(EINPROGRESS) {
+                close(fd);
+                return Err(e);
             }
-            close(fd);
-            return Err(e);
+            let end = Instant::now() + CONNECT_TIMEOUT;
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    close(fd);
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out (5 s)"));
+                }
+                let mut p = PollFd { fd, events: POLLOUT, revents: 0 };
+                let r = poll(&mut p, 1, left.as_millis().max(1) as c_int);
+                if r > 0 {
+                    break;
+                }
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        close(fd);
+                        return Err(e);
+                    }
+                }
+            }
+            let mut err: c_int = 0;
+            let mut len = 4u32;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &mut err as *mut c_int as *mut c_void, &mut len);
+            if err != 0 {
+                close(fd);
+                return Err(io::Error::from_raw_os_error(err));
+            }
         }
+        fcntl(fd, F_SETFL, fl);
         Ok(TcpStream::from_raw_fd(fd))
     }
 }

@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# Benchmark midge against Eclipse Mosquitto on this machine, in the same run.
+#
+#   scripts/bench.sh [--quick] [--only-mosquitto] [--no-build] [--reps N]
+#                    [--mosquitto-port P] [--midge-port P] [--midge-bin PATH]
+#                    [--broker-nodelay] [--out FILE]
+#
+# Builds benches/loadgen (release) and midge (cargo build --release), starts
+# Mosquitto and midge on loopback ports with the same config file, and for each
+# broker measures: QoS 0/1 throughput 1->1, 1->100 (fan-out) and 4->4, QoS 1
+# ping-pong latency, idle RSS and RSS with 1,000 and 10,000 idle connections.
+# Tests alternate between the brokers (broker A test 1, broker B test 1, ...)
+# so that background load on the machine hits both alike; with --reps N each
+# throughput/latency number is the median of N runs. Prints a markdown table
+# and writes it to benches/results/latest.md (raw RESULT lines next to it).
+#
+# --broker-nodelay adds `set_tcp_nodelay true` to both brokers' config (the
+# default, false, lets Nagle + delayed ACK stall deliveries for ~40 ms now
+# and then, which makes QoS 1 numbers noisier).
+#
+# Only loopback traffic. Every loop is bounded; processes this script started
+# are stopped by PID on exit. Full run ~3-5 min, --quick ~1 min.
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0
+ONLY_MOSQ=0
+BUILD=1
+REPS=""
+MOSQ_PORT=18830
+MIDGE_PORT=18831
+MIDGE_BIN=""
+OUT="$ROOT/benches/results/latest.md"
+BROKER_NODELAY=0
+
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --only-mosquitto) ONLY_MOSQ=1 ;;
+        --no-build) BUILD=0 ;;
+        --broker-nodelay) BROKER_NODELAY=1 ;;
+        --reps) REPS="$2"; shift ;;
+        --mosquitto-port) MOSQ_PORT="$2"; shift ;;
+        --midge-port) MIDGE_PORT="$2"; shift ;;
+        --midge-bin) MIDGE_BIN="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# ---------------------------------------------------------------- sizes
+# Sized so that each run takes ~1.5-2 s (quick) or ~3 s (full) on Mosquitto.
+if [ "$QUICK" = 1 ]; then
+    : "${REPS:=1}"
+    N_Q0_11=250000; N_Q1_11=60000
+    N_Q0_FAN=3000;  N_Q1_FAN=1200
+    N_Q0_44=20000;  N_Q1_44=8000
+    LAT_COUNT=3000
+else
+    : "${REPS:=4}"
+    N_Q0_11=400000; N_Q1_11=120000
+    N_Q0_FAN=6000;  N_Q1_FAN=2500
+    N_Q0_44=40000;  N_Q1_44=16000
+    LAT_COUNT=10000
+fi
+IDLE_SMALL=1000
+IDLE_BIG=10000
+PAYLOAD=16
+LG_TIMEOUT=60          # loadgen's own bound per run (seconds)
+KILL_AFTER=$((LG_TIMEOUT + 30))
+
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+WORK=$(mktemp -d /tmp/midge-bench.XXXXXX)
+RAW="$WORK/raw.txt"
+NOTES="$WORK/notes.txt"
+: > "$RAW"; : > "$NOTES"
+note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
+
+declare -A PID=()        # broker name -> pid we started
+declare -A PORT=([mosquitto]=$MOSQ_PORT [midge]=$MIDGE_PORT)
+declare -A VAL=()        # "metric|broker" -> value
+STARTED_PIDS=()
+
+cleanup() {
+    local p
+    for p in "${STARTED_PIDS[@]:-}"; do
+        [ -n "$p" ] || continue
+        if kill -0 "$p" 2>/dev/null; then
+            kill "$p" 2>/dev/null
+            for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null
+        fi
+    done
+    wait 2>/dev/null
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# Raise the fd limit for the brokers and loadgen (10k idle connections).
+HARD=$(ulimit -Hn)
+if [ "$HARD" = unlimited ] || [ "$HARD" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$HARD"; fi
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" -lt $((IDLE_BIG + 200)) ]; then
+    note "ulimit -n is $NOFILE (hard $HARD): idle test lowered from $IDLE_BIG connections"
+    IDLE_BIG=$((NOFILE - 200))
+fi
+
+# ---------------------------------------------------------------- build
+LOADGEN="$ROOT/benches/loadgen/target/release/loadgen"
+if [ "$BUILD" = 1 ]; then
+    log "building loadgen (release)"
+    cargo build --release --quiet --manifest-path "$ROOT/benches/loadgen/Cargo.toml" || { log "loadgen build failed"; exit 1; }
+fi
+[ -x "$LOADGEN" ] || { log "no loadgen binary at $LOADGEN (run without --no-build)"; exit 1; }
+
+BROKERS=(mosquitto)
+if [ "$ONLY_MOSQ" = 0 ]; then
+    if [ -z "$MIDGE_BIN" ]; then
+        MIDGE_BIN="$ROOT/target/release/midge"
+        if [ "$BUILD" = 1 ]; then
+            log "building midge (cargo build --release)"
+            (cd "$ROOT" && cargo build --release --quiet) || {
+                log "midge does not build; use --only-mosquitto to benchmark Mosquitto alone"; exit 1; }
+        fi
+    fi
+    [ -x "$MIDGE_BIN" ] || { log "no midge binary at $MIDGE_BIN"; exit 1; }
+    BROKERS=(midge mosquitto)
+fi
+command -v mosquitto >/dev/null || { log "mosquitto is not installed (apt-get install mosquitto)"; exit 1; }
+
+# ---------------------------------------------------------------- brokers
+port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+for b in "${BROKERS[@]}"; do
+    p=${PORT[$b]}
+    for _ in $(seq 1 50); do port_busy "$p" || break; p=$((p + 2)); done
+    port_busy "$p" && { log "no free port found for $b"; exit 1; }
+    PORT[$b]=$p
+done
+
+write_conf() { # broker -> config path
+    local b=$1 f="$WORK/$1.conf"
+    cat > "$f" <<EOF
+listener ${PORT[$b]} 127.0.0.1
+allow_anonymous true
+max_queued_messages 100000
+max_inflight_messages 20
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+connection_messages false
+EOF
+    [ "$BROKER_NODELAY" = 1 ] && echo "set_tcp_nodelay true" >> "$f"
+    echo "$f"
+}
+
+wait_listening() { # pid port -> 0 when listening
+    for _ in $(seq 1 100); do
+        kill -0 "$1" 2>/dev/null || return 1
+        port_busy "$2" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+START_GEN=0
+start_broker() { # broker
+    local b=$1 conf pid log
+    START_GEN=$((START_GEN + 1))
+    log="$WORK/$b.$START_GEN.log"
+    conf=$(write_conf "$b")
+    if [ "$b" = mosquitto ]; then
+        mosquitto -c "$conf" > "$log" 2>&1 &
+        pid=$!
+    else
+        "$MIDGE_BIN" -c "$conf" > "$log" 2>&1 &
+        pid=$!
+    fi
+    STARTED_PIDS+=("$pid")
+    if ! wait_listening "$pid" "${PORT[$b]}"; then
+        note "$b failed to start (see log below): $(tail -3 "$log" | tr '\n' ' ')"
+        stop_broker_pid "$pid"
+        PID[$b]=""
+        return 1
+    fi
+    PID[$b]=$pid
+    sleep 0.3   # settle before any RSS reading
+}
+
+stop_broker_pid() {
+    local p=$1
+    [ -n "$p" ] || return 0
+    kill "$p" 2>/dev/null || return 0
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+        note "broker pid $p ignored SIGTERM for 5 s; sent SIGKILL"
+        kill -9 "$p" 2>/dev/null
+    fi
+    wait "$p" 2>/dev/null
+    return 0
+}
+
+stop_broker() { stop_broker_pid "${PID[$1]:-}"; PID[$1]=""; }
+
+restart_broker() { stop_broker "$1"; start_broker "$1"; }
+
+alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+kv() { # key line
+    sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $2" | head -n 1
+}
+
+check_alive_after() { # broker test
+    if ! alive "$1"; then
+        local log
+        log=$(ls -t "$WORK/$1".*.log 2>/dev/null | head -n 1)
+        note "$1 DIED during '$2' (last log lines: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' '))"
+        start_broker "$1" || true
+    fi
+}
+
+# ------------------------------------------------------------- one test
+LINE=""
+run_lg() { # broker test-name loadgen-args... ; sets LINE to the RESULT line
+    local b=$1 t=$2; shift 2
+    local out="$WORK/lg.out" err="$WORK/lg.err" rc line
+    LINE=""
+    if ! alive "$b"; then return; fi
+    timeout -k 5 "$KILL_AFTER" "$LOADGEN" "$@" --port "${PORT[$b]}" > "$out" 2> "$err"
+    rc=$?
+    line=$(grep '^RESULT ' "$out" | tail -n 1)
+    echo "$b $t rc=$rc $line" >> "$RAW"
+    if [ "$rc" != 0 ]; then
+        note "$b '$t': loadgen exit $rc: $(grep -v '^$' "$err" | head -n 3 | tr '\n' ' ') | repro: $LOADGEN $* --port <port>"
+    fi
+    check_alive_after "$b" "$t"
+    LINE=$line
+}
+
+record() { # metric broker value
+    [ -n "$3" ] || return 0
+    echo "$3" >> "$WORK/vals.$1.$2"
+}
+
+median() { # file
+    [ -s "$1" ] || { echo ""; return; }
+    sort -g "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+tp_test() { # metric qos pubs subs msgs
+    local m=$1 q=$2 np=$3 ns=$4 k=$5 b line st rate lost
+    for b in "${BROKERS[@]}"; do
+        log "$b: $m"
+        run_lg "$b" "$m" throughput --qos "$q" --publishers "$np" --subscribers "$ns" \
+            --messages "$k" --payload $PAYLOAD --timeout-secs $LG_TIMEOUT
+        line=$LINE
+        if [ -z "$line" ]; then record "$m" "$b" "nan"; continue; fi
+        st=$(kv status "$line"); rate=$(kv deliver_rate "$line"); lost=$(kv lost "$line")
+        record "$m" "$b" "$rate"
+        record "lost.$m" "$b" "$lost"
+        echo "$(kv expected "$line")" >> "$WORK/vals.expected.$m.$b"
+        if [ "$st" != ok ]; then
+            note "$b '$m': status=$st lost=$lost of $(kv expected "$line") (delivered $(kv delivered "$line"), dups $(kv dups "$line"))"
+        fi
+    done
+}
+
+lat_test() {
+    local m=lat_q1 b line
+    for b in "${BROKERS[@]}"; do
+        log "$b: QoS 1 ping-pong latency"
+        run_lg "$b" "$m" latency --qos 1 --count "$LAT_COUNT" --payload $PAYLOAD --timeout-secs $LG_TIMEOUT
+        line=$LINE
+        [ -n "$line" ] || continue
+        if [ "$(kv status "$line")" != ok ]; then note "$b latency: status=$(kv status "$line")"; fi
+        record p50 "$b" "$(kv p50_us "$line")"
+        record p99 "$b" "$(kv p99_us "$line")"
+        record pmax "$b" "$(kv max_us "$line")"
+    done
+}
+
+idle_test() { # broker n -> records rss_idle_n and kib/conn
+    local b=$1 n=$2 base rss out="$WORK/idle.out" err="$WORK/idle.err" lp line rc
+    restart_broker "$b" || return
+    base=$(rss_kib "${PID[$b]}")
+    record "rss_idle" "$b" "$base"
+    "$LOADGEN" idle --connections "$n" --hold-secs 2 --port "${PORT[$b]}" --timeout-secs 60 > "$out" 2> "$err" &
+    lp=$!
+    STARTED_PIDS+=("$lp")
+    for _ in $(seq 1 600); do
+        grep -q '^READY' "$out" 2>/dev/null && break
+        kill -0 "$lp" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 0.5
+    rss=$(rss_kib "${PID[$b]}")
+    # loadgen pings every connection after the hold and exits by itself
+    for _ in $(seq 1 400); do kill -0 "$lp" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$lp" 2>/dev/null; then kill "$lp" 2>/dev/null; note "$b idle $n: loadgen did not finish in time"; fi
+    wait "$lp"; rc=$?
+    line=$(grep '^RESULT ' "$out" | tail -n 1)
+    echo "$b idle$n rc=$rc $(grep '^READY' "$out") $line base_kib=$base rss_kib=$rss" >> "$RAW"
+    if [ "$(kv status "$line")" != ok ]; then
+        note "$b idle $n: connected=$(kv connected "$line") alive=$(kv alive "$line") errors=$(kv errors "$line") $(head -n 2 "$err" | tr '\n' ' ') | repro: $LOADGEN idle --connections $n --hold-secs 2 --port <port>"
+    fi
+    check_alive_after "$b" "idle $n"
+    if [ -n "$rss" ] && [ -n "$base" ] && [ "$(kv connected "$line")" = "$n" ]; then
+        record "rss_$n" "$b" "$rss"
+        record "kib_$n" "$b" "$(awk -v a="$rss" -v z="$base" -v n="$n" 'BEGIN {printf "%.3f", (a - z) / n}')"
+    fi
+}
+
+# ---------------------------------------------------------------- run
+T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+LOADS=""
+log "work dir $WORK; brokers: ${BROKERS[*]}; ports: $(for b in "${BROKERS[@]}"; do printf '%s=%s ' "$b" "${PORT[$b]}"; done)"
+
+for b in "${BROKERS[@]}"; do start_broker "$b" || true; done
+
+# Memory first, each on a freshly started broker.
+for b in "${BROKERS[@]}"; do log "$b: $IDLE_SMALL idle connections"; idle_test "$b" $IDLE_SMALL; done
+for b in "${BROKERS[@]}"; do log "$b: $IDLE_BIG idle connections"; idle_test "$b" $IDLE_BIG; done
+for b in "${BROKERS[@]}"; do restart_broker "$b" || true; done
+
+ORDER=("${BROKERS[@]}")
+for r in $(seq 1 "$REPS"); do
+    log "--- repetition $r of $REPS"
+    # Alternate which broker goes first, so neither always runs right after
+    # the other's load.
+    if [ $((r % 2)) = 0 ]; then BROKERS=("${ORDER[@]}"); else mapfile -t BROKERS < <(printf '%s\n' "${ORDER[@]}" | tac); fi
+    tp_test q0_11  0 1 1   $N_Q0_11
+    tp_test q1_11  1 1 1   $N_Q1_11
+    tp_test q0_fan 0 1 100 $N_Q0_FAN
+    tp_test q1_fan 1 1 100 $N_Q1_FAN
+    tp_test q0_44  0 4 4   $N_Q0_44
+    tp_test q1_44  1 4 4   $N_Q1_44
+    lat_test
+    LOADS="$LOADS $(cut -d' ' -f1 /proc/loadavg)"
+done
+BROKERS=("${ORDER[@]}")
+for b in "${BROKERS[@]}"; do
+    if alive "$b"; then record rss_after "$b" "$(rss_kib "${PID[$b]}")"; fi
+    if grep -q "dropped" "$WORK/$b".*.log 2>/dev/null; then
+        note "$b log: $(grep -h "dropped" "$WORK/$b".*.log | wc -l) 'messages being dropped' lines"
+    fi
+done
+for b in "${BROKERS[@]}"; do stop_broker "$b"; done
+T1=$(date +%s)
+
+# ---------------------------------------------------------------- table
+fmt() { # number -> with thousands separators (integers), keep decimals
+    local v=$1
+    case "$v" in
+        ""|nan) echo "—"; return ;;
+    esac
+    awk -v v="$v" 'BEGIN {
+        if (v == int(v) && v >= 1000) { s = sprintf("%d", v); o = "";
+            while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+            print s o }
+        else if (v == int(v)) printf "%d\n", v; else printf "%.2f\n", v }'
+}
+
+sum_file() { [ -s "$1" ] && awk '{s += $1} END {print s}' "$1" || echo ""; }
+
+row() { # label metric better(higher|lower) [sum]
+    local label=$1 m=$2 better=$3 how=${4:-median} a="" z="" ratio="—" win="—"
+    if [ "$how" = sum ]; then
+        a=$(sum_file "$WORK/vals.$m.midge"); z=$(sum_file "$WORK/vals.$m.mosquitto")
+    else
+        a=$(median "$WORK/vals.$m.midge"); z=$(median "$WORK/vals.$m.mosquitto")
+    fi
+    if [ -n "$a" ] && [ -n "$z" ] && [ "$a" != nan ] && [ "$z" != nan ]; then
+        ratio=$(awk -v a="$a" -v z="$z" 'BEGIN { if (z + 0 == 0) print (a + 0 == 0 ? "1.00" : "∞"); else printf "%.2f", a / z }')
+        win=$(awk -v a="$a" -v z="$z" -v b="$better" 'BEGIN {
+            if (a + 0 == z + 0) print "tie";
+            else if (z + 0 != 0 && a / z > 0.95 && a / z < 1.05) print "≈ (within 5%)";
+            else if ((b == "higher") == (a + 0 > z + 0)) print "**midge**"; else print "mosquitto" }')
+    fi
+    printf '| %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$a")" "$(fmt "$z")" "$ratio" "$win"
+}
+
+for b in "${BROKERS[@]}"; do
+    cat "$WORK"/vals.lost.q0_*."$b" > "$WORK/vals.lostall_q0.$b" 2>/dev/null
+    cat "$WORK"/vals.lost.q1_*."$b" > "$WORK/vals.lostall_q1.$b" 2>/dev/null
+done
+
+{
+    echo "# midge vs Mosquitto benchmark"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $([ "$QUICK" = 1 ] && echo quick || echo full); repetitions: $REPS (throughput/latency = median); runtime $((T1 - T0)) s"
+    echo "- machine: $(nproc) cores, load average at start $LOAD0, after each repetition:$LOADS (shared machine: absolute numbers are noisy, compare the ratios)"
+    echo "- mosquitto: $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/mosquitto version //'); midge: $([ "$ONLY_MOSQ" = 1 ] && echo 'not run (--only-mosquitto)' || (cd "$ROOT" && echo "$(git rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted')"))"
+    echo "- both brokers: same config (listener on 127.0.0.1, allow_anonymous true, max_queued_messages 100000, max_inflight_messages 20, persistence false$([ "$BROKER_NODELAY" = 1 ] && echo ', set_tcp_nodelay true')); payload $PAYLOAD B; QoS 1 publishers keep 64 PUBACKs outstanding; loadgen sockets use TCP_NODELAY"
+    echo "- throughput = unique messages delivered to subscribers / (first publish → last delivery); messages: 1→1 q0 $N_Q0_11, q1 $N_Q1_11; 1→100 q0 $N_Q0_FAN, q1 $N_Q1_FAN; 4→4 q0 $N_Q0_44, q1 $N_Q1_44 per publisher"
+    echo
+    echo "| metric | midge | mosquitto | ratio midge/mosquitto | better |"
+    echo "| --- | ---: | ---: | ---: | --- |"
+    row "QoS 0 throughput 1→1 (msg/s, higher is better)" q0_11 higher
+    row "QoS 1 throughput 1→1 (msg/s, higher is better)" q1_11 higher
+    row "QoS 0 fan-out 1→100 (deliveries/s, higher is better)" q0_fan higher
+    row "QoS 1 fan-out 1→100 (deliveries/s, higher is better)" q1_fan higher
+    row "QoS 0 throughput 4→4 (deliveries/s, higher is better)" q0_44 higher
+    row "QoS 1 throughput 4→4 (deliveries/s, higher is better)" q1_44 higher
+    row "QoS 1 ping-pong latency p50 (µs, lower is better)" p50 lower
+    row "QoS 1 ping-pong latency p99 (µs, lower is better)" p99 lower
+    row "QoS 1 ping-pong latency max (µs, lower is better)" pmax lower
+    row "RSS idle, fresh broker (KiB, lower is better)" rss_idle lower
+    row "RSS with $IDLE_SMALL idle connections (KiB, lower is better)" "rss_$IDLE_SMALL" lower
+    row "per connection at $IDLE_SMALL (KiB, lower is better)" "kib_$IDLE_SMALL" lower
+    row "RSS with $IDLE_BIG idle connections (KiB, lower is better)" "rss_$IDLE_BIG" lower
+    row "per connection at $IDLE_BIG (KiB, lower is better)" "kib_$IDLE_BIG" lower
+    row "RSS after all throughput runs (KiB, lower is better)" rss_after lower
+    row "QoS 1 messages lost, all QoS 1 runs (lower is better)" lostall_q1 lower sum
+    row "  of which 1→100 fan-out" lost.q1_fan lower sum
+    row "  of which 4→4" lost.q1_44 lower sum
+    row "QoS 0 messages dropped, all QoS 0 runs (info)" lostall_q0 lower sum
+    echo
+    echo "Per-run values (all repetitions):"
+    echo
+    for m in q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99; do
+        for b in "${BROKERS[@]}"; do
+            [ -s "$WORK/vals.$m.$b" ] && echo "- $m $b: $(tr '\n' ' ' < "$WORK/vals.$m.$b")"
+        done
+    done
+    if [ -s "$NOTES" ]; then
+        echo
+        echo "Notes / anomalies:"
+        echo
+        sed 's/^/- /' "$NOTES"
+    fi
+} > "$WORK/table.md"
+
+
+mkdir -p "$(dirname "$OUT")"
+cp "$WORK/table.md" "$OUT"
+cp "$RAW" "${OUT%.md}-raw.txt"
+cat "$WORK/table.md"
+log "wrote $OUT and ${OUT%.md}-raw.txt (broker logs in $WORK)"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README "Test it"). Runs every test against real
+# processes; bounded in time. Needs: mosquitto, mosquitto-clients,
+# python3-paho-mqtt (installed by .ci/run on CI).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Seeds of the cluster simulation (each seed: 30 s of simulated faults).
+export SIM_SEEDS="${SIM_SEEDS:-200}"
+
+echo "== unit, codec, broker, simulation and integration tests"
+cargo build --bins
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+if [[ -x scripts/test-cluster.sh ]]; then
+  echo "== three real midge processes"
+  bash scripts/test-cluster.sh
+fi
+if [[ -x scripts/crash-test.sh ]]; then
+  echo "== kill -9 crash test"
+  bash scripts/crash-test.sh --quick
+fi
+echo "== all tests passed"

@@ -1,0 +1,365 @@
+//! The raft driver: one `Node` owns a raft-rs `RawNode` over a `RaftLog`
+//! and the `Broker` whose commands it replicates. It proposes the broker's
+//! commands (one raft entry per batch), runs the Ready loop in the order
+//! raft-rs documents, applies committed batches to the broker and takes
+//! snapshots. It does no network I/O: raft messages go in through `step`
+//! and come out of `ready`, so the deterministic simulation drives it as
+//! the server does.
+
+pub mod transport;
+
+use log::{info, warn};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message};
+use raft::{Config, RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::state::{Command, Entry, SnapshotError, State};
+use crate::broker::Broker;
+use crate::store::{RaftLog, StoreError};
+
+/// Format version of a raft entry's data: a postcard `Batch`.
+pub const BATCH_FORMAT_VERSION: u16 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Batch {
+    version: u16,
+    entries: Vec<Entry>,
+}
+
+pub fn encode_batch(entries: Vec<Entry>) -> Vec<u8> {
+    postcard::to_allocvec(&Batch { version: BATCH_FORMAT_VERSION, entries }).unwrap_or_default()
+}
+
+pub fn decode_batch(data: &[u8]) -> Result<Vec<Entry>, NodeError> {
+    let (version, _) = postcard::take_from_bytes::<u16>(data).map_err(|e| NodeError::Entry(e.to_string()))?;
+    if version != BATCH_FORMAT_VERSION {
+        return Err(NodeError::Entry(format!(
+            "entry has batch format version {version}, this midge reads {BATCH_FORMAT_VERSION}"
+        )));
+    }
+    let b: Batch = postcard::from_bytes(data).map_err(|e| NodeError::Entry(e.to_string()))?;
+    Ok(b.entries)
+}
+
+#[derive(Debug)]
+pub enum NodeError {
+    Store(StoreError),
+    Raft(raft::Error),
+    Snapshot(SnapshotError),
+    /// A committed entry does not decode: the log is damaged or written
+    /// by an incompatible version. Applying must stop.
+    Entry(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Store(e) => write!(f, "{e}"),
+            NodeError::Raft(e) => write!(f, "raft: {e}"),
+            NodeError::Snapshot(e) => write!(f, "{e}"),
+            NodeError::Entry(e) => write!(f, "committed entry cannot be applied: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        NodeError::Store(e)
+    }
+}
+impl From<raft::Error> for NodeError {
+    fn from(e: raft::Error) -> Self {
+        NodeError::Raft(e)
+    }
+}
+impl From<SnapshotError> for NodeError {
+    fn from(e: SnapshotError) -> Self {
+        NodeError::Snapshot(e)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Voters of a fresh cluster (ignored when the store has a membership).
+    pub voters: Vec<u64>,
+    pub election_ticks: usize,
+    /// Elections time out after a random number of ticks in
+    /// [election_ticks, election_ticks_max). Default 2x election_ticks;
+    /// the simulation pins it (election_ticks + 1) for determinism.
+    pub election_ticks_max: usize,
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot after this many applied entries ...
+    pub snapshot_entries: u64,
+    /// ... or this many bytes of log since the last one.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept behind a snapshot for followers that lag a little.
+    pub snapshot_keep_entries: u64,
+    pub max_msg_bytes: u64,
+}
+
+impl NodeConfig {
+    pub fn single(id: u64) -> NodeConfig {
+        NodeConfig {
+            id,
+            voters: vec![id],
+            election_ticks: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            snapshot_entries: 20_000,
+            snapshot_log_bytes: 32 * 1024 * 1024,
+            snapshot_keep_entries: 2_000,
+            max_msg_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What one pass of the Ready loop produced.
+#[derive(Default)]
+pub struct ReadyOutput {
+    /// Raft messages to send to peers.
+    pub messages: Vec<Message>,
+    /// Entries applied in this pass.
+    pub applied_entries: u64,
+}
+
+pub struct Node<L: RaftLog> {
+    pub raw: RawNode<L>,
+    pub broker: Broker,
+    cfg: NodeConfig,
+    applied: u64,
+    snapshot_index: u64,
+    conf_state: ConfState,
+    /// Term for which this node proposed its LeaderStart.
+    leader_start_term: u64,
+}
+
+pub fn raft_logger() -> slog::Logger {
+    use slog::Drain;
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+impl<L: RaftLog> Node<L> {
+    /// Open a node on `log`: restore the applied state from the latest
+    /// snapshot; raft then replays the committed entries after it.
+    pub fn new(cfg: NodeConfig, log: L, mut broker: Broker, logger: &slog::Logger) -> Result<Node<L>, NodeError> {
+        let snap = log.latest_snapshot()?;
+        let (applied, state) = match &snap {
+            Some((idx, _term, _cs, data)) => (*idx, State::restore(data)?),
+            None => (0, State::default()),
+        };
+        let initial = raft::Storage::initial_state(&log)?;
+        let mut conf_state = initial.conf_state.clone();
+        if conf_state.voters.is_empty() && conf_state.learners.is_empty() {
+            conf_state.voters = cfg.voters.clone();
+            log.set_conf_state(&conf_state)?;
+        }
+        broker.state = state;
+        broker.set_replicated();
+        let rc = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: cfg.election_ticks_max.max(cfg.election_ticks + 1),
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: cfg.max_msg_bytes,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            ..Default::default()
+        };
+        let mut raw = RawNode::new(&rc, log, logger)?;
+        if conf_state.voters == [cfg.id] {
+            // A one-voter cluster elects itself at once.
+            raw.campaign()?;
+        }
+        info!("Raft node {} starting: applied index {}, voters {:?}.", cfg.id, applied, conf_state.voters);
+        Ok(Node { raw, broker, cfg, applied, snapshot_index: applied, conf_state, leader_start_term: 0 })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    pub fn step(&mut self, m: Message) {
+        if let Err(e) = self.raw.step(m) {
+            // Stale or misdirected messages are normal in raft.
+            log::debug!("raft step: {e}");
+        }
+    }
+
+    /// Propose the broker's pending commands as one raft entry. Dropped
+    /// (clients get no acknowledgement and retry) when not the leader.
+    pub fn propose_pending(&mut self) {
+        let batch = self.broker.take_proposals();
+        if batch.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            return;
+        }
+        if let Err(e) = self.raw.propose(vec![], encode_batch(batch)) {
+            warn!("Proposal dropped: {e}.");
+        }
+    }
+
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), NodeError> {
+        self.raw.propose_conf_change(vec![], cc)?;
+        Ok(())
+    }
+
+    /// One pass of the Ready loop, in raft-rs's documented order.
+    pub fn ready(&mut self, now: u64) -> Result<ReadyOutput, NodeError> {
+        let mut out = ReadyOutput::default();
+        self.propose_pending();
+        if !self.raw.has_ready() {
+            self.update_serving(now);
+            return Ok(out);
+        }
+        let mut rd = self.raw.ready();
+        out.messages = rd.take_messages();
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.raw.mut_store().install_snapshot(&snap)?;
+            self.broker.state = State::restore(snap.get_data())?;
+            let md = snap.get_metadata();
+            self.applied = md.index;
+            self.snapshot_index = md.index;
+            self.conf_state = md.get_conf_state().clone();
+            info!("Installed snapshot at index {} (term {}).", md.index, md.term);
+        }
+        let committed = rd.take_committed_entries();
+        out.applied_entries += self.apply_entries(committed, now)?;
+        if !rd.entries().is_empty() || rd.hs().is_some() {
+            self.raw.mut_store().persist(rd.entries(), rd.hs())?;
+        }
+        out.messages.extend(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(c) = light.commit_index() {
+            self.raw.mut_store().persist_commit(c)?;
+        }
+        out.messages.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        out.applied_entries += self.apply_entries(committed, now)?;
+        self.raw.advance_apply();
+        // A snapshot is sent in one go; report it done at once so that a
+        // lost reply leaves the follower in probe state (and the leader
+        // sends a new snapshot) instead of waiting forever.
+        for m in &out.messages {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.raw.report_snapshot(m.to, raft::SnapshotStatus::Finish);
+            }
+        }
+        self.maybe_snapshot()?;
+        self.update_serving(now);
+        Ok(out)
+    }
+
+    fn apply_entries(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64) -> Result<u64, NodeError> {
+        let mut n = 0;
+        for e in entries {
+            n += 1;
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.get_data().is_empty() {
+                        for cmd in decode_batch(e.get_data())? {
+                            self.broker.apply_committed(&cmd, now);
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
+                        .map_err(|err| NodeError::Entry(err.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(&cs)?;
+                    info!("Membership changed: voters {:?}, learners {:?}.", cs.voters, cs.learners);
+                    self.conf_state = cs;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
+                        .map_err(|err| NodeError::Entry(err.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(&cs)?;
+                    info!("Membership changed: voters {:?}, learners {:?}.", cs.voters, cs.learners);
+                    self.conf_state = cs;
+                }
+            }
+            self.applied = e.index;
+        }
+        Ok(n)
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let since = self.applied.saturating_sub(self.snapshot_index);
+        if since == 0 {
+            return Ok(());
+        }
+        if since < self.cfg.snapshot_entries && self.raw.store().log_bytes() < self.cfg.snapshot_log_bytes {
+            return Ok(());
+        }
+        let data = self.broker.state.snapshot();
+        let bytes = data.len();
+        self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, self.cfg.snapshot_keep_entries)?;
+        self.snapshot_index = self.applied;
+        info!("Snapshot at index {} ({} bytes of state).", self.applied, bytes);
+        Ok(())
+    }
+
+    /// Serve clients only as a leader whose LeaderStart (proposed in its
+    /// own term) has been applied: its state then holds everything any
+    /// earlier leader committed.
+    fn update_serving(&mut self, now: u64) {
+        let term = self.term();
+        if self.is_leader() {
+            if self.leader_start_term != term {
+                self.leader_start_term = term;
+                info!("Node {} is the leader for term {}.", self.cfg.id, term);
+                let cmd = Entry { now_ms: now, cmd: Command::LeaderStart { node: self.cfg.id, term } };
+                if let Err(e) = self.raw.propose(vec![], encode_batch(vec![cmd])) {
+                    warn!("LeaderStart proposal failed: {e}.");
+                }
+            }
+            let ready = self.broker.leader_ready == Some((self.cfg.id, term));
+            if ready && !self.broker.serving() {
+                info!("Node {} serves clients (term {}, applied index {}).", self.cfg.id, term, self.applied);
+            }
+            self.broker.set_serving(ready, now);
+        } else {
+            if self.broker.serving() {
+                info!("Node {} is no longer the leader (term {}); closing client connections.", self.cfg.id, term);
+            }
+            self.broker.set_serving(false, now);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Durable raft storage: the raft log, hard state, conf state and the
+//! snapshot of the applied broker state with its index. `RaftLog` is what
+//! the cluster driver needs; `RedbLog` keeps it in one redb file, `MemLog`
+//! keeps it in memory for the deterministic simulation (it survives a
+//! simulated crash because the simulation owns it, like a disk).
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+
+mod log_index;
+pub mod mem;
+pub mod redb_log;
+#[cfg(test)]
+mod tests;
+
+pub use mem::MemLog;
+pub use redb_log::RedbLog;
+
+/// On-disk format version of the redb file (tables and record encodings,
+/// see docs/FORMATS.md). Bump on any change; `RedbLog::open` refuses a
+/// file with another version.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The data directory or file could not be created or opened.
+    Open { path: String, reason: String },
+    /// The file exists but is not a midge store, has another format
+    /// version, belongs to another cluster or node, or fails an integrity
+    /// check (a missing log entry, a hard state that points past the log).
+    Corrupt { path: String, reason: String },
+    /// A read or write failed after opening. Also a write that would break
+    /// the log's invariants (a gap, overwriting committed or compacted
+    /// entries, a commit past the log, an out-of-date snapshot): refused
+    /// before anything is written, with a message starting "write refused".
+    /// After a write failed, every later write is refused until reopen.
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Open { path, reason } => write!(f, "cannot open data store {path}: {reason}"),
+            StoreError::Corrupt { path, reason } => write!(f, "data store {path} is damaged or foreign: {reason}"),
+            StoreError::Io(r) => write!(f, "data store I/O error: {r}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Identity written into a store when it is created and checked at every
+/// open, so a data directory from another cluster or node is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreIdentity {
+    pub cluster_id: u64,
+    pub node_id: u64,
+}
+
+/// Raft storage with the write side the Ready loop needs. All methods that
+/// write are durable when they return (one transaction each; one fsync
+/// unless durability was relaxed).
+pub trait RaftLog: raft::Storage {
+    /// Persist one Ready: append `entries` (first dropping any existing
+    /// entries at or after the first new index — raft's conflict rule), and
+    /// store `hard_state` if given — all in ONE transaction.
+    fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError>;
+
+    /// Persist only a new commit index (from a light ready).
+    fn persist_commit(&self, commit: u64) -> Result<(), StoreError>;
+
+    /// Store the membership after a conf change was applied.
+    fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError>;
+
+    /// Install a snapshot received from the leader: replaces the whole log
+    /// with the snapshot's metadata (index, term, conf state), stores its
+    /// data as the applied state, and sets the hard state's commit to at
+    /// least its index.
+    fn install_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError>;
+
+    /// Record a snapshot of the applied state taken locally at `index`
+    /// (whose term the log knows), then drop log entries up to
+    /// `index - keep_entries` (keep a tail so slightly lagging followers
+    /// catch up from the log, not a snapshot).
+    fn save_snapshot(&self, index: u64, conf_state: &ConfState, data: Vec<u8>, keep_entries: u64)
+        -> Result<(), StoreError>;
+
+    /// The latest snapshot: (index, term, conf state, data). `None` if
+    /// there is none yet (fresh store).
+    #[allow(clippy::type_complexity)]
+    fn latest_snapshot(&self) -> Result<Option<(u64, u64, ConfState, Vec<u8>)>, StoreError>;
+
+    /// Bytes of log entries stored after the snapshot, to decide when to
+    /// snapshot.
+    fn log_bytes(&self) -> u64;
+}

@@ -1,0 +1,444 @@
+//! `RedbLog` alone: what open refuses (foreign, damaged, old or another
+//! node's files), a real crash of a writing process, and the golden file
+//! of store format version 1.
+
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use raft::Storage;
+use redb::{ReadableDatabase, TableDefinition};
+
+use super::{conf_state, ctx, entries, entry, hard_state, is_compacted, size, XorShift, ID, LOG, META, SNAPSHOT};
+use crate::store::redb_log::STORE_FILE_NAME;
+use crate::store::{RaftLog, RedbLog, StoreError, StoreIdentity};
+
+fn corrupt_reason(result: Result<RedbLog, StoreError>) -> String {
+    match result {
+        Err(StoreError::Corrupt { reason, .. }) => reason,
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("expected Corrupt, the store opened"),
+    }
+}
+
+fn store_with_some_content(dir: &Path) {
+    let log = RedbLog::open(dir, ID, true).unwrap();
+    log.set_conf_state(&conf_state(&[1, 2, 3], &[])).unwrap();
+    for i in 1..=40u64 {
+        let mut e = entry(i, 1 + i / 10);
+        e.data = vec![i as u8; 2000].into();
+        log.persist(&[e], Some(&hard_state(1 + i / 10, 1, i - 1))).unwrap();
+    }
+    log.save_snapshot(30, &conf_state(&[1, 2, 3], &[]), vec![7u8; 50_000], 5).unwrap();
+}
+
+fn with_raw_db(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::open(dir.join(STORE_FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    f(&txn);
+    txn.commit().unwrap();
+}
+
+#[test]
+fn another_nodes_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RedbLog::open(dir.path(), ID, true).unwrap());
+    let other_node = StoreIdentity { cluster_id: 7, node_id: 2 };
+    let reason = corrupt_reason(RedbLog::open(dir.path(), other_node, true));
+    assert!(reason.contains("belongs to cluster 7 node 1"), "{reason}");
+    assert!(reason.contains("this node is cluster 7 node 2"), "{reason}");
+    let other_cluster = StoreIdentity { cluster_id: 8, node_id: 1 };
+    let reason = corrupt_reason(RedbLog::open(dir.path(), other_cluster, true));
+    assert!(reason.contains("cluster 7 node 1") && reason.contains("cluster 8 node 1"), "{reason}");
+    // The rightful owner still opens it.
+    RedbLog::open(dir.path(), ID, true).unwrap();
+}
+
+#[test]
+fn another_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RedbLog::open(dir.path(), ID, true).unwrap());
+    with_raw_db(dir.path(), |txn| {
+        txn.open_table(META).unwrap().insert("format_version", 2u32.to_le_bytes().as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("format version 2") && reason.contains("format version 1"), "{reason}");
+}
+
+#[test]
+fn truncated_file_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    let file = dir.path().join(STORE_FILE_NAME);
+    let len = std::fs::metadata(&file).unwrap().len();
+    for cut in [len / 2, len / 4, len - 1, 4096, 100] {
+        let damaged = tempfile::tempdir().unwrap();
+        std::fs::copy(&file, damaged.path().join(STORE_FILE_NAME)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(damaged.path().join(STORE_FILE_NAME)).unwrap();
+        f.set_len(cut).unwrap();
+        drop(f);
+        let reason = corrupt_reason(RedbLog::open(damaged.path(), ID, true));
+        assert!(!reason.is_empty(), "cut at {cut} of {len}");
+    }
+}
+
+#[test]
+fn garbage_file_is_corrupt() {
+    for garbage in [b"this is not a database".to_vec(), {
+        let mut rng = XorShift(99);
+        (0..200_000).map(|_| rng.next() as u8).collect()
+    }] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STORE_FILE_NAME), &garbage).unwrap();
+        corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    }
+}
+
+#[test]
+fn damaged_pages_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    let file = dir.path().join(STORE_FILE_NAME);
+    let clean = std::fs::read(&file).unwrap();
+    // Flip a byte in every 4 KiB page, the header's included, one page at a time.
+    let mut rng = XorShift(5);
+    for page in 0..clean.len() / 4096 {
+        let mut bytes = clean.clone();
+        let at = page * 4096 + rng.below(4096) as usize;
+        bytes[at] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        // Either redb or our checks notice, or the byte was in free space;
+        // what must never happen is a panic or wrong content.
+        if let Ok(log) = RedbLog::open(dir.path(), ID, true) {
+            assert_eq!(log.last_index().unwrap(), 40, "page {page}");
+            assert_eq!(log.entries(26, 41, None, ctx()).unwrap().len(), 15, "page {page}");
+        }
+    }
+}
+
+#[test]
+fn empty_file_is_a_fresh_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(STORE_FILE_NAME), b"").unwrap();
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!(log.last_index().unwrap(), 0);
+}
+
+#[test]
+fn redb_file_without_tables_is_a_fresh_store() {
+    // What a crash between redb creating the file and our first commit leaves.
+    let dir = tempfile::tempdir().unwrap();
+    drop(redb::Database::create(dir.path().join(STORE_FILE_NAME)).unwrap());
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!(log.last_index().unwrap(), 0);
+    drop(log);
+    RedbLog::open(dir.path(), ID, true).unwrap();
+}
+
+#[test]
+fn missing_directory_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("b");
+    drop(RedbLog::open(&nested, ID, true).unwrap());
+    assert!(nested.join(STORE_FILE_NAME).exists());
+}
+
+#[test]
+fn unusable_directory_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    match RedbLog::open(&file, ID, true) {
+        Err(StoreError::Open { .. }) => {}
+        Err(other) => panic!("expected Open, got {other}"),
+        Ok(_) => panic!("opened a store inside a file"),
+    }
+}
+
+#[test]
+fn foreign_redb_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join(STORE_FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(TableDefinition::<&str, u64>::new("someone else's")).unwrap().insert("k", 1).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("not a midge raft store"), "{reason}");
+
+    // A table named like ours but of another type.
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join(STORE_FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(TableDefinition::<&str, u64>::new("meta")).unwrap().insert("format_version", 1).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("meta"), "{reason}");
+}
+
+#[test]
+fn a_hole_in_the_log_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        txn.open_table(LOG).unwrap().remove(33).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("log entry 33 is missing"), "{reason}");
+}
+
+#[test]
+fn a_commit_past_the_log_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        let hs = hard_state(5, 1, 41).write_to_bytes().unwrap();
+        txn.open_table(META).unwrap().insert("hard_state", hs.as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("commit 41 is past the last log index 40"), "{reason}");
+}
+
+#[test]
+fn a_snapshot_that_does_not_meet_the_log_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    // Truncated at 25, snapshot at 30; claim the log was truncated at 31.
+    with_raw_db(dir.path(), |txn| {
+        let mut log = txn.open_table(LOG).unwrap();
+        for i in 26..=31 {
+            log.remove(i).unwrap();
+        }
+        let mut truncated = 31u64.to_le_bytes().to_vec();
+        truncated.extend(4u64.to_le_bytes());
+        txn.open_table(META).unwrap().insert("log_truncated", truncated.as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("truncated at 31 but the latest snapshot is only at 30"), "{reason}");
+}
+
+#[test]
+fn absurd_indexes_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        let mut e = entry(u64::MAX, 9);
+        e.index = u64::MAX;
+        txn.open_table(LOG).unwrap().insert(u64::MAX, e.write_to_bytes().unwrap().as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("out of range"), "{reason}");
+
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        let mut truncated = u64::MAX.to_le_bytes().to_vec();
+        truncated.extend(1u64.to_le_bytes());
+        txn.open_table(META).unwrap().insert("log_truncated", truncated.as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("out of range"), "{reason}");
+}
+
+#[test]
+fn undecodable_records_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        txn.open_table(LOG).unwrap().insert(35, [0xffu8, 0xff, 0xff].as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("log entry 35 does not decode"), "{reason}");
+}
+
+#[test]
+fn snapshot_data_must_match_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    with_raw_db(dir.path(), |txn| {
+        txn.open_table(SNAPSHOT).unwrap().insert(12, b"stray".as_slice()).unwrap();
+    });
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("snapshot table holds data for indexes [12, 30]"), "{reason}");
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = RedbLog::open(dir.path(), ID, true).unwrap();
+    match RedbLog::open(dir.path(), ID, true) {
+        Err(StoreError::Open { reason, .. }) => assert!(reason.contains("in use"), "{reason}"),
+        Err(other) => panic!("expected Open, got {other}"),
+        Ok(_) => panic!("opened the same file twice"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RedbLog: a real crash. The test binary runs itself as a child that
+// persists entries one by one, reporting each on stdout, and then aborts
+// without closing the database; the parent reopens the directory.
+
+const CRASH_DIR_VAR: &str = "MIDGE_STORE_CRASH_DIR";
+const CRASH_DURABLE_VAR: &str = "MIDGE_STORE_CRASH_DURABLE";
+const CRASH_ENTRIES: u64 = 30;
+
+#[test]
+#[ignore = "runs only as the child of crash_loses_nothing_acknowledged"]
+fn crash_child_writer() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_VAR) else { return };
+    let durable = std::env::var(CRASH_DURABLE_VAR).as_deref() == Ok("1");
+    let log = RedbLog::open(Path::new(&dir), ID, durable).unwrap();
+    for i in 1..=CRASH_ENTRIES {
+        log.persist(&[entry(i, 1)], Some(&hard_state(1, 1, i - 1))).unwrap();
+        println!("acknowledged {i}");
+    }
+    std::process::abort();
+}
+
+fn crash_and_reopen(durable: bool) -> (tempfile::TempDir, RedbLog, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::tests::redb_file::crash_child_writer",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_VAR, dir.path())
+        .env(CRASH_DURABLE_VAR, if durable { "1" } else { "0" })
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child should have aborted");
+    let acknowledged = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("acknowledged ").and_then(|n| n.trim().parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0);
+    assert_eq!(acknowledged, CRASH_ENTRIES, "child output: {}", String::from_utf8_lossy(&out.stdout));
+    let log = RedbLog::open(dir.path(), ID, durable).expect("a crashed store reopens");
+    (dir, log, acknowledged)
+}
+
+#[test]
+fn crash_loses_nothing_acknowledged() {
+    let (_dir, log, acknowledged) = crash_and_reopen(true);
+    assert_eq!(log.last_index().unwrap(), acknowledged);
+    assert_eq!(log.entries(1, acknowledged + 1, None, ctx()).unwrap(), entries(1..=acknowledged, 1));
+    assert_eq!(log.initial_state().unwrap().hard_state, hard_state(1, 1, acknowledged - 1));
+}
+
+#[test]
+fn non_durable_crash_reopens_to_an_older_consistent_state() {
+    let (_dir, log, acknowledged) = crash_and_reopen(false);
+    let last = log.last_index().unwrap();
+    assert!(last <= acknowledged);
+    assert_eq!(log.entries(1, last + 1, None, ctx()).unwrap(), entries(1..=last, 1));
+}
+
+// ---------------------------------------------------------------------------
+// Golden file of format version 1, written by redb 4.6.0 (file format v3).
+
+const GOLDEN_ID: StoreIdentity = StoreIdentity { cluster_id: 0x6d69_6467_6501, node_id: 3 };
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v1")
+}
+
+fn golden_entries() -> Vec<Entry> {
+    let mut all = Vec::new();
+    for (index, term) in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3)] {
+        let mut e = entry(index, term);
+        if index == 1 {
+            e.set_entry_type(EntryType::EntryConfChangeV2);
+            e.context = b"bootstrap".to_vec().into();
+        }
+        all.push(e);
+    }
+    all
+}
+
+#[test]
+#[ignore = "writes tests/golden/store-v1/midge.redb; run once per format version and commit the file"]
+fn write_golden_store_v1() {
+    let dir = golden_dir();
+    let _ = std::fs::remove_file(dir.join(STORE_FILE_NAME));
+    let log = RedbLog::open(&dir, GOLDEN_ID, true).unwrap();
+    let all = golden_entries();
+    log.persist(&all[..2], Some(&hard_state(1, 3, 1))).unwrap();
+    log.persist(&all[2..], Some(&hard_state(3, 2, 5))).unwrap();
+    log.set_conf_state(&conf_state(&[1, 2, 3], &[4])).unwrap();
+    log.save_snapshot(4, &conf_state(&[1, 2, 3], &[]), b"golden snapshot v1".to_vec(), 2).unwrap();
+    drop(log);
+}
+
+#[test]
+fn golden_store_v1_still_reads() {
+    let golden = golden_dir().join(STORE_FILE_NAME);
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&golden, copy.path().join(STORE_FILE_NAME)).expect("tests/golden/store-v1/midge.redb exists");
+
+    // The records we encode ourselves, byte for byte.
+    {
+        let db = redb::Database::open(copy.path().join(STORE_FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let raw = |k: &str| meta.get(k).unwrap().map(|v| v.value().to_vec());
+        assert_eq!(raw("format_version"), Some(vec![1, 0, 0, 0]));
+        let mut identity = GOLDEN_ID.cluster_id.to_le_bytes().to_vec();
+        identity.extend(GOLDEN_ID.node_id.to_le_bytes());
+        assert_eq!(raw("identity"), Some(identity));
+        let mut truncated = 2u64.to_le_bytes().to_vec();
+        truncated.extend(1u64.to_le_bytes());
+        assert_eq!(raw("log_truncated"), Some(truncated));
+        let log = txn.open_table(LOG).unwrap();
+        let keys: Vec<u64> = redb::ReadableTable::iter(&log).unwrap().map(|r| r.unwrap().0.value()).collect();
+        assert_eq!(keys, vec![3, 4, 5, 6]);
+    }
+
+    let log = RedbLog::open(copy.path(), GOLDEN_ID, true).expect("format v1 still opens");
+    let all = golden_entries();
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (3, 6));
+    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), all[2..].to_vec());
+    assert_eq!((2..=6).map(|i| log.term(i).unwrap()).collect::<Vec<_>>(), vec![1, 2, 2, 2, 3]);
+    assert!(is_compacted(log.term(1)));
+    let state = log.initial_state().unwrap();
+    assert_eq!(state.hard_state, hard_state(3, 2, 5));
+    assert_eq!(state.conf_state, conf_state(&[1, 2, 3], &[4]));
+    assert_eq!(
+        log.latest_snapshot().unwrap(),
+        Some((4, 2, conf_state(&[1, 2, 3], &[]), b"golden snapshot v1".to_vec()))
+    );
+    assert_eq!(log.log_bytes(), all[4..].iter().map(size).sum::<u64>());
+    // And it keeps working as a store.
+    log.persist(&entries(7..=7, 3), Some(&hard_state(3, 2, 6))).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Measurement, not a test: `cargo test persist_latency -- --ignored --nocapture`.
+
+#[test]
+#[ignore = "measurement; prints the mean latency of persist()"]
+fn persist_latency() {
+    const ROUNDS: u64 = 200;
+    // On the crate's own disk, not a tmpfs.
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    for durable in [true, false] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let log = RedbLog::open(dir.path(), ID, durable).unwrap();
+        let started = std::time::Instant::now();
+        for i in 1..=ROUNDS {
+            let mut e = entry(i, 1);
+            e.data = vec![0x5a; 200].into();
+            log.persist(&[e], Some(&hard_state(1, 1, i - 1))).unwrap();
+        }
+        let mean = started.elapsed() / ROUNDS as u32;
+        let started = std::time::Instant::now();
+        for i in 1..=ROUNDS {
+            let _ = log.entries(i, i + 1, None, ctx()).unwrap();
+        }
+        let read = started.elapsed() / ROUNDS as u32;
+        println!("persist of 1 entry (200 B payload) + hard state, durable={durable}: mean {mean:?}; entries() of 1: {read:?}");
+    }
+}
