@@ -92,6 +92,9 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         log::warn!("{w}");
     }
+    if config.log_dest == midge::config::LogDest::Stdout {
+        log::warn!("log_dest stdout: this midge writes its log to stderr.");
+    }
 
     let passwords = match &config.password_file {
         Some(p) => match PasswordFile::load(p) {

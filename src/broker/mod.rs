@@ -678,11 +678,11 @@ impl Broker {
                 && self.state.sessions.get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
             if !known_qos2 {
                 c.inbound_unacked += 1;
-                if c.inbound_unacked > self.settings.limits.inflight_messages_max as u32 {
-                    warn!(
-                        "Client {} exceeded the Receive Maximum of {}; disconnecting.",
-                        client, self.settings.limits.inflight_messages_max
-                    );
+                // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
+                // none, so only the 16-bit packet-id space bounds it.
+                let max = if v5 { self.settings.limits.inflight_messages_max as u32 } else { u16::MAX as u32 };
+                if c.inbound_unacked > max {
+                    warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
                     self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
                     return;
                 }

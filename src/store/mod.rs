@@ -81,8 +81,13 @@ pub trait RaftLog: raft::Storage {
     /// (whose term the log knows), then drop log entries up to
     /// `index - keep_entries` (keep a tail so slightly lagging followers
     /// catch up from the log, not a snapshot).
-    fn save_snapshot(&self, index: u64, conf_state: &ConfState, data: Vec<u8>, keep_entries: u64)
-        -> Result<(), StoreError>;
+    fn save_snapshot(
+        &self,
+        index: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<(), StoreError>;
 
     /// The latest snapshot: (index, term, conf state, data). `None` if
     /// there is none yet (fresh store).

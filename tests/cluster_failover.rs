@@ -1,0 +1,285 @@
+//! Three real `midge` processes on loopback, driven with the third-party
+//! `rumqttc` client: QoS 1 publishes and a persistent-session subscriber
+//! while the leader is killed with SIGKILL several times and restarted.
+//! Checks: a new leader serves after every kill, the subscriber's session
+//! is present after every reconnect, every acknowledged message is
+//! delivered, the retained message survives, and a restarted node rejoins
+//! (it is part of a later majority).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    mqtt: Vec<u16>,
+    peer: Vec<u16>,
+    procs: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = Cluster { dir, mqtt, peer, procs: vec![None, None, None] };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn config(&self, i: usize) -> PathBuf {
+        let data = self.dir.path().join(format!("node{}", i + 1));
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence_location {}\ncluster_node_id {}\nsys_interval 0\n",
+            self.mqtt[i],
+            data.display(),
+            i + 1
+        );
+        for j in 0..3 {
+            text += &format!("cluster_peer {} 127.0.0.1:{}\n", j + 1, self.peer[j]);
+        }
+        let path = self.dir.path().join(format!("node{}.conf", i + 1));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let conf = self.config(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{}.log", i + 1)))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_midge"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start midge");
+        self.procs[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// The node that accepts an MQTT connection (the serving leader).
+    fn leader(&self, within: Duration) -> Option<usize> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            for i in 0..3 {
+                if self.procs[i].is_some() && probe(self.mqtt[i]) {
+                    return Some(i);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for i in 0..3 {
+            let p = self.dir.path().join(format!("node{}.log", i + 1));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            s += &format!("--- node {} (newest first)\n{}\n", i + 1, tail.join("\n"));
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+/// A raw MQTT 3.1.1 CONNECT: true if CONNACK says accepted.
+fn probe(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    // CONNECT, clean session, keep alive 10, client id "probe".
+    let pkt = [0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 5, b'p', b'r', b'o', b'b', b'e'];
+    if s.write_all(&pkt).is_err() {
+        return false;
+    }
+    let mut ack = [0u8; 4];
+    if s.read_exact(&mut ack).is_err() {
+        return false;
+    }
+    let ok = ack[0] == 0x20 && ack[3] == 0;
+    let _ = s.write_all(&[0xE0, 0]);
+    ok
+}
+
+fn options(id: &str, port: u16, clean: bool) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(5));
+    o
+}
+
+/// Publish `seqs` at QoS 1; returns those whose PUBACK arrived.
+fn publish_batch(port: u16, seqs: std::ops::Range<u64>) -> BTreeSet<u64> {
+    let (client, mut conn) = Client::new(options("fo-pub", port, true), 64);
+    let mut pending = std::collections::VecDeque::new();
+    let mut acked = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    for s in seqs.clone() {
+        client.publish("fo/seq", QoS::AtLeastOnce, false, s.to_be_bytes().to_vec()).unwrap();
+        pending.push_back(s);
+    }
+    // rumqttc assigns packet ids in order; PUBACKs come back in order.
+    while !pending.is_empty() && Instant::now() < end {
+        match conn.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                if let Some(s) = pending.pop_front() {
+                    acked.insert(s);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("publisher connection error: {e:?}");
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = client.disconnect();
+    acked
+}
+
+struct Sub {
+    received: BTreeSet<u64>,
+    duplicates: u64,
+}
+
+/// Connect the persistent subscriber, read for `dur`, disconnect.
+/// Returns the CONNACK's session-present flag.
+fn subscriber_round(port: u16, sub: &mut Sub, subscribe: bool, dur: Duration) -> Option<bool> {
+    let (client, mut conn) = Client::new(options("fo-sub", port, false), 64);
+    if subscribe {
+        client.subscribe("fo/seq", QoS::AtLeastOnce).unwrap();
+    }
+    let mut present = None;
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) => present = Some(a.session_present),
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let seq = u64::from_be_bytes(p.payload[..8].try_into().unwrap());
+                if !sub.received.insert(seq) {
+                    sub.duplicates += 1;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    let _ = client.disconnect();
+    // Let the DISCONNECT go out before the connection is dropped.
+    for _ in 0..5 {
+        if conn.recv_timeout(Duration::from_millis(50)).is_err() {
+            break;
+        }
+    }
+    present
+}
+
+fn retained_present(port: u16) -> bool {
+    let (client, mut conn) = Client::new(options("fo-ret", port, true), 16);
+    client.subscribe("fo/retained", QoS::AtLeastOnce).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = conn.recv_timeout(Duration::from_millis(200)) {
+            let _ = client.disconnect();
+            return &p.payload[..] == b"kept";
+        }
+    }
+    false
+}
+
+#[test]
+fn leader_killed_three_times_loses_nothing() {
+    let _ = Path::new("");
+    let mut c = Cluster::start();
+    let leader = c.leader(Duration::from_secs(15)).unwrap_or_else(|| panic!("no leader elected\n{}", c.logs()));
+    let mut sub = Sub { received: BTreeSet::new(), duplicates: 0 };
+    // Create the persistent session and its subscription.
+    let present = subscriber_round(c.mqtt[leader], &mut sub, true, Duration::from_millis(800));
+    assert_eq!(present, Some(false), "a new session is not present\n{}", c.logs());
+    {
+        let (client, mut conn) = Client::new(options("fo-retpub", c.mqtt[leader], true), 16);
+        client.publish("fo/retained", QoS::AtLeastOnce, true, b"kept".to_vec()).unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut acked = false;
+        while !acked && Instant::now() < end {
+            if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) = conn.recv_timeout(Duration::from_millis(200)) {
+                acked = true;
+            }
+        }
+        assert!(acked, "retained publish not acknowledged\n{}", c.logs());
+        let _ = client.disconnect();
+    }
+    let mut acked = BTreeSet::new();
+    let mut next = 0u64;
+    let mut failovers = Vec::new();
+    let mut leader = leader;
+    for round in 0..3 {
+        // Messages for the offline subscriber, acknowledged by the leader.
+        let got = publish_batch(c.mqtt[leader], next..next + 50);
+        next += 50;
+        assert!(got.len() == 50, "round {round}: {} of 50 acknowledged\n{}", got.len(), c.logs());
+        acked.extend(got);
+        c.kill(leader);
+        let t = Instant::now();
+        let new_leader =
+            c.leader(Duration::from_secs(10)).unwrap_or_else(|| panic!("round {round}: no new leader\n{}", c.logs()));
+        failovers.push(t.elapsed());
+        assert_ne!(new_leader, leader);
+        assert!(
+            retained_present(c.mqtt[new_leader]),
+            "round {round}: retained message missing on the new leader\n{}",
+            c.logs()
+        );
+        // The subscriber finds its session and drains part of its queue.
+        let present = subscriber_round(c.mqtt[new_leader], &mut sub, false, Duration::from_millis(300));
+        assert_eq!(present, Some(true), "round {round}: session not present after failover\n{}", c.logs());
+        c.spawn(leader);
+        leader = new_leader;
+    }
+    // Final drain from whoever leads now.
+    let leader = c.leader(Duration::from_secs(10)).expect("leader at the end");
+    let present = subscriber_round(c.mqtt[leader], &mut sub, false, Duration::from_secs(3));
+    assert_eq!(present, Some(true));
+    let lost: Vec<u64> = acked.difference(&sub.received).copied().collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost: {:?}\n{}", lost.len(), lost, c.logs());
+    eprintln!(
+        "failover times: {:?}; acknowledged {}, received {}, duplicates {}",
+        failovers,
+        acked.len(),
+        sub.received.len(),
+        sub.duplicates
+    );
+}
