@@ -161,6 +161,19 @@ fn node_config(config: &Config, id: u64) -> NodeConfig {
     n
 }
 
+/// Where peers (proxy, redirect) reach this node's MQTT clients: the host
+/// of its own `cluster_peer` line and the port of its first listener.
+fn advertised_client_addr(config: &Config, node_id: u64) -> String {
+    let port = config.listeners.first().map_or(1883, |l| l.port);
+    let host = config
+        .cluster_peers
+        .iter()
+        .find(|(id, _)| *id == node_id)
+        .and_then(|(_, a)| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{host}:{port}")
+}
+
 fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
     let node_id = ncfg.id;
     let node = match Node::new(ncfg, log, broker, &raft_logger()) {
@@ -172,8 +185,15 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         }
     };
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
-    let peers = Peers::new(node_id);
-    let server = Server::new(node, peers.clone(), config.cluster.tick_ms, config.set_tcp_nodelay);
+    let peers = Peers::new(node_id, advertised_client_addr(config, node_id));
+    let server = Server::new(
+        node,
+        peers.clone(),
+        config.cluster.tick_ms,
+        config.set_tcp_nodelay,
+        config.cluster_follower_mode,
+        config.cluster_preferred_leader,
+    );
     let mut sockets = Vec::new();
     for l in &config.listeners {
         match smol::block_on(midge::net::bind(l)) {
@@ -184,6 +204,16 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
                     l.port,
                     l.address.as_deref().map(|a| format!(" address {a}")).unwrap_or_default()
                 );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut health_listener = None;
+    if let Some(l) = &config.health_listener {
+        match smol::block_on(midge::net::bind(l)) {
+            Ok(s) => health_listener = Some(s),
+            Err(e) => {
+                error!("Cannot open health_listener on port {}: {e}.", l.port);
                 return ExitCode::FAILURE;
             }
         }
@@ -203,8 +233,12 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
     }
     let ex = Rc::new(LocalExecutor::new());
     smol::block_on(ex.run(async {
-        for s in sockets {
-            ex.spawn(server.clone().listen(ex.clone(), s)).detach();
+        for (l, s) in config.listeners.iter().zip(sockets) {
+            ex.spawn(server.clone().listen(ex.clone(), l.clone(), s)).detach();
+        }
+        if let Some(h) = health_listener {
+            info!("Health endpoint on port {}.", h.local_addr().map(|a| a.port()).unwrap_or(0));
+            ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
         }
         for (id, addr) in &config.cluster_peers {
             peers.add(&ex, *id, addr.clone());
@@ -212,11 +246,13 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         if let Some(l) = peer_listener {
             let ids: Vec<u64> = config.cluster_peers.iter().map(|(id, _)| *id).collect();
             let s2 = server.clone();
+            let s3 = server.clone();
             ex.spawn(transport::accept_loop(
                 ex.clone(),
                 l,
                 node_id,
                 Rc::new(move |id| ids.contains(&id)),
+                Rc::new(move |id, addr| s3.set_client_addr(id, addr)),
                 Rc::new(move |m| s2.deliver_peer_message(m)),
                 message_bytes_max,
             ))

@@ -24,6 +24,18 @@ impl Broker {
         }
         let v5 = cp.version.is_v5();
         if !self.serving {
+            if let (true, Some(leader)) = (v5, self.redirect.clone()) {
+                // Use another server, naming the leader [MQTT-4.11].
+                info!("Client from {} redirected to the leader at {}.", self.conns[&conn].peer, leader);
+                let mut properties = Properties::default();
+                properties.server_reference = Some(leader);
+                self.actions.push(Action::Send(
+                    conn,
+                    Packet::ConnAck(ConnAck { session_present: false, code: reason::USE_ANOTHER_SERVER, properties }),
+                ));
+                self.close(conn, None, now);
+                return;
+            }
             return self.refuse(
                 conn,
                 reason::SERVER_UNAVAILABLE,

@@ -107,6 +107,11 @@ pub struct Broker {
     serving: bool,
     /// The last LeaderStart applied: (node, term).
     pub leader_ready: Option<(u64, u64)>,
+    /// `cluster_follower_mode redirect`: the leader's client address, sent
+    /// to v5 clients as a Server Reference with CONNACK 0x9C.
+    pub redirect: Option<String>,
+    /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
+    pub cluster_sys: Vec<(&'static str, String)>,
 }
 
 impl Broker {
@@ -129,6 +134,8 @@ impl Broker {
             last_tick_cmd_ms: now_ms,
             serving: true,
             leader_ready: None,
+            redirect: None,
+            cluster_sys: Vec::new(),
         }
     }
 

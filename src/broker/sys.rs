@@ -41,7 +41,10 @@ impl Broker {
             ("retained messages/count", self.state.retained.len().to_string()),
             ("subscriptions/count", self.state.tree.len().to_string()),
         ];
-        for (name, value) in values {
+        let cluster: Vec<(String, String)> =
+            self.cluster_sys.iter().map(|(k, v)| (format!("cluster/{k}"), v.clone())).collect();
+        let all = values.into_iter().map(|(k, v)| (k.to_string(), v)).chain(cluster);
+        for (name, value) in all {
             let topic: Rc<str> = Rc::from(format!("$SYS/broker/{name}"));
             if self.sys_retained.get(&topic).is_some_and(|m| *m.payload == *value.as_bytes()) {
                 continue;

@@ -363,3 +363,71 @@ impl<L: RaftLog> Node<L> {
         }
     }
 }
+
+/// A point-in-time view of this node for the health endpoint, `midge ctl
+/// status` and `$SYS/broker/cluster/...`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub role: &'static str,
+    pub serving: bool,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Leader only: entries each peer is behind the leader's last index.
+    pub peer_lag: Vec<(u64, u64)>,
+}
+
+impl<L: RaftLog> Node<L> {
+    pub fn status(&self) -> ClusterStatus {
+        let r = &self.raw.raft;
+        let role = match r.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let mut peer_lag = Vec::new();
+        if r.state == StateRole::Leader {
+            let last = r.raft_log.last_index();
+            let mut v: Vec<(u64, u64)> = r
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != self.cfg.id)
+                .map(|(id, p)| (*id, last.saturating_sub(p.matched)))
+                .collect();
+            v.sort();
+            peer_lag = v;
+        }
+        let mut voters: Vec<u64> = self.conf_state.voters.clone();
+        voters.sort();
+        ClusterStatus {
+            node_id: self.cfg.id,
+            role,
+            serving: self.broker.serving(),
+            term: r.term,
+            leader_id: r.leader_id,
+            commit_index: r.raft_log.committed,
+            applied_index: self.applied,
+            voters,
+            learners: self.conf_state.learners.clone(),
+            peer_lag,
+        }
+    }
+
+    /// Peers whose replication is caught up with the leader (leader only):
+    /// matched == last index and recently active.
+    pub fn caught_up(&self, id: u64) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader
+            && r.prs().get(id).is_some_and(|p| p.recent_active && p.matched == r.raft_log.last_index())
+    }
+
+    /// Ask raft to hand leadership to `to` now (raft leader transfer).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+}

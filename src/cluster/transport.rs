@@ -1,8 +1,9 @@
 //! Node-to-node transport for raft messages over TCP.
 //!
 //! Wire format version 1 (docs/FORMATS.md): a connection starts with a
-//! hello — magic `MDGR`, u16 LE format version, u64 LE sender node id —
-//! then carries frames `[u8 flags][u32 LE length][bytes]`. A raft message
+//! hello — magic `MDGR`, u16 LE format version, u64 LE sender node id,
+//! u16 LE length and the UTF-8 `host:port` where the sender serves MQTT
+//! clients (for proxy and redirect; at most 255 bytes) — then carries frames `[u8 flags][u32 LE length][bytes]`. A raft message
 //! (protobuf, as raft-rs encodes `eraftpb::Message`) is cut into chunks of
 //! at most `CHUNK_BYTES`; flag bit 0 set means "more chunks follow". Each
 //! direction uses its own connection: a node dials every peer to send and
@@ -27,6 +28,7 @@ pub const MAGIC: &[u8; 4] = b"MDGR";
 pub const TRANSPORT_FORMAT_VERSION: u16 = 1;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const CLIENT_ADDR_BYTES_MAX: usize = 255;
 const BACKOFF_MIN_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 1000;
 
@@ -41,12 +43,13 @@ struct PeerOut {
 /// Outgoing side: one queue and one dialing task per peer.
 pub struct Peers {
     my_id: u64,
+    my_client_addr: String,
     out: RefCell<HashMap<u64, Rc<PeerOut>>>,
 }
 
 impl Peers {
-    pub fn new(my_id: u64) -> Rc<Peers> {
-        Rc::new(Peers { my_id, out: RefCell::new(HashMap::new()) })
+    pub fn new(my_id: u64, my_client_addr: String) -> Rc<Peers> {
+        Rc::new(Peers { my_id, my_client_addr, out: RefCell::new(HashMap::new()) })
     }
 
     /// Start the sender for peer `id` at `addr` (no-op if present).
@@ -63,7 +66,7 @@ impl Peers {
             connected: Cell::new(false),
         });
         self.out.borrow_mut().insert(id, p.clone());
-        ex.spawn(sender(self.my_id, id, addr, p, rx)).detach();
+        ex.spawn(sender(self.my_id, self.my_client_addr.clone(), id, addr, p, rx)).detach();
     }
 
     pub fn remove(&self, id: u64) {
@@ -100,7 +103,7 @@ impl Peers {
     }
 }
 
-async fn sender(my_id: u64, id: u64, addr: String, p: Rc<PeerOut>, bell: Receiver<()>) {
+async fn sender(my_id: u64, client_addr: String, id: u64, addr: String, p: Rc<PeerOut>, bell: Receiver<()>) {
     let mut backoff = BACKOFF_MIN_MS;
     let mut logged_down = false;
     loop {
@@ -114,7 +117,7 @@ async fn sender(my_id: u64, id: u64, addr: String, p: Rc<PeerOut>, bell: Receive
                 logged_down = false;
                 p.connected.set(true);
                 info!("Connected to peer node {id} at {addr}.");
-                let r = send_loop(my_id, &mut s, &p, &bell).await;
+                let r = send_loop(my_id, &client_addr, &mut s, &p, &bell).await;
                 p.connected.set(false);
                 if let Err(e) = r {
                     warn!("Connection to peer node {id} at {addr} lost: {e}.");
@@ -139,11 +142,20 @@ async fn sender(my_id: u64, id: u64, addr: String, p: Rc<PeerOut>, bell: Receive
     }
 }
 
-async fn send_loop(my_id: u64, s: &mut TcpStream, p: &PeerOut, bell: &Receiver<()>) -> std::io::Result<()> {
-    let mut hello = Vec::with_capacity(14);
+async fn send_loop(
+    my_id: u64,
+    client_addr: &str,
+    s: &mut TcpStream,
+    p: &PeerOut,
+    bell: &Receiver<()>,
+) -> std::io::Result<()> {
+    let addr = &client_addr.as_bytes()[..client_addr.len().min(CLIENT_ADDR_BYTES_MAX)];
+    let mut hello = Vec::with_capacity(16 + addr.len());
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&TRANSPORT_FORMAT_VERSION.to_le_bytes());
     hello.extend_from_slice(&my_id.to_le_bytes());
+    hello.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    hello.extend_from_slice(addr);
     s.write_all(&hello).await?;
     let mut buf = Vec::new();
     loop {
@@ -184,6 +196,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     my_id: u64,
     known: Rc<dyn Fn(u64) -> bool>,
+    hello: Rc<dyn Fn(u64, String)>,
     deliver: Rc<dyn Fn(Message)>,
     message_bytes_max: usize,
 ) {
@@ -197,9 +210,10 @@ pub async fn accept_loop(
             }
         };
         let known = known.clone();
+        let hello = hello.clone();
         let deliver = deliver.clone();
         ex.spawn(async move {
-            if let Err(e) = receive(s, my_id, &*known, &*deliver, message_bytes_max).await {
+            if let Err(e) = receive(s, my_id, &*known, &*hello, &*deliver, message_bytes_max).await {
                 debug!("Peer connection from {peer} ended: {e}.");
             }
         })
@@ -211,11 +225,12 @@ async fn receive(
     mut s: TcpStream,
     my_id: u64,
     known: &dyn Fn(u64) -> bool,
+    on_hello: &dyn Fn(u64, String),
     deliver: &dyn Fn(Message),
     message_bytes_max: usize,
 ) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind};
-    let mut hello = [0u8; 14];
+    let mut hello = [0u8; 16];
     s.read_exact(&mut hello).await?;
     if &hello[0..4] != MAGIC {
         return Err(Error::new(ErrorKind::InvalidData, "not a midge peer (bad magic)"));
@@ -232,6 +247,14 @@ async fn receive(
         warn!("Refusing peer connection claiming to be unknown node {from}.");
         return Err(Error::new(ErrorKind::PermissionDenied, "unknown node id"));
     }
+    let addr_len = u16::from_le_bytes([hello[14], hello[15]]) as usize;
+    if addr_len > CLIENT_ADDR_BYTES_MAX {
+        return Err(Error::new(ErrorKind::InvalidData, "client address too long"));
+    }
+    let mut addr = vec![0u8; addr_len];
+    s.read_exact(&mut addr).await?;
+    let addr = String::from_utf8(addr).map_err(|_| Error::new(ErrorKind::InvalidData, "client address not UTF-8"))?;
+    on_hello(from, addr);
     let mut r = futures_lite::io::BufReader::with_capacity(64 * 1024, s);
     let mut msg = Vec::new();
     loop {

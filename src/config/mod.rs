@@ -254,6 +254,12 @@ pub struct Config {
     pub cluster_preferred_leader: Option<u64>,
     /// `cluster_allow_two_nodes`: accept a two-node cluster. Default `false`.
     pub cluster_allow_two_nodes: bool,
+    /// `health_listener PORT [ADDRESS]`: HTTP health endpoint (200 on the
+    /// serving leader, 503 elsewhere). None = off.
+    pub health_listener: Option<Listener>,
+    /// `admin_listener PORT [ADDRESS]`: MQTT listener for `midge ctl`, open
+    /// on every node, password-only. None = off.
+    pub admin_listener: Option<Listener>,
     /// Raft timing and snapshot settings (`cluster_tick_ms`, ...).
     pub cluster: ClusterTiming,
     /// `persistence_fsync`: fsync every raft Ready (default `true`).
@@ -292,6 +298,8 @@ impl Default for Config {
             cluster_follower_mode: FollowerMode::Proxy,
             cluster_preferred_leader: None,
             cluster_allow_two_nodes: false,
+            health_listener: None,
+            admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
             source: None,

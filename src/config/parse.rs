@@ -13,6 +13,7 @@ use super::{
 /// Every key midge implements (documented in docs/CONFIG.md).
 pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "acl_file",
+    "admin_listener",
     "allow_anonymous",
     "bind_address",
     "client_out_buffer_bytes",
@@ -26,6 +27,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "cluster_snapshot_entries",
     "cluster_tick_ms",
     "connection_messages",
+    "health_listener",
     "listener",
     "log_dest",
     "log_type",
@@ -195,6 +197,15 @@ impl<'f> Parser<'f> {
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
             "listener" => self.listener(rest)?,
+            "health_listener" | "admin_listener" => {
+                self.once(key);
+                let l = self.single_listener(key, rest)?;
+                if key == "health_listener" {
+                    self.cfg.health_listener = Some(l);
+                } else {
+                    self.cfg.admin_listener = Some(l);
+                }
+            }
             "port" => {
                 let port = self.num_opt(key, rest, 1, 65535)?;
                 self.default_port = Some(port as u16);
@@ -487,6 +498,22 @@ impl<'f> Parser<'f> {
         Err(self.err(format!("{key}: \"{a}\" is not an IP address or host name")))
     }
 
+    /// `KEY PORT [ADDRESS]` for the health and admin listeners.
+    fn single_listener(&mut self, key: &str, rest: &str) -> Result<Listener, ConfigError> {
+        let toks: Vec<&str> = rest.split_whitespace().collect();
+        match toks.len() {
+            0 => return Err(self.err(format!("{key}: missing port ({key} PORT [ADDRESS])"))),
+            1 | 2 => {}
+            _ => return Err(self.extra(key, toks[2])),
+        }
+        let port = self.num(key, toks[0], 1, 65535)? as u16;
+        let address = match toks.get(1) {
+            Some(a) => Some(self.address(key, a)?),
+            None => None,
+        };
+        Ok(Listener { port, address })
+    }
+
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
         let toks: Vec<&str> = rest.split_whitespace().collect();
         match toks.len() {
@@ -618,6 +645,12 @@ impl<'f> Parser<'f> {
                         .into(),
                 );
             }
+        }
+        if cfg.admin_listener.is_some() && cfg.password_file.is_none() {
+            return err(
+                0,
+                "admin_listener needs a password_file: the admin listener is never open to anonymous clients".into(),
+            );
         }
         if cfg.cluster.heartbeat_ticks >= cfg.cluster.election_ticks {
             return err(

@@ -4,6 +4,8 @@
 //! buffers that a writer future drains. No borrow of the broker lives
 //! across an `.await`.
 
+mod cluster_io;
+pub use cluster_io::health;
 mod io;
 
 use std::cell::{Cell, RefCell};
@@ -21,15 +23,18 @@ use smol::LocalExecutor;
 use crate::broker::{Action, Broker, ConnId};
 use crate::cluster::transport::Peers;
 use crate::cluster::Node;
-use crate::config::Listener;
+use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
 use io::SmolIo;
 
-/// Smallest read buffer a connection starts with; it grows (up to the
-/// maximum packet size) only for a packet that needs it.
-const READ_BUFFER_BYTES_MIN: usize = 4096;
+/// Read buffer of an idle connection. It doubles while reads fill it (up
+/// to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to the
+/// maximum packet size), and shrinks back when traffic calms down, so idle
+/// connections stay small and busy ones read in large batches.
+const READ_BUFFER_BYTES_MIN: usize = 256;
+const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket).
@@ -54,6 +59,14 @@ pub struct Server<L: RaftLog> {
     packet_bytes_max: u32,
     connections_max: usize,
     nodelay: bool,
+    connection_messages: bool,
+    /// More than one voter: followers steer clients per `mode`.
+    clustered: bool,
+    mode: FollowerMode,
+    preferred_leader: Option<u64>,
+    last_transfer_ms: Cell<u64>,
+    /// Client addresses of peers, from their transport hello.
+    client_addrs: RefCell<HashMap<u64, String>>,
 }
 
 /// Wall-clock milliseconds, never going backwards within this process.
@@ -63,7 +76,16 @@ pub fn wall_ms() -> u64 {
 }
 
 impl<L: RaftLog + 'static> Server<L> {
-    pub fn new(node: Node<L>, peers: Rc<Peers>, tick_ms: u64, nodelay: bool) -> Rc<Server<L>> {
+    pub fn new(
+        node: Node<L>,
+        peers: Rc<Peers>,
+        tick_ms: u64,
+        nodelay: bool,
+        mode: FollowerMode,
+        preferred_leader: Option<u64>,
+    ) -> Rc<Server<L>> {
+        let clustered = node.conf_state().voters.len() > 1;
+        let connection_messages = node.broker.settings.connection_messages;
         let lim = node.broker.settings.limits.clone();
         let (driver_bell, driver_rx) = bounded(1);
         Rc::new(Server {
@@ -79,6 +101,12 @@ impl<L: RaftLog + 'static> Server<L> {
             packet_bytes_max: lim.packet_bytes_max,
             connections_max: lim.connections_max as usize,
             nodelay,
+            connection_messages,
+            clustered,
+            mode,
+            preferred_leader,
+            last_transfer_ms: Cell::new(0),
+            client_addrs: RefCell::new(HashMap::new()),
         })
     }
 
@@ -159,6 +187,7 @@ impl<L: RaftLog + 'static> Server<L> {
             .await;
             if std::time::Instant::now() >= next_tick {
                 self.node.borrow_mut().tick();
+                self.upkeep(self.now());
                 next_tick += tick;
                 if next_tick < std::time::Instant::now() {
                     next_tick = std::time::Instant::now() + tick;
@@ -192,14 +221,54 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
-    pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
-        let Ok(local) = listener.local_addr() else { return };
-        info!("Opening {} listen socket on port {}.", if local.is_ipv6() { "ipv6" } else { "ipv4" }, local.port());
+    /// Accept MQTT clients on one listener. A follower steers them per
+    /// `cluster_follower_mode`: proxy to the leader, serve (the broker then
+    /// redirects or refuses), or, in closed mode, does not listen at all.
+    pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, l: Listener, first: TcpListener) {
+        let mut sock = Some(first);
+        let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
         loop {
-            let (stream, peer) = match listener.accept().await {
+            if closed_mode {
+                if !self.is_leader() {
+                    if let Some(old) = sock.take() {
+                        info!(
+                            "Closing client listener on port {}: not the leader (cluster_follower_mode closed).",
+                            l.port
+                        );
+                        drop(old);
+                    }
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                    continue;
+                }
+                if sock.is_none() {
+                    match bind(&l).await {
+                        Ok(x) => {
+                            info!("Opening client listener on port {}: this node leads.", l.port);
+                            sock = Some(x);
+                        }
+                        Err(e) => {
+                            warn!("Cannot reopen client listener on port {}: {e}.", l.port);
+                            smol::Timer::after(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let Some(listener) = sock.as_ref() else { continue };
+            let accepted = if closed_mode {
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                    None
+                })
+                .await
+            } else {
+                Some(listener.accept().await)
+            };
+            let Some(accepted) = accepted else { continue };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    warn!("Accept on port {} failed: {}.", local.port(), e);
+                    warn!("Accept on port {} failed: {}.", l.port, e);
                     smol::Timer::after(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -210,10 +279,108 @@ impl<L: RaftLog + 'static> Server<L> {
                 continue;
             }
             let _ = stream.set_nodelay(self.nodelay);
-            info!("New connection from {} on port {}.", peer, local.port());
+            if self.clustered && self.mode == FollowerMode::Proxy && !self.is_leader() {
+                match self.leader_client_addr() {
+                    Some(addr) => {
+                        debug!("Proxying connection from {} to the leader at {}.", peer, addr);
+                        ex.spawn(cluster_io::proxy(stream, peer, addr)).detach();
+                    }
+                    None => info!("Closing connection from {}: no cluster leader known yet.", peer),
+                }
+                continue;
+            }
+            if self.connection_messages {
+                info!("New connection from {} on port {}.", peer, l.port);
+            }
             let server = self.clone();
             ex.spawn(async move { server.serve(stream, peer).await }).detach();
         }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.borrow().is_leader()
+    }
+
+    /// The current leader's client address, if it is another node.
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let node = self.node.borrow();
+        let leader = node.leader_id();
+        if leader == 0 || leader == node.id() {
+            return None;
+        }
+        self.client_addrs.borrow().get(&leader).cloned()
+    }
+
+    pub fn set_client_addr(&self, id: u64, addr: String) {
+        self.client_addrs.borrow_mut().insert(id, addr);
+    }
+
+    /// Per tick: redirect target, $SYS cluster values, preferred leader.
+    fn upkeep(&self, now: u64) {
+        let redirect = if self.mode == FollowerMode::Redirect { self.leader_client_addr() } else { None };
+        let mut node = self.node.borrow_mut();
+        node.broker.redirect = redirect;
+        let st = node.status();
+        let online = st.voters.iter().filter(|id| **id == st.node_id || self.peers.connected(**id)).count();
+        let mut sys = vec![
+            ("role", st.role.to_string()),
+            ("node_id", st.node_id.to_string()),
+            ("leader_id", st.leader_id.to_string()),
+            ("term", st.term.to_string()),
+            ("voting_nodes/total", st.voters.len().to_string()),
+            ("voting_nodes/online", online.to_string()),
+            ("commit_index", st.commit_index.to_string()),
+            ("applied_index", st.applied_index.to_string()),
+        ];
+        for (id, lag) in &st.peer_lag {
+            let name: &'static str = match id {
+                1 => "peers/1/lag",
+                2 => "peers/2/lag",
+                3 => "peers/3/lag",
+                4 => "peers/4/lag",
+                5 => "peers/5/lag",
+                _ => "peers/other/lag",
+            };
+            sys.push((name, lag.to_string()));
+        }
+        node.broker.cluster_sys = sys;
+        if let Some(p) = self.preferred_leader {
+            let me = node.id();
+            if node.is_leader()
+                && p != me
+                && node.caught_up(p)
+                && now.saturating_sub(self.last_transfer_ms.get()) > 3_000
+            {
+                info!("Handing leadership to preferred leader node {p} (caught up).");
+                self.last_transfer_ms.set(now);
+                node.transfer_leader(p);
+            }
+        }
+    }
+
+    pub fn status_json(&self) -> (bool, String) {
+        let node = self.node.borrow();
+        let st = node.status();
+        let lag = st.commit_index.saturating_sub(st.applied_index);
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("lag".into(), lag.into());
+        }
+        (st.serving, v.to_string())
+    }
+
+    /// Transfer leadership now (management command).
+    pub fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        let mut node = self.node.borrow_mut();
+        if !node.is_leader() {
+            return Err(format!("node {} is not the leader (leader is {})", node.id(), node.leader_id()));
+        }
+        if !node.conf_state().voters.contains(&to) {
+            return Err(format!("node {to} is not a voter"));
+        }
+        node.transfer_leader(to);
+        let _ = self.driver_bell.try_send(());
+        Ok(())
     }
 
     async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr) {
@@ -242,14 +409,15 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut filled = 0usize;
         loop {
             if filled == buf.len() {
-                // Only reached while a packet larger than the buffer is
-                // incomplete; decode has already checked it against the max.
+                // A packet larger than the buffer is incomplete; decode has
+                // already checked its length against the maximum.
                 let cap = (buf.len() * 2).min(self.packet_bytes_max as usize + 5);
                 if cap <= buf.len() {
                     return;
                 }
                 buf.resize(cap, 0);
             }
+            let room = buf.len() - filled;
             let n = match sock.read(&mut buf[filled..]).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
@@ -280,10 +448,15 @@ impl<L: RaftLog + 'static> Server<L> {
             };
             buf.copy_within(consumed..filled, 0);
             filled -= consumed;
-            if filled == 0 && buf.len() > READ_BUFFER_BYTES_MIN {
-                buf.truncate(READ_BUFFER_BYTES_MIN);
-                buf.shrink_to_fit();
+            if n == room && buf.len() < READ_BUFFER_BYTES_BUSY {
+                buf.resize(buf.len() * 2, 0);
+            } else if filled == 0 && n < READ_BUFFER_BYTES_MIN && buf.len() > READ_BUFFER_BYTES_MIN {
+                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
             }
+            // Let the writers of the connections this batch fed run before
+            // reading more: a fast publisher must not outrun its subscribers'
+            // sockets (their buffers would overflow and drop QoS 0).
+            futures_lite::future::yield_now().await;
         }
     }
 
