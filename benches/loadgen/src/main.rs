@@ -3,14 +3,19 @@
 //!
 //!   loadgen throughput --port P [--qos 0|1] [--publishers N] [--subscribers M]
 //!                      [--messages K] [--payload 16] [--window 64] [--timeout-secs 60]
-//!                      [--nodelay 1]
+//!                      [--duration-secs D] [--max-lead L] [--nodelay 1]
 //!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16]
 //!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
 //!
 //! Throughput clients set TCP_NODELAY by default (--nodelay 1): loadgen
-//! batches its own writes (64 KiB for QoS 0, half a window for QoS 1), so
+//! batches its own writes (64 KiB for QoS 0, up to a window for QoS 1), so
 //! Nagle only adds 40 ms delayed-ACK stalls on the client side (seen: one
 //! QoS 1 1->1 run dropping from ~50k to ~4k msg/s).
+//!
+//! --duration-secs D stops publishers after D seconds (--messages is then an
+//! upper bound); --max-lead L keeps each publisher at most L messages ahead of
+//! the slowest subscriber (end-to-end flow control, so the broker is never
+//! overrun and the rate measured is sustainable).
 //!
 //! Every mode prints one machine-readable `RESULT key=value ...` line on
 //! stdout (diagnostics go to stderr, prefixed `loadgen:`).
@@ -33,7 +38,7 @@ const USAGE: &str = "\
 usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers N]
                           [--subscribers M] [--messages K per publisher] [--payload BYTES]
                           [--window 64] [--resume-at 63] [--timeout-secs 60] [--grace-ms 2000]
-                          [--nodelay 0|1] [--max-lead L]
+                          [--nodelay 0|1] [--max-lead L] [--duration-secs D]
        loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16]
                           [--timeout-secs 60]
        loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
@@ -195,6 +200,10 @@ struct SubStats {
     timed_out: bool,
     max_gap: Duration,
     gaps_5ms: u64,
+    /// Most QoS 1 PUBLISHes received before this subscriber had sent any
+    /// PUBACK for them: a lower bound of the broker's in-flight count, to
+    /// compare with its max_inflight_messages.
+    max_unacked: u64,
 }
 
 struct PubStats {
@@ -229,14 +238,15 @@ impl Lead {
         (0..self.nsub).map(|s| self.progress[s * self.npub + pubid].load(Ordering::Acquire)).min().unwrap_or(0)
     }
 
-    /// Wait until `seq` may be published. False if the deadline passed.
-    fn wait(&self, pubid: usize, seq: u64, cached: &mut u64, deadline: Instant) -> bool {
+    /// Wait until `seq` may be published. False if time is up (stop time
+    /// or deadline).
+    fn wait(&self, pubid: usize, seq: u64, cached: &mut u64, lim: &PubLimits) -> bool {
         loop {
             *cached = self.min_progress(pubid);
             if seq < *cached + self.lead {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if lim.time_up(Instant::now()) {
                 return false;
             }
             thread::sleep(Duration::from_micros(100));
@@ -433,6 +443,7 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
     let mut min_unique = u64::MAX;
     let mut max_gap = Duration::ZERO;
     let mut gaps_5ms = 0;
+    let mut max_unacked = 0;
     for h in subs {
         let st = h.join().map_err(|_| "subscriber thread panicked".to_string())?;
         received += st.received;
@@ -442,6 +453,7 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
         min_unique = min_unique.min(st.unique);
         max_gap = max_gap.max(st.max_gap);
         gaps_5ms += st.gaps_5ms;
+        max_unacked = max_unacked.max(st.max_unacked);
         timed_out |= st.timed_out;
         errors.extend(st.error);
         if let Some(t) = st.last_recv {
@@ -472,13 +484,16 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
         eprintln!("loadgen: {e}");
     }
     if qos == 1 && lost > 0 {
-        eprintln!("loadgen: QoS 1 LOSS: {lost} of {total_expected} deliveries missing (worst subscriber got {min_unique} of {sent_total} unique)");
+        eprintln!(
+            "loadgen: QoS 1: {lost} of {total_expected} deliveries missing (worst subscriber got {min_unique} of {sent_total} unique; \
+             publishers got PUBACKs for {acked} of {sent_total})"
+        );
     }
     println!(
         "RESULT mode=throughput status={status} qos={qos} publishers={npub} subscribers={nsub} messages={k} \
          payload={psize} window={window} resume_at={resume_at} max_lead={max_lead} duration_s={duration} published={sent_total} expected={total_expected} delivered={received} unique={unique} lost={lost} \
          dups={dups} bogus={bogus} acked={acked} elapsed_s={elapsed:.4} deliver_rate={:.0} \
-         first_delivery_ms={:.3} publish_elapsed_s={pub_elapsed:.4} publish_rate={:.0} max_gap_ms={:.1} gaps_over_5ms={gaps_5ms} errors={}",
+         first_delivery_ms={:.3} publish_elapsed_s={pub_elapsed:.4} publish_rate={:.0} max_gap_ms={:.1} gaps_over_5ms={gaps_5ms} sub_max_unacked={max_unacked} errors={}",
         rate(unique, elapsed),
         first.map_or(-1.0, |f| f.duration_since(start).as_secs_f64() * 1e3),
         rate(sent_total, pub_elapsed),
@@ -550,6 +565,7 @@ fn sub_loop_inner(
     (lead, sub_idx): (&Lead, usize),
 ) -> io::Result<()> {
     let mut maxseq = vec![0u64; lead.npub];
+    let mut unacked = 0u64;
     loop {
         let mut got = false;
         while let Some((hdr, body)) = conn.rd.next_buffered()? {
@@ -558,6 +574,8 @@ fn sub_loop_inner(
                     let p = mqtt::parse_publish(hdr, body)?;
                     if p.qos == 1 {
                         mqtt::puback(out, p.pid);
+                        unacked += 1;
+                        st.max_unacked = st.max_unacked.max(unacked);
                     }
                     got = true;
                     st.received += 1;
@@ -610,6 +628,7 @@ fn sub_loop_inner(
         if !out.is_empty() {
             conn.w().write_all(out)?;
             out.clear();
+            unacked = 0;
         }
         if st.unique >= expected {
             return Ok(());
@@ -670,12 +689,15 @@ fn pub_qos0(
     let mut in_buf = 0u64;
     let mut seq = 0u64;
     while seq < lim.k {
+        if seq.is_multiple_of(256) && seq > 0 && lim.stop_at.is_some() && lim.time_up(Instant::now()) {
+            break;
+        }
         if lead.on() && seq >= cached + lead.lead {
             conn.w().write_all(&buf)?;
             buf.clear();
             in_buf = 0;
-            if !lead.wait(pubid as usize, seq, &mut cached, lim.deadline) {
-                st.timed_out = true;
+            if !lead.wait(pubid as usize, seq, &mut cached, &lim) {
+                st.timed_out = Instant::now() >= lim.deadline;
                 break;
             }
         }
@@ -808,8 +830,8 @@ fn pub_qos1(
                 }
                 buf.clear();
             }
-            if !lead.wait(pubid as usize, sent, &mut lead_cached, deadline) {
-                gave_up = true;
+            if !lead.wait(pubid as usize, sent, &mut lead_cached, &lim) {
+                gave_up = Instant::now() >= deadline;
                 break;
             }
         }
@@ -824,7 +846,7 @@ fn pub_qos1(
             }
             buf.clear();
         }
-        if sent % 64 == 0 && lim.stop_at.is_some() && lim.time_up(Instant::now()) {
+        if sent.is_multiple_of(64) && lim.stop_at.is_some() && lim.time_up(Instant::now()) {
             break;
         }
     }
