@@ -21,6 +21,7 @@ const USAGE: &str = "\
 midge - a small, highly available MQTT broker
 
 Usage: midge [-c FILE] [-p PORT] [-v]
+       midge ctl [-h HOST] [-p PORT] -u USER -P PASSWORD status|transfer-leader ID|add-node ID HOST:PORT|remove-node ID
        midge --help | --version
 
   -c, --config-file FILE  read the configuration from FILE (Mosquitto syntax)
@@ -66,6 +67,16 @@ fn parse_args() -> Result<Option<Cli>, String> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("ctl") {
+        return match midge::ctl::run(&args[2..]) {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("midge ctl: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = match parse_args() {
         Ok(Some(c)) => c,
         Ok(None) => return ExitCode::SUCCESS,
@@ -158,6 +169,7 @@ fn node_config(config: &Config, id: u64) -> NodeConfig {
     n.election_ticks_max = 2 * n.election_ticks;
     n.heartbeat_ticks = config.cluster.heartbeat_ticks as usize;
     n.snapshot_entries = config.cluster.snapshot_entries;
+    n.join = config.cluster_join;
     n
 }
 
@@ -218,6 +230,19 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             }
         }
     }
+    let mut admin_listener = None;
+    if let Some(l) = &config.admin_listener {
+        match smol::block_on(midge::net::bind(l)) {
+            Ok(s) => {
+                info!("Admin listener on port {} (password users only).", l.port);
+                admin_listener = Some(s);
+            }
+            Err(e) => {
+                error!("Cannot open admin_listener on port {}: {e}.", l.port);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut peer_listener = None;
     if let Some((_, addr)) = config.cluster_peers.iter().find(|(id, _)| *id == node_id) {
         match smol::block_on(smol::net::TcpListener::bind(addr.as_str())) {
@@ -240,18 +265,19 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             info!("Health endpoint on port {}.", h.local_addr().map(|a| a.port()).unwrap_or(0));
             ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
         }
-        for (id, addr) in &config.cluster_peers {
-            peers.add(&ex, *id, addr.clone());
+        server.start_peers(&ex, &config.cluster_peers);
+        if let Some(a) = admin_listener {
+            ex.spawn(server.clone().listen_admin(ex.clone(), a)).detach();
         }
         if let Some(l) = peer_listener {
-            let ids: Vec<u64> = config.cluster_peers.iter().map(|(id, _)| *id).collect();
             let s2 = server.clone();
             let s3 = server.clone();
+            let s4 = server.clone();
             ex.spawn(transport::accept_loop(
                 ex.clone(),
                 l,
                 node_id,
-                Rc::new(move |id| ids.contains(&id)),
+                Rc::new(move |id| s4.is_known_peer(id)),
                 Rc::new(move |id, addr| s3.set_client_addr(id, addr)),
                 Rc::new(move |m| s2.deliver_peer_message(m)),
                 message_bytes_max,

@@ -100,10 +100,12 @@ impl Broker {
             }
             (Some(pw), Some(user)) => {
                 if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) {
+                    // Mosquitto answers a wrong password with "not
+                    // authorised" (5 / 0x87); clients and scripts expect it.
                     return self.refuse(
                         conn,
-                        reason::BAD_USER_NAME_OR_PASSWORD,
-                        reason::V3_BAD_USER_NAME_OR_PASSWORD,
+                        reason::NOT_AUTHORIZED,
+                        reason::V3_NOT_AUTHORIZED,
                         "bad user name or password",
                         now,
                     );
@@ -124,19 +126,12 @@ impl Broker {
         // Keep alive [MQTT-3.1.2-22/24]; v5 Server Keep Alive.
         let mut keep_alive = cp.keep_alive;
         let max_ka = lim.keepalive_secs_max;
-        if max_ka < u16::MAX && (keep_alive > max_ka || keep_alive == 0) {
-            if v5 {
-                keep_alive = max_ka;
-                ack_props.server_keep_alive = Some(max_ka);
-            } else {
-                return self.refuse(
-                    conn,
-                    reason::CLIENT_IDENTIFIER_NOT_VALID,
-                    reason::V3_IDENTIFIER_REJECTED,
-                    "keep alive above max_keepalive",
-                    now,
-                );
-            }
+        if max_ka < u16::MAX && (keep_alive > max_ka || keep_alive == 0) && v5 {
+            // v5: Server Keep Alive overrides the client's [MQTT-3.2.2-21].
+            // 3.1.1 has no way to tell the client; like Mosquitto 2.0, its
+            // keep alive is accepted as sent.
+            keep_alive = max_ka;
+            ack_props.server_keep_alive = Some(max_ka);
         }
 
         // Will.

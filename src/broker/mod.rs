@@ -7,6 +7,7 @@
 //! a socket or a clock, so tests, the fuzzer and the cluster simulation run
 //! it as is.
 
+pub mod admin;
 mod connect;
 pub mod message;
 pub mod settings;
@@ -69,6 +70,9 @@ struct Conn {
     connack: Option<crate::mqtt::ConnAck>,
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
+    /// Opened on the admin listener (see `admin.rs`).
+    admin: bool,
+    admin_subscribed: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -112,6 +116,7 @@ pub struct Broker {
     pub redirect: Option<String>,
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
     pub cluster_sys: Vec<(&'static str, String)>,
+    control_requests: Vec<(ConnId, Vec<u8>)>,
 }
 
 impl Broker {
@@ -136,6 +141,7 @@ impl Broker {
             leader_ready: None,
             redirect: None,
             cluster_sys: Vec::new(),
+            control_requests: Vec::new(),
         }
     }
 
@@ -159,7 +165,8 @@ impl Broker {
         }
         self.serving = serving;
         if !serving {
-            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            // Admin connections stay: management works on every node.
+            let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.admin).map(|(id, _)| *id).collect();
             for id in ids {
                 if let Some(c) = self.conns.get_mut(&id) {
                     // The next leader ends these sessions in its state.
@@ -221,6 +228,8 @@ impl Broker {
                 session_expiry_secs: 0,
                 connack: None,
                 session_closed: true,
+                admin: false,
+                admin_subscribed: false,
             },
         );
     }
@@ -522,6 +531,7 @@ impl Broker {
         self.stats.messages_received += 1;
         match (phase, p) {
             (Phase::Closing, _) => {}
+            (Phase::New, Packet::Connect(cp)) if c.admin => self.on_admin_connect(conn, *cp, now),
             (Phase::New, Packet::Connect(cp)) => self.on_connect(conn, *cp, now),
             (Phase::New, other) => {
                 warn!("Client {} sent {} before CONNECT; disconnecting.", self.who(conn), other.name());
@@ -536,6 +546,7 @@ impl Broker {
                 // Only reachable while a Connect command awaits commit.
                 self.packet_connected(conn, other, now);
             }
+            (Phase::Connected, other) if c.admin => self.admin_packet(conn, other, now),
             (Phase::Connected, other) => self.packet_connected(conn, other, now),
         }
         self.commit(now);

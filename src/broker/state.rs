@@ -245,6 +245,10 @@ pub struct State {
     /// Bytes of retained and queued messages, for memory_limit.
     pub stored_bytes: u64,
     pub applied_commands: u64,
+    /// Raft transport addresses of nodes added at run time (from their
+    /// conf change), so a restart can reach them. Written by the cluster
+    /// driver when it applies a membership change, in log order.
+    pub peer_addrs: BTreeMap<u64, String>,
 }
 
 /// The serialised form of `State` in a snapshot (postcard), led by
@@ -255,6 +259,7 @@ struct SnapshotOut<'a> {
     applied_commands: u64,
     sessions: &'a BTreeMap<Rc<str>, Session>,
     retained: &'a BTreeMap<Rc<str>, Message>,
+    peer_addrs: &'a BTreeMap<u64, String>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +269,7 @@ struct SnapshotIn {
     applied_commands: u64,
     sessions: BTreeMap<Rc<str>, Session>,
     retained: BTreeMap<Rc<str>, Message>,
+    peer_addrs: BTreeMap<u64, String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -299,6 +305,7 @@ impl State {
             applied_commands: self.applied_commands,
             sessions: &self.sessions,
             retained: &self.retained,
+            peer_addrs: &self.peer_addrs,
         };
         postcard::to_allocvec(&out).unwrap_or_default()
     }
@@ -332,6 +339,7 @@ impl State {
         st.stored_bytes += s.retained.values().map(|m| m.cost_bytes()).sum::<u64>();
         st.sessions = s.sessions;
         st.retained = s.retained;
+        st.peer_addrs = s.peer_addrs;
         Ok(st)
     }
 

@@ -9,7 +9,7 @@
 pub mod transport;
 
 use log::{info, warn};
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,9 @@ pub struct NodeConfig {
     /// Entries kept behind a snapshot for followers that lag a little.
     pub snapshot_keep_entries: u64,
     pub max_msg_bytes: u64,
+    /// Fresh store: wait to be added by the leader (empty membership)
+    /// instead of starting with `voters`.
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -112,6 +115,7 @@ impl NodeConfig {
             snapshot_log_bytes: 32 * 1024 * 1024,
             snapshot_keep_entries: 2_000,
             max_msg_bytes: 1024 * 1024,
+            join: false,
         }
     }
 }
@@ -134,6 +138,15 @@ pub struct Node<L: RaftLog> {
     conf_state: ConfState,
     /// Term for which this node proposed its LeaderStart.
     leader_start_term: u64,
+    /// Membership changes applied since the runtime last looked.
+    pub membership_events: Vec<MembershipEvent>,
+    force_snapshot: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipEvent {
+    Added { id: u64, addr: String },
+    Removed { id: u64 },
 }
 
 pub fn raft_logger() -> slog::Logger {
@@ -152,9 +165,20 @@ impl<L: RaftLog> Node<L> {
         };
         let initial = raft::Storage::initial_state(&log)?;
         let mut conf_state = initial.conf_state.clone();
-        if conf_state.voters.is_empty() && conf_state.learners.is_empty() {
+        let mut applied = applied;
+        if conf_state.voters.is_empty() && conf_state.learners.is_empty() && !cfg.join {
+            // A founding node: the initial membership becomes a snapshot at
+            // index 1, term 1 — identical on every founder — so that a node
+            // added later learns it from the leader like any other state.
             conf_state.voters = cfg.voters.clone();
-            log.set_conf_state(&conf_state)?;
+            let mut snap = raft::eraftpb::Snapshot::default();
+            snap.set_data(State::default().snapshot().into());
+            let md = snap.mut_metadata();
+            md.index = 1;
+            md.term = 1;
+            md.set_conf_state(conf_state.clone());
+            log.install_snapshot(&snap)?;
+            applied = 1;
         }
         broker.state = state;
         broker.set_replicated();
@@ -178,7 +202,17 @@ impl<L: RaftLog> Node<L> {
             raw.campaign()?;
         }
         info!("Raft node {} starting: applied index {}, voters {:?}.", cfg.id, applied, conf_state.voters);
-        Ok(Node { raw, broker, cfg, applied, snapshot_index: applied, conf_state, leader_start_term: 0 })
+        Ok(Node {
+            raw,
+            broker,
+            cfg,
+            applied,
+            snapshot_index: applied,
+            conf_state,
+            leader_start_term: 0,
+            membership_events: Vec::new(),
+            force_snapshot: false,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -302,8 +336,25 @@ impl<L: RaftLog> Node<L> {
                         .map_err(|err| NodeError::Entry(err.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(&cs)?;
+                    let id = cc.node_id;
+                    match cc.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            let addr = String::from_utf8_lossy(cc.get_context()).into_owned();
+                            if !addr.is_empty() {
+                                self.broker.state.peer_addrs.insert(id, addr.clone());
+                            }
+                            self.membership_events.push(MembershipEvent::Added { id, addr });
+                        }
+                        ConfChangeType::RemoveNode => {
+                            self.broker.state.peer_addrs.remove(&id);
+                            self.membership_events.push(MembershipEvent::Removed { id });
+                        }
+                    }
                     info!("Membership changed: voters {:?}, learners {:?}.", cs.voters, cs.learners);
                     self.conf_state = cs;
+                    // A node added now catches up by snapshot; the stored
+                    // one must carry a membership that includes it.
+                    self.force_snapshot = true;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
@@ -325,9 +376,13 @@ impl<L: RaftLog> Node<L> {
         if since == 0 {
             return Ok(());
         }
-        if since < self.cfg.snapshot_entries && self.raw.store().log_bytes() < self.cfg.snapshot_log_bytes {
+        if !self.force_snapshot
+            && since < self.cfg.snapshot_entries
+            && self.raw.store().log_bytes() < self.cfg.snapshot_log_bytes
+        {
             return Ok(());
         }
+        self.force_snapshot = false;
         let data = self.broker.state.snapshot();
         let bytes = data.len();
         self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, self.cfg.snapshot_keep_entries)?;
@@ -424,6 +479,43 @@ impl<L: RaftLog> Node<L> {
         let r = &self.raw.raft;
         r.state == StateRole::Leader
             && r.prs().get(id).is_some_and(|p| p.recent_active && p.matched == r.raft_log.last_index())
+    }
+
+    /// Propose adding (with its raft address) or removing a voter. One
+    /// change at a time; a change that leaves fewer than three voters (or
+    /// exactly two) is refused unless `force`.
+    pub fn change_membership(&mut self, add: bool, id: u64, addr: &str, force: bool) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err(format!("node {} is not the leader (leader is {})", self.cfg.id, self.leader_id()));
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err("another membership change is still in progress".into());
+        }
+        let voters = &self.conf_state.voters;
+        let after = if add {
+            if voters.contains(&id) {
+                return Err(format!("node {id} is already a voter"));
+            }
+            if addr.is_empty() {
+                return Err("addNode needs the new node's raft address (host:port)".into());
+            }
+            voters.len() + 1
+        } else {
+            if !voters.contains(&id) {
+                return Err(format!("node {id} is not a voter"));
+            }
+            voters.len() - 1
+        };
+        if after < 3 && !force {
+            return Err(format!(
+                "the change leaves {after} voter(s): fewer than three tolerate no failure; repeat with force to do it anyway"
+            ));
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(if add { ConfChangeType::AddNode } else { ConfChangeType::RemoveNode });
+        cc.node_id = id;
+        cc.set_context(addr.as_bytes().to_vec().into());
+        self.raw.propose_conf_change(vec![], cc).map_err(|e| e.to_string())
     }
 
     /// Ask raft to hand leadership to `to` now (raft leader transfer).

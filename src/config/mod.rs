@@ -262,6 +262,9 @@ pub struct Config {
     pub admin_listener: Option<Listener>,
     /// Raft timing and snapshot settings (`cluster_tick_ms`, ...).
     pub cluster: ClusterTiming,
+    /// `cluster_join`: a fresh node waits to be added by `midge ctl
+    /// add-node` instead of forming a cluster from its cluster_peer lines.
+    pub cluster_join: bool,
     /// `persistence_fsync`: fsync every raft Ready (default `true`).
     pub persistence_fsync: bool,
     /// The file this configuration was read from.
@@ -302,6 +305,7 @@ impl Default for Config {
             admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
+            cluster_join: false,
             source: None,
             warnings: Vec::new(),
         }

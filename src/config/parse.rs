@@ -21,6 +21,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "cluster_election_ticks",
     "cluster_follower_mode",
     "cluster_heartbeat_ticks",
+    "cluster_join",
     "cluster_node_id",
     "cluster_peer",
     "cluster_preferred_leader",
@@ -356,6 +357,7 @@ impl<'f> Parser<'f> {
                 self.cfg.cluster.snapshot_entries = self.num_opt(key, rest, 100, u32::MAX.into())?
             }
             "persistence_fsync" => self.cfg.persistence_fsync = self.bool_opt(key, rest)?,
+            "cluster_join" => self.cfg.cluster_join = self.bool_opt(key, rest)?,
             // Harmless Mosquitto options: checked, then ignored with a warning.
             "autosave_interval" | "autosave_on_changes" => {
                 if key == "autosave_interval" {

@@ -5,6 +5,7 @@
 //! across an `.await`.
 
 mod cluster_io;
+mod control;
 pub use cluster_io::health;
 mod io;
 
@@ -67,6 +68,8 @@ pub struct Server<L: RaftLog> {
     last_transfer_ms: Cell<u64>,
     /// Client addresses of peers, from their transport hello.
     client_addrs: RefCell<HashMap<u64, String>>,
+    known_peers: RefCell<std::collections::BTreeSet<u64>>,
+    executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
 }
 
 /// Wall-clock milliseconds, never going backwards within this process.
@@ -107,6 +110,8 @@ impl<L: RaftLog + 'static> Server<L> {
             preferred_leader,
             last_transfer_ms: Cell::new(0),
             client_addrs: RefCell::new(HashMap::new()),
+            known_peers: RefCell::new(Default::default()),
+            executor: RefCell::new(None),
         })
     }
 
@@ -121,6 +126,11 @@ impl<L: RaftLog + 'static> Server<L> {
         let now = self.now();
         let mut node = self.node.borrow_mut();
         let r = f(&mut node.broker, now);
+        for (conn, req) in node.broker.take_control_requests() {
+            let reply = control::handle(&mut node, &req);
+            node.broker.admin_reply(conn, reply);
+            let _ = self.driver_bell.try_send(());
+        }
         self.dispatch(&mut node.broker);
         if node.broker.has_proposals() {
             let _ = self.driver_bell.try_send(());
@@ -206,8 +216,12 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 };
                 self.dispatch(&mut node.broker);
+                let events = std::mem::take(&mut node.membership_events);
                 again = node.raw.has_ready() || node.broker.has_proposals();
                 drop(node);
+                for ev in events {
+                    self.on_membership(ev);
+                }
                 for m in &out.messages {
                     self.peers.send(m);
                 }
@@ -227,6 +241,13 @@ impl<L: RaftLog + 'static> Server<L> {
     pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, l: Listener, first: TcpListener) {
         let mut sock = Some(first);
         let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
+        // A single node accepts clients once it serves (a few ms after
+        // start), so the first CONNECT is never refused.
+        if !self.clustered {
+            while !self.node.borrow().broker.serving() {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        }
         loop {
             if closed_mode {
                 if !self.is_leader() {
@@ -293,7 +314,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 info!("New connection from {} on port {}.", peer, l.port);
             }
             let server = self.clone();
-            ex.spawn(async move { server.serve(stream, peer).await }).detach();
+            ex.spawn(async move { server.serve(stream, peer, false).await }).detach();
         }
     }
 
@@ -383,7 +404,21 @@ impl<L: RaftLog + 'static> Server<L> {
         Ok(())
     }
 
-    async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Accept management clients on the admin listener (every node).
+    pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            };
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            info!("New admin connection from {}.", peer);
+            let server = self.clone();
+            ex.spawn(async move { server.serve(stream, peer, true).await }).detach();
+        }
+    }
+
+    async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let (tx, rx) = bounded(1);
@@ -394,7 +429,13 @@ impl<L: RaftLog + 'static> Server<L> {
             doorbell: tx,
         });
         self.conns.borrow_mut().insert(id, io.clone());
-        self.with_broker(|b, now| b.open(id, &peer.to_string(), now));
+        self.with_broker(|b, now| {
+            if admin {
+                b.open_admin(id, &peer.to_string(), now)
+            } else {
+                b.open(id, &peer.to_string(), now)
+            }
+        });
         let reader = self.read_loop(id, SmolIo(stream.clone()));
         let writer = self.write_loop(id, io.clone(), SmolIo(stream.clone()), rx);
         futures_lite::future::or(reader, writer).await;
@@ -492,6 +533,49 @@ impl<L: RaftLog + 'static> Server<L> {
                     b.set_congested(id, false);
                 }
             });
+        }
+    }
+
+    fn on_membership(&self, ev: crate::cluster::MembershipEvent) {
+        use crate::cluster::MembershipEvent;
+        match ev {
+            MembershipEvent::Added { id, addr } => {
+                self.known_peers.borrow_mut().insert(id);
+                if !addr.is_empty() {
+                    if let Some(ex) = self.executor.borrow().as_ref() {
+                        self.peers.add(ex, id, addr);
+                    }
+                }
+            }
+            MembershipEvent::Removed { id } => {
+                self.known_peers.borrow_mut().remove(&id);
+                self.peers.remove(id);
+            }
+        }
+    }
+
+    /// Nodes allowed to talk raft to this one.
+    pub fn is_known_peer(&self, id: u64) -> bool {
+        self.known_peers.borrow().contains(&id)
+    }
+
+    /// Start the peer senders for `addrs` (config lines and addresses
+    /// learnt from membership changes) on `ex`.
+    pub fn start_peers(&self, ex: &Rc<LocalExecutor<'static>>, addrs: &[(u64, String)]) {
+        *self.executor.borrow_mut() = Some(ex.clone());
+        let mut all: std::collections::BTreeMap<u64, String> = addrs.iter().cloned().collect();
+        {
+            let node = self.node.borrow();
+            for (id, a) in &node.broker.state.peer_addrs {
+                all.entry(*id).or_insert_with(|| a.clone());
+            }
+            let mut known = self.known_peers.borrow_mut();
+            known.extend(node.conf_state().voters.iter().copied());
+            known.extend(node.conf_state().learners.iter().copied());
+        }
+        for (id, a) in all {
+            self.known_peers.borrow_mut().insert(id);
+            self.peers.add(ex, id, a);
         }
     }
 
