@@ -27,7 +27,7 @@ while (($#)); do
   case "$1" in
     --manifest-path) CRATE_DIR=$(cd "$(dirname "$2")" && pwd); shift 2 ;;
     --manifest-path=*) m=${1#*=}; CRATE_DIR=$(cd "$(dirname "$m")" && pwd); shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     -*) echo "cross-build: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac

@@ -32,7 +32,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HOST="" TARGET=aarch64-unknown-linux-musl BOARD="" CONFIG="" SERVICE="" BIN="" DRY=0 ROOT=""
-usage() { sed -n '2,30p' "$0"; }
+usage() { awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; }
 while (($#)); do
   case "$1" in
     --target) TARGET=$2; shift 2 ;;

@@ -13,8 +13,14 @@
 #          "none" runs midge without -c
 # --port   host port forwarded to the guest's 1883 (default: a free random
 #          port on 127.0.0.1)
+# --ready  extended regex for the guest console line that means "midge is
+#          listening" (default: "listen socket on port 1883"; also
+#          $MIDGE_READY_PATTERN). User-mode networking accepts the host's
+#          connection before the guest listens, so we wait for this line.
 # --keep   keep the work directory (console log, initramfs) for debugging
 # --refresh  re-download the guest kernel and busybox
+# --prepare  only install the host tools and fetch the guest kernel/busybox;
+#          prints "guest-dir: DIR" last (used by qemu-cluster-test.sh)
 #
 # First run installs (idempotently, as root):
 #   - qemu-system-arm (QEMU 10 from bookworm-backports) through a PRIVATE apt
@@ -36,16 +42,20 @@ BIN=""
 CONFIG="$REPO/boards/generic-arm64-gateway/midge.conf"
 PORT=""
 BOOT_TIMEOUT=${MIDGE_QEMU_BOOT_TIMEOUT:-90}
+READY=${MIDGE_READY_PATTERN:-listen socket on port 1883}
 KEEP=0
 REFRESH=0
+PREPARE=0
 while (($#)); do
   case "$1" in
     --config) CONFIG=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --boot-timeout) BOOT_TIMEOUT=$2; shift 2 ;;
+    --ready) READY=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --refresh) REFRESH=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --prepare) PREPARE=1; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     -*) echo "qemu-boot-test: unknown option $1" >&2; exit 2 ;;
     *) BIN=$1; shift ;;
   esac
@@ -69,12 +79,14 @@ phase() {  # record the time since the previous phase() call
   phase_start=$now
 }
 
-[[ -f $BIN ]] || die "no binary $BIN (build it with scripts/cross-build.sh aarch64-unknown-linux-musl)"
-readelf -h "$BIN" | grep -q 'Machine:.*AArch64' || die "$BIN is not an aarch64 ELF"
-if readelf -l "$BIN" | grep -q 'Requesting program interpreter'; then
-  die "$BIN is dynamically linked; the initramfs has no libc: use the aarch64-unknown-linux-musl build"
+if ((PREPARE == 0)); then
+  [[ -f $BIN ]] || die "no binary $BIN (build it with scripts/cross-build.sh aarch64-unknown-linux-musl)"
+  readelf -h "$BIN" | grep -q 'Machine:.*AArch64' || die "$BIN is not an aarch64 ELF"
+  if readelf -l "$BIN" | grep -q 'Requesting program interpreter'; then
+    die "$BIN is dynamically linked; the initramfs has no libc: use the aarch64-unknown-linux-musl build"
+  fi
+  if [[ $CONFIG != none ]]; then [[ -f $CONFIG ]] || die "no config $CONFIG"; fi
 fi
-if [[ $CONFIG != none ]]; then [[ -f $CONFIG ]] || die "no config $CONFIG"; fi
 
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 exec 9>"$CACHE/.lock"
@@ -207,6 +219,7 @@ if [[ ! -f $G/ready ]]; then
 fi
 log "guest kernel: $(cat "$G/kernel"); modules: $(tr '\n' ' ' <"$G/load-order")"
 phase "guest kernel + busybox"
+if ((PREPARE)); then echo "guest-dir: $G"; exit 0; fi
 
 # ------------------------------------------------------------- initramfs
 WORK=$(mktemp -d /tmp/midge-qemu.XXXXXX)
@@ -308,7 +321,7 @@ for attempt in 1 2 3; do
   log "qemu pid $QEMU_PID, host 127.0.0.1:$P -> guest :1883 (attempt $attempt)"
   deadline=$((SECONDS + BOOT_TIMEOUT))
   while ((SECONDS < deadline)); do
-    if grep -q "listen socket on port 1883" "$CONSOLE" 2>/dev/null; then booted=1; break; fi
+    if grep -Eq -- "$READY" "$CONSOLE" 2>/dev/null; then booted=1; break; fi
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then break; fi
     if grep -q "midge-qemu: midge exited" "$CONSOLE" 2>/dev/null; then break; fi
     sleep 0.1
@@ -319,11 +332,11 @@ for attempt in 1 2 3; do
   fi
   cat "$WORK/qemu.out" >&2 || true
   if grep -q "midge-qemu: midge exited" "$CONSOLE"; then
-    die "midge exited in the guest before logging 'listen socket on port 1883'"
+    die "midge exited in the guest before logging '$READY'"
   elif ! kill -0 "$QEMU_PID" 2>/dev/null; then
-    die "qemu exited before midge logged 'listen socket on port 1883'"
+    die "qemu exited before midge logged '$READY'"
   fi
-  die "midge did not log 'listen socket on port 1883' within ${BOOT_TIMEOUT}s"
+  die "midge did not log '$READY' within ${BOOT_TIMEOUT}s"
 done
 ((booted)) || die "could not start qemu"
 phase "boot to midge listening"

@@ -248,6 +248,9 @@ impl<L: RaftLog + 'static> Server<L> {
                 smol::Timer::after(Duration::from_millis(5)).await;
             }
         }
+        if let Some(first) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
+            info!("Opening {} listen socket on port {}.", if first.is_ipv6() { "ipv6" } else { "ipv4" }, first.port());
+        }
         loop {
             if closed_mode {
                 if !self.is_leader() {
