@@ -130,10 +130,12 @@ fn exchange(host: &str, port: u16, user: &str, pass: &str, request: &[u8]) -> Re
             };
             buf.drain(..used);
             match p {
-                Packet::ConnAck(a) if a.code != 0 => return Err(format!(
+                Packet::ConnAck(a) if a.code != 0 => {
+                    return Err(format!(
                     "{addr} refused the connection (CONNACK {}): check -u/-P and that this is the admin_listener port",
                     a.code
-                )),
+                ))
+                }
                 Packet::SubAck(_) if !sent_request => {
                     let mut o = Vec::new();
                     let p = Publish {

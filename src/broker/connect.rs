@@ -245,7 +245,7 @@ impl Broker {
                 ack_props.retain_available = Some(0);
             }
         }
-        c.connack = Some(ConnAck { session_present: false, code: 0, properties: ack_props });
+        c.connack = Some(Box::new(ConnAck { session_present: false, code: 0, properties: ack_props }));
 
         // Session takeover [MQTT-3.1.4-3].
         if let Some(old) = self.by_client.insert(client.clone(), conn) {

@@ -67,7 +67,7 @@ struct Conn {
     inbound_unacked: u32,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
     session_expiry_secs: u32,
-    connack: Option<crate::mqtt::ConnAck>,
+    connack: Option<Box<crate::mqtt::ConnAck>>,
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
     /// Opened on the admin listener (see `admin.rs`).
@@ -397,7 +397,7 @@ impl Broker {
                 c.session_closed = false;
                 if let Some(mut ack) = c.connack.take() {
                     ack.session_present = session_present;
-                    self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
+                    self.actions.push(Action::Send(id, Packet::ConnAck(*ack)));
                 }
             }
             Effect::Deliver { client, packet_id, delivery, dup } => {

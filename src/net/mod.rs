@@ -43,7 +43,36 @@ struct ConnIo {
     out: RefCell<Vec<u8>>,
     closing: Cell<bool>,
     congested: Cell<bool>,
-    doorbell: Sender<()>,
+    doorbell: Doorbell,
+}
+
+/// Wakes one writer task. A channel would do, but costs a few hundred bytes
+/// per connection; on one thread two `Cell`s are enough.
+#[derive(Default)]
+struct Doorbell {
+    rung: Cell<bool>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        self.rung.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.rung.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 pub struct Server<L: RaftLog> {
@@ -157,13 +186,13 @@ impl<L: RaftLog + 'static> Server<L> {
                             congested.push(id);
                         }
                         if was_empty {
-                            let _ = io.doorbell.try_send(());
+                            io.doorbell.ring();
                         }
                     }
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
                             io.closing.set(true);
-                            let _ = io.doorbell.try_send(());
+                            io.doorbell.ring();
                         }
                     }
                 }
@@ -424,12 +453,11 @@ impl<L: RaftLog + 'static> Server<L> {
     async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let (tx, rx) = bounded(1);
         let io = Rc::new(ConnIo {
             out: RefCell::new(Vec::new()),
             closing: Cell::new(false),
             congested: Cell::new(false),
-            doorbell: tx,
+            doorbell: Doorbell::default(),
         });
         self.conns.borrow_mut().insert(id, io.clone());
         self.with_broker(|b, now| {
@@ -440,7 +468,7 @@ impl<L: RaftLog + 'static> Server<L> {
             }
         });
         let reader = self.read_loop(id, SmolIo(stream.clone()));
-        let writer = self.write_loop(id, io.clone(), SmolIo(stream.clone()), rx);
+        let writer = self.write_loop(id, io.clone(), SmolIo(stream.clone()));
         futures_lite::future::or(reader, writer).await;
         let _ = stream.shutdown(std::net::Shutdown::Both);
         self.conns.borrow_mut().remove(&id);
@@ -504,7 +532,7 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
-    async fn write_loop(&self, id: ConnId, io: Rc<ConnIo>, mut sock: SmolIo, rx: Receiver<()>) {
+    async fn write_loop(&self, id: ConnId, io: Rc<ConnIo>, mut sock: SmolIo) {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             if io.out.borrow().is_empty() {
@@ -512,9 +540,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     let _ = sock.flush().await;
                     return;
                 }
-                if rx.recv().await.is_err() {
-                    return;
-                }
+                io.doorbell.wait().await;
                 continue;
             }
             std::mem::swap(&mut pending, &mut *io.out.borrow_mut());
