@@ -141,6 +141,21 @@ pub struct Node<L: RaftLog> {
     /// Membership changes applied since the runtime last looked.
     pub membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
+    pub stats: NodeStats,
+}
+
+/// Batching figures: how many broker commands each raft entry and each
+/// durable write carried.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct NodeStats {
+    /// Raft entries proposed with broker commands.
+    pub proposals: u64,
+    /// Broker commands in them.
+    pub commands: u64,
+    /// Durable writes (one redb transaction each).
+    pub persists: u64,
+    /// Raft entries written by them.
+    pub persisted_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +227,7 @@ impl<L: RaftLog> Node<L> {
             leader_start_term: 0,
             membership_events: Vec::new(),
             force_snapshot: false,
+            stats: NodeStats::default(),
         })
     }
 
@@ -261,8 +277,13 @@ impl<L: RaftLog> Node<L> {
         if !self.is_leader() {
             return;
         }
-        if let Err(e) = self.raw.propose(vec![], encode_batch(batch)) {
-            warn!("Proposal dropped: {e}.");
+        let n = batch.len() as u64;
+        match self.raw.propose(vec![], encode_batch(batch)) {
+            Ok(()) => {
+                self.stats.proposals += 1;
+                self.stats.commands += n;
+            }
+            Err(e) => warn!("Proposal dropped: {e}."),
         }
     }
 
@@ -294,6 +315,8 @@ impl<L: RaftLog> Node<L> {
         let committed = rd.take_committed_entries();
         out.applied_entries += self.apply_entries(committed, now)?;
         if !rd.entries().is_empty() || rd.hs().is_some() {
+            self.stats.persists += 1;
+            self.stats.persisted_entries += rd.entries().len() as u64;
             self.raw.mut_store().persist(rd.entries(), rd.hs())?;
         }
         out.messages.extend(rd.take_persisted_messages());

@@ -384,6 +384,10 @@ impl<L: RaftLog + 'static> Server<L> {
             ("voting_nodes/online", online.to_string()),
             ("commit_index", st.commit_index.to_string()),
             ("applied_index", st.applied_index.to_string()),
+            ("batch/proposals", node.stats.proposals.to_string()),
+            ("batch/commands", node.stats.commands.to_string()),
+            ("batch/persists", node.stats.persists.to_string()),
+            ("batch/persisted_entries", node.stats.persisted_entries.to_string()),
         ];
         for (id, lag) in &st.peer_lag {
             let name: &'static str = match id {
@@ -418,6 +422,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("lag".into(), lag.into());
+            o.insert("batching".into(), serde_json::to_value(node.stats).unwrap_or_default());
         }
         (st.serving, v.to_string())
     }

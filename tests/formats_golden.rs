@@ -1,0 +1,149 @@
+//! Golden files for the replicated formats (docs/FORMATS.md): a raft
+//! entry's command batch (BATCH_FORMAT_VERSION 1) and a state snapshot
+//! (STATE_FORMAT_VERSION 1). A later release must still decode these bytes
+//! to the same values. Regenerate only when a format version is bumped —
+//! and then keep the old files and a reader for them:
+//! `MIDGE_WRITE_GOLDEN=1 cargo test --test formats_golden`.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use midge::broker::state::{AckKind, ApplyLimits, Command, Entry, State, SubscribeReq, WillMsg, STATE_FORMAT_VERSION};
+use midge::broker::tree::{SubEntry, SubOptionsRepr};
+use midge::broker::{Message, MessageProps};
+use midge::cluster::{decode_batch, encode_batch, BATCH_FORMAT_VERSION};
+use midge::mqtt::{QoS, RetainHandling, SubOptions};
+
+fn msg(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
+    Message {
+        topic: Rc::from(topic),
+        payload: Rc::from(payload),
+        qos,
+        retain,
+        props: Some(Rc::new(MessageProps {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/to".into()),
+            correlation_data: Some(vec![1, 2, 3]),
+            user_properties: vec![("k".into(), "v".into())],
+        })),
+        expires_at_ms: Some(1_700_000_100_000),
+        origin: Some(Rc::from("pub")),
+    }
+}
+
+fn entries() -> Vec<Entry> {
+    let now = 1_700_000_000_000;
+    let sub = |qos, rh| SubEntry {
+        opts: SubOptionsRepr::from_opts(SubOptions {
+            qos,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: rh,
+        }),
+        sub_id: Some(7),
+    };
+    let cmds = vec![
+        Command::Connect {
+            client: Rc::from("sub"),
+            username: Some(Rc::from("alice")),
+            clean_start: false,
+            expiry_secs: 3600,
+            window: 20,
+            will: Some(WillMsg { msg: msg("will/sub", b"gone", QoS::AtLeastOnce, true), delay_secs: 5 }),
+        },
+        Command::Subscribe {
+            client: Rc::from("sub"),
+            packet_id: 1,
+            reqs: vec![
+                SubscribeReq { filter: "a/+".into(), entry: sub(QoS::AtLeastOnce, RetainHandling::SendAtSubscribe) },
+                SubscribeReq { filter: "$share/g/b/#".into(), entry: sub(QoS::ExactlyOnce, RetainHandling::DoNotSend) },
+            ],
+            codes: vec![1, 2],
+        },
+        Command::Connect {
+            client: Rc::from("pub"),
+            username: None,
+            clean_start: true,
+            expiry_secs: 0,
+            window: 65535,
+            will: None,
+        },
+        Command::Publish {
+            msg: msg("a/1", b"retained", QoS::AtLeastOnce, true),
+            from: Some((Rc::from("pub"), 9)),
+            offline_only: false,
+        },
+        Command::Disconnect { client: Rc::from("sub"), will: false, expiry_secs: 3600 },
+        Command::Publish {
+            msg: msg("a/2", b"queued", QoS::ExactlyOnce, false),
+            from: Some((Rc::from("pub"), 10)),
+            offline_only: false,
+        },
+        Command::Release { client: Rc::from("pub"), packet_id: 10 },
+        Command::Acked { client: Rc::from("sub"), acks: vec![(1, AckKind::PubAck), (2, AckKind::PubRec)] },
+        Command::Tick,
+        Command::LeaderStart { node: 2, term: 5 },
+    ];
+    cmds.into_iter().enumerate().map(|(i, cmd)| Entry { now_ms: now + i as u64, cmd }).collect()
+}
+
+fn applied_state(es: &[Entry]) -> State {
+    let lim = ApplyLimits {
+        queued_messages_max: 100,
+        queued_bytes_max: 1 << 20,
+        retained_messages_max: 100,
+        queue_qos0_messages: false,
+        upgrade_outgoing_qos: false,
+    };
+    let mut st = State::default();
+    let mut out = Vec::new();
+    for e in es {
+        st.apply(e, &lim, &|_, _, _| true, &mut out);
+    }
+    st.peer_addrs.insert(4, "10.0.0.14:7883".into());
+    st
+}
+
+fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/state-v1").join(name);
+    if std::env::var("MIDGE_WRITE_GOLDEN").is_ok() {
+        std::fs::write(&path, bytes).unwrap();
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn command_batch_v1_still_decodes() {
+    assert_eq!(BATCH_FORMAT_VERSION, 1);
+    let es = entries();
+    let bytes = encode_batch(es.clone());
+    let gold = golden("batch.bin", &bytes);
+    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
+    assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v1");
+}
+
+#[test]
+fn state_snapshot_v1_still_restores() {
+    assert_eq!(STATE_FORMAT_VERSION, 1);
+    let st = applied_state(&entries());
+    let bytes = st.snapshot();
+    let gold = golden("snapshot.bin", &bytes);
+    let restored = State::restore(&gold).expect("golden snapshot restores");
+    assert_eq!(restored.snapshot(), gold);
+    assert_eq!(restored.sessions.len(), 1, "sub persists, pub (expiry 0) ended");
+    assert!(restored.retained.contains_key("a/1"));
+    assert_eq!(restored.peer_addrs.get(&4).map(String::as_str), Some("10.0.0.14:7883"));
+    assert_eq!(restored.tree.len(), 2, "subscriptions rebuilt into the tree");
+    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v1");
+}
+
+#[test]
+fn unknown_versions_are_refused() {
+    let mut b = encode_batch(entries());
+    b[0] = 2; // postcard varint of the version field
+    assert!(decode_batch(&b).is_err());
+    let mut s = applied_state(&entries()).snapshot();
+    s[0] = 9;
+    assert!(State::restore(&s).is_err());
+}
