@@ -334,8 +334,11 @@ fn message_size_limit_oversized_publish_dropped() {
         let (code, out, err) = publish(b.port, v, &["-t", "msl/t", "-m", &big, "-q", "1", "-d"]);
         assert_eq!(code, Some(0), "{v}: {err}");
         if v == V5 {
-            // v5: PUBACK 0x95 (Packet too large).
-            assert!(out.contains("RC:149"), "{v}: {out}");
+            // v5: Mosquitto answers PUBACK 0x95 (Packet too large), a code
+            // the spec does not allow on PUBACK; MIDGE answers 0x97 (Quota
+            // exceeded), which it does.
+            let rc = if common::is_mosquitto() { "RC:149" } else { "RC:151" };
+            assert!(out.contains(rc), "{v}: {out}");
         }
         publish_ok(b.port, v, &["-t", "msl/t", "-m", "fits", "-q", "1"]);
         assert_eq!(sub.finish().messages, vec!["fits"], "{v}");

@@ -268,8 +268,16 @@ impl Broker {
     /// The codec rejected the bytes of `conn`.
     pub fn decode_error(&mut self, conn: ConnId, err: &DecodeError, now: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
+        if c.phase == Phase::Closing {
+            return; // already refused or closed; nothing more is sent
+        }
         let who = c.client.clone().unwrap_or_else(|| c.peer.clone());
+        let first_packet = c.phase == Phase::New;
         match err {
+            DecodeError::UnsupportedVersion(_) if !first_packet => {
+                warn!("Client {} sent a second CONNECT (with an unknown protocol version); disconnecting.", who);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
             DecodeError::UnsupportedVersion(level) => {
                 info!("Client {} refused: unsupported protocol version {}.", who, level);
                 // Answered in the 3.1.1 form, as a client of any level can read it.
@@ -709,21 +717,25 @@ impl Broker {
         let username = c.username.clone();
         // Checks that refuse this one message but keep the connection.
         let refusal = if p.payload.len() > self.settings.limits.message_bytes_max as usize {
-            Some((reason::PACKET_TOO_LARGE, "payload over message_size_limit"))
+            // 0x97: PUBACK/PUBREC may not carry 0x95 (v5 §3.4.2.1).
+            Some((reason::QUOTA_EXCEEDED, "payload over message_size_limit", false))
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
-            Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims"))
+            Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims", false))
         } else if !self.settings.allowed(&client, username.as_deref(), &p.topic, Access::Write) {
-            Some((reason::NOT_AUTHORIZED, "not authorised by the ACL"))
+            Some((reason::NOT_AUTHORIZED, "not authorised by the ACL", false))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
-            (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max)
-                .then_some((reason::QUOTA_EXCEEDED, "memory_limit reached"))
+            (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max).then_some((
+                reason::QUOTA_EXCEEDED,
+                "memory_limit reached",
+                true,
+            ))
         } else {
             None
         };
-        if let Some((code, why)) = refusal {
+        if let Some((code, why, retry_later)) = refusal {
             info!("Denied PUBLISH from {} to {} ({}).", client, p.topic, why);
-            if code == reason::QUOTA_EXCEEDED && !v5 && p.qos != QoS::AtMostOnce {
+            if retry_later && !v5 && p.qos != QoS::AtMostOnce {
                 // 3.1.1 has no negative acknowledgement; not acknowledging
                 // keeps the message with the client, which resends it.
                 self.close(conn, None, now);
