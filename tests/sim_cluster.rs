@@ -238,13 +238,15 @@ impl Sim {
         for _ in 0..10 {
             let now = self.now;
             let Some(n) = self.nodes[i].node.as_mut() else { return };
-            let out = match n.ready(now) {
+            let mut early = Vec::new();
+            let out = match n.ready(now, &mut |msgs| early.extend(msgs)) {
                 Ok(o) => o,
                 Err(e) => self.fail(&format!("node {} ready failed: {e}", i + 1)),
             };
+            early.extend(out.messages);
             let actions: Vec<Action> = n.broker.take_actions().collect();
             let more = n.raw.has_ready() || n.broker.has_proposals();
-            for m in out.messages {
+            for m in early {
                 let to = m.to as usize - 1;
                 if self.cut(i, to) || self.rng.chance(self.drop_per_million) {
                     continue;

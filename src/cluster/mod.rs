@@ -142,6 +142,9 @@ pub struct Node<L: RaftLog> {
     pub membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
     pub stats: NodeStats,
+    /// The hard state last written durably (term and vote must be on disk
+    /// before raft acts on them; the commit index need not be).
+    persisted_hs: raft::eraftpb::HardState,
 }
 
 /// Batching figures: how many broker commands each raft entry and each
@@ -228,6 +231,7 @@ impl<L: RaftLog> Node<L> {
             membership_events: Vec::new(),
             force_snapshot: false,
             stats: NodeStats::default(),
+            persisted_hs: initial.hard_state.clone(),
         })
     }
 
@@ -292,8 +296,11 @@ impl<L: RaftLog> Node<L> {
         Ok(())
     }
 
-    /// One pass of the Ready loop, in raft-rs's documented order.
-    pub fn ready(&mut self, now: u64) -> Result<ReadyOutput, NodeError> {
+    /// One pass of the Ready loop, in raft-rs's documented order. `send`
+    /// gets the messages raft allows out before this node's own write (the
+    /// leader's appends), so followers persist in parallel with the
+    /// leader; the rest come back in `ReadyOutput::messages`.
+    pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
         let mut out = ReadyOutput::default();
         self.propose_pending();
         if !self.raw.has_ready() {
@@ -301,7 +308,15 @@ impl<L: RaftLog> Node<L> {
             return Ok(out);
         }
         let mut rd = self.raw.ready();
-        out.messages = rd.take_messages();
+        let early = rd.take_messages();
+        for m in &early {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.raw.report_snapshot(m.to, raft::SnapshotStatus::Finish);
+            }
+        }
+        if !early.is_empty() {
+            send(early);
+        }
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().install_snapshot(&snap)?;
@@ -314,10 +329,20 @@ impl<L: RaftLog> Node<L> {
         }
         let committed = rd.take_committed_entries();
         out.applied_entries += self.apply_entries(committed, now)?;
-        if !rd.entries().is_empty() || rd.hs().is_some() {
+        let commit_only = rd.entries().is_empty()
+            && rd.hs().is_some_and(|hs| hs.term == self.persisted_hs.term && hs.vote == self.persisted_hs.vote);
+        if commit_only {
+            // Only the commit index moved: no fsync needed (see persist_commit).
+            let commit = rd.hs().map_or(0, |hs| hs.commit);
+            self.raw.mut_store().persist_commit(commit)?;
+            self.persisted_hs.commit = commit;
+        } else if !rd.entries().is_empty() || rd.hs().is_some() {
             self.stats.persists += 1;
             self.stats.persisted_entries += rd.entries().len() as u64;
             self.raw.mut_store().persist(rd.entries(), rd.hs())?;
+            if let Some(hs) = rd.hs() {
+                self.persisted_hs = hs.clone();
+            }
         }
         out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);

@@ -237,7 +237,12 @@ impl<L: RaftLog + 'static> Server<L> {
             for _ in 0..8 {
                 let now = self.now();
                 let mut node = self.node.borrow_mut();
-                let out = match node.ready(now) {
+                let peers = self.peers.clone();
+                let out = match node.ready(now, &mut |msgs| {
+                    for m in &msgs {
+                        peers.send(m);
+                    }
+                }) {
                     Ok(o) => o,
                     Err(e) => {
                         log::error!("Stopping: {e}.");

@@ -183,6 +183,16 @@ impl RedbLog {
     /// Runs `body` in one write transaction and commits it. After any
     /// failure, this and every later write are refused.
     fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
+        self.write_with(self.durability, body)
+    }
+
+    /// A write with the given durability. `Durability::None` is made
+    /// durable by the next durable write (redb commits in order).
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
         if let Some(reason) = self.failed.borrow().as_ref() {
             return Err(StoreError::Io(format!(
                 "an earlier write to {} failed ({reason}); reopen the store",
@@ -191,7 +201,7 @@ impl RedbLog {
         }
         let attempt = || -> Result<T, redb::Error> {
             let mut txn = self.db.begin_write()?;
-            txn.set_durability(self.durability)?;
+            txn.set_durability(durability)?;
             let out = body(&txn)?;
             txn.commit()?;
             Ok(out)
@@ -501,7 +511,10 @@ impl RaftLog for RedbLog {
         let mut hs = c.hard_state.clone();
         hs.commit = commit;
         let bytes = encode(&hs)?;
-        self.write(|txn| {
+        // Raft's safety does not need the commit index on disk (a restarted
+        // node learns it again), so this write skips the fsync; the next
+        // durable write (the next Ready's entries) carries it to disk.
+        self.write_with(Durability::None, |txn| {
             txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
             Ok(())
         })?;
