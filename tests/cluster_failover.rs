@@ -20,6 +20,8 @@ fn free_port() -> u16 {
 }
 
 struct Cluster {
+    extra: String,
+    admin: Vec<u16>,
     dir: tempfile::TempDir,
     mqtt: Vec<u16>,
     peer: Vec<u16>,
@@ -28,10 +30,16 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    fn start_with(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mqtt: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut c = Cluster { dir, mqtt, peer, procs: vec![None, None, None] };
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        let admin: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = Cluster { extra, admin, dir, mqtt, peer, procs: vec![None, None, None] };
         for i in 0..3 {
             c.spawn(i);
         }
@@ -41,7 +49,8 @@ impl Cluster {
     fn config(&self, i: usize) -> PathBuf {
         let data = self.dir.path().join(format!("node{}", i + 1));
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence_location {}\ncluster_node_id {}\nsys_interval 0\n",
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence_location {}\ncluster_node_id {}\nsys_interval 0\n\
+             cluster_follower_mode redirect\n",
             self.mqtt[i],
             data.display(),
             i + 1
@@ -49,6 +58,7 @@ impl Cluster {
         for j in 0..3 {
             text += &format!("cluster_peer {} 127.0.0.1:{}\n", j + 1, self.peer[j]);
         }
+        text += &self.extra.replace("{admin}", &self.admin[i].to_string());
         let path = self.dir.path().join(format!("node{}.conf", i + 1));
         std::fs::write(&path, text).unwrap();
         path
@@ -282,4 +292,54 @@ fn leader_killed_three_times_loses_nothing() {
         sub.received.len(),
         sub.duplicates
     );
+}
+
+fn ctl(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(["ctl", "-p", &port.to_string(), "-u", "admin", "-P", "secret"])
+        .args(args)
+        .output()
+        .expect("run midge ctl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn preferred_leader_and_leader_transfer_by_ctl() {
+    let pwdir = tempfile::tempdir().unwrap();
+    let pw = pwdir.path().join("passwd");
+    let st = Command::new("mosquitto_passwd").arg("-c").arg("-b").arg(&pw).args(["admin", "secret"]).status();
+    assert!(st.is_ok_and(|s| s.success()), "mosquitto_passwd is needed (Debian package mosquitto)");
+    let extra = format!(
+        "password_file {}\nallow_anonymous true\ncluster_preferred_leader 2\nadmin_listener {{admin}} 127.0.0.1\n",
+        pw.display()
+    );
+    let c = Cluster::start_with(&extra);
+    let admin = c.admin.clone();
+    // The preferred leader takes over once it is caught up.
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end && c.leader(Duration::from_secs(1)) != Some(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.leader(Duration::from_secs(1)), Some(1), "preferred leader node 2 does not lead\n{}", c.logs());
+    // ctl works on a follower's admin listener and reports the leader.
+    let (ok, out) = ctl(admin[0], &["status"]);
+    assert!(ok && out.contains("\"leader_id\": 2"), "{out}");
+    // Wrong password: refused.
+    let bad = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .args(["ctl", "-p", &admin[0].to_string(), "-u", "admin", "-P", "nope", "status"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    // A membership change that leaves two voters is refused without force.
+    let (ok, out) = ctl(admin[1], &["remove-node", "3"]);
+    assert!(!ok && out.contains("fewer than three"), "{out}");
+    // Transfer to node 3 from the leader; leadership moves there.
+    let (ok, out) = ctl(admin[1], &["transfer-leader", "3"]);
+    assert!(ok, "{out}");
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut saw3 = false;
+    while Instant::now() < end && !saw3 {
+        saw3 = c.leader(Duration::from_millis(200)) == Some(2);
+    }
+    assert!(saw3, "leadership never moved to node 3\n{}", c.logs());
 }

@@ -36,6 +36,8 @@ use io::SmolIo;
 /// connections stay small and busy ones read in large batches.
 const READ_BUFFER_BYTES_MIN: usize = 256;
 const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
+/// How long a leader keeps the lead before handing it to the preferred one.
+const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket).
@@ -95,6 +97,8 @@ pub struct Server<L: RaftLog> {
     mode: FollowerMode,
     preferred_leader: Option<u64>,
     last_transfer_ms: Cell<u64>,
+    /// (term, time) this node last became leader.
+    leader_since: Cell<(u64, u64)>,
     /// Client addresses of peers, from their transport hello.
     client_addrs: RefCell<HashMap<u64, String>>,
     known_peers: RefCell<std::collections::BTreeSet<u64>>,
@@ -138,6 +142,7 @@ impl<L: RaftLog + 'static> Server<L> {
             mode,
             preferred_leader,
             last_transfer_ms: Cell::new(0),
+            leader_since: Cell::new((0, 0)),
             client_addrs: RefCell::new(HashMap::new()),
             known_peers: RefCell::new(Default::default()),
             executor: RefCell::new(None),
@@ -406,9 +411,15 @@ impl<L: RaftLog + 'static> Server<L> {
             sys.push((name, lag.to_string()));
         }
         node.broker.cluster_sys = sys;
+        if node.is_leader() && self.leader_since.get().0 != node.term() {
+            self.leader_since.set((node.term(), now));
+        }
         if let Some(p) = self.preferred_leader {
             let me = node.id();
+            // A leader keeps the lead for a while first, so that a manual
+            // transfer (midge ctl) is not undone at once.
             if node.is_leader()
+                && now.saturating_sub(self.leader_since.get().1) > PREFERRED_LEADER_GRACE_MS
                 && p != me
                 && node.caught_up(p)
                 && now.saturating_sub(self.last_transfer_ms.get()) > 3_000
