@@ -117,6 +117,7 @@ pub struct Broker {
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
     pub cluster_sys: Vec<(&'static str, String)>,
     control_requests: Vec<(ConnId, Vec<u8>)>,
+    last_drop_log_ms: u64,
 }
 
 impl Broker {
@@ -142,6 +143,7 @@ impl Broker {
             redirect: None,
             cluster_sys: Vec::new(),
             control_requests: Vec::new(),
+            last_drop_log_ms: 0,
         }
     }
 
@@ -451,7 +453,14 @@ impl Broker {
             }
             Effect::QueueFull { client } => {
                 self.stats.dropped_queue_full += 1;
-                debug!("Outgoing messages are being dropped for client {}.", client);
+                // As Mosquitto does, but at most once a second per broker.
+                if now >= self.last_drop_log_ms + 1000 {
+                    self.last_drop_log_ms = now;
+                    warn!(
+                        "Outgoing messages are being dropped for client {} (queue full: max_queued_messages / max_queued_bytes); {} dropped so far.",
+                        client, self.stats.dropped_queue_full
+                    );
+                }
             }
             Effect::SessionExpired { client } => {
                 info!("Expiring client {} due to timeout.", client);
