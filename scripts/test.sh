@@ -12,10 +12,11 @@ echo "== unit, codec, broker, simulation and integration tests"
 cargo build --bins
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
-if [[ -x scripts/test-cluster.sh ]]; then
-  echo "== three real midge processes"
-  bash scripts/test-cluster.sh
-fi
+echo "== high availability: HAProxy in front, network partition, redirect"
+export MIDGE_BIN="${MIDGE_BIN:-target/debug/midge}"
+bash scripts/test-haproxy.sh
+bash scripts/test-partition.sh
+bash scripts/test-redirect.sh
 if [[ -x scripts/crash-test.sh ]]; then
   echo "== kill -9 crash test"
   bash scripts/crash-test.sh --quick

@@ -162,7 +162,25 @@ async fn send_loop(
         let batch: Vec<Vec<u8>> = p.queue.borrow_mut().drain(..).collect();
         p.queued_bytes.set(0);
         if batch.is_empty() {
-            if bell.recv().await.is_err() {
+            // The peer never writes on this connection, so a readable
+            // socket means it closed (or restarted): reconnect at once
+            // instead of losing the next messages to a dead link.
+            let mut probe = [0u8; 1];
+            let closed = futures_lite::future::or(
+                async {
+                    let _ = bell.recv().await;
+                    false
+                },
+                async {
+                    let _ = s.read(&mut probe).await;
+                    true
+                },
+            )
+            .await;
+            if closed {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer closed the link"));
+            }
+            if bell.is_closed() {
                 return Ok(());
             }
             continue;

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use log::{debug, warn};
+use log::debug;
 use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 
@@ -23,7 +23,9 @@ pub async fn proxy(client: TcpStream, peer: SocketAddr, leader: String) {
     let up = match TcpStream::connect(leader.as_str()).await {
         Ok(s) => s,
         Err(e) => {
-            warn!("Cannot proxy {peer} to the leader at {leader}: {e}.");
+            // Normal during an election (the old leader is gone); the
+            // client retries. Debug level keeps SD-card logs small.
+            debug!("Cannot proxy {peer} to the leader at {leader}: {e}.");
             return;
         }
     };
