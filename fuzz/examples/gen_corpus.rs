@@ -37,8 +37,11 @@ fn props_full_connect() -> Properties {
 }
 
 fn ack(id: u16, code: u8, v5: bool) -> PubResp {
-    let properties =
-        if v5 && code != 0 { Properties { reason_string: Some("why".into()), ..Default::default() } } else { Default::default() };
+    let properties = if v5 && code != 0 {
+        Properties { reason_string: Some("why".into()), ..Default::default() }
+    } else {
+        Default::default()
+    };
     PubResp { packet_id: id, code: if v5 { code } else { 0 }, properties }
 }
 
@@ -141,7 +144,11 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
                             qos: QoS::ExactlyOnce,
                             no_local: v5,
                             retain_as_published: v5,
-                            retain_handling: if v5 { RetainHandling::SendIfNew } else { RetainHandling::SendAtSubscribe },
+                            retain_handling: if v5 {
+                                RetainHandling::SendIfNew
+                            } else {
+                                RetainHandling::SendAtSubscribe
+                            },
                         },
                     ),
                     ("$share/g/x".into(), SubOptions::default()),
@@ -334,8 +341,12 @@ impl Script {
 
 fn scripts() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    let configs: [(&str, [u8; 3]); 4] =
-        [("default", [0, 0, 0]), ("small", [0x47, 0x5D, 0x00]), ("acl", [0x00, 0x00, 0x01]), ("strict", [0xB8, 0x22, 0x02])];
+    let configs: [(&str, [u8; 3]); 4] = [
+        ("default", [0, 0, 0]),
+        ("small", [0x47, 0x5D, 0x00]),
+        ("acl", [0x00, 0x00, 0x01]),
+        ("strict", [0xB8, 0x22, 0x02]),
+    ];
     for (cname, [c0, c1, c2]) in configs {
         for (vn, v) in [("v311", V311), ("v5", V5), ("v31", V31)] {
             let s = Script::new(c0, c1, c2);
@@ -471,7 +482,11 @@ fn scripts() -> Vec<(String, Vec<u8>)> {
 /// Snapshots of the states the broker_events seeds reach (mid-session and
 /// at the end).
 fn snapshots(scripts: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![("empty".to_string(), Vec::new()), ("version-only".to_string(), vec![1]), ("version-2".to_string(), vec![2, 0])];
+    let mut out = vec![
+        ("empty".to_string(), Vec::new()),
+        ("version-only".to_string(), vec![1]),
+        ("version-2".to_string(), vec![2, 0]),
+    ];
     for (name, data) in scripts.iter().filter(|(n, _)| n.contains("default") || n.contains("small")) {
         let mut input = Input::new(data);
         let (c0, c1, c2) = (input.u8(), input.u8(), input.u8());
@@ -489,6 +504,19 @@ fn snapshots(scripts: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out.dedup_by(|a, b| a.1 == b.1);
     out
+}
+
+/// Reproducers of known findings that are built from midge's types (so
+/// they follow format changes). Written as `crash-*`, not checked.
+fn known_crashes() -> Vec<(PathBuf, Vec<u8>)> {
+    use midge::broker::state::{Session, State};
+    // restore-stored-bytes-overflow: two sessions whose queued_bytes add
+    // up past u64::MAX.
+    let mut st = State::default();
+    for c in ["a", "b"] {
+        st.sessions.insert(Rc::from(c), Session { queued_bytes: u64::MAX / 2 + 1, ..Default::default() });
+    }
+    vec![(PathBuf::from("state_snapshot/crash-restore-stored-bytes-overflow"), st.snapshot())]
 }
 
 fn write_seeds(dir: &Path, seeds: &[(String, Vec<u8>)], run: fn(&[u8])) {
@@ -525,7 +553,10 @@ fn main() {
     }
     // Edge cases: over the maximum, incomplete, non-minimal lengths, a
     // second CONNECT of another level in a v5 session.
-    let big = Packet::Publish(Publish { payload: Rc::from(vec![b'x'; 100]), ..publish("t", QoS::AtMostOnce, false, false, false) });
+    let big = Packet::Publish(Publish {
+        payload: Rc::from(vec![b'x'; 100]),
+        ..publish("t", QoS::AtMostOnce, false, false, false)
+    });
     let mut data = vec![selector(Some(Version::V311), 1, false)];
     encode(&big, Version::V311, &mut data);
     pr.push(("v311-too-large".into(), data));
@@ -541,4 +572,9 @@ fn main() {
 
     let ss = snapshots(&be);
     write_seeds(&corpus.join("state_snapshot"), &ss, state_snapshot::run);
+
+    for (path, data) in known_crashes() {
+        std::fs::write(corpus.join(&path), data).expect("write reproducer");
+        println!("{}: known finding reproducer", corpus.join(&path).display());
+    }
 }

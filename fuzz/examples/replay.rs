@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 fn files(p: &Path, out: &mut Vec<PathBuf>) {
     if p.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p).expect("read dir").map(|e| e.expect("entry").path()).collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(p).expect("read dir").map(|e| e.expect("entry").path()).collect();
         entries.sort();
         for e in entries {
             files(&e, out);

@@ -15,8 +15,9 @@
 //! * streaming: the same packet decodes from exactly its own bytes, and
 //!   one byte less is `Ok(None)` (needs more), never an error;
 //! * `encode` then `decode` gives back the same packet, and `encoded_len`
-//!   is the number of bytes `encode` wrote;
-//! and for an error: appending bytes does not change it (an error depends
+//!   is the number of bytes `encode` wrote.
+//!
+//! And for an error: appending bytes does not change it (an error depends
 //! only on bytes already there).
 
 use midge::mqtt::codec::{decode, encode, encoded_len, DecodeError};

@@ -500,6 +500,7 @@ impl Broker {
             self.stats.dropped_qos0 += 1;
             return;
         }
+        let mut new_alias = None;
         let mut p = Publish {
             dup,
             qos: d.qos,
@@ -520,14 +521,18 @@ impl Broker {
                     p.properties.topic_alias = Some(*a);
                     p.topic = Rc::from("");
                 } else if c.alias_out.len() < c.alias_out_max as usize {
-                    let a = c.alias_out.len() as u16 + 1;
-                    c.alias_out.insert(d.msg.topic.clone(), a);
-                    p.properties.topic_alias = Some(a);
+                    // Recorded below, only once the PUBLISH really goes out.
+                    new_alias = Some(c.alias_out.len() as u16 + 1);
+                    p.properties.topic_alias = new_alias;
                 }
             }
         }
         let packet = Packet::Publish(p);
-        if encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize {
+        let too_large = encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize;
+        if let (Some(a), false) = (new_alias, too_large) {
+            c.alias_out.insert(d.msg.topic.clone(), a);
+        }
+        if too_large {
             // Too large for the client: discarded as if sent [MQTT-3.1.2-25].
             debug!("Dropping message on {} for client {}: larger than its Maximum Packet Size.", d.msg.topic, client);
             if let Some(pid) = packet_id {

@@ -69,6 +69,10 @@ pub struct Session {
     pub last_pid: u16,
     /// Inbound QoS 2 packet ids: PUBREC sent, PUBREL not yet received.
     pub inbound_qos2: BTreeSet<u16>,
+    /// In-flight packet ids not yet resent on the current connection: after
+    /// a reconnect they go out again (DUP) only as the client's Receive
+    /// Maximum allows [MQTT-4.9.0-2].
+    pub unsent: BTreeSet<u16>,
     /// Will of the current (or last) connection.
     pub will: Option<WillMsg>,
     /// When the will of a connection that ended is due.
@@ -324,20 +328,23 @@ impl State {
         }
         let s: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         let mut st = State { applied_commands: s.applied_commands, ..State::default() };
-        for (client, sess) in &s.sessions {
+        let mut sessions = s.sessions;
+        for (client, sess) in sessions.iter_mut() {
             for (f, e) in &sess.subs {
                 let (share, tf) = split_share(f);
                 st.tree.insert(tf, share, client, *e);
             }
-            st.stored_bytes += sess.queued_bytes;
+            // Recomputed, not trusted from the bytes.
+            sess.queued_bytes = sess.queue.iter().fold(0u64, |a, d| a.saturating_add(d.msg.cost_bytes()));
+            st.stored_bytes = st.stored_bytes.saturating_add(sess.queued_bytes);
             for o in sess.inflight.values() {
                 if let Outbound::Publish(d) = o {
-                    st.stored_bytes += d.msg.cost_bytes();
+                    st.stored_bytes = st.stored_bytes.saturating_add(d.msg.cost_bytes());
                 }
             }
         }
-        st.stored_bytes += s.retained.values().map(|m| m.cost_bytes()).sum::<u64>();
-        st.sessions = s.sessions;
+        st.stored_bytes = s.retained.values().fold(st.stored_bytes, |a, m| a.saturating_add(m.cost_bytes()));
+        st.sessions = sessions;
         st.retained = s.retained;
         st.peer_addrs = s.peer_addrs;
         Ok(st)
@@ -433,6 +440,7 @@ impl State {
             Command::Acked { client, acks } => {
                 let Some(s) = self.sessions.get_mut(client) else { return };
                 for (pid, kind) in acks {
+                    s.unsent.remove(pid);
                     match (kind, s.inflight.get(pid)) {
                         (AckKind::PubRec, Some(Outbound::Publish(d))) if d.qos == QoS::ExactlyOnce => {
                             let cost = d.msg.cost_bytes();
@@ -641,7 +649,12 @@ impl State {
             }
         }
         let cost = d.msg.cost_bytes();
-        if s.online && s.queue.is_empty() && d.qos != QoS::AtMostOnce && s.inflight.len() < s.window as usize {
+        if s.online
+            && s.queue.is_empty()
+            && s.unsent.is_empty()
+            && d.qos != QoS::AtMostOnce
+            && s.inflight.len() < s.window as usize
+        {
             let pid = next_pid(s);
             s.inflight.insert(pid, Outbound::Publish(d.clone()));
             self.stored_bytes += cost;
@@ -666,6 +679,23 @@ impl State {
         if !s.online {
             return;
         }
+        // First what was in flight before the reconnect, in packet-id order.
+        while !s.unsent.is_empty() && s.inflight.len() - s.unsent.len() < s.window as usize {
+            let Some(pid) = s.unsent.pop_first() else { break };
+            match s.inflight.get(&pid) {
+                Some(Outbound::Publish(d)) => out.push(Effect::Deliver {
+                    client: client.clone(),
+                    packet_id: Some(pid),
+                    delivery: d.clone(),
+                    dup: true,
+                }),
+                Some(Outbound::Released) => out.push(Effect::SendPubRel { client: client.clone(), packet_id: pid }),
+                None => {}
+            }
+        }
+        if !s.unsent.is_empty() {
+            return;
+        }
         while s.inflight.len() < s.window as usize {
             let Some(d) = s.queue.pop_front() else { break };
             let cost = d.msg.cost_bytes();
@@ -688,18 +718,8 @@ impl State {
     /// After a reconnect: resend unacknowledged PUBLISH (DUP) and PUBREL,
     /// in packet-id order [MQTT-4.4.0-1], then fill the window.
     fn resend(&mut self, client: &Rc<str>, now: u64, out: &mut Vec<Effect>) {
-        let Some(s) = self.sessions.get(client) else { return };
-        for (pid, o) in &s.inflight {
-            match o {
-                Outbound::Publish(d) => out.push(Effect::Deliver {
-                    client: client.clone(),
-                    packet_id: Some(*pid),
-                    delivery: d.clone(),
-                    dup: true,
-                }),
-                Outbound::Released => out.push(Effect::SendPubRel { client: client.clone(), packet_id: *pid }),
-            }
-        }
+        let Some(s) = self.sessions.get_mut(client) else { return };
+        s.unsent = s.inflight.keys().copied().collect();
         self.fill_window(client, now, out);
     }
 
