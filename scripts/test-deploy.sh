@@ -124,7 +124,7 @@ fi
 for b in "$REPO"/boards/*/; do
   b=${b%/}; n=$(basename "$b")
   check "boards/$n has README.md, midge.conf, midge.service" test -f "$b/README.md" -a -f "$b/midge.conf" -a -f "$b/midge.service"
-  allowed='^(listener 1883|allow_anonymous|max_inflight_messages|max_queued_messages|max_queued_bytes|memory_limit|max_packet_size|message_size_limit|max_keepalive|persistent_client_expiration|sys_interval|log_type|persistence|persistence_location /var/lib/midge)( |$)'
+  allowed='^(listener 1883|allow_anonymous|max_inflight_messages|max_queued_messages|max_queued_bytes|memory_limit|max_packet_size|message_size_limit|max_keepalive|persistent_client_expiration|sys_interval|log_type|persistence|persistence_location /var/lib/midge|cluster_tick_ms|cluster_election_ticks|cluster_heartbeat_ticks)( |$)'
   check "boards/$n/midge.conf uses only the supported keys" \
     test -z "$(grep -v '^[[:space:]]*\(#\|$\)' "$b/midge.conf" | grep -Ev "$allowed")"
   for k in 'ProtectSystem=strict' 'ReadWritePaths=/var/lib/midge' 'StateDirectory=midge' 'NoNewPrivileges=yes' \
