@@ -356,3 +356,64 @@ fn preferred_leader_and_leader_transfer_by_ctl() {
     }
     assert!(saw3, "leadership never moved to node 3\n{}", c.logs());
 }
+
+#[test]
+fn add_and_remove_a_node_online() {
+    let pwdir = tempfile::tempdir().unwrap();
+    let pw = pwdir.path().join("passwd");
+    let st = Command::new("mosquitto_passwd").arg("-c").arg("-b").arg(&pw).args(["admin", "secret"]).status();
+    assert!(st.is_ok_and(|s| s.success()), "mosquitto_passwd is needed (Debian package mosquitto)");
+    let extra = format!("password_file {}\nallow_anonymous true\nadmin_listener {{admin}} 127.0.0.1\n", pw.display());
+    let mut c = Cluster::start_with(&extra);
+    let leader = c.leader(Duration::from_secs(15)).unwrap_or_else(|| panic!("no leader\n{}", c.logs()));
+    // Node 4 starts empty with cluster_join and waits to be added.
+    let (mqtt4, peer4, admin4) = (free_port(), free_port(), free_port());
+    let mut text = format!(
+        "listener {mqtt4} 127.0.0.1\nallow_anonymous true\npassword_file {}\nadmin_listener {admin4} 127.0.0.1\n\
+         persistence_location {}\ncluster_node_id 4\ncluster_join true\ncluster_follower_mode redirect\nsys_interval 0\n",
+        pw.display(),
+        c.dir.path().join("node4").display()
+    );
+    for j in 0..3 {
+        text += &format!("cluster_peer {} 127.0.0.1:{}\n", j + 1, c.peer[j]);
+    }
+    text += &format!("cluster_peer 4 127.0.0.1:{peer4}\n");
+    let conf = c.dir.path().join("node4.conf");
+    std::fs::write(&conf, text).unwrap();
+    let log = std::fs::File::create(c.dir.path().join("node4.log")).unwrap();
+    let mut n4 = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (ok, out) = ctl(c.admin[leader], &["add-node", "4", &format!("127.0.0.1:{peer4}")]);
+    assert!(ok, "{out}");
+    // Node 4 learns the membership (by snapshot) and catches up.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut joined = false;
+    while Instant::now() < end && !joined {
+        let (_, s) = ctl(admin4, &["status"]);
+        joined = s.contains("\"voters\": [\n          1,\n          2,\n          3,\n          4\n        ]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let node4_log = std::fs::read_to_string(c.dir.path().join("node4.log")).unwrap_or_default();
+    assert!(joined, "node 4 never saw itself as a voter\n{}\nnode 4:\n{}", c.logs(), node4_log);
+    // Now four voters: removing one leaves three, which needs no force.
+    let (ok, out) = ctl(c.admin[leader], &["remove-node", "4"]);
+    assert!(ok, "{out}");
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut removed = false;
+    while Instant::now() < end && !removed {
+        let (_, s) = ctl(c.admin[leader], &["status"]);
+        removed = s.contains("\"voters\": [\n          1,\n          2,\n          3\n        ]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(removed, "node 4 is still a voter\n{}", c.logs());
+    let _ = n4.kill();
+    let _ = n4.wait();
+    // The three remaining nodes still commit: the leader serves a publish.
+    assert!(c.leader(Duration::from_secs(5)).is_some(), "no leader after the removal\n{}", c.logs());
+    c.kill(0);
+}
