@@ -340,12 +340,6 @@ impl Broker {
         self.close(conn, None, now);
     }
 
-    /// Propose a command outside client traffic (the cluster driver's
-    /// LeaderStart).
-    pub fn propose_command(&mut self, now_ms: u64, cmd: Command) {
-        self.propose(now_ms, cmd);
-    }
-
     pub fn has_proposals(&self) -> bool {
         !self.proposals.is_empty()
     }

@@ -250,12 +250,6 @@ impl<L: RaftLog> Node<L> {
     pub fn applied(&self) -> u64 {
         self.applied
     }
-    pub fn commit_index(&self) -> u64 {
-        self.raw.raft.raft_log.committed
-    }
-    pub fn role(&self) -> StateRole {
-        self.raw.raft.state
-    }
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }
@@ -289,11 +283,6 @@ impl<L: RaftLog> Node<L> {
             }
             Err(e) => warn!("Proposal dropped: {e}."),
         }
-    }
-
-    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), NodeError> {
-        self.raw.propose_conf_change(vec![], cc)?;
-        Ok(())
     }
 
     /// One pass of the Ready loop, in raft-rs's documented order. `send`

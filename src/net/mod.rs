@@ -443,20 +443,6 @@ impl<L: RaftLog + 'static> Server<L> {
         (st.serving, v.to_string())
     }
 
-    /// Transfer leadership now (management command).
-    pub fn transfer_leader(&self, to: u64) -> Result<(), String> {
-        let mut node = self.node.borrow_mut();
-        if !node.is_leader() {
-            return Err(format!("node {} is not the leader (leader is {})", node.id(), node.leader_id()));
-        }
-        if !node.conf_state().voters.contains(&to) {
-            return Err(format!("node {to} is not a voter"));
-        }
-        node.transfer_leader(to);
-        let _ = self.driver_bell.try_send(());
-        Ok(())
-    }
-
     /// Accept management clients on the admin listener (every node).
     pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
         loop {
@@ -627,10 +613,6 @@ impl<L: RaftLog + 'static> Server<L> {
             self.known_peers.borrow_mut().insert(id);
             self.peers.add(ex, id, a);
         }
-    }
-
-    pub fn peers(&self) -> &Rc<Peers> {
-        &self.peers
     }
 
     /// Periodic broker work, once a second.
