@@ -17,6 +17,7 @@
 mod parse;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod values;
 
 use std::fmt;
@@ -37,12 +38,19 @@ pub struct Listener {
     /// IPv4 or IPv6 literal (without brackets) or a hostname; `None` = all
     /// interfaces.
     pub address: Option<String>,
+    /// TLS on this listener (`certfile`, `keyfile`, ... after its line).
+    pub tls: Option<tls::ListenerTls>,
 }
 
 impl Listener {
-    /// A listener on `port` on all interfaces.
+    /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None }
+        Listener { port, address: None, tls: None }
+    }
+
+    /// A plain listener on `port` at `address`.
+    pub fn at(port: u16, address: &str) -> Listener {
+        Listener { port, address: Some(address.to_string()), tls: None }
     }
 }
 

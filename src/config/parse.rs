@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
+use super::tls::{ListenerTls, TlsOptions, TlsVersion};
 use super::values::{edit_distance, is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, split_first, Config, ConfigError, FollowerMode, Listener, LogDest, LogType,
@@ -71,26 +72,21 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
     "user",
 ];
 
-const TLS: &str = "TLS is not supported; terminate TLS in front of midge";
+const TLS: &str = "midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version";
 const PLUGINS: &str = "plugins are not supported";
 const BRIDGES: &str = "bridges are not supported";
 const WEBSOCKETS: &str = "websockets are not supported";
 
 /// Mosquitto keys midge recognises but rejects, with the reason.
 const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
-    ("cafile", TLS),
     ("capath", TLS),
-    ("certfile", TLS),
-    ("keyfile", TLS),
     ("ciphers", TLS),
     ("ciphers_tls1.3", TLS),
     ("crlfile", TLS),
     ("dhparamfile", TLS),
-    ("require_certificate", TLS),
     ("tls_engine", TLS),
     ("tls_engine_kpass_sha1", TLS),
     ("tls_keyform", TLS),
-    ("tls_version", TLS),
     ("use_identity_as_username", TLS),
     ("use_subject_as_username", TLS),
     ("psk_hint", TLS),
@@ -133,6 +129,13 @@ const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
 
 const UNSUPPORTED_PREFIXES: &[(&str, &str)] = &[("auth_opt_", PLUGINS), ("plugin_opt_", PLUGINS), ("bridge_", BRIDGES)];
 
+fn build_tls(o: &TlsOptions, file: &str) -> Result<Option<ListenerTls>, ConfigError> {
+    if o.is_empty() {
+        return Ok(None);
+    }
+    super::tls::build(o, file).map(Some)
+}
+
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut p = Parser::new(file);
     for (line, raw) in numbered_lines(text) {
@@ -157,6 +160,10 @@ struct Parser<'f> {
     default_address: Option<String>,
     default_line: u32,
     listeners: Vec<(Listener, u32)>,
+    /// TLS options of each `listener` line (same order), and of the
+    /// default listener (`port` / `bind_address`, or before any listener).
+    listener_tls: Vec<TlsOptions>,
+    default_tls: TlsOptions,
     allow_anonymous: Option<bool>,
     log_types: Option<Vec<LogType>>,
     node_id_line: u32,
@@ -177,6 +184,8 @@ impl<'f> Parser<'f> {
             default_address: None,
             default_line: 0,
             listeners: Vec::new(),
+            listener_tls: Vec::new(),
+            default_tls: TlsOptions::default(),
             allow_anonymous: None,
             log_types: None,
             node_id_line: 0,
@@ -198,6 +207,7 @@ impl<'f> Parser<'f> {
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
             "listener" => self.listener(rest)?,
+            "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => self.tls_option(key, rest)?,
             "health_listener" | "admin_listener" => {
                 self.once(key);
                 let l = self.single_listener(key, rest)?;
@@ -513,7 +523,7 @@ impl<'f> Parser<'f> {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address })
+        Ok(Listener { port, address, tls: None })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -531,8 +541,76 @@ impl<'f> Parser<'f> {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((Listener { port, address }, self.line));
+        self.listeners.push((Listener { port, address, tls: None }, self.line));
+        self.listener_tls.push(TlsOptions::default());
         Ok(())
+    }
+
+    /// A TLS key: it belongs to the last `listener` line, or to the default
+    /// listener when none came before (Mosquitto's rule).
+    fn tls_option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
+        let line = self.line;
+        let parsed_bool = |p: &Self| -> Result<bool, ConfigError> {
+            match p.one(key, rest)? {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                v => Err(p.err(format!("{key}: \"{v}\" is not true or false"))),
+            }
+        };
+        let path = |p: &Self| -> Result<PathBuf, ConfigError> {
+            if rest.is_empty() {
+                return Err(p.err(format!("{key}: missing value")));
+            }
+            Ok(PathBuf::from(rest))
+        };
+        let prev = {
+            let o = self.listener_tls.last().unwrap_or(&self.default_tls);
+            match key {
+                "certfile" => o.certfile.as_ref().map(|x| x.1),
+                "keyfile" => o.keyfile.as_ref().map(|x| x.1),
+                "cafile" => o.cafile.as_ref().map(|x| x.1),
+                "require_certificate" => o.require_certificate.map(|x| x.1),
+                _ => o.tls_version.map(|x| x.1),
+            }
+        };
+        if let Some(prev) = prev {
+            self.warn(&format!("{key} overrides the value set on line {prev} for the same listener"));
+        }
+        match key {
+            "certfile" => {
+                let v = path(self)?;
+                self.tls_target().certfile = Some((v, line));
+            }
+            "keyfile" => {
+                let v = path(self)?;
+                self.tls_target().keyfile = Some((v, line));
+            }
+            "cafile" => {
+                let v = path(self)?;
+                self.tls_target().cafile = Some((v, line));
+            }
+            "require_certificate" => {
+                let v = parsed_bool(self)?;
+                self.tls_target().require_certificate = Some((v, line));
+            }
+            _ => {
+                let v = self.one(key, rest)?;
+                let Some(version) = TlsVersion::from_name(v) else {
+                    return Err(self.err(format!(
+                        "tls_version: \"{v}\" is not supported (tlsv1.2 or tlsv1.3: the lowest version accepted)"
+                    )));
+                };
+                self.tls_target().tls_version = Some((version, line));
+            }
+        }
+        Ok(())
+    }
+
+    fn tls_target(&mut self) -> &mut TlsOptions {
+        match self.listener_tls.last_mut() {
+            Some(o) => o,
+            None => &mut self.default_tls,
+        }
     }
 
     fn log_type(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -591,8 +669,21 @@ impl<'f> Parser<'f> {
     fn finish(mut self) -> Result<Config, ConfigError> {
         let mut listeners = Vec::new();
         if self.default_port.is_some() || self.default_address.is_some() {
-            let l = Listener { port: self.default_port.unwrap_or(DEFAULT_PORT), address: self.default_address.take() };
+            let l = Listener {
+                port: self.default_port.unwrap_or(DEFAULT_PORT),
+                address: self.default_address.take(),
+                tls: build_tls(&self.default_tls, self.file)?,
+            };
             listeners.push((l, self.default_line));
+        } else if !self.default_tls.is_empty() {
+            return Err(ConfigError::new(
+                self.file,
+                self.default_tls.first_line(),
+                "TLS options must follow a listener line (or a port line) they apply to",
+            ));
+        }
+        for ((l, _), o) in self.listeners.iter_mut().zip(&self.listener_tls) {
+            l.tls = build_tls(o, self.file)?;
         }
         listeners.append(&mut self.listeners);
         listeners.sort_by_key(|(_, line)| *line);

@@ -14,7 +14,7 @@ fn empty_file_gives_the_defaults() {
     let d = Config::default();
     assert_eq!(parse(""), d);
     assert_eq!(parse("# only a comment\n\n   \n\t\n"), d);
-    assert_eq!(d.listeners, vec![Listener { port: 1883, address: None }]);
+    assert_eq!(d.listeners, vec![Listener::any(1883)]);
     assert!(d.allow_anonymous);
     assert!(d.retain_available && d.connection_messages && d.persistence);
     assert!(!d.queue_qos0_messages && !d.set_tcp_nodelay && !d.upgrade_outgoing_qos);
@@ -90,10 +90,10 @@ fn full_config() {
         c.listeners,
         vec![
             Listener::any(1883),
-            Listener { port: 8883, address: Some("127.0.0.1".into()) },
-            Listener { port: 1884, address: Some("::1".into()) },
-            Listener { port: 1885, address: Some("fe80::1".into()) },
-            Listener { port: 1886, address: Some("gateway.local".into()) },
+            Listener::at(8883, "127.0.0.1"),
+            Listener::at(1884, "::1"),
+            Listener::at(1885, "fe80::1"),
+            Listener::at(1886, "gateway.local"),
         ]
     );
     assert!(c.allow_anonymous);
@@ -217,13 +217,10 @@ fn listeners() {
     assert_eq!(parse("listener 1884").listeners, vec![Listener::any(1884)]);
     // Deprecated port / bind_address configure the default listener.
     assert_eq!(parse("port 1999").listeners, vec![Listener::any(1999)]);
-    assert_eq!(
-        parse("bind_address 127.0.0.1").listeners,
-        vec![Listener { port: 1883, address: Some("127.0.0.1".into()) }]
-    );
+    assert_eq!(parse("bind_address 127.0.0.1").listeners, vec![Listener::at(1883, "127.0.0.1")]);
     assert_eq!(
         parse("listener 1884\nport 1999\nbind_address localhost\n").listeners,
-        vec![Listener::any(1884), Listener { port: 1999, address: Some("localhost".into()) }]
+        vec![Listener::any(1884), Listener::at(1999, "localhost")]
     );
     // Different addresses on one port are fine.
     assert_eq!(parse("listener 1883 127.0.0.1\nlistener 1883 ::1").listeners.len(), 2);
@@ -344,11 +341,44 @@ fn ignored_mosquitto_keys_are_accepted() {
 }
 
 #[test]
+fn tls_options_belong_to_a_listener_and_are_checked() {
+    // A TLS key before any listener line and without port: no listener to
+    // apply to.
+    assert_eq!(
+        err("certfile /nonexistent/cert.pem"),
+        "midge.conf:1: TLS options must follow a listener line (or a port line) they apply to"
+    );
+    assert_eq!(
+        err("listener 8883\nrequire_certificate maybe"),
+        "midge.conf:2: require_certificate: \"maybe\" is not true or false"
+    );
+    assert_eq!(
+        err("listener 8883\ntls_version tlsv1.1"),
+        "midge.conf:2: tls_version: \"tlsv1.1\" is not supported (tlsv1.2 or tlsv1.3: the lowest version accepted)"
+    );
+    assert_eq!(
+        err("listener 8883\ncafile /x/ca.pem"),
+        "midge.conf:2: a TLS listener needs certfile and keyfile (PEM files)"
+    );
+    assert!(err("listener 8883\ncertfile /nonexistent/c.pem\nkeyfile /nonexistent/k.pem")
+        .starts_with("midge.conf:2: certfile /nonexistent/c.pem: "));
+    // Options apply to the listener above them only.
+    assert_eq!(
+        err("listener 8883\nkeyfile /k.pem\nlistener 1883\ncertfile /c.pem"),
+        "midge.conf:2: a TLS listener needs certfile and keyfile (PEM files)"
+    );
+    assert_eq!(
+        err("listener 8883\nlistener 1883\ncertfile /c.pem"),
+        "midge.conf:3: certfile needs keyfile (the certificate's private key, PEM) too"
+    );
+}
+
+#[test]
 fn unsupported_mosquitto_keys_are_errors() {
     assert_eq!(
-        err("certfile /etc/cert.pem"),
-        "midge.conf:1: \"certfile\" is a Mosquitto option that midge does not support \
-         (TLS is not supported; terminate TLS in front of midge)"
+        err("listener 8883\ncapath /etc/ssl/certs"),
+        "midge.conf:2: \"capath\" is a Mosquitto option that midge does not support \
+         (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version)"
     );
     assert!(err("include_dir /etc/mosquitto/conf.d").contains("\"include_dir\" is a Mosquitto option"));
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));

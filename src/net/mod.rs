@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_io_async::{Read, Write};
@@ -38,6 +39,8 @@ const READ_BUFFER_BYTES_MIN: usize = 256;
 const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 /// How long a leader keeps the lead before handing it to the preferred one.
 const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
+/// A TLS client that has not finished its handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket).
@@ -85,6 +88,8 @@ pub struct Server<L: RaftLog> {
     driver_rx: Receiver<()>,
     tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// TLS handshakes in progress (they count against max_connections).
+    handshakes: Cell<usize>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
     out_buffer_bytes_max: usize,
@@ -131,6 +136,7 @@ impl<L: RaftLog + 'static> Server<L> {
             driver_rx,
             tick_ms,
             conns: RefCell::new(HashMap::new()),
+            handshakes: Cell::new(0),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
             out_buffer_bytes_max: lim.out_buffer_bytes_max as usize,
@@ -288,7 +294,9 @@ impl<L: RaftLog + 'static> Server<L> {
             }
         }
         if let Some(first) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
-            info!("Opening {} listen socket on port {}.", if first.is_ipv6() { "ipv6" } else { "ipv4" }, first.port());
+            let family = if first.is_ipv6() { "ipv6" } else { "ipv4" };
+            let tls = if l.tls.is_some() { " (TLS)" } else { "" };
+            info!("Opening {family} listen socket on port {}{tls}.", first.port());
         }
         loop {
             if closed_mode {
@@ -337,13 +345,15 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             };
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            if self.conns.borrow().len() >= self.connections_max {
+            if self.conns.borrow().len() + self.handshakes.get() >= self.connections_max {
                 warn!("Refusing connection from {}: max_connections ({}) reached.", peer, self.connections_max);
                 continue;
             }
             let _ = stream.set_nodelay(self.nodelay);
             if self.clustered && self.mode == FollowerMode::Proxy && !self.is_leader() {
-                match self.leader_client_addr() {
+                // The leader's host, this listener's port: nodes share one
+                // listener layout, and TLS is terminated by the leader.
+                match self.leader_client_addr().map(|a| with_port(&a, l.port)) {
                     Some(addr) => {
                         debug!("Proxying connection from {} to the leader at {}.", peer, addr);
                         ex.spawn(cluster_io::proxy(stream, peer, addr)).detach();
@@ -356,7 +366,13 @@ impl<L: RaftLog + 'static> Server<L> {
                 info!("New connection from {} on port {}.", peer, l.port);
             }
             let server = self.clone();
-            ex.spawn(async move { server.serve(stream, peer, false).await }).detach();
+            match &l.tls {
+                None => ex.spawn(async move { server.serve(stream, peer, false).await }).detach(),
+                Some(t) => {
+                    let cfg = t.server.clone();
+                    ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
+                }
+            }
         }
     }
 
@@ -458,6 +474,36 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
+        self.serve_io(SmolIo(stream.clone()), SmolIo(stream.clone()), peer, admin).await;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// A client on a TLS listener: handshake (bounded in time), then the
+    /// same MQTT connection over the TLS stream.
+    async fn serve_tls(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<rustls::ServerConfig>) {
+        self.handshakes.set(self.handshakes.get() + 1);
+        let accept = futures_rustls::TlsAcceptor::from(cfg).accept(stream.clone());
+        let done = futures_lite::future::or(async { Some(accept.await) }, async {
+            smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+            None
+        })
+        .await;
+        self.handshakes.set(self.handshakes.get() - 1);
+        match done {
+            Some(Ok(tls)) => {
+                let (r, w) = futures_lite::io::split(tls);
+                self.serve_io(SmolIo(r), SmolIo(w), peer, false).await;
+            }
+            Some(Err(e)) => info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}."),
+            None => info!(
+                "Client <unknown> from {peer} disconnected: no TLS handshake within {} s.",
+                TLS_HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    async fn serve_io<R: Read, W: Write>(self: Rc<Self>, reader: R, writer: W, peer: SocketAddr, admin: bool) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
@@ -474,16 +520,15 @@ impl<L: RaftLog + 'static> Server<L> {
                 b.open(id, &peer.to_string(), now)
             }
         });
-        let reader = self.read_loop(id, SmolIo(stream.clone()));
-        let writer = self.write_loop(id, io.clone(), SmolIo(stream.clone()));
+        let reader = self.read_loop(id, reader);
+        let writer = self.write_loop(id, io.clone(), writer);
         futures_lite::future::or(reader, writer).await;
-        let _ = stream.shutdown(std::net::Shutdown::Both);
         self.conns.borrow_mut().remove(&id);
         self.with_broker(|b, now| b.closed(id, now));
         debug!("Connection {} from {} finished.", id, peer);
     }
 
-    async fn read_loop(&self, id: ConnId, mut sock: SmolIo) {
+    async fn read_loop<R: Read>(&self, id: ConnId, mut sock: R) {
         let mut buf = vec![0u8; READ_BUFFER_BYTES_MIN];
         let mut filled = 0usize;
         loop {
@@ -539,7 +584,7 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
-    async fn write_loop(&self, id: ConnId, io: Rc<ConnIo>, mut sock: SmolIo) {
+    async fn write_loop<W: Write>(&self, id: ConnId, io: Rc<ConnIo>, mut sock: W) {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             if io.out.borrow().is_empty() {
@@ -551,7 +596,8 @@ impl<L: RaftLog + 'static> Server<L> {
                 continue;
             }
             std::mem::swap(&mut pending, &mut *io.out.borrow_mut());
-            if sock.write_all(&pending).await.is_err() {
+            // flush: a TLS stream may hold encrypted records back.
+            if sock.write_all(&pending).await.is_err() || sock.flush().await.is_err() {
                 return;
             }
             let sent = pending.len() as u64;
@@ -621,6 +667,14 @@ impl<L: RaftLog + 'static> Server<L> {
             smol::Timer::after(Duration::from_millis(1000)).await;
             self.with_broker(|b, now| b.tick(now));
         }
+    }
+}
+
+/// `host:port` with the port replaced (IPv6 hosts stay bracketed).
+fn with_port(addr: &str, port: u16) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{port}"),
+        None => format!("{addr}:{port}"),
     }
 }
 

@@ -40,7 +40,7 @@ pub fn is_mosquitto() -> bool {
     kind() == Kind::Mosquitto
 }
 
-fn midge_bin() -> PathBuf {
+pub fn midge_bin() -> PathBuf {
     if let Ok(p) = std::env::var("MIDGE_BIN") {
         if !p.is_empty() {
             return PathBuf::from(p);

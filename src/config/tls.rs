@@ -1,0 +1,173 @@
+//! TLS on client listeners, with Mosquitto's per-listener keys: `certfile`,
+//! `keyfile`, `cafile`, `require_certificate`, `tls_version`. They apply to
+//! the `listener` line above them (or to the default listener when no
+//! `listener` line came first, as in Mosquitto).
+//!
+//! Certificates and keys are read and checked while the config file is
+//! read, so a missing file, a file without a PEM certificate, or a key that
+//! does not belong to the certificate is a config error naming the file and
+//! the line, not a failure at the first client's handshake.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use super::ConfigError;
+
+/// `tls_version`: the lowest TLS version the listener accepts (Mosquitto
+/// 2 semantics). rustls speaks TLS 1.2 and 1.3 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+impl TlsVersion {
+    pub fn from_name(s: &str) -> Option<TlsVersion> {
+        match s {
+            "tlsv1.2" => Some(TlsVersion::V12),
+            "tlsv1.3" => Some(TlsVersion::V13),
+            _ => None,
+        }
+    }
+}
+
+/// One listener's TLS options as written, each with its config line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub certfile: Option<(PathBuf, u32)>,
+    pub keyfile: Option<(PathBuf, u32)>,
+    pub cafile: Option<(PathBuf, u32)>,
+    pub require_certificate: Option<(bool, u32)>,
+    pub tls_version: Option<(TlsVersion, u32)>,
+}
+
+impl TlsOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == TlsOptions::default()
+    }
+
+    /// The line of the first TLS option given.
+    pub(super) fn first_line(&self) -> u32 {
+        [
+            self.certfile.as_ref().map(|x| x.1),
+            self.keyfile.as_ref().map(|x| x.1),
+            self.cafile.as_ref().map(|x| x.1),
+            self.require_certificate.map(|x| x.1),
+            self.tls_version.map(|x| x.1),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0)
+    }
+}
+
+/// A TLS listener: its options and the rustls configuration built from them.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub options: TlsOptions,
+    pub server: Arc<ServerConfig>,
+}
+
+impl PartialEq for ListenerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.options == other.options
+    }
+}
+impl Eq for ListenerTls {}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl ListenerTls {
+    /// Client certificates are required (and verified against `cafile`).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.options.require_certificate.is_some_and(|(r, _)| r)
+    }
+}
+
+/// Reads the files and builds the rustls configuration; every error names
+/// `file` and the line of the option it concerns.
+pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigError> {
+    let err = |line: u32, msg: String| ConfigError::new(file, line, msg);
+    let Some((certfile, cert_line)) = &o.certfile else {
+        return Err(err(o.first_line(), "a TLS listener needs certfile and keyfile (PEM files)".into()));
+    };
+    let Some((keyfile, key_line)) = &o.keyfile else {
+        return Err(err(*cert_line, "certfile needs keyfile (the certificate's private key, PEM) too".into()));
+    };
+    let chain = read_certs("certfile", certfile).map_err(|m| err(*cert_line, m))?;
+    let key = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
+        err(*key_line, format!("keyfile {}: no usable private key ({})", keyfile.display(), pem_error(&e)))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match o.tls_version {
+        Some((TlsVersion::V13, _)) => &[&rustls::version::TLS13],
+        Some((TlsVersion::V12, _)) | None => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| err(o.first_line(), format!("TLS setup failed: {e}")))?;
+    let required = o.require_certificate.is_some_and(|(r, _)| r);
+    let builder = match (&o.cafile, required) {
+        (Some((cafile, ca_line)), true) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs("cafile", cafile).map_err(|m| err(*ca_line, m))? {
+                roots
+                    .add(c)
+                    .map_err(|e| err(*ca_line, format!("cafile {}: certificate rejected: {e}", cafile.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| err(*ca_line, format!("cafile {}: {e}", cafile.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (None, true) => {
+            let line = o.require_certificate.map_or(0, |x| x.1);
+            return Err(err(
+                line,
+                "require_certificate true needs cafile (the CA that signs client certificates)".into(),
+            ));
+        }
+        (Some((cafile, ca_line)), false) => {
+            // Checked anyway, so that turning require_certificate on later
+            // does not reveal a broken file.
+            read_certs("cafile", cafile).map_err(|m| err(*ca_line, m))?;
+            builder.with_no_client_auth()
+        }
+        (None, false) => builder.with_no_client_auth(),
+    };
+    let server = builder.with_single_cert(chain, key).map_err(|e| {
+        err(*key_line, format!("keyfile {} does not fit certfile {}: {e}", keyfile.display(), certfile.display()))
+    })?;
+    Ok(ListenerTls { options: o.clone(), server: Arc::new(server) })
+}
+
+fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{key} {}: {}", path.display(), pem_error(&e)))?;
+    let certs =
+        iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{key} {}: {}", path.display(), pem_error(&e)))?;
+    if certs.is_empty() {
+        return Err(format!("{key} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM section of the expected kind in the file".into(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
