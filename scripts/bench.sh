@@ -23,6 +23,9 @@
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# port_busy, pick_port, wait_listening, stop_pid, rss_kib, kv, idle_rss,
+# raise_nofile, STARTED_PIDS and bench_cleanup.
+. "$ROOT/scripts/lib-bench.sh"
 QUICK=0
 ONLY_MOSQ=0
 BUILD=1
@@ -89,26 +92,13 @@ note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
 declare -A PID=()        # broker name -> pid we started
 declare -A PORT=([mosquitto]=$MOSQ_PORT [midge]=$MIDGE_PORT)
 declare -A VAL=()        # "metric|broker" -> value
-STARTED_PIDS=()
 
-cleanup() {
-    local p
-    for p in "${STARTED_PIDS[@]:-}"; do
-        [ -n "$p" ] || continue
-        if kill -0 "$p" 2>/dev/null; then
-            kill "$p" 2>/dev/null
-            for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null
-        fi
-    done
-    wait 2>/dev/null
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 # Raise the fd limit for the brokers and loadgen (10k idle connections).
 HARD=$(ulimit -Hn)
-if [ "$HARD" = unlimited ] || [ "$HARD" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$HARD"; fi
+raise_nofile
 NOFILE=$(ulimit -n)
 if [ "$NOFILE" -lt $((IDLE_BIG + 200)) ]; then
     note "ulimit -n is $NOFILE (hard $HARD): idle test lowered from $IDLE_BIG connections"
@@ -139,11 +129,8 @@ fi
 command -v mosquitto >/dev/null || { log "mosquitto is not installed (apt-get install mosquitto)"; exit 1; }
 
 # ---------------------------------------------------------------- brokers
-port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 for b in "${BROKERS[@]}"; do
-    p=${PORT[$b]}
-    for _ in $(seq 1 50); do port_busy "$p" || break; p=$((p + 2)); done
-    port_busy "$p" && { log "no free port found for $b"; exit 1; }
+    p=$(pick_port "${PORT[$b]}") || { log "no free port found for $b"; exit 1; }
     PORT[$b]=$p
 done
 
@@ -163,15 +150,6 @@ connection_messages false
 EOF
     [ "$BROKER_NODELAY" = 1 ] && echo "set_tcp_nodelay true" >> "$f"
     echo "$f"
-}
-
-wait_listening() { # pid port -> 0 when listening
-    for _ in $(seq 1 100); do
-        kill -0 "$1" 2>/dev/null || return 1
-        port_busy "$2" && return 0
-        sleep 0.05
-    done
-    return 1
 }
 
 START_GEN=0
@@ -199,15 +177,8 @@ start_broker() { # broker
 }
 
 stop_broker_pid() {
-    local p=$1
-    [ -n "$p" ] || return 0
-    kill "$p" 2>/dev/null || return 0
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$p" 2>/dev/null; then
-        note "broker pid $p ignored SIGTERM for 5 s; sent SIGKILL"
-        kill -9 "$p" 2>/dev/null
-    fi
-    wait "$p" 2>/dev/null
+    stop_pid "$1"
+    [ $? = 2 ] && note "broker pid $1 ignored SIGTERM for 5 s; sent SIGKILL"
     return 0
 }
 
@@ -216,12 +187,6 @@ stop_broker() { stop_broker_pid "${PID[$1]:-}"; PID[$1]=""; }
 restart_broker() { stop_broker "$1"; start_broker "$1"; }
 
 alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
-
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
-
-kv() { # key line
-    sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $2" | head -n 1
-}
 
 check_alive_after() { # broker test
     if ! alive "$1"; then
@@ -301,26 +266,14 @@ lat_test() {
 }
 
 idle_test() { # broker n -> records rss_idle_n and kib/conn
-    local b=$1 n=$2 base rss out="$WORK/idle.out" err="$WORK/idle.err" lp line rc
+    local b=$1 n=$2 base rss out="$WORK/idle.out" err="$WORK/idle.err" line rc
     restart_broker "$b" || return
     base=$(rss_kib "${PID[$b]}")
     record "rss_idle" "$b" "$base"
-    "$LOADGEN" idle --connections "$n" --hold-secs 2 --port "${PORT[$b]}" --timeout-secs 60 > "$out" 2> "$err" &
-    lp=$!
-    STARTED_PIDS+=("$lp")
-    for _ in $(seq 1 600); do
-        grep -q '^READY' "$out" 2>/dev/null && break
-        kill -0 "$lp" 2>/dev/null || break
-        sleep 0.1
-    done
-    sleep 0.5
-    rss=$(rss_kib "${PID[$b]}")
-    # loadgen pings every connection after the hold and exits by itself
-    for _ in $(seq 1 400); do kill -0 "$lp" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$lp" 2>/dev/null; then kill "$lp" 2>/dev/null; note "$b idle $n: loadgen did not finish in time"; fi
-    wait "$lp"; rc=$?
-    line=$(grep '^RESULT ' "$out" | tail -n 1)
-    echo "$b idle$n rc=$rc $(grep '^READY' "$out") $line base_kib=$base rss_kib=$rss" >> "$RAW"
+    idle_rss "$LOADGEN" "${PID[$b]}" "${PORT[$b]}" "$n" "$out" "$err"
+    rss=$IDLE_RSS; line=$IDLE_LINE; rc=$IDLE_RC
+    [ "$IDLE_TIMEOUT" = 1 ] && note "$b idle $n: loadgen did not finish in time"
+    echo "$b idle$n rc=$rc $IDLE_READY $line base_kib=$base rss_kib=$rss" >> "$RAW"
     if [ "$(kv status "$line")" != ok ]; then
         note "$b idle $n: connected=$(kv connected "$line") alive=$(kv alive "$line") errors=$(kv errors "$line") $(head -n 2 "$err" | tr '\n' ' ') | repro: $LOADGEN idle --connections $n --hold-secs 2 --port <port>"
     fi

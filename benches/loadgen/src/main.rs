@@ -6,6 +6,8 @@
 //!                      [--duration-secs D] [--max-lead L] [--nodelay 1]
 //!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16]
 //!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
+//!   loadgen retain     --port P --count N [--payload 100] [--window 20] [--prefix T]
+//!                      [--verify-only 0|1]
 //!
 //! Throughput clients set TCP_NODELAY by default (--nodelay 1): loadgen
 //! batches its own writes (64 KiB for QoS 0, up to a window for QoS 1), so
@@ -43,6 +45,9 @@ usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers 
                           [--timeout-secs 60]
        loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
                           [--batch 64] [--timeout-secs 120]
+       loadgen retain     --port P --count N [--payload 100] [--window 20]
+                          [--prefix loadgen/retain] [--verify-only 0|1] [--grace-ms 2000]
+                          [--timeout-secs 120]
 Output: one `RESULT key=value ...` line on stdout. Targets must be 127.0.0.0/8.";
 
 const READ_POLL: Duration = Duration::from_millis(100);
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         "throughput" => throughput(&mut args),
         "latency" => latency(&mut args),
         "idle" => idle(&mut args),
+        "retain" => retain(&mut args),
         m => Err(format!("unknown mode {m}\n{USAGE}")),
     };
     match r {
@@ -278,7 +284,9 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
     // With --duration-secs, --messages is only the upper bound per publisher.
     let k: u64 = k_arg.unwrap_or(if duration > 0.0 { 10_000_000 / npub.max(1) as u64 } else { 100_000 });
     if duration > 0.0 && (npub as u64 * k).div_ceil(8) * nsub as u64 > (2u64 << 30) {
-        return Err("--messages upper bound too large for the loss bitmaps (npub*messages*subscribers/8 > 2 GiB)".into());
+        return Err(
+            "--messages upper bound too large for the loss bitmaps (npub*messages*subscribers/8 > 2 GiB)".into()
+        );
     }
     if psize < 8 {
         return Err("--payload must be at least 8 bytes (publisher id + sequence)".into());
@@ -334,7 +342,9 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
                     }
                 };
                 drop(ready);
-                if let Err(e) = sub_loop(&mut conn, &mut st, (k, expected), deadline, &pubs_done, &abort, grace_ms, (&lead, i)) {
+                if let Err(e) =
+                    sub_loop(&mut conn, &mut st, (k, expected), deadline, &pubs_done, &abort, grace_ms, (&lead, i))
+                {
                     st.error = Some(format!("subscriber {i}: {e}"));
                 }
                 conn.disconnect();
@@ -540,7 +550,11 @@ fn sub_loop(
             let mut first_missing = None;
             for s in 0..k {
                 let idx = p * k + s;
-                if seen[(idx / 64) as usize] & (1 << (idx % 64)) != 0 { c += 1 } else if first_missing.is_none() { first_missing = Some(s) }
+                if seen[(idx / 64) as usize] & (1 << (idx % 64)) != 0 {
+                    c += 1
+                } else if first_missing.is_none() {
+                    first_missing = Some(s)
+                }
             }
             per.push(format!("pub{p}:{c} first_missing={first_missing:?}"));
         }
@@ -889,9 +903,11 @@ fn latency(args: &mut Args) -> Result<u8, String> {
     let run = std::process::id();
     let topic = format!("loadgen/{run}/lat");
     let e = |w: &str, e: io::Error| format!("{w}: {e}");
-    let mut sub = Conn::open(dst, None, &format!("lg{run}-ls"), 60, true, 16 * 1024, deadline).map_err(|x| e("subscriber connect", x))?;
+    let mut sub = Conn::open(dst, None, &format!("lg{run}-ls"), 60, true, 16 * 1024, deadline)
+        .map_err(|x| e("subscriber connect", x))?;
     sub.subscribe(&topic, qos, deadline).map_err(|x| e("subscribe", x))?;
-    let mut pubc = Conn::open(dst, None, &format!("lg{run}-lp"), 60, true, 16 * 1024, deadline).map_err(|x| e("publisher connect", x))?;
+    let mut pubc = Conn::open(dst, None, &format!("lg{run}-lp"), 60, true, 16 * 1024, deadline)
+        .map_err(|x| e("publisher connect", x))?;
     // Sanity: PINGREQ/PINGRESP round trip.
     let mut p = Vec::new();
     mqtt::pingreq(&mut p);
@@ -1030,7 +1046,11 @@ fn idle(args: &mut Args) -> Result<u8, String> {
     if !(0.0..=500.0).contains(&hold) {
         return Err("--hold-secs must be 0..500 (keepalive is 600)".into());
     }
-    let nips: usize = if ips == "auto" { n.div_ceil(5000).max(1) } else { ips.parse().map_err(|_| "--source-ips: number or auto")? };
+    let nips: usize = if ips == "auto" {
+        n.div_ceil(5000).max(1)
+    } else {
+        ips.parse().map_err(|_| "--source-ips: number or auto")?
+    };
     let nips = nips.clamp(1, 250);
     let limit = net::raise_nofile(n as u64 + 256);
     if (limit as usize) < n + 16 {
@@ -1141,6 +1161,210 @@ fn idle(args: &mut Args) -> Result<u8, String> {
         if connect_s > 0.0 { held as f64 / connect_s } else { 0.0 }
     );
     Ok(if status == "ok" { 0 } else { 1 })
+}
+
+// ------------------------------------------------------------------- retain
+
+/// Retained messages per topic level below the prefix: topic `i` is
+/// `PREFIX/<i / RETAIN_BUCKET>/<i>`, so `--verify-only` can fetch them in
+/// small groups (a single `PREFIX/#` would have the broker send all N at once
+/// and meet its per-client queue limits, which is not what is checked here).
+const RETAIN_BUCKET: u64 = 100;
+
+/// `retain`: publish `--count` retained QoS 1 messages, one per distinct
+/// topic, keeping `--window` PUBLISHes unacknowledged, and wait for every
+/// PUBACK (in order, as MQTT requires). `--verify-only 1` publishes nothing:
+/// it subscribes to the topics group by group (QoS 0) and counts the distinct
+/// retained messages of the given payload size the broker holds.
+fn retain(args: &mut Args) -> Result<u8, String> {
+    let dst = target(args)?;
+    let count: u64 = args.take("count", None)?;
+    let psize: usize = args.take("payload", Some(100))?;
+    let window: u64 = args.take("window", Some(20))?;
+    let prefix: String = args.take("prefix", Some("loadgen/retain".to_string()))?;
+    let verify = args.take::<u8>("verify-only", Some(0))? != 0;
+    let grace_ms: u64 = args.take("grace-ms", Some(2000))?;
+    let timeout: f64 = args.take("timeout-secs", Some(120.0))?;
+    args.finish()?;
+    if count == 0 || count > 10_000_000 {
+        return Err("--count must be 1..10000000".into());
+    }
+    if psize < 8 {
+        return Err("--payload must be at least 8 bytes (message index)".into());
+    }
+    if window == 0 || window > 65_535 {
+        return Err("--window must be 1..65535".into());
+    }
+    if prefix.is_empty() || prefix.contains(['#', '+']) {
+        return Err("--prefix must be a non-empty topic without wildcards".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let t0 = Instant::now();
+    let id = format!("lg{}-r", std::process::id());
+    let mut conn = Conn::open(dst, None, &id, 600, true, 64 * 1024, deadline).map_err(|e| format!("connect: {e}"))?;
+    let (status, done, err) = if verify {
+        retain_verify(&mut conn, count, psize, &prefix, deadline, Duration::from_millis(grace_ms))
+    } else {
+        retain_publish(&mut conn, count, psize, window, &prefix, deadline)
+    };
+    conn.disconnect();
+    if let Some(e) = &err {
+        eprintln!("loadgen: {e}");
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    println!(
+        "RESULT mode=retain status={status} phase={} count={count} payload={psize} {}={done} elapsed_s={elapsed:.3}",
+        if verify { "verify" } else { "publish" },
+        if verify { "found" } else { "acked" },
+    );
+    Ok(if status == "ok" { 0 } else { 1 })
+}
+
+fn retain_topic(prefix: &str, i: u64) -> String {
+    format!("{prefix}/{}/{i}", i / RETAIN_BUCKET)
+}
+
+/// Returns (status, messages acknowledged, error).
+fn retain_publish(
+    conn: &mut Conn,
+    count: u64,
+    psize: usize,
+    window: u64,
+    prefix: &str,
+    deadline: Instant,
+) -> (&'static str, u64, Option<String>) {
+    let mut payload = vec![0x5a_u8; psize];
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < count {
+        buf.clear();
+        while sent < count && sent - acked < window {
+            payload[0..8].copy_from_slice(&sent.to_be_bytes());
+            let pid = (sent % 65535) as u16 + 1;
+            mqtt::publish_with(&mut buf, retain_topic(prefix, sent).as_bytes(), 1, true, pid, &payload);
+            sent += 1;
+        }
+        if !buf.is_empty() {
+            if let Err(e) = conn.w().write_all(&buf) {
+                return ("error", acked, Some(format!("publish: {e}")));
+            }
+        }
+        match conn.rd.wait_frame(deadline) {
+            Ok(true) => {}
+            Ok(false) => return ("timeout", acked, Some(format!("{acked} of {count} PUBACKs before the timeout"))),
+            Err(e) => return ("error", acked, Some(format!("read: {e}"))),
+        }
+        loop {
+            let (hdr, body) = match conn.rd.next_buffered() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return ("error", acked, Some(format!("read: {e}"))),
+            };
+            match hdr >> 4 {
+                mqtt::PUBACK => {
+                    let want = (acked % 65535) as u16 + 1;
+                    match mqtt::packet_id(body) {
+                        Ok(p) if p == want && acked < sent => acked += 1,
+                        Ok(p) => {
+                            return (
+                                "error",
+                                acked,
+                                Some(format!("PUBACK for packet id {p}, expected {want} (in order)")),
+                            )
+                        }
+                        Err(e) => return ("error", acked, Some(format!("PUBACK: {e}"))),
+                    }
+                }
+                mqtt::PINGRESP => {}
+                t => return ("error", acked, Some(format!("unexpected packet type {t} while publishing"))),
+            }
+        }
+    }
+    ("ok", acked, None)
+}
+
+/// Returns (status, distinct retained messages found, error).
+fn retain_verify(
+    conn: &mut Conn,
+    count: u64,
+    psize: usize,
+    prefix: &str,
+    deadline: Instant,
+    grace: Duration,
+) -> (&'static str, u64, Option<String>) {
+    let mut seen = vec![false; count as usize];
+    let mut found = 0u64;
+    let (mut bogus, mut not_retained) = (0u64, 0u64);
+    let buckets = count.div_ceil(RETAIN_BUCKET);
+    for b in 0..buckets {
+        let want = RETAIN_BUCKET.min(count - b * RETAIN_BUCKET);
+        let pid = (b % 65535) as u16 + 1;
+        let mut p = Vec::new();
+        mqtt::subscribe(&mut p, pid, &format!("{prefix}/{b}/+"), 0);
+        if let Err(e) = conn.w().write_all(&p) {
+            return ("error", found, Some(format!("subscribe: {e}")));
+        }
+        // The SUBACK and this group's retained messages, in whatever order;
+        // done when all are in, or after `grace` without any.
+        let (mut got, mut subacked) = (0u64, false);
+        let mut quiet_until = (Instant::now() + grace).min(deadline);
+        while !(subacked && got >= want) {
+            match conn.rd.wait_frame(quiet_until) {
+                Ok(true) => {}
+                Ok(false) if Instant::now() >= deadline => {
+                    return ("timeout", found, Some(format!("timed out in group {b}")))
+                }
+                Ok(false) => break,
+                Err(e) => return ("error", found, Some(format!("read: {e}"))),
+            }
+            while let Ok(Some((hdr, body))) = conn.rd.next_buffered() {
+                match hdr >> 4 {
+                    mqtt::SUBACK => {
+                        if body.len() != 3 || body[2] == 0x80 || mqtt::packet_id(body).ok() != Some(pid) {
+                            return ("error", found, Some(format!("bad SUBACK {body:02x?} for group {b}")));
+                        }
+                        subacked = true;
+                    }
+                    mqtt::PUBLISH => {
+                        let Ok(m) = mqtt::parse_publish(hdr, body) else {
+                            return ("error", found, Some("malformed PUBLISH".into()));
+                        };
+                        if hdr & 1 == 0 {
+                            not_retained += 1;
+                            continue;
+                        }
+                        let i = u64::from_be_bytes(
+                            m.payload.get(0..8).and_then(|s| s.try_into().ok()).unwrap_or([0xff; 8]),
+                        );
+                        if m.payload.len() != psize || i >= count || i / RETAIN_BUCKET != b {
+                            bogus += 1;
+                            continue;
+                        }
+                        if !seen[i as usize] {
+                            seen[i as usize] = true;
+                            found += 1;
+                            got += 1;
+                        }
+                    }
+                    mqtt::PINGRESP => {}
+                    t => return ("error", found, Some(format!("unexpected packet type {t} while verifying"))),
+                }
+            }
+            quiet_until = (Instant::now() + grace).min(deadline);
+        }
+    }
+    if found == count && bogus == 0 && not_retained == 0 {
+        ("ok", found, None)
+    } else {
+        let missing: Vec<u64> = (0..count).filter(|&i| !seen[i as usize]).take(10).collect();
+        (
+            "missing",
+            found,
+            Some(format!(
+                "found {found} of {count} retained messages (bogus {bogus}, without RETAIN flag {not_retained}); first missing: {missing:?}"
+            )),
+        )
+    }
 }
 
 #[allow(dead_code)]

@@ -59,7 +59,12 @@ pub fn subscribe(out: &mut Vec<u8>, pid: u16, filter: &str, qos: u8) {
 }
 
 pub fn publish(out: &mut Vec<u8>, topic: &[u8], qos: u8, pid: u16, payload: &[u8]) {
-    out.push(0x30 | (qos << 1));
+    publish_with(out, topic, qos, false, pid, payload)
+}
+
+/// PUBLISH with the RETAIN flag as given.
+pub fn publish_with(out: &mut Vec<u8>, topic: &[u8], qos: u8, retain: bool, pid: u16, payload: &[u8]) {
+    out.push(0x30 | (qos << 1) | retain as u8);
     let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
     put_varint(out, len);
     put_str(out, topic);
@@ -195,9 +200,7 @@ impl<R: Read> FrameReader<R> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.start > 0
-            && (self.buf.len() - self.end < 8192 || self.start + self.need > self.buf.len())
-        {
+        } else if self.start > 0 && (self.buf.len() - self.end < 8192 || self.start + self.need > self.buf.len()) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;

@@ -1,0 +1,100 @@
+# shellcheck shell=bash disable=SC2034
+# (SC2034: the IDLE_* results are read by the scripts that source this.)
+# Shell helpers shared by the benchmark scripts (scripts/bench.sh,
+# scripts/footprint.sh): ports, process start/stop by PID, RSS, loadgen
+# RESULT lines, and the "hold N idle connections, read the broker's RSS" step.
+# Source it from bash; it defines functions and STARTED_PIDS only.
+#
+# Every loop is bounded; processes are stopped by PID, never by name.
+
+# PIDs this script started; bench_cleanup stops those still running.
+STARTED_PIDS=()
+
+# Stops every PID in STARTED_PIDS still running (SIGTERM, 3 s, SIGKILL).
+bench_cleanup() {
+    local p
+    for p in "${STARTED_PIDS[@]:-}"; do
+        [ -n "$p" ] || continue
+        if kill -0 "$p" 2>/dev/null; then
+            kill "$p" 2>/dev/null
+            for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null
+        fi
+    done
+    wait 2>/dev/null
+}
+
+# Raises the soft fd limit to the hard limit, at most 65536 (call it
+# directly, not in $(...), or it only applies to the subshell).
+raise_nofile() {
+    local hard
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+}
+
+port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+
+# First port not listened on, from $1 in steps of 2 (50 tries); 1 if none.
+pick_port() {
+    local p=$1
+    for _ in $(seq 1 50); do port_busy "$p" || { echo "$p"; return 0; }; p=$((p + 2)); done
+    return 1
+}
+
+wait_listening() { # pid port -> 0 when listening (5 s at most)
+    for _ in $(seq 1 100); do
+        kill -0 "$1" 2>/dev/null || return 1
+        port_busy "$2" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# SIGTERM, up to 5 s, then SIGKILL; returns 2 if SIGKILL was needed.
+stop_pid() {
+    local p=$1
+    [ -n "$p" ] || return 0
+    kill "$p" 2>/dev/null || return 0
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+        kill -9 "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+        return 2
+    fi
+    wait "$p" 2>/dev/null
+    return 0
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+kv() { # key line -> value of key=value in a loadgen RESULT line
+    sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $2" | head -n 1
+}
+
+# idle_rss LOADGEN BROKER_PID PORT N OUT ERR
+# Runs `loadgen idle` with N connections against PORT, reads BROKER_PID's RSS
+# once every CONNACK is in (READY) and 0.5 s later, then lets loadgen ping
+# every connection and exit (40 s at most, else it is stopped). Sets
+# IDLE_RSS (KiB, empty if unreadable), IDLE_READY (the READY line),
+# IDLE_LINE (the RESULT line), IDLE_RC (loadgen's exit status) and
+# IDLE_TIMEOUT (1 if loadgen had to be stopped).
+idle_rss() {
+    local lg=$1 bpid=$2 port=$3 n=$4 out=$5 err=$6 lp
+    IDLE_RSS=""; IDLE_READY=""; IDLE_LINE=""; IDLE_RC=""; IDLE_TIMEOUT=0
+    "$lg" idle --connections "$n" --hold-secs 2 --port "$port" --timeout-secs 60 > "$out" 2> "$err" &
+    lp=$!
+    STARTED_PIDS+=("$lp")
+    for _ in $(seq 1 600); do
+        grep -q '^READY' "$out" 2>/dev/null && break
+        kill -0 "$lp" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 0.5
+    IDLE_RSS=$(rss_kib "$bpid")
+    # loadgen pings every connection after the hold and exits by itself
+    for _ in $(seq 1 400); do kill -0 "$lp" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$lp" 2>/dev/null; then kill "$lp" 2>/dev/null; IDLE_TIMEOUT=1; fi
+    wait "$lp"; IDLE_RC=$?
+    IDLE_READY=$(grep '^READY' "$out")
+    IDLE_LINE=$(grep '^RESULT ' "$out" | tail -n 1)
+}
