@@ -67,6 +67,15 @@ fn parse_args() -> Result<Option<Cli>, String> {
 }
 
 fn main() -> ExitCode {
+    // A panic is a bug. Stop the whole process in every build (release
+    // builds abort anyway): a debug build must not let an executor task
+    // swallow it and run on with half-updated state.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("midge: internal error (a bug; please report it with the log above). Aborting.");
+        std::process::abort();
+    }));
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("ctl") {
         return match midge::ctl::run(&args[2..]) {

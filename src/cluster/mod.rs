@@ -258,7 +258,44 @@ impl<L: RaftLog> Node<L> {
         self.raw.tick();
     }
 
-    pub fn step(&mut self, m: Message) {
+    pub fn step(&mut self, mut m: Message) {
+        use raft::eraftpb::MessageType;
+        let last = self.raw.raft.raft_log.last_index();
+        match m.get_msg_type() {
+            // A leader that believes this node has entries it no longer has
+            // (its data directory was wiped) sends a commit index past our
+            // log; raft-rs would panic on it. Commit what we have; the
+            // leader learns our real log from the next append's rejection.
+            MessageType::MsgHeartbeat if m.commit > last => {
+                warn!(
+                    "Node {} (leader) believes this node has entries up to {} but its log ends at {}: \
+                     was the data directory wiped? Catching up from the leader.",
+                    m.from, m.commit, last
+                );
+                m.commit = last;
+            }
+            // On the leader: a follower rejects entries at or below what it
+            // had acknowledged, so it lost its log (wiped data directory).
+            // raft-rs ignores such a rejection as stale and would never
+            // resend; start again from what the follower really has.
+            MessageType::MsgAppendResponse if m.reject && self.is_leader() => {
+                let from = m.from;
+                if let Some(pr) = self.raw.raft.mut_prs().get_mut(from) {
+                    if m.reject_hint < pr.matched {
+                        warn!(
+                            "Node {from} lost its log (it has entries up to {}, had acknowledged {}): \
+                             resending from there. Its data directory was wiped or replaced; see docs/HA.md.",
+                            m.reject_hint, pr.matched
+                        );
+                        pr.matched = m.reject_hint;
+                        pr.become_probe();
+                        self.raw.raft.send_append(from);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
         if let Err(e) = self.raw.step(m) {
             // Stale or misdirected messages are normal in raft.
             log::debug!("raft step: {e}");
