@@ -15,7 +15,7 @@ pub mod state;
 mod sys;
 pub mod tree;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use log::{debug, info, warn};
@@ -61,8 +61,8 @@ struct Conn {
     packet_bytes_out_max: u32,
     /// Client's Topic Alias Maximum and the aliases we assigned.
     alias_out_max: u16,
-    alias_out: HashMap<Rc<str>, u16>,
-    alias_in: HashMap<u16, Rc<str>>,
+    alias_out: BTreeMap<Rc<str>, u16>,
+    alias_in: BTreeMap<u16, Rc<str>>,
     /// QoS 1/2 PUBLISHes received and not yet completed (Receive Maximum).
     inbound_unacked: u32,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
@@ -224,8 +224,8 @@ impl Broker {
                 opened_ms: now,
                 packet_bytes_out_max: u32::MAX,
                 alias_out_max: 0,
-                alias_out: HashMap::new(),
-                alias_in: HashMap::new(),
+                alias_out: BTreeMap::new(),
+                alias_in: BTreeMap::new(),
                 inbound_unacked: 0,
                 session_expiry_secs: 0,
                 connack: None,

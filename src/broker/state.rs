@@ -73,8 +73,9 @@ pub struct Session {
     /// a reconnect they go out again (DUP) only as the client's Receive
     /// Maximum allows [MQTT-4.9.0-2].
     pub unsent: BTreeSet<u16>,
-    /// Will of the current (or last) connection.
-    pub will: Option<WillMsg>,
+    /// Will of the current (or last) connection (boxed: most sessions have
+    /// none, and every session pays for the `None`'s size).
+    pub will: Option<Box<WillMsg>>,
     /// When the will of a connection that ended is due.
     pub will_due_ms: Option<u64>,
 }
@@ -372,7 +373,7 @@ impl State {
                 s.expiry_secs = *expiry_secs;
                 s.online = true;
                 s.window = (*window).max(1);
-                s.will.clone_from(will);
+                s.will = will.clone().map(Box::new);
                 // A new connection before the will delay passed: no will
                 // [MQTT-3.1.3-9].
                 s.will_due_ms = None;

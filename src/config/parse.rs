@@ -17,6 +17,8 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "admin_listener",
     "allow_anonymous",
     "bind_address",
+    "cafile",
+    "certfile",
     "client_out_buffer_bytes",
     "cluster_allow_two_nodes",
     "cluster_election_ticks",
@@ -30,6 +32,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "cluster_tick_ms",
     "connection_messages",
     "health_listener",
+    "keyfile",
     "listener",
     "log_dest",
     "log_type",
@@ -54,9 +57,11 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "port",
     "protocol",
     "queue_qos0_messages",
+    "require_certificate",
     "retain_available",
     "set_tcp_nodelay",
     "sys_interval",
+    "tls_version",
     "upgrade_outgoing_qos",
 ];
 

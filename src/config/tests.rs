@@ -507,7 +507,10 @@ fn docs_cover_every_key_and_examples_parse() {
     while let Some(start) = rest.find("```conf\n") {
         let body = &rest[start + 8..];
         let end = body.find("```").expect("closed block");
-        let block = &body[..end];
+        // TLS examples name /etc/midge/tls/{server.pem,server.key,ca.pem}:
+        // read the test fixtures of those names instead.
+        let block = body[..end].replace("/etc/midge/tls/", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/"));
+        let block = block.as_str();
         // A block may need a cluster or other context: examples are written
         // to be complete on their own.
         if let Err(e) = Config::parse_str(block, "CONFIG.md example") {

@@ -1,12 +1,18 @@
-//! `embedded-io-async` over a smol stream (a TCP socket, or one half of a
+//! `embedded-io-async` over smol sockets (a TCP socket, or one half of a
 //! TLS stream): the protocol side reads and writes through these traits only.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::Async;
 
 pub struct SmolIo<S>(pub S);
 
 impl<S> embedded_io_async::ErrorType for SmolIo<S> {
-    type Error = std::io::Error;
+    type Error = io::Error;
 }
 
 impl<S: AsyncRead + Unpin> embedded_io_async::Read for SmolIo<S> {
@@ -22,5 +28,44 @@ impl<S: AsyncWrite + Unpin> embedded_io_async::Write for SmolIo<S> {
 
     async fn flush(&mut self) -> Result<(), Self::Error> {
         self.0.flush().await
+    }
+}
+
+/// A client's TCP socket, shared by its reader and writer: one pointer per
+/// handle. (`smol::net::TcpStream` also carries two cached readiness
+/// futures per handle, which a connection with three handles pays for in
+/// every idle connection's task.)
+#[derive(Clone)]
+pub struct Tcp(pub Arc<Async<std::net::TcpStream>>);
+
+impl From<smol::net::TcpStream> for Tcp {
+    fn from(s: smol::net::TcpStream) -> Tcp {
+        Tcp(s.into())
+    }
+}
+
+impl Tcp {
+    pub fn shutdown(&self) {
+        let _ = self.0.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_close(cx)
     }
 }

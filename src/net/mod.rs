@@ -29,7 +29,7 @@ use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
-use io::SmolIo;
+use io::{SmolIo, Tcp};
 
 /// Read buffer of an idle connection. It doubles while reads fill it (up
 /// to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to the
@@ -474,15 +474,17 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
-        self.serve_io(SmolIo(stream.clone()), SmolIo(stream.clone()), peer, admin).await;
-        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let tcp = Tcp::from(stream);
+        self.clone().serve_io(SmolIo(tcp.clone()), SmolIo(tcp.clone()), peer, admin).await;
+        tcp.shutdown();
     }
 
     /// A client on a TLS listener: handshake (bounded in time), then the
     /// same MQTT connection over the TLS stream.
     async fn serve_tls(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<rustls::ServerConfig>) {
         self.handshakes.set(self.handshakes.get() + 1);
-        let accept = futures_rustls::TlsAcceptor::from(cfg).accept(stream.clone());
+        let tcp = Tcp::from(stream);
+        let accept = futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone());
         let done = futures_lite::future::or(async { Some(accept.await) }, async {
             smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
             None
@@ -500,7 +502,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 TLS_HANDSHAKE_TIMEOUT.as_secs()
             ),
         }
-        let _ = stream.shutdown(std::net::Shutdown::Both);
+        tcp.shutdown();
     }
 
     async fn serve_io<R: Read, W: Write>(self: Rc<Self>, reader: R, writer: W, peer: SocketAddr, admin: bool) {
