@@ -69,3 +69,40 @@ impl AsyncWrite for Tcp {
         Pin::new(&mut &*self.0).poll_close(cx)
     }
 }
+
+/// Lets an idle connection wait for input without holding a read buffer
+/// (256 B per idle connection otherwise).
+pub trait WaitInput {
+    /// Whether `wait_input` can wait without a buffer.
+    fn can_wait(&self) -> bool;
+    /// Returns when input (or end of stream, or an error, which the next
+    /// read reports) is there.
+    async fn wait_input(&mut self);
+}
+
+impl WaitInput for SmolIo<Tcp> {
+    fn can_wait(&self) -> bool {
+        true
+    }
+
+    async fn wait_input(&mut self) {
+        // Already readable: no trip through the reactor. Otherwise this
+        // peek takes the place of the read that would have found nothing.
+        match self.0 .0.get_ref().peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = self.0 .0.readable().await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// TLS buffers records inside rustls: a readable socket does not mean a
+/// readable stream, so TLS connections keep their buffer.
+impl<T> WaitInput for SmolIo<futures_lite::io::ReadHalf<T>> {
+    fn can_wait(&self) -> bool {
+        false
+    }
+
+    async fn wait_input(&mut self) {}
+}

@@ -29,7 +29,7 @@ use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
-use io::{SmolIo, Tcp};
+use io::{SmolIo, Tcp, WaitInput};
 
 /// Read buffer of an idle connection. It doubles while reads fill it (up
 /// to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to the
@@ -505,7 +505,13 @@ impl<L: RaftLog + 'static> Server<L> {
         tcp.shutdown();
     }
 
-    async fn serve_io<R: Read, W: Write>(self: Rc<Self>, reader: R, writer: W, peer: SocketAddr, admin: bool) {
+    async fn serve_io<R: Read + WaitInput, W: Write>(
+        self: Rc<Self>,
+        reader: R,
+        writer: W,
+        peer: SocketAddr,
+        admin: bool,
+    ) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
@@ -530,10 +536,19 @@ impl<L: RaftLog + 'static> Server<L> {
         debug!("Connection {} from {} finished.", id, peer);
     }
 
-    async fn read_loop<R: Read>(&self, id: ConnId, mut sock: R) {
-        let mut buf = vec![0u8; READ_BUFFER_BYTES_MIN];
+    async fn read_loop<R: Read + WaitInput>(&self, id: ConnId, mut sock: R) {
+        let mut buf: Vec<u8> = Vec::new();
         let mut filled = 0usize;
         loop {
+            if filled == 0 && buf.len() <= READ_BUFFER_BYTES_MIN && sock.can_wait() {
+                // Nothing half-read and no burst going on: wait without a
+                // buffer, so that idle connections hold none.
+                buf = Vec::new();
+                sock.wait_input().await;
+            }
+            if buf.is_empty() {
+                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
+            }
             if filled == buf.len() {
                 // A packet larger than the buffer is incomplete; decode has
                 // already checked its length against the maximum.
