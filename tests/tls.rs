@@ -224,7 +224,7 @@ fn bad_tls_config_is_an_error_with_file_and_line() {
             format!("listener 8883\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n"),
             "conf:4: require_certificate true needs cafile",
         ),
-        (format!("listener 8883\ntls_version tlsv1.1\n"), "conf:2: tls_version"),
+        ("listener 8883\ntls_version tlsv1.1\n".to_string(), "conf:2: tls_version"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let p: PathBuf = write_file(dir.path(), &format!("bad{i}.conf"), text);

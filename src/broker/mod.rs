@@ -91,7 +91,7 @@ pub struct Stats {
 pub struct Broker {
     pub settings: Rc<Settings>,
     pub state: State,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
     congested: HashSet<ConnId>,
     actions: Vec<Action>,
@@ -213,7 +213,7 @@ impl Broker {
     pub fn open(&mut self, conn: ConnId, peer: &str, now: u64) {
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 phase: Phase::New,
                 peer: Rc::from(peer),
                 version: Version::V311,
@@ -232,7 +232,7 @@ impl Broker {
                 session_closed: true,
                 admin: false,
                 admin_subscribed: false,
-            },
+            }),
         );
     }
 

@@ -244,7 +244,7 @@ pub enum Effect {
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub sessions: BTreeMap<Rc<str>, Session>,
+    pub sessions: BTreeMap<Rc<str>, Box<Session>>,
     pub retained: BTreeMap<Rc<str>, Message>,
     pub tree: TopicTree,
     /// Bytes of retained and queued messages, for memory_limit.
@@ -262,7 +262,7 @@ pub struct State {
 struct SnapshotOut<'a> {
     version: u16,
     applied_commands: u64,
-    sessions: &'a BTreeMap<Rc<str>, Session>,
+    sessions: &'a BTreeMap<Rc<str>, Box<Session>>,
     retained: &'a BTreeMap<Rc<str>, Message>,
     peer_addrs: &'a BTreeMap<u64, String>,
 }
@@ -272,7 +272,7 @@ struct SnapshotIn {
     #[allow(dead_code)] // checked before decoding the rest
     version: u16,
     applied_commands: u64,
-    sessions: BTreeMap<Rc<str>, Session>,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
     retained: BTreeMap<Rc<str>, Message>,
     peer_addrs: BTreeMap<u64, String>,
 }
