@@ -12,6 +12,9 @@
 #                    --manifest-path overrides it
 #   MIDGE_BIN        binary name (default: midge)
 #   MIDGE_DIST       output directory (default: <crate dir>/dist)
+#   MIDGE_PROFILE    cargo profile (default: gateway, opt-level "z" for size,
+#                    see Cargo.toml; release for opt-level 3). A crate
+#                    without a [profile.gateway] is built with release.
 #   CARGO_TARGET_DIR honoured as usual
 # Builds run one after another (never in parallel). Exit status is non-zero
 # if any target failed; the other targets are still attempted.
@@ -55,6 +58,12 @@ elf_machine() {
   esac
 }
 
+PROFILE=${MIDGE_PROFILE:-gateway}
+if [[ $PROFILE == gateway ]] && ! grep -q '^\[profile\.gateway\]' "$CRATE_DIR/Cargo.toml"; then
+  PROFILE=release
+fi
+echo "cross-build: cargo profile $PROFILE"
+
 installed=$(rustup target list --installed 2>/dev/null || true)
 failed=()
 declare -A secs
@@ -67,13 +76,13 @@ for t in "${targets[@]}"; do
   start=$SECONDS
   # --config: the repo's linker/runner settings apply even when the crate
   # lives elsewhere; strip is forced on in case the profile ever drops it.
-  if ! (cd "$CRATE_DIR" && cargo build --release --target "$t" --bin "$BIN" \
-        --config "$REPO/.cargo/config.toml" --config 'profile.release.strip=true'); then
+  if ! (cd "$CRATE_DIR" && cargo build --profile "$PROFILE" --target "$t" --bin "$BIN" \
+        --config "$REPO/.cargo/config.toml" --config "profile.$PROFILE.strip=true"); then
     echo "cross-build: cargo build failed for $t" >&2
     failed+=("$t"); continue
   fi
   secs[$t]=$((SECONDS - start))
-  src=$TARGET_DIR/$t/release/$BIN
+  src=$TARGET_DIR/$t/$PROFILE/$BIN
   out=$DIST/$BIN-$t
   install -m 0755 "$src" "$out.tmp"
   s=$(strip_tool "$t"); if [[ -n $s ]] && command -v "$s" >/dev/null; then "$s" "$out.tmp"; fi
