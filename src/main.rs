@@ -178,9 +178,17 @@ fn node_config(config: &Config, id: u64) -> NodeConfig {
     n.election_ticks_max = 2 * n.election_ticks;
     n.heartbeat_ticks = config.cluster.heartbeat_ticks as usize;
     n.snapshot_entries = config.cluster.snapshot_entries;
+    if !config.persistence {
+        // The log is in RAM: compact it sooner (on disk, fewer snapshots
+        // spare the SD card).
+        n.snapshot_log_bytes = MEMORY_LOG_SNAPSHOT_BYTES;
+    }
     n.join = config.cluster_join;
     n
 }
+
+/// With `persistence false`, a snapshot is taken after this much log.
+const MEMORY_LOG_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where peers (proxy, redirect) reach this node's MQTT clients: the host
 /// of its own `cluster_peer` line and the port of its first listener.
