@@ -113,7 +113,12 @@ fn main() -> ExitCode {
         log::warn!("{w}");
     }
     if config.log_dest == midge::config::LogDest::Stdout {
-        log::warn!("log_dest stdout: this midge writes its log to stderr.");
+        // The logger writes to stderr; point stderr at stdout, so the log
+        // (and any error message) goes to standard output.
+        // SAFETY: dup2 on this process's own standard descriptors.
+        if unsafe { libc::dup2(1, 2) } < 0 {
+            log::warn!("log_dest stdout: cannot redirect the log ({}).", std::io::Error::last_os_error());
+        }
     }
 
     let passwords = match &config.password_file {

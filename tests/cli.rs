@@ -1,0 +1,60 @@
+//! Command line and process behaviour of the real binary: `log_dest`.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, midge_bin, tempdir, write_file, MAX_WAIT};
+
+/// Runs midge with `extra` config until its log shows the listener (or
+/// MAX_WAIT passes), then stops it by PID; returns (stdout, stderr).
+fn run_until_listening(extra: &str) -> (String, String) {
+    let dir = tempdir();
+    let port = free_port();
+    let conf = write_file(
+        dir.path(),
+        "midge.conf",
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"),
+    );
+    let out = dir.path().join("out");
+    let err = dir.path().join("err");
+    let mut child = Command::new(midge_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start midge");
+    let deadline = Instant::now() + MAX_WAIT;
+    let read = |p: &std::path::Path| {
+        let mut s = String::new();
+        let _ = std::fs::File::open(p).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    };
+    while Instant::now() < deadline {
+        let both = read(&out) + &read(&err);
+        if both.contains(&format!("listen socket on port {port}")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (read(&out), read(&err))
+}
+
+#[test]
+fn log_dest_stdout_and_stderr() {
+    if common::is_mosquitto() {
+        return; // midge's own process behaviour
+    }
+    let (out, err) = run_until_listening("log_dest stdout");
+    assert!(out.contains("listen socket on port"), "log not on stdout:\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("listen socket on port"), "log on stderr too:\n{err}");
+    let (out, err) = run_until_listening("");
+    assert!(err.contains("listen socket on port"), "default log not on stderr:\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("listen socket on port"), "default log on stdout:\n{out}");
+}
