@@ -88,6 +88,9 @@ pub struct Server<L: RaftLog> {
     driver_rx: Receiver<()>,
     tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// One voter and an in-memory log: run the Ready loop right after the
+    /// broker proposes (see with_broker).
+    inline_ready: bool,
     /// TLS handshakes in progress (they count against max_connections).
     handshakes: Cell<usize>,
     next_id: Cell<ConnId>,
@@ -126,6 +129,7 @@ impl<L: RaftLog + 'static> Server<L> {
         preferred_leader: Option<u64>,
     ) -> Rc<Server<L>> {
         let clustered = node.conf_state().voters.len() > 1;
+        let inline_ready = !clustered && !node.raw.store().on_disk();
         let connection_messages = node.broker.settings.connection_messages;
         let lim = node.broker.settings.limits.clone();
         let (driver_bell, driver_rx) = bounded(1);
@@ -136,6 +140,7 @@ impl<L: RaftLog + 'static> Server<L> {
             driver_rx,
             tick_ms,
             conns: RefCell::new(HashMap::new()),
+            inline_ready,
             handshakes: Cell::new(0),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
@@ -173,7 +178,16 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         self.dispatch(&mut node.broker);
         if node.broker.has_proposals() {
-            let _ = self.driver_bell.try_send(());
+            if self.inline_ready {
+                // One node, log in memory: commit at once instead of a hop
+                // through the driver task (no fsync to batch for).
+                drop(node);
+                if self.ready_pass() {
+                    let _ = self.driver_bell.try_send(());
+                }
+            } else {
+                let _ = self.driver_bell.try_send(());
+            }
         }
         r
     }
@@ -246,30 +260,7 @@ impl<L: RaftLog + 'static> Server<L> {
             // Bounded: a pass that leaves more ready work rings again.
             let mut again = false;
             for _ in 0..8 {
-                let now = self.now();
-                let mut node = self.node.borrow_mut();
-                let peers = self.peers.clone();
-                let out = match node.ready(now, &mut |msgs| {
-                    for m in &msgs {
-                        peers.send(m);
-                    }
-                }) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        log::error!("Stopping: {e}.");
-                        std::process::exit(70);
-                    }
-                };
-                self.dispatch(&mut node.broker);
-                let events = std::mem::take(&mut node.membership_events);
-                again = node.raw.has_ready() || node.broker.has_proposals();
-                drop(node);
-                for ev in events {
-                    self.on_membership(ev);
-                }
-                for m in &out.messages {
-                    self.peers.send(m);
-                }
+                again = self.ready_pass();
                 if !again {
                     break;
                 }
@@ -278,6 +269,36 @@ impl<L: RaftLog + 'static> Server<L> {
                 let _ = self.driver_bell.try_send(());
             }
         }
+    }
+
+    /// One pass of the raft Ready loop and what follows from it; true when
+    /// more work is ready.
+    fn ready_pass(&self) -> bool {
+        let now = self.now();
+        let mut node = self.node.borrow_mut();
+        let peers = self.peers.clone();
+        let out = match node.ready(now, &mut |msgs| {
+            for m in &msgs {
+                peers.send(m);
+            }
+        }) {
+            Ok(o) => o,
+            Err(e) => {
+                log::error!("Stopping: {e}.");
+                std::process::exit(70);
+            }
+        };
+        self.dispatch(&mut node.broker);
+        let events = std::mem::take(&mut node.membership_events);
+        let again = node.raw.has_ready() || node.broker.has_proposals();
+        drop(node);
+        for ev in events {
+            self.on_membership(ev);
+        }
+        for m in &out.messages {
+            self.peers.send(m);
+        }
+        again
     }
 
     /// Accept MQTT clients on one listener. A follower steers them per

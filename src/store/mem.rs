@@ -216,4 +216,8 @@ impl RaftLog for MemLog {
     fn log_bytes(&self) -> u64 {
         self.inner.borrow().log_bytes
     }
+
+    fn on_disk(&self) -> bool {
+        false
+    }
 }

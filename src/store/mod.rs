@@ -97,4 +97,10 @@ pub trait RaftLog: raft::Storage {
     /// Bytes of log entries stored after the snapshot, to decide when to
     /// snapshot.
     fn log_bytes(&self) -> u64;
+
+    /// Whether writes go to disk. An in-memory log makes no group commit
+    /// worth waiting for.
+    fn on_disk(&self) -> bool {
+        true
+    }
 }
