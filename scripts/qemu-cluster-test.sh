@@ -19,7 +19,10 @@
 # nodes across the LAN (busybox nc from inside the guest).
 # --cluster adds "cluster_node_id i" and "cluster_peer 1..3 192.0.2.1x:7883"
 # to each node's config (for the replication release) and then also checks
-# that a message published on node 1 arrives at a subscriber on node 2.
+# that a message published on node 1 arrives at a subscriber on node 2, then
+# stops the leader's guest (SIGKILL to its QEMU) and checks that the other
+# two still serve a retained message acknowledged before the stop and pass
+# a new message from one to the other.
 #
 # Host tools and the guest kernel come from scripts/qemu-boot-test.sh
 # --prepare (same cache). Only the QEMU and hub processes started here are
@@ -267,6 +270,49 @@ if ((CLUSTER)); then
   grep -qx -- "$MSG" "$WORK/xsub.log" || { cat "$WORK/xsub.log"; die "message published on node 1 did not reach node 2"; }
   passed=$((passed + 1))
   log "published on node 1, received on node 2"
+
+  # ------------------------------------- the leader's guest stopped
+  # A retained message acknowledged before the stop must be there after it,
+  # and new messages must flow between the two survivors. They elect a new
+  # leader (cluster_election_ticks x tick, ~1-2 s with the board config), so
+  # clients retry for a bounded time.
+  L=$(grep -aho "Node [0-9] is the leader for term [0-9]*" "$WORK"/console*.log | sort -k8,8n | tail -1 | cut -d' ' -f2)
+  [[ $L =~ ^[1-3]$ ]] || die "no leader in the guests' logs"
+  others=()
+  for i in 1 2 3; do [[ $i == "$L" ]] || others+=("$i"); done
+  A=${others[0]} B=${others[1]}
+  RET="kept-$$-$RANDOM"
+  timeout 30 mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[A]}" -t midge/keep/x -q 1 -r -m "$RET" ||
+    die "retained publish on node $A failed"
+  kill -KILL "${QPIDS[L - 1]}"
+  wait "${QPIDS[L - 1]}" 2>/dev/null || true
+  t_stop=$SECONDS
+  log "node $L (the leader): guest stopped (SIGKILL to its QEMU: a power cut)"
+  got="" deadline=$((SECONDS + 60))
+  while ((SECONDS < deadline)); do
+    got=$(timeout 10 mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[B]}" -t midge/keep/x -q 1 -C 1 -W 5 2>/dev/null || true)
+    [[ $got == "$RET" ]] && break
+    sleep 0.5
+  done
+  [[ $got == "$RET" ]] || die "leader stopped: node $B did not serve the retained message acknowledged before (got '$got')"
+  passed=$((passed + 1))
+  log "leader stopped: node $B serves the retained message acknowledged before ($((SECONDS - t_stop)) s after the stop, client retries included)"
+  MSG="survivors-$$-$RANDOM"
+  : >"$WORK/ssub.log"
+  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[B]}" -t 'midge/after/#' -q 1 -C 1 -W 35 -d >"$WORK/ssub.log" 2>&1 &
+  SUBPIDS+=($!)
+  for _ in $(seq 300); do grep -qi "received SUBACK" "$WORK/ssub.log" && break; sleep 0.1; done
+  grep -qi "received SUBACK" "$WORK/ssub.log" || { cat "$WORK/ssub.log"; die "node $B: no SUBACK after the leader stopped"; }
+  ok=0
+  for _ in $(seq 10); do
+    if timeout 10 mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[A]}" -t midge/after/x -q 1 -m "$MSG"; then ok=1; break; fi
+    sleep 1
+  done
+  ((ok)) || die "leader stopped: publish on node $A failed"
+  wait "${SUBPIDS[-1]}" || true
+  grep -qx -- "$MSG" "$WORK/ssub.log" || { cat "$WORK/ssub.log"; die "leader stopped: message published on node $A did not reach node $B"; }
+  passed=$((passed + 1))
+  log "leader stopped: published on node $A, received on node $B"
 fi
 
 echo "qemu-cluster-test: $passed passed, 0 failed"
