@@ -27,6 +27,8 @@
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib-bench.sh
+. "$ROOT/scripts/lib-bench.sh"
 QUICK=0
 BUILD=1
 REPS=""
@@ -78,7 +80,6 @@ chmod 755 "$WORK"      # mosquitto (run as root) drops to user mosquitto and mus
 RAW="$WORK/raw.txt"
 NOTES="$WORK/notes.txt"
 : > "$RAW"; : > "$NOTES"
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
 
 STARTED_PIDS=()
 declare -A NODE_PID=()   # node name (m1, c1, c2, c3, mq) -> pid
@@ -88,19 +89,6 @@ declare -A PORT=()       # setup -> MQTT port the clients use
 declare -A HPORT=()      # setup -> health port of the serving node (midge)
 declare -A LEADER=()     # setup -> node name of the leader (midge3)
 
-stop_pid() {
-    local p=$1
-    [ -n "$p" ] || return 0
-    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
-    kill "$p" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$p" 2>/dev/null; then
-        note "pid $p ignored SIGTERM for 5 s; sent SIGKILL"
-        kill -9 "$p" 2>/dev/null
-    fi
-    wait "$p" 2>/dev/null
-    return 0
-}
 
 cleanup() {
     local p
@@ -138,7 +126,6 @@ command -v curl >/dev/null || { log "curl is needed for midge's health endpoint"
 # ---------------------------------------------------------------- ports
 # 12 ports from a base: mosquitto 1; midge1 listener+health 2; midge3 per node
 # listener, health, raft 9.
-port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 base_ok() { local i; for i in $(seq 0 11); do port_busy $(($1 + i)) && return 1; done; return 0; }
 B=$BASE_PORT
 for _ in $(seq 1 40); do base_ok "$B" && break; B=$((B + 20)); done
@@ -309,16 +296,7 @@ run_lg() { # setup test-name loadgen-args... ; sets LINE to the RESULT line
     LINE=$line
 }
 
-record() { # metric setup value
-    [ -n "$3" ] || return 0
-    echo "$3" >> "$WORK/vals.$1.$2"
-}
 
-median() { # file -> median; FAIL if only failures; empty if no file
-    [ -s "$1" ] || { echo ""; return; }
-    grep -E '^-?[0-9.]+$' "$1" | sort -g | awk '{a[NR]=$1} END {
-        if (NR == 0) print "FAIL"; else if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
-}
 
 max_of() { [ -s "$1" ] && grep -E '^-?[0-9.]+$' "$1" | sort -g | tail -n 1 || echo ""; }
 sum_of() { [ -s "$1" ] && awk '{s += $1} END {print s}' "$1" || echo ""; }
@@ -374,9 +352,6 @@ tp_test() { # metric pubs subs setup
     fi
 }
 
-kv() { # key line
-    sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $2" | head -n 1
-}
 
 lat_test() { # setup
     local s=$1 line
@@ -425,7 +400,7 @@ e=$(cat "$WORK"/c[123].log 2>/dev/null | grep -c 'became leader')
 for n in mq m1 c1 c2 c3; do
     [ -n "${NODE_PID[$n]:-}" ] || continue
     if ! node_alive "$n"; then note "node $n had exited by the end of the run (log: $(log_tail "$n" 5))"; fi
-    stop_pid "${NODE_PID[$n]}"
+    stop_pid "${NODE_PID[$n]}" || note "node $n ignored SIGTERM for 5 s; sent SIGKILL"
 done
 # Mosquitto writes its db at exit: proof persistence was really on.
 if [ -s "$WORK/mq/mosquitto.db" ]; then
@@ -438,18 +413,6 @@ grep -q "dropped" "$WORK/mq.log" 2>/dev/null && note "mosquitto log: $(grep -c d
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
-fmt() { # number -> thousands separators for >= 100, else 2 decimals
-    local v=$1
-    case "$v" in
-        ""|nan) echo "—"; return ;;
-        FAIL) echo "FAIL"; return ;;
-    esac
-    awk -v v="$v" 'BEGIN {
-        if (v >= 100) { s = sprintf("%.0f", v); o = "";
-            while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-            print s o }
-        else if (v == int(v)) printf "%d\n", v; else printf "%.2f\n", v }'
-}
 
 ratio() { # a z -> a/z
     case "$1$2" in *FAIL*|*nan*) echo "—"; return ;; esac
@@ -516,21 +479,9 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     echo
     echo "Per-run values:"
     echo
-    for m in q1_11 q1_44 p50 p99 cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44; do
-        for s in "${SETUPS[@]}"; do
-            [ -s "$WORK/vals.$m.$s" ] && echo "- $m ${LABEL[$s]}: $(tr '\n' ' ' < "$WORK/vals.$m.$s")"
-        done
-    done
-    if [ -s "$NOTES" ]; then
-        echo
-        echo "Notes / anomalies:"
-        echo
-        sed 's/^/- /' "$NOTES"
-    fi
+    per_run_values SETUPS LABEL q1_11 q1_44 p50 p99 cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44
+    notes_section
 } > "$WORK/table.md"
 
-mkdir -p "$(dirname "$OUT")"
-cp "$WORK/table.md" "$OUT"
-cp "$RAW" "${OUT%.md}-raw.txt"
-cat "$WORK/table.md"
+publish_results "$OUT"
 log "wrote $OUT and ${OUT%.md}-raw.txt"

@@ -87,7 +87,6 @@ WORK=$(mktemp -d /tmp/midge-bench.XXXXXX)
 RAW="$WORK/raw.txt"
 NOTES="$WORK/notes.txt"
 : > "$RAW"; : > "$NOTES"
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
 
 declare -A PID=()        # broker name -> pid we started
 declare -A PORT=([mosquitto]=$MOSQ_PORT [midge]=$MIDGE_PORT)
@@ -215,16 +214,7 @@ run_lg() { # broker test-name loadgen-args... ; sets LINE to the RESULT line
     LINE=$line
 }
 
-record() { # metric broker value
-    [ -n "$3" ] || return 0
-    echo "$3" >> "$WORK/vals.$1.$2"
-}
 
-median() { # file -> median of the numeric values; FAIL if there are only failures
-    [ -s "$1" ] || { echo ""; return; }
-    grep -E '^-?[0-9.]+$' "$1" | sort -g | awk '{a[NR]=$1} END {
-        if (NR == 0) print "FAIL"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'
-}
 
 tp_test() { # metric qos pubs subs [extra loadgen args]
     local m=$1 q=$2 np=$3 ns=$4 b line st rate lost
@@ -331,18 +321,6 @@ for b in "${BROKERS[@]}"; do stop_broker "$b"; done
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
-fmt() { # number -> with thousands separators (integers), keep decimals
-    local v=$1
-    case "$v" in
-        ""|nan) echo "—"; return ;;
-        FAIL) echo "FAIL"; return ;;
-    esac
-    awk -v v="$v" 'BEGIN {
-        if (v >= 100) { s = sprintf("%.0f", v); o = "";
-            while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-            print s o }
-        else if (v == int(v)) printf "%d\n", v; else printf "%.2f\n", v }'
-}
 
 sum_file() { [ -s "$1" ] && awk '{s += $1} END {print s}' "$1" || echo ""; }
 
@@ -408,22 +386,9 @@ done
     echo
     echo "Per-run values (all repetitions):"
     echo
-    for m in q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99; do
-        for b in "${BROKERS[@]}"; do
-            [ -s "$WORK/vals.$m.$b" ] && echo "- $m $b: $(tr '\n' ' ' < "$WORK/vals.$m.$b")"
-        done
-    done
-    if [ -s "$NOTES" ]; then
-        echo
-        echo "Notes / anomalies:"
-        echo
-        sed 's/^/- /' "$NOTES"
-    fi
+    per_run_values BROKERS "" q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99
+    notes_section
 } > "$WORK/table.md"
 
-
-mkdir -p "$(dirname "$OUT")"
-cp "$WORK/table.md" "$OUT"
-cp "$RAW" "${OUT%.md}-raw.txt"
-cat "$WORK/table.md"
+publish_results "$OUT"
 log "wrote $OUT and ${OUT%.md}-raw.txt (broker logs in $WORK)"

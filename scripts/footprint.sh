@@ -65,7 +65,6 @@ log() { echo "[footprint $(date +%H:%M:%S)] $*" >&2; }
 WORK=$(mktemp -d /tmp/midge-footprint.XXXXXX)
 RAW="$WORK/raw.txt"; NOTES="$WORK/notes.txt"
 : > "$RAW"; : > "$NOTES"
-note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
 trap bench_cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 raise_nofile
@@ -170,11 +169,6 @@ start_broker() { # broker -> sets PID[broker]
 stop_broker() { stop_pid "${PID[$1]:-}"; [ $? = 2 ] && note "$1 ignored SIGTERM for 5 s; sent SIGKILL"; PID[$1]=""; }
 alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
 
-record() { [ -n "$3" ] && echo "$3" >> "$WORK/vals.$1.$2"; return 0; }
-median() { # file -> median, empty if none
-    [ -s "$1" ] || return 0
-    sort -g "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'
-}
 
 conn_test() { # broker
     local b=$1 base
@@ -230,7 +224,7 @@ BROKERS=("${ORDER[@]}")
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
-fmt() { # number -> thousands separators for >= 1000, else as is
+fmt_kib() { # number -> thousands separators for >= 1000, else as is (3 decimals kept)
     [ -n "$1" ] || { echo "—"; return; }
     awk -v v="$1" 'BEGIN { if (v >= 1000) { s = sprintf("%.0f", v); o = "";
         while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
@@ -242,9 +236,9 @@ row() { # label metric
     if [ -n "$a" ] && [ -n "$z" ]; then ratio=$(awk -v a="$a" -v z="$z" 'BEGIN { if (z == 0) print "—"; else printf "%.2f", a / z }'); fi
     if [ "$PERSIST" = 1 ]; then
         p=$(median "$WORK/vals.$2.midge_persist")
-        printf '| %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$a")" "$(fmt "$z")" "$ratio" "$(fmt "$p")"
+        printf '| %s | %s | %s | %s | %s |\n' "$1" "$(fmt_kib "$a")" "$(fmt_kib "$z")" "$ratio" "$(fmt_kib "$p")"
     else
-        printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$a")" "$(fmt "$z")" "$ratio"
+        printf '| %s | %s | %s | %s |\n' "$1" "$(fmt_kib "$a")" "$(fmt_kib "$z")" "$ratio"
     fi
 }
 {
@@ -269,26 +263,17 @@ row() { # label metric
         echo "| --- | ---: | ---: | ---: |"
     fi
     row "RSS idle, fresh broker (KiB)" idle
-    row "RSS with $(fmt "$CONNS") idle connections (KiB)" conns
+    row "RSS with $(fmt_kib "$CONNS") idle connections (KiB)" conns
     row "per idle connection (KiB)" per_conn
-    row "RSS with $(fmt "$RETAINED") retained ${PAYLOAD}-byte messages (KiB)" retained
+    row "RSS with $(fmt_kib "$RETAINED") retained ${PAYLOAD}-byte messages (KiB)" retained
     row "per retained message (bytes)" per_ret
     echo
     echo "How: RSS idle is read 1 s after start. Connections: \`loadgen idle --connections $CONNS\` (MQTT 3.1.1, clean session, keep alive 600 s), RSS read once every CONNACK is in; per connection = (RSS_conns − RSS_idle) / $CONNS. Retained: \`loadgen retain --count $RETAINED --payload $PAYLOAD\` publishes to $RETAINED distinct topics at QoS 1 with the RETAIN flag and waits for every PUBACK; RSS read 1 s later; per message = (RSS_retained − RSS_idle) × 1024 / $RETAINED; then \`loadgen retain --verify-only 1\` subscribes and must find all $RETAINED. Every measurement on a freshly started broker."
     echo
     echo "Values per start (KiB, or KiB / bytes for the per-item rows):"
     echo
-    for m in idle conns per_conn retained per_ret; do
-        for b in "${BROKERS[@]}"; do
-            [ -s "$WORK/vals.$m.$b" ] && echo "- $m $b: $(tr '\n' ' ' < "$WORK/vals.$m.$b")"
-        done
-    done
-    if [ -s "$NOTES" ]; then
-        echo
-        echo "Notes / anomalies:"
-        echo
-        sed 's/^/- /' "$NOTES"
-    fi
+    per_run_values BROKERS "" idle conns per_conn retained per_ret
+    notes_section
     echo
     echo "Raw:"
     echo

@@ -1,8 +1,11 @@
 # shellcheck shell=bash disable=SC2034
 # (SC2034: the IDLE_* results are read by the scripts that source this.)
 # Shell helpers shared by the benchmark scripts (scripts/bench.sh,
-# scripts/footprint.sh): ports, process start/stop by PID, RSS, loadgen
-# RESULT lines, and the "hold N idle connections, read the broker's RSS" step.
+# scripts/footprint.sh, scripts/bench-replication.sh): ports, process
+# start/stop by PID, RSS, loadgen RESULT lines, the "hold N idle connections,
+# read the broker's RSS" step, per-run values ($WORK/vals.METRIC.SETUP),
+# medians and the report's tail. The sourcing script defines log() and sets
+# WORK, NOTES and RAW.
 # Source it from bash; it defines functions and STARTED_PIDS only.
 #
 # Every loop is bounded; processes are stopped by PID, never by name.
@@ -54,7 +57,7 @@ wait_listening() { # pid port -> 0 when listening (5 s at most)
 stop_pid() {
     local p=$1
     [ -n "$p" ] || return 0
-    kill "$p" 2>/dev/null || return 0
+    kill "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
     for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$p" 2>/dev/null; then
         kill -9 "$p" 2>/dev/null
@@ -97,4 +100,62 @@ idle_rss() {
     wait "$lp"; IDLE_RC=$?
     IDLE_READY=$(grep '^READY' "$out")
     IDLE_LINE=$(grep '^RESULT ' "$out" | tail -n 1)
+}
+
+note() { echo "$*" >> "$NOTES"; log "NOTE: $*"; }
+
+record() { # metric setup value: one value of one run
+    [ -n "$3" ] || return 0
+    echo "$3" >> "$WORK/vals.$1.$2"
+}
+
+median() { # file -> median of the numeric values; FAIL if only failures; empty if no file
+    [ -s "$1" ] || { echo ""; return; }
+    grep -E '^-?[0-9.]+$' "$1" | sort -g | awk '{a[NR]=$1} END {
+        if (NR == 0) print "FAIL"; else if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+fmt() { # number -> thousands separators for >= 100, else up to 2 decimals
+    local v=$1
+    case "$v" in
+        ""|nan) echo "—"; return ;;
+        FAIL) echo "FAIL"; return ;;
+    esac
+    awk -v v="$v" 'BEGIN {
+        if (v >= 100) { s = sprintf("%.0f", v); o = "";
+            while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+            print s o }
+        else if (v == int(v)) printf "%d\n", v; else printf "%.2f\n", v }'
+}
+
+# per_run_values SETUPS LABELS METRIC...: "- METRIC LABEL: v1 v2 ..." for
+# every metric and setup with values. SETUPS names an array of setups,
+# LABELS an associative array of display names ("" = the setup names).
+per_run_values() {
+    local -n _setups=$1
+    local labels=$2 m s label
+    shift 2
+    for m in "$@"; do
+        for s in "${_setups[@]}"; do
+            [ -s "$WORK/vals.$m.$s" ] || continue
+            label=$s
+            if [ -n "$labels" ]; then local -n _labels=$labels; label=${_labels[$s]}; fi
+            echo "- $m $label: $(tr '\n' ' ' < "$WORK/vals.$m.$s")"
+        done
+    done
+}
+
+notes_section() { # the notes collected by note(), if any
+    [ -s "$NOTES" ] || return 0
+    echo
+    echo "Notes / anomalies:"
+    echo
+    sed 's/^/- /' "$NOTES"
+}
+
+publish_results() { # OUT: $WORK/table.md to OUT, $RAW next to it, the table to stdout
+    mkdir -p "$(dirname "$1")"
+    cp "$WORK/table.md" "$1"
+    cp "$RAW" "${1%.md}-raw.txt"
+    cat "$WORK/table.md"
 }

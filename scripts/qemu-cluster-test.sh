@@ -232,16 +232,31 @@ for i in $(seq 1 $N); do
 done
 passed=0
 
+# relay SUB_NODE PUB_NODE TOPIC WHAT [TRIES]: a QoS 1 message published on
+# node PUB_NODE reaches a subscriber on node SUB_NODE (host clients through
+# the forwarded ports). The publish is tried TRIES times, 1 s apart (while a
+# new leader is elected); dies naming WHAT on failure.
+relay() {
+  local s=$1 p=$2 topic=$3 what=$4 tries=${5:-1} per=30 ok=0 msg sublog
+  ((tries > 1)) && per=10
+  msg="${topic//\//-}-$$-$RANDOM" sublog="$WORK/relay-$s-$p-${topic//\//_}.log"
+  : >"$sublog"
+  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[s]}" -t "$topic/#" -q 1 -C 1 -W 35 -d >"$sublog" 2>&1 &
+  SUBPIDS+=($!)
+  for _ in $(seq 300); do grep -qi "received SUBACK" "$sublog" && break; sleep 0.1; done
+  grep -qi "received SUBACK" "$sublog" || { cat "$sublog"; die "$what: no SUBACK from node $s"; }
+  for _ in $(seq "$tries"); do
+    if timeout "$per" mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[p]}" -t "$topic/x" -q 1 -m "$msg"; then ok=1; break; fi
+    sleep 1
+  done
+  ((ok)) || die "$what: publish on node $p failed"
+  wait "${SUBPIDS[-1]}" || true
+  grep -qx -- "$msg" "$sublog" || { cat "$sublog"; die "$what: message published on node $p did not reach node $s"; }
+}
+
 # --------------------------------------------- host -> each node round trip
 for i in $(seq 1 $N); do
-  P=${MQTTPORT[i]} MSG="cluster-$i-$$-$RANDOM"
-  : >"$WORK/sub$i.log"
-  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$P" -t 'midge/cluster/#' -q 1 -C 1 -W 35 -d >"$WORK/sub$i.log" 2>&1 &
-  SUBPIDS+=($!)
-  for _ in $(seq 300); do grep -qi "received SUBACK" "$WORK/sub$i.log" && break; sleep 0.1; done
-  timeout 30 mosquitto_pub -h 127.0.0.1 -p "$P" -t midge/cluster/x -q 1 -m "$MSG" || die "node $i: publish failed"
-  wait "${SUBPIDS[-1]}" || true
-  grep -qx -- "$MSG" "$WORK/sub$i.log" || { cat "$WORK/sub$i.log"; die "node $i: round trip failed"; }
+  relay "$i" "$i" midge/cluster "node $i: host round trip"
   passed=$((passed + 1))
   log "node $i: host MQTT round trip ok"
 done
@@ -260,14 +275,7 @@ done
 
 # ------------------------------------- replication (--cluster only)
 if ((CLUSTER)); then
-  MSG="replicated-$$-$RANDOM"
-  : >"$WORK/xsub.log"
-  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[2]}" -t 'midge/repl/#' -q 1 -C 1 -W 35 -d >"$WORK/xsub.log" 2>&1 &
-  SUBPIDS+=($!)
-  for _ in $(seq 300); do grep -qi "received SUBACK" "$WORK/xsub.log" && break; sleep 0.1; done
-  timeout 30 mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[1]}" -t midge/repl/x -q 1 -m "$MSG" || die "publish on node 1 failed"
-  wait "${SUBPIDS[-1]}" || true
-  grep -qx -- "$MSG" "$WORK/xsub.log" || { cat "$WORK/xsub.log"; die "message published on node 1 did not reach node 2"; }
+  relay 2 1 midge/repl "replication"
   passed=$((passed + 1))
   log "published on node 1, received on node 2"
 
@@ -297,20 +305,7 @@ if ((CLUSTER)); then
   [[ $got == "$RET" ]] || die "leader stopped: node $B did not serve the retained message acknowledged before (got '$got')"
   passed=$((passed + 1))
   log "leader stopped: node $B serves the retained message acknowledged before ($((SECONDS - t_stop)) s after the stop, client retries included)"
-  MSG="survivors-$$-$RANDOM"
-  : >"$WORK/ssub.log"
-  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[B]}" -t 'midge/after/#' -q 1 -C 1 -W 35 -d >"$WORK/ssub.log" 2>&1 &
-  SUBPIDS+=($!)
-  for _ in $(seq 300); do grep -qi "received SUBACK" "$WORK/ssub.log" && break; sleep 0.1; done
-  grep -qi "received SUBACK" "$WORK/ssub.log" || { cat "$WORK/ssub.log"; die "node $B: no SUBACK after the leader stopped"; }
-  ok=0
-  for _ in $(seq 10); do
-    if timeout 10 mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[A]}" -t midge/after/x -q 1 -m "$MSG"; then ok=1; break; fi
-    sleep 1
-  done
-  ((ok)) || die "leader stopped: publish on node $A failed"
-  wait "${SUBPIDS[-1]}" || true
-  grep -qx -- "$MSG" "$WORK/ssub.log" || { cat "$WORK/ssub.log"; die "leader stopped: message published on node $A did not reach node $B"; }
+  relay "$B" "$A" midge/after "leader stopped" 10
   passed=$((passed + 1))
   log "leader stopped: published on node $A, received on node $B"
 fi

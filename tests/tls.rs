@@ -57,6 +57,17 @@ fn publish(port: u16, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     (code, err)
 }
 
+/// The retained message on `topic`, read over the plain listener.
+fn plain_retained(b: &TlsBroker, topic: &str) -> String {
+    let port = b.broker.port.to_string();
+    let (code, out, err) = run_with_timeout(
+        Command::new("mosquitto_sub").args(["-p", &port, "-t", topic, "-C", "1", "-W", "5"]),
+        MAX_WAIT,
+    );
+    assert_eq!(code, Some(0), "plain subscribe to {topic} failed: {err}");
+    out.trim().to_string()
+}
+
 /// `mosquitto_sub` over TLS for one message (`-C 1`), with a retained
 /// message already on the topic so that it returns at once.
 fn receive_one(port: u16, dir: &Path, topic: &str, args: &[&str]) -> (Option<i32>, String, String) {
@@ -82,21 +93,7 @@ fn publish_and_subscribe_over_tls_v311_and_v5() {
         assert_eq!(out.trim(), "sealed");
     }
     // The same state is visible from the plain listener: one broker.
-    let (code, out, err) = run_with_timeout(
-        Command::new("mosquitto_sub").args([
-            "-p",
-            &b.broker.port.to_string(),
-            "-t",
-            "tls/mqttv5",
-            "-C",
-            "1",
-            "-W",
-            "5",
-        ]),
-        MAX_WAIT,
-    );
-    assert_eq!(code, Some(0), "plain subscribe failed: {err}");
-    assert_eq!(out.trim(), "sealed");
+    assert_eq!(plain_retained(&b, "tls/mqttv5"), "sealed");
 }
 
 #[test]
@@ -144,25 +141,17 @@ fn client_certificate_required_and_checked() {
     let (code, _err) = publish(b.tls_port, &dir, &["-t", "mtls/x", "-m", "no-cert", "-r"]);
     assert_ne!(code, Some(0), "a client without a certificate was accepted");
     // A certificate from another CA: refused too.
-    let other =
-        ["--cert", &fixture(&dir, "other-client.pem"), "--key", &fixture(&dir, "other-client.key")].map(String::from);
-    let args: Vec<&str> =
-        ["-t", "mtls/x", "-m", "wrong-ca", "-r"].into_iter().chain(other.iter().map(|s| s.as_str())).collect();
-    let (code, _err) = publish(b.tls_port, &dir, &args);
+    let (cert, key) = (fixture(&dir, "other-client.pem"), fixture(&dir, "other-client.key"));
+    let (code, _err) =
+        publish(b.tls_port, &dir, &["-t", "mtls/x", "-m", "wrong-ca", "-r", "--cert", &cert, "--key", &key]);
     assert_ne!(code, Some(0), "a client certificate from another CA was accepted");
     // The right certificate: accepted.
-    let good = ["--cert", &fixture(&dir, "client.pem"), "--key", &fixture(&dir, "client.key")].map(String::from);
-    let args: Vec<&str> =
-        ["-t", "mtls/x", "-m", "good", "-r", "-q", "1"].into_iter().chain(good.iter().map(|s| s.as_str())).collect();
-    let (code, err) = publish(b.tls_port, &dir, &args);
+    let (cert, key) = (fixture(&dir, "client.pem"), fixture(&dir, "client.key"));
+    let (code, err) =
+        publish(b.tls_port, &dir, &["-t", "mtls/x", "-m", "good", "-r", "-q", "1", "--cert", &cert, "--key", &key]);
     assert_eq!(code, Some(0), "a valid client certificate was refused: {err}");
     // Only the accepted publish reached the broker.
-    let (code, out, err) = run_with_timeout(
-        Command::new("mosquitto_sub").args(["-p", &b.broker.port.to_string(), "-t", "mtls/x", "-C", "1", "-W", "5"]),
-        MAX_WAIT,
-    );
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out.trim(), "good");
+    assert_eq!(plain_retained(&b, "mtls/x"), "good");
 }
 
 #[test]

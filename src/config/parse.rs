@@ -471,6 +471,10 @@ impl<'f> Parser<'f> {
 
     fn bool_opt(&mut self, key: &str, rest: &str) -> Result<bool, ConfigError> {
         self.once(key);
+        self.bool_value(key, rest)
+    }
+
+    fn bool_value(&self, key: &str, rest: &str) -> Result<bool, ConfigError> {
         match self.one(key, rest)? {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -481,6 +485,10 @@ impl<'f> Parser<'f> {
     /// The rest of the line, which may contain spaces (Mosquitto semantics).
     fn path_opt(&mut self, key: &str, rest: &str) -> Result<PathBuf, ConfigError> {
         self.once(key);
+        self.path_value(key, rest)
+    }
+
+    fn path_value(&self, key: &str, rest: &str) -> Result<PathBuf, ConfigError> {
         if rest.is_empty() {
             return Err(self.err(format!("{key}: missing value")));
         }
@@ -555,58 +563,26 @@ impl<'f> Parser<'f> {
     /// listener when none came before (Mosquitto's rule).
     fn tls_option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         let line = self.line;
-        let parsed_bool = |p: &Self| -> Result<bool, ConfigError> {
-            match p.one(key, rest)? {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                v => Err(p.err(format!("{key}: \"{v}\" is not true or false"))),
-            }
-        };
-        let path = |p: &Self| -> Result<PathBuf, ConfigError> {
-            if rest.is_empty() {
-                return Err(p.err(format!("{key}: missing value")));
-            }
-            Ok(PathBuf::from(rest))
-        };
-        let prev = {
-            let o = self.listener_tls.last().unwrap_or(&self.default_tls);
-            match key {
-                "certfile" => o.certfile.as_ref().map(|x| x.1),
-                "keyfile" => o.keyfile.as_ref().map(|x| x.1),
-                "cafile" => o.cafile.as_ref().map(|x| x.1),
-                "require_certificate" => o.require_certificate.map(|x| x.1),
-                _ => o.tls_version.map(|x| x.1),
-            }
-        };
-        if let Some(prev) = prev {
-            self.warn(&format!("{key} overrides the value set on line {prev} for the same listener"));
-        }
-        match key {
-            "certfile" => {
-                let v = path(self)?;
-                self.tls_target().certfile = Some((v, line));
-            }
-            "keyfile" => {
-                let v = path(self)?;
-                self.tls_target().keyfile = Some((v, line));
-            }
-            "cafile" => {
-                let v = path(self)?;
-                self.tls_target().cafile = Some((v, line));
-            }
-            "require_certificate" => {
-                let v = parsed_bool(self)?;
-                self.tls_target().require_certificate = Some((v, line));
-            }
+        // Taken out while the value is parsed; an error ends parsing anyway.
+        let mut o = std::mem::take(self.tls_target());
+        let prev = match key {
+            "certfile" => o.certfile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
+            "keyfile" => o.keyfile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
+            "cafile" => o.cafile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
+            "require_certificate" => o.require_certificate.replace((self.bool_value(key, rest)?, line)).map(|x| x.1),
             _ => {
                 let v = self.one(key, rest)?;
-                let Some(version) = TlsVersion::from_name(v) else {
-                    return Err(self.err(format!(
+                let version = TlsVersion::from_name(v).ok_or_else(|| {
+                    self.err(format!(
                         "tls_version: \"{v}\" is not supported (tlsv1.2 or tlsv1.3: the lowest version accepted)"
-                    )));
-                };
-                self.tls_target().tls_version = Some((version, line));
+                    ))
+                })?;
+                o.tls_version.replace((version, line)).map(|x| x.1)
             }
+        };
+        *self.tls_target() = o;
+        if let Some(prev) = prev {
+            self.warn(&format!("{key} overrides the value set on line {prev} for the same listener"));
         }
         Ok(())
     }

@@ -88,13 +88,6 @@ impl fmt::Debug for ListenerTls {
     }
 }
 
-impl ListenerTls {
-    /// Client certificates are required (and verified against `cafile`).
-    pub fn requires_client_certificate(&self) -> bool {
-        self.options.require_certificate.is_some_and(|(r, _)| r)
-    }
-}
-
 /// Reads the files and builds the rustls configuration; every error names
 /// `file` and the line of the option it concerns.
 pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigError> {
