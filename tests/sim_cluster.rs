@@ -244,9 +244,21 @@ impl Sim {
                 Err(e) => self.fail(&format!("node {} ready failed: {e}", i + 1)),
             };
             early.extend(out.messages);
+            // Group commit: the write of what was staged happens now or,
+            // a third of the time, a step later (a crash in between loses
+            // it, as a crash during a real write would).
+            let mut more = false;
+            if n.needs_flush() && !self.rng.chance(330_000) {
+                match n.flush() {
+                    Ok(msgs) => early.extend(msgs),
+                    Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                }
+                more = true;
+            }
             let actions: Vec<Action> = n.broker.take_actions().collect();
-            let more = n.raw.has_ready() || n.broker.has_proposals();
+            let more = more || n.has_work();
             for m in early {
+                self.check_durable_before_sent(i, &m);
                 let to = m.to as usize - 1;
                 if self.cut(i, to) || self.rng.chance(self.drop_per_million) {
                     continue;
@@ -258,6 +270,41 @@ impl Sim {
             if !more {
                 break;
             }
+        }
+    }
+
+    /// Invariant 5: what a node's message promises is on its disk before
+    /// the message leaves (the entries it acknowledges, the vote it
+    /// grants): a crash must not take back a promise others counted on.
+    fn check_durable_before_sent(&self, i: usize, m: &raft::eraftpb::Message) {
+        use raft::eraftpb::MessageType;
+        use raft::Storage;
+        let disk = &self.nodes[i].disk;
+        match m.get_msg_type() {
+            MessageType::MsgAppendResponse if !m.reject => {
+                let last = disk.last_index().unwrap_or(0);
+                if m.index > last {
+                    self.fail(&format!(
+                        "node {} acknowledged entries up to {} with only {last} on disk",
+                        i + 1,
+                        m.index
+                    ));
+                }
+            }
+            MessageType::MsgRequestVoteResponse if !m.reject => {
+                let hs = disk.initial_state().map(|s| s.hard_state).unwrap_or_default();
+                if hs.vote != m.to || hs.term < m.term {
+                    self.fail(&format!(
+                        "node {} granted its vote to {} in term {} before writing it (disk: vote {} term {})",
+                        i + 1,
+                        m.to,
+                        m.term,
+                        hs.vote,
+                        hs.term
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::state::{Command, Entry, SnapshotError, State};
 use crate::broker::Broker;
-use crate::store::{RaftLog, StoreError};
+use crate::store::{RaftLog, Staged, StoreError};
+
+/// Entries this leader keeps proposed and not yet committed before it
+/// holds new commands back for the next one (see `propose_pending`).
+const PROPOSALS_IN_FLIGHT: usize = 1;
 
 /// Format version of a raft entry's data: a postcard `Batch`.
 pub const BATCH_FORMAT_VERSION: u16 = 1;
@@ -130,7 +134,7 @@ pub struct ReadyOutput {
 }
 
 pub struct Node<L: RaftLog> {
-    pub raw: RawNode<L>,
+    pub raw: RawNode<Staged<L>>,
     pub broker: Broker,
     cfg: NodeConfig,
     applied: u64,
@@ -142,9 +146,20 @@ pub struct Node<L: RaftLog> {
     pub membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
     pub stats: NodeStats,
-    /// The hard state last written durably (term and vote must be on disk
-    /// before raft acts on them; the commit index need not be).
-    persisted_hs: raft::eraftpb::HardState,
+    /// The last Ready staged but not yet flushed (see `flush`).
+    unflushed_ready: Option<u64>,
+    /// Messages that may leave only once the staged Readies are on disk
+    /// (a follower's append responses, votes).
+    unflushed_msgs: Vec<Message>,
+    /// This leader's proposed entries not yet committed.
+    in_flight: std::collections::VecDeque<InFlight>,
+}
+
+struct InFlight {
+    term: u64,
+    index: u64,
+    /// Only subscribers' acknowledgements (`Command::Acked`).
+    lazy: bool,
 }
 
 /// Batching figures: how many broker commands each raft entry and each
@@ -214,7 +229,7 @@ impl<L: RaftLog> Node<L> {
             max_uncommitted_size: 64 * 1024 * 1024,
             ..Default::default()
         };
-        let mut raw = RawNode::new(&rc, log, logger)?;
+        let mut raw = RawNode::new(&rc, Staged::new(log), logger)?;
         if conf_state.voters == [cfg.id] {
             // A one-voter cluster elects itself at once.
             raw.campaign()?;
@@ -231,7 +246,9 @@ impl<L: RaftLog> Node<L> {
             membership_events: Vec::new(),
             force_snapshot: false,
             stats: NodeStats::default(),
-            persisted_hs: initial.hard_state.clone(),
+            unflushed_ready: None,
+            unflushed_msgs: Vec::new(),
+            in_flight: Default::default(),
         })
     }
 
@@ -304,28 +321,61 @@ impl<L: RaftLog> Node<L> {
 
     /// Propose the broker's pending commands as one raft entry. Dropped
     /// (clients get no acknowledgement and retry) when not the leader.
+    ///
+    /// Group commit across the cluster: while `PROPOSALS_IN_FLIGHT` of this
+    /// leader's entries are not yet committed, new commands wait and go
+    /// into the next entry together. Every write and every round trip
+    /// then carries as much as arrived meanwhile, instead of a disk write
+    /// on every node for each small batch.
     pub fn propose_pending(&mut self) {
-        let batch = self.broker.take_proposals();
-        if batch.is_empty() {
+        if !self.broker.has_proposals() || !self.can_propose() {
             return;
         }
+        let batch = self.broker.take_proposals();
         if !self.is_leader() {
             return;
         }
         let n = batch.len() as u64;
+        let lazy = batch.iter().all(|e| matches!(e.cmd, Command::Acked { .. }));
         match self.raw.propose(vec![], encode_batch(batch)) {
             Ok(()) => {
                 self.stats.proposals += 1;
                 self.stats.commands += n;
+                let last = self.raw.raft.raft_log.last_index();
+                self.in_flight.push_back(InFlight { term: self.term(), index: last, lazy });
             }
             Err(e) => warn!("Proposal dropped: {e}."),
         }
     }
 
-    /// One pass of the Ready loop, in raft-rs's documented order. `send`
+    /// Whether the broker's pending commands may be proposed now (see
+    /// `propose_pending`). Entries committed, or lost to a new term or a
+    /// truncated log, no longer count.
+    fn can_propose(&mut self) -> bool {
+        let committed = self.raw.raft.raft_log.committed;
+        let last = self.raw.raft.raft_log.last_index();
+        let term = self.term();
+        self.in_flight.retain(|e| e.term == term && e.index > committed && e.index <= last);
+        // One entry of subscribers' acknowledgements alone does not hold
+        // a publish back (a QoS 1 ping-pong would wait a round for it).
+        let lazy = self.in_flight.iter().filter(|e| e.lazy).count();
+        let counted = self.in_flight.len() - lazy + lazy.saturating_sub(1);
+        counted < PROPOSALS_IN_FLIGHT || !self.is_leader()
+    }
+
+    /// Whether a Ready pass has work: raft is ready, or commands wait and
+    /// may be proposed.
+    pub fn has_work(&mut self) -> bool {
+        self.raw.has_ready() || (self.broker.has_proposals() && self.can_propose())
+    }
+
+    /// One pass of the Ready loop, in raft-rs's documented order, with the
+    /// write deferred (raft-rs's asynchronous Ready): committed entries are
+    /// applied at once, the new entries and hard state are staged, and
+    /// `flush` later writes everything staged in one durable write. `send`
     /// gets the messages raft allows out before this node's own write (the
     /// leader's appends), so followers persist in parallel with the
-    /// leader; the rest come back in `ReadyOutput::messages`.
+    /// leader; the rest wait for `flush`.
     pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
         let mut out = ReadyOutput::default();
         self.propose_pending();
@@ -343,7 +393,8 @@ impl<L: RaftLog> Node<L> {
         if !early.is_empty() {
             send(early);
         }
-        if !rd.snapshot().is_empty() {
+        let has_snapshot = !rd.snapshot().is_empty();
+        if has_snapshot {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().install_snapshot(&snap)?;
             self.broker.state = State::restore(snap.get_data())?;
@@ -355,29 +406,24 @@ impl<L: RaftLog> Node<L> {
         }
         let committed = rd.take_committed_entries();
         out.applied_entries += self.apply_entries(committed, now)?;
-        let commit_only = rd.entries().is_empty()
-            && rd.hs().is_some_and(|hs| hs.term == self.persisted_hs.term && hs.vote == self.persisted_hs.vote);
-        if commit_only {
-            // Only the commit index moved: no fsync needed (see persist_commit).
-            let commit = rd.hs().map_or(0, |hs| hs.commit);
-            self.raw.mut_store().persist_commit(commit)?;
-            self.persisted_hs.commit = commit;
-        } else if !rd.entries().is_empty() || rd.hs().is_some() {
-            self.stats.persists += 1;
-            self.stats.persisted_entries += rd.entries().len() as u64;
-            self.raw.mut_store().persist(rd.entries(), rd.hs())?;
-            if let Some(hs) = rd.hs() {
-                self.persisted_hs = hs.clone();
+        self.raw.mut_store().stage(rd.entries(), rd.hs());
+        self.unflushed_msgs.extend(rd.take_persisted_messages());
+        if has_snapshot {
+            // Rare (a follower far behind): finish this Ready synchronously.
+            out.messages.extend(self.flush_store()?);
+            self.unflushed_ready = None;
+            let mut light = self.raw.advance_append(rd);
+            if light.commit_index().is_some() {
+                let hs = self.raw.raft.hard_state();
+                self.raw.mut_store().stage(&[], Some(&hs));
             }
+            out.messages.extend(light.take_messages());
+            let committed = light.take_committed_entries();
+            out.applied_entries += self.apply_entries(committed, now)?;
+        } else {
+            self.unflushed_ready = Some(rd.number());
+            self.raw.advance_append_async(rd);
         }
-        out.messages.extend(rd.take_persisted_messages());
-        let mut light = self.raw.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.raw.mut_store().persist_commit(c)?;
-        }
-        out.messages.extend(light.take_messages());
-        let committed = light.take_committed_entries();
-        out.applied_entries += self.apply_entries(committed, now)?;
         self.raw.advance_apply();
         // A snapshot is sent in one go; report it done at once so that a
         // lost reply leaves the follower in probe state (and the leader
@@ -390,6 +436,33 @@ impl<L: RaftLog> Node<L> {
         self.maybe_snapshot()?;
         self.update_serving(now);
         Ok(out)
+    }
+
+    /// Whether `flush` has anything to write.
+    pub fn needs_flush(&self) -> bool {
+        self.unflushed_ready.is_some() || self.raw.store().has_staged()
+    }
+
+    /// Write everything the Ready passes staged since the last flush in
+    /// one transaction (one fsync), tell raft it is persisted, and return
+    /// the messages that waited for it. Run `ready` again afterwards: the
+    /// write may have committed entries (the leader counts itself once
+    /// its own write is done).
+    pub fn flush(&mut self) -> Result<Vec<Message>, NodeError> {
+        let msgs = self.flush_store()?;
+        if let Some(number) = self.unflushed_ready.take() {
+            self.raw.on_persist_ready(number);
+        }
+        Ok(msgs)
+    }
+
+    fn flush_store(&mut self) -> Result<Vec<Message>, NodeError> {
+        let f = self.raw.mut_store().flush()?;
+        if f.durable {
+            self.stats.persists += 1;
+            self.stats.persisted_entries += f.entries;
+        }
+        Ok(std::mem::take(&mut self.unflushed_msgs))
     }
 
     fn apply_entries(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64) -> Result<u64, NodeError> {

@@ -91,6 +91,9 @@ pub struct Server<L: RaftLog> {
     /// One voter and an in-memory log: run the Ready loop right after the
     /// broker proposes (see with_broker).
     inline_ready: bool,
+    /// The log is on disk: Ready passes stage their writes and the driver
+    /// flushes them together (group commit).
+    defer_flush: bool,
     /// TLS handshakes in progress (they count against max_connections).
     handshakes: Cell<usize>,
     next_id: Cell<ConnId>,
@@ -113,6 +116,18 @@ pub struct Server<L: RaftLog> {
     executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
 }
 
+/// A raft or store failure stops the process (exit status 70): nothing
+/// may be acknowledged that is not safely stored.
+fn or_exit<T>(r: Result<T, crate::cluster::NodeError>) -> T {
+    match r {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("Stopping: {e}.");
+            std::process::exit(70);
+        }
+    }
+}
+
 /// Wall-clock milliseconds, never going backwards within this process.
 /// Commands carry this time so that every node of a cluster sees the same.
 pub fn wall_ms() -> u64 {
@@ -129,7 +144,8 @@ impl<L: RaftLog + 'static> Server<L> {
         preferred_leader: Option<u64>,
     ) -> Rc<Server<L>> {
         let clustered = node.conf_state().voters.len() > 1;
-        let inline_ready = !clustered && !node.raw.store().on_disk();
+        let defer_flush = node.raw.store().on_disk();
+        let inline_ready = !clustered && !defer_flush;
         let connection_messages = node.broker.settings.connection_messages;
         let lim = node.broker.settings.limits.clone();
         let (driver_bell, driver_rx) = bounded(1);
@@ -141,6 +157,7 @@ impl<L: RaftLog + 'static> Server<L> {
             tick_ms,
             conns: RefCell::new(HashMap::new()),
             inline_ready,
+            defer_flush,
             handshakes: Cell::new(0),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
@@ -257,13 +274,18 @@ impl<L: RaftLog + 'static> Server<L> {
                     next_tick = std::time::Instant::now() + tick;
                 }
             }
-            // Bounded: a pass that leaves more ready work rings again.
-            let mut again = false;
-            for _ in 0..8 {
-                again = self.ready_pass();
-                if !again {
-                    break;
-                }
+            let mut again = self.ready_passes();
+            if self.node.borrow().needs_flush() {
+                // Group commit: let the connections run before the write,
+                // so that what is already committed (PUBACKs, deliveries)
+                // goes out now rather than after the fsync; then stage
+                // what arrived meanwhile and write it all at once.
+                futures_lite::future::yield_now().await;
+                self.ready_passes();
+                self.flush_pass();
+                // The write may have committed entries (the leader counts
+                // itself once its own write is done).
+                again = true;
             }
             if again {
                 let _ = self.driver_bell.try_send(());
@@ -271,26 +293,38 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
+    /// Ready passes until none is left, bounded; true when more work is
+    /// ready.
+    fn ready_passes(&self) -> bool {
+        for _ in 0..8 {
+            if !self.ready_pass() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// One pass of the raft Ready loop and what follows from it; true when
-    /// more work is ready.
+    /// more work is ready. With the log on disk the pass only stages its
+    /// writes (the driver flushes them); in memory there is nothing to
+    /// batch for, so it writes at once and runs the pass that follows.
     fn ready_pass(&self) -> bool {
         let now = self.now();
         let mut node = self.node.borrow_mut();
         let peers = self.peers.clone();
-        let out = match node.ready(now, &mut |msgs| {
+        let mut send = |msgs: Vec<raft::eraftpb::Message>| {
             for m in &msgs {
                 peers.send(m);
             }
-        }) {
-            Ok(o) => o,
-            Err(e) => {
-                log::error!("Stopping: {e}.");
-                std::process::exit(70);
-            }
         };
+        let mut out = or_exit(node.ready(now, &mut send));
+        if !self.defer_flush {
+            out.messages.extend(or_exit(node.flush()));
+            out.messages.extend(or_exit(node.ready(now, &mut send)).messages);
+        }
         self.dispatch(&mut node.broker);
         let events = std::mem::take(&mut node.membership_events);
-        let again = node.raw.has_ready() || node.broker.has_proposals();
+        let again = node.has_work();
         drop(node);
         for ev in events {
             self.on_membership(ev);
@@ -299,6 +333,15 @@ impl<L: RaftLog + 'static> Server<L> {
             self.peers.send(m);
         }
         again
+    }
+
+    /// Write what the Ready passes staged (one transaction, one fsync) and
+    /// send the messages that waited for it.
+    fn flush_pass(&self) {
+        let msgs = or_exit(self.node.borrow_mut().flush());
+        for m in &msgs {
+            self.peers.send(m);
+        }
     }
 
     /// Accept MQTT clients on one listener. A follower steers them per

@@ -7,6 +7,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 mod log_index;
+pub mod staged;
 pub mod mem;
 pub mod redb_log;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod tests;
 
 pub use mem::MemLog;
 pub use redb_log::RedbLog;
+pub use staged::{Flushed, Staged};
 
 /// On-disk format version of the redb file (tables and record encodings,
 /// see docs/FORMATS.md). Bump on any change; `RedbLog::open` refuses a

@@ -1,0 +1,191 @@
+//! `Staged`: group commit over any `RaftLog`. The Ready loop *stages* each
+//! Ready's entries and hard state here (memory only, visible to raft's
+//! reads at once, as raft-rs's `advance_append_async` requires) and
+//! *flushes* them later, several Readies in one durable write. Between
+//! the two the event loop keeps running: acknowledgements of what is
+//! already committed go out, and what clients send in the meantime joins
+//! the next write. Nothing staged counts as persisted: raft learns it is
+//! (`on_persist_ready`) only after `flush` returned, and the messages that
+//! must wait for the disk (a follower's append responses, votes) wait too.
+//!
+//! A crash loses what is staged and not flushed — exactly what a crash
+//! during the write would lose; raft never relied on it.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+
+use super::{RaftLog, StoreError};
+
+pub struct Staged<L: RaftLog> {
+    inner: L,
+    /// Staged entries, contiguous; the first may be at or below the
+    /// inner log's last index (raft's conflict rule: the flush replaces
+    /// the inner log's suffix from there).
+    entries: Vec<Entry>,
+    /// The latest staged hard state.
+    hard_state: Option<HardState>,
+    /// The hard state last handed to the inner log.
+    flushed_hs: HardState,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Entries written.
+    pub entries: u64,
+    /// Whether anything was written (one transaction, one fsync).
+    pub durable: bool,
+}
+
+impl<L: RaftLog> Staged<L> {
+    pub fn new(inner: L) -> Staged<L> {
+        let flushed_hs = raft::Storage::initial_state(&inner).map(|s| s.hard_state).unwrap_or_default();
+        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs }
+    }
+
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    /// Stage one Ready's entries and hard state. Raft only hands over
+    /// entries that continue or overwrite its log, so the staged run stays
+    /// contiguous.
+    pub fn stage(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+        if let Some(first) = entries.first() {
+            match self.entries.first().map(|e| e.index) {
+                Some(staged_first) if first.index > staged_first => {
+                    let keep = (first.index - staged_first) as usize;
+                    self.entries.truncate(keep);
+                }
+                _ => self.entries.clear(),
+            }
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = Some(hs.clone());
+        }
+    }
+
+    /// Whether anything staged must be written: entries, or a new term
+    /// or vote. A hard state whose only change is the commit index waits
+    /// for the next such write (raft does not need the commit index on
+    /// disk: a restarted node learns it again).
+    pub fn has_staged(&self) -> bool {
+        !self.entries.is_empty()
+            || self.hard_state.as_ref().is_some_and(|hs| hs.term != self.flushed_hs.term || hs.vote != self.flushed_hs.vote)
+    }
+
+    /// Write everything staged to the inner log in one transaction.
+    pub fn flush(&mut self) -> Result<Flushed, StoreError> {
+        if !self.has_staged() {
+            return Ok(Flushed::default());
+        }
+        let hs = self.hard_state.take();
+        let entries = std::mem::take(&mut self.entries);
+        self.inner.persist(&entries, hs.as_ref())?;
+        if let Some(hs) = hs {
+            self.flushed_hs = hs;
+        }
+        Ok(Flushed { entries: entries.len() as u64, durable: true })
+    }
+
+    /// The index of the first staged entry, if any.
+    fn staged_first(&self) -> Option<u64> {
+        self.entries.first().map(|e| e.index)
+    }
+
+    // The inner log's writes that do not go through staging. Each one
+    // that could reorder against staged entries flushes them first.
+
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        self.flush()?;
+        // Left staged: at most a commit index, which the snapshot covers.
+        self.hard_state = None;
+        self.inner.install_snapshot(snap)?;
+        self.flushed_hs = raft::Storage::initial_state(&self.inner).map(|s| s.hard_state).unwrap_or_default();
+        Ok(())
+    }
+
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StoreError> {
+        self.inner.set_conf_state(cs)
+    }
+
+    /// Snapshots cover applied entries, which are persisted: the staged
+    /// run is after them and untouched.
+    pub fn save_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.save_snapshot(index, conf_state, data, keep_entries)
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.log_bytes()
+    }
+
+    pub fn on_disk(&self) -> bool {
+        self.inner.on_disk()
+    }
+}
+
+impl<L: RaftLog> raft::Storage for Staged<L> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let mut state = self.inner.initial_state()?;
+        if let Some(hs) = &self.hard_state {
+            state.hard_state = hs.clone();
+        }
+        Ok(state)
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let Some(first) = self.staged_first() else {
+            return self.inner.entries(low, high, max_size, context);
+        };
+        if high > self.last_index()? + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut out = if low < first { self.inner.entries(low, high.min(first), max_size, context)? } else { Vec::new() };
+        if high > first && (low >= first || out.len() as u64 == first - low) {
+            let from = (low.max(first) - first) as usize;
+            let to = (high - first) as usize;
+            out.extend_from_slice(&self.entries[from..to]);
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        match self.staged_first() {
+            Some(first) if idx >= first => match self.entries.get((idx - first) as usize) {
+                Some(e) => Ok(e.term),
+                None => Err(raft::Error::Store(raft::StorageError::Unavailable)),
+            },
+            _ => self.inner.term(idx),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.inner.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        match self.entries.last() {
+            Some(e) => Ok(e.index),
+            None => self.inner.last_index(),
+        }
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.inner.snapshot(request_index, to)
+    }
+}
