@@ -7,9 +7,9 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 mod log_index;
-pub mod staged;
 pub mod mem;
 pub mod redb_log;
+pub mod staged;
 #[cfg(test)]
 mod tests;
 

@@ -72,7 +72,10 @@ impl<L: RaftLog> Staged<L> {
     /// disk: a restarted node learns it again).
     pub fn has_staged(&self) -> bool {
         !self.entries.is_empty()
-            || self.hard_state.as_ref().is_some_and(|hs| hs.term != self.flushed_hs.term || hs.vote != self.flushed_hs.vote)
+            || self
+                .hard_state
+                .as_ref()
+                .is_some_and(|hs| hs.term != self.flushed_hs.term || hs.vote != self.flushed_hs.vote)
     }
 
     /// Write everything staged to the inner log in one transaction.
@@ -154,7 +157,8 @@ impl<L: RaftLog> raft::Storage for Staged<L> {
         if high > self.last_index()? + 1 || low > high {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        let mut out = if low < first { self.inner.entries(low, high.min(first), max_size, context)? } else { Vec::new() };
+        let mut out =
+            if low < first { self.inner.entries(low, high.min(first), max_size, context)? } else { Vec::new() };
         if high > first && (low >= first || out.len() as u64 == first - low) {
             let from = (low.max(first) - first) as usize;
             let to = (high - first) as usize;
@@ -187,5 +191,106 @@ impl<L: RaftLog> raft::Storage for Staged<L> {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         self.inner.snapshot(request_index, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemLog;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8; 10].into(), ..Default::default() }
+    }
+
+    fn entries(r: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        r.map(|i| entry(i, term)).collect()
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState { term, vote, commit, ..Default::default() }
+    }
+
+    fn indexes(v: &[Entry]) -> Vec<(u64, u64)> {
+        v.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    fn read(s: &Staged<MemLog>, low: u64, high: u64) -> Vec<(u64, u64)> {
+        indexes(&s.entries(low, high, None, GetEntriesContext::empty(false)).unwrap())
+    }
+
+    #[test]
+    fn staged_entries_are_readable_but_not_on_disk_until_flushed() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk.clone());
+        s.stage(&entries(1..=3, 1), Some(&hs(1, 1, 0)));
+        s.flush().unwrap();
+        s.stage(&entries(4..=6, 1), Some(&hs(1, 1, 3)));
+        assert!(s.has_staged());
+        assert_eq!(s.last_index().unwrap(), 6);
+        assert_eq!(disk.last_index().unwrap(), 3);
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert!(s.term(7).is_err());
+        // Across the boundary between disk and staging.
+        assert_eq!(read(&s, 2, 6), vec![(2, 1), (3, 1), (4, 1), (5, 1)]);
+        assert_eq!(read(&s, 5, 7), vec![(5, 1), (6, 1)]);
+        assert!(s.entries(2, 8, None, GetEntriesContext::empty(false)).is_err());
+        let f = s.flush().unwrap();
+        assert_eq!(f, Flushed { entries: 3, durable: true });
+        assert!(!s.has_staged());
+        assert_eq!(disk.last_index().unwrap(), 6);
+        assert_eq!(disk.initial_state().unwrap().hard_state.commit, 3);
+    }
+
+    #[test]
+    fn a_conflicting_stage_replaces_staged_and_stored_entries() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk.clone());
+        s.stage(&entries(1..=4, 1), Some(&hs(1, 1, 1)));
+        s.flush().unwrap();
+        s.stage(&entries(5..=7, 1), None);
+        // A new leader overwrites from 6 (inside the staged run) ...
+        s.stage(&entries(6..=6, 2), Some(&hs(2, 2, 1)));
+        assert_eq!(read(&s, 4, 7), vec![(4, 1), (5, 1), (6, 2)]);
+        // ... and another from 3 (inside what is on disk).
+        s.stage(&entries(3..=4, 3), Some(&hs(3, 3, 1)));
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(read(&s, 1, 5), vec![(1, 1), (2, 1), (3, 3), (4, 3)]);
+        s.flush().unwrap();
+        assert_eq!(disk.last_index().unwrap(), 4);
+        assert_eq!(disk.term(3).unwrap(), 3);
+        assert_eq!(disk.initial_state().unwrap().hard_state, hs(3, 3, 1));
+    }
+
+    #[test]
+    fn a_commit_only_hard_state_waits_for_the_next_write() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk.clone());
+        s.stage(&entries(1..=2, 1), Some(&hs(1, 1, 0)));
+        s.flush().unwrap();
+        s.stage(&[], Some(&hs(1, 1, 2)));
+        assert!(!s.has_staged());
+        assert_eq!(s.flush().unwrap(), Flushed::default());
+        assert_eq!(disk.initial_state().unwrap().hard_state.commit, 0);
+        // A new vote must be written.
+        s.stage(&[], Some(&hs(2, 3, 2)));
+        assert!(s.has_staged());
+        s.flush().unwrap();
+        assert_eq!(disk.initial_state().unwrap().hard_state, hs(2, 3, 2));
+    }
+
+    #[test]
+    fn reads_respect_the_size_limit_across_the_boundary() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk);
+        s.stage(&entries(1..=2, 1), Some(&hs(1, 1, 0)));
+        s.flush().unwrap();
+        s.stage(&entries(3..=4, 1), None);
+        let one = u64::from(protobuf::Message::compute_size(&entry(1, 1)));
+        let got = s.entries(1, 5, Some(one * 3), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(indexes(&got), vec![(1, 1), (2, 1), (3, 1)]);
+        let got = s.entries(1, 5, Some(one), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(indexes(&got), vec![(1, 1)]);
     }
 }
