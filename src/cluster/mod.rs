@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::state::{Command, Entry, SnapshotError, State};
 use crate::broker::Broker;
-use crate::store::{RaftLog, Staged, StoreError};
+use crate::store::{Flushed, PersistJob, RaftLog, Staged, StoreError};
 
 /// Entries this leader keeps proposed and not yet committed before it
 /// holds new commands back for the next one (see `propose_pending`).
@@ -378,6 +378,9 @@ impl<L: RaftLog> Node<L> {
     /// leader; the rest wait for `flush`.
     pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
         let mut out = ReadyOutput::default();
+        if self.raw.store().writing() {
+            return Ok(out);
+        }
         self.propose_pending();
         if !self.raw.has_ready() {
             self.update_serving(now);
@@ -438,7 +441,7 @@ impl<L: RaftLog> Node<L> {
         Ok(out)
     }
 
-    /// Whether `flush` has anything to write.
+    /// Whether `flush` has anything to do.
     pub fn needs_flush(&self) -> bool {
         self.unflushed_ready.is_some() || self.raw.store().has_staged()
     }
@@ -449,19 +452,42 @@ impl<L: RaftLog> Node<L> {
     /// write may have committed entries (the leader counts itself once
     /// its own write is done).
     pub fn flush(&mut self) -> Result<Vec<Message>, NodeError> {
-        let msgs = self.flush_store()?;
+        let job = self.begin_flush()?;
+        self.end_flush(job.map(|j| j.run()))
+    }
+
+    /// `flush` in steps, for running the write on another thread: the job
+    /// (if there is anything to write) goes to `end_flush`. Until then
+    /// `ready` does nothing (raft may still step messages and take
+    /// proposals; they wait for the next pass).
+    pub fn begin_flush(&mut self) -> Result<Option<Box<dyn PersistJob>>, NodeError> {
+        Ok(self.raw.mut_store().begin_flush()?)
+    }
+
+    /// Ends a flush begun by `begin_flush`: `result` is the job's result,
+    /// `None` if there was no job. Returns the messages that waited.
+    pub fn end_flush(&mut self, result: Option<Result<u64, String>>) -> Result<Vec<Message>, NodeError> {
+        if let Some(result) = result {
+            let f = self.raw.mut_store().end_flush(result)?;
+            self.count_flush(f);
+        }
         if let Some(number) = self.unflushed_ready.take() {
             self.raw.on_persist_ready(number);
         }
-        Ok(msgs)
+        Ok(std::mem::take(&mut self.unflushed_msgs))
     }
 
-    fn flush_store(&mut self) -> Result<Vec<Message>, NodeError> {
-        let f = self.raw.mut_store().flush()?;
+    fn count_flush(&mut self, f: Flushed) {
         if f.durable {
             self.stats.persists += 1;
             self.stats.persisted_entries += f.entries;
         }
+    }
+
+    /// The synchronous write of a Ready with a snapshot.
+    fn flush_store(&mut self) -> Result<Vec<Message>, NodeError> {
+        let f = self.raw.mut_store().flush()?;
+        self.count_flush(f);
         Ok(std::mem::take(&mut self.unflushed_msgs))
     }
 

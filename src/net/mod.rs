@@ -282,7 +282,17 @@ impl<L: RaftLog + 'static> Server<L> {
                 // what arrived meanwhile and write it all at once.
                 futures_lite::future::yield_now().await;
                 self.ready_passes();
-                self.flush_pass();
+                // The write and its fsync run on a blocking thread; the
+                // event loop serves clients and peers meanwhile.
+                let job = or_exit(self.node.borrow_mut().begin_flush());
+                let result = match job {
+                    Some(job) => Some(smol::unblock(move || job.run()).await),
+                    None => None,
+                };
+                let msgs = or_exit(self.node.borrow_mut().end_flush(result));
+                for m in &msgs {
+                    self.peers.send(m);
+                }
                 // The write may have committed entries (the leader counts
                 // itself once its own write is done).
                 again = true;
@@ -333,15 +343,6 @@ impl<L: RaftLog + 'static> Server<L> {
             self.peers.send(m);
         }
         again
-    }
-
-    /// Write what the Ready passes staged (one transaction, one fsync) and
-    /// send the messages that waited for it.
-    fn flush_pass(&self) {
-        let msgs = or_exit(self.node.borrow_mut().flush());
-        for m in &msgs {
-            self.peers.send(m);
-        }
     }
 
     /// Accept MQTT clients on one listener. A follower steers them per

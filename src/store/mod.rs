@@ -58,6 +58,21 @@ pub struct StoreIdentity {
     pub node_id: u64,
 }
 
+/// The transaction of one `begin_persist`, to run on any thread.
+pub trait PersistJob: Send {
+    /// Ok(bytes of log entries the write replaced), or why it failed.
+    fn run(self: Box<Self>) -> Result<u64, String>;
+}
+
+/// A job with nothing left to do.
+struct Written;
+
+impl PersistJob for Written {
+    fn run(self: Box<Self>) -> Result<u64, String> {
+        Ok(0)
+    }
+}
+
 /// Raft storage with the write side the Ready loop needs. All methods that
 /// write are durable when they return (one transaction each; one fsync
 /// unless durability was relaxed).
@@ -66,6 +81,28 @@ pub trait RaftLog: raft::Storage {
     /// entries at or after the first new index — raft's conflict rule), and
     /// store `hard_state` if given — all in ONE transaction.
     fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError>;
+
+    /// `persist` in three steps, so that the slow part (the transaction
+    /// and its fsync) can run on another thread while the event loop goes
+    /// on: `begin_persist` checks the write and makes the store report it
+    /// (last index, terms, hard state) at once; the job writes it;
+    /// `end_persist` takes the job's result. At most one job at a time,
+    /// and no other write to the store until it has ended. The default
+    /// writes at once (an in-memory store has nothing to wait for).
+    fn begin_persist(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<Box<dyn PersistJob>, StoreError> {
+        self.persist(entries, hard_state)?;
+        Ok(Box::new(Written))
+    }
+
+    /// Takes a job's result: `Ok(bytes of log entries it replaced)`, or
+    /// why it failed (then this and every later write are refused).
+    fn end_persist(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+        result.map(|_| ()).map_err(StoreError::Io)
+    }
 
     /// Persist only a new commit index (from a light ready).
     fn persist_commit(&self, commit: u64) -> Result<(), StoreError>;

@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -23,7 +24,7 @@ use redb::{
 };
 
 use super::log_index::{hard_state_covering, LogIndex, TermGap};
-use super::{RaftLog, StoreError, StoreIdentity, STORE_FORMAT_VERSION};
+use super::{PersistJob, RaftLog, StoreError, StoreIdentity, STORE_FORMAT_VERSION};
 
 /// The store's file inside the data directory.
 pub const STORE_FILE_NAME: &str = "midge.redb";
@@ -52,7 +53,7 @@ const INDEX_MAX: u64 = u64::MAX / 2;
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct RedbLog {
-    db: Database,
+    db: Arc<Database>,
     path: String,
     durability: Durability,
     cached: RefCell<Cached>,
@@ -167,7 +168,7 @@ impl RedbLog {
             cached.index.snapshot().0
         );
         Ok(RedbLog {
-            db,
+            db: Arc::new(db),
             path,
             durability: if durable { Durability::Immediate } else { Durability::None },
             cached: RefCell::new(cached),
@@ -193,12 +194,7 @@ impl RedbLog {
         durability: Durability,
         body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        if let Some(reason) = self.failed.borrow().as_ref() {
-            return Err(StoreError::Io(format!(
-                "an earlier write to {} failed ({reason}); reopen the store",
-                self.path
-            )));
-        }
+        self.check_not_failed()?;
         let attempt = || -> Result<T, redb::Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
@@ -206,12 +202,23 @@ impl RedbLog {
             txn.commit()?;
             Ok(out)
         };
-        attempt().map_err(|e| {
-            let reason = e.to_string();
-            log::error!("write to raft store {} failed: {reason}", self.path);
-            *self.failed.borrow_mut() = Some(reason.clone());
-            StoreError::Io(format!("write to {} failed: {reason}", self.path))
-        })
+        attempt().map_err(|e| self.fail(e.to_string()))
+    }
+
+    fn check_not_failed(&self) -> Result<(), StoreError> {
+        match self.failed.borrow().as_ref() {
+            Some(reason) => {
+                Err(StoreError::Io(format!("an earlier write to {} failed ({reason}); reopen the store", self.path)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed write: this and every later write are refused.
+    fn fail(&self, reason: String) -> StoreError {
+        log::error!("write to raft store {} failed: {reason}", self.path);
+        *self.failed.borrow_mut() = Some(reason.clone());
+        StoreError::Io(format!("write to {} failed: {reason}", self.path))
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -465,44 +472,96 @@ impl raft::Storage for RedbLog {
     }
 }
 
+/// One `persist`'s transaction, carried out off the event loop's thread.
+struct RedbWrite {
+    db: Arc<Database>,
+    durability: Durability,
+    /// (index, encoded entry)
+    rows: Vec<(u64, Vec<u8>)>,
+    hs_bytes: Option<Vec<u8>>,
+    /// The snapshot index and last log index when the write was prepared.
+    snap_index: u64,
+    last: u64,
+    path: String,
+}
+
+impl PersistJob for RedbWrite {
+    fn run(self: Box<Self>) -> Result<u64, String> {
+        let w = *self;
+        let attempt = || -> Result<u64, redb::Error> {
+            let mut txn = w.db.begin_write()?;
+            txn.set_durability(w.durability)?;
+            let mut dropped = 0u64;
+            if let Some((first, _)) = w.rows.first() {
+                let mut log = txn.open_table(LOG)?;
+                if *first <= w.last {
+                    // raft's conflict rule: the new entries replace the old suffix.
+                    dropped = stored_bytes(&log, (*first).max(w.snap_index + 1), w.last)?;
+                    log.retain_in(*first.., |_, _| false)?;
+                }
+                for (index, bytes) in &w.rows {
+                    log.insert(*index, bytes.as_slice())?;
+                }
+            }
+            if let Some(bytes) = &w.hs_bytes {
+                txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(dropped)
+        };
+        attempt().map_err(|e| format!("{e} (writing the log of {})", w.path))
+    }
+}
+
 impl RaftLog for RedbLog {
     fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
+        let job = self.begin_persist(entries, hard_state)?;
+        self.end_persist(job.run())
+    }
+
+    /// Checks and encodes the write and updates what this store reports
+    /// (last index, terms, hard state) as if it were done; the job does
+    /// the transaction, on any thread.
+    fn begin_persist(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<Box<dyn PersistJob>, StoreError> {
+        self.check_not_failed()?;
         let mut c = self.cached.borrow_mut();
         let commit = c.hard_state.commit;
         let new_commit = hard_state.map_or(commit, |hs| hs.commit);
         c.index.check_persist(entries, commit, new_commit).map_err(refused)?;
-        let encoded = entries.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let rows = entries.iter().map(|e| Ok((e.index, encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let hs_bytes = hard_state.map(encode).transpose()?;
         let (snap_index, _) = c.index.snapshot();
         let last = c.index.last_index();
-
-        let dropped = self.write(|txn| {
-            let mut dropped = 0u64;
-            if let Some(first) = entries.first() {
-                let mut log = txn.open_table(LOG)?;
-                if first.index <= last {
-                    // raft's conflict rule: the new entries replace the old suffix.
-                    dropped = stored_bytes(&log, first.index.max(snap_index + 1), last)?;
-                    log.retain_in(first.index.., |_, _| false)?;
-                }
-                for (e, bytes) in entries.iter().zip(&encoded) {
-                    log.insert(e.index, bytes.as_slice())?;
-                }
-            }
-            if let Some(bytes) = &hs_bytes {
-                txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
-            }
-            Ok(dropped)
-        })?;
-
-        let added: u64 =
-            entries.iter().zip(&encoded).filter(|(e, _)| e.index > snap_index).map(|(_, b)| b.len() as u64).sum();
-        c.log_bytes = c.log_bytes.saturating_sub(dropped) + added;
+        let added: u64 = rows.iter().filter(|(i, _)| *i > snap_index).map(|(_, b)| b.len() as u64).sum();
+        c.log_bytes += added;
         c.index.append(entries);
         if let Some(hs) = hard_state {
             c.hard_state = hs.clone();
         }
-        Ok(())
+        Ok(Box::new(RedbWrite {
+            db: self.db.clone(),
+            durability: self.durability,
+            rows,
+            hs_bytes,
+            snap_index,
+            last,
+            path: self.path.clone(),
+        }))
+    }
+
+    fn end_persist(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+        match result {
+            Ok(dropped) => {
+                let mut c = self.cached.borrow_mut();
+                c.log_bytes = c.log_bytes.saturating_sub(dropped);
+                Ok(())
+            }
+            Err(reason) => Err(self.fail(reason)),
+        }
     }
 
     fn persist_commit(&self, commit: u64) -> Result<(), StoreError> {

@@ -14,7 +14,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::{RaftLog, StoreError};
+use super::{PersistJob, RaftLog, StoreError};
 
 pub struct Staged<L: RaftLog> {
     inner: L,
@@ -26,6 +26,9 @@ pub struct Staged<L: RaftLog> {
     hard_state: Option<HardState>,
     /// The hard state last handed to the inner log.
     flushed_hs: HardState,
+    /// Between `begin_flush` and `end_flush`: the staged entries are being
+    /// written (and stay readable here until then).
+    writing: bool,
 }
 
 /// What one flush wrote.
@@ -40,7 +43,7 @@ pub struct Flushed {
 impl<L: RaftLog> Staged<L> {
     pub fn new(inner: L) -> Staged<L> {
         let flushed_hs = raft::Storage::initial_state(&inner).map(|s| s.hard_state).unwrap_or_default();
-        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs }
+        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs, writing: false }
     }
 
     pub fn inner(&self) -> &L {
@@ -51,6 +54,7 @@ impl<L: RaftLog> Staged<L> {
     /// entries that continue or overwrite its log, so the staged run stays
     /// contiguous.
     pub fn stage(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+        assert!(!self.writing, "staged while a flush was running");
         if let Some(first) = entries.first() {
             match self.entries.first().map(|e| e.index) {
                 Some(staged_first) if first.index > staged_first => {
@@ -80,16 +84,39 @@ impl<L: RaftLog> Staged<L> {
 
     /// Write everything staged to the inner log in one transaction.
     pub fn flush(&mut self) -> Result<Flushed, StoreError> {
+        match self.begin_flush()? {
+            Some(job) => self.end_flush(job.run()),
+            None => Ok(Flushed::default()),
+        }
+    }
+
+    /// `flush` in steps (see `RaftLog::begin_persist`): the job may run on
+    /// another thread; nothing may be staged until `end_flush`.
+    pub fn begin_flush(&mut self) -> Result<Option<Box<dyn PersistJob>>, StoreError> {
+        assert!(!self.writing, "a flush began while another was running");
         if !self.has_staged() {
-            return Ok(Flushed::default());
+            return Ok(None);
         }
         let hs = self.hard_state.take();
-        let entries = std::mem::take(&mut self.entries);
-        self.inner.persist(&entries, hs.as_ref())?;
+        let job = self.inner.begin_persist(&self.entries, hs.as_ref())?;
         if let Some(hs) = hs {
             self.flushed_hs = hs;
         }
-        Ok(Flushed { entries: entries.len() as u64, durable: true })
+        self.writing = true;
+        Ok(Some(job))
+    }
+
+    /// Takes the result of the job `begin_flush` returned.
+    pub fn end_flush(&mut self, result: Result<u64, String>) -> Result<Flushed, StoreError> {
+        self.writing = false;
+        let entries = std::mem::take(&mut self.entries).len() as u64;
+        self.inner.end_persist(result)?;
+        Ok(Flushed { entries, durable: true })
+    }
+
+    /// Whether a flush's job is running.
+    pub fn writing(&self) -> bool {
+        self.writing
     }
 
     /// The index of the first staged entry, if any.
@@ -110,6 +137,7 @@ impl<L: RaftLog> Staged<L> {
     }
 
     pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StoreError> {
+        assert!(!self.writing, "conf state written while a flush was running");
         self.inner.set_conf_state(cs)
     }
 
@@ -122,6 +150,7 @@ impl<L: RaftLog> Staged<L> {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<(), StoreError> {
+        assert!(!self.writing, "snapshot saved while a flush was running");
         self.inner.save_snapshot(index, conf_state, data, keep_entries)
     }
 
