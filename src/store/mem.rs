@@ -152,14 +152,6 @@ impl RaftLog for MemLog {
         Ok(())
     }
 
-    fn persist_commit(&self, commit: u64) -> Result<(), StoreError> {
-        let mut s = self.inner.borrow_mut();
-        let current = s.hard_state.commit;
-        s.index.check_persist(&[], current, commit).map_err(refused)?;
-        s.hard_state.commit = commit;
-        Ok(())
-    }
-
     fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
         self.inner.borrow_mut().conf_state = cs.clone();
         Ok(())

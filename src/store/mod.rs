@@ -104,9 +104,6 @@ pub trait RaftLog: raft::Storage {
         result.map(|_| ()).map_err(StoreError::Io)
     }
 
-    /// Persist only a new commit index (from a light ready).
-    fn persist_commit(&self, commit: u64) -> Result<(), StoreError>;
-
     /// Store the membership after a conf change was applied.
     fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError>;
 

@@ -184,20 +184,10 @@ impl RedbLog {
     /// Runs `body` in one write transaction and commits it. After any
     /// failure, this and every later write are refused.
     fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
-        self.write_with(self.durability, body)
-    }
-
-    /// A write with the given durability. `Durability::None` is made
-    /// durable by the next durable write (redb commits in order).
-    fn write_with<T>(
-        &self,
-        durability: Durability,
-        body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
-    ) -> Result<T, StoreError> {
         self.check_not_failed()?;
         let attempt = || -> Result<T, redb::Error> {
             let mut txn = self.db.begin_write()?;
-            txn.set_durability(durability)?;
+            txn.set_durability(self.durability)?;
             let out = body(&txn)?;
             txn.commit()?;
             Ok(out)
@@ -562,23 +552,6 @@ impl RaftLog for RedbLog {
             }
             Err(reason) => Err(self.fail(reason)),
         }
-    }
-
-    fn persist_commit(&self, commit: u64) -> Result<(), StoreError> {
-        let mut c = self.cached.borrow_mut();
-        c.index.check_persist(&[], c.hard_state.commit, commit).map_err(refused)?;
-        let mut hs = c.hard_state.clone();
-        hs.commit = commit;
-        let bytes = encode(&hs)?;
-        // Raft's safety does not need the commit index on disk (a restarted
-        // node learns it again), so this write skips the fsync; the next
-        // durable write (the next Ready's entries) carries it to disk.
-        self.write_with(Durability::None, |txn| {
-            txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
-            Ok(())
-        })?;
-        c.hard_state = hs;
-        Ok(())
     }
 
     fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {

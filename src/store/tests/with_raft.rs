@@ -11,7 +11,7 @@
 use raft::eraftpb::{EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
 
-use super::{conf_state, Harness, Mem, Redb};
+use super::{conf_state, set_commit, Harness, Mem, Redb};
 use crate::store::RaftLog;
 
 /// A node snapshots after applying this many entries beyond its last snapshot.
@@ -93,7 +93,7 @@ fn handle_ready<L: RaftLog>(node: &mut Node<L>, outbox: &mut Vec<Message>) {
     outbox.extend(ready.take_persisted_messages());
     let mut light = node.raw.advance(ready);
     if let Some(commit) = light.commit_index() {
-        node.raw.store().persist_commit(commit).expect("persist_commit");
+        set_commit(node.raw.store(), commit).expect("set_commit");
     }
     outbox.extend(light.take_messages());
     apply(node, light.take_committed_entries());
