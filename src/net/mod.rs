@@ -11,9 +11,12 @@ mod io;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_io_async::{Read, Write};
@@ -29,18 +32,82 @@ use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
-use io::{SmolIo, Tcp, WaitInput};
+use io::{SmolIo, Tcp};
+use smol::Async;
+use std::io::{Read as _, Write as _};
 
-/// Read buffer of an idle connection. It doubles while reads fill it (up
-/// to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to the
-/// maximum packet size), and shrinks back when traffic calms down, so idle
-/// connections stay small and busy ones read in large batches.
+/// Read buffer of a connection that reads (see `ReadBuf`).
 const READ_BUFFER_BYTES_MIN: usize = 256;
 const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 /// How long a leader keeps the lead before handing it to the preferred one.
 const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's read buffer. An idle connection holds none; reading
+/// starts with `READ_BUFFER_BYTES_MIN`, which doubles while reads fill it
+/// (up to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to
+/// the maximum packet size), and shrinks back when traffic calms down, so
+/// busy connections read in large batches.
+#[derive(Default)]
+struct ReadBuf {
+    buf: Vec<u8>,
+    /// Bytes read and not yet decoded, at the start of `buf`.
+    filled: usize,
+}
+
+impl ReadBuf {
+    /// Where the next read goes. None when a packet cannot fit: decode has
+    /// already checked its length against the maximum, so a full buffer at
+    /// the maximum size cannot happen.
+    fn space(&mut self, packet_bytes_max: u32) -> Option<&mut [u8]> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_BUFFER_BYTES_MIN];
+        }
+        if self.filled == self.buf.len() {
+            // A packet larger than the buffer is incomplete.
+            let cap = (self.buf.len() * 2).min(packet_bytes_max as usize + 5);
+            if cap <= self.buf.len() {
+                return None;
+            }
+            self.buf.resize(cap, 0);
+        }
+        Some(&mut self.buf[self.filled..])
+    }
+
+    /// The first `consumed` bytes are decoded; the last read brought `n`
+    /// bytes into `room` bytes of space.
+    fn consumed(&mut self, consumed: usize, n: usize, room: usize) {
+        self.buf.copy_within(consumed..self.filled, 0);
+        self.filled -= consumed;
+        if n == room && self.buf.len() < READ_BUFFER_BYTES_BUSY {
+            self.buf.resize(self.buf.len() * 2, 0);
+        } else if self.filled == 0 && n < READ_BUFFER_BYTES_MIN && self.buf.len() > READ_BUFFER_BYTES_MIN {
+            self.buf = vec![0u8; READ_BUFFER_BYTES_MIN];
+        }
+    }
+
+    /// Nothing half-read and no burst going on: drop the buffer.
+    fn release_if_idle(&mut self) {
+        if self.filled == 0 && self.buf.len() <= READ_BUFFER_BYTES_MIN {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+/// Output taken from `ConnIo::out` and not yet all written.
+#[derive(Default)]
+struct OutBuf {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    done: usize,
+}
+
+impl OutBuf {
+    fn is_empty(&self) -> bool {
+        self.done == self.buf.len()
+    }
+}
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket).
@@ -51,7 +118,7 @@ struct ConnIo {
     doorbell: Doorbell,
 }
 
-/// Wakes one writer task. A channel would do, but costs a few hundred bytes
+/// Wakes one connection's task (the writer, on TLS). A channel would do, but costs a few hundred bytes
 /// per connection; on one thread two `Cell`s are enough.
 #[derive(Default)]
 struct Doorbell {
@@ -67,16 +134,18 @@ impl Doorbell {
         }
     }
 
+    /// Ready if rung since the last poll; otherwise the next ring wakes `cx`.
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.rung.replace(false) {
+            std::task::Poll::Ready(())
+        } else {
+            self.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    }
+
     async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.rung.replace(false) {
-                std::task::Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll(cx)).await
     }
 }
 
@@ -111,6 +180,104 @@ pub struct Server<L: RaftLog> {
     client_addrs: RefCell<HashMap<u64, String>>,
     known_peers: RefCell<std::collections::BTreeSet<u64>>,
     executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
+}
+
+/// A plain TCP connection: both directions in one small future, so that
+/// an idle connection holds no more than waiting needs (no read buffer, no
+/// output buffer, one waker; see `poll_turns`). Output is written without
+/// waiting, as the socket almost always takes it at once; only a full
+/// socket makes the connection wait for writability, and meanwhile input is
+/// still read. Hand-written rather than an `async fn`, whose state would
+/// keep its arguments and every live local (several hundred bytes more per
+/// connection).
+struct TcpConn<L: RaftLog> {
+    server: Rc<Server<L>>,
+    id: ConnId,
+    io: Rc<ConnIo>,
+    sock: Async<std::net::TcpStream>,
+    rb: ReadBuf,
+    out: OutBuf,
+    /// False after a decode error: the broker closes the connection once
+    /// its refusal is written; nothing more is read.
+    reading: bool,
+    /// Input may be waiting: the socket was reported readable, or the last
+    /// read found data.
+    input: bool,
+}
+
+/// Turns of one poll of a connection before it lets others run.
+const CONN_TURNS_MAX: usize = 64;
+
+impl<L: RaftLog + 'static> TcpConn<L> {
+    /// Ready when the connection has ended: end of input, a socket error,
+    /// or a closing connection's output all written.
+    fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..CONN_TURNS_MAX {
+            // Writers first: what earlier input produced goes out before
+            // more input is taken.
+            if self.server.write_out(self.id, &self.io, &mut self.out, &self.sock).is_err() {
+                return Poll::Ready(());
+            }
+            let unsent = !self.out.is_empty();
+            if !unsent && self.io.closing.get() && self.io.out.borrow().is_empty() {
+                return Poll::Ready(());
+            }
+            if self.input && self.reading {
+                let Some(space) = self.rb.space(self.server.packet_bytes_max) else { return Poll::Ready(()) };
+                let room = space.len();
+                match (&mut self.sock.get_ref()).read(space) {
+                    Ok(0) => return Poll::Ready(()),
+                    Ok(n) => {
+                        self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
+                        // Let the writers of the connections this batch fed
+                        // run before reading more: a fast publisher must not
+                        // outrun its subscribers' sockets (their buffers
+                        // would overflow and drop QoS 0).
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.input = false;
+                        self.rb.release_if_idle();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Poll::Ready(()),
+                }
+            }
+            if !unsent {
+                // Nothing in flight: hold no output buffer while waiting.
+                self.out = OutBuf::default();
+                let mut o = self.io.out.borrow_mut();
+                if o.is_empty() {
+                    *o = Vec::new();
+                }
+            }
+            // Wait for new output (or closing), room in a full socket, or
+            // input; each registers this task's waker.
+            let rung = self.io.doorbell.poll(cx).is_ready();
+            let writable = unsent && self.sock.poll_writable(cx).is_ready();
+            self.input = self.reading && self.sock.poll_readable(cx).is_ready();
+            if !(rung || writable || self.input) {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<L: RaftLog + 'static> Future for TcpConn<L> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let c = self.get_mut();
+        if c.poll_turns(cx).is_pending() {
+            return Poll::Pending;
+        }
+        c.server.close_conn(c.id);
+        let _ = c.sock.get_ref().shutdown(std::net::Shutdown::Both);
+        Poll::Ready(())
+    }
 }
 
 /// Wall-clock milliseconds, never going backwards within this process.
@@ -388,7 +555,7 @@ impl<L: RaftLog + 'static> Server<L> {
             }
             let server = self.clone();
             match &l.tls {
-                None => ex.spawn(async move { server.serve(stream, peer, false).await }).detach(),
+                None => self.clone().spawn_tcp(&ex, stream, peer, false),
                 Some(t) => {
                     let cfg = t.server.clone();
                     ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
@@ -489,15 +656,33 @@ impl<L: RaftLog + 'static> Server<L> {
             };
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             info!("New admin connection from {}.", peer);
-            let server = self.clone();
-            ex.spawn(async move { server.serve(stream, peer, true).await }).detach();
+            self.clone().spawn_tcp(&ex, stream, peer, true);
         }
     }
 
-    async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
-        let tcp = Tcp::from(stream);
-        self.clone().serve_io(SmolIo(tcp.clone()), SmolIo(tcp.clone()), peer, admin).await;
-        tcp.shutdown();
+    /// Serve a client of a plain TCP listener (or of the admin listener)
+    /// in a task of its own.
+    fn spawn_tcp(self: Rc<Self>, ex: &LocalExecutor<'static>, stream: TcpStream, peer: SocketAddr, admin: bool) {
+        // A freshly accepted stream has no other handle: own the socket
+        // outright (no reference count, no cached readiness futures).
+        let Ok(sock) = Arc::try_unwrap(Arc::<Async<std::net::TcpStream>>::from(stream)) else {
+            warn!("Closing connection from {peer}: its socket is shared.");
+            return;
+        };
+        // Opened before the task starts, so that the task holds only what
+        // the connection needs while it runs.
+        let (id, io) = self.open_conn(peer, admin);
+        let conn = TcpConn {
+            server: self,
+            id,
+            io,
+            sock,
+            rb: ReadBuf::default(),
+            out: OutBuf::default(),
+            reading: true,
+            input: false,
+        };
+        ex.spawn(conn).detach();
     }
 
     /// A client on a TLS listener: handshake (bounded in time), then the
@@ -514,8 +699,15 @@ impl<L: RaftLog + 'static> Server<L> {
         self.handshakes.set(self.handshakes.get() - 1);
         match done {
             Some(Ok(tls)) => {
+                // rustls holds records in its own buffers: a readable socket
+                // is not a readable stream, so TLS keeps a reader and a
+                // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
-                self.serve_io(SmolIo(r), SmolIo(w), peer, false).await;
+                let (id, io) = self.open_conn(peer, false);
+                let reader = self.read_loop(id, SmolIo(r));
+                let writer = self.write_loop(id, io.clone(), SmolIo(w));
+                futures_lite::future::or(reader, writer).await;
+                self.close_conn(id);
             }
             Some(Err(e)) => info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}."),
             None => info!(
@@ -526,13 +718,8 @@ impl<L: RaftLog + 'static> Server<L> {
         tcp.shutdown();
     }
 
-    async fn serve_io<R: Read + WaitInput, W: Write>(
-        self: Rc<Self>,
-        reader: R,
-        writer: W,
-        peer: SocketAddr,
-        admin: bool,
-    ) {
+    /// Give a new connection its id and output side, and tell the broker.
+    fn open_conn(&self, peer: SocketAddr, admin: bool) -> (ConnId, Rc<ConnIo>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
@@ -549,79 +736,117 @@ impl<L: RaftLog + 'static> Server<L> {
                 b.open(id, &peer.to_string(), now)
             }
         });
-        let reader = self.read_loop(id, reader);
-        let writer = self.write_loop(id, io.clone(), writer);
-        futures_lite::future::or(reader, writer).await;
-        self.conns.borrow_mut().remove(&id);
-        self.with_broker(|b, now| b.closed(id, now));
-        debug!("Connection {} from {} finished.", id, peer);
+        (id, io)
     }
 
-    async fn read_loop<R: Read + WaitInput>(&self, id: ConnId, mut sock: R) {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut filled = 0usize;
+    fn close_conn(&self, id: ConnId) {
+        self.conns.borrow_mut().remove(&id);
+        self.with_broker(|b, now| b.closed(id, now));
+        debug!("Connection {id} finished.");
+    }
+
+    /// Write the connection's output until it is all out or the socket is
+    /// full, without waiting. An error means the socket is broken.
+    fn write_out(
+        &self,
+        id: ConnId,
+        io: &ConnIo,
+        out: &mut OutBuf,
+        sock: &Async<std::net::TcpStream>,
+    ) -> std::io::Result<()> {
+        let mut sent = 0usize;
+        // Bounded: nothing refills `io.out` in here, so at most one swap
+        // follows the bytes already pending.
         loop {
-            if filled == 0 && buf.len() <= READ_BUFFER_BYTES_MIN && sock.can_wait() {
-                // Nothing half-read and no burst going on: wait without a
-                // buffer, so that idle connections hold none.
-                buf = Vec::new();
-                sock.wait_input().await;
-            }
-            if buf.is_empty() {
-                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
-            }
-            if filled == buf.len() {
-                // A packet larger than the buffer is incomplete; decode has
-                // already checked its length against the maximum.
-                let cap = (buf.len() * 2).min(self.packet_bytes_max as usize + 5);
-                if cap <= buf.len() {
-                    return;
+            if out.is_empty() {
+                out.buf.clear();
+                out.done = 0;
+                let mut o = io.out.borrow_mut();
+                if o.is_empty() {
+                    break;
                 }
-                buf.resize(cap, 0);
+                std::mem::swap(&mut out.buf, &mut *o);
             }
-            let room = buf.len() - filled;
-            let n = match sock.read(&mut buf[filled..]).await {
+            match (&mut sock.get_ref()).write(&out.buf[out.done..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    out.done += n;
+                    sent += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sent > 0 {
+            self.sent(id, io, sent);
+        }
+        Ok(())
+    }
+
+    /// `n` new bytes are in `rb`: hand every whole packet to the broker.
+    /// False after a decode error (the broker then closes the connection).
+    fn take_input(&self, id: ConnId, rb: &mut ReadBuf, n: usize, room: usize) -> bool {
+        rb.filled += n;
+        let (buf, filled) = (&rb.buf, rb.filled);
+        let consumed = self.with_broker(|b, now| {
+            b.count_bytes(n as u64, 0);
+            let mut pos = 0;
+            while pos < filled {
+                match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
+                    Ok(Some((p, used))) => {
+                        pos += used;
+                        b.packet(id, p, now);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        b.decode_error(id, &e, now);
+                        return None;
+                    }
+                }
+            }
+            Some(pos)
+        });
+        let Some(consumed) = consumed else { return false };
+        rb.consumed(consumed, n, room);
+        true
+    }
+
+    /// `sent` bytes of the connection's output went out.
+    fn sent(&self, id: ConnId, io: &ConnIo, sent: usize) {
+        let uncongest = io.congested.get() && io.out.borrow().len() <= self.out_buffer_bytes_max / 2;
+        if uncongest {
+            io.congested.set(false);
+        }
+        self.with_broker(|b, _| {
+            b.count_bytes(0, sent as u64);
+            if uncongest {
+                b.set_congested(id, false);
+            }
+        });
+    }
+
+    /// The reading side of a TLS connection.
+    async fn read_loop<R: Read>(&self, id: ConnId, mut sock: R) {
+        let mut rb = ReadBuf::default();
+        loop {
+            let Some(space) = rb.space(self.packet_bytes_max) else { return };
+            let room = space.len();
+            let n = match sock.read(space).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            filled += n;
-            let consumed = self.with_broker(|b, now| {
-                b.count_bytes(n as u64, 0);
-                let mut pos = 0;
-                while pos < filled {
-                    match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
-                        Ok(Some((p, used))) => {
-                            pos += used;
-                            b.packet(id, p, now);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            b.decode_error(id, &e, now);
-                            return None;
-                        }
-                    }
-                }
-                Some(pos)
-            });
-            let Some(consumed) = consumed else {
+            if !self.take_input(id, &mut rb, n, room) {
                 // Wait for the writer to flush the refusal, then it ends us.
                 std::future::pending::<()>().await;
                 return;
-            };
-            buf.copy_within(consumed..filled, 0);
-            filled -= consumed;
-            if n == room && buf.len() < READ_BUFFER_BYTES_BUSY {
-                buf.resize(buf.len() * 2, 0);
-            } else if filled == 0 && n < READ_BUFFER_BYTES_MIN && buf.len() > READ_BUFFER_BYTES_MIN {
-                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
             }
-            // Let the writers of the connections this batch fed run before
-            // reading more: a fast publisher must not outrun its subscribers'
-            // sockets (their buffers would overflow and drop QoS 0).
+            // Writers first (see tcp_loop).
             futures_lite::future::yield_now().await;
         }
     }
 
+    /// The writing side of a TLS connection.
     async fn write_loop<W: Write>(&self, id: ConnId, io: Rc<ConnIo>, mut sock: W) {
         let mut pending: Vec<u8> = Vec::new();
         loop {
@@ -638,21 +863,12 @@ impl<L: RaftLog + 'static> Server<L> {
             if sock.write_all(&pending).await.is_err() || sock.flush().await.is_err() {
                 return;
             }
-            let sent = pending.len() as u64;
+            let sent = pending.len();
             pending.clear();
             if pending.capacity() > self.out_buffer_bytes_max {
                 pending = Vec::new();
             }
-            let uncongest = io.congested.get() && io.out.borrow().len() <= self.out_buffer_bytes_max / 2;
-            if uncongest {
-                io.congested.set(false);
-            }
-            self.with_broker(|b, _| {
-                b.count_bytes(0, sent);
-                if uncongest {
-                    b.set_congested(id, false);
-                }
-            });
+            self.sent(id, &io, sent);
         }
     }
 
