@@ -1,22 +1,22 @@
 //! The runtime: smol listeners and connection tasks on one thread. Bytes
-//! come in through `embedded-io-async` reads, are decoded and handed to the
-//! broker; the broker's actions are encoded into per-connection outgoing
-//! buffers that a writer future drains. No borrow of the broker lives
-//! across an `.await`.
+//! come in (plain TCP: non-blocking reads in `conn.rs`; TLS: through
+//! `embedded-io-async` reads), are decoded and handed to the broker; the
+//! broker's actions are encoded into per-connection outgoing buffers that
+//! the connection drains. Idle plain TCP connections are parked without a
+//! task (`park.rs`). No borrow of the broker lives across an `.await`.
 
 mod cluster_io;
+mod conn;
 mod control;
 pub use cluster_io::health;
 mod io;
+mod park;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_io_async::{Read, Write};
@@ -32,9 +32,10 @@ use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
+use conn::{ReadBuf, TcpConn};
 use io::{SmolIo, Tcp};
+use park::Parking;
 use smol::Async;
-use std::io::{Read as _, Write as _};
 
 /// Read buffer of a connection that reads (see `ReadBuf`).
 const READ_BUFFER_BYTES_MIN: usize = 256;
@@ -44,71 +45,6 @@ const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection's read buffer. An idle connection holds none; reading
-/// starts with `READ_BUFFER_BYTES_MIN`, which doubles while reads fill it
-/// (up to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to
-/// the maximum packet size), and shrinks back when traffic calms down, so
-/// busy connections read in large batches.
-#[derive(Default)]
-struct ReadBuf {
-    buf: Vec<u8>,
-    /// Bytes read and not yet decoded, at the start of `buf`.
-    filled: usize,
-}
-
-impl ReadBuf {
-    /// Where the next read goes. None when a packet cannot fit: decode has
-    /// already checked its length against the maximum, so a full buffer at
-    /// the maximum size cannot happen.
-    fn space(&mut self, packet_bytes_max: u32) -> Option<&mut [u8]> {
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; READ_BUFFER_BYTES_MIN];
-        }
-        if self.filled == self.buf.len() {
-            // A packet larger than the buffer is incomplete.
-            let cap = (self.buf.len() * 2).min(packet_bytes_max as usize + 5);
-            if cap <= self.buf.len() {
-                return None;
-            }
-            self.buf.resize(cap, 0);
-        }
-        Some(&mut self.buf[self.filled..])
-    }
-
-    /// The first `consumed` bytes are decoded; the last read brought `n`
-    /// bytes into `room` bytes of space.
-    fn consumed(&mut self, consumed: usize, n: usize, room: usize) {
-        self.buf.copy_within(consumed..self.filled, 0);
-        self.filled -= consumed;
-        if n == room && self.buf.len() < READ_BUFFER_BYTES_BUSY {
-            self.buf.resize(self.buf.len() * 2, 0);
-        } else if self.filled == 0 && n < READ_BUFFER_BYTES_MIN && self.buf.len() > READ_BUFFER_BYTES_MIN {
-            self.buf = vec![0u8; READ_BUFFER_BYTES_MIN];
-        }
-    }
-
-    /// Nothing half-read and no burst going on: drop the buffer.
-    fn release_if_idle(&mut self) {
-        if self.filled == 0 && self.buf.len() <= READ_BUFFER_BYTES_MIN {
-            self.buf = Vec::new();
-        }
-    }
-}
-
-/// Output taken from `ConnIo::out` and not yet all written.
-#[derive(Default)]
-struct OutBuf {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already written.
-    done: usize,
-}
-
-impl OutBuf {
-    fn is_empty(&self) -> bool {
-        self.done == self.buf.len()
-    }
-}
-
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket).
 struct ConnIo {
@@ -116,10 +52,31 @@ struct ConnIo {
     closing: Cell<bool>,
     congested: Cell<bool>,
     doorbell: Doorbell,
+    /// A plain TCP connection, which may be parked (see `park.rs`).
+    parkable: bool,
+    /// Read or written since the last parking sweep.
+    active: Cell<bool>,
+    /// Park at the next wait: the sweep found it idle, or it has just
+    /// written its first output (the CONNACK).
+    park_requested: Cell<bool>,
+    /// Has written output before.
+    answered: Cell<bool>,
+    /// The socket of a parked connection (which then has no task).
+    parked: Cell<Option<std::net::TcpStream>>,
 }
 
-/// Wakes one connection's task (the writer, on TLS). A channel would do, but costs a few hundred bytes
-/// per connection; on one thread two `Cell`s are enough.
+impl ConnIo {
+    fn is_parked(&self) -> bool {
+        let s = self.parked.take();
+        let parked = s.is_some();
+        self.parked.set(s);
+        parked
+    }
+}
+
+/// Wakes one connection's task (the writer, on TLS). A channel would do,
+/// but costs a few hundred bytes per connection; on one thread two `Cell`s
+/// are enough.
 #[derive(Default)]
 struct Doorbell {
     rung: Cell<bool>,
@@ -157,6 +114,8 @@ pub struct Server<L: RaftLog> {
     driver_rx: Receiver<()>,
     tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// Idle plain TCP connections without a task (None: cannot park).
+    parking: Option<Parking>,
     /// One voter and an in-memory log: run the Ready loop right after the
     /// broker proposes (see with_broker).
     inline_ready: bool,
@@ -180,104 +139,6 @@ pub struct Server<L: RaftLog> {
     client_addrs: RefCell<HashMap<u64, String>>,
     known_peers: RefCell<std::collections::BTreeSet<u64>>,
     executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
-}
-
-/// A plain TCP connection: both directions in one small future, so that
-/// an idle connection holds no more than waiting needs (no read buffer, no
-/// output buffer, one waker; see `poll_turns`). Output is written without
-/// waiting, as the socket almost always takes it at once; only a full
-/// socket makes the connection wait for writability, and meanwhile input is
-/// still read. Hand-written rather than an `async fn`, whose state would
-/// keep its arguments and every live local (several hundred bytes more per
-/// connection).
-struct TcpConn<L: RaftLog> {
-    server: Rc<Server<L>>,
-    id: ConnId,
-    io: Rc<ConnIo>,
-    sock: Async<std::net::TcpStream>,
-    rb: ReadBuf,
-    out: OutBuf,
-    /// False after a decode error: the broker closes the connection once
-    /// its refusal is written; nothing more is read.
-    reading: bool,
-    /// Input may be waiting: the socket was reported readable, or the last
-    /// read found data.
-    input: bool,
-}
-
-/// Turns of one poll of a connection before it lets others run.
-const CONN_TURNS_MAX: usize = 64;
-
-impl<L: RaftLog + 'static> TcpConn<L> {
-    /// Ready when the connection has ended: end of input, a socket error,
-    /// or a closing connection's output all written.
-    fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        for _ in 0..CONN_TURNS_MAX {
-            // Writers first: what earlier input produced goes out before
-            // more input is taken.
-            if self.server.write_out(self.id, &self.io, &mut self.out, &self.sock).is_err() {
-                return Poll::Ready(());
-            }
-            let unsent = !self.out.is_empty();
-            if !unsent && self.io.closing.get() && self.io.out.borrow().is_empty() {
-                return Poll::Ready(());
-            }
-            if self.input && self.reading {
-                let Some(space) = self.rb.space(self.server.packet_bytes_max) else { return Poll::Ready(()) };
-                let room = space.len();
-                match (&mut self.sock.get_ref()).read(space) {
-                    Ok(0) => return Poll::Ready(()),
-                    Ok(n) => {
-                        self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
-                        // Let the writers of the connections this batch fed
-                        // run before reading more: a fast publisher must not
-                        // outrun its subscribers' sockets (their buffers
-                        // would overflow and drop QoS 0).
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.input = false;
-                        self.rb.release_if_idle();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => return Poll::Ready(()),
-                }
-            }
-            if !unsent {
-                // Nothing in flight: hold no output buffer while waiting.
-                self.out = OutBuf::default();
-                let mut o = self.io.out.borrow_mut();
-                if o.is_empty() {
-                    *o = Vec::new();
-                }
-            }
-            // Wait for new output (or closing), room in a full socket, or
-            // input; each registers this task's waker.
-            let rung = self.io.doorbell.poll(cx).is_ready();
-            let writable = unsent && self.sock.poll_writable(cx).is_ready();
-            self.input = self.reading && self.sock.poll_readable(cx).is_ready();
-            if !(rung || writable || self.input) {
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl<L: RaftLog + 'static> Future for TcpConn<L> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let c = self.get_mut();
-        if c.poll_turns(cx).is_pending() {
-            return Poll::Pending;
-        }
-        c.server.close_conn(c.id);
-        let _ = c.sock.get_ref().shutdown(std::net::Shutdown::Both);
-        Poll::Ready(())
-    }
 }
 
 /// Wall-clock milliseconds, never going backwards within this process.
@@ -307,6 +168,7 @@ impl<L: RaftLog + 'static> Server<L> {
             driver_rx,
             tick_ms,
             conns: RefCell::new(HashMap::new()),
+            parking: Parking::new(),
             inline_ready,
             handshakes: Cell::new(0),
             next_id: Cell::new(1),
@@ -378,13 +240,13 @@ impl<L: RaftLog + 'static> Server<L> {
                             congested.push(id);
                         }
                         if was_empty {
-                            io.doorbell.ring();
+                            self.ring(id, io);
                         }
                     }
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
                             io.closing.set(true);
-                            io.doorbell.ring();
+                            self.ring(id, io);
                         }
                     }
                 }
@@ -671,18 +533,8 @@ impl<L: RaftLog + 'static> Server<L> {
         };
         // Opened before the task starts, so that the task holds only what
         // the connection needs while it runs.
-        let (id, io) = self.open_conn(peer, admin);
-        let conn = TcpConn {
-            server: self,
-            id,
-            io,
-            sock,
-            rb: ReadBuf::default(),
-            out: OutBuf::default(),
-            reading: true,
-            input: false,
-        };
-        ex.spawn(conn).detach();
+        let (id, io) = self.open_conn(peer, admin, true);
+        ex.spawn(TcpConn::new(self, id, io, sock, false)).detach();
     }
 
     /// A client on a TLS listener: handshake (bounded in time), then the
@@ -703,7 +555,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 // is not a readable stream, so TLS keeps a reader and a
                 // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
-                let (id, io) = self.open_conn(peer, false);
+                let (id, io) = self.open_conn(peer, false, false);
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
                 futures_lite::future::or(reader, writer).await;
@@ -719,7 +571,7 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     /// Give a new connection its id and output side, and tell the broker.
-    fn open_conn(&self, peer: SocketAddr, admin: bool) -> (ConnId, Rc<ConnIo>) {
+    fn open_conn(&self, peer: SocketAddr, admin: bool, parkable: bool) -> (ConnId, Rc<ConnIo>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
@@ -727,6 +579,11 @@ impl<L: RaftLog + 'static> Server<L> {
             closing: Cell::new(false),
             congested: Cell::new(false),
             doorbell: Doorbell::default(),
+            parkable,
+            active: Cell::new(true),
+            park_requested: Cell::new(false),
+            answered: Cell::new(false),
+            parked: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, io.clone());
         self.with_broker(|b, now| {
@@ -743,45 +600,6 @@ impl<L: RaftLog + 'static> Server<L> {
         self.conns.borrow_mut().remove(&id);
         self.with_broker(|b, now| b.closed(id, now));
         debug!("Connection {id} finished.");
-    }
-
-    /// Write the connection's output until it is all out or the socket is
-    /// full, without waiting. An error means the socket is broken.
-    fn write_out(
-        &self,
-        id: ConnId,
-        io: &ConnIo,
-        out: &mut OutBuf,
-        sock: &Async<std::net::TcpStream>,
-    ) -> std::io::Result<()> {
-        let mut sent = 0usize;
-        // Bounded: nothing refills `io.out` in here, so at most one swap
-        // follows the bytes already pending.
-        loop {
-            if out.is_empty() {
-                out.buf.clear();
-                out.done = 0;
-                let mut o = io.out.borrow_mut();
-                if o.is_empty() {
-                    break;
-                }
-                std::mem::swap(&mut out.buf, &mut *o);
-            }
-            match (&mut sock.get_ref()).write(&out.buf[out.done..]) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    out.done += n;
-                    sent += n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if sent > 0 {
-            self.sent(id, io, sent);
-        }
-        Ok(())
     }
 
     /// `n` new bytes are in `rb`: hand every whole packet to the broker.
@@ -921,8 +739,10 @@ impl<L: RaftLog + 'static> Server<L> {
         loop {
             smol::Timer::after(Duration::from_millis(1000)).await;
             self.with_broker(|b, now| b.tick(now));
+            // A connection parks after one to two seconds without I/O.
+            self.park_sweep();
             ticks += 1;
-            if ticks % RETURN_MEMORY_EVERY_SECS == 0 {
+            if ticks.is_multiple_of(RETURN_MEMORY_EVERY_SECS) {
                 return_free_memory();
             }
         }
