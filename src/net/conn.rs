@@ -80,8 +80,15 @@ impl OutBuf {
 
     /// Write this and then the connection's further output until it is
     /// all out or the socket is full, without waiting. Returns the bytes
-    /// written; an error means the socket is broken.
-    fn write_from(&mut self, io: &ConnIo, sock: &Async<std::net::TcpStream>) -> std::io::Result<usize> {
+    /// written; an error means the socket is broken. The two buffers take
+    /// turns and keep their capacity up to `keep_bytes_max` (a parked
+    /// connection holds neither).
+    fn write_from(
+        &mut self,
+        io: &ConnIo,
+        sock: &Async<std::net::TcpStream>,
+        keep_bytes_max: usize,
+    ) -> std::io::Result<usize> {
         let mut sent = 0usize;
         // Bounded: nothing refills `io.out` in here, so at most one swap
         // follows the bytes already pending.
@@ -89,6 +96,9 @@ impl OutBuf {
             if self.is_empty() {
                 self.buf.clear();
                 self.done = 0;
+                if self.buf.capacity() > keep_bytes_max {
+                    self.buf = Vec::new();
+                }
                 let mut o = io.out.borrow_mut();
                 if o.is_empty() {
                     return Ok(sent);
@@ -110,14 +120,15 @@ impl OutBuf {
 }
 
 /// A plain TCP connection: both directions in one small future, so that
-/// an idle connection holds no more than waiting needs (no read buffer, no
-/// output buffer, one waker; see `poll_turns`). Output is written without
+/// a waiting connection holds little (no read buffer, one waker; output
+/// buffers only as large as its recent bursts). Output is written without
 /// waiting, as the socket almost always takes it at once; only a full
 /// socket makes the connection wait for writability, and meanwhile input is
 /// still read. Hand-written rather than an `async fn`, whose state would
 /// keep its arguments and every live local (several hundred bytes more per
 /// connection). A connection that stays idle is parked (`park.rs`): the
-/// future ends and hands its socket over, without closing it.
+/// future ends and hands its socket over, without closing it, and all its
+/// buffers go.
 pub(super) struct TcpConn<L: RaftLog> {
     server: Rc<Server<L>>,
     id: ConnId,
@@ -167,22 +178,11 @@ impl<L: RaftLog + 'static> TcpConn<L> {
     }
 
     fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
-        let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
         for _ in 0..CONN_TURNS_MAX {
             // Writers first: what earlier input produced goes out before
             // more input is taken.
-            match self.out.write_from(&self.io, sock) {
-                Ok(0) => {}
-                Ok(sent) => {
-                    self.io.active.set(true);
-                    if !self.io.answered.replace(true) {
-                        // Most clients wait after their CONNACK, often for
-                        // long: park at once rather than after a sweep.
-                        self.io.park_requested.set(true);
-                    }
-                    self.server.sent(self.id, &self.io, sent);
-                }
-                Err(_) => return Poll::Ready(Stop::End),
+            if self.write_out().is_err() {
+                return Poll::Ready(Stop::End);
             }
             let unsent = !self.out.is_empty();
             if !unsent && self.io.closing.get() && self.io.out.borrow().is_empty() {
@@ -191,15 +191,20 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             if self.input && self.reading {
                 let Some(space) = self.rb.space(self.server.packet_bytes_max) else { return Poll::Ready(Stop::End) };
                 let room = space.len();
+                let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
                 match (&mut sock.get_ref()).read(space) {
                     Ok(0) => return Poll::Ready(Stop::End),
                     Ok(n) => {
                         self.io.active.set(true);
                         self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
-                        // Let the writers of the connections this batch fed
-                        // run before reading more: a fast publisher must not
-                        // outrun its subscribers' sockets (their buffers
-                        // would overflow and drop QoS 0).
+                        // This connection's own answers (PUBACK, ...) go
+                        // out at once; then the writers of the connections
+                        // this batch fed run before reading more: a fast
+                        // publisher must not outrun its subscribers' sockets
+                        // (their buffers would overflow and drop QoS 0).
+                        if self.write_out().is_err() {
+                            return Poll::Ready(Stop::End);
+                        }
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
@@ -211,21 +216,14 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                     Err(_) => return Poll::Ready(Stop::End),
                 }
             }
-            if !unsent {
-                // Nothing in flight: hold no output buffer while waiting.
-                self.out = OutBuf::default();
-                let mut o = self.io.out.borrow_mut();
-                if o.is_empty() {
-                    *o = Vec::new();
-                }
-            }
             // Idle (nothing to write, nothing half-read) and the parking
             // sweep found it idle before: park instead of waiting.
-            if self.io.park_requested.replace(false) && !unsent && self.reading && self.rb.buf.is_empty() {
+            if self.io.park_requested.replace(false) && !unsent && self.reading && self.rb.filled == 0 {
                 return Poll::Ready(Stop::Park);
             }
             // Wait for new output (or closing), room in a full socket, or
             // input; each registers this task's waker.
+            let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
             let rung = self.io.doorbell.poll(cx).is_ready();
             let writable = unsent && sock.poll_writable(cx).is_ready();
             self.input = self.reading && sock.poll_readable(cx).is_ready();
@@ -235,6 +233,23 @@ impl<L: RaftLog + 'static> TcpConn<L> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Write what the socket takes of the connection's output, without
+    /// waiting; an error means the socket is broken.
+    fn write_out(&mut self) -> std::io::Result<()> {
+        let Some(sock) = &self.sock else { return Err(std::io::ErrorKind::NotConnected.into()) };
+        let sent = self.out.write_from(&self.io, sock, self.server.out_buffer_bytes_max)?;
+        if sent > 0 {
+            self.io.active.set(true);
+            if !self.io.answered.replace(true) {
+                // Most clients wait after their CONNACK, often for long:
+                // park at once rather than after a sweep.
+                self.io.park_requested.set(true);
+            }
+            self.server.sent(self.id, &self.io, sent);
+        }
+        Ok(())
     }
 }
 
