@@ -406,6 +406,12 @@ impl Broker {
                 }
                 c.phase = Phase::Connected;
                 c.session_closed = false;
+                // Hold the session's copy of the client id, not a second one.
+                if let Some((key, _)) = self.state.sessions.get_key_value(&*client) {
+                    c.client = Some(key.clone());
+                    self.by_client.remove(&*client);
+                    self.by_client.insert(key.clone(), id);
+                }
                 if let Some(mut ack) = c.connack.take() {
                     ack.session_present = session_present;
                     self.actions.push(Action::Send(id, Packet::ConnAck(*ack)));
