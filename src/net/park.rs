@@ -86,7 +86,9 @@ impl<L: RaftLog + 'static> Server<L> {
     /// Park connection `id`, whose task ends: its socket waits in the
     /// parker's poller. Gives the socket back if it cannot be parked.
     pub(super) fn park(&self, id: ConnId, io: &ConnIo, sock: std::net::TcpStream) -> Result<(), std::net::TcpStream> {
-        let Some(p) = &self.parking else { return Err(sock) };
+        // Only while the parker task runs: nothing else would bring the
+        // connection back.
+        let Some(p) = self.parking.as_ref().filter(|p| p.running.get()) else { return Err(sock) };
         let Ok(fd) = usize::try_from(sock.as_raw_fd()) else { return Err(sock) };
         // SAFETY: `add` requires the socket to leave the poller before it is
         // closed. A parked socket is only taken out by `unpark`, which
