@@ -726,3 +726,51 @@ fn outgoing_inflight_window_max_inflight_messages() {
     }
     assert_eq!(payloads, b"01234".to_vec());
 }
+
+/// Long enough for midge to park an idle connection (its sweep runs every
+/// second; a connection parks after one to two seconds without I/O).
+const IDLE_PARKED: Duration = Duration::from_millis(2_600);
+
+#[test]
+fn idle_connection_gets_messages_and_answers() {
+    // Connections that wait long enough are parked by midge (no task,
+    // no socket registration); delivery to them and input from them must
+    // work as on any connection, over and over.
+    let b = Broker::start("");
+    let mut sub = v311(&b, "idle-sub");
+    sub.send(&subscribe_v311(1, "idle/t", 0));
+    assert_eq!(sub.expect_packet(T).bytes(), [0x90, 0x03, 0x00, 0x01, 0x00]);
+    let mut publ = v311(&b, "idle-pub");
+    for round in 0..2u8 {
+        std::thread::sleep(IDLE_PARKED);
+        // Input to an idle connection: PINGREQ -> PINGRESP.
+        sub.send(&[0xC0, 0x00]);
+        assert_eq!(sub.expect_packet(T).bytes(), [0xD0, 0x00], "round {round}");
+        std::thread::sleep(IDLE_PARKED);
+        // Output to an idle connection, from another idle one.
+        publ.send(&publish_v311("idle/t", 0, false, 0, &[round]));
+        let p = sub.expect_packet(T);
+        assert_eq!(p.bytes(), publish_v311("idle/t", 0, false, 0, &[round]), "round {round}");
+    }
+}
+
+#[test]
+fn idle_connection_is_taken_over_and_closed() {
+    // [MQTT-3.1.4-3] a second connection with the same client id closes
+    // the first, also when the first is idle (parked in midge).
+    let b = Broker::start("");
+    let mut first = v311(&b, "idle-twin");
+    std::thread::sleep(IDLE_PARKED);
+    let _second = v311(&b, "idle-twin");
+    first.expect_closed(T);
+}
+
+#[test]
+fn idle_connection_past_keep_alive_is_closed() {
+    // [MQTT-3.1.2-24] no packet within 1.5 times the keep alive: the server
+    // closes the connection, parked or not.
+    let b = Broker::start("");
+    let mut r = Raw::connect_v311(b.port, "idle-ka", true, 2);
+    let waited = r.expect_closed(Duration::from_secs(10));
+    assert!(waited >= Duration::from_millis(2_900), "closed after {waited:?}");
+}

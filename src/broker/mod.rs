@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod connect;
+pub mod lazy;
 pub mod message;
 pub mod settings;
 pub mod state;
@@ -23,6 +24,7 @@ use log::{debug, info, warn};
 use crate::auth::acl::Access;
 use crate::mqtt::codec::{encoded_len, DecodeError};
 use crate::mqtt::{reason, topic, Disconnect, Packet, PubResp, Publish, QoS, SubAck, SubOptions, UnsubAck, Version};
+use lazy::Lazy;
 pub use message::{Message, MessageProps};
 pub use settings::Settings;
 use state::{AckKind, Command, Delivery, Effect, Entry, State, SubscribeReq};
@@ -54,15 +56,18 @@ struct Conn {
     version: Version,
     client: Option<Rc<str>>,
     username: Option<Rc<str>>,
-    keep_alive_ms: u64,
+    /// At most 65,535 s.
+    keep_alive_ms: u32,
+    /// When the last packet came in; before the first, when the connection
+    /// opened (in `Phase::New` no packet has come in yet: the first one
+    /// ends that phase).
     last_rx_ms: u64,
-    opened_ms: u64,
     /// Client's Maximum Packet Size.
     packet_bytes_out_max: u32,
     /// Client's Topic Alias Maximum and the aliases we assigned.
     alias_out_max: u16,
-    alias_out: BTreeMap<Rc<str>, u16>,
-    alias_in: BTreeMap<u16, Rc<str>>,
+    alias_out: Lazy<BTreeMap<Rc<str>, u16>>,
+    alias_in: Lazy<BTreeMap<u16, Rc<str>>>,
     /// QoS 1/2 PUBLISHes received and not yet completed (Receive Maximum).
     inbound_unacked: u32,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
@@ -224,11 +229,10 @@ impl Broker {
                 username: None,
                 keep_alive_ms: 0,
                 last_rx_ms: now,
-                opened_ms: now,
                 packet_bytes_out_max: u32::MAX,
                 alias_out_max: 0,
-                alias_out: BTreeMap::new(),
-                alias_in: BTreeMap::new(),
+                alias_out: Lazy::default(),
+                alias_in: Lazy::default(),
                 inbound_unacked: 0,
                 session_expiry_secs: 0,
                 connack: None,
@@ -402,6 +406,12 @@ impl Broker {
                 }
                 c.phase = Phase::Connected;
                 c.session_closed = false;
+                // Hold the session's copy of the client id, not a second one.
+                if let Some((key, _)) = self.state.sessions.get_key_value(&*client) {
+                    c.client = Some(key.clone());
+                    self.by_client.remove(&*client);
+                    self.by_client.insert(key.clone(), id);
+                }
                 if let Some(mut ack) = c.connack.take() {
                     ack.session_present = session_present;
                     self.actions.push(Action::Send(id, Packet::ConnAck(*ack)));
@@ -886,11 +896,11 @@ impl Broker {
         for (id, c) in &self.conns {
             match c.phase {
                 Phase::Connected
-                    if c.keep_alive_ms > 0 && now.saturating_sub(c.last_rx_ms) > c.keep_alive_ms * 3 / 2 =>
+                    if c.keep_alive_ms > 0 && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_ms) * 3 / 2 =>
                 {
                     late.push((*id, true));
                 }
-                Phase::New if now.saturating_sub(c.opened_ms) > self.settings.connect_timeout_ms => {
+                Phase::New if now.saturating_sub(c.last_rx_ms) > self.settings.connect_timeout_ms => {
                     late.push((*id, false))
                 }
                 _ => {}

@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::lazy::Lazy;
 use super::message::Message;
 use super::tree::{SubEntry, TopicTree};
 use crate::mqtt::{topic, QoS};
@@ -62,17 +63,19 @@ pub struct Session {
     /// Outbound window: the client's Receive Maximum capped by ours.
     pub window: u16,
     /// filter as subscribed (with any `$share/group/` prefix) -> entry.
-    pub subs: BTreeMap<String, SubEntry>,
-    pub queue: VecDeque<Delivery>,
+    /// (The collections are `Lazy`: one pointer while empty, as they are
+    /// in most sessions.)
+    pub subs: Lazy<BTreeMap<String, SubEntry>>,
+    pub queue: Lazy<VecDeque<Delivery>>,
     pub queued_bytes: u64,
-    pub inflight: BTreeMap<u16, Outbound>,
+    pub inflight: Lazy<BTreeMap<u16, Outbound>>,
     pub last_pid: u16,
     /// Inbound QoS 2 packet ids: PUBREC sent, PUBREL not yet received.
-    pub inbound_qos2: BTreeSet<u16>,
+    pub inbound_qos2: Lazy<BTreeSet<u16>>,
     /// In-flight packet ids not yet resent on the current connection: after
     /// a reconnect they go out again (DUP) only as the client's Receive
     /// Maximum allows [MQTT-4.9.0-2].
-    pub unsent: BTreeSet<u16>,
+    pub unsent: Lazy<BTreeSet<u16>>,
     /// Will of the current (or last) connection (boxed: most sessions have
     /// none, and every session pays for the `None`'s size).
     pub will: Option<Box<WillMsg>>,

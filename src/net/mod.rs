@@ -1,13 +1,16 @@
 //! The runtime: smol listeners and connection tasks on one thread. Bytes
-//! come in through `embedded-io-async` reads, are decoded and handed to the
-//! broker; the broker's actions are encoded into per-connection outgoing
-//! buffers that a writer future drains. No borrow of the broker lives
-//! across an `.await`.
+//! come in (plain TCP: non-blocking reads in `conn.rs`; TLS: through
+//! `embedded-io-async` reads), are decoded and handed to the broker; the
+//! broker's actions are encoded into per-connection outgoing buffers that
+//! the connection drains. Idle plain TCP connections are parked without a
+//! task (`park.rs`). No borrow of the broker lives across an `.await`.
 
 mod cluster_io;
+mod conn;
 mod control;
 pub use cluster_io::health;
 mod io;
+mod park;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -29,12 +32,12 @@ use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
 use crate::store::RaftLog;
-use io::{SmolIo, Tcp, WaitInput};
+use conn::{ReadBuf, TcpConn};
+use io::{SmolIo, Tcp};
+use park::Parking;
+use smol::Async;
 
-/// Read buffer of an idle connection. It doubles while reads fill it (up
-/// to `READ_BUFFER_BYTES_BUSY`) or while one packet needs more (up to the
-/// maximum packet size), and shrinks back when traffic calms down, so idle
-/// connections stay small and busy ones read in large batches.
+/// Read buffer of a connection that reads (see `ReadBuf`).
 const READ_BUFFER_BYTES_MIN: usize = 256;
 const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 /// How long a leader keeps the lead before handing it to the preferred one.
@@ -49,10 +52,31 @@ struct ConnIo {
     closing: Cell<bool>,
     congested: Cell<bool>,
     doorbell: Doorbell,
+    /// A plain TCP connection, which may be parked (see `park.rs`).
+    parkable: bool,
+    /// Read or written since the last parking sweep.
+    active: Cell<bool>,
+    /// Park at the next wait: the sweep found it idle, or it has just
+    /// written its first output (the CONNACK).
+    park_requested: Cell<bool>,
+    /// Has written output before.
+    answered: Cell<bool>,
+    /// The socket of a parked connection (which then has no task).
+    parked: Cell<Option<std::net::TcpStream>>,
 }
 
-/// Wakes one writer task. A channel would do, but costs a few hundred bytes
-/// per connection; on one thread two `Cell`s are enough.
+impl ConnIo {
+    fn is_parked(&self) -> bool {
+        let s = self.parked.take();
+        let parked = s.is_some();
+        self.parked.set(s);
+        parked
+    }
+}
+
+/// Wakes one connection's task (the writer, on TLS). A channel would do,
+/// but costs a few hundred bytes per connection; on one thread two `Cell`s
+/// are enough.
 #[derive(Default)]
 struct Doorbell {
     rung: Cell<bool>,
@@ -67,16 +91,18 @@ impl Doorbell {
         }
     }
 
+    /// Ready if rung since the last poll; otherwise the next ring wakes `cx`.
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.rung.replace(false) {
+            std::task::Poll::Ready(())
+        } else {
+            self.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    }
+
     async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.rung.replace(false) {
-                std::task::Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll(cx)).await
     }
 }
 
@@ -88,6 +114,8 @@ pub struct Server<L: RaftLog> {
     driver_rx: Receiver<()>,
     tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// Idle plain TCP connections without a task (None: cannot park).
+    parking: Option<Parking>,
     /// One voter and an in-memory log: run the Ready loop right after the
     /// broker proposes (see with_broker).
     inline_ready: bool,
@@ -156,6 +184,7 @@ impl<L: RaftLog + 'static> Server<L> {
             driver_rx,
             tick_ms,
             conns: RefCell::new(HashMap::new()),
+            parking: Parking::new(),
             inline_ready,
             defer_flush,
             handshakes: Cell::new(0),
@@ -228,13 +257,13 @@ impl<L: RaftLog + 'static> Server<L> {
                             congested.push(id);
                         }
                         if was_empty {
-                            io.doorbell.ring();
+                            self.ring(id, io);
                         }
                     }
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
                             io.closing.set(true);
-                            io.doorbell.ring();
+                            self.ring(id, io);
                         }
                     }
                 }
@@ -432,7 +461,7 @@ impl<L: RaftLog + 'static> Server<L> {
             }
             let server = self.clone();
             match &l.tls {
-                None => ex.spawn(async move { server.serve(stream, peer, false).await }).detach(),
+                None => self.clone().spawn_tcp(&ex, stream, peer, false),
                 Some(t) => {
                     let cfg = t.server.clone();
                     ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
@@ -533,15 +562,23 @@ impl<L: RaftLog + 'static> Server<L> {
             };
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             info!("New admin connection from {}.", peer);
-            let server = self.clone();
-            ex.spawn(async move { server.serve(stream, peer, true).await }).detach();
+            self.clone().spawn_tcp(&ex, stream, peer, true);
         }
     }
 
-    async fn serve(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, admin: bool) {
-        let tcp = Tcp::from(stream);
-        self.clone().serve_io(SmolIo(tcp.clone()), SmolIo(tcp.clone()), peer, admin).await;
-        tcp.shutdown();
+    /// Serve a client of a plain TCP listener (or of the admin listener)
+    /// in a task of its own.
+    fn spawn_tcp(self: Rc<Self>, ex: &LocalExecutor<'static>, stream: TcpStream, peer: SocketAddr, admin: bool) {
+        // A freshly accepted stream has no other handle: own the socket
+        // outright (no reference count, no cached readiness futures).
+        let Ok(sock) = Arc::try_unwrap(Arc::<Async<std::net::TcpStream>>::from(stream)) else {
+            warn!("Closing connection from {peer}: its socket is shared.");
+            return;
+        };
+        // Opened before the task starts, so that the task holds only what
+        // the connection needs while it runs.
+        let (id, io) = self.open_conn(peer, admin, true);
+        ex.spawn(TcpConn::new(self, id, io, sock, false)).detach();
     }
 
     /// A client on a TLS listener: handshake (bounded in time), then the
@@ -558,8 +595,15 @@ impl<L: RaftLog + 'static> Server<L> {
         self.handshakes.set(self.handshakes.get() - 1);
         match done {
             Some(Ok(tls)) => {
+                // rustls holds records in its own buffers: a readable socket
+                // is not a readable stream, so TLS keeps a reader and a
+                // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
-                self.serve_io(SmolIo(r), SmolIo(w), peer, false).await;
+                let (id, io) = self.open_conn(peer, false, false);
+                let reader = self.read_loop(id, SmolIo(r));
+                let writer = self.write_loop(id, io.clone(), SmolIo(w));
+                futures_lite::future::or(reader, writer).await;
+                self.close_conn(id);
             }
             Some(Err(e)) => info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}."),
             None => info!(
@@ -570,13 +614,8 @@ impl<L: RaftLog + 'static> Server<L> {
         tcp.shutdown();
     }
 
-    async fn serve_io<R: Read + WaitInput, W: Write>(
-        self: Rc<Self>,
-        reader: R,
-        writer: W,
-        peer: SocketAddr,
-        admin: bool,
-    ) {
+    /// Give a new connection its id and output side, and tell the broker.
+    fn open_conn(&self, peer: SocketAddr, admin: bool, parkable: bool) -> (ConnId, Rc<ConnIo>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
@@ -584,6 +623,11 @@ impl<L: RaftLog + 'static> Server<L> {
             closing: Cell::new(false),
             congested: Cell::new(false),
             doorbell: Doorbell::default(),
+            parkable,
+            active: Cell::new(true),
+            park_requested: Cell::new(false),
+            answered: Cell::new(false),
+            parked: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, io.clone());
         self.with_broker(|b, now| {
@@ -593,79 +637,78 @@ impl<L: RaftLog + 'static> Server<L> {
                 b.open(id, &peer.to_string(), now)
             }
         });
-        let reader = self.read_loop(id, reader);
-        let writer = self.write_loop(id, io.clone(), writer);
-        futures_lite::future::or(reader, writer).await;
-        self.conns.borrow_mut().remove(&id);
-        self.with_broker(|b, now| b.closed(id, now));
-        debug!("Connection {} from {} finished.", id, peer);
+        (id, io)
     }
 
-    async fn read_loop<R: Read + WaitInput>(&self, id: ConnId, mut sock: R) {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut filled = 0usize;
-        loop {
-            if filled == 0 && buf.len() <= READ_BUFFER_BYTES_MIN && sock.can_wait() {
-                // Nothing half-read and no burst going on: wait without a
-                // buffer, so that idle connections hold none.
-                buf = Vec::new();
-                sock.wait_input().await;
-            }
-            if buf.is_empty() {
-                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
-            }
-            if filled == buf.len() {
-                // A packet larger than the buffer is incomplete; decode has
-                // already checked its length against the maximum.
-                let cap = (buf.len() * 2).min(self.packet_bytes_max as usize + 5);
-                if cap <= buf.len() {
-                    return;
+    fn close_conn(&self, id: ConnId) {
+        self.conns.borrow_mut().remove(&id);
+        self.with_broker(|b, now| b.closed(id, now));
+        debug!("Connection {id} finished.");
+    }
+
+    /// `n` new bytes are in `rb`: hand every whole packet to the broker.
+    /// False after a decode error (the broker then closes the connection).
+    fn take_input(&self, id: ConnId, rb: &mut ReadBuf, n: usize, room: usize) -> bool {
+        rb.filled += n;
+        let (buf, filled) = (&rb.buf, rb.filled);
+        let consumed = self.with_broker(|b, now| {
+            b.count_bytes(n as u64, 0);
+            let mut pos = 0;
+            while pos < filled {
+                match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
+                    Ok(Some((p, used))) => {
+                        pos += used;
+                        b.packet(id, p, now);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        b.decode_error(id, &e, now);
+                        return None;
+                    }
                 }
-                buf.resize(cap, 0);
             }
-            let room = buf.len() - filled;
-            let n = match sock.read(&mut buf[filled..]).await {
+            Some(pos)
+        });
+        let Some(consumed) = consumed else { return false };
+        rb.consumed(consumed, n, room);
+        true
+    }
+
+    /// `sent` bytes of the connection's output went out.
+    fn sent(&self, id: ConnId, io: &ConnIo, sent: usize) {
+        let uncongest = io.congested.get() && io.out.borrow().len() <= self.out_buffer_bytes_max / 2;
+        if uncongest {
+            io.congested.set(false);
+        }
+        self.with_broker(|b, _| {
+            b.count_bytes(0, sent as u64);
+            if uncongest {
+                b.set_congested(id, false);
+            }
+        });
+    }
+
+    /// The reading side of a TLS connection.
+    async fn read_loop<R: Read>(&self, id: ConnId, mut sock: R) {
+        let mut rb = ReadBuf::default();
+        loop {
+            let Some(space) = rb.space(self.packet_bytes_max) else { return };
+            let room = space.len();
+            let n = match sock.read(space).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            filled += n;
-            let consumed = self.with_broker(|b, now| {
-                b.count_bytes(n as u64, 0);
-                let mut pos = 0;
-                while pos < filled {
-                    match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
-                        Ok(Some((p, used))) => {
-                            pos += used;
-                            b.packet(id, p, now);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            b.decode_error(id, &e, now);
-                            return None;
-                        }
-                    }
-                }
-                Some(pos)
-            });
-            let Some(consumed) = consumed else {
+            if !self.take_input(id, &mut rb, n, room) {
                 // Wait for the writer to flush the refusal, then it ends us.
                 std::future::pending::<()>().await;
                 return;
-            };
-            buf.copy_within(consumed..filled, 0);
-            filled -= consumed;
-            if n == room && buf.len() < READ_BUFFER_BYTES_BUSY {
-                buf.resize(buf.len() * 2, 0);
-            } else if filled == 0 && n < READ_BUFFER_BYTES_MIN && buf.len() > READ_BUFFER_BYTES_MIN {
-                buf = vec![0u8; READ_BUFFER_BYTES_MIN];
             }
-            // Let the writers of the connections this batch fed run before
-            // reading more: a fast publisher must not outrun its subscribers'
-            // sockets (their buffers would overflow and drop QoS 0).
+            // Writers first (see tcp_loop).
             futures_lite::future::yield_now().await;
         }
     }
 
+    /// The writing side of a TLS connection.
     async fn write_loop<W: Write>(&self, id: ConnId, io: Rc<ConnIo>, mut sock: W) {
         let mut pending: Vec<u8> = Vec::new();
         loop {
@@ -682,21 +725,12 @@ impl<L: RaftLog + 'static> Server<L> {
             if sock.write_all(&pending).await.is_err() || sock.flush().await.is_err() {
                 return;
             }
-            let sent = pending.len() as u64;
+            let sent = pending.len();
             pending.clear();
             if pending.capacity() > self.out_buffer_bytes_max {
                 pending = Vec::new();
             }
-            let uncongest = io.congested.get() && io.out.borrow().len() <= self.out_buffer_bytes_max / 2;
-            if uncongest {
-                io.congested.set(false);
-            }
-            self.with_broker(|b, _| {
-                b.count_bytes(0, sent);
-                if uncongest {
-                    b.set_congested(id, false);
-                }
-            });
+            self.sent(id, &io, sent);
         }
     }
 
@@ -749,8 +783,10 @@ impl<L: RaftLog + 'static> Server<L> {
         loop {
             smol::Timer::after(Duration::from_millis(1000)).await;
             self.with_broker(|b, now| b.tick(now));
+            // A connection parks after one to two seconds without I/O.
+            self.park_sweep();
             ticks += 1;
-            if ticks % RETURN_MEMORY_EVERY_SECS == 0 {
+            if ticks.is_multiple_of(RETURN_MEMORY_EVERY_SECS) {
                 return_free_memory();
             }
         }
