@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::state::{Command, Entry, SnapshotError, State};
 use crate::broker::Broker;
-use crate::store::{Flushed, PersistJob, RaftLog, Staged, StoreError};
+use crate::store::{FlushJob, FlushResult, Flushed, RaftLog, Staged, StoreError};
 
 /// Entries this leader keeps proposed and not yet committed before it
 /// holds new commands back for the next one (see `propose_pending`).
@@ -460,13 +460,13 @@ impl<L: RaftLog> Node<L> {
     /// (if there is anything to write) goes to `end_flush`. Until then
     /// `ready` does nothing (raft may still step messages and take
     /// proposals; they wait for the next pass).
-    pub fn begin_flush(&mut self) -> Result<Option<Box<dyn PersistJob>>, NodeError> {
+    pub fn begin_flush(&mut self) -> Result<Option<FlushJob>, NodeError> {
         Ok(self.raw.mut_store().begin_flush()?)
     }
 
     /// Ends a flush begun by `begin_flush`: `result` is the job's result,
     /// `None` if there was no job. Returns the messages that waited.
-    pub fn end_flush(&mut self, result: Option<Result<u64, String>>) -> Result<Vec<Message>, NodeError> {
+    pub fn end_flush(&mut self, result: Option<FlushResult>) -> Result<Vec<Message>, NodeError> {
         if let Some(result) = result {
             let f = self.raw.mut_store().end_flush(result)?;
             self.count_flush(f);
@@ -558,7 +558,7 @@ impl<L: RaftLog> Node<L> {
         self.force_snapshot = false;
         let data = self.broker.state.snapshot();
         let bytes = data.len();
-        self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, self.cfg.snapshot_keep_entries)?;
+        self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, self.cfg.snapshot_keep_entries);
         self.snapshot_index = self.applied;
         info!("Snapshot at index {} ({} bytes of state).", self.applied, bytes);
         Ok(())

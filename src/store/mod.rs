@@ -15,7 +15,7 @@ mod tests;
 
 pub use mem::MemLog;
 pub use redb_log::RedbLog;
-pub use staged::{Flushed, Staged};
+pub use staged::{FlushJob, FlushResult, Flushed, Staged};
 
 /// On-disk format version of the redb file (tables and record encodings,
 /// see docs/FORMATS.md). Bump on any change; `RedbLog::open` refuses a
@@ -124,6 +124,25 @@ pub trait RaftLog: raft::Storage {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<(), StoreError>;
+
+    /// `save_snapshot` in steps, like `begin_persist`: the store reports
+    /// the snapshot (and the compacted log) at once, the job writes it.
+    fn begin_save_snapshot(
+        &self,
+        index: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<Box<dyn PersistJob>, StoreError> {
+        self.save_snapshot(index, conf_state, data, keep_entries)?;
+        Ok(Box::new(Written))
+    }
+
+    /// Takes a snapshot job's result: `Ok(bytes of log entries it newly
+    /// covers)`, or why it failed.
+    fn end_save_snapshot(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+        result.map(|_| ()).map_err(StoreError::Io)
+    }
 
     /// The latest snapshot: (index, term, conf state, data). `None` if
     /// there is none yet (fresh store).

@@ -60,6 +60,9 @@ pub struct RedbLog {
     /// Why a write failed, once one has: the file may no longer match
     /// `cached`, so later writes are refused until the store is reopened.
     failed: RefCell<Option<String>>,
+    /// A snapshot whose write job has not ended: (index, data), served
+    /// from here until it is in the file.
+    writing_snapshot: RefCell<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 /// What the file holds, minus entries and snapshot data.
@@ -173,6 +176,7 @@ impl RedbLog {
             durability: if durable { Durability::Immediate } else { Durability::None },
             cached: RefCell::new(cached),
             failed: RefCell::new(None),
+            writing_snapshot: RefCell::new(None),
         })
     }
 
@@ -245,6 +249,11 @@ impl RedbLog {
     }
 
     fn read_snapshot_data(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        if let Some((i, data)) = self.writing_snapshot.borrow().as_ref() {
+            if *i == index {
+                return Ok(data.as_ref().clone());
+            }
+        }
         let io = |e: redb::Error| StoreError::Io(format!("reading the snapshot of {}: {e}", self.path));
         let txn = self.db.begin_read().map_err(|e| io(e.into()))?;
         let table = txn.open_table(SNAPSHOT).map_err(|e| io(e.into()))?;
@@ -503,6 +512,47 @@ impl PersistJob for RedbWrite {
     }
 }
 
+/// One `save_snapshot`'s transaction: the snapshot, and the deletion of
+/// the log entries it covers (tens of ms for a long log).
+struct RedbSnapshotWrite {
+    db: Arc<Database>,
+    durability: Durability,
+    index: u64,
+    old_snap_index: u64,
+    compact_to: Option<(u64, u64)>,
+    data: Arc<Vec<u8>>,
+    meta_bytes: Vec<u8>,
+    hs_bytes: Vec<u8>,
+    path: String,
+}
+
+impl PersistJob for RedbSnapshotWrite {
+    /// Ok(bytes of log entries the snapshot newly covers).
+    fn run(self: Box<Self>) -> Result<u64, String> {
+        let w = *self;
+        let attempt = || -> Result<u64, redb::Error> {
+            let mut txn = w.db.begin_write()?;
+            txn.set_durability(w.durability)?;
+            let mut log = txn.open_table(LOG)?;
+            let newly_covered = stored_bytes(&log, w.old_snap_index + 1, w.index)?;
+            let mut m = txn.open_table(META)?;
+            if let Some((cut, cut_term)) = w.compact_to {
+                log.retain_in(..=cut, |_, _| false)?;
+                m.insert(KEY_LOG_TRUNCATED, u64_pair_bytes(cut, cut_term).as_slice())?;
+            }
+            let mut snapshots = txn.open_table(SNAPSHOT)?;
+            snapshots.retain(|_, _| false)?;
+            snapshots.insert(w.index, w.data.as_slice())?;
+            m.insert(KEY_SNAPSHOT_META, w.meta_bytes.as_slice())?;
+            m.insert(KEY_HARD_STATE, w.hs_bytes.as_slice())?;
+            drop((log, m, snapshots));
+            txn.commit()?;
+            Ok(newly_covered)
+        };
+        attempt().map_err(|e| format!("{e} (writing the snapshot at {} to {})", w.index, w.path))
+    }
+}
+
 impl RaftLog for RedbLog {
     fn persist(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
         let job = self.begin_persist(entries, hard_state)?;
@@ -602,6 +652,21 @@ impl RaftLog for RedbLog {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<(), StoreError> {
+        let job = self.begin_save_snapshot(index, conf_state, data, keep_entries)?;
+        self.end_save_snapshot(job.run())
+    }
+
+    /// Plans the snapshot and makes the store report it (first index,
+    /// snapshot, hard state) at once; the job writes it and deletes the
+    /// compacted entries, which raft no longer reads.
+    fn begin_save_snapshot(
+        &self,
+        index: u64,
+        conf_state: &ConfState,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<Box<dyn PersistJob>, StoreError> {
+        self.check_not_failed()?;
         let mut c = self.cached.borrow_mut();
         let plan = c.index.plan_snapshot(index, keep_entries).map_err(refused)?;
         let meta = SnapshotMetadata {
@@ -613,28 +678,34 @@ impl RaftLog for RedbLog {
         let hs = hard_state_covering(&c.hard_state, plan.index, plan.term);
         let (meta_bytes, hs_bytes) = (encode(&meta)?, encode(&hs)?);
         let (old_snap_index, _) = c.index.snapshot();
-
-        let newly_covered = self.write(|txn| {
-            let mut log = txn.open_table(LOG)?;
-            let newly_covered = stored_bytes(&log, old_snap_index + 1, plan.index)?;
-            let mut m = txn.open_table(META)?;
-            if let Some((cut, cut_term)) = plan.compact_to {
-                log.retain_in(..=cut, |_, _| false)?;
-                m.insert(KEY_LOG_TRUNCATED, u64_pair_bytes(cut, cut_term).as_slice())?;
-            }
-            let mut snapshots = txn.open_table(SNAPSHOT)?;
-            snapshots.retain(|_, _| false)?;
-            snapshots.insert(plan.index, data.as_slice())?;
-            m.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
-            m.insert(KEY_HARD_STATE, hs_bytes.as_slice())?;
-            Ok(newly_covered)
-        })?;
-
+        let data = Arc::new(data);
         c.index.apply_snapshot(&plan);
         c.snapshot_meta = Some(meta);
         c.hard_state = hs;
-        c.log_bytes = c.log_bytes.saturating_sub(newly_covered);
-        Ok(())
+        *self.writing_snapshot.borrow_mut() = Some((plan.index, data.clone()));
+        Ok(Box::new(RedbSnapshotWrite {
+            db: self.db.clone(),
+            durability: self.durability,
+            index: plan.index,
+            old_snap_index,
+            compact_to: plan.compact_to,
+            data,
+            meta_bytes,
+            hs_bytes,
+            path: self.path.clone(),
+        }))
+    }
+
+    fn end_save_snapshot(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+        *self.writing_snapshot.borrow_mut() = None;
+        match result {
+            Ok(newly_covered) => {
+                let mut c = self.cached.borrow_mut();
+                c.log_bytes = c.log_bytes.saturating_sub(newly_covered);
+                Ok(())
+            }
+            Err(reason) => Err(self.fail(reason)),
+        }
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, u64, ConfState, Vec<u8>)>, StoreError> {

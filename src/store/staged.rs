@@ -29,6 +29,35 @@ pub struct Staged<L: RaftLog> {
     /// Between `begin_flush` and `end_flush`: the staged entries are being
     /// written (and stay readable here until then).
     writing: bool,
+    /// A snapshot to write with the next flush: (index, conf state, data,
+    /// entries to keep).
+    #[allow(clippy::type_complexity)]
+    snapshot: Option<(u64, ConfState, Vec<u8>, u64)>,
+}
+
+/// The jobs of one flush: the staged entries and hard state, then a
+/// snapshot. Runs on any thread.
+pub struct FlushJob {
+    persist: Option<Box<dyn PersistJob>>,
+    snapshot: Option<Box<dyn PersistJob>>,
+}
+
+pub struct FlushResult {
+    persist: Option<Result<u64, String>>,
+    snapshot: Option<Result<u64, String>>,
+}
+
+impl FlushJob {
+    pub fn run(self) -> FlushResult {
+        let persist = self.persist.map(|j| j.run());
+        // A failed log write leaves the snapshot unwritten (the store then
+        // refuses every write).
+        let snapshot = match &persist {
+            Some(Err(_)) => None,
+            _ => self.snapshot.map(|j| j.run()),
+        };
+        FlushResult { persist, snapshot }
+    }
 }
 
 /// What one flush wrote.
@@ -43,7 +72,7 @@ pub struct Flushed {
 impl<L: RaftLog> Staged<L> {
     pub fn new(inner: L) -> Staged<L> {
         let flushed_hs = raft::Storage::initial_state(&inner).map(|s| s.hard_state).unwrap_or_default();
-        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs, writing: false }
+        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs, writing: false, snapshot: None }
     }
 
     pub fn inner(&self) -> &L {
@@ -70,12 +99,13 @@ impl<L: RaftLog> Staged<L> {
         }
     }
 
-    /// Whether anything staged must be written: entries, or a new term
-    /// or vote. A hard state whose only change is the commit index waits
-    /// for the next such write (raft does not need the commit index on
-    /// disk: a restarted node learns it again).
+    /// Whether anything staged must be written: entries, a new term or
+    /// vote, or a snapshot. A hard state whose only change is the commit
+    /// index waits for the next such write (raft does not need the commit
+    /// index on disk: a restarted node learns it again).
     pub fn has_staged(&self) -> bool {
         !self.entries.is_empty()
+            || self.snapshot.is_some()
             || self
                 .hard_state
                 .as_ref()
@@ -92,25 +122,36 @@ impl<L: RaftLog> Staged<L> {
 
     /// `flush` in steps (see `RaftLog::begin_persist`): the job may run on
     /// another thread; nothing may be staged until `end_flush`.
-    pub fn begin_flush(&mut self) -> Result<Option<Box<dyn PersistJob>>, StoreError> {
+    pub fn begin_flush(&mut self) -> Result<Option<FlushJob>, StoreError> {
         assert!(!self.writing, "a flush began while another was running");
         if !self.has_staged() {
             return Ok(None);
         }
-        let hs = self.hard_state.take();
-        let job = self.inner.begin_persist(&self.entries, hs.as_ref())?;
-        if let Some(hs) = hs {
-            self.flushed_hs = hs;
+        let mut job = FlushJob { persist: None, snapshot: None };
+        if !self.entries.is_empty() || self.hard_state.is_some() {
+            let hs = self.hard_state.take();
+            job.persist = Some(self.inner.begin_persist(&self.entries, hs.as_ref())?);
+            if let Some(hs) = hs {
+                self.flushed_hs = hs;
+            }
+        }
+        if let Some((index, cs, data, keep)) = self.snapshot.take() {
+            job.snapshot = Some(self.inner.begin_save_snapshot(index, &cs, data, keep)?);
         }
         self.writing = true;
         Ok(Some(job))
     }
 
     /// Takes the result of the job `begin_flush` returned.
-    pub fn end_flush(&mut self, result: Result<u64, String>) -> Result<Flushed, StoreError> {
+    pub fn end_flush(&mut self, result: FlushResult) -> Result<Flushed, StoreError> {
         self.writing = false;
         let entries = std::mem::take(&mut self.entries).len() as u64;
-        self.inner.end_persist(result)?;
+        if let Some(r) = result.persist {
+            self.inner.end_persist(r)?;
+        }
+        if let Some(r) = result.snapshot {
+            self.inner.end_save_snapshot(r)?;
+        }
         Ok(Flushed { entries, durable: true })
     }
 
@@ -142,20 +183,21 @@ impl<L: RaftLog> Staged<L> {
     }
 
     /// Snapshots cover applied entries, which are persisted: the staged
-    /// run is after them and untouched.
-    pub fn save_snapshot(
-        &mut self,
-        index: u64,
-        conf_state: &ConfState,
-        data: Vec<u8>,
-        keep_entries: u64,
-    ) -> Result<(), StoreError> {
+    /// run is after them and untouched. The snapshot is written (and the
+    /// log compacted) by the next flush, off the event loop's thread.
+    pub fn save_snapshot(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>, keep_entries: u64) {
         assert!(!self.writing, "snapshot saved while a flush was running");
-        self.inner.save_snapshot(index, conf_state, data, keep_entries)
+        self.snapshot = Some((index, conf_state.clone(), data, keep_entries));
     }
 
+    /// Log bytes since the last snapshot; none while one waits to be
+    /// written.
     pub fn log_bytes(&self) -> u64 {
-        self.inner.log_bytes()
+        if self.snapshot.is_some() {
+            0
+        } else {
+            self.inner.log_bytes()
+        }
     }
 
     pub fn on_disk(&self) -> bool {
