@@ -240,11 +240,23 @@ relay() {
   local s=$1 p=$2 topic=$3 what=$4 tries=${5:-1} per=30 ok=0 msg sublog
   ((tries > 1)) && per=10
   msg="${topic//\//-}-$$-$RANDOM" sublog="$WORK/relay-$s-$p-${topic//\//_}.log"
-  : >"$sublog"
-  timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[s]}" -t "$topic/#" -q 1 -C 1 -W 35 -d >"$sublog" 2>&1 &
-  SUBPIDS+=($!)
-  for _ in $(seq 300); do grep -qi "received SUBACK" "$sublog" && break; sleep 0.1; done
-  grep -qi "received SUBACK" "$sublog" || { cat "$sublog"; die "$what: no SUBACK from node $s"; }
+  # A node refuses clients (CONNACK 3) until the cluster has a leader that
+  # serves: the subscriber tries again, for up to 30 s.
+  local deadline=$((SECONDS + 30))
+  while :; do
+    : >"$sublog"
+    timeout 40 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "${MQTTPORT[s]}" -t "$topic/#" -q 1 -C 1 -W 35 -d >"$sublog" 2>&1 &
+    SUBPIDS+=($!)
+    for _ in $(seq 300); do
+      grep -qi "received SUBACK" "$sublog" && break
+      kill -0 "${SUBPIDS[-1]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    grep -qi "received SUBACK" "$sublog" && break
+    ((SECONDS < deadline)) && ! kill -0 "${SUBPIDS[-1]}" 2>/dev/null || { cat "$sublog"; die "$what: no SUBACK from node $s"; }
+    log "$what: node $s refused the subscriber ($(grep -io 'connection refused[^.]*' "$sublog" | head -n 1)); trying again"
+    sleep 1
+  done
   for _ in $(seq "$tries"); do
     if timeout "$per" mosquitto_pub -h 127.0.0.1 -p "${MQTTPORT[p]}" -t "$topic/x" -q 1 -m "$msg"; then ok=1; break; fi
     sleep 1
