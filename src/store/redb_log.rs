@@ -208,6 +208,19 @@ impl RedbLog {
         }
     }
 
+    /// Ends a write job: Ok(log bytes it replaced or covered), or why it
+    /// failed.
+    fn end_write(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+        match result {
+            Ok(bytes) => {
+                let mut c = self.cached.borrow_mut();
+                c.log_bytes = c.log_bytes.saturating_sub(bytes);
+                Ok(())
+            }
+            Err(reason) => Err(self.fail(reason)),
+        }
+    }
+
     /// Records a failed write: this and every later write are refused.
     fn fail(&self, reason: String) -> StoreError {
         log::error!("write to raft store {} failed: {reason}", self.path);
@@ -594,14 +607,7 @@ impl RaftLog for RedbLog {
     }
 
     fn end_persist(&self, result: Result<u64, String>) -> Result<(), StoreError> {
-        match result {
-            Ok(dropped) => {
-                let mut c = self.cached.borrow_mut();
-                c.log_bytes = c.log_bytes.saturating_sub(dropped);
-                Ok(())
-            }
-            Err(reason) => Err(self.fail(reason)),
-        }
+        self.end_write(result)
     }
 
     fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
@@ -698,14 +704,7 @@ impl RaftLog for RedbLog {
 
     fn end_save_snapshot(&self, result: Result<u64, String>) -> Result<(), StoreError> {
         *self.writing_snapshot.borrow_mut() = None;
-        match result {
-            Ok(newly_covered) => {
-                let mut c = self.cached.borrow_mut();
-                c.log_bytes = c.log_bytes.saturating_sub(newly_covered);
-                Ok(())
-            }
-            Err(reason) => Err(self.fail(reason)),
-        }
+        self.end_write(result)
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, u64, ConfState, Vec<u8>)>, StoreError> {
