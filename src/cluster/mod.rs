@@ -115,7 +115,7 @@ impl NodeConfig {
             election_ticks: 10,
             election_ticks_max: 20,
             heartbeat_ticks: 2,
-            snapshot_entries: 20_000,
+            snapshot_entries: 5_000,
             snapshot_log_bytes: 32 * 1024 * 1024,
             snapshot_keep_entries: 2_000,
             max_msg_bytes: 1024 * 1024,

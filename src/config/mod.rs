@@ -214,7 +214,7 @@ pub struct ClusterTiming {
 
 impl Default for ClusterTiming {
     fn default() -> Self {
-        ClusterTiming { tick_ms: 50, election_ticks: 6, heartbeat_ticks: 1, snapshot_entries: 20_000 }
+        ClusterTiming { tick_ms: 50, election_ticks: 6, heartbeat_ticks: 1, snapshot_entries: 5_000 }
     }
 }
 
