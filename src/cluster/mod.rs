@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::state::{Command, Entry, SnapshotError, State};
 use crate::broker::Broker;
-use crate::store::{FlushJob, FlushResult, Flushed, RaftLog, Staged, StoreError};
+use crate::store::{FlushJob, FlushResult, RaftLog, Staged, StoreError};
 
 /// Entries this leader keeps proposed and not yet committed before it
 /// holds new commands back for the next one (see `propose_pending`).
@@ -413,8 +413,7 @@ impl<L: RaftLog> Node<L> {
         self.unflushed_msgs.extend(rd.take_persisted_messages());
         if has_snapshot {
             // Rare (a follower far behind): finish this Ready synchronously.
-            out.messages.extend(self.flush_store()?);
-            self.unflushed_ready = None;
+            out.messages.extend(self.flush()?);
             let mut light = self.raw.advance_append(rd);
             if light.commit_index().is_some() {
                 let hs = self.raw.raft.hard_state();
@@ -468,26 +467,13 @@ impl<L: RaftLog> Node<L> {
     /// `None` if there was no job. Returns the messages that waited.
     pub fn end_flush(&mut self, result: Option<FlushResult>) -> Result<Vec<Message>, NodeError> {
         if let Some(result) = result {
-            let f = self.raw.mut_store().end_flush(result)?;
-            self.count_flush(f);
+            let entries = self.raw.mut_store().end_flush(result)?;
+            self.stats.persists += 1;
+            self.stats.persisted_entries += entries;
         }
         if let Some(number) = self.unflushed_ready.take() {
             self.raw.on_persist_ready(number);
         }
-        Ok(std::mem::take(&mut self.unflushed_msgs))
-    }
-
-    fn count_flush(&mut self, f: Flushed) {
-        if f.durable {
-            self.stats.persists += 1;
-            self.stats.persisted_entries += f.entries;
-        }
-    }
-
-    /// The synchronous write of a Ready with a snapshot.
-    fn flush_store(&mut self) -> Result<Vec<Message>, NodeError> {
-        let f = self.raw.mut_store().flush()?;
-        self.count_flush(f);
         Ok(std::mem::take(&mut self.unflushed_msgs))
     }
 

@@ -258,23 +258,24 @@ impl<L: RaftLog + 'static> Future for TcpConn<L> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let c = self.get_mut();
-        // Bounded: a connection that cannot park goes on at most once.
-        for _ in 0..2 {
-            match c.poll_turns(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Stop::Park) => {
-                    let Some(sock) = c.sock.take() else { break };
-                    match sock.into_inner() {
-                        Ok(s) => match c.server.park(c.id, &c.io, s) {
-                            Ok(()) => return Poll::Ready(()),
-                            // Could not park: go on as before.
-                            Err(s) => c.sock = Async::new(s).ok(),
-                        },
-                        Err(_) => break,
+        match c.poll_turns(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Stop::Park) => {
+                if let Some(Ok(s)) = c.sock.take().map(Async::into_inner) {
+                    match c.server.park(c.id, &c.io, s) {
+                        Ok(()) => return Poll::Ready(()),
+                        // Could not park: go on as before, in a later poll.
+                        Err(s) => {
+                            if let Ok(sock) = Async::new(s) {
+                                c.sock = Some(sock);
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                        }
                     }
                 }
-                Poll::Ready(Stop::End) => break,
             }
+            Poll::Ready(Stop::End) => {}
         }
         c.server.close_conn(c.id);
         if let Some(s) = c.sock.take() {

@@ -703,7 +703,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 std::future::pending::<()>().await;
                 return;
             }
-            // Writers first (see tcp_loop).
+            // Writers first (see TcpConn::poll_turns).
             futures_lite::future::yield_now().await;
         }
     }

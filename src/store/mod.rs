@@ -15,7 +15,7 @@ mod tests;
 
 pub use mem::MemLog;
 pub use redb_log::RedbLog;
-pub use staged::{FlushJob, FlushResult, Flushed, Staged};
+pub use staged::{FlushJob, FlushResult, Staged};
 
 /// On-disk format version of the redb file (tables and record encodings,
 /// see docs/FORMATS.md). Bump on any change; `RedbLog::open` refuses a

@@ -189,14 +189,7 @@ impl RedbLog {
     /// failure, this and every later write are refused.
     fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
         self.check_not_failed()?;
-        let attempt = || -> Result<T, redb::Error> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(self.durability)?;
-            let out = body(&txn)?;
-            txn.commit()?;
-            Ok(out)
-        };
-        attempt().map_err(|e| self.fail(e.to_string()))
+        transaction(&self.db, self.durability, body).map_err(|e| self.fail(e.to_string()))
     }
 
     fn check_not_failed(&self) -> Result<(), StoreError> {
@@ -484,6 +477,19 @@ impl raft::Storage for RedbLog {
     }
 }
 
+/// Runs `body` in one write transaction with `durability` and commits it.
+fn transaction<T>(
+    db: &Database,
+    durability: Durability,
+    body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
+) -> Result<T, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    let out = body(&txn)?;
+    txn.commit()?;
+    Ok(out)
+}
+
 /// One `persist`'s transaction, carried out off the event loop's thread.
 struct RedbWrite {
     db: Arc<Database>,
@@ -500,9 +506,7 @@ struct RedbWrite {
 impl PersistJob for RedbWrite {
     fn run(self: Box<Self>) -> Result<u64, String> {
         let w = *self;
-        let attempt = || -> Result<u64, redb::Error> {
-            let mut txn = w.db.begin_write()?;
-            txn.set_durability(w.durability)?;
+        transaction(&w.db, w.durability, |txn| {
             let mut dropped = 0u64;
             if let Some((first, _)) = w.rows.first() {
                 let mut log = txn.open_table(LOG)?;
@@ -518,10 +522,9 @@ impl PersistJob for RedbWrite {
             if let Some(bytes) = &w.hs_bytes {
                 txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
             }
-            txn.commit()?;
             Ok(dropped)
-        };
-        attempt().map_err(|e| format!("{e} (writing the log of {})", w.path))
+        })
+        .map_err(|e| format!("{e} (writing the log of {})", w.path))
     }
 }
 
@@ -543,9 +546,7 @@ impl PersistJob for RedbSnapshotWrite {
     /// Ok(bytes of log entries the snapshot newly covers).
     fn run(self: Box<Self>) -> Result<u64, String> {
         let w = *self;
-        let attempt = || -> Result<u64, redb::Error> {
-            let mut txn = w.db.begin_write()?;
-            txn.set_durability(w.durability)?;
+        transaction(&w.db, w.durability, |txn| {
             let mut log = txn.open_table(LOG)?;
             let newly_covered = stored_bytes(&log, w.old_snap_index + 1, w.index)?;
             let mut m = txn.open_table(META)?;
@@ -558,11 +559,9 @@ impl PersistJob for RedbSnapshotWrite {
             snapshots.insert(w.index, w.data.as_slice())?;
             m.insert(KEY_SNAPSHOT_META, w.meta_bytes.as_slice())?;
             m.insert(KEY_HARD_STATE, w.hs_bytes.as_slice())?;
-            drop((log, m, snapshots));
-            txn.commit()?;
             Ok(newly_covered)
-        };
-        attempt().map_err(|e| format!("{e} (writing the snapshot at {} to {})", w.index, w.path))
+        })
+        .map_err(|e| format!("{e} (writing the snapshot at {} to {})", w.index, w.path))
     }
 }
 

@@ -60,23 +60,10 @@ impl FlushJob {
     }
 }
 
-/// What one flush wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Flushed {
-    /// Entries written.
-    pub entries: u64,
-    /// Whether anything was written (one transaction, one fsync).
-    pub durable: bool,
-}
-
 impl<L: RaftLog> Staged<L> {
     pub fn new(inner: L) -> Staged<L> {
         let flushed_hs = raft::Storage::initial_state(&inner).map(|s| s.hard_state).unwrap_or_default();
         Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs, writing: false, snapshot: None }
-    }
-
-    pub fn inner(&self) -> &L {
-        &self.inner
     }
 
     /// Stage one Ready's entries and hard state. Raft only hands over
@@ -112,11 +99,12 @@ impl<L: RaftLog> Staged<L> {
                 .is_some_and(|hs| hs.term != self.flushed_hs.term || hs.vote != self.flushed_hs.vote)
     }
 
-    /// Write everything staged to the inner log in one transaction.
-    pub fn flush(&mut self) -> Result<Flushed, StoreError> {
+    /// Write everything staged to the inner log in one transaction;
+    /// returns the number of entries written.
+    pub fn flush(&mut self) -> Result<u64, StoreError> {
         match self.begin_flush()? {
             Some(job) => self.end_flush(job.run()),
-            None => Ok(Flushed::default()),
+            None => Ok(0),
         }
     }
 
@@ -142,8 +130,9 @@ impl<L: RaftLog> Staged<L> {
         Ok(Some(job))
     }
 
-    /// Takes the result of the job `begin_flush` returned.
-    pub fn end_flush(&mut self, result: FlushResult) -> Result<Flushed, StoreError> {
+    /// Takes the result of the job `begin_flush` returned; returns the
+    /// number of entries written.
+    pub fn end_flush(&mut self, result: FlushResult) -> Result<u64, StoreError> {
         self.writing = false;
         let entries = std::mem::take(&mut self.entries).len() as u64;
         if let Some(r) = result.persist {
@@ -152,7 +141,7 @@ impl<L: RaftLog> Staged<L> {
         if let Some(r) = result.snapshot {
             self.inner.end_save_snapshot(r)?;
         }
-        Ok(Flushed { entries, durable: true })
+        Ok(entries)
     }
 
     /// Whether a flush's job is running.
@@ -165,8 +154,10 @@ impl<L: RaftLog> Staged<L> {
         self.entries.first().map(|e| e.index)
     }
 
-    // The inner log's writes that do not go through staging. Each one
-    // that could reorder against staged entries flushes them first.
+    // The inner log's other writes: a leader's snapshot replaces the log
+    // (staged entries are flushed first); a snapshot of the applied state
+    // waits for the next flush; the conf state is written at once (never
+    // during a flush).
 
     pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
         self.flush()?;
@@ -307,8 +298,7 @@ mod tests {
         assert_eq!(read(&s, 2, 6), vec![(2, 1), (3, 1), (4, 1), (5, 1)]);
         assert_eq!(read(&s, 5, 7), vec![(5, 1), (6, 1)]);
         assert!(s.entries(2, 8, None, GetEntriesContext::empty(false)).is_err());
-        let f = s.flush().unwrap();
-        assert_eq!(f, Flushed { entries: 3, durable: true });
+        assert_eq!(s.flush().unwrap(), 3);
         assert!(!s.has_staged());
         assert_eq!(disk.last_index().unwrap(), 6);
         assert_eq!(disk.initial_state().unwrap().hard_state.commit, 3);
@@ -342,7 +332,7 @@ mod tests {
         s.flush().unwrap();
         s.stage(&[], Some(&hs(1, 1, 2)));
         assert!(!s.has_staged());
-        assert_eq!(s.flush().unwrap(), Flushed::default());
+        assert_eq!(s.flush().unwrap(), 0);
         assert_eq!(disk.initial_state().unwrap().hard_state.commit, 0);
         // A new vote must be written.
         s.stage(&[], Some(&hs(2, 3, 2)));
