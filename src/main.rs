@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         run(&config, ncfg, log, broker)
     } else {
         info!("Persistence is off: state lives in memory only and is lost at exit.");
-        run(&config, ncfg, MemLog::new(), broker)
+        run(&config, ncfg, MemLog::volatile(), broker)
     }
 }
 

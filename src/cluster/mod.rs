@@ -182,6 +182,11 @@ pub enum MembershipEvent {
     Removed { id: u64 },
 }
 
+/// A lone node on a volatile store (`RaftLog::forget_applied`) drops its
+/// applied entries once this many pile up: the in-memory log of
+/// `persistence false` then stays a few KiB however many clients connect.
+const FORGET_AFTER_ENTRIES: u64 = 64;
+
 pub fn raft_logger() -> slog::Logger {
     use slog::Drain;
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
@@ -535,6 +540,15 @@ impl<L: RaftLog> Node<L> {
         if since == 0 {
             return Ok(());
         }
+        if !self.force_snapshot && since >= FORGET_AFTER_ENTRIES && self.alone() {
+            // No follower and no restart will read these entries (the
+            // store says whether it is such a store): drop them instead of
+            // serialising the whole state for a snapshot nobody reads.
+            if self.raw.mut_store().forget_applied(self.applied)? {
+                self.snapshot_index = self.applied;
+                return Ok(());
+            }
+        }
         if !self.force_snapshot
             && since < self.cfg.snapshot_entries
             && self.raw.store().log_bytes() < self.cfg.snapshot_log_bytes
@@ -548,6 +562,15 @@ impl<L: RaftLog> Node<L> {
         self.snapshot_index = self.applied;
         info!("Snapshot at index {} ({} bytes of state).", self.applied, bytes);
         Ok(())
+    }
+
+    /// Whether this node is the cluster's only member.
+    fn alone(&self) -> bool {
+        let cs = &self.conf_state;
+        cs.voters == [self.cfg.id]
+            && cs.learners.is_empty()
+            && cs.voters_outgoing.is_empty()
+            && cs.learners_next.is_empty()
     }
 
     /// Serve clients only as a leader whose LeaderStart (proposed in its

@@ -1,7 +1,9 @@
 //! `MemLog`: the raft log, hard state, conf state and latest snapshot held
-//! in memory, for the deterministic simulation. Clones share one store
-//! (`Rc`), so the simulation keeps a clone as the node's "disk", drops the
-//! node in a simulated crash and rebuilds it on the same data.
+//! in memory: for the deterministic simulation and for `persistence
+//! false`. Clones share one store (`Rc`), so the simulation keeps a clone
+//! as the node's "disk", drops the node in a simulated crash and rebuilds
+//! it on the same data. `MemLog::volatile` (persistence false) is never
+//! read back, so a lone node may forget applied entries (`forget_applied`).
 //!
 //! It accepts and refuses exactly the writes `RedbLog` does (both check
 //! them with `LogIndex`), and must never depend on time, randomness or
@@ -31,6 +33,8 @@ struct Stored {
     snapshot: Option<(SnapshotMetadata, Vec<u8>)>,
     /// Encoded bytes of the entries after the snapshot index.
     log_bytes: u64,
+    /// Nothing reads this store after the process ends.
+    volatile: bool,
 }
 
 impl Default for MemLog {
@@ -50,8 +54,17 @@ impl MemLog {
                 conf_state: ConfState::default(),
                 snapshot: None,
                 log_bytes: 0,
+                volatile: false,
             })),
         }
+    }
+
+    /// A store for `persistence false`: as `new`, and it may forget
+    /// applied entries (`RaftLog::forget_applied`).
+    pub fn volatile() -> MemLog {
+        let log = MemLog::new();
+        log.inner.borrow_mut().volatile = true;
+        log
     }
 }
 
@@ -207,6 +220,26 @@ impl RaftLog for MemLog {
 
     fn log_bytes(&self) -> u64 {
         self.inner.borrow().log_bytes
+    }
+
+    fn forget_applied(&self, index: u64) -> Result<bool, StoreError> {
+        let mut s = self.inner.borrow_mut();
+        if !s.volatile || index <= s.index.snapshot().0 {
+            return Ok(false);
+        }
+        let plan = s.index.plan_snapshot(index, 0).map_err(refused)?;
+        if let Some((cut, _)) = plan.compact_to {
+            let drop_until = s.position(cut + 1);
+            s.entries.drain(..drop_until);
+        }
+        s.index.apply_snapshot(&plan);
+        // The metadata stays for raft; the data is gone (raft's
+        // `snapshot()` now answers "temporarily unavailable" until a real
+        // snapshot is saved, which a membership change forces).
+        s.snapshot = None;
+        s.hard_state = hard_state_covering(&s.hard_state, plan.index, plan.term);
+        s.log_bytes = s.bytes_after(plan.index);
+        Ok(true)
     }
 
     fn on_disk(&self) -> bool {

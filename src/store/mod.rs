@@ -158,4 +158,15 @@ pub trait RaftLog: raft::Storage {
     fn on_disk(&self) -> bool {
         true
     }
+
+    /// Drop the log up to the applied `index` without a snapshot of it.
+    /// Only a store whose contents die with the process
+    /// (`MemLog::volatile`) may, and the caller asks only while its node
+    /// is the cluster's only member: no follower will ask for the entries
+    /// and no restart reads them. Until the next real snapshot, raft is
+    /// told a snapshot is temporarily unavailable. Returns whether it
+    /// dropped anything; `false` for every other store.
+    fn forget_applied(&self, _index: u64) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }

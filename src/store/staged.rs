@@ -181,6 +181,15 @@ impl<L: RaftLog> Staged<L> {
         self.snapshot = Some((index, conf_state.clone(), data, keep_entries));
     }
 
+    /// See `RaftLog::forget_applied`; never while a flush runs or a
+    /// snapshot waits.
+    pub fn forget_applied(&mut self, index: u64) -> Result<bool, StoreError> {
+        if self.writing || self.snapshot.is_some() {
+            return Ok(false);
+        }
+        self.inner.forget_applied(index)
+    }
+
     /// Log bytes since the last snapshot; none while one waits to be
     /// written.
     pub fn log_bytes(&self) -> u64 {
