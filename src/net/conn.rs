@@ -197,14 +197,15 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                     Ok(n) => {
                         self.io.active.set(true);
                         self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
-                        // This connection's own answers (PUBACK, ...) go
-                        // out at once; then the writers of the connections
-                        // this batch fed run before reading more: a fast
-                        // publisher must not outrun its subscribers' sockets
-                        // (their buffers would overflow and drop QoS 0).
-                        if self.write_out().is_err() {
-                            return Poll::Ready(Stop::End);
-                        }
+                        // The writers of the connections this batch fed
+                        // (woken already, so ahead in the queue) run
+                        // first; this connection's own answers (PUBACK,
+                        // ...) go out when it is polled again, before it
+                        // reads more. Deliveries before acknowledgements,
+                        // as Mosquitto orders them: a subscriber waits for
+                        // no PUBACK's send. And a fast publisher cannot
+                        // outrun its subscribers' sockets (their buffers
+                        // would overflow and drop QoS 0).
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
