@@ -19,7 +19,7 @@ use midge::broker::{Action, Broker, ConnId, Settings};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
 use midge::mqtt::{Connect, Packet, Properties, PubResp, Publish, QoS, SubOptions, Subscribe, Version};
-use midge::store::MemLog;
+use midge::store::{FlushResult, MemLog};
 use raft::eraftpb::Message;
 
 const NODES: usize = 3;
@@ -49,6 +49,9 @@ struct SimNode {
     cfg: NodeConfig,
     down_until: u64,
     next_tick: u64,
+    /// A flush begun and not yet ended: its job ran (the simulated disk
+    /// has the data), raft has not been told. Ready passes go on meanwhile.
+    writing: Option<Option<FlushResult>>,
 }
 
 #[derive(Default)]
@@ -109,7 +112,7 @@ impl Sim {
             cfg.snapshot_keep_entries = 10;
             let disk = MemLog::new();
             let node = new_node(&cfg, &disk, now);
-            nodes.push(SimNode { node: Some(node), disk, cfg, down_until: 0, next_tick: now + TICK_MS });
+            nodes.push(SimNode { node: Some(node), disk, cfg, down_until: 0, next_tick: now + TICK_MS, writing: None });
         }
         let drop_per_million = rng.below(50_000);
         Sim {
@@ -237,21 +240,39 @@ impl Sim {
     fn run_ready(&mut self, i: usize) {
         for _ in 0..10 {
             let now = self.now;
-            let Some(n) = self.nodes[i].node.as_mut() else { return };
+            let sn = &mut self.nodes[i];
+            let Some(n) = sn.node.as_mut() else { return };
             let mut early = Vec::new();
             let out = match n.ready(now, &mut |msgs| early.extend(msgs)) {
                 Ok(o) => o,
                 Err(e) => self.fail(&format!("node {} ready failed: {e}", i + 1)),
             };
             early.extend(out.messages);
-            // Group commit: the write of what was staged happens now or,
-            // a third of the time, a step later (a crash in between loses
-            // it, as a crash during a real write would).
+            // Group commit: the write of what was staged begins now or, a
+            // third of the time, a step later (a crash in between loses
+            // it, as a crash during a real write would). A begun write
+            // ends at once or, half the time, later: Ready passes (and
+            // the next Readies' staging) go on while it runs.
             let mut more = false;
-            if n.needs_flush() && !self.rng.chance(330_000) {
-                match n.flush() {
+            if sn.writing.is_some() && !self.rng.chance(330_000) {
+                match n.end_flush(sn.writing.take().flatten()) {
                     Ok(msgs) => early.extend(msgs),
                     Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                }
+                more = true;
+            }
+            if sn.writing.is_none() && n.needs_flush() && !self.rng.chance(330_000) {
+                let result = match n.begin_flush() {
+                    Ok(job) => job.map(|j| j.run()),
+                    Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                };
+                if self.rng.chance(500_000) {
+                    sn.writing = Some(result);
+                } else {
+                    match n.end_flush(result) {
+                        Ok(msgs) => early.extend(msgs),
+                        Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                    }
                 }
                 more = true;
             }
@@ -315,6 +336,7 @@ impl Sim {
         if down == 0 && self.rng.chance(2_000) {
             let i = self.rng.below(NODES as u64) as usize;
             self.nodes[i].node = None;
+            self.nodes[i].writing = None;
             self.nodes[i].down_until = now + 200 + self.rng.below(2_000);
             self.net.retain(|(_, m)| m.to as usize != i + 1);
             for c in [&mut self.publisher, &mut self.subscriber] {

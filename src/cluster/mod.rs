@@ -146,11 +146,14 @@ pub struct Node<L: RaftLog> {
     pub membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
     pub stats: NodeStats,
-    /// The last Ready staged but not yet flushed (see `flush`).
+    /// The last Ready staged but not yet in a flush (see `flush`).
     unflushed_ready: Option<u64>,
     /// Messages that may leave only once the staged Readies are on disk
     /// (a follower's append responses, votes).
     unflushed_msgs: Vec<Message>,
+    /// The same for the flush whose job runs now (`begin_flush`).
+    writing_ready: Option<u64>,
+    writing_msgs: Vec<Message>,
     /// This leader's proposed entries not yet committed.
     in_flight: std::collections::VecDeque<InFlight>,
 }
@@ -253,6 +256,8 @@ impl<L: RaftLog> Node<L> {
             stats: NodeStats::default(),
             unflushed_ready: None,
             unflushed_msgs: Vec::new(),
+            writing_ready: None,
+            writing_msgs: Vec::new(),
             in_flight: Default::default(),
         })
     }
@@ -383,7 +388,10 @@ impl<L: RaftLog> Node<L> {
     /// leader; the rest wait for `flush`.
     pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
         let mut out = ReadyOutput::default();
-        if self.raw.store().writing() {
+        // A Ready goes on while a flush's job runs (its entries are staged
+        // for the next flush), except one that installs a snapshot: that
+        // replaces the log, so it waits for the job.
+        if self.raw.store().writing() && self.raw.raft.raft_log.unstable.snapshot.is_some() {
             return Ok(out);
         }
         self.propose_pending();
@@ -450,6 +458,12 @@ impl<L: RaftLog> Node<L> {
         self.unflushed_ready.is_some() || self.raw.store().has_staged()
     }
 
+    /// Whether a flush's job is running (between `begin_flush` and
+    /// `end_flush`); another may begin only after it.
+    pub fn flushing(&self) -> bool {
+        self.raw.store().writing()
+    }
+
     /// Write everything the Ready passes staged since the last flush in
     /// one transaction (one fsync), tell raft it is persisted, and return
     /// the messages that waited for it. Run `ready` again afterwards: the
@@ -461,11 +475,14 @@ impl<L: RaftLog> Node<L> {
     }
 
     /// `flush` in steps, for running the write on another thread: the job
-    /// (if there is anything to write) goes to `end_flush`. Until then
-    /// `ready` does nothing (raft may still step messages and take
-    /// proposals; they wait for the next pass).
+    /// (if there is anything to write) goes to `end_flush`. Meanwhile
+    /// `ready` goes on: what it stages goes into the next flush, and the
+    /// messages that must wait for the disk wait for that one.
     pub fn begin_flush(&mut self) -> Result<Option<FlushJob>, NodeError> {
-        Ok(self.raw.mut_store().begin_flush()?)
+        let job = self.raw.mut_store().begin_flush()?;
+        self.writing_ready = self.unflushed_ready.take();
+        self.writing_msgs = std::mem::take(&mut self.unflushed_msgs);
+        Ok(job)
     }
 
     /// Ends a flush begun by `begin_flush`: `result` is the job's result,
@@ -476,10 +493,10 @@ impl<L: RaftLog> Node<L> {
             self.stats.persists += 1;
             self.stats.persisted_entries += entries;
         }
-        if let Some(number) = self.unflushed_ready.take() {
+        if let Some(number) = self.writing_ready.take() {
             self.raw.on_persist_ready(number);
         }
-        Ok(std::mem::take(&mut self.unflushed_msgs))
+        Ok(std::mem::take(&mut self.writing_msgs))
     }
 
     fn apply_entries(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64) -> Result<u64, NodeError> {

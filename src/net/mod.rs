@@ -31,7 +31,7 @@ use crate::cluster::Node;
 use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::Version;
-use crate::store::RaftLog;
+use crate::store::{FlushResult, RaftLog};
 use conn::{ReadBuf, TcpConn};
 use io::{SmolIo, Tcp};
 use park::Parking;
@@ -280,21 +280,42 @@ impl<L: RaftLog + 'static> Server<L> {
         let _ = self.driver_bell.try_send(());
     }
 
-    /// The raft driver: ticks, proposals, the Ready loop.
+    /// The raft driver: ticks, proposals, the Ready loop, and the disk
+    /// writes (one at a time, each on a blocking thread; the Ready loop
+    /// goes on meanwhile and stages what comes for the next write).
     pub async fn driver(self: Rc<Self>) {
         let tick = Duration::from_millis(self.tick_ms);
         let mut next_tick = std::time::Instant::now() + tick;
+        let mut write: Option<smol::Task<FlushResult>> = None;
         loop {
             let rx = self.driver_rx.clone();
-            futures_lite::future::or(
-                async move {
-                    let _ = rx.recv().await;
-                },
+            let written = futures_lite::future::or(
                 async {
-                    smol::Timer::at(next_tick).await;
+                    match write.as_mut() {
+                        Some(job) => Some(job.await),
+                        None => std::future::pending().await,
+                    }
                 },
+                futures_lite::future::or(
+                    async move {
+                        let _ = rx.recv().await;
+                        None
+                    },
+                    async {
+                        smol::Timer::at(next_tick).await;
+                        None
+                    },
+                ),
             )
             .await;
+            let mut again = false;
+            if let Some(result) = written {
+                write = None;
+                self.end_flush(Some(result));
+                // The write may have committed entries (the leader counts
+                // itself once its own write is done).
+                again = true;
+            }
             if std::time::Instant::now() >= next_tick {
                 self.node.borrow_mut().tick();
                 self.upkeep(self.now());
@@ -303,8 +324,8 @@ impl<L: RaftLog + 'static> Server<L> {
                     next_tick = std::time::Instant::now() + tick;
                 }
             }
-            let mut again = self.ready_passes();
-            if self.node.borrow().needs_flush() {
+            again |= self.ready_passes();
+            if write.is_none() && self.node.borrow().needs_flush() {
                 // Group commit: let the connections run before the write,
                 // so that what is already committed (PUBACKs, deliveries)
                 // goes out now rather than after the fsync; then stage
@@ -314,21 +335,26 @@ impl<L: RaftLog + 'static> Server<L> {
                 // The write and its fsync run on a blocking thread; the
                 // event loop serves clients and peers meanwhile.
                 let job = or_exit(self.node.borrow_mut().begin_flush());
-                let result = match job {
-                    Some(job) => Some(smol::unblock(move || job.run()).await),
-                    None => None,
-                };
-                let msgs = or_exit(self.node.borrow_mut().end_flush(result));
-                for m in &msgs {
-                    self.peers.send(m);
+                match job {
+                    Some(job) => write = Some(smol::unblock(move || job.run())),
+                    None => {
+                        self.end_flush(None);
+                        again = true;
+                    }
                 }
-                // The write may have committed entries (the leader counts
-                // itself once its own write is done).
-                again = true;
             }
             if again {
                 let _ = self.driver_bell.try_send(());
             }
+        }
+    }
+
+    /// Ends a flush: raft learns what is on disk, and the messages that
+    /// waited for it leave.
+    fn end_flush(&self, result: Option<FlushResult>) {
+        let msgs = or_exit(self.node.borrow_mut().end_flush(result));
+        for m in &msgs {
+            self.peers.send(m);
         }
     }
 

@@ -10,6 +10,12 @@
 //!
 //! A crash loses what is staged and not flushed — exactly what a crash
 //! during the write would lose; raft never relied on it.
+//!
+//! Staging goes on while a flush's job runs (on another thread): the
+//! entries being written stay readable in a second layer, and what is
+//! staged meanwhile goes into the next flush. So a leader sends its next
+//! entries to the followers while its own fsync runs. Reads look at the
+//! newest layer first: staged, then being written, then the inner log.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
@@ -26,9 +32,10 @@ pub struct Staged<L: RaftLog> {
     hard_state: Option<HardState>,
     /// The hard state last handed to the inner log.
     flushed_hs: HardState,
-    /// Between `begin_flush` and `end_flush`: the staged entries are being
-    /// written (and stay readable here until then).
+    /// Between `begin_flush` and `end_flush`: a job writes these entries
+    /// (they stay readable here until it is done).
     writing: bool,
+    writing_entries: Vec<Entry>,
     /// A snapshot to write with the next flush: (index, conf state, data,
     /// entries to keep).
     #[allow(clippy::type_complexity)]
@@ -63,14 +70,21 @@ impl FlushJob {
 impl<L: RaftLog> Staged<L> {
     pub fn new(inner: L) -> Staged<L> {
         let flushed_hs = raft::Storage::initial_state(&inner).map(|s| s.hard_state).unwrap_or_default();
-        Staged { inner, entries: Vec::new(), hard_state: None, flushed_hs, writing: false, snapshot: None }
+        Staged {
+            inner,
+            entries: Vec::new(),
+            hard_state: None,
+            flushed_hs,
+            writing: false,
+            writing_entries: Vec::new(),
+            snapshot: None,
+        }
     }
 
-    /// Stage one Ready's entries and hard state. Raft only hands over
-    /// entries that continue or overwrite its log, so the staged run stays
-    /// contiguous.
+    /// Stage one Ready's entries and hard state (also while a flush runs:
+    /// they go into the next one). Raft only hands over entries that
+    /// continue or overwrite its log, so the staged run stays contiguous.
     pub fn stage(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
-        assert!(!self.writing, "staged while a flush was running");
         if let Some(first) = entries.first() {
             match self.entries.first().map(|e| e.index) {
                 Some(staged_first) if first.index > staged_first => {
@@ -123,6 +137,7 @@ impl<L: RaftLog> Staged<L> {
                 self.flushed_hs = hs;
             }
         }
+        self.writing_entries = std::mem::take(&mut self.entries);
         if let Some((index, cs, data, keep)) = self.snapshot.take() {
             job.snapshot = Some(self.inner.begin_save_snapshot(index, &cs, data, keep)?);
         }
@@ -134,7 +149,7 @@ impl<L: RaftLog> Staged<L> {
     /// number of entries written.
     pub fn end_flush(&mut self, result: FlushResult) -> Result<u64, StoreError> {
         self.writing = false;
-        let entries = std::mem::take(&mut self.entries).len() as u64;
+        let entries = std::mem::take(&mut self.writing_entries).len() as u64;
         if let Some(r) = result.persist {
             self.inner.end_persist(r)?;
         }
@@ -149,9 +164,26 @@ impl<L: RaftLog> Staged<L> {
         self.writing
     }
 
-    /// The index of the first staged entry, if any.
-    fn staged_first(&self) -> Option<u64> {
-        self.entries.first().map(|e| e.index)
+    /// The layers above the inner log, oldest first: the entries being
+    /// written, then the staged ones. Each starts at its first entry's
+    /// index and hides everything at or after it in the layers below.
+    fn layers(&self) -> [&[Entry]; 2] {
+        [&self.writing_entries, &self.entries]
+    }
+
+    /// Where `index` is read from: `Some((layer, position))`, or `None`
+    /// for the inner log. An index past a layer's end that a newer layer
+    /// does not cover is past the log's end (`position` out of range).
+    fn locate(&self, index: u64) -> Option<(&[Entry], usize)> {
+        self.layers()
+            .into_iter()
+            .rev()
+            .find_map(|l| l.first().filter(|f| index >= f.index).map(|f| (l, (index - f.index) as usize)))
+    }
+
+    /// The first index held above the inner log, if any.
+    fn layered_first(&self) -> Option<u64> {
+        self.layers().iter().filter_map(|l| l.first().map(|e| e.index)).min()
     }
 
     // The inner log's other writes: a leader's snapshot replaces the log
@@ -168,16 +200,17 @@ impl<L: RaftLog> Staged<L> {
         Ok(())
     }
 
+    /// During a flush this waits for its job (redb has one writer at a
+    /// time); membership changes are rare.
     pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StoreError> {
-        assert!(!self.writing, "conf state written while a flush was running");
         self.inner.set_conf_state(cs)
     }
 
-    /// Snapshots cover applied entries, which are persisted: the staged
-    /// run is after them and untouched. The snapshot is written (and the
-    /// log compacted) by the next flush, off the event loop's thread.
+    /// The snapshot is written (and the log compacted) by the next flush,
+    /// off the event loop's thread, after that flush's entries: applied
+    /// entries not yet on this node's disk (a majority of others has them)
+    /// are then written first.
     pub fn save_snapshot(&mut self, index: u64, conf_state: &ConfState, data: Vec<u8>, keep_entries: u64) {
-        assert!(!self.writing, "snapshot saved while a flush was running");
         self.snapshot = Some((index, conf_state.clone(), data, keep_entries));
     }
 
@@ -222,7 +255,7 @@ impl<L: RaftLog> raft::Storage for Staged<L> {
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
-        let Some(first) = self.staged_first() else {
+        let Some(first) = self.layered_first() else {
             return self.inner.entries(low, high, max_size, context);
         };
         if high > self.last_index()? + 1 || low > high {
@@ -230,22 +263,32 @@ impl<L: RaftLog> raft::Storage for Staged<L> {
         }
         let mut out =
             if low < first { self.inner.entries(low, high.min(first), max_size, context)? } else { Vec::new() };
-        if high > first && (low >= first || out.len() as u64 == first - low) {
-            let from = (low.max(first) - first) as usize;
-            let to = (high - first) as usize;
-            out.extend_from_slice(&self.entries[from..to]);
+        // Each layer supplies the indexes below the next layer's start; a
+        // short read (the size limit) ends the run.
+        let [writing, staged] = self.layers();
+        let staged_first = staged.first().map_or(u64::MAX, |e| e.index);
+        for (layer, until) in [(writing, staged_first), (staged, u64::MAX)] {
+            let Some(lf) = layer.first().map(|e| e.index) else { continue };
+            let (from, to) = (low.max(lf), high.min(until));
+            if from >= to {
+                continue;
+            }
+            if out.len() as u64 != from - low {
+                break;
+            }
+            out.extend_from_slice(&layer[(from - lf) as usize..(to - lf) as usize]);
         }
         raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        match self.staged_first() {
-            Some(first) if idx >= first => match self.entries.get((idx - first) as usize) {
+        match self.locate(idx) {
+            Some((layer, at)) => match layer.get(at) {
                 Some(e) => Ok(e.term),
                 None => Err(raft::Error::Store(raft::StorageError::Unavailable)),
             },
-            _ => self.inner.term(idx),
+            None => self.inner.term(idx),
         }
     }
 
@@ -254,7 +297,7 @@ impl<L: RaftLog> raft::Storage for Staged<L> {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        match self.entries.last() {
+        match self.entries.last().or(self.writing_entries.last()) {
             Some(e) => Ok(e.index),
             None => self.inner.last_index(),
         }
@@ -348,6 +391,52 @@ mod tests {
         assert!(s.has_staged());
         s.flush().unwrap();
         assert_eq!(disk.initial_state().unwrap().hard_state, hs(2, 3, 2));
+    }
+
+    #[test]
+    fn staging_goes_on_while_a_flush_runs_and_reads_see_every_layer() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk.clone());
+        s.stage(&entries(1..=2, 1), Some(&hs(1, 1, 0)));
+        s.flush().unwrap();
+        s.stage(&entries(3..=5, 1), Some(&hs(1, 1, 2)));
+        let job = s.begin_flush().unwrap().expect("a job");
+        assert!(s.writing());
+        // Staged meanwhile: continues the run being written ...
+        s.stage(&entries(6..=7, 1), None);
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(read(&s, 1, 8), vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1)]);
+        // ... and a new leader overwrites from inside it.
+        s.stage(&entries(5..=5, 2), Some(&hs(2, 2, 2)));
+        assert_eq!(s.last_index().unwrap(), 5);
+        assert_eq!(s.term(4).unwrap(), 1);
+        assert_eq!(s.term(5).unwrap(), 2);
+        assert!(s.term(6).is_err());
+        assert_eq!(read(&s, 2, 6), vec![(2, 1), (3, 1), (4, 1), (5, 2)]);
+        assert_eq!(s.end_flush(job.run()).unwrap(), 3);
+        assert!(s.has_staged());
+        assert_eq!(s.flush().unwrap(), 1);
+        assert_eq!(disk.last_index().unwrap(), 5);
+        assert_eq!(disk.term(5).unwrap(), 2);
+        assert_eq!(disk.initial_state().unwrap().hard_state, hs(2, 2, 2));
+    }
+
+    #[test]
+    fn a_stage_below_the_run_being_written_hides_it() {
+        let disk = MemLog::new();
+        let mut s = Staged::new(disk.clone());
+        s.stage(&entries(1..=3, 1), Some(&hs(1, 1, 1)));
+        s.flush().unwrap();
+        s.stage(&entries(4..=6, 1), None);
+        let job = s.begin_flush().unwrap().expect("a job");
+        s.stage(&entries(3..=3, 2), Some(&hs(2, 2, 1)));
+        assert_eq!(s.last_index().unwrap(), 3);
+        assert_eq!(read(&s, 1, 4), vec![(1, 1), (2, 1), (3, 2)]);
+        assert!(s.entries(1, 5, None, GetEntriesContext::empty(false)).is_err());
+        s.end_flush(job.run()).unwrap();
+        s.flush().unwrap();
+        assert_eq!(disk.last_index().unwrap(), 3);
+        assert_eq!(disk.term(3).unwrap(), 2);
     }
 
     #[test]
