@@ -259,7 +259,7 @@ impl Harness {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.broker.open(id, &format!("127.0.0.1:{}", 40000 + id), self.now);
+        self.broker.open(id, std::net::SocketAddr::from(([127, 0, 0, 1], (40000 + id % 20000) as u16)), self.now);
         self.slots[s] = Some(Slot { id, ..Default::default() });
         self.tracks.insert(id, Track { open: true, ..Default::default() });
         self.open += 1;

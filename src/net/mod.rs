@@ -630,13 +630,7 @@ impl<L: RaftLog + 'static> Server<L> {
             parked: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, io.clone());
-        self.with_broker(|b, now| {
-            if admin {
-                b.open_admin(id, &peer.to_string(), now)
-            } else {
-                b.open(id, &peer.to_string(), now)
-            }
-        });
+        self.with_broker(|b, now| if admin { b.open_admin(id, peer, now) } else { b.open(id, peer, now) });
         (id, io)
     }
 
