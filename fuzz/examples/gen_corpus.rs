@@ -514,10 +514,8 @@ fn known_crashes() -> Vec<(PathBuf, Vec<u8>)> {
     // up past u64::MAX.
     let mut st = State::default();
     for c in ["a", "b"] {
-        st.sessions.insert(Rc::from(c), Session {
-                queue: Queue { bytes: u64::MAX / 2 + 1, ..Default::default() }.into(),
-                ..Default::default()
-            });
+        let queue = Queue { bytes: u64::MAX / 2 + 1, ..Default::default() }.into();
+        st.sessions.insert(Rc::from(c), Box::new(Session { queue, ..Default::default() }));
     }
     vec![(PathBuf::from("state_snapshot/crash-restore-stored-bytes-overflow"), st.snapshot())]
 }

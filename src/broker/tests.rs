@@ -377,3 +377,29 @@ fn outbound_window_honours_receive_maximum_and_queues_the_rest() {
 fn conn_fits_a_96_byte_block() {
     assert!(std::mem::size_of::<super::Conn>() <= 88, "{}", std::mem::size_of::<super::Conn>());
 }
+
+/// Until its Connect command applies (a replicated broker waits for the
+/// commit), a connection's ACL checks use its CONNECT's user name: the
+/// session does not hold it yet (here there is none).
+#[test]
+fn acl_uses_the_connect_user_name_before_the_session_has_it() {
+    for (user, allowed) in [("alice", true), ("bob", false)] {
+        let acl = crate::auth::acl::AclFile::parse_str("user alice\ntopic readwrite a/#\n", "acl").unwrap();
+        let mut b = Broker::new(Rc::new(Settings::from_config(&Config::default(), None, Some(acl))), 1_000);
+        b.set_replicated();
+        b.set_serving(true, 1_000);
+        b.open(1, "127.0.0.1:1".parse().unwrap(), 1_000);
+        let Packet::Connect(mut cp) = connect_packet("c", Version::V5, true) else { unreachable!() };
+        cp.username = Some(user.into());
+        b.packet(1, Packet::Connect(cp), 1_000);
+        b.packet(1, publish("a/b", b"x", QoS::AtLeastOnce, Some(1), false), 1_001);
+        let out = sent(&mut b);
+        let proposed = b.take_proposals().iter().any(|e| matches!(e.cmd, Command::Publish { .. }));
+        if allowed {
+            assert!(out.is_empty() && proposed, "{user}: {out:?}");
+        } else {
+            let refused = matches!(&out[..], [(1, Packet::PubAck(a))] if a.code == reason::NOT_AUTHORIZED);
+            assert!(refused && !proposed, "{user}: {out:?}");
+        }
+    }
+}
