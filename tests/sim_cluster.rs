@@ -368,7 +368,7 @@ impl Sim {
         let now = self.now;
         let (id, clean) = if publisher { ("pub", true) } else { ("sub", false) };
         let n = self.nodes[i].node.as_mut().unwrap();
-        n.broker.open(conn, "sim", now);
+        n.broker.open(conn, "127.0.0.1:1".parse().unwrap(), now);
         let c = Connect {
             version: Version::V311,
             client_id: id.into(),

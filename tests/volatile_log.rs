@@ -42,7 +42,7 @@ fn run(node: &mut Node<MemLog>, now: u64) -> usize {
 }
 
 fn connect(node: &mut Node<MemLog>, conn: u64, now: u64) {
-    node.broker.open(conn, "test", now);
+    node.broker.open(conn, "127.0.0.1:1".parse().unwrap(), now);
     let c = Connect {
         version: Version::V311,
         client_id: format!("client-{conn}"),

@@ -509,12 +509,13 @@ fn snapshots(scripts: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 /// Reproducers of known findings that are built from midge's types (so
 /// they follow format changes). Written as `crash-*`, not checked.
 fn known_crashes() -> Vec<(PathBuf, Vec<u8>)> {
-    use midge::broker::state::{Session, State};
+    use midge::broker::state::{Queue, Session, State};
     // restore-stored-bytes-overflow: two sessions whose queued_bytes add
     // up past u64::MAX.
     let mut st = State::default();
     for c in ["a", "b"] {
-        st.sessions.insert(Rc::from(c), Session { queued_bytes: u64::MAX / 2 + 1, ..Default::default() });
+        let queue = Queue { bytes: u64::MAX / 2 + 1, ..Default::default() }.into();
+        st.sessions.insert(Rc::from(c), Box::new(Session { queue, ..Default::default() }));
     }
     vec![(PathBuf::from("state_snapshot/crash-restore-stored-bytes-overflow"), st.snapshot())]
 }

@@ -259,7 +259,7 @@ impl Harness {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.broker.open(id, &format!("127.0.0.1:{}", 40000 + id), self.now);
+        self.broker.open(id, std::net::SocketAddr::from(([127, 0, 0, 1], (40000 + id % 20000) as u16)), self.now);
         self.slots[s] = Some(Slot { id, ..Default::default() });
         self.tracks.insert(id, Track { open: true, ..Default::default() });
         self.open += 1;
@@ -631,9 +631,9 @@ impl Harness {
         let mut online = 0usize;
         for (c, s) in &st.sessions {
             let q: u64 = s.queue.iter().map(|d| d.msg.cost_bytes()).sum();
-            assert_eq!(s.queued_bytes, q, "queued_bytes of session {c} is not the cost of its queue");
+            assert_eq!(s.queue.bytes, q, "queued_bytes of session {c} is not the cost of its queue");
             assert!(s.queue.len() <= lim.queued_messages_max as usize, "queue of {c} over max_queued_messages");
-            assert!(s.queued_bytes <= lim.queued_bytes_max, "queue of {c} over max_queued_bytes");
+            assert!(s.queue.bytes <= lim.queued_bytes_max, "queue of {c} over max_queued_bytes");
             assert!(!s.inflight.contains_key(&0), "packet id 0 in flight for {c}");
             expected += q;
             for o in s.inflight.values() {

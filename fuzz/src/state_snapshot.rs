@@ -47,7 +47,7 @@ fn stored_bytes_overflow(data: &[u8]) -> bool {
     let mut total = 0u64;
     let mut add = |n: u64| total.checked_add(n).map(|t| total = t).is_none();
     for sess in s.sessions.values() {
-        if add(sess.queued_bytes) {
+        if add(sess.queue.bytes) {
             return true;
         }
         for o in sess.inflight.values() {

@@ -5,11 +5,12 @@
 //! to `ADMIN_RESPONSE_TOPIC`. The runtime executes requests (they touch
 //! raft) and answers through `admin_reply`.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use log::{info, warn};
 
-use super::{Action, Broker, ConnId, Phase};
+use super::{Action, Broker, ConnId, Kind, Phase};
 use crate::mqtt::{reason, ConnAck, Connect, Packet, Properties, Publish, QoS, SubAck};
 
 pub const ADMIN_TOPIC: &str = "$CONTROL/midge/cluster/v1";
@@ -19,10 +20,10 @@ pub const ADMIN_REQUEST_BYTES_MAX: usize = 64 * 1024;
 
 impl Broker {
     /// A new connection on the admin listener.
-    pub fn open_admin(&mut self, conn: ConnId, peer: &str, now: u64) {
+    pub fn open_admin(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
         self.open(conn, peer, now);
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.admin = true;
+            c.kind = Kind::Admin { subscribed: false };
         }
     }
 
@@ -34,7 +35,6 @@ impl Broker {
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.version = cp.version;
-            c.username = cp.username.as_deref().map(Rc::from);
             c.client = Some(Rc::from(format!("admin:{}", cp.client_id)));
         }
         if !ok {
@@ -68,7 +68,7 @@ impl Broker {
                 for (f, _) in &s.filters {
                     if f == ADMIN_RESPONSE_TOPIC {
                         if let Some(c) = self.conns.get_mut(&conn) {
-                            c.admin_subscribed = true;
+                            c.kind = Kind::Admin { subscribed: true };
                         }
                         codes.push(0);
                     } else {
@@ -124,7 +124,7 @@ impl Broker {
     /// Answer a management request on the response topic.
     pub fn admin_reply(&mut self, conn: ConnId, payload: Vec<u8>) {
         let Some(c) = self.conns.get(&conn) else { return };
-        if !c.admin_subscribed || c.phase != Phase::Connected {
+        if c.kind != (Kind::Admin { subscribed: true }) || c.phase != Phase::Connected {
             return;
         }
         self.actions.push(Action::Send(

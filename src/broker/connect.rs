@@ -6,7 +6,7 @@ use std::rc::Rc;
 use log::info;
 
 use super::state::{Command, WillMsg, EXPIRY_NEVER};
-use super::{Action, Broker, ConnId, Message, MessageProps, Phase};
+use super::{Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};
 
@@ -20,7 +20,6 @@ impl Broker {
         {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             c.version = cp.version;
-            c.username = cp.username.as_deref().map(Rc::from);
         }
         let v5 = cp.version.is_v5();
         if !self.serving {
@@ -245,7 +244,11 @@ impl Broker {
                 ack_props.retain_available = Some(0);
             }
         }
-        c.connack = Some(Box::new(ConnAck { session_present: false, code: 0, properties: ack_props }));
+        let username: Option<Rc<str>> = cp.username.as_deref().map(Rc::from);
+        c.pending = Some(Box::new(PendingConnect {
+            connack: ConnAck { session_present: false, code: 0, properties: ack_props },
+            username: username.clone(),
+        }));
 
         // Session takeover [MQTT-3.1.4-3].
         if let Some(old) = self.by_client.insert(client.clone(), conn) {
@@ -276,14 +279,7 @@ impl Broker {
         }
         self.propose(
             now,
-            Command::Connect {
-                client,
-                username: cp.username.as_deref().map(Rc::from),
-                clean_start: cp.clean_start,
-                expiry_secs: expiry,
-                window,
-                will,
-            },
+            Command::Connect { client, username, clean_start: cp.clean_start, expiry_secs: expiry, window, will },
         );
     }
 

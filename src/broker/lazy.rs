@@ -49,7 +49,7 @@ impl<C: Empty> Lazy<C> {
 
     /// Apply `f` to the collection (boxed for it), then drop the box if
     /// the collection is empty.
-    fn change<R>(&mut self, f: impl FnOnce(&mut C) -> R) -> R {
+    pub(super) fn change<R>(&mut self, f: impl FnOnce(&mut C) -> R) -> R {
         let c = self.0.get_or_insert_with(Default::default);
         let r = f(c);
         if c.is_empty_collection() {
@@ -59,7 +59,7 @@ impl<C: Empty> Lazy<C> {
     }
 
     /// Like `change`, for changes that can only remove: nothing is boxed.
-    fn shrink<R>(&mut self, none: R, f: impl FnOnce(&mut C) -> R) -> R {
+    pub(super) fn shrink<R>(&mut self, none: R, f: impl FnOnce(&mut C) -> R) -> R {
         if self.0.is_none() {
             return none;
         }
@@ -146,6 +146,12 @@ impl<C: Empty + fmt::Debug> fmt::Debug for Lazy<C> {
 impl<C: Empty + Serialize> Serialize for Lazy<C> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         (**self).serialize(s)
+    }
+}
+
+impl<C: Empty> From<C> for Lazy<C> {
+    fn from(c: C) -> Lazy<C> {
+        Lazy::from_collection(c)
     }
 }
 

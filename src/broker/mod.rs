@@ -11,12 +11,14 @@ pub mod admin;
 mod connect;
 pub mod lazy;
 pub mod message;
+mod peer;
 pub mod settings;
 pub mod state;
 mod sys;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use log::{debug, info, warn};
@@ -26,6 +28,7 @@ use crate::mqtt::codec::{encoded_len, DecodeError};
 use crate::mqtt::{reason, topic, Disconnect, Packet, PubResp, Publish, QoS, SubAck, SubOptions, UnsubAck, Version};
 use lazy::Lazy;
 pub use message::{Message, MessageProps};
+pub use peer::PeerAddr;
 pub use settings::Settings;
 use state::{AckKind, Command, Delivery, Effect, Entry, State, SubscribeReq};
 use tree::{SubEntry, SubOptionsRepr};
@@ -50,12 +53,28 @@ enum Phase {
     Closing,
 }
 
+/// Whether a connection came in on the admin listener (see `admin.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Client,
+    Admin { subscribed: bool },
+}
+
+/// What a client connection holds between its CONNECT and the apply of its
+/// Connect command.
+struct PendingConnect {
+    connack: crate::mqtt::ConnAck,
+    /// The CONNECT's user name; once connected, the session holds it.
+    username: Option<Rc<str>>,
+}
+
+/// One connection's volatile state. There is one per connection, idle or
+/// not: keep it at most 88 bytes (a 96-byte heap block; see the test).
 struct Conn {
     phase: Phase,
-    peer: Rc<str>,
+    peer: PeerAddr,
     version: Version,
     client: Option<Rc<str>>,
-    username: Option<Rc<str>>,
     /// At most 65,535 s.
     keep_alive_ms: u32,
     /// When the last packet came in; before the first, when the connection
@@ -72,12 +91,11 @@ struct Conn {
     inbound_unacked: u32,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
     session_expiry_secs: u32,
-    connack: Option<Box<crate::mqtt::ConnAck>>,
+    /// Set while `Phase::Connecting`.
+    pending: Option<Box<PendingConnect>>,
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
-    /// Opened on the admin listener (see `admin.rs`).
-    admin: bool,
-    admin_subscribed: bool,
+    kind: Kind,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -173,7 +191,8 @@ impl Broker {
         self.serving = serving;
         if !serving {
             // Admin connections stay: management works on every node.
-            let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.admin).map(|(id, _)| *id).collect();
+            let ids: Vec<ConnId> =
+                self.conns.iter().filter(|(_, c)| c.kind == Kind::Client).map(|(id, _)| *id).collect();
             for id in ids {
                 if let Some(c) = self.conns.get_mut(&id) {
                     // The next leader ends these sessions in its state.
@@ -218,15 +237,14 @@ impl Broker {
         self.stats.bytes_sent += sent;
     }
 
-    pub fn open(&mut self, conn: ConnId, peer: &str, now: u64) {
+    pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
         self.conns.insert(
             conn,
             Box::new(Conn {
                 phase: Phase::New,
-                peer: Rc::from(peer),
+                peer: PeerAddr::from(peer),
                 version: Version::V311,
                 client: None,
-                username: None,
                 keep_alive_ms: 0,
                 last_rx_ms: now,
                 packet_bytes_out_max: u32::MAX,
@@ -235,10 +253,9 @@ impl Broker {
                 alias_in: Lazy::default(),
                 inbound_unacked: 0,
                 session_expiry_secs: 0,
-                connack: None,
+                pending: None,
                 session_closed: true,
-                admin: false,
-                admin_subscribed: false,
+                kind: Kind::Client,
             }),
         );
     }
@@ -280,8 +297,8 @@ impl Broker {
         if c.phase == Phase::Closing {
             return; // already refused or closed; nothing more is sent
         }
-        let who = c.client.clone().unwrap_or_else(|| c.peer.clone());
         let first_packet = c.phase == Phase::New;
+        let who = self.who(conn);
         match err {
             DecodeError::UnsupportedVersion(_) if !first_packet => {
                 warn!("Client {} sent a second CONNECT (with an unknown protocol version); disconnecting.", who);
@@ -412,9 +429,10 @@ impl Broker {
                     self.by_client.remove(&*client);
                     self.by_client.insert(key.clone(), id);
                 }
-                if let Some(mut ack) = c.connack.take() {
+                if let Some(p) = c.pending.take() {
+                    let mut ack = p.connack;
                     ack.session_present = session_present;
-                    self.actions.push(Action::Send(id, Packet::ConnAck(*ack)));
+                    self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
                 }
             }
             Effect::Deliver { client, packet_id, delivery, dup } => {
@@ -560,7 +578,7 @@ impl Broker {
         self.stats.messages_received += 1;
         match (phase, p) {
             (Phase::Closing, _) => {}
-            (Phase::New, Packet::Connect(cp)) if c.admin => self.on_admin_connect(conn, *cp, now),
+            (Phase::New, Packet::Connect(cp)) if c.kind != Kind::Client => self.on_admin_connect(conn, *cp, now),
             (Phase::New, Packet::Connect(cp)) => self.on_connect(conn, *cp, now),
             (Phase::New, other) => {
                 warn!("Client {} sent {} before CONNECT; disconnecting.", self.who(conn), other.name());
@@ -575,17 +593,33 @@ impl Broker {
                 // Only reachable while a Connect command awaits commit.
                 self.packet_connected(conn, other, now);
             }
-            (Phase::Connected, other) if c.admin => self.admin_packet(conn, other, now),
+            (Phase::Connected, other) if c.kind != Kind::Client => self.admin_packet(conn, other, now),
             (Phase::Connected, other) => self.packet_connected(conn, other, now),
         }
         self.commit(now);
     }
 
-    fn who(&self, conn: ConnId) -> Rc<str> {
+    /// The client id, or the address before CONNECT, for log lines.
+    fn who(&self, conn: ConnId) -> String {
         match self.conns.get(&conn) {
-            Some(c) => c.client.clone().unwrap_or_else(|| c.peer.clone()),
-            None => Rc::from("<unknown>"),
+            Some(c) => c.client.as_deref().map_or_else(|| c.peer.to_string(), str::to_string),
+            None => "<unknown>".to_string(),
         }
+    }
+
+    /// Whether the ACL lets connection `conn` of `client` do `access` on
+    /// `topic`. The user name is its CONNECT's: held by the connection
+    /// until the Connect command applies, then by the session.
+    fn conn_allowed(&self, conn: ConnId, client: &str, topic: &str, access: Access) -> bool {
+        if self.settings.acl.is_none() {
+            return true;
+        }
+        let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
+        let username = match pending {
+            Some(p) => p.username.as_deref(),
+            None => self.state.sessions.get(client).and_then(|s| s.username.as_deref()),
+        };
+        self.settings.allowed(client, username, topic, access)
     }
 
     fn packet_connected(&mut self, conn: ConnId, p: Packet, now: u64) {
@@ -735,14 +769,13 @@ impl Broker {
                 }
             }
         }
-        let username = c.username.clone();
         // Checks that refuse this one message but keep the connection.
         let refusal = if p.payload.len() > self.settings.limits.message_bytes_max as usize {
             // 0x97: PUBACK/PUBREC may not carry 0x95 (v5 §3.4.2.1).
             Some((reason::QUOTA_EXCEEDED, "payload over message_size_limit", false))
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims", false))
-        } else if !self.settings.allowed(&client, username.as_deref(), &p.topic, Access::Write) {
+        } else if !self.conn_allowed(conn, &client, &p.topic, Access::Write) {
             Some((reason::NOT_AUTHORIZED, "not authorised by the ACL", false))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
@@ -826,7 +859,6 @@ impl Broker {
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
-        let username = c.username.clone();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let existing = self.state.sessions.get(&client).map_or(0, |s| s.subs.len());
         let mut reqs = Vec::new();
@@ -854,7 +886,7 @@ impl Broker {
                 } else {
                     reason::V3_SUBACK_FAILURE
                 }
-            } else if !self.settings.allowed(&client, username.as_deref(), tf, Access::Subscribe) {
+            } else if !self.conn_allowed(conn, &client, tf, Access::Subscribe) {
                 if v5 {
                     reason::NOT_AUTHORIZED
                 } else {

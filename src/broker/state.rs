@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::lazy::Lazy;
+use super::lazy::{Empty, Lazy};
 use super::message::Message;
 use super::tree::{SubEntry, TopicTree};
 use crate::mqtt::{topic, QoS};
@@ -54,7 +54,10 @@ pub struct WillMsg {
     pub delay_secs: u32,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One per client session, online or not: keep it at most 88 bytes (a
+/// 96-byte heap block; see the test). Serialised field by field as
+/// `SessionRepr` (the snapshot format).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Session {
     pub username: Option<Rc<str>>,
     pub expiry_secs: u32,
@@ -66,8 +69,7 @@ pub struct Session {
     /// (The collections are `Lazy`: one pointer while empty, as they are
     /// in most sessions.)
     pub subs: Lazy<BTreeMap<String, SubEntry>>,
-    pub queue: Lazy<VecDeque<Delivery>>,
-    pub queued_bytes: u64,
+    pub queue: Lazy<Queue>,
     pub inflight: Lazy<BTreeMap<u16, Outbound>>,
     pub last_pid: u16,
     /// Inbound QoS 2 packet ids: PUBREC sent, PUBREL not yet received.
@@ -78,9 +80,144 @@ pub struct Session {
     pub unsent: Lazy<BTreeSet<u16>>,
     /// Will of the current (or last) connection (boxed: most sessions have
     /// none, and every session pays for the `None`'s size).
-    pub will: Option<Box<WillMsg>>,
-    /// When the will of a connection that ended is due.
-    pub will_due_ms: Option<u64>,
+    pub will: Option<Box<SessionWill>>,
+}
+
+/// Messages waiting for a delivery slot, oldest first, and what they cost
+/// (`Message::cost_bytes`) together.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub items: VecDeque<Delivery>,
+    pub bytes: u64,
+}
+
+impl Queue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> std::collections::vec_deque::Iter<'_, Delivery> {
+        self.items.iter()
+    }
+}
+
+impl Empty for Queue {
+    const EMPTY: &'static Self = &Queue { items: VecDeque::new(), bytes: 0 };
+    fn is_empty_collection(&self) -> bool {
+        self.items.is_empty() && self.bytes == 0
+    }
+}
+
+impl Lazy<Queue> {
+    /// Append `d`, which costs `cost` bytes.
+    fn push_back(&mut self, d: Delivery, cost: u64) {
+        self.change(|q| {
+            q.bytes += cost;
+            q.items.push_back(d);
+        })
+    }
+
+    /// Take the oldest message out, and its cost off.
+    fn pop_front(&mut self) -> Option<Delivery> {
+        self.shrink(None, |q| {
+            let d = q.items.pop_front()?;
+            q.bytes = q.bytes.saturating_sub(d.msg.cost_bytes());
+            Some(d)
+        })
+    }
+
+    /// Set the cost to that of the messages.
+    fn recount(&mut self) {
+        let bytes = self.iter().fold(0u64, |a, d| a.saturating_add(d.msg.cost_bytes()));
+        if bytes != self.bytes {
+            self.change(|q| q.bytes = bytes);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionWill {
+    pub msg: WillMsg,
+    /// When it is due, once the connection ended.
+    pub due_ms: Option<u64>,
+}
+
+/// The serialised form of a `Session`, unchanged since format version 1:
+/// there the queue's cost and the will's due time are fields of their own.
+/// (A due time without a will is dropped: `apply` no longer leaves one
+/// behind, and one did nothing but wait for the next Tick to clear it.)
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Session")]
+struct SessionRepr<U, S, Q, I, P, W> {
+    username: U,
+    expiry_secs: u32,
+    online: bool,
+    disconnected_at_ms: u64,
+    window: u16,
+    subs: S,
+    queue: Q,
+    queued_bytes: u64,
+    inflight: I,
+    last_pid: u16,
+    inbound_qos2: P,
+    unsent: P,
+    will: W,
+    will_due_ms: Option<u64>,
+}
+
+impl Serialize for Session {
+    fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
+        SessionRepr {
+            username: &self.username,
+            expiry_secs: self.expiry_secs,
+            online: self.online,
+            disconnected_at_ms: self.disconnected_at_ms,
+            window: self.window,
+            subs: &self.subs,
+            queue: &self.queue.items,
+            queued_bytes: self.queue.bytes,
+            inflight: &self.inflight,
+            last_pid: self.last_pid,
+            inbound_qos2: &self.inbound_qos2,
+            unsent: &self.unsent,
+            will: self.will.as_ref().map(|w| &w.msg),
+            will_due_ms: self.will.as_ref().and_then(|w| w.due_ms),
+        }
+        .serialize(ser)
+    }
+}
+
+type SessionIn = SessionRepr<
+    Option<Rc<str>>,
+    Lazy<BTreeMap<String, SubEntry>>,
+    VecDeque<Delivery>,
+    Lazy<BTreeMap<u16, Outbound>>,
+    Lazy<BTreeSet<u16>>,
+    Option<WillMsg>,
+>;
+
+impl<'de> Deserialize<'de> for Session {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Session, D::Error> {
+        let r = SessionIn::deserialize(de)?;
+        Ok(Session {
+            username: r.username,
+            expiry_secs: r.expiry_secs,
+            online: r.online,
+            disconnected_at_ms: r.disconnected_at_ms,
+            window: r.window,
+            subs: r.subs,
+            queue: Lazy::from(Queue { items: r.queue, bytes: r.queued_bytes }),
+            inflight: r.inflight,
+            last_pid: r.last_pid,
+            inbound_qos2: r.inbound_qos2,
+            unsent: r.unsent,
+            will: r.will.map(|msg| Box::new(SessionWill { msg, due_ms: r.will_due_ms })),
+        })
+    }
 }
 
 /// Limits that `apply` enforces. They come from the config and must be the
@@ -339,8 +476,8 @@ impl State {
                 st.tree.insert(tf, share, client, *e);
             }
             // Recomputed, not trusted from the bytes.
-            sess.queued_bytes = sess.queue.iter().fold(0u64, |a, d| a.saturating_add(d.msg.cost_bytes()));
-            st.stored_bytes = st.stored_bytes.saturating_add(sess.queued_bytes);
+            sess.queue.recount();
+            st.stored_bytes = st.stored_bytes.saturating_add(sess.queue.bytes);
             for o in sess.inflight.values() {
                 if let Outbound::Publish(d) = o {
                     st.stored_bytes = st.stored_bytes.saturating_add(d.msg.cost_bytes());
@@ -376,10 +513,9 @@ impl State {
                 s.expiry_secs = *expiry_secs;
                 s.online = true;
                 s.window = (*window).max(1);
-                s.will = will.clone().map(Box::new);
                 // A new connection before the will delay passed: no will
                 // [MQTT-3.1.3-9].
-                s.will_due_ms = None;
+                s.will = will.clone().map(|msg| Box::new(SessionWill { msg, due_ms: None }));
                 out.push(Effect::Connected { client: client.clone(), session_present: present });
                 if present {
                     self.resend(client, now, out);
@@ -665,13 +801,12 @@ impl State {
             out.push(Effect::Deliver { client: client.clone(), packet_id: Some(pid), delivery: d, dup: false });
             return;
         }
-        if s.queue.len() >= lim.queued_messages_max as usize || s.queued_bytes + cost > lim.queued_bytes_max {
+        if s.queue.len() >= lim.queued_messages_max as usize || s.queue.bytes + cost > lim.queued_bytes_max {
             out.push(Effect::QueueFull { client: client.clone() });
             return;
         }
-        s.queued_bytes += cost;
         self.stored_bytes += cost;
-        s.queue.push_back(d);
+        s.queue.push_back(d, cost);
         if s.online {
             self.fill_window(client, now, out);
         }
@@ -703,7 +838,6 @@ impl State {
         while s.inflight.len() < s.window as usize {
             let Some(d) = s.queue.pop_front() else { break };
             let cost = d.msg.cost_bytes();
-            s.queued_bytes = s.queued_bytes.saturating_sub(cost);
             if d.msg.expired(now) {
                 self.stored_bytes = self.stored_bytes.saturating_sub(cost);
                 continue;
@@ -744,10 +878,10 @@ impl State {
         if !will {
             s.will = None;
         }
-        let publish_now = match &s.will {
-            Some(w) if w.delay_secs == 0 => true,
+        let publish_now = match &mut s.will {
+            Some(w) if w.msg.delay_secs == 0 => true,
             Some(w) => {
-                s.will_due_ms = Some(now + w.delay_secs as u64 * 1000);
+                w.due_ms = Some(now + w.msg.delay_secs as u64 * 1000);
                 false
             }
             None => false,
@@ -763,10 +897,9 @@ impl State {
 
     fn publish_will(&mut self, client: &Rc<str>, now: u64, lim: &ApplyLimits, acl: AclCheck, out: &mut Vec<Effect>) {
         let Some(s) = self.sessions.get_mut(client) else { return };
-        s.will_due_ms = None;
         if let Some(w) = s.will.take() {
             out.push(Effect::WillPublished { client: client.clone() });
-            self.publish(&w.msg, false, now, lim, acl, out);
+            self.publish(&w.msg.msg, false, now, lim, acl, out);
         }
     }
 
@@ -778,7 +911,7 @@ impl State {
             let (share, tf) = split_share(f);
             self.tree.remove(tf, share, client);
         }
-        let mut freed = s.queued_bytes;
+        let mut freed = s.queue.bytes;
         for o in s.inflight.values() {
             if let Outbound::Publish(d) = o {
                 freed += d.msg.cost_bytes();
@@ -791,7 +924,7 @@ impl State {
         let due: Vec<Rc<str>> = self
             .sessions
             .iter()
-            .filter(|(_, s)| !s.online && s.will_due_ms.is_some_and(|t| t <= now))
+            .filter(|(_, s)| !s.online && s.will.as_ref().and_then(|w| w.due_ms).is_some_and(|t| t <= now))
             .map(|(c, _)| c.clone())
             .collect();
         for c in due {
@@ -827,5 +960,118 @@ fn next_pid(s: &mut Session) -> u16 {
         if !s.inflight.contains_key(&s.last_pid) {
             return s.last_pid;
         }
+    }
+}
+
+#[cfg(test)]
+mod session_format {
+    use super::*;
+    use crate::broker::tree::SubOptionsRepr;
+
+    /// `Session` as serde derived it before its will and its queue were
+    /// boxed with what goes with them: the snapshot bytes must not change.
+    #[derive(Serialize, Deserialize)]
+    struct DerivedSession {
+        username: Option<Rc<str>>,
+        expiry_secs: u32,
+        online: bool,
+        disconnected_at_ms: u64,
+        window: u16,
+        subs: BTreeMap<String, SubEntry>,
+        queue: VecDeque<Delivery>,
+        queued_bytes: u64,
+        inflight: BTreeMap<u16, Outbound>,
+        last_pid: u16,
+        inbound_qos2: BTreeSet<u16>,
+        unsent: BTreeSet<u16>,
+        will: Option<Box<WillMsg>>,
+        will_due_ms: Option<u64>,
+    }
+
+    fn delivery(topic: &str, payload: &[u8]) -> Delivery {
+        let msg = Message {
+            topic: Rc::from(topic),
+            payload: Rc::from(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: None,
+            expires_at_ms: Some(9_000),
+            origin: Some(Rc::from("pub")),
+        };
+        Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3] }
+    }
+
+    fn pair(d: &DerivedSession) -> Session {
+        Session {
+            username: d.username.clone(),
+            expiry_secs: d.expiry_secs,
+            online: d.online,
+            disconnected_at_ms: d.disconnected_at_ms,
+            window: d.window,
+            subs: d.subs.clone().into(),
+            queue: Queue { items: d.queue.clone(), bytes: d.queued_bytes }.into(),
+            inflight: d.inflight.clone().into(),
+            last_pid: d.last_pid,
+            inbound_qos2: d.inbound_qos2.clone().into(),
+            unsent: d.unsent.clone().into(),
+            will: d.will.clone().map(|w| Box::new(SessionWill { msg: *w, due_ms: d.will_due_ms })),
+        }
+    }
+
+    fn empty() -> DerivedSession {
+        DerivedSession {
+            username: None,
+            expiry_secs: 0,
+            online: false,
+            disconnected_at_ms: 0,
+            window: 0,
+            subs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: BTreeMap::new(),
+            last_pid: 0,
+            inbound_qos2: BTreeSet::new(),
+            unsent: BTreeSet::new(),
+            will: None,
+            will_due_ms: None,
+        }
+    }
+
+    /// Offline, with a will due, queued and in-flight messages.
+    fn full() -> DerivedSession {
+        let q = [delivery("a/b", b"one"), delivery("a/c", b"two")];
+        DerivedSession {
+            username: Some(Rc::from("alice")),
+            expiry_secs: EXPIRY_NEVER,
+            online: false,
+            disconnected_at_ms: 1_700_000_000_123,
+            window: 20,
+            subs: [("a/#".to_string(), SubEntry { opts: SubOptionsRepr(1), sub_id: Some(3) })].into(),
+            queued_bytes: q.iter().map(|d| d.msg.cost_bytes()).sum(),
+            queue: q.into(),
+            inflight: [(7, Outbound::Publish(delivery("x", b"3"))), (8, Outbound::Released)].into(),
+            last_pid: 8,
+            inbound_qos2: [4, 5].into(),
+            unsent: [7].into(),
+            will: Some(Box::new(WillMsg { msg: delivery("will", b"gone").msg, delay_secs: 5 })),
+            will_due_ms: Some(1_700_000_005_123),
+        }
+    }
+
+    #[test]
+    fn same_bytes_as_the_derived_session() {
+        let odd = DerivedSession { queued_bytes: u64::MAX / 2 + 1, ..empty() };
+        let online = DerivedSession { online: true, will_due_ms: None, ..full() };
+        for d in [empty(), odd, full(), online] {
+            let bytes = postcard::to_allocvec(&d).unwrap();
+            assert_eq!(postcard::to_allocvec(&pair(&d)).unwrap(), bytes);
+            let back: Session = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, pair(&d));
+        }
+    }
+
+    #[test]
+    fn session_fits_a_96_byte_block() {
+        assert!(std::mem::size_of::<Session>() <= 88, "{}", std::mem::size_of::<Session>());
     }
 }

@@ -52,7 +52,7 @@ fn connack(p: &Packet) -> &ConnAck {
 }
 
 fn connect(b: &mut Broker, conn: ConnId, id: &str, v: Version, clean: bool, now: u64) -> ConnAck {
-    b.open(conn, "127.0.0.1:1", now);
+    b.open(conn, "127.0.0.1:1".parse().unwrap(), now);
     b.packet(conn, connect_packet(id, v, clean), now);
     let out = sent(b);
     connack(&out[0].1).clone()
@@ -175,11 +175,11 @@ fn offline_persistent_session_queues_and_resends_with_dup() {
     sent(&mut b);
     let ack = connect(&mut b, 3, "sub", Version::V311, false, 1004);
     assert!(ack.session_present); // [MQTT-3.2.2-2]
-    b.open(4, "x", 1004); // another conn to flush nothing
+    b.open(4, "127.0.0.1:9".parse().unwrap(), 1004); // another conn to flush nothing
     let _ = sent(&mut b);
     // Re-connect again to observe the resend order in one batch.
     b.closed(3, 1005);
-    b.open(5, "127.0.0.1:2", 1006);
+    b.open(5, "127.0.0.1:2".parse().unwrap(), 1006);
     b.packet(5, connect_packet("sub", Version::V311, false), 1006);
     let out = sent(&mut b);
     let got = publishes(&out, 5);
@@ -251,13 +251,13 @@ fn will_published_on_ungraceful_close_not_after_disconnect() {
         }),
         properties: Properties::default(),
     };
-    b.open(2, "x", 1000);
+    b.open(2, "127.0.0.1:9".parse().unwrap(), 1000);
     b.packet(2, Packet::Connect(Box::new(c.clone())), 1000);
     sent(&mut b);
     b.closed(2, 1001);
     assert_eq!(publishes(&sent(&mut b), 1).len(), 1); // [MQTT-3.1.2-8]
     c.client_id = "w2".into();
-    b.open(3, "x", 1000);
+    b.open(3, "127.0.0.1:9".parse().unwrap(), 1000);
     b.packet(3, Packet::Connect(Box::new(c)), 1000);
     b.packet(3, Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }), 1001);
     b.closed(3, 1001);
@@ -349,7 +349,7 @@ fn retain_handling_2_sends_no_retained() {
 #[test]
 fn outbound_window_honours_receive_maximum_and_queues_the_rest() {
     let mut b = broker();
-    b.open(1, "x", 0);
+    b.open(1, "127.0.0.1:9".parse().unwrap(), 0);
     let mut c = connect_packet("s", Version::V5, true);
     if let Packet::Connect(c) = &mut c {
         c.properties.receive_maximum = Some(2);
@@ -369,4 +369,37 @@ fn outbound_window_honours_receive_maximum_and_queues_the_rest() {
         2,
     );
     assert_eq!(publishes(&sent(&mut b), 1).len(), 1);
+}
+
+/// Every connection, idle or not, holds a `Conn`: it must stay within a
+/// 96-byte heap block (88 bytes and glibc's 8-byte header).
+#[test]
+fn conn_fits_a_96_byte_block() {
+    assert!(std::mem::size_of::<super::Conn>() <= 88, "{}", std::mem::size_of::<super::Conn>());
+}
+
+/// Until its Connect command applies (a replicated broker waits for the
+/// commit), a connection's ACL checks use its CONNECT's user name: the
+/// session does not hold it yet (here there is none).
+#[test]
+fn acl_uses_the_connect_user_name_before_the_session_has_it() {
+    for (user, allowed) in [("alice", true), ("bob", false)] {
+        let acl = crate::auth::acl::AclFile::parse_str("user alice\ntopic readwrite a/#\n", "acl").unwrap();
+        let mut b = Broker::new(Rc::new(Settings::from_config(&Config::default(), None, Some(acl))), 1_000);
+        b.set_replicated();
+        b.set_serving(true, 1_000);
+        b.open(1, "127.0.0.1:1".parse().unwrap(), 1_000);
+        let Packet::Connect(mut cp) = connect_packet("c", Version::V5, true) else { unreachable!() };
+        cp.username = Some(user.into());
+        b.packet(1, Packet::Connect(cp), 1_000);
+        b.packet(1, publish("a/b", b"x", QoS::AtLeastOnce, Some(1), false), 1_001);
+        let out = sent(&mut b);
+        let proposed = b.take_proposals().iter().any(|e| matches!(e.cmd, Command::Publish { .. }));
+        if allowed {
+            assert!(out.is_empty() && proposed, "{user}: {out:?}");
+        } else {
+            let refused = matches!(&out[..], [(1, Packet::PubAck(a))] if a.code == reason::NOT_AUTHORIZED);
+            assert!(refused && !proposed, "{user}: {out:?}");
+        }
+    }
 }

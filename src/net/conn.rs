@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use smol::Async;
 
-use super::{ConnIo, Server, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN};
+use super::{ConnIo, Server, ACTIVE, ANSWERED, CLOSING, PARK_REQUESTED, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN};
 use crate::broker::ConnId;
 use crate::store::RaftLog;
 
@@ -99,11 +99,10 @@ impl OutBuf {
                 if self.buf.capacity() > keep_bytes_max {
                     self.buf = Vec::new();
                 }
-                let mut o = io.out.borrow_mut();
-                if o.is_empty() {
+                if io.out_len() == 0 {
                     return Ok(sent);
                 }
-                std::mem::swap(&mut self.buf, &mut *o);
+                io.with_out(|o| std::mem::swap(&mut self.buf, o));
             }
             match (&mut sock.get_ref()).write(&self.buf[self.done..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -185,7 +184,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 return Poll::Ready(Stop::End);
             }
             let unsent = !self.out.is_empty();
-            if !unsent && self.io.closing.get() && self.io.out.borrow().is_empty() {
+            if !unsent && self.io.flags.get(CLOSING) && self.io.out_len() == 0 {
                 return Poll::Ready(Stop::End);
             }
             if self.input && self.reading {
@@ -195,7 +194,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 match (&mut sock.get_ref()).read(space) {
                     Ok(0) => return Poll::Ready(Stop::End),
                     Ok(n) => {
-                        self.io.active.set(true);
+                        self.io.flags.set(ACTIVE, true);
                         self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
                         // The writers of the connections this batch fed
                         // (woken already, so ahead in the queue) run
@@ -219,7 +218,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             }
             // Idle (nothing to write, nothing half-read) and the parking
             // sweep found it idle before: park instead of waiting.
-            if self.io.park_requested.replace(false) && !unsent && self.reading && self.rb.filled == 0 {
+            if self.io.flags.replace(PARK_REQUESTED, false) && !unsent && self.reading && self.rb.filled == 0 {
                 return Poll::Ready(Stop::Park);
             }
             // Wait for new output (or closing), room in a full socket, or
@@ -242,11 +241,11 @@ impl<L: RaftLog + 'static> TcpConn<L> {
         let Some(sock) = &self.sock else { return Err(std::io::ErrorKind::NotConnected.into()) };
         let sent = self.out.write_from(&self.io, sock, self.server.out_buffer_bytes_max)?;
         if sent > 0 {
-            self.io.active.set(true);
-            if !self.io.answered.replace(true) {
+            self.io.flags.set(ACTIVE, true);
+            if !self.io.flags.replace(ANSWERED, true) {
                 // Most clients wait after their CONNACK, often for long:
                 // park at once rather than after a sweep.
-                self.io.park_requested.set(true);
+                self.io.flags.set(PARK_REQUESTED, true);
             }
             self.server.sent(self.id, &self.io, sent);
         }

@@ -46,21 +46,17 @@ const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection output side, shared by the reader (which fills it through
-/// the broker) and the writer (which drains it to the socket).
+/// the broker) and the writer (which drains it to the socket). Every
+/// connection, idle or not, holds one: keep it at most 56 bytes (with the
+/// `Rc` counts, an 80-byte heap block; see the test).
 struct ConnIo {
-    out: RefCell<Vec<u8>>,
-    closing: Cell<bool>,
-    congested: Cell<bool>,
+    /// Output not yet taken by the writer. A `Cell`, not a `RefCell` (a
+    /// word less): only `with_out` reaches it.
+    out: Cell<Vec<u8>>,
+    flags: Flags,
     doorbell: Doorbell,
     /// A plain TCP connection, which may be parked (see `park.rs`).
     parkable: bool,
-    /// Read or written since the last parking sweep.
-    active: Cell<bool>,
-    /// Park at the next wait: the sweep found it idle, or it has just
-    /// written its first output (the CONNACK).
-    park_requested: Cell<bool>,
-    /// Has written output before.
-    answered: Cell<bool>,
     /// The socket of a parked connection (which then has no task).
     parked: Cell<Option<std::net::TcpStream>>,
 }
@@ -71,6 +67,55 @@ impl ConnIo {
         let parked = s.is_some();
         self.parked.set(s);
         parked
+    }
+
+    /// Run `f` on the connection's pending output. `f` must not reach this
+    /// connection's output again (it would see it empty).
+    fn with_out<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let mut out = self.out.take();
+        let r = f(&mut out);
+        self.out.set(out);
+        r
+    }
+
+    fn out_len(&self) -> usize {
+        self.with_out(|o| o.len())
+    }
+}
+
+/// A connection's state bits, one byte for all (a `Cell<bool>` each would
+/// take a byte each).
+#[derive(Default)]
+struct Flags(Cell<u8>);
+
+/// Closed by the broker: write what is pending, then end.
+const CLOSING: u8 = 1;
+/// Its output is over `out_buffer_bytes_max` (the broker drops QoS 0
+/// messages to it until half of that is written).
+const CONGESTED: u8 = 2;
+/// Read or written since the last parking sweep.
+const ACTIVE: u8 = 4;
+/// Park at the next wait: the sweep found it idle, or it has just written
+/// its first output (the CONNACK).
+const PARK_REQUESTED: u8 = 8;
+/// Has written output before.
+const ANSWERED: u8 = 16;
+
+impl Flags {
+    fn get(&self, flag: u8) -> bool {
+        self.0.get() & flag != 0
+    }
+
+    fn set(&self, flag: u8, on: bool) {
+        let v = self.0.get();
+        self.0.set(if on { v | flag } else { v & !flag });
+    }
+
+    /// Set `flag` to `on`; returns what it was.
+    fn replace(&self, flag: u8, on: bool) -> bool {
+        let was = self.get(flag);
+        self.set(flag, on);
+        was
     }
 }
 
@@ -249,11 +294,12 @@ impl<L: RaftLog + 'static> Server<L> {
                     Action::Send(id, p) => {
                         let Some(io) = conns.get(&id) else { continue };
                         let v = b.version(id).unwrap_or(Version::V311);
-                        let mut out = io.out.borrow_mut();
-                        let was_empty = out.is_empty();
-                        encode(&p, v, &mut out);
-                        if out.len() > self.out_buffer_bytes_max && !io.congested.get() {
-                            io.congested.set(true);
+                        let (was_empty, len) = io.with_out(|out| {
+                            let was_empty = out.is_empty();
+                            encode(&p, v, out);
+                            (was_empty, out.len())
+                        });
+                        if len > self.out_buffer_bytes_max && !io.flags.replace(CONGESTED, true) {
                             congested.push(id);
                         }
                         if was_empty {
@@ -262,7 +308,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
-                            io.closing.set(true);
+                            io.flags.set(CLOSING, true);
                             self.ring(id, io);
                         }
                     }
@@ -645,24 +691,15 @@ impl<L: RaftLog + 'static> Server<L> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let io = Rc::new(ConnIo {
-            out: RefCell::new(Vec::new()),
-            closing: Cell::new(false),
-            congested: Cell::new(false),
+            out: Cell::new(Vec::new()),
+            flags: Flags::default(),
             doorbell: Doorbell::default(),
             parkable,
-            active: Cell::new(true),
-            park_requested: Cell::new(false),
-            answered: Cell::new(false),
             parked: Cell::new(None),
         });
+        io.flags.set(ACTIVE, true);
         self.conns.borrow_mut().insert(id, io.clone());
-        self.with_broker(|b, now| {
-            if admin {
-                b.open_admin(id, &peer.to_string(), now)
-            } else {
-                b.open(id, &peer.to_string(), now)
-            }
-        });
+        self.with_broker(|b, now| if admin { b.open_admin(id, peer, now) } else { b.open(id, peer, now) });
         (id, io)
     }
 
@@ -702,9 +739,9 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// `sent` bytes of the connection's output went out.
     fn sent(&self, id: ConnId, io: &ConnIo, sent: usize) {
-        let uncongest = io.congested.get() && io.out.borrow().len() <= self.out_buffer_bytes_max / 2;
+        let uncongest = io.flags.get(CONGESTED) && io.out_len() <= self.out_buffer_bytes_max / 2;
         if uncongest {
-            io.congested.set(false);
+            io.flags.set(CONGESTED, false);
         }
         self.with_broker(|b, _| {
             b.count_bytes(0, sent as u64);
@@ -738,15 +775,15 @@ impl<L: RaftLog + 'static> Server<L> {
     async fn write_loop<W: Write>(&self, id: ConnId, io: Rc<ConnIo>, mut sock: W) {
         let mut pending: Vec<u8> = Vec::new();
         loop {
-            if io.out.borrow().is_empty() {
-                if io.closing.get() {
+            if io.out_len() == 0 {
+                if io.flags.get(CLOSING) {
                     let _ = sock.flush().await;
                     return;
                 }
                 io.doorbell.wait().await;
                 continue;
             }
-            std::mem::swap(&mut pending, &mut *io.out.borrow_mut());
+            io.with_out(|out| std::mem::swap(&mut pending, out));
             // flush: a TLS stream may hold encrypted records back.
             if sock.write_all(&pending).await.is_err() || sock.flush().await.is_err() {
                 return;
@@ -854,5 +891,15 @@ pub async fn bind(l: &Listener) -> std::io::Result<TcpListener> {
             Ok(x) => Ok(x),
             Err(_) => TcpListener::bind(("0.0.0.0", l.port)).await,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection holds a `ConnIo` in an `Rc` (two counts more): at
+    /// most 56 bytes keeps that in an 80-byte heap block.
+    #[test]
+    fn conn_io_fits_an_80_byte_block() {
+        assert!(std::mem::size_of::<super::ConnIo>() <= 56, "{}", std::mem::size_of::<super::ConnIo>());
     }
 }

@@ -15,7 +15,7 @@ use log::{debug, warn};
 use smol::{Async, LocalExecutor};
 
 use super::conn::TcpConn;
-use super::{ConnIo, Doorbell, Server};
+use super::{ConnIo, Doorbell, Server, ACTIVE, PARK_REQUESTED};
 use crate::broker::ConnId;
 use crate::store::RaftLog;
 
@@ -75,10 +75,10 @@ impl<L: RaftLog + 'static> Server<L> {
             return;
         }
         for io in self.conns.borrow().values() {
-            if !io.parkable || io.is_parked() || io.active.replace(false) {
+            if !io.parkable || io.is_parked() || io.flags.replace(ACTIVE, false) {
                 continue;
             }
-            io.park_requested.set(true);
+            io.flags.set(PARK_REQUESTED, true);
             io.doorbell.ring();
         }
     }
@@ -122,7 +122,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 *slot = 0;
             }
         }
-        io.active.set(true);
+        io.flags.set(ACTIVE, true);
         debug!("Connection {id} unparked ({}).", if input { "input" } else { "output" });
         match Async::new(sock) {
             Ok(sock) => ex.spawn(TcpConn::new(self.clone(), id, io, sock, input)).detach(),
