@@ -368,6 +368,13 @@ impl Broker {
         !self.proposals.is_empty()
     }
 
+    /// Whether the pending commands are only subscribers' acknowledgements
+    /// (`Command::Acked`), which may be replicated lazily: nobody waits
+    /// for their commit but the subscriber's window.
+    pub fn proposals_lazy(&self) -> bool {
+        self.proposals.iter().all(|e| matches!(e.cmd, Command::Acked { .. }))
+    }
+
     fn propose(&mut self, now_ms: u64, cmd: Command) {
         if let Command::Acked { client, acks } = &cmd {
             if let Some(Entry { cmd: Command::Acked { client: c2, acks: a2 }, .. }) = self.proposals.last_mut() {

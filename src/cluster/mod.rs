@@ -341,12 +341,12 @@ impl<L: RaftLog> Node<L> {
         if !self.broker.has_proposals() || !self.can_propose() {
             return;
         }
+        let lazy = self.broker.proposals_lazy();
         let batch = self.broker.take_proposals();
         if !self.is_leader() {
             return;
         }
         let n = batch.len() as u64;
-        let lazy = batch.iter().all(|e| matches!(e.cmd, Command::Acked { .. }));
         match self.raw.propose(vec![], encode_batch(batch)) {
             Ok(()) => {
                 self.stats.proposals += 1;

@@ -269,7 +269,11 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         self.dispatch(&mut node.broker);
         if node.broker.has_proposals() {
-            if self.inline_ready {
+            // Subscribers' acknowledgements alone wait for the driver's
+            // pass: a PUBLISH that arrived with them is then read first
+            // and both go into one entry (in a QoS 1 ping-pong the next
+            // PUBLISH no longer waits for a raft round of the last PUBACK).
+            if self.inline_ready && !node.broker.proposals_lazy() {
                 // One node, log in memory: commit at once instead of a hop
                 // through the driver task (no fsync to batch for).
                 drop(node);
