@@ -458,12 +458,6 @@ impl<L: RaftLog> Node<L> {
         self.unflushed_ready.is_some() || self.raw.store().has_staged()
     }
 
-    /// Whether a flush's job is running (between `begin_flush` and
-    /// `end_flush`); another may begin only after it.
-    pub fn flushing(&self) -> bool {
-        self.raw.store().writing()
-    }
-
     /// Write everything the Ready passes staged since the last flush in
     /// one transaction (one fsync), tell raft it is persisted, and return
     /// the messages that waited for it. Run `ready` again afterwards: the

@@ -24,9 +24,9 @@ use super::{PersistJob, RaftLog, StoreError};
 
 pub struct Staged<L: RaftLog> {
     inner: L,
-    /// Staged entries, contiguous; the first may be at or below the
-    /// inner log's last index (raft's conflict rule: the flush replaces
-    /// the inner log's suffix from there).
+    /// Staged entries, contiguous; the first may be at or below the last
+    /// index of the inner log or of the run being written (raft's
+    /// conflict rule: the next flush replaces the suffix from there).
     entries: Vec<Entry>,
     /// The latest staged hard state.
     hard_state: Option<HardState>,
