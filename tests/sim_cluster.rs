@@ -92,7 +92,11 @@ fn settings() -> Rc<Settings> {
 
 fn new_node(cfg: &NodeConfig, disk: &MemLog, now: u64) -> Node<MemLog> {
     let broker = Broker::new(settings(), now);
-    Node::new(cfg.clone(), disk.clone(), broker, &raft_logger()).expect("node starts")
+    let mut node = Node::new(cfg.clone(), disk.clone(), broker, &raft_logger()).expect("node starts");
+    // As the runtime runs a log on disk: proposals held after a commit
+    // (released at random below).
+    node.hold_after_commit = true;
+    node
 }
 
 impl Sim {
@@ -242,6 +246,9 @@ impl Sim {
             let now = self.now;
             let sn = &mut self.nodes[i];
             let Some(n) = sn.node.as_mut() else { return };
+            if n.is_held() && self.rng.chance(500_000) {
+                n.release_hold();
+            }
             let mut early = Vec::new();
             let out = match n.ready(now, &mut |msgs| early.extend(msgs)) {
                 Ok(o) => o,

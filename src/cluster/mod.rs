@@ -156,6 +156,11 @@ pub struct Node<L: RaftLog> {
     writing_msgs: Vec<Message>,
     /// This leader's proposed entries not yet committed.
     in_flight: std::collections::VecDeque<InFlight>,
+    /// Set by the runtime when writes are worth batching (a log on disk
+    /// or peers): see `is_held`.
+    pub hold_after_commit: bool,
+    /// New proposals wait until the runtime calls `release_hold`.
+    held: bool,
 }
 
 struct InFlight {
@@ -259,6 +264,8 @@ impl<L: RaftLog> Node<L> {
             writing_ready: None,
             writing_msgs: Vec::new(),
             in_flight: Default::default(),
+            hold_after_commit: false,
+            held: false,
         })
     }
 
@@ -365,12 +372,43 @@ impl<L: RaftLog> Node<L> {
         let committed = self.raw.raft.raft_log.committed;
         let last = self.raw.raft.raft_log.last_index();
         let term = self.term();
+        let counted_before = self.in_flight.iter().filter(|e| !e.lazy).count();
         self.in_flight.retain(|e| e.term == term && e.index > committed && e.index <= last);
+        let counted_after = self.in_flight.iter().filter(|e| !e.lazy).count();
+        if self.hold_after_commit && counted_after < counted_before && self.broker.has_proposals() {
+            // Commands waited for the entry just committed: the clients
+            // it answers are about to send more. Let the runtime hold
+            // the next entry briefly so they join it (see `is_held`).
+            self.held = true;
+        }
+        if !self.is_leader() {
+            self.held = false;
+        }
+        if self.held {
+            return false;
+        }
         // One entry of subscribers' acknowledgements alone does not hold
         // a publish back (a QoS 1 ping-pong would wait a round for it).
         let lazy = self.in_flight.iter().filter(|e| e.lazy).count();
         let counted = self.in_flight.len() - lazy + lazy.saturating_sub(1);
         counted < PROPOSALS_IN_FLIGHT || !self.is_leader()
+    }
+
+    /// Whether proposals are held after a commit. Commands that arrived
+    /// while this leader's entry was in flight would go out at once on
+    /// its commit, and the publishers it just answered would send theirs
+    /// a moment later, into the entry after. With a window of PUBLISHes
+    /// per client, the window then splits into two halves that take
+    /// turns, each waiting a whole round (a disk write on two nodes)
+    /// for the other. The runtime holds proposals for a short while
+    /// (`COMMIT_HOLD` in src/net) and then calls `release_hold`: the
+    /// window travels whole, one write per round.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    pub fn release_hold(&mut self) {
+        self.held = false;
     }
 
     /// Whether a Ready pass has work: raft is ready, or commands wait and

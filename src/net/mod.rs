@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use embedded_io_async::{Read, Write};
 use log::{debug, info, warn};
@@ -44,6 +44,11 @@ const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leader holds its next entry after one commits, for the
+/// clients that commit answered to send more (see `Node::is_held`).
+/// Measured with a windowed 1->1 QoS 1 load on three nodes (0 / 50 / 100 /
+/// 200 / 300 us); see docs/CONFIG.md "Group commit".
+const COMMIT_HOLD: Duration = Duration::from_micros(100);
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket). Every
@@ -219,6 +224,8 @@ impl<L: RaftLog + 'static> Server<L> {
         let clustered = node.conf_state().voters.len() > 1;
         let defer_flush = node.raw.store().on_disk();
         let inline_ready = !clustered && !defer_flush;
+        let mut node = node;
+        node.hold_after_commit = !inline_ready;
         let connection_messages = node.broker.settings.connection_messages;
         let lim = node.broker.settings.limits.clone();
         let (driver_bell, driver_rx) = bounded(1);
@@ -335,9 +342,12 @@ impl<L: RaftLog + 'static> Server<L> {
     /// goes on meanwhile and stages what comes for the next write).
     pub async fn driver(self: Rc<Self>) {
         let tick = Duration::from_millis(self.tick_ms);
-        let mut next_tick = std::time::Instant::now() + tick;
+        let mut next_tick = Instant::now() + tick;
         let mut write: Option<smol::Task<FlushResult>> = None;
+        // When held proposals go (see `Node::is_held`).
+        let mut hold_until: Option<Instant> = None;
         loop {
+            let wake = hold_until.map_or(next_tick, |t| t.min(next_tick));
             let rx = self.driver_rx.clone();
             let written = futures_lite::future::or(
                 async {
@@ -352,7 +362,7 @@ impl<L: RaftLog + 'static> Server<L> {
                         None
                     },
                     async {
-                        smol::Timer::at(next_tick).await;
+                        smol::Timer::at(wake).await;
                         None
                     },
                 ),
@@ -366,13 +376,17 @@ impl<L: RaftLog + 'static> Server<L> {
                 // itself once its own write is done).
                 again = true;
             }
-            if std::time::Instant::now() >= next_tick {
+            if Instant::now() >= next_tick {
                 self.node.borrow_mut().tick();
                 self.upkeep(self.now());
                 next_tick += tick;
-                if next_tick < std::time::Instant::now() {
-                    next_tick = std::time::Instant::now() + tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick;
                 }
+            }
+            if hold_until.is_some_and(|t| Instant::now() >= t) {
+                hold_until = None;
+                self.node.borrow_mut().release_hold();
             }
             again |= self.ready_passes();
             if write.is_none() && self.node.borrow().needs_flush() {
@@ -392,6 +406,9 @@ impl<L: RaftLog + 'static> Server<L> {
                         again = true;
                     }
                 }
+            }
+            if hold_until.is_none() && self.node.borrow().is_held() {
+                hold_until = Some(Instant::now() + COMMIT_HOLD);
             }
             if again {
                 let _ = self.driver_bell.try_send(());
