@@ -102,8 +102,9 @@ impl<L: RaftLog> Staged<L> {
 
     /// Whether anything staged must be written: entries, a new term or
     /// vote, or a snapshot. A hard state whose only change is the commit
-    /// index waits for the next such write (raft does not need the commit
-    /// index on disk: a restarted node learns it again).
+    /// index is not written (raft does not need the commit index on disk:
+    /// a restarted node learns it again); it goes with the next new term
+    /// or vote, and a snapshot raises the stored one to its index.
     pub fn has_staged(&self) -> bool {
         !self.entries.is_empty()
             || self.snapshot.is_some()
@@ -130,8 +131,15 @@ impl<L: RaftLog> Staged<L> {
             return Ok(None);
         }
         let mut job = FlushJob { persist: None, snapshot: None };
-        if !self.entries.is_empty() || self.hard_state.is_some() {
-            let hs = self.hard_state.take();
+        // A commit-only change of the hard state stays staged (see
+        // `has_staged`): leaving the `meta` table alone saves a page or
+        // two per write (measured 8.9 -> 7.9 pages written per commit).
+        let hs_changed = self
+            .hard_state
+            .as_ref()
+            .is_some_and(|hs| hs.term != self.flushed_hs.term || hs.vote != self.flushed_hs.vote);
+        if !self.entries.is_empty() || hs_changed {
+            let hs = if hs_changed { self.hard_state.take() } else { None };
             job.persist = Some(self.inner.begin_persist(&self.entries, hs.as_ref())?);
             if let Some(hs) = hs {
                 self.flushed_hs = hs;
@@ -353,7 +361,9 @@ mod tests {
         assert_eq!(s.flush().unwrap(), 3);
         assert!(!s.has_staged());
         assert_eq!(disk.last_index().unwrap(), 6);
-        assert_eq!(disk.initial_state().unwrap().hard_state.commit, 3);
+        // The commit-only change stays staged (see has_staged).
+        assert_eq!(disk.initial_state().unwrap().hard_state.commit, 0);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
     }
 
     #[test]
@@ -386,6 +396,12 @@ mod tests {
         assert!(!s.has_staged());
         assert_eq!(s.flush().unwrap(), 0);
         assert_eq!(disk.initial_state().unwrap().hard_state.commit, 0);
+        // Nor with entries.
+        s.stage(&entries(3..=3, 1), Some(&hs(1, 1, 3)));
+        assert!(s.has_staged());
+        assert_eq!(s.flush().unwrap(), 1);
+        assert_eq!(disk.initial_state().unwrap().hard_state.commit, 0);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
         // A new vote must be written.
         s.stage(&[], Some(&hs(2, 3, 2)));
         assert!(s.has_staged());
