@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh [--quick] [--only-mosquitto] [--no-build] [--reps N]
 #                    [--mosquitto-port P] [--midge-port P] [--midge-bin PATH]
-#                    [--broker-nodelay] [--out FILE]
+#                    [--broker-nodelay] [--midge-option 'KEY VALUE']...
+#                    [--out FILE]
 #
 # Builds benches/loadgen (release) and midge (cargo build --release), starts
 # Mosquitto and midge on loopback ports with the same config file, and for each
@@ -17,6 +18,8 @@
 # --broker-nodelay adds `set_tcp_nodelay true` to both brokers' config (the
 # default, false, lets Nagle + delayed ACK stall deliveries for ~40 ms now
 # and then, which makes QoS 1 numbers noisier).
+# --midge-option adds a line to midge's config only (e.g. 'busy_poll_us 50');
+# the report names it.
 #
 # Only loopback traffic. Every loop is bounded; processes this script started
 # are stopped by PID on exit. Full run ~3-5 min, --quick ~1 min.
@@ -35,14 +38,16 @@ MIDGE_PORT=18831
 MIDGE_BIN=""
 OUT="$ROOT/benches/results/latest.md"
 BROKER_NODELAY=0
+MIDGE_OPTS=()
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --only-mosquitto) ONLY_MOSQ=1 ;;
         --no-build) BUILD=0 ;;
         --broker-nodelay) BROKER_NODELAY=1 ;;
+        --midge-option) MIDGE_OPTS+=("$2"); shift ;;
         --reps) REPS="$2"; shift ;;
         --mosquitto-port) MOSQ_PORT="$2"; shift ;;
         --midge-port) MIDGE_PORT="$2"; shift ;;
@@ -148,6 +153,9 @@ log_type notice
 connection_messages false
 EOF
     [ "$BROKER_NODELAY" = 1 ] && echo "set_tcp_nodelay true" >> "$f"
+    if [ "$b" = midge ]; then
+        for o in ${MIDGE_OPTS[@]+"${MIDGE_OPTS[@]}"}; do echo "$o" >> "$f"; done
+    fi
     echo "$f"
 }
 
@@ -357,6 +365,7 @@ done
     echo "- machine: $(nproc) cores, load average at start $LOAD0, after each repetition:$LOADS (shared machine: absolute numbers are noisy, compare the ratios)"
     echo "- mosquitto: $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/mosquitto version //'); midge: $([ "$ONLY_MOSQ" = 1 ] && echo 'not run (--only-mosquitto)' || (cd "$ROOT" && echo "$(git rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted')"))"
     echo "- both brokers: same config (listener on 127.0.0.1, allow_anonymous true, max_queued_messages 100000, max_inflight_messages 20, persistence false$([ "$BROKER_NODELAY" = 1 ] && echo ', set_tcp_nodelay true')); payload $PAYLOAD B; loadgen sockets use TCP_NODELAY"
+    if [ ${#MIDGE_OPTS[@]} -gt 0 ]; then echo "- midge only: $(printf '`%s` ' "${MIDGE_OPTS[@]}")"; fi
     echo "- throughput = unique messages delivered to subscribers / (first publish → last delivery); publishers run ${DUR} s, each at most $LEAD/publishers messages ahead of the slowest subscriber; QoS 1 window $WINDOW PUBACKs"
     echo
     echo "| metric | midge | mosquitto | ratio midge/mosquitto | better |"

@@ -227,7 +227,11 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         config.set_tcp_nodelay,
         config.cluster_follower_mode,
         config.cluster_preferred_leader,
+        std::time::Duration::from_micros(config.busy_poll_us.into()),
     );
+    if config.busy_poll_us > 0 {
+        info!("Busy polling for {} us after each client packet (busy_poll_us).", config.busy_poll_us);
+    }
     let mut sockets = Vec::new();
     for l in &config.listeners {
         match smol::block_on(midge::net::bind(l)) {
@@ -279,7 +283,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         }
     }
     let ex = Rc::new(LocalExecutor::new());
-    smol::block_on(ex.run(async {
+    smol::block_on(server.clone().busy_polling(ex.run(async {
         for (l, s) in config.listeners.iter().zip(sockets) {
             ex.spawn(server.clone().listen(ex.clone(), l.clone(), s)).detach();
         }
@@ -321,5 +325,5 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         let s = signals.next().await;
         info!("midge received {:?}, shutting down.", s.and_then(|r| r.ok()));
         ExitCode::SUCCESS
-    }))
+    })))
 }

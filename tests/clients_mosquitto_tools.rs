@@ -381,3 +381,37 @@ fn persistent_session_with_mosquitto_sub_c() {
         assert_eq!((code, out.trim()), (Some(0), "while away"), "{v}: {err}");
     }
 }
+
+/// CPU time (user + system, clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// midge's `busy_poll_us`: clients are served as usual, and the polling
+/// stops when they fall silent (an idle broker sleeps, it does not spin).
+#[test]
+fn busy_poll_serves_clients_and_sleeps_when_idle() {
+    if common::is_mosquitto() {
+        return; // a midge key
+    }
+    let b = Broker::start("busy_poll_us 1000");
+    assert!(b.log().contains("Busy polling for 1000 us after each client packet"), "{}", b.log());
+    for v in [V311, V5] {
+        let sub = Sub::start(b.port, v, &["-t", "busy/t", "-q", "1", "-C", "3", "-W", "8"]);
+        for m in ["one", "two", "three"] {
+            publish_ok(b.port, v, &["-t", "busy/t", "-m", m, "-q", "1"]);
+        }
+        assert_eq!(sub.finish().messages, vec!["one", "two", "three"], "{v}");
+    }
+    // Silent clients: over two seconds an idle broker uses next to no CPU.
+    // Polling that never stopped would take a whole core (about 200 ticks).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(b.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(b.pid()) - before;
+    assert!(used < 50, "idle broker used {used} clock ticks of CPU in 2 s with busy_poll_us 1000");
+}

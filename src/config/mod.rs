@@ -239,6 +239,9 @@ pub struct Config {
     pub queue_qos0_messages: bool,
     /// Default `false` (Mosquitto's default).
     pub set_tcp_nodelay: bool,
+    /// `busy_poll_us`: after a client's packet arrives, poll the sockets
+    /// for this long before sleeping. Default 0 (off).
+    pub busy_poll_us: u32,
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
     /// Default stderr.
@@ -296,6 +299,7 @@ impl Default for Config {
             sys_interval_secs: 10,
             queue_qos0_messages: false,
             set_tcp_nodelay: false,
+            busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
             connection_messages: true,

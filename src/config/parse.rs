@@ -17,6 +17,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "admin_listener",
     "allow_anonymous",
     "bind_address",
+    "busy_poll_us",
     "cafile",
     "certfile",
     "client_out_buffer_bytes",
@@ -64,6 +65,10 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "tls_version",
     "upgrade_outgoing_qos",
 ];
+
+/// `busy_poll_us` at most: a millisecond of polling after each packet is
+/// already all CPU and no lower latency.
+const BUSY_POLL_US_MAX: u64 = 1_000;
 
 /// Mosquitto keys midge accepts and ignores with a warning.
 pub(super) const IGNORED_KEYS: &[&str] = &[
@@ -251,6 +256,7 @@ impl<'f> Parser<'f> {
             "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
             "queue_qos0_messages" => self.cfg.queue_qos0_messages = self.bool_opt(key, rest)?,
             "set_tcp_nodelay" => self.cfg.set_tcp_nodelay = self.bool_opt(key, rest)?,
+            "busy_poll_us" => self.cfg.busy_poll_us = self.num_opt(key, rest, 0, BUSY_POLL_US_MAX)? as u32,
             "connection_messages" => self.cfg.connection_messages = self.bool_opt(key, rest)?,
             "upgrade_outgoing_qos" => self.cfg.upgrade_outgoing_qos = self.bool_opt(key, rest)?,
             "persistence" => self.cfg.persistence = self.bool_opt(key, rest)?,

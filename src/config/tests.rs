@@ -18,6 +18,7 @@ fn empty_file_gives_the_defaults() {
     assert!(d.allow_anonymous);
     assert!(d.retain_available && d.connection_messages && d.persistence);
     assert!(!d.queue_qos0_messages && !d.set_tcp_nodelay && !d.upgrade_outgoing_qos);
+    assert_eq!(d.busy_poll_us, 0);
     assert_eq!(d.sys_interval_secs, 10);
     assert_eq!(d.max_qos, 2);
     assert_eq!(d.log_types, LogType::DEFAULT.to_vec());
@@ -57,6 +58,7 @@ fn full_config() {
          sys_interval 0\n\
          queue_qos0_messages true\n\
          set_tcp_nodelay true\n\
+         busy_poll_us 50\n\
          log_type error\n\
          log_type warning subscribe\n\
          log_dest stdout\n\
@@ -102,6 +104,7 @@ fn full_config() {
     assert_eq!(c.persistent_client_expiration_secs, Some(14 * 86400));
     assert!(!c.retain_available && !c.connection_messages && !c.persistence);
     assert!(c.queue_qos0_messages && c.set_tcp_nodelay && c.upgrade_outgoing_qos);
+    assert_eq!(c.busy_poll_us, 50);
     assert_eq!(c.sys_interval_secs, 0);
     assert_eq!(c.log_types, vec![LogType::Error, LogType::Warning, LogType::Subscribe]);
     assert_eq!(c.log_dest, LogDest::Stdout);
@@ -152,6 +155,7 @@ fn number_errors() {
     }
     assert_eq!(err("max_keepalive"), "midge.conf:1: max_keepalive: missing value");
     assert_eq!(err("max_qos 3"), "midge.conf:1: max_qos: \"3\" is not a number between 0 and 2");
+    assert_eq!(err("busy_poll_us 1001"), "midge.conf:1: busy_poll_us: \"1001\" is not a number between 0 and 1000");
     assert_eq!(
         err("max_keepalive 60 # one minute"),
         "midge.conf:1: max_keepalive: unexpected extra value \"#\" (comments must be on a line of their own)"
