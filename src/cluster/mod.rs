@@ -400,9 +400,10 @@ impl<L: RaftLog> Node<L> {
     /// a moment later, into the entry after. With a window of PUBLISHes
     /// per client, the window then splits into two halves that take
     /// turns, each waiting a whole round (a disk write on two nodes)
-    /// for the other. The runtime holds proposals for a short while
-    /// (`COMMIT_HOLD` in src/net) and then calls `release_hold`: the
-    /// window travels whole, one write per round.
+    /// for the other. The runtime holds proposals until a short while
+    /// after the commit (`COMMIT_HOLD` in src/net), at once if the commit
+    /// is older, and then calls `release_hold`: the window travels whole,
+    /// one write per round.
     pub fn is_held(&self) -> bool {
         self.held
     }
