@@ -30,7 +30,7 @@ use crate::cluster::transport::Peers;
 use crate::cluster::Node;
 use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
-use crate::mqtt::Version;
+use crate::mqtt::{Packet, QoS, Version};
 use crate::store::{FlushResult, RaftLog};
 use conn::{ReadBuf, TcpConn};
 use io::{SmolIo, Tcp};
@@ -50,6 +50,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// with a windowed 1->1 QoS 1 load on three nodes (holds of 50 to 300 us);
 /// see docs/CONFIG.md `persistence_fsync`.
 const COMMIT_HOLD: Duration = Duration::from_micros(200);
+/// Connections a commit's hold waits to hear from, at most.
+const AWAITED_MAX: usize = 64;
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket). Every
@@ -197,6 +199,9 @@ pub struct Server<L: RaftLog> {
     busy_poll: Duration,
     /// When the last Ready pass applied entries (see `Node::is_held`).
     last_applied: Cell<Instant>,
+    /// Connections the last commit sent packets to that have not sent
+    /// anything since (at most `AWAITED_MAX`).
+    awaited: RefCell<Vec<(ConnId, u32)>>,
     /// When a client's input last arrived (kept only with busy polling).
     last_input: Cell<Option<Instant>>,
 }
@@ -210,6 +215,17 @@ fn or_exit<T>(r: Result<T, crate::cluster::NodeError>) -> T {
             log::error!("Stopping: {e}.");
             std::process::exit(70);
         }
+    }
+}
+
+/// Whether a client usually answers `p` with a packet: a PUBLISH with QoS
+/// 1 or 2 with its acknowledgement, a PUBACK (and the rest of QoS 2) with
+/// the next PUBLISH of a streaming publisher.
+fn expects_answer(p: &Packet) -> bool {
+    match p {
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => true,
+        Packet::Publish(p) => p.qos != QoS::AtMostOnce,
+        _ => false,
     }
 }
 
@@ -266,6 +282,7 @@ impl<L: RaftLog + 'static> Server<L> {
             busy_poll,
             last_input: Cell::new(None),
             last_applied: Cell::new(Instant::now()),
+            awaited: RefCell::new(Vec::new()),
         })
     }
 
@@ -323,6 +340,18 @@ impl<L: RaftLog + 'static> Server<L> {
             r
         })
         .await
+    }
+
+    /// `packets` came in from `id`: count them against what the last
+    /// commit awaits from it.
+    fn answered(&self, id: ConnId, packets: u32) {
+        let mut w = self.awaited.borrow_mut();
+        if let Some(i) = w.iter().position(|(c, _)| *c == id) {
+            w[i].1 = w[i].1.saturating_sub(packets);
+            if w[i].1 == 0 {
+                w.swap_remove(i);
+            }
+        }
     }
 
     /// Encode the broker's actions into the connections' buffers.
@@ -415,7 +444,9 @@ impl<L: RaftLog + 'static> Server<L> {
                     next_tick = Instant::now() + tick;
                 }
             }
-            if hold_until.is_some_and(|t| Instant::now() >= t) {
+            // The hold ends at its time, or once every client the commit
+            // answered has sent as many packets as it got.
+            if hold_until.is_some_and(|t| Instant::now() >= t || self.awaited.borrow().is_empty()) {
                 hold_until = None;
                 self.node.borrow_mut().release_hold();
             }
@@ -489,12 +520,31 @@ impl<L: RaftLog + 'static> Server<L> {
             }
         };
         let mut out = or_exit(node.ready(now, &mut send));
-        if out.applied_entries > 0 {
+        let applied = out.applied_entries > 0;
+        if applied {
             self.last_applied.set(Instant::now());
         }
         if !self.defer_flush {
             out.messages.extend(or_exit(node.flush()));
             out.messages.extend(or_exit(node.ready(now, &mut send)).messages);
+        }
+        if applied && !self.inline_ready {
+            // Whom this commit answers: the hold after it ends once each
+            // has spoken (see the driver).
+            let mut w = self.awaited.borrow_mut();
+            w.clear();
+            for a in node.broker.actions() {
+                if let Action::Send(id, p) = a {
+                    if !expects_answer(p) {
+                        continue;
+                    }
+                    match w.iter().position(|(c, _)| c == id) {
+                        Some(i) => w[i].1 += 1,
+                        None if w.len() < AWAITED_MAX => w.push((*id, 1)),
+                        None => {}
+                    }
+                }
+            }
         }
         self.dispatch(&mut node.broker);
         let events = std::mem::take(&mut node.membership_events);
@@ -783,10 +833,12 @@ impl<L: RaftLog + 'static> Server<L> {
         let consumed = self.with_broker(|b, now| {
             b.count_bytes(n as u64, 0);
             let mut pos = 0;
+            let mut packets = 0;
             while pos < filled {
                 match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
                     Ok(Some((p, used))) => {
                         pos += used;
+                        packets += 1;
                         b.packet(id, p, now);
                     }
                     Ok(None) => break,
@@ -796,6 +848,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 }
             }
+            self.answered(id, packets);
             Some(pos)
         });
         let Some(consumed) = consumed else { return false };
