@@ -199,8 +199,9 @@ pub struct Server<L: RaftLog> {
     busy_poll: Duration,
     /// When the last Ready pass applied entries (see `Node::is_held`).
     last_applied: Cell<Instant>,
-    /// Connections the last commit sent packets to that have not sent
-    /// anything since (at most `AWAITED_MAX`).
+    /// Connections the last commit sent packets that call for an answer
+    /// (see `expects_answer`), each with how many packets it has yet to
+    /// send back (at most `AWAITED_MAX` connections).
     awaited: RefCell<Vec<(ConnId, u32)>>,
     /// When a client's input last arrived (kept only with busy polling).
     last_input: Cell<Option<Instant>>,
