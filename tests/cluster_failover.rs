@@ -6,13 +6,16 @@
 //! delivered, the retained message survives, and a restarted node rejoins
 //! (it is part of a later majority).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// The midge binary: `MIDGE_BIN` if set (scripts/qemu-user-test.sh points it
@@ -22,10 +25,6 @@ fn midge_bin() -> PathBuf {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_midge")),
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Cluster {
@@ -38,10 +37,6 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
-        Cluster::start_with("")
-    }
-
     fn start_with(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mqtt: Vec<u16> = (0..3).map(|_| free_port()).collect();

@@ -90,9 +90,20 @@ pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks one; the listener is closed
-/// again, so a rare race with another test is retried by `Broker::start`).
+/// again, so a rare race with another process is retried by
+/// `Broker::start`). Never one this test process was given before: the OS
+/// hands a just-closed port out again now and then, and a cluster's three
+/// nodes must not get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `true` if process `pid` owns a socket listening on 127.0.0.1:`port`
