@@ -204,15 +204,15 @@ impl Broker {
         }
     }
 
-    /// Actions produced so far; the runtime takes them after every call.
-    /// Taken whole, not drained: a burst (one read of
-    /// publishes fanned out to many subscribers) must not leave a grown
-    /// vector behind (it held ~100 MB after a benchmark).
     /// The actions not yet taken.
     pub fn actions(&self) -> &[Action] {
         &self.actions
     }
 
+    /// Actions produced so far; the runtime takes them after every call.
+    /// Taken whole, not drained: a burst (one read of
+    /// publishes fanned out to many subscribers) must not leave a grown
+    /// vector behind (it held ~100 MB after a benchmark).
     pub fn take_actions(&mut self) -> std::vec::IntoIter<Action> {
         std::mem::take(&mut self.actions).into_iter()
     }

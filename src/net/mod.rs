@@ -238,7 +238,7 @@ pub fn wall_ms() -> u64 {
 
 impl<L: RaftLog + 'static> Server<L> {
     pub fn new(
-        node: Node<L>,
+        mut node: Node<L>,
         peers: Rc<Peers>,
         tick_ms: u64,
         nodelay: bool,
@@ -249,7 +249,6 @@ impl<L: RaftLog + 'static> Server<L> {
         let clustered = node.conf_state().voters.len() > 1;
         let defer_flush = node.raw.store().on_disk();
         let inline_ready = !clustered && !defer_flush;
-        let mut node = node;
         node.hold_after_commit = !inline_ready;
         let connection_messages = node.broker.settings.connection_messages;
         let lim = node.broker.settings.limits.clone();
@@ -345,7 +344,7 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// `packets` came in from `id`: count them against what the last
     /// commit awaits from it.
-    fn answered(&self, id: ConnId, packets: u32) {
+    fn heard_from(&self, id: ConnId, packets: u32) {
         let mut w = self.awaited.borrow_mut();
         if let Some(i) = w.iter().position(|(c, _)| *c == id) {
             w[i].1 = w[i].1.saturating_sub(packets);
@@ -849,7 +848,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 }
             }
-            self.answered(id, packets);
+            self.heard_from(id, packets);
             Some(pos)
         });
         let Some(consumed) = consumed else { return false };
