@@ -311,6 +311,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             .detach();
         }
         ex.spawn(server.clone().ticker()).detach();
+        ex.spawn(midge::net::keep_reactor()).detach();
         ex.spawn(server.clone().parker(ex.clone())).detach();
         ex.spawn(server.clone().driver()).detach();
         let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
@@ -320,10 +321,18 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
                 return ExitCode::FAILURE;
             }
         };
-        use futures_lite::StreamExt;
-        let mut signals = signals;
-        let s = signals.next().await;
-        info!("midge received {:?}, shutting down.", s.and_then(|r| r.ok()));
+        // The signals are awaited in a task of their own: as the executor's
+        // main future they would be polled, a read of their pipe, on every
+        // turn of the event loop.
+        let (tx, rx) = smol::channel::bounded(1);
+        ex.spawn(async move {
+            use futures_lite::StreamExt;
+            let mut signals = signals;
+            let _ = tx.send(signals.next().await.and_then(|r| r.ok())).await;
+        })
+        .detach();
+        let s = rx.recv().await.ok().flatten();
+        info!("midge received {s:?}, shutting down.");
         ExitCode::SUCCESS
     })))
 }

@@ -117,7 +117,7 @@ fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
 fn command_batch_v1_still_decodes() {
     assert_eq!(BATCH_FORMAT_VERSION, 1);
     let es = entries();
-    let bytes = encode_batch(es.clone());
+    let bytes = encode_batch(&es);
     let gold = golden("batch.bin", &bytes);
     assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
     assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v1");
@@ -140,7 +140,7 @@ fn state_snapshot_v1_still_restores() {
 
 #[test]
 fn unknown_versions_are_refused() {
-    let mut b = encode_batch(entries());
+    let mut b = encode_batch(&entries());
     b[0] = 2; // postcard varint of the version field
     assert!(decode_batch(&b).is_err());
     let mut s = applied_state(&entries()).snapshot();

@@ -25,14 +25,24 @@ const PROPOSALS_IN_FLIGHT: usize = 1;
 pub const BATCH_FORMAT_VERSION: u16 = 1;
 
 #[derive(Serialize, Deserialize)]
-struct Batch {
+struct Batch<E> {
     version: u16,
-    entries: Vec<Entry>,
+    entries: E,
 }
 
-pub fn encode_batch(entries: Vec<Entry>) -> Vec<u8> {
-    postcard::to_allocvec(&Batch { version: BATCH_FORMAT_VERSION, entries }).unwrap_or_default()
+pub fn encode_batch(entries: &[Entry]) -> Vec<u8> {
+    // Sized for the common small entry: growing from empty cost about a
+    // tenth of the encoding.
+    let out = Vec::with_capacity(ENCODE_CAPACITY);
+    postcard::to_extend(&Batch { version: BATCH_FORMAT_VERSION, entries }, out).unwrap_or_default()
 }
+
+/// First allocation for an encoded batch (bytes).
+const ENCODE_CAPACITY: usize = 256;
+
+/// Batches this leader proposed and keeps decoded until they are applied
+/// (see `Node::proposed`).
+const PROPOSED_KEPT: usize = 16;
 
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Entry>, NodeError> {
     let (version, _) = postcard::take_from_bytes::<u16>(data).map_err(|e| NodeError::Entry(e.to_string()))?;
@@ -41,7 +51,7 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Entry>, NodeError> {
             "entry has batch format version {version}, this midge reads {BATCH_FORMAT_VERSION}"
         )));
     }
-    let b: Batch = postcard::from_bytes(data).map_err(|e| NodeError::Entry(e.to_string()))?;
+    let b: Batch<Vec<Entry>> = postcard::from_bytes(data).map_err(|e| NodeError::Entry(e.to_string()))?;
     Ok(b.entries)
 }
 
@@ -161,6 +171,11 @@ pub struct Node<L: RaftLog> {
     pub hold_after_commit: bool,
     /// New proposals wait until the runtime calls `release_hold`.
     held: bool,
+    /// The commands of this leader's latest proposals, by (index, term),
+    /// so that applying its own entries skips decoding them (a tenth of
+    /// the work per message on one node). Raft's log matching property
+    /// makes (index, term) name one entry's data; anything else decodes.
+    proposed: std::collections::VecDeque<(u64, u64, Vec<Entry>)>,
 }
 
 struct InFlight {
@@ -266,6 +281,7 @@ impl<L: RaftLog> Node<L> {
             in_flight: Default::default(),
             hold_after_commit: false,
             held: false,
+            proposed: Default::default(),
         })
     }
 
@@ -354,12 +370,16 @@ impl<L: RaftLog> Node<L> {
             return;
         }
         let n = batch.len() as u64;
-        match self.raw.propose(vec![], encode_batch(batch)) {
+        match self.raw.propose(vec![], encode_batch(&batch)) {
             Ok(()) => {
                 self.stats.proposals += 1;
                 self.stats.commands += n;
                 let last = self.raw.raft.raft_log.last_index();
                 self.in_flight.push_back(InFlight { term: self.term(), index: last, lazy });
+                if self.proposed.len() == PROPOSED_KEPT {
+                    self.proposed.pop_front();
+                }
+                self.proposed.push_back((last, self.term(), batch));
             }
             Err(e) => warn!("Proposal dropped: {e}."),
         }
@@ -539,7 +559,7 @@ impl<L: RaftLog> Node<L> {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.get_data().is_empty() {
-                        for cmd in decode_batch(e.get_data())? {
+                        for cmd in self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)? {
                             self.broker.apply_committed(&cmd, now);
                         }
                     }
@@ -583,6 +603,21 @@ impl<L: RaftLog> Node<L> {
             self.applied = e.index;
         }
         Ok(n)
+    }
+
+    /// The commands of entry (index, term) if this node proposed it and
+    /// still keeps them (see `proposed`); older kept ones are dropped.
+    fn take_proposed(&mut self, index: u64, term: u64) -> Option<Vec<Entry>> {
+        while let Some(&(i, t, _)) = self.proposed.front() {
+            if i > index {
+                return None;
+            }
+            let (_, _, cmds) = self.proposed.pop_front()?;
+            if i == index && t == term {
+                return Some(cmds);
+            }
+        }
+        None
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
@@ -633,7 +668,7 @@ impl<L: RaftLog> Node<L> {
                 self.leader_start_term = term;
                 info!("Node {} is the leader for term {}.", self.cfg.id, term);
                 let cmd = Entry { now_ms: now, cmd: Command::LeaderStart { node: self.cfg.id, term } };
-                if let Err(e) = self.raw.propose(vec![], encode_batch(vec![cmd])) {
+                if let Err(e) = self.raw.propose(vec![], encode_batch(&[cmd])) {
                     warn!("LeaderStart proposal failed: {e}.");
                 }
             }
