@@ -9,7 +9,8 @@
 # Builds benches/loadgen (release) and midge (cargo build --release), starts
 # Mosquitto and midge on loopback ports with the same config file, and for each
 # broker measures: QoS 0/1 throughput 1->1, 1->100 (fan-out) and 4->4, QoS 1
-# ping-pong latency, idle RSS and RSS with 1,000 and 10,000 idle connections.
+# ping-pong latency (back to back, and paced: one message every 10 ms), idle
+# RSS and RSS with 1,000 and 10,000 idle connections.
 # Tests alternate between the brokers (broker A test 1, broker B test 1, ...)
 # so that background load on the machine hits both alike; with --reps N each
 # throughput/latency number is the median of N runs. Prints a markdown table
@@ -71,11 +72,16 @@ if [ "$QUICK" = 1 ]; then
     : "${REPS:=1}"
     DUR=1.5
     LAT_COUNT=3000
+    PACED_COUNT=300
 else
     : "${REPS:=4}"
     DUR=3
     LAT_COUNT=10000
+    PACED_COUNT=1000
 fi
+# Paced latency: one QoS 1 message every PACED_MS, the broker idle in
+# between (a gateway's usual load), rather than back to back.
+PACED_MS=10
 LEAD=4000
 WINDOW=20
 BURST_MSGS=100000      # open-loop QoS 0 burst: as fast as possible, no flow control
@@ -263,6 +269,19 @@ lat_test() {
     done
 }
 
+paced_test() {
+    local m=paced_q1 b line
+    for b in "${BROKERS[@]}"; do
+        log "$b: QoS 1 latency, one message every $PACED_MS ms"
+        run_lg "$b" "$m" latency --qos 1 --count "$PACED_COUNT" --warmup 20 --interval-us $((PACED_MS * 1000)) --payload $PAYLOAD --timeout-secs $LG_TIMEOUT
+        line=$LINE
+        [ -n "$line" ] || continue
+        if [ "$(kv status "$line")" != ok ]; then note "$b paced latency: status=$(kv status "$line")"; fi
+        record paced_p50 "$b" "$(kv p50_us "$line")"
+        record paced_p99 "$b" "$(kv p99_us "$line")"
+    done
+}
+
 idle_test() { # broker n -> records rss_idle_n and kib/conn
     local b=$1 n=$2 base rss out="$WORK/idle.out" err="$WORK/idle.err" line rc
     restart_broker "$b" || return
@@ -308,6 +327,7 @@ for r in $(seq 1 "$REPS"); do
     flow_tp q0_44  0 4 4
     flow_tp q1_44  1 4 4
     lat_test
+    paced_test
     if [ "$r" = 1 ]; then
         # Once per run: behaviour outside the comfortable zone.
         tp_test burst_q0 0 1 1 --messages $BURST_MSGS --grace-ms 1000
@@ -379,6 +399,8 @@ done
     row "QoS 1 ping-pong latency p50 (µs, lower is better)" p50 lower
     row "QoS 1 ping-pong latency p99 (µs, lower is better)" p99 lower
     row "QoS 1 ping-pong latency max (µs, lower is better)" pmax lower
+    row "QoS 1 latency, one message every $PACED_MS ms, p50 (µs, lower is better)" paced_p50 lower
+    row "QoS 1 latency, one message every $PACED_MS ms, p99 (µs, lower is better)" paced_p99 lower
     row "RSS idle, fresh broker (KiB, lower is better)" rss_idle lower
     row "RSS with $IDLE_SMALL idle connections (KiB, lower is better)" "rss_$IDLE_SMALL" lower
     row "per connection at $IDLE_SMALL (KiB, lower is better)" "kib_$IDLE_SMALL" lower
@@ -395,7 +417,7 @@ done
     echo
     echo "Per-run values (all repetitions):"
     echo
-    per_run_values BROKERS "" q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99
+    per_run_values BROKERS "" q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99 paced_p50 paced_p99
     notes_section
 } > "$WORK/table.md"
 

@@ -4,7 +4,7 @@
 //!   loadgen throughput --port P [--qos 0|1] [--publishers N] [--subscribers M]
 //!                      [--messages K] [--payload 16] [--window 64] [--timeout-secs 60]
 //!                      [--duration-secs D] [--max-lead L] [--nodelay 1]
-//!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16]
+//!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
 //!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
 //!   loadgen retain     --port P --count N [--payload 100] [--window 20] [--prefix T]
 //!                      [--verify-only 0|1]
@@ -41,7 +41,7 @@ usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers 
                           [--subscribers M] [--messages K per publisher] [--payload BYTES]
                           [--window 64] [--resume-at 63] [--timeout-secs 60] [--grace-ms 2000]
                           [--nodelay 0|1] [--max-lead L] [--duration-secs D]
-       loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16]
+       loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
                           [--timeout-secs 60]
        loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
                           [--batch 64] [--timeout-secs 120]
@@ -895,6 +895,8 @@ fn latency(args: &mut Args) -> Result<u8, String> {
     let warmup: usize = args.take("warmup", Some(200))?;
     let psize: usize = args.take("payload", Some(16))?;
     let timeout: f64 = args.take("timeout-secs", Some(60.0))?;
+    let dump: String = args.take("dump", Some(String::new()))?;
+    let interval_us: u64 = args.take("interval-us", Some(0))?;
     args.finish()?;
     if qos > 1 || psize < 16 || count == 0 {
         return Err("--qos 0|1, --payload >= 16, --count > 0".into());
@@ -927,6 +929,9 @@ fn latency(args: &mut Args) -> Result<u8, String> {
         if Instant::now() >= deadline {
             status = "timeout";
             break;
+        }
+        if interval_us > 0 {
+            std::thread::sleep(Duration::from_micros(interval_us));
         }
         let step_deadline = (Instant::now() + Duration::from_secs(5)).min(deadline);
         let pid = (i % 65535) as u16 + 1;
@@ -1011,6 +1016,10 @@ fn latency(args: &mut Args) -> Result<u8, String> {
     }
     sub.disconnect();
     pubc.disconnect();
+    if !dump.is_empty() {
+        let text: String = lats.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&dump, text).map_err(|x| format!("--dump {dump}: {x}"))?;
+    }
     lats.sort_unstable();
     let pct = |q: f64| -> u64 {
         if lats.is_empty() {
