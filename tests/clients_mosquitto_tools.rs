@@ -415,3 +415,40 @@ fn busy_poll_serves_clients_and_sleeps_when_idle() {
     let used = cpu_ticks(b.pid()) - before;
     assert!(used < 50, "idle broker used {used} clock ticks of CPU in 2 s with busy_poll_us 1000");
 }
+
+#[test]
+fn large_messages_to_a_subscriber_that_stops_reading_arrive_whole_and_in_order() {
+    // Output goes straight to a socket while it takes it, and through the
+    // connection's buffer once it is full: ten messages of 900 KB to a
+    // subscriber that reads nothing until all are published fill its
+    // socket, its output buffer (256 KiB) and then its queue. Once it
+    // reads, every byte of every message arrives, in publish order.
+    let b = Broker::start("");
+    let mut sub = common::Raw::connect_v311(b.port, "big-sub", true, 60);
+    sub.send(&common::subscribe_v311(1, "big/t", 1));
+    let ack = sub.expect_packet(MAX_WAIT);
+    assert_eq!(ack.kind(), 9, "SUBACK");
+    let dir = common::tempdir();
+    let size = 900 * 1000;
+    for i in 0..10u8 {
+        let file = common::write_file(dir.path(), &format!("m{i}"), &String::from((b'a' + i) as char).repeat(size));
+        let (code, out, err) = run_with_timeout(
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &b.port.to_string(), "-q", "1", "-t", "big/t", "-f"])
+                .arg(&file),
+            MAX_WAIT,
+        );
+        assert_eq!(code, Some(0), "mosquitto_pub {i}: {out} {err}");
+    }
+    for i in 0..10u8 {
+        let p = sub.expect_packet(MAX_WAIT);
+        assert_eq!(p.kind(), 3, "PUBLISH {i}");
+        let b = &p.body;
+        let topic_len = u16::from_be_bytes([b[0], b[1]]) as usize;
+        let pid = [b[2 + topic_len], b[3 + topic_len]];
+        let payload = &b[4 + topic_len..];
+        assert_eq!(payload.len(), size, "message {i}");
+        assert!(payload.iter().all(|&c| c == b'a' + i), "message {i} is not all '{}'", (b'a' + i) as char);
+        sub.send(&common::packet(0x40, &pid));
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -184,6 +185,13 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 return Poll::Ready(Stop::End);
             }
             let unsent = !self.out.is_empty();
+            // All written: the broker may write the next output straight
+            // to the socket (see `write_direct`).
+            let fd = match &self.sock {
+                Some(s) if !unsent && self.io.out_len() == 0 => s.as_raw_fd(),
+                _ => -1,
+            };
+            self.io.direct.set(fd);
             if !unsent && self.io.flags.get(CLOSING) && self.io.out_len() == 0 {
                 return Poll::Ready(Stop::End);
             }
@@ -224,7 +232,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             // Wait for new output (or closing), room in a full socket, or
             // input; each registers this task's waker.
             let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
-            let rung = self.io.doorbell.poll(cx).is_ready();
+            let rung = self.io.poll_rung(cx).is_ready();
             let writable = unsent && sock.poll_writable(cx).is_ready();
             self.input = self.reading && sock.poll_readable(cx).is_ready();
             if !(rung || writable || self.input) {
@@ -253,12 +261,23 @@ impl<L: RaftLog + 'static> TcpConn<L> {
     }
 }
 
+impl<L: RaftLog> Drop for TcpConn<L> {
+    fn drop(&mut self) {
+        self.io.direct.set(-1);
+    }
+}
+
 impl<L: RaftLog + 'static> Future for TcpConn<L> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let c = self.get_mut();
-        match c.poll_turns(cx) {
+        let turns = c.poll_turns(cx);
+        if turns.is_ready() {
+            // The socket is about to be parked or closed.
+            c.io.direct.set(-1);
+        }
+        match turns {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Stop::Park) => {
                 if let Some(Ok(s)) = c.sock.take().map(Async::into_inner) {

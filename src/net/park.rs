@@ -59,7 +59,7 @@ impl<L: RaftLog + 'static> Server<L> {
     /// Wake a connection for new output or closing: its task, or the parker
     /// if it is parked.
     pub(super) fn ring(&self, id: ConnId, io: &ConnIo) {
-        io.doorbell.ring();
+        io.ring();
         if let Some(p) = &self.parking {
             if io.is_parked() {
                 p.wake.borrow_mut().push(id);
@@ -79,7 +79,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 continue;
             }
             io.flags.set(PARK_REQUESTED, true);
-            io.doorbell.ring();
+            io.ring();
         }
     }
 
@@ -103,7 +103,7 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         by_fd[fd] = id;
         // The waker of the ending task would keep its memory alive.
-        io.doorbell.waker.take();
+        io.waker.take();
         io.parked.set(Some(sock));
         debug!("Connection {id} parked.");
         Ok(())
