@@ -11,9 +11,10 @@
 # Each broker runs under callgrind, in memory (`persistence false`), while
 # `loadgen latency --qos 1` does N QoS 1 round trips (publish, the
 # subscriber receives and acknowledges, the publisher gets its PUBACK); a
-# second run does 1 round trip, and the difference divided by N - 1 is the
-# broker's instructions (user space, all threads) per round trip: start-up
-# and shutdown cancel out. --keep DIR keeps the callgrind files
+# second run does 1 round trip and then waits as long as the first run
+# took, and the difference divided by N - 1 is the broker's instructions
+# (user space, all threads) per round trip: start-up, shutdown and the
+# timers' work while the broker runs cancel out. --keep DIR keeps the callgrind files
 # (`callgrind_annotate DIR/midge.out` shows where the instructions go).
 #
 # Needs valgrind and mosquitto. Mosquitto runs with `user root` so that it
@@ -58,10 +59,11 @@ cleanup() {
 trap cleanup EXIT
 PORT=18841
 
-# total BROKER N: callgrind's instruction total for a broker run with N
-# round trips.
+# total BROKER N [SECS]: callgrind's instruction total for a broker run
+# with N round trips, lasting at least SECS seconds; sets ELAPSED.
 total() {
-    local b=$1 n=$2 conf="$WORK/$1.conf" out="$WORK/$1-$2.out" pid i
+    local b=$1 n=$2 secs=${3:-0} conf="$WORK/$1.conf" out="$WORK/$1-$2.out" pid i start
+    start=$(date +%s.%N)
     printf 'listener %s 127.0.0.1\npersistence false\nallow_anonymous true\nconnection_messages false\n' "$PORT" > "$conf"
     if [ "$b" = mosquitto ]; then
         echo "user root" >> "$conf"
@@ -78,6 +80,8 @@ total() {
     if ! "$LOADGEN" latency --port "$PORT" --qos 1 --count "$n" --warmup 0 --timeout-secs 120 > "$WORK/$b-$n.lg" 2>&1; then
         echo "bench-instructions.sh: loadgen failed against $b: $(cat "$WORK/$b-$n.lg")" >&2
     fi
+    sleep "$(awk -v s="$secs" -v a="$start" -v n="$(date +%s.%N)" 'BEGIN { r = s - (n - a); print (r > 0 ? r : 0) }')"
+    ELAPSED=$(awk -v a="$start" -v n="$(date +%s.%N)" 'BEGIN { print n - a }')
     kill "$pid"
     wait "$pid" 2> /dev/null
     callgrind_annotate "$out" 2> /dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
@@ -88,8 +92,10 @@ echo "| broker | instructions per QoS 1 round trip | ratio to Mosquitto |"
 echo "| --- | ---: | ---: |"
 declare -A PER
 for b in midge mosquitto; do
-    big=$(total "$b" "$COUNT")
-    small=$(total "$b" 1)
+    total "$b" "$COUNT" > "$WORK/big"
+    big=$(cat "$WORK/big")
+    total "$b" 1 "$ELAPSED" > "$WORK/small"
+    small=$(cat "$WORK/small")
     if [ -z "$big" ] || [ -z "$small" ]; then
         echo "bench-instructions.sh: no callgrind total for $b (see $WORK)" >&2
         KEEP=1

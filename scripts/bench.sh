@@ -72,7 +72,7 @@ if [ "$QUICK" = 1 ]; then
     : "${REPS:=1}"
     DUR=1.5
     LAT_COUNT=3000
-    PACED_COUNT=300
+    PACED_COUNT=500
 else
     : "${REPS:=4}"
     DUR=3
