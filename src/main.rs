@@ -311,7 +311,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             .detach();
         }
         ex.spawn(server.clone().ticker()).detach();
-        ex.spawn(midge::net::keep_reactor()).detach();
+        ex.spawn(server.clone().keep_reactor()).detach();
         ex.spawn(server.clone().parker(ex.clone())).detach();
         ex.spawn(server.clone().driver()).detach();
         let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
