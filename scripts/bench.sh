@@ -312,6 +312,15 @@ for b in "${BROKERS[@]}"; do start_broker "$b" || true; done
 # Memory first, each on a freshly started broker.
 for b in "${BROKERS[@]}"; do log "$b: $IDLE_SMALL idle connections"; idle_test "$b" $IDLE_SMALL; done
 for b in "${BROKERS[@]}"; do log "$b: $IDLE_BIG idle connections"; idle_test "$b" $IDLE_BIG; done
+# What each further connection costs, free of what the first ones set up
+# (and of the fresh broker's RSS, which moves by ~100 KiB between starts).
+for b in "${BROKERS[@]}"; do
+    small=$(cat "$WORK/vals.rss_$IDLE_SMALL.$b" 2>/dev/null | head -n 1)
+    big=$(cat "$WORK/vals.rss_$IDLE_BIG.$b" 2>/dev/null | head -n 1)
+    if [ -n "$small" ] && [ -n "$big" ]; then
+        record kib_slope "$b" "$(awk -v a="$big" -v z="$small" -v n=$((IDLE_BIG - IDLE_SMALL)) 'BEGIN {printf "%.3f", (a - z) / n}')"
+    fi
+done
 for b in "${BROKERS[@]}"; do restart_broker "$b" || true; done
 
 ORDER=("${BROKERS[@]}")
@@ -406,6 +415,7 @@ done
     row "per connection at $IDLE_SMALL (KiB, lower is better)" "kib_$IDLE_SMALL" lower
     row "RSS with $IDLE_BIG idle connections (KiB, lower is better)" "rss_$IDLE_BIG" lower
     row "per connection at $IDLE_BIG (KiB, lower is better)" "kib_$IDLE_BIG" lower
+    row "per further connection, $IDLE_SMALL → $IDLE_BIG (KiB, lower is better)" kib_slope lower
     row "RSS 11 s after all throughput runs (KiB, lower is better)" rss_after lower
     row "QoS 1 messages lost, all QoS 1 runs (lower is better)" lostall_q1 lower sum
     row "  of which 1→100 fan-out" lost.q1_fan lower sum
