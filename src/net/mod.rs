@@ -98,19 +98,12 @@ impl ConnIo {
     /// Wake the connection's task (as `Doorbell::ring`).
     fn ring(&self) {
         self.flags.set(RUNG, true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        wake_bell(&self.waker);
     }
 
     /// Ready if rung since the last poll; otherwise the next ring wakes `cx`.
     fn poll_rung(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.flags.replace(RUNG, false) {
-            std::task::Poll::Ready(())
-        } else {
-            self.waker.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        }
+        poll_bell(self.flags.replace(RUNG, false), &self.waker, cx)
     }
 
     async fn wait_rung(&self) {
@@ -169,23 +162,39 @@ struct Doorbell {
 impl Doorbell {
     fn ring(&self) {
         self.rung.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        wake_bell(&self.waker);
     }
 
     /// Ready if rung since the last poll; otherwise the next ring wakes `cx`.
     fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.rung.replace(false) {
-            std::task::Poll::Ready(())
-        } else {
-            self.waker.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        }
+        poll_bell(self.rung.replace(false), &self.waker, cx)
     }
 
     async fn wait(&self) {
         std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+}
+
+/// A bell's ringing half, after its "rung" bit is set: wake the waiting
+/// task, if any (a `Doorbell`'s bit is its own; a connection's, a flag).
+fn wake_bell(waker: &Cell<Option<std::task::Waker>>) {
+    if let Some(w) = waker.take() {
+        w.wake();
+    }
+}
+
+/// A bell's waiting half: ready if `was_rung` (its bit, just cleared);
+/// otherwise the next ring wakes `cx`.
+fn poll_bell(
+    was_rung: bool,
+    waker: &Cell<Option<std::task::Waker>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    if was_rung {
+        std::task::Poll::Ready(())
+    } else {
+        waker.set(Some(cx.waker().clone()));
+        std::task::Poll::Pending
     }
 }
 
