@@ -151,8 +151,9 @@ impl Flags {
     }
 }
 
-/// Wakes one task (the raft driver, the parker). A channel would do, but costs an
-/// allocation per wait; on one thread two `Cell`s are enough.
+/// Wakes one task (the raft driver, the parker, `keep_reactor`). A channel
+/// would do, but costs an allocation per wait; on one thread two `Cell`s
+/// are enough.
 #[derive(Default)]
 struct Doorbell {
     rung: Cell<bool>,
@@ -202,7 +203,6 @@ pub struct Server<L: RaftLog> {
     node: RefCell<Node<L>>,
     peers: Rc<Peers>,
     /// Wakes the raft driver: proposals or peer messages are waiting.
-    /// Wakes the raft driver (see `driver`).
     driver_bell: Doorbell,
     tick_ms: u64,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
@@ -1059,8 +1059,9 @@ impl<L: RaftLog + 'static> Server<L> {
 
 /// Write `out` (a connection's fresh output: none of it was pending before
 /// this dispatch) straight to the socket, without waiting, if the
-/// connection's task has nothing unwritten either (`ConnIo::direct`). Takes what was written off
-/// the front of `out`; the rest is the task's as usual. Saves waking the
+/// connection's task has nothing unwritten either (`ConnIo::direct`).
+/// Takes what was written off the front of `out`; the rest is the task's
+/// as usual. Saves waking the
 /// task and a pass through the executor between a message's commit and
 /// its delivery: about a fifth of the delivery latency after a quiet spell
 /// (measured with `loadgen latency --interval-us 10000`).
