@@ -210,7 +210,7 @@ fn advertised_client_addr(config: &Config, node_id: u64) -> String {
 
 fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
     let node_id = ncfg.id;
-    let node = match Node::new(ncfg, log, broker, &raft_logger()) {
+    let mut node = match Node::new(ncfg, log, broker, &raft_logger()) {
         Ok(n) => n,
         Err(e) => {
             error!("{e}");
@@ -218,6 +218,9 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             return ExitCode::from(4);
         }
     };
+    // No peers and the log in memory: while alone, commands apply as they
+    // are proposed (see `Node::apply_at_propose`).
+    node.apply_at_propose = config.cluster_peers.is_empty() && !node.raw.store().on_disk();
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
     let peers = Peers::new(node_id, advertised_client_addr(config, node_id));
     let server = Server::new(

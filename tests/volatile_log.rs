@@ -25,7 +25,7 @@ fn settings() -> Rc<Settings> {
 fn run(node: &mut Node<MemLog>, now: u64) -> usize {
     let mut accepted = 0;
     for _ in 0..100 {
-        node.propose_pending();
+        node.propose_pending().expect("propose");
         node.ready(now, &mut |_| {}).expect("ready");
         node.flush().expect("flush");
         for a in node.broker.take_actions() {
@@ -105,4 +105,115 @@ fn stores_that_are_read_back_never_forget() {
     assert!(!disk.forget_applied(node.applied()).unwrap());
     // Below the snapshot interval (5,000): every entry is still there.
     assert_eq!(disk.first_index().unwrap(), 2);
+}
+
+/// Ready passes until nothing is left to do; returns every action.
+fn settle(node: &mut Node<MemLog>, now: u64) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for _ in 0..100 {
+        node.ready(now, &mut |_| {}).expect("ready");
+        node.flush().expect("flush");
+        actions.extend(node.broker.take_actions());
+        if !node.has_work() {
+            break;
+        }
+    }
+    actions
+}
+
+fn sends(actions: &[Action], to: u64, pred: impl Fn(&Packet) -> bool) -> usize {
+    actions.iter().filter(|a| matches!(a, Action::Send(c, p) if *c == to && pred(p))).count()
+}
+
+fn publish(topic: &str, pid: u16) -> Packet {
+    Packet::Publish(midge::mqtt::Publish {
+        dup: false,
+        qos: midge::mqtt::QoS::AtLeastOnce,
+        retain: true,
+        topic: Rc::from(topic),
+        packet_id: Some(pid),
+        payload: Rc::from(&b"m"[..]),
+        properties: Properties::default(),
+    })
+}
+
+/// The same conversation on a lone in-memory node that applies at propose
+/// and on one that applies at commit: the first answers before its log
+/// round, the second after it; both log every command once and end in the
+/// same state. A membership change puts the applied commands into the
+/// log first and ends applying at propose.
+#[test]
+fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
+    let now = 1_700_000_000_000;
+    let (sub, publ) = (1, 2);
+    let mut states = Vec::new();
+    for early in [true, false] {
+        let disk = MemLog::volatile();
+        let mut node = Node::new(NodeConfig::single(1), disk.clone(), Broker::new(settings(), now), &raft_logger())
+            .expect("node starts");
+        node.apply_at_propose = early;
+        settle(&mut node, now);
+        connect(&mut node, sub, now);
+        connect(&mut node, publ, now);
+        settle(&mut node, now);
+        assert_eq!(node.broker.applies_at_propose(), early);
+        node.broker.packet(
+            sub,
+            Packet::Subscribe(midge::mqtt::Subscribe {
+                packet_id: 1,
+                filters: vec![(
+                    "t/#".into(),
+                    midge::mqtt::SubOptions { qos: midge::mqtt::QoS::AtLeastOnce, ..Default::default() },
+                )],
+                properties: Properties::default(),
+            }),
+            now,
+        );
+        settle(&mut node, now);
+
+        // Before any Ready pass: the delivery and the PUBACK are out only
+        // when applying at propose; the command waits for the log.
+        node.broker.packet(publ, publish("t/1", 1), now);
+        let before = node.broker.take_actions().collect::<Vec<_>>();
+        let is_publish = |p: &Packet| matches!(p, Packet::Publish(_));
+        let is_puback = |p: &Packet| matches!(p, Packet::PubAck(_));
+        assert_eq!(sends(&before, sub, is_publish), usize::from(early));
+        assert_eq!(sends(&before, publ, is_puback), usize::from(early));
+        assert!(node.broker.has_proposals(), "the command still goes into the log");
+        let after = settle(&mut node, now);
+        assert_eq!(sends(&after, sub, is_publish), usize::from(!early), "delivered exactly once");
+        assert_eq!(sends(&after, publ, is_puback), usize::from(!early), "acknowledged exactly once");
+
+        // The subscriber goes away; its session queues each message once.
+        node.broker.closed(sub, now);
+        settle(&mut node, now);
+        for pid in 2..=6 {
+            node.broker.packet(publ, publish(&format!("t/{pid}"), pid), now);
+            settle(&mut node, now);
+        }
+        let queued = node.broker.state.sessions.get("client-1").expect("session").queue.len();
+        assert_eq!(queued, 5, "each publish queued once (early {early})");
+        assert_eq!(node.broker.state.retained.len(), 6);
+        assert_eq!(node.applied(), disk.last_index().unwrap(), "everything in the log is applied");
+        assert!(!node.broker.has_proposals());
+        states.push(node.broker.state.snapshot());
+
+        if early {
+            // A proposal applied and not yet logged goes in before the
+            // membership change, which ends applying at propose.
+            node.broker.packet(publ, publish("t/7", 7), now);
+            assert_eq!(node.broker.proposals_applied(), 1);
+            node.change_membership(true, 2, "127.0.0.1:1", true).expect("propose add");
+            assert!(!node.broker.applies_at_propose());
+            assert_eq!(node.broker.proposals_applied(), 0);
+            settle(&mut node, now);
+            assert_eq!(node.conf_state().voters, vec![1, 2]);
+            assert!(!node.broker.applies_at_propose(), "not alone: commit is no longer certain");
+            assert_eq!(node.broker.state.retained.len(), 7);
+            let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
+            let restored = State::restore(&snap.data).expect("snapshot decodes");
+            assert_eq!(restored.snapshot(), node.broker.state.snapshot());
+        }
+    }
+    assert!(states[0] == states[1], "applying at propose and at commit end in the same state");
 }

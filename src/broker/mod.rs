@@ -123,6 +123,11 @@ pub struct Broker {
     proposals: Vec<Entry>,
     /// Single-node, in-memory mode: proposals apply at once.
     auto_commit: bool,
+    /// Apply at propose (see `set_apply_at_propose`): proposals apply as
+    /// they are made and stay queued for the log.
+    apply_at_propose: bool,
+    /// How many of `proposals` (a prefix) are applied already.
+    proposals_applied: usize,
     next_assigned_id: u64,
     pub stats: Stats,
     started_ms: u64,
@@ -155,6 +160,8 @@ impl Broker {
             effects: Vec::new(),
             proposals: Vec::new(),
             auto_commit: true,
+            apply_at_propose: false,
+            proposals_applied: 0,
             next_assigned_id: 0,
             stats: Stats::default(),
             started_ms: now_ms,
@@ -201,6 +208,7 @@ impl Broker {
                 self.close(id, Some(reason::USE_ANOTHER_SERVER), now);
             }
             self.proposals.clear();
+            self.proposals_applied = 0;
         }
     }
 
@@ -381,7 +389,10 @@ impl Broker {
     }
 
     fn propose(&mut self, now_ms: u64, cmd: Command) {
-        if let Command::Acked { client, acks } = &cmd {
+        // An applied entry is final: acknowledgements join only one that
+        // is not applied yet.
+        let last_applied = self.proposals_applied == self.proposals.len();
+        if let (Command::Acked { client, acks }, false) = (&cmd, last_applied) {
             if let Some(Entry { cmd: Command::Acked { client: c2, acks: a2 }, .. }) = self.proposals.last_mut() {
                 if c2 == client {
                     a2.extend_from_slice(acks);
@@ -392,9 +403,51 @@ impl Broker {
         self.proposals.push(Entry { now_ms, cmd });
     }
 
-    /// Commands proposed since the last call, for a replicating runtime.
-    pub fn take_proposals(&mut self) -> Vec<Entry> {
-        std::mem::take(&mut self.proposals)
+    /// Commands proposed since the last call, for a replicating runtime,
+    /// and how many of them (a prefix) are applied already (see
+    /// `set_apply_at_propose`).
+    pub fn take_proposals(&mut self) -> (Vec<Entry>, usize) {
+        (std::mem::take(&mut self.proposals), std::mem::replace(&mut self.proposals_applied, 0))
+    }
+
+    /// Apply at propose: for a replicating runtime whose next log entries
+    /// are certain to commit, in the order proposed, with nothing before
+    /// them left to apply (a one-voter raft leader whose log is in
+    /// memory: its own append is the quorum, and it cannot fail). Each
+    /// command then applies as it is proposed, and its effects (a
+    /// delivery, an acknowledgement) go out before the log round instead
+    /// of after it; the commands stay queued for the log all the same,
+    /// and the runtime skips them when they come back committed. Off
+    /// again before the certainty ends.
+    pub fn set_apply_at_propose(&mut self, on: bool, now: u64) {
+        self.apply_at_propose = on;
+        if on {
+            self.apply_proposals(now);
+        }
+    }
+
+    pub fn applies_at_propose(&self) -> bool {
+        self.apply_at_propose
+    }
+
+    /// Proposals applied but not yet taken for the log.
+    pub fn proposals_applied(&self) -> usize {
+        self.proposals_applied
+    }
+
+    /// Apply at propose: apply the proposals not applied yet, and those
+    /// that applying them proposes, in order.
+    pub fn apply_proposals(&mut self, now: u64) {
+        if !self.apply_at_propose || self.proposals_applied == self.proposals.len() {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.proposals);
+        while self.proposals_applied < queued.len() {
+            self.apply_committed(&queued[self.proposals_applied], now);
+            self.proposals_applied += 1;
+            queued.append(&mut self.proposals);
+        }
+        self.proposals = queued;
     }
 
     /// Apply a committed entry and act on its effects.
@@ -410,6 +463,10 @@ impl Broker {
     }
 
     fn commit(&mut self, now: u64) {
+        if self.apply_at_propose {
+            self.apply_proposals(now);
+            return;
+        }
         if !self.auto_commit {
             return;
         }

@@ -394,7 +394,7 @@ fn acl_uses_the_connect_user_name_before_the_session_has_it() {
         b.packet(1, Packet::Connect(cp), 1_000);
         b.packet(1, publish("a/b", b"x", QoS::AtLeastOnce, Some(1), false), 1_001);
         let out = sent(&mut b);
-        let proposed = b.take_proposals().iter().any(|e| matches!(e.cmd, Command::Publish { .. }));
+        let proposed = b.take_proposals().0.iter().any(|e| matches!(e.cmd, Command::Publish { .. }));
         if allowed {
             assert!(out.is_empty() && proposed, "{user}: {out:?}");
         } else {

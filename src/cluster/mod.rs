@@ -63,6 +63,10 @@ pub enum NodeError {
     /// A committed entry does not decode: the log is damaged or written
     /// by an incompatible version. Applying must stop.
     Entry(String),
+    /// Commands applied at propose could not go into the log as they
+    /// applied (see `Node::apply_at_propose`): the state is ahead of the
+    /// log, so the node must stop. Never expected; names what broke.
+    AppliedEarly(String),
 }
 
 impl std::fmt::Display for NodeError {
@@ -72,6 +76,7 @@ impl std::fmt::Display for NodeError {
             NodeError::Raft(e) => write!(f, "raft: {e}"),
             NodeError::Snapshot(e) => write!(f, "{e}"),
             NodeError::Entry(e) => write!(f, "committed entry cannot be applied: {e}"),
+            NodeError::AppliedEarly(e) => write!(f, "commands applied at propose: {e}"),
         }
     }
 }
@@ -176,6 +181,19 @@ pub struct Node<L: RaftLog> {
     /// the work per message on one node). Raft's log matching property
     /// makes (index, term) name one entry's data; anything else decodes.
     proposed: std::collections::VecDeque<(u64, u64, Vec<Entry>)>,
+    /// Set by the runtime for a node without peers whose log is in
+    /// memory: while it is the lone voter and leader, its proposals apply
+    /// as the broker makes them (`Broker::set_apply_at_propose`), since
+    /// its own append commits them and cannot fail. A delivery then
+    /// leaves before the log round instead of after it (docs/CONFIG.md,
+    /// `persistence`, has the measurement). The same commands go into
+    /// the same log, in the same order.
+    pub apply_at_propose: bool,
+    /// Indexes of the entries applied at propose and not yet committed:
+    /// their commit only advances `applied`.
+    applied_early: std::collections::VecDeque<u64>,
+    /// `now` of the latest Ready pass.
+    now_ms: u64,
 }
 
 struct InFlight {
@@ -282,6 +300,9 @@ impl<L: RaftLog> Node<L> {
             hold_after_commit: false,
             held: false,
             proposed: Default::default(),
+            apply_at_propose: false,
+            applied_early: Default::default(),
+            now_ms: 0,
         })
     }
 
@@ -360,14 +381,28 @@ impl<L: RaftLog> Node<L> {
     /// into the next entry together. Every write and every round trip
     /// then carries as much as arrived meanwhile, instead of a disk write
     /// on every node for each small batch.
-    pub fn propose_pending(&mut self) {
+    ///
+    /// Commands applied at propose (see `apply_at_propose`) go in whole
+    /// or the node stops: the state already holds them.
+    pub fn propose_pending(&mut self) -> Result<(), NodeError> {
+        // Apply at propose: those proposed without applying yet first.
+        self.broker.apply_proposals(self.now_ms);
         if !self.broker.has_proposals() || !self.can_propose() {
-            return;
+            return Ok(());
         }
         let lazy = self.broker.proposals_lazy();
-        let batch = self.broker.take_proposals();
+        let (batch, applied) = self.broker.take_proposals();
+        let early = applied > 0;
+        if early && (applied < batch.len() || !self.commit_certain()) {
+            return Err(NodeError::AppliedEarly(format!(
+                "{applied} of {} commands were applied, and their commit is no longer certain (leader {}, voters {:?})",
+                batch.len(),
+                self.is_leader(),
+                self.conf_state.voters
+            )));
+        }
         if !self.is_leader() {
-            return;
+            return Ok(());
         }
         let n = batch.len() as u64;
         match self.raw.propose(vec![], encode_batch(&batch)) {
@@ -375,14 +410,77 @@ impl<L: RaftLog> Node<L> {
                 self.stats.proposals += 1;
                 self.stats.commands += n;
                 let last = self.raw.raft.raft_log.last_index();
+                if early {
+                    self.applied_early.push_back(last);
+                    return Ok(());
+                }
                 self.in_flight.push_back(InFlight { term: self.term(), index: last, lazy });
                 if self.proposed.len() == PROPOSED_KEPT {
                     self.proposed.pop_front();
                 }
                 self.proposed.push_back((last, self.term(), batch));
             }
+            Err(e) if early => {
+                return Err(NodeError::AppliedEarly(format!("raft refused their entry: {e}")));
+            }
             Err(e) => warn!("Proposal dropped: {e}."),
         }
+        Ok(())
+    }
+
+    /// Whether an entry proposed now is certain to commit, in order, as
+    /// soon as it is appended: this node is the serving leader and the
+    /// only voter, with no membership change or leader transfer pending,
+    /// and its log is in memory (`apply_at_propose`, set by the runtime).
+    fn commit_certain(&self) -> bool {
+        let r = &self.raw.raft;
+        self.apply_at_propose
+            && self.is_leader()
+            && self.broker.serving()
+            && self.alone()
+            && !r.has_pending_conf()
+            && r.lead_transferee.is_none()
+    }
+
+    /// Turn the broker's apply at propose on or off. On only from a log
+    /// with nothing left to apply (the applied state is then the whole
+    /// log, and the next entries follow it); off when the commit is no
+    /// longer certain, which must not happen with applied commands not
+    /// yet in the log (membership changes and transfers put them in
+    /// first).
+    fn update_apply_at_propose(&mut self, now: u64) -> Result<(), NodeError> {
+        let on = self.broker.applies_at_propose();
+        let certain = self.commit_certain();
+        if on && !certain {
+            if self.broker.proposals_applied() > 0 {
+                return Err(NodeError::AppliedEarly(format!(
+                    "{} commands were applied, and their commit is no longer certain (leader {}, voters {:?})",
+                    self.broker.proposals_applied(),
+                    self.is_leader(),
+                    self.conf_state.voters
+                )));
+            }
+            self.broker.set_apply_at_propose(false, now);
+        } else if !on && certain && self.raw.raft.raft_log.last_index() == self.applied {
+            self.broker.set_apply_at_propose(true, now);
+        }
+        Ok(())
+    }
+
+    /// Before a membership change or a leader transfer: the commands
+    /// applied at propose go into the log first, and apply at propose
+    /// stops (until `update_apply_at_propose` finds the commit certain
+    /// again).
+    fn end_apply_at_propose(&mut self) -> Result<(), String> {
+        if !self.broker.applies_at_propose() {
+            return Ok(());
+        }
+        self.propose_pending().map_err(|e| e.to_string())?;
+        if self.broker.proposals_applied() > 0 {
+            return Err("commands are still waiting to go into the log; try again".into());
+        }
+        self.broker.set_apply_at_propose(false, self.now_ms);
+        Ok(())
     }
 
     /// Whether the broker's pending commands may be proposed now (see
@@ -453,9 +551,10 @@ impl<L: RaftLog> Node<L> {
         if self.raw.store().writing() && self.raw.raft.raft_log.unstable.snapshot.is_some() {
             return Ok(out);
         }
-        self.propose_pending();
+        self.now_ms = now;
+        self.propose_pending()?;
         if !self.raw.has_ready() {
-            self.update_serving(now);
+            self.update_serving(now)?;
             return Ok(out);
         }
         let mut rd = self.raw.ready();
@@ -508,7 +607,7 @@ impl<L: RaftLog> Node<L> {
             }
         }
         self.maybe_snapshot()?;
-        self.update_serving(now);
+        self.update_serving(now)?;
         Ok(out)
     }
 
@@ -558,7 +657,15 @@ impl<L: RaftLog> Node<L> {
             n += 1;
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if !e.get_data().is_empty() {
+                    if let Some(&i) = self.applied_early.front() {
+                        if i < e.index {
+                            return Err(NodeError::AppliedEarly(format!("entry {i} did not commit")));
+                        }
+                    }
+                    if self.applied_early.front() == Some(&e.index) {
+                        // Applied when proposed.
+                        self.applied_early.pop_front();
+                    } else if !e.get_data().is_empty() {
                         for cmd in self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)? {
                             self.broker.apply_committed(&cmd, now);
                         }
@@ -621,6 +728,10 @@ impl<L: RaftLog> Node<L> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        if !self.applied_early.is_empty() || self.broker.proposals_applied() > 0 {
+            // The state is ahead of `applied`: not a snapshot of it.
+            return Ok(());
+        }
         let since = self.applied.saturating_sub(self.snapshot_index);
         if since == 0 {
             return Ok(());
@@ -661,7 +772,8 @@ impl<L: RaftLog> Node<L> {
     /// Serve clients only as a leader whose LeaderStart (proposed in its
     /// own term) has been applied: its state then holds everything any
     /// earlier leader committed.
-    fn update_serving(&mut self, now: u64) {
+    fn update_serving(&mut self, now: u64) -> Result<(), NodeError> {
+        self.update_apply_at_propose(now)?;
         let term = self.term();
         if self.is_leader() {
             if self.leader_start_term != term {
@@ -683,6 +795,7 @@ impl<L: RaftLog> Node<L> {
             }
             self.broker.set_serving(false, now);
         }
+        Ok(())
     }
 }
 
@@ -778,6 +891,7 @@ impl<L: RaftLog> Node<L> {
                 "the change leaves {after} voter(s): fewer than three tolerate no failure; repeat with force to do it anyway"
             ));
         }
+        self.end_apply_at_propose()?;
         let mut cc = ConfChange::default();
         cc.set_change_type(if add { ConfChangeType::AddNode } else { ConfChangeType::RemoveNode });
         cc.node_id = id;
@@ -787,6 +901,10 @@ impl<L: RaftLog> Node<L> {
 
     /// Ask raft to hand leadership to `to` now (raft leader transfer).
     pub fn transfer_leader(&mut self, to: u64) {
+        if let Err(e) = self.end_apply_at_propose() {
+            warn!("Leader transfer to node {to} not started: {e}.");
+            return;
+        }
         self.raw.transfer_leader(to);
     }
 }
