@@ -225,6 +225,14 @@ impl Broker {
         std::mem::take(&mut self.actions).into_iter()
     }
 
+    /// `take_actions` for a runtime that keeps an empty vector between
+    /// calls: the actions change places with `spare` (which must be
+    /// empty), and the broker goes on with its capacity.
+    pub fn swap_actions(&mut self, spare: &mut Vec<Action>) {
+        debug_assert!(spare.is_empty());
+        std::mem::swap(&mut self.actions, spare);
+    }
+
     /// Protocol version of a connection once CONNECT was decoded (the
     /// codec needs it for everything after CONNECT).
     pub fn version(&self, conn: ConnId) -> Option<Version> {

@@ -142,11 +142,10 @@ impl TopicTree {
         plain: &mut dyn FnMut(&'a Rc<str>, &'a SubEntry),
         shared: &mut dyn FnMut(&'a SharedGroup),
     ) {
-        let levels: Vec<&str> = topic.split('/').collect();
         // [MQTT-4.7.2-1] topics starting with '$' are not matched by a
         // filter starting with a wildcard.
         let dollar = topic.starts_with('$');
-        Self::walk(&self.root, &levels, dollar, plain, shared);
+        Self::walk(&self.root, Some(topic), dollar, plain, shared);
     }
 
     fn visit<'a>(
@@ -162,20 +161,26 @@ impl TopicTree {
         }
     }
 
+    /// `levels`: the topic's levels not matched yet, '/'-separated (None:
+    /// none left; `Some("")` is one empty level).
     fn walk<'a>(
         node: &'a Node,
-        levels: &[&str],
+        levels: Option<&str>,
         skip_wild: bool,
         plain: &mut dyn FnMut(&'a Rc<str>, &'a SubEntry),
         shared: &mut dyn FnMut(&'a SharedGroup),
     ) {
-        let Some((first, rest)) = levels.split_first() else {
+        let Some(levels) = levels else {
             Self::visit(node, plain, shared);
             // "sport/#" also matches "sport".
             if let Some(h) = node.children.get("#") {
                 Self::visit(h, plain, shared);
             }
             return;
+        };
+        let (first, rest) = match levels.split_once('/') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (levels, None),
         };
         if !skip_wild {
             if let Some(h) = node.children.get("#") {
@@ -185,7 +190,7 @@ impl TopicTree {
                 Self::walk(p, rest, false, plain, shared);
             }
         }
-        if let Some(c) = node.children.get(*first) {
+        if let Some(c) = node.children.get(first) {
             Self::walk(c, rest, false, plain, shared);
         }
     }

@@ -33,8 +33,30 @@ struct Batch<E> {
 pub fn encode_batch(entries: &[Entry]) -> Vec<u8> {
     // Sized for the common small entry: growing from empty cost about a
     // tenth of the encoding.
-    let out = Vec::with_capacity(ENCODE_CAPACITY);
-    postcard::to_extend(&Batch { version: BATCH_FORMAT_VERSION, entries }, out).unwrap_or_default()
+    let out = VecOut(Vec::with_capacity(ENCODE_CAPACITY));
+    postcard::serialize_with_flavor(&Batch { version: BATCH_FORMAT_VERSION, entries }, out).unwrap_or_default()
+}
+
+/// postcard's output into a presized `Vec`: its own `AllocVec` starts
+/// empty, and `to_extend` copies byte by byte through `Extend`.
+struct VecOut(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecOut {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.push(b);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// First allocation for an encoded batch (bytes).

@@ -249,7 +249,15 @@ pub struct Server<L: RaftLog> {
     inputs: Cell<u64>,
     keeper_resting: Cell<bool>,
     keeper_bell: Doorbell,
+    /// Empty vectors that `dispatch` keeps for its next call, so that it
+    /// does not allocate them again for every message (`SPARE_KEPT`).
+    spare_actions: Cell<Vec<Action>>,
+    spare_ids: Cell<Vec<ConnId>>,
 }
+
+/// `dispatch` keeps a vector for the next call only up to this capacity:
+/// a burst's (one read fanned out to many subscribers) is freed.
+const SPARE_KEPT: usize = 64;
 
 /// A raft or store failure stops the process (exit status 70): nothing
 /// may be acknowledged that is not safely stored.
@@ -326,6 +334,8 @@ impl<L: RaftLog + 'static> Server<L> {
             inputs: Cell::new(0),
             keeper_resting: Cell::new(false),
             keeper_bell: Doorbell::default(),
+            spare_actions: Cell::default(),
+            spare_ids: Cell::default(),
             last_applied: Cell::new(Instant::now()),
             awaited: RefCell::new(Vec::new()),
         })
@@ -401,15 +411,17 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// Encode the broker's actions into the connections' buffers.
     fn dispatch(&self, b: &mut Broker) {
-        let actions: Vec<Action> = b.take_actions().collect();
+        // The broker's actions change places with the spare empty vector.
+        let mut actions = self.spare_actions.take();
+        b.swap_actions(&mut actions);
         let mut congested = Vec::new();
         // Connections that had no output pending, in the order they got
         // some (deliveries before acknowledgements, as the broker ordered
         // them): all this dispatch gave each goes out in one send.
-        let mut fresh = Vec::new();
+        let mut fresh = self.spare_ids.take();
         {
             let conns = self.conns.borrow();
-            for a in actions {
+            for a in actions.drain(..) {
                 match a {
                     Action::Send(id, p) => {
                         let Some(io) = conns.get(&id) else { continue };
@@ -438,7 +450,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 }
             }
-            for id in fresh {
+            for id in fresh.drain(..) {
                 let Some(io) = conns.get(&id) else { continue };
                 io.flags.set(FRESH, false);
                 let (n, len) = io.with_out(|out| (write_direct(io, out), out.len()));
@@ -456,6 +468,12 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         for id in congested {
             b.set_congested(id, true);
+        }
+        if actions.capacity() <= SPARE_KEPT {
+            self.spare_actions.set(actions);
+        }
+        if fresh.capacity() <= SPARE_KEPT {
+            self.spare_ids.set(fresh);
         }
     }
 
