@@ -17,7 +17,7 @@ pub mod state;
 mod sys;
 pub mod tree;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -116,7 +116,7 @@ pub struct Broker {
     pub state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
-    congested: HashSet<ConnId>,
+    congested: fxhash::FxHashSet<ConnId>,
     actions: Vec<Action>,
     effects: Vec<Effect>,
     /// Commands proposed and not yet applied.
@@ -155,7 +155,7 @@ impl Broker {
             state: State::default(),
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
-            congested: HashSet::new(),
+            congested: Default::default(),
             actions: Vec::new(),
             effects: Vec::new(),
             proposals: Vec::new(),

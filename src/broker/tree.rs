@@ -59,13 +59,28 @@ pub struct SharedGroup {
 #[derive(Debug, Default)]
 struct Node {
     children: BTreeMap<Box<str>, Node>,
+    /// How many of `children` are "#" or "+": matching looks them up
+    /// only when there are any.
+    wild: u8,
     subs: BTreeMap<Rc<str>, SubEntry>,
     shared: BTreeMap<Box<str>, SharedGroup>,
+}
+
+fn is_wild(level: &str) -> bool {
+    level == "#" || level == "+"
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+
+    /// The "#" or "+" child.
+    fn wild_child(&self, level: &str) -> Option<&Node> {
+        if self.wild == 0 {
+            return None;
+        }
+        self.children.get(level)
     }
 }
 
@@ -88,6 +103,9 @@ impl TopicTree {
     pub fn insert(&mut self, filter: &str, share: Option<&str>, client: &Rc<str>, e: SubEntry) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
+            if is_wild(level) && !node.children.contains_key(level) {
+                node.wild += 1;
+            }
             node = node.children.entry(level.into()).or_default();
         }
         let old = match share {
@@ -128,6 +146,9 @@ impl TopicTree {
                 let r = Self::remove_in(child, rest, share, client);
                 if child.is_empty() {
                     node.children.remove(*first);
+                    if is_wild(first) {
+                        node.wild -= 1;
+                    }
                 }
                 r
             }
@@ -173,25 +194,64 @@ impl TopicTree {
         let Some(levels) = levels else {
             Self::visit(node, plain, shared);
             // "sport/#" also matches "sport".
-            if let Some(h) = node.children.get("#") {
+            if let Some(h) = node.wild_child("#") {
                 Self::visit(h, plain, shared);
             }
             return;
         };
-        let (first, rest) = match levels.split_once('/') {
-            Some((first, rest)) => (first, Some(rest)),
+        // (A byte loop: levels are short, where a memchr search costs more.)
+        let (first, rest) = match levels.bytes().position(|b| b == b'/') {
+            Some(i) => (&levels[..i], Some(&levels[i + 1..])),
             None => (levels, None),
         };
         if !skip_wild {
-            if let Some(h) = node.children.get("#") {
+            if let Some(h) = node.wild_child("#") {
                 Self::visit(h, plain, shared);
             }
-            if let Some(p) = node.children.get("+") {
+            if let Some(p) = node.wild_child("+") {
                 Self::walk(p, rest, false, plain, shared);
             }
         }
         if let Some(c) = node.children.get(first) {
             Self::walk(c, rest, false, plain, shared);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(t: &TopicTree, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        t.for_each_match(topic, &mut |c, _| out.push(c.to_string()), &mut |_| {});
+        out.sort();
+        out
+    }
+
+    /// The count of wildcard children follows inserts and removals, so
+    /// that a removed "+" or "#" no longer matches and a new one does.
+    #[test]
+    fn wildcard_children_match_after_inserts_and_removals() {
+        let mut t = TopicTree::default();
+        let e = SubEntry { opts: SubOptionsRepr(1), sub_id: None };
+        let (a, b, c): (Rc<str>, Rc<str>, Rc<str>) = ("a".into(), "b".into(), "c".into());
+        t.insert("s/+/x", None, &a, e);
+        t.insert("s/#", None, &b, e);
+        t.insert("s/y/x", None, &c, e);
+        assert_eq!(matches(&t, "s/y/x"), ["a", "b", "c"]);
+        assert_eq!(matches(&t, "s"), ["b"], "s/# matches its parent level [MQTT-4.7.1-2]");
+        assert!(t.remove("s/+/x", None, "a"));
+        assert_eq!(matches(&t, "s/y/x"), ["b", "c"]);
+        assert!(t.remove("s/#", None, "b"));
+        assert_eq!(matches(&t, "s/y/x"), ["c"]);
+        assert_eq!(matches(&t, "s/z/x"), Vec::<String>::new());
+        t.insert("s/+/x", None, &a, e);
+        assert_eq!(matches(&t, "s/z/x"), ["a"]);
+        assert_eq!(matches(&t, "s//x"), ["a"], "an empty level is a level");
+        assert_eq!(matches(&t, "s/z/x/"), Vec::<String>::new());
+        t.insert("+/+/x/", None, &b, e);
+        assert_eq!(matches(&t, "s/z/x/"), ["b"]);
+        assert_eq!(matches(&t, "$s/z/x/"), Vec::<String>::new(), "[MQTT-4.7.2-1]");
     }
 }

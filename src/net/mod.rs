@@ -205,7 +205,8 @@ pub struct Server<L: RaftLog> {
     /// Wakes the raft driver: proposals or peer messages are waiting.
     driver_bell: Doorbell,
     tick_ms: u64,
-    conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// (FxHash: SipHash was 3% of the work per message here.)
+    conns: RefCell<fxhash::FxHashMap<ConnId, Rc<ConnIo>>>,
     /// Idle plain TCP connections without a task (None: cannot park).
     parking: Option<Parking>,
     /// One voter and an in-memory log: run the Ready loop right after the
@@ -309,7 +310,7 @@ impl<L: RaftLog + 'static> Server<L> {
             peers,
             driver_bell: Doorbell::default(),
             tick_ms,
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::new(fxhash::FxHashMap::default()),
             parking: Parking::new(),
             inline_ready,
             defer_flush,
