@@ -58,6 +58,13 @@ impl<C: Empty> Lazy<C> {
         r
     }
 
+    /// Drop the box if its collection is empty (see `remove_keep`).
+    pub fn trim(&mut self) {
+        if self.0.as_ref().is_some_and(|c| c.is_empty_collection()) {
+            self.0 = None;
+        }
+    }
+
     /// Like `change`, for changes that can only remove: nothing is boxed.
     pub(super) fn shrink<R>(&mut self, none: R, f: impl FnOnce(&mut C) -> R) -> R {
         if self.0.is_none() {
@@ -77,6 +84,17 @@ impl<K: Ord + 'static, V: 'static> Lazy<BTreeMap<K, V>> {
         K: std::borrow::Borrow<Q>,
     {
         self.shrink(None, |m| m.remove(k))
+    }
+
+    /// `remove` that keeps the box, and the map's node, when the map
+    /// becomes empty: for a map that fills and empties with every message
+    /// (a session's in-flight window), whose next insert then allocates
+    /// nothing. `trim` drops them once the map stays empty.
+    pub fn remove_keep<Q: Ord + ?Sized>(&mut self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.as_mut().and_then(|m| m.remove(k))
     }
 }
 
@@ -207,6 +225,24 @@ mod tests {
         q.push_back(1);
         assert_eq!((q.len(), q.pop_front(), q.pop_front()), (1, Some(1), None));
         assert!(q.0.is_none());
+    }
+
+    #[test]
+    fn remove_keep_keeps_the_box_until_trimmed() {
+        let mut m: Lazy<BTreeMap<u16, u8>> = Lazy::default();
+        assert_eq!(m.remove_keep(&1), None);
+        assert!(m.0.is_none(), "nothing to remove from: still nothing boxed");
+        m.insert(1, 10);
+        assert_eq!(m.remove_keep(&1), Some(10));
+        assert!(m.is_empty() && m.0.is_some(), "emptied, kept");
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), [0], "an empty map either way");
+        assert_eq!(m, Lazy::default());
+        m.insert(2, 20);
+        m.trim();
+        assert_eq!(m.get(&2), Some(&20), "trim keeps what is not empty");
+        m.remove_keep(&2);
+        m.trim();
+        assert!(m.0.is_none(), "trimmed");
     }
 
     #[test]

@@ -1001,6 +1001,7 @@ impl Broker {
     /// Periodic work: keep-alive and connect timeouts, the durable Tick
     /// (wills, session expiry), $SYS. Call about once a second.
     pub fn tick(&mut self, now: u64) {
+        self.state.trim();
         let mut late = Vec::new();
         for (id, c) in &self.conns {
             match c.phase {

@@ -590,16 +590,16 @@ impl State {
                         }
                         (AckKind::PubAck, Some(Outbound::Publish(d))) if d.qos == QoS::AtLeastOnce => {
                             self.stored_bytes = self.stored_bytes.saturating_sub(d.msg.cost_bytes());
-                            s.inflight.remove(pid);
+                            s.inflight.remove_keep(pid);
                         }
                         (AckKind::PubComp, Some(Outbound::Released)) => {
-                            s.inflight.remove(pid);
+                            s.inflight.remove_keep(pid);
                         }
                         (AckKind::Discard, Some(o)) => {
                             if let Outbound::Publish(d) = o {
                                 self.stored_bytes = self.stored_bytes.saturating_sub(d.msg.cost_bytes());
                             }
-                            s.inflight.remove(pid);
+                            s.inflight.remove_keep(pid);
                         }
                         // An ack for an unknown id or in the wrong state is
                         // ignored (the broker logs it at the connection).
@@ -661,6 +661,15 @@ impl State {
             let qos = m.qos.min(r.entry.opts.qos());
             let d = Delivery { qos, retain: true, sub_ids: r.entry.sub_id.into_iter().collect(), msg: m };
             self.enqueue(client, d, now, lim, out);
+        }
+    }
+
+    /// Frees the in-flight maps that acknowledgements emptied (they keep
+    /// their allocation until then: see `Lazy::remove_keep`). Called
+    /// every second; changes no state, only where it is held.
+    pub fn trim(&mut self) {
+        for s in self.sessions.values_mut() {
+            s.inflight.trim();
         }
     }
 
