@@ -219,8 +219,8 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         }
     };
     // No peers and the log in memory: while alone, commands apply as they
-    // are proposed (see `Node::apply_at_propose`).
-    node.apply_at_propose = config.cluster_peers.is_empty() && !node.raw.store().on_disk();
+    // are proposed (see `Node::apply_at_propose_allowed`).
+    node.apply_at_propose_allowed = config.cluster_peers.is_empty() && !node.raw.store().on_disk();
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
     let peers = Peers::new(node_id, advertised_client_addr(config, node_id));
     let server = Server::new(

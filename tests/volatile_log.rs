@@ -151,7 +151,7 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
         let disk = MemLog::volatile();
         let mut node = Node::new(NodeConfig::single(1), disk.clone(), Broker::new(settings(), now), &raft_logger())
             .expect("node starts");
-        node.apply_at_propose = early;
+        node.apply_at_propose_allowed = early;
         settle(&mut node, now);
         connect(&mut node, sub, now);
         connect(&mut node, publ, now);

@@ -86,8 +86,8 @@ pub enum NodeError {
     /// by an incompatible version. Applying must stop.
     Entry(String),
     /// Commands applied at propose could not go into the log as they
-    /// applied (see `Node::apply_at_propose`): the state is ahead of the
-    /// log, so the node must stop. Never expected; names what broke.
+    /// applied (see `Node::apply_at_propose_allowed`): the state is ahead
+    /// of the log, so the node must stop. Never expected; names what broke.
     AppliedEarly(String),
 }
 
@@ -210,7 +210,7 @@ pub struct Node<L: RaftLog> {
     /// leaves before the log round instead of after it (docs/CONFIG.md,
     /// `persistence`, has the measurement). The same commands go into
     /// the same log, in the same order.
-    pub apply_at_propose: bool,
+    pub apply_at_propose_allowed: bool,
     /// Indexes of the entries applied at propose and not yet committed:
     /// their commit only advances `applied`.
     applied_early: std::collections::VecDeque<u64>,
@@ -322,7 +322,7 @@ impl<L: RaftLog> Node<L> {
             hold_after_commit: false,
             held: false,
             proposed: Default::default(),
-            apply_at_propose: false,
+            apply_at_propose_allowed: false,
             applied_early: Default::default(),
             now_ms: 0,
         })
@@ -404,8 +404,8 @@ impl<L: RaftLog> Node<L> {
     /// then carries as much as arrived meanwhile, instead of a disk write
     /// on every node for each small batch.
     ///
-    /// Commands applied at propose (see `apply_at_propose`) go in whole
-    /// or the node stops: the state already holds them.
+    /// Commands applied at propose (see `apply_at_propose_allowed`) go in
+    /// whole or the node stops: the state already holds them.
     pub fn propose_pending(&mut self) -> Result<(), NodeError> {
         // Apply at propose: those proposed without applying yet first.
         self.broker.apply_proposals(self.now_ms);
@@ -416,12 +416,7 @@ impl<L: RaftLog> Node<L> {
         let (batch, applied) = self.broker.take_proposals();
         let early = applied > 0;
         if early && (applied < batch.len() || !self.commit_certain()) {
-            return Err(NodeError::AppliedEarly(format!(
-                "{applied} of {} commands were applied, and their commit is no longer certain (leader {}, voters {:?})",
-                batch.len(),
-                self.is_leader(),
-                self.conf_state.voters
-            )));
+            return Err(self.no_longer_certain(&format!("{applied} of {}", batch.len())));
         }
         if !self.is_leader() {
             return Ok(());
@@ -453,15 +448,25 @@ impl<L: RaftLog> Node<L> {
     /// Whether an entry proposed now is certain to commit, in order, as
     /// soon as it is appended: this node is the serving leader and the
     /// only voter, with no membership change or leader transfer pending,
-    /// and its log is in memory (`apply_at_propose`, set by the runtime).
+    /// and its log is in memory (`apply_at_propose_allowed`, set by the
+    /// runtime).
     fn commit_certain(&self) -> bool {
         let r = &self.raw.raft;
-        self.apply_at_propose
+        self.apply_at_propose_allowed
             && self.is_leader()
             && self.broker.serving()
             && self.alone()
             && !r.has_pending_conf()
             && r.lead_transferee.is_none()
+    }
+
+    /// Applied commands (`how_many`) whose commit is no longer certain.
+    fn no_longer_certain(&self, how_many: &str) -> NodeError {
+        NodeError::AppliedEarly(format!(
+            "{how_many} commands were applied, and their commit is no longer certain (leader {}, voters {:?})",
+            self.is_leader(),
+            self.conf_state.voters
+        ))
     }
 
     /// Turn the broker's apply at propose on or off. On only from a log
@@ -475,12 +480,7 @@ impl<L: RaftLog> Node<L> {
         let certain = self.commit_certain();
         if on && !certain {
             if self.broker.proposals_applied() > 0 {
-                return Err(NodeError::AppliedEarly(format!(
-                    "{} commands were applied, and their commit is no longer certain (leader {}, voters {:?})",
-                    self.broker.proposals_applied(),
-                    self.is_leader(),
-                    self.conf_state.voters
-                )));
+                return Err(self.no_longer_certain(&self.broker.proposals_applied().to_string()));
             }
             self.broker.set_apply_at_propose(false, now);
         } else if !on && certain && self.raw.raft.raft_log.last_index() == self.applied {
@@ -679,18 +679,22 @@ impl<L: RaftLog> Node<L> {
             n += 1;
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if let Some(&i) = self.applied_early.front() {
-                        if i < e.index {
+                    match self.applied_early.front() {
+                        Some(&i) if i < e.index => {
                             return Err(NodeError::AppliedEarly(format!("entry {i} did not commit")));
                         }
-                    }
-                    if self.applied_early.front() == Some(&e.index) {
-                        // Applied when proposed.
-                        self.applied_early.pop_front();
-                    } else if !e.get_data().is_empty() {
-                        for cmd in self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)? {
-                            self.broker.apply_committed(&cmd, now);
+                        Some(&i) if i == e.index => {
+                            // Applied when proposed.
+                            self.applied_early.pop_front();
                         }
+                        _ if !e.get_data().is_empty() => {
+                            for cmd in
+                                self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)?
+                            {
+                                self.broker.apply_committed(&cmd, now);
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 EntryType::EntryConfChange => {
