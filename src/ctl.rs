@@ -20,10 +20,12 @@ Talks to a node's admin_listener (any node, leader or not).
 
 Commands:
   status                         this node's view: role, term, leader, indexes, peer lag
-  transfer-leader ID             hand leadership to node ID now (send to the leader)
-  add-node ID HOST:PORT [--force]  add a voter with its raft address (send to the leader)
-  remove-node ID [--force]         remove a voter (send to the leader)
+  transfer-leader ID             hand leadership to node ID now
+  add-node ID HOST:PORT [--force]  add a voter with its raft address
+  remove-node ID [--force]         remove a voter
 
+transfer-leader, add-node and remove-node are carried out by the leader:
+sent to a follower, ctl sends them on to the leader's admin listener.
 --force allows a membership with fewer than three voters.";
 
 const RESPONSE_BYTES_MAX: u32 = 1024 * 1024;
@@ -77,17 +79,35 @@ pub fn run(args: &[String]) -> Result<i32, String> {
     };
     let user = user.ok_or("the admin listener needs -u USER -P PASSWORD (from the password_file)")?;
     let request = json!({ "commands": [cmd] }).to_string();
-    let response = exchange(&host, port, &user, pass.as_deref().unwrap_or(""), request.as_bytes())?;
-    let v: Value = serde_json::from_slice(&response).map_err(|e| format!("response is not JSON: {e}"))?;
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    let pass = pass.as_deref().unwrap_or("");
+    let mut addr = format!("{host}:{port}");
+    let mut v = ask(&addr, &user, pass, request.as_bytes())?;
+    // A follower names the leader's admin listener: send it there (once).
+    if let Some(leader_admin) = v["responses"][0]["leader_admin"].as_str().map(String::from) {
+        if leader_admin != addr {
+            eprintln!(
+                "midge ctl: {} answered that node {} leads; sending the command to its admin listener at {leader_admin}.",
+                addr, v["responses"][0]["leader"]
+            );
+            addr = leader_admin;
+            v = ask(&addr, &user, pass, request.as_bytes())?;
+        }
+    }
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     let failed = v["responses"].as_array().is_some_and(|r| r.iter().any(|x| x.get("error").is_some()));
     Ok(if failed { 1 } else { 0 })
 }
 
-fn exchange(host: &str, port: u16, user: &str, pass: &str, request: &[u8]) -> Result<Vec<u8>, String> {
-    let addr = format!("{host}:{port}");
-    let mut s = TcpStream::connect(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+/// One request to the admin listener at `addr`, its JSON answer.
+fn ask(addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Value, String> {
+    let response = exchange(addr, user, pass, request)?;
+    serde_json::from_slice(&response).map_err(|e| format!("response from {addr} is not JSON: {e}"))
+}
+
+fn exchange(addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out = Vec::new();

@@ -11,9 +11,9 @@ use smol::LocalExecutor;
 use midge::auth::acl::AclFile;
 use midge::auth::password::PasswordFile;
 use midge::broker::{Broker, Settings};
-use midge::cluster::transport::{self, Peers};
+use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
-use midge::config::Config;
+use midge::config::{Config, Listener};
 use midge::net::Server;
 use midge::store::{MemLog, RaftLog, RedbLog, StoreIdentity};
 
@@ -195,17 +195,39 @@ fn node_config(config: &Config, id: u64) -> NodeConfig {
 /// With `persistence false`, a snapshot is taken after this much log.
 const MEMORY_LOG_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Where peers (proxy, redirect) reach this node's MQTT clients: the host
-/// of its own `cluster_peer` line and the port of its first listener.
-fn advertised_client_addr(config: &Config, node_id: u64) -> String {
-    let port = config.listeners.first().map_or(1883, |l| l.port);
-    let host = config
+/// Where peers reach this node's listeners (proxy, redirect, `midge
+/// ctl`): a listener bound to one address is reached there; one bound to
+/// all interfaces at the host of this node's own `cluster_peer` line.
+/// `ports` are the bound ports (a configured port 0 is known only then).
+fn advertised(config: &Config, node_id: u64, ports: &[u16], admin_port: Option<u16>) -> Advertised {
+    let peer_host = config
         .cluster_peers
         .iter()
         .find(|(id, _)| *id == node_id)
         .and_then(|(_, a)| a.rsplit_once(':').map(|(h, _)| h.to_string()))
         .unwrap_or_else(|| "127.0.0.1".into());
-    format!("{host}:{port}")
+    let addr = |l: &Listener, port: u16| {
+        let host = match l.address.as_deref() {
+            Some(a) if !a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) => {
+                if a.contains(':') && !a.starts_with('[') {
+                    format!("[{a}]")
+                } else {
+                    a.to_string()
+                }
+            }
+            _ => peer_host.clone(),
+        };
+        format!("{host}:{port}")
+    };
+    Advertised {
+        listeners: config
+            .listeners
+            .iter()
+            .zip(ports)
+            .map(|(l, p)| ClientListener { addr: addr(l, *p), tls: l.tls.is_some() })
+            .collect(),
+        admin: config.admin_listener.as_ref().zip(admin_port).map(|(l, p)| addr(l, p)),
+    }
 }
 
 fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
@@ -222,19 +244,6 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
     // are proposed (see `Node::apply_at_propose_allowed`).
     node.apply_at_propose_allowed = config.cluster_peers.is_empty() && !node.raw.store().on_disk();
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
-    let peers = Peers::new(node_id, advertised_client_addr(config, node_id));
-    let server = Server::new(
-        node,
-        peers.clone(),
-        config.cluster.tick_ms,
-        config.set_tcp_nodelay,
-        config.cluster_follower_mode,
-        config.cluster_preferred_leader,
-        std::time::Duration::from_micros(config.busy_poll_us.into()),
-    );
-    if config.busy_poll_us > 0 {
-        info!("Busy polling for {} us after each client packet (busy_poll_us).", config.busy_poll_us);
-    }
     let mut sockets = Vec::new();
     for l in &config.listeners {
         match smol::block_on(midge::net::bind(l)) {
@@ -249,16 +258,6 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             }
         }
     }
-    let mut health_listener = None;
-    if let Some(l) = &config.health_listener {
-        match smol::block_on(midge::net::bind(l)) {
-            Ok(s) => health_listener = Some(s),
-            Err(e) => {
-                error!("Cannot open health_listener on port {}: {e}.", l.port);
-                return ExitCode::FAILURE;
-            }
-        }
-    }
     let mut admin_listener = None;
     if let Some(l) = &config.admin_listener {
         match smol::block_on(midge::net::bind(l)) {
@@ -268,6 +267,31 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             }
             Err(e) => {
                 error!("Cannot open admin_listener on port {}: {e}.", l.port);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let port_of = |s: &smol::net::TcpListener| s.local_addr().map(|a| a.port()).unwrap_or(0);
+    let ports: Vec<u16> = sockets.iter().map(port_of).collect();
+    let peers = Peers::new(node_id, advertised(config, node_id, &ports, admin_listener.as_ref().map(port_of)));
+    let server = Server::new(
+        node,
+        peers.clone(),
+        config.cluster.tick_ms,
+        config.set_tcp_nodelay,
+        config.cluster_follower_mode,
+        config.cluster_preferred_leader,
+        std::time::Duration::from_micros(config.busy_poll_us.into()),
+    );
+    if config.busy_poll_us > 0 {
+        info!("Busy polling for {} us after each client packet (busy_poll_us).", config.busy_poll_us);
+    }
+    let mut health_listener = None;
+    if let Some(l) = &config.health_listener {
+        match smol::block_on(midge::net::bind(l)) {
+            Ok(s) => health_listener = Some(s),
+            Err(e) => {
+                error!("Cannot open health_listener on port {}: {e}.", l.port);
                 return ExitCode::FAILURE;
             }
         }
@@ -287,8 +311,8 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
     }
     let ex = Rc::new(LocalExecutor::new());
     smol::block_on(server.clone().busy_polling(ex.run(async {
-        for (l, s) in config.listeners.iter().zip(sockets) {
-            ex.spawn(server.clone().listen(ex.clone(), l.clone(), s)).detach();
+        for (i, (l, s)) in config.listeners.iter().zip(sockets).enumerate() {
+            ex.spawn(server.clone().listen(ex.clone(), i, l.clone(), s)).detach();
         }
         if let Some(h) = health_listener {
             info!("Health endpoint on port {}.", h.local_addr().map(|a| a.port()).unwrap_or(0));
@@ -307,7 +331,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
                 l,
                 node_id,
                 Rc::new(move |id| s4.is_known_peer(id)),
-                Rc::new(move |id, addr| s3.set_client_addr(id, addr)),
+                Rc::new(move |id, a| s3.set_advertised(id, a)),
                 Rc::new(move |m| s2.deliver_peer_message(m)),
                 message_bytes_max,
             ))
@@ -335,7 +359,12 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         })
         .detach();
         let s = rx.recv().await.ok().flatten();
-        info!("midge received {s:?}, shutting down.");
+        let name = match s {
+            Some(async_signal::Signal::Term) => "SIGTERM",
+            Some(async_signal::Signal::Int) => "SIGINT",
+            _ => "a signal",
+        };
+        info!("midge received {name}, shutting down.");
         ExitCode::SUCCESS
     })))
 }

@@ -1,9 +1,11 @@
 //! Node-to-node transport for raft messages over TCP.
 //!
-//! Wire format version 1 (docs/FORMATS.md): a connection starts with a
+//! Wire format version 2 (docs/FORMATS.md): a connection starts with a
 //! hello — magic `MDGR`, u16 LE format version, u64 LE sender node id,
-//! u16 LE length and the UTF-8 `host:port` where the sender serves MQTT
-//! clients (for proxy and redirect; at most 255 bytes) — then carries frames `[u8 flags][u32 LE length][bytes]`. A raft message
+//! then where the sender serves (`Advertised`: each client listener's
+//! `host:port` and whether it is TLS, and its admin listener; for proxy,
+//! redirect and `midge ctl`) — then carries frames
+//! `[u8 flags][u32 LE length][bytes]`. A raft message
 //! (protobuf, as raft-rs encodes `eraftpb::Message`) is cut into chunks of
 //! at most `CHUNK_BYTES`; flag bit 0 set means "more chunks follow". Each
 //! direction uses its own connection: a node dials every peer to send and
@@ -25,12 +27,100 @@ use smol::channel::{bounded, Receiver, Sender};
 use smol::net::{TcpListener, TcpStream};
 
 pub const MAGIC: &[u8; 4] = b"MDGR";
-pub const TRANSPORT_FORMAT_VERSION: u16 = 1;
+pub const TRANSPORT_FORMAT_VERSION: u16 = 2;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
-pub const CLIENT_ADDR_BYTES_MAX: usize = 255;
+/// Longest address in a hello (one length byte).
+pub const ADVERTISED_ADDR_BYTES_MAX: usize = 255;
+/// Most addresses a hello may carry.
+pub const ADVERTISED_ENTRIES_MAX: usize = 32;
 const BACKOFF_MIN_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 1000;
+
+/// Where a node serves, as it tells its peers in its hello: a follower
+/// proxies a client to the leader's listener of the same kind, redirect
+/// names the leader's first listener, and `midge ctl` is sent on to the
+/// leader's admin listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertised {
+    /// One per client listener, in config order.
+    pub listeners: Vec<ClientListener>,
+    pub admin: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientListener {
+    /// `host:port` (IPv6 hosts in brackets).
+    pub addr: String,
+    pub tls: bool,
+}
+
+impl Advertised {
+    /// The listener a client that came in on this node's listener `index`
+    /// (TLS or not) should reach on the advertising node: the same index
+    /// if it is of the same kind, else the first of that kind.
+    pub fn listener_for(&self, index: usize, tls: bool) -> Option<&str> {
+        match self.listeners.get(index) {
+            Some(l) if l.tls == tls => Some(&l.addr),
+            _ => self.listeners.iter().find(|l| l.tls == tls).map(|l| l.addr.as_str()),
+        }
+    }
+}
+
+/// Largest hello after its fixed 16 bytes.
+const HELLO_REST_BYTES_MAX: usize = 1 + ADVERTISED_ENTRIES_MAX * (2 + ADVERTISED_ADDR_BYTES_MAX);
+const KIND_PLAIN: u8 = 0;
+const KIND_TLS: u8 = 1;
+const KIND_ADMIN: u8 = 2;
+
+/// The hello a dialing node sends first (format version 2).
+pub fn encode_hello(my_id: u64, a: &Advertised) -> Vec<u8> {
+    let mut entries: Vec<(u8, &str)> =
+        a.listeners.iter().map(|l| (if l.tls { KIND_TLS } else { KIND_PLAIN }, l.addr.as_str())).collect();
+    entries.extend(a.admin.as_deref().map(|x| (KIND_ADMIN, x)));
+    entries.retain(|(_, addr)| addr.len() <= ADVERTISED_ADDR_BYTES_MAX);
+    entries.truncate(ADVERTISED_ENTRIES_MAX);
+    let mut rest = vec![entries.len() as u8];
+    for (kind, addr) in entries {
+        rest.push(kind);
+        rest.push(addr.len() as u8);
+        rest.extend_from_slice(addr.as_bytes());
+    }
+    let mut hello = Vec::with_capacity(16 + rest.len());
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&TRANSPORT_FORMAT_VERSION.to_le_bytes());
+    hello.extend_from_slice(&my_id.to_le_bytes());
+    hello.extend_from_slice(&(rest.len() as u16).to_le_bytes());
+    hello.extend_from_slice(&rest);
+    hello
+}
+
+/// The addresses part of a hello (after its fixed 16 bytes).
+pub fn decode_advertised(b: &[u8]) -> Result<Advertised, &'static str> {
+    let (&count, mut b) = b.split_first().ok_or("hello without addresses")?;
+    if count as usize > ADVERTISED_ENTRIES_MAX {
+        return Err("too many addresses in hello");
+    }
+    let mut a = Advertised::default();
+    for _ in 0..count {
+        let [kind, len, tail @ ..] = b else { return Err("truncated hello") };
+        let len = *len as usize;
+        if tail.len() < len {
+            return Err("truncated hello");
+        }
+        let addr = std::str::from_utf8(&tail[..len]).map_err(|_| "address in hello is not UTF-8")?.to_string();
+        match *kind {
+            KIND_PLAIN | KIND_TLS => a.listeners.push(ClientListener { addr, tls: *kind == KIND_TLS }),
+            KIND_ADMIN => a.admin = Some(addr),
+            _ => return Err("unknown address kind in hello"),
+        }
+        b = &tail[len..];
+    }
+    if !b.is_empty() {
+        return Err("trailing bytes in hello");
+    }
+    Ok(a)
+}
 
 struct PeerOut {
     queue: RefCell<VecDeque<Vec<u8>>>,
@@ -43,13 +133,13 @@ struct PeerOut {
 /// Outgoing side: one queue and one dialing task per peer.
 pub struct Peers {
     my_id: u64,
-    my_client_addr: String,
+    advertised: Rc<Advertised>,
     out: RefCell<HashMap<u64, Rc<PeerOut>>>,
 }
 
 impl Peers {
-    pub fn new(my_id: u64, my_client_addr: String) -> Rc<Peers> {
-        Rc::new(Peers { my_id, my_client_addr, out: RefCell::new(HashMap::new()) })
+    pub fn new(my_id: u64, advertised: Advertised) -> Rc<Peers> {
+        Rc::new(Peers { my_id, advertised: Rc::new(advertised), out: RefCell::new(HashMap::new()) })
     }
 
     /// Start the sender for peer `id` at `addr` (no-op if present).
@@ -66,7 +156,7 @@ impl Peers {
             connected: Cell::new(false),
         });
         self.out.borrow_mut().insert(id, p.clone());
-        ex.spawn(sender(self.my_id, self.my_client_addr.clone(), id, addr, p, rx)).detach();
+        ex.spawn(sender(self.my_id, self.advertised.clone(), id, addr, p, rx)).detach();
     }
 
     pub fn remove(&self, id: u64) {
@@ -103,7 +193,7 @@ impl Peers {
     }
 }
 
-async fn sender(my_id: u64, client_addr: String, id: u64, addr: String, p: Rc<PeerOut>, bell: Receiver<()>) {
+async fn sender(my_id: u64, advertised: Rc<Advertised>, id: u64, addr: String, p: Rc<PeerOut>, bell: Receiver<()>) {
     let mut backoff = BACKOFF_MIN_MS;
     let mut logged_down = false;
     loop {
@@ -117,7 +207,7 @@ async fn sender(my_id: u64, client_addr: String, id: u64, addr: String, p: Rc<Pe
                 logged_down = false;
                 p.connected.set(true);
                 info!("Connected to peer node {id} at {addr}.");
-                let r = send_loop(my_id, &client_addr, &mut s, &p, &bell).await;
+                let r = send_loop(my_id, &advertised, &mut s, &p, &bell).await;
                 p.connected.set(false);
                 if let Err(e) = r {
                     warn!("Connection to peer node {id} at {addr} lost: {e}.");
@@ -144,19 +234,12 @@ async fn sender(my_id: u64, client_addr: String, id: u64, addr: String, p: Rc<Pe
 
 async fn send_loop(
     my_id: u64,
-    client_addr: &str,
+    advertised: &Advertised,
     s: &mut TcpStream,
     p: &PeerOut,
     bell: &Receiver<()>,
 ) -> std::io::Result<()> {
-    let addr = &client_addr.as_bytes()[..client_addr.len().min(CLIENT_ADDR_BYTES_MAX)];
-    let mut hello = Vec::with_capacity(16 + addr.len());
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&TRANSPORT_FORMAT_VERSION.to_le_bytes());
-    hello.extend_from_slice(&my_id.to_le_bytes());
-    hello.extend_from_slice(&(addr.len() as u16).to_le_bytes());
-    hello.extend_from_slice(addr);
-    s.write_all(&hello).await?;
+    s.write_all(&encode_hello(my_id, advertised)).await?;
     let mut buf = Vec::new();
     loop {
         let batch: Vec<Vec<u8>> = p.queue.borrow_mut().drain(..).collect();
@@ -214,7 +297,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     my_id: u64,
     known: Rc<dyn Fn(u64) -> bool>,
-    hello: Rc<dyn Fn(u64, String)>,
+    hello: Rc<dyn Fn(u64, Advertised)>,
     deliver: Rc<dyn Fn(Message)>,
     message_bytes_max: usize,
 ) {
@@ -243,7 +326,7 @@ async fn receive(
     mut s: TcpStream,
     my_id: u64,
     known: &dyn Fn(u64) -> bool,
-    on_hello: &dyn Fn(u64, String),
+    on_hello: &dyn Fn(u64, Advertised),
     deliver: &dyn Fn(Message),
     message_bytes_max: usize,
 ) -> std::io::Result<()> {
@@ -255,6 +338,10 @@ async fn receive(
     }
     let version = u16::from_le_bytes([hello[4], hello[5]]);
     if version != TRANSPORT_FORMAT_VERSION {
+        warn!(
+            "Refusing a peer connection that speaks transport version {version} (this node: {}): run the same midge release on every node.",
+            TRANSPORT_FORMAT_VERSION
+        );
         return Err(Error::new(
             ErrorKind::InvalidData,
             format!("peer transport version {version}, expected {TRANSPORT_FORMAT_VERSION}"),
@@ -265,14 +352,14 @@ async fn receive(
         warn!("Refusing peer connection claiming to be unknown node {from}.");
         return Err(Error::new(ErrorKind::PermissionDenied, "unknown node id"));
     }
-    let addr_len = u16::from_le_bytes([hello[14], hello[15]]) as usize;
-    if addr_len > CLIENT_ADDR_BYTES_MAX {
-        return Err(Error::new(ErrorKind::InvalidData, "client address too long"));
+    let rest_len = u16::from_le_bytes([hello[14], hello[15]]) as usize;
+    if rest_len > HELLO_REST_BYTES_MAX {
+        return Err(Error::new(ErrorKind::InvalidData, "hello too long"));
     }
-    let mut addr = vec![0u8; addr_len];
-    s.read_exact(&mut addr).await?;
-    let addr = String::from_utf8(addr).map_err(|_| Error::new(ErrorKind::InvalidData, "client address not UTF-8"))?;
-    on_hello(from, addr);
+    let mut rest = vec![0u8; rest_len];
+    s.read_exact(&mut rest).await?;
+    let advertised = decode_advertised(&rest).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+    on_hello(from, advertised);
     let mut r = futures_lite::io::BufReader::with_capacity(64 * 1024, s);
     let mut msg = Vec::new();
     loop {
@@ -303,5 +390,58 @@ async fn receive(
         if msg.capacity() > CHUNK_BYTES * 4 {
             msg = Vec::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Advertised {
+        Advertised {
+            listeners: vec![
+                ClientListener { addr: "10.0.0.11:1883".into(), tls: false },
+                ClientListener { addr: "10.0.0.11:8883".into(), tls: true },
+            ],
+            admin: Some("10.0.0.11:1880".into()),
+        }
+    }
+
+    #[test]
+    fn hello_round_trip() {
+        let h = encode_hello(7, &sample());
+        assert_eq!(&h[0..4], MAGIC);
+        assert_eq!(u16::from_le_bytes([h[4], h[5]]), TRANSPORT_FORMAT_VERSION);
+        assert_eq!(u64::from_le_bytes(h[6..14].try_into().unwrap()), 7);
+        assert_eq!(u16::from_le_bytes([h[14], h[15]]) as usize, h.len() - 16);
+        assert_eq!(decode_advertised(&h[16..]), Ok(sample()));
+        let empty = encode_hello(1, &Advertised::default());
+        assert_eq!(decode_advertised(&empty[16..]), Ok(Advertised::default()));
+    }
+
+    #[test]
+    fn hello_refuses_bad_input() {
+        let h = encode_hello(7, &sample());
+        let rest = &h[16..];
+        for cut in 0..rest.len() {
+            assert!(decode_advertised(&rest[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = rest.to_vec();
+        extra.push(0);
+        assert_eq!(decode_advertised(&extra), Err("trailing bytes in hello"));
+        assert_eq!(decode_advertised(&[1, 9, 1, b'x']), Err("unknown address kind in hello"));
+        assert_eq!(decode_advertised(&[1, 0, 1, 0xff]), Err("address in hello is not UTF-8"));
+        assert_eq!(decode_advertised(&[33]), Err("too many addresses in hello"));
+    }
+
+    #[test]
+    fn listener_for_matches_kind() {
+        let a = sample();
+        assert_eq!(a.listener_for(0, false), Some("10.0.0.11:1883"));
+        assert_eq!(a.listener_for(1, true), Some("10.0.0.11:8883"));
+        // Index 0 is plain: a TLS client goes to the first TLS listener.
+        assert_eq!(a.listener_for(0, true), Some("10.0.0.11:8883"));
+        assert_eq!(a.listener_for(5, false), Some("10.0.0.11:1883"));
+        assert_eq!(Advertised::default().listener_for(0, false), None);
     }
 }

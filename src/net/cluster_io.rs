@@ -17,10 +17,11 @@ use crate::store::RaftLog;
 const HEALTH_REQUEST_BYTES_MAX: usize = 4096;
 
 /// Forward a client's byte stream to the leader and back until either side
-/// closes. The copies use fixed buffers, so a proxied client costs a
-/// bounded amount of memory.
+/// closes. A PROXY header goes first: the leader logs the client's own
+/// address and never forwards the connection again. The copies use fixed
+/// buffers, so a proxied client costs a bounded amount of memory.
 pub async fn proxy(client: TcpStream, peer: SocketAddr, leader: String) {
-    let up = match TcpStream::connect(leader.as_str()).await {
+    let mut up = match TcpStream::connect(leader.as_str()).await {
         Ok(s) => s,
         Err(e) => {
             // Normal during an election (the old leader is gone); the
@@ -30,6 +31,11 @@ pub async fn proxy(client: TcpStream, peer: SocketAddr, leader: String) {
         }
     };
     let _ = up.set_nodelay(true);
+    let header = super::proxy_header::encode(peer, up.peer_addr().unwrap_or(peer));
+    if let Err(e) = up.write_all(&header).await {
+        debug!("Cannot proxy {peer} to the leader at {leader}: {e}.");
+        return;
+    }
     let (mut cr, mut cw) = (client.clone(), client.clone());
     let (mut ur, mut uw) = (up.clone(), up.clone());
     futures_lite::future::or(

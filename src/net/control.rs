@@ -7,7 +7,10 @@
 //! Commands: `getClusterStatus`; `transferLeadership` {"node": N};
 //! `addNode` {"node": N, "address": "host:port", "force": false};
 //! `removeNode` {"node": N, "force": false}. A failed command answers with
-//! an `"error"` string instead of `"data"`.
+//! an `"error"` string instead of `"data"`. A command that only the leader
+//! can carry out, sent to a follower, fails with `"leader"` (its id) and,
+//! when known, `"leader_admin"` (its admin listener's `host:port`), where
+//! `midge ctl` sends it again.
 
 use serde_json::{json, Value};
 
@@ -17,7 +20,9 @@ use crate::store::RaftLog;
 /// Largest number of commands one request may carry.
 const COMMANDS_MAX: usize = 16;
 
-pub fn handle<L: RaftLog>(node: &mut Node<L>, request: &[u8]) -> Vec<u8> {
+/// `leader_admin`: the current leader's admin listener, if another node
+/// leads and told us where it is.
+pub fn handle<L: RaftLog>(node: &mut Node<L>, leader_admin: Option<&str>, request: &[u8]) -> Vec<u8> {
     let parsed: Result<Value, _> = serde_json::from_slice(request);
     let commands = match parsed.as_ref().ok().and_then(|v| v.get("commands")).and_then(|c| c.as_array()) {
         Some(c) => c.clone(),
@@ -32,12 +37,23 @@ pub fn handle<L: RaftLog>(node: &mut Node<L>, request: &[u8]) -> Vec<u8> {
         let name = c.get("command").and_then(|v| v.as_str()).unwrap_or("");
         let node_arg = c.get("node").and_then(|v| v.as_u64());
         let force = c.get("force").and_then(|v| v.as_bool()).unwrap_or(false);
+        let leader_only = matches!(name, "transferLeadership" | "addNode" | "removeNode");
+        if leader_only && !node.is_leader() {
+            let mut r = json!({"command": name, "leader": node.leader_id()});
+            r["error"] = match node.leader_id() {
+                0 => format!("node {} is not the leader, and no leader is known", node.id()).into(),
+                l => format!("node {} is not the leader (leader is {l})", node.id()).into(),
+            };
+            if let Some(a) = leader_admin {
+                r["leader_admin"] = a.into();
+            }
+            responses.push(r);
+            continue;
+        }
         let result: Result<Value, String> = match (name, node_arg) {
             ("getClusterStatus", _) => serde_json::to_value(node.status()).map_err(|e| e.to_string()),
             ("transferLeadership", Some(to)) => {
-                if !node.is_leader() {
-                    Err(format!("node {} is not the leader (leader is {})", node.id(), node.leader_id()))
-                } else if !node.conf_state().voters.contains(&to) {
+                if !node.conf_state().voters.contains(&to) {
                     Err(format!("node {to} is not a voter"))
                 } else if to == node.id() {
                     Ok(json!({"leader": to}))

@@ -11,6 +11,7 @@ mod control;
 pub use cluster_io::health;
 mod io;
 mod park;
+pub mod proxy_header;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 
 use crate::broker::{Action, Broker, ConnId};
-use crate::cluster::transport::Peers;
+use crate::cluster::transport::{Advertised, Peers};
 use crate::cluster::Node;
 use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
@@ -43,6 +44,9 @@ const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
 const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In a cluster, how long a new connection may take to send its first
+/// bytes (which tell a forwarded connection from a client's own).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after a commit a leader holds its next entry, for the clients
 /// that commit answered to send more (see `Node::is_held`); a hold that
 /// begins later than this after the last commit ends at once. Measured
@@ -231,8 +235,9 @@ pub struct Server<L: RaftLog> {
     last_transfer_ms: Cell<u64>,
     /// (term, time) this node last became leader.
     leader_since: Cell<(u64, u64)>,
-    /// Client addresses of peers, from their transport hello.
-    client_addrs: RefCell<HashMap<u64, String>>,
+    /// Where peers serve (client and admin listeners), from their
+    /// transport hello.
+    advertised: RefCell<HashMap<u64, Advertised>>,
     known_peers: RefCell<std::collections::BTreeSet<u64>>,
     executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
     /// `busy_poll_us` (zero: off); see `busy_polling`.
@@ -327,7 +332,7 @@ impl<L: RaftLog + 'static> Server<L> {
             preferred_leader,
             last_transfer_ms: Cell::new(0),
             leader_since: Cell::new((0, 0)),
-            client_addrs: RefCell::new(HashMap::new()),
+            advertised: RefCell::new(HashMap::new()),
             known_peers: RefCell::new(Default::default()),
             executor: RefCell::new(None),
             busy_poll,
@@ -354,7 +359,9 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut node = self.node.borrow_mut();
         let r = f(&mut node.broker, now);
         for (conn, req) in node.broker.take_control_requests() {
-            let reply = control::handle(&mut node, &req);
+            let leader = node.leader_id();
+            let admin = self.advertised.borrow().get(&leader).and_then(|a| a.admin.clone());
+            let reply = control::handle(&mut node, admin.as_deref(), &req);
             node.broker.admin_reply(conn, reply);
             self.driver_bell.ring();
         }
@@ -658,7 +665,8 @@ impl<L: RaftLog + 'static> Server<L> {
     /// Accept MQTT clients on one listener. A follower steers them per
     /// `cluster_follower_mode`: proxy to the leader, serve (the broker then
     /// redirects or refuses), or, in closed mode, does not listen at all.
-    pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, l: Listener, first: TcpListener) {
+    pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, index: usize, l: Listener, first: TcpListener) {
+        let l = Rc::new(l);
         let mut sock = Some(first);
         let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
         // A single node accepts clients once it serves (a few ms after
@@ -725,28 +733,94 @@ impl<L: RaftLog + 'static> Server<L> {
                 continue;
             }
             let _ = stream.set_nodelay(self.nodelay);
-            if self.clustered && self.mode == FollowerMode::Proxy && !self.is_leader() {
-                // The leader's host, this listener's port: nodes share one
-                // listener layout, and TLS is terminated by the leader.
-                match self.leader_client_addr().map(|a| with_port(&a, l.port)) {
-                    Some(addr) => {
-                        debug!("Proxying connection from {} to the leader at {}.", peer, addr);
-                        ex.spawn(cluster_io::proxy(stream, peer, addr)).detach();
-                    }
-                    None => info!("Closing connection from {}: no cluster leader known yet.", peer),
-                }
+            if self.clustered {
+                let (server, ex2, l2) = (self.clone(), ex.clone(), l.clone());
+                ex.spawn(async move { server.steer(ex2, index, l2, stream, peer).await }).detach();
                 continue;
             }
-            if self.connection_messages {
-                info!("New connection from {} on port {}.", peer, l.port);
-            }
-            let server = self.clone();
-            match &l.tls {
-                None => self.clone().spawn_tcp(&ex, stream, peer, false),
-                Some(t) => {
-                    let cfg = t.server.clone();
-                    ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
+            self.clone().serve(&ex, &l, stream, peer, None);
+        }
+    }
+
+    /// A new client connection in a cluster. A connection that a follower
+    /// forwarded starts with a PROXY header naming the client: it is
+    /// served here whatever this node's role (a leader that has just lost
+    /// its lead refuses it with a reason code), never forwarded again. A
+    /// client's own connection to a follower in proxy mode goes on to the
+    /// leader's listener of the same kind (plain or TLS; TLS ends at the
+    /// leader).
+    async fn steer(
+        self: Rc<Self>,
+        ex: Rc<LocalExecutor<'static>>,
+        index: usize,
+        l: Rc<Listener>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        self.handshakes.set(self.handshakes.get() + 1);
+        let first = futures_lite::future::or(read_proxy_header(&mut stream), async {
+            smol::Timer::after(FIRST_BYTES_TIMEOUT).await;
+            Err(format!("nothing received within {} s", FIRST_BYTES_TIMEOUT.as_secs()))
+        })
+        .await;
+        self.handshakes.set(self.handshakes.get() - 1);
+        match first {
+            Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer)),
+            Ok(None) => {}
+            Err(e) => return info!("Closing connection from {peer} on port {}: {e}.", l.port),
+        }
+        if self.mode == FollowerMode::Proxy && !self.is_leader() {
+            let leader = self.node.borrow().leader_id();
+            let target = self
+                .advertised
+                .borrow()
+                .get(&leader)
+                .and_then(|a| a.listener_for(index, l.tls.is_some()))
+                .map(String::from);
+            match target {
+                Some(addr) if leader != 0 => {
+                    debug!("Proxying connection from {peer} to the leader (node {leader}) at {addr}.");
+                    return ex.spawn(cluster_io::proxy(stream, peer, addr)).detach();
                 }
+                _ => {
+                    // Served here, so that the client gets a reason code
+                    // (Server unavailable) instead of a closed socket.
+                    let tls = if l.tls.is_some() { "TLS" } else { "plain" };
+                    match leader {
+                        0 => info!("No cluster leader known: connection from {peer} on port {} is refused.", l.port),
+                        _ => info!(
+                            "No {tls} client listener of the leader (node {leader}) is known: connection from {peer} on port {} is refused.",
+                            l.port
+                        ),
+                    }
+                }
+            }
+        }
+        self.serve(&ex, &l, stream, peer, None)
+    }
+
+    /// Serve a client here (plain or TLS). `via`: the follower that
+    /// forwarded the connection of `peer`.
+    fn serve(
+        self: Rc<Self>,
+        ex: &LocalExecutor<'static>,
+        l: &Listener,
+        stream: TcpStream,
+        peer: SocketAddr,
+        via: Option<SocketAddr>,
+    ) {
+        if self.connection_messages {
+            match via {
+                None => info!("New connection from {} on port {}.", peer, l.port),
+                Some(v) => info!("New connection from {} (forwarded by {}) on port {}.", peer, v, l.port),
+            }
+        }
+        let server = self.clone();
+        match &l.tls {
+            None => self.spawn_tcp(ex, stream, peer, false),
+            Some(t) => {
+                let cfg = t.server.clone();
+                ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
             }
         }
     }
@@ -755,18 +829,20 @@ impl<L: RaftLog + 'static> Server<L> {
         self.node.borrow().is_leader()
     }
 
-    /// The current leader's client address, if it is another node.
+    /// The current leader's first client listener, if it is another node
+    /// (the Server Reference of `cluster_follower_mode redirect`).
     pub fn leader_client_addr(&self) -> Option<String> {
         let node = self.node.borrow();
         let leader = node.leader_id();
         if leader == 0 || leader == node.id() {
             return None;
         }
-        self.client_addrs.borrow().get(&leader).cloned()
+        self.advertised.borrow().get(&leader).and_then(|a| a.listeners.first()).map(|l| l.addr.clone())
     }
 
-    pub fn set_client_addr(&self, id: u64, addr: String) {
-        self.client_addrs.borrow_mut().insert(id, addr);
+    /// A peer's hello: where it serves.
+    pub fn set_advertised(&self, id: u64, a: Advertised) {
+        self.advertised.borrow_mut().insert(id, a);
     }
 
     /// Per tick: redirect target, $SYS cluster values, preferred leader.
@@ -1162,10 +1238,25 @@ fn return_free_memory() {
 }
 
 /// `host:port` with the port replaced (IPv6 hosts stay bracketed).
-fn with_port(addr: &str, port: u16) -> String {
-    match addr.rsplit_once(':') {
-        Some((host, _)) => format!("{host}:{port}"),
-        None => format!("{addr}:{port}"),
+/// The PROXY header a forwarding follower sends first, if the connection
+/// starts with one: the client's address. Reads nothing else.
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+    use futures_lite::AsyncReadExt;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed before sending anything".into()),
+        Ok(_) if !proxy_header::starts_header(first[0]) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let mut fixed = [0u8; proxy_header::FIXED_BYTES];
+    stream.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
+    let len = proxy_header::parse_fixed(&fixed)?;
+    let mut block = [0u8; proxy_header::ADDRESS_BYTES_MAX];
+    stream.read_exact(&mut block[..len]).await.map_err(|e| e.to_string())?;
+    match proxy_header::parse_source(&fixed, &block[..len])? {
+        Some(client) => Ok(Some(client)),
+        None => Err("PROXY header without a TCP source address".into()),
     }
 }
 

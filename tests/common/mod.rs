@@ -9,6 +9,7 @@
 //! `Broker` value is dropped, so a panicking test never leaves one behind.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod v4;
 pub mod v5;
 
