@@ -8,8 +8,6 @@ use std::rc::Rc;
 use log::{error, info, LevelFilter};
 use smol::LocalExecutor;
 
-use midge::auth::acl::AclFile;
-use midge::auth::password::PasswordFile;
 use midge::broker::{Broker, Settings};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
@@ -94,15 +92,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut config = match &cli.config {
-        Some(p) => match Config::from_file(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("midge: config error: {e}");
+    let (mut config, passwords, acl) = match &cli.config {
+        Some(p) => match Config::load(p) {
+            Ok(l) => (l.config, l.passwords, l.acl),
+            Err(errors) => {
+                for e in errors.iter() {
+                    eprintln!("midge: config error: {e}");
+                }
                 return ExitCode::from(3);
             }
         },
-        None => Config::default(),
+        None => (Config::default(), None, None),
     };
     if let Some(p) = cli.port {
         config.override_port(p);
@@ -121,26 +121,6 @@ fn main() -> ExitCode {
         }
     }
 
-    let passwords = match &config.password_file {
-        Some(p) => match PasswordFile::load(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("midge: password_file error: {e}");
-                return ExitCode::from(3);
-            }
-        },
-        None => None,
-    };
-    let acl = match &config.acl_file {
-        Some(p) => match AclFile::load(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("midge: acl_file error: {e}");
-                return ExitCode::from(3);
-            }
-        },
-        None => None,
-    };
     let settings = Rc::new(Settings::from_config(&config, passwords, acl));
     info!("midge version {} starting", env!("CARGO_PKG_VERSION"));
     if let Some(src) = &config.source {

@@ -58,3 +58,29 @@ fn log_dest_stdout_and_stderr() {
     assert!(err.contains("listen socket on port"), "default log not on stderr:\nstdout:\n{out}\nstderr:\n{err}");
     assert!(!out.contains("listen socket on port"), "default log on stdout:\n{out}");
 }
+
+/// Every config error is printed, one per line, and midge exits with 3
+/// without starting.
+#[test]
+fn config_errors_are_all_printed() {
+    if common::is_mosquitto() {
+        return; // midge's own messages
+    }
+    let dir = tempdir();
+    let conf = write_file(
+        dir.path(),
+        "midge.conf",
+        &format!("max_qos 5\nlistener 99999\npassword_file {}/passwd\n", dir.path().display()),
+    );
+    let out = Command::new(midge_bin()).arg("-c").arg(&conf).stdin(Stdio::null()).output().expect("run midge");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let c = conf.display();
+    let d = dir.path().display();
+    let expected = format!(
+        "midge: config error: {c}:1: max_qos: \"5\" is not a number between 0 and 2\n\
+         midge: config error: {c}:2: listener: \"99999\" is not a number between 1 and 65535\n\
+         midge: config error: {c}:3: password_file {d}/passwd: cannot read: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(err, expected);
+}

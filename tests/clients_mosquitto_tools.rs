@@ -452,3 +452,26 @@ fn large_messages_to_a_subscriber_that_stops_reading_arrive_whole_and_in_order()
         sub.send(&common::packet(0x40, &pid));
     }
 }
+
+/// `mosquitto_ctrl dynsec` gets an answer at once: dynamic security is not
+/// available (without one it would wait 10 s and print nothing).
+#[test]
+fn mosquitto_ctrl_dynsec_is_told_dynamic_security_is_not_available() {
+    if common::is_mosquitto() {
+        return; // midge's own answer
+    }
+    let b = Broker::start("");
+    let started = Instant::now();
+    let (code, out, err) = run_with_timeout(
+        Command::new("mosquitto_ctrl").args(["-h", "127.0.0.1", "-p", &b.port.to_string(), "dynsec", "listClients"]),
+        MAX_WAIT,
+    );
+    let took = started.elapsed();
+    let both = format!("{out}{err}");
+    assert!(
+        both.contains("listClients: Error: dynamic security is not available in this version of midge"),
+        "exit {code:?}, stdout {out:?}, stderr {err:?}"
+    );
+    assert!(took < Duration::from_secs(5), "mosquitto_ctrl took {took:?}");
+    assert!(code.is_some(), "mosquitto_ctrl did not finish: stdout {out:?}, stderr {err:?}");
+}

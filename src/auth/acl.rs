@@ -46,7 +46,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::{numbered_lines, read_text, split_first, ConfigError};
+use crate::config::{numbered_lines, read_text, split_first, ConfigError, ConfigErrors};
 
 /// What a client wants to do with a topic.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -93,34 +93,38 @@ pub struct AclFile {
 
 impl AclFile {
     /// Reads an ACL file. Errors name the file as given and the line.
-    pub fn load(path: &Path) -> Result<AclFile, ConfigError> {
+    pub fn load(path: &Path) -> Result<AclFile, ConfigErrors> {
         let name = path.display().to_string();
         let text = read_text(path, &name)?;
         AclFile::parse_str(&text, &name)
     }
 
-    /// Parses ACL text; `file_name` is used in error messages.
-    pub fn parse_str(text: &str, file_name: &str) -> Result<AclFile, ConfigError> {
+    /// Parses ACL text; `file_name` is used in error messages. Every line
+    /// in error is reported.
+    pub fn parse_str(text: &str, file_name: &str) -> Result<AclFile, ConfigErrors> {
         let mut acl = AclFile::default();
         let mut user: Option<String> = None;
+        let mut errors = Vec::new();
         for (line, raw) in numbered_lines(text) {
             let l = raw.trim();
             if l.is_empty() || l.starts_with('#') {
                 continue;
             }
-            let err = |msg: String| ConfigError::new(file_name, line, msg);
+            let mut err = |msg: String| errors.push(ConfigError::new(file_name, line, msg));
             let (keyword, rest) = split_first(l);
             match keyword {
                 "user" => {
                     if rest.is_empty() {
-                        return Err(err("user: missing username".into()));
+                        err("user: missing username".into());
+                        continue;
                     }
                     user = Some(rest.to_string());
                 }
                 "topic" | "pattern" => {
                     let (first, remainder) = split_first(rest);
                     if first.is_empty() {
-                        return Err(err(format!("{keyword}: missing topic")));
+                        err(format!("{keyword}: missing topic"));
+                        continue;
                     }
                     let (grant, filter) = if remainder.is_empty() {
                         (Grant::ReadWrite, first)
@@ -131,16 +135,18 @@ impl AclFile {
                             "readwrite" => Grant::ReadWrite,
                             "deny" => Grant::Deny,
                             other => {
-                                return Err(err(format!(
+                                err(format!(
                                     "{keyword}: \"{other}\" is not an access type (read, write, \
                                      readwrite or deny; a topic containing spaces needs one)"
-                                )))
+                                ));
+                                continue;
                             }
                         };
                         (grant, remainder)
                     };
                     if !valid_filter(filter) {
-                        return Err(err(format!("{keyword}: \"{filter}\" is not a valid topic filter")));
+                        err(format!("{keyword}: \"{filter}\" is not a valid topic filter"));
+                        continue;
                     }
                     let has_subst = filter.contains("%c") || filter.contains("%u");
                     let rule = Rule { grant, filter: filter.to_string() };
@@ -162,10 +168,10 @@ impl AclFile {
                         }
                     }
                 }
-                other => return Err(err(format!("unknown keyword \"{other}\" (expected user, topic or pattern)"))),
+                other => err(format!("unknown keyword \"{other}\" (expected user, topic or pattern)")),
             }
         }
-        Ok(acl)
+        ConfigErrors::check(acl, errors)
     }
 
     /// Number of `topic` and `pattern` rules.

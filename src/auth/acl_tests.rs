@@ -251,10 +251,10 @@ fn load_from_file_and_missing_file() {
     let a = AclFile::load(&path).unwrap();
     assert!(a.check("c", Some("u"), "a", Read));
     std::fs::write(&path, "user u\ntopic bogus a\n").unwrap();
-    let e = AclFile::load(&path).unwrap_err();
+    let e = AclFile::load(&path).unwrap_err().0.remove(0);
     assert_eq!(e.file, path.display().to_string());
     assert_eq!(e.line, 2);
-    let e = AclFile::load(&dir.path().join("missing")).unwrap_err();
+    let e = AclFile::load(&dir.path().join("missing")).unwrap_err().0.remove(0);
     assert_eq!(e.line, 0);
     assert!(e.message.starts_with("cannot read:"));
 }

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sha2::{Digest, Sha512};
 
-use crate::config::{numbered_lines, read_text, ConfigError};
+use crate::config::{numbered_lines, read_text, ConfigError, ConfigErrors};
 
 const HASH_BYTES: usize = 64;
 /// mosquitto_passwd's default PBKDF2 iteration count; used for the dummy
@@ -74,35 +74,44 @@ impl fmt::Debug for PasswordFile {
 
 impl PasswordFile {
     /// Reads a password file. Errors name the file as given and the line.
-    pub fn load(path: &Path) -> Result<PasswordFile, ConfigError> {
+    pub fn load(path: &Path) -> Result<PasswordFile, ConfigErrors> {
         let name = path.display().to_string();
         let text = read_text(path, &name)?;
         PasswordFile::parse_str(&text, &name)
     }
 
     /// Parses password file text; `file_name` is used in error messages.
-    pub fn parse_str(text: &str, file_name: &str) -> Result<PasswordFile, ConfigError> {
+    /// Every line in error is reported.
+    pub fn parse_str(text: &str, file_name: &str) -> Result<PasswordFile, ConfigErrors> {
         let mut users = HashMap::new();
         let mut lines: HashMap<String, u32> = HashMap::new();
+        let mut errors = Vec::new();
         for (line, raw) in numbered_lines(text) {
             let entry = raw.trim_end();
             if entry.trim_start().is_empty() || entry.trim_start().starts_with('#') {
                 continue;
             }
             let err = |msg: String| ConfigError::new(file_name, line, msg);
-            let (user, hash) = entry
-                .split_once(':')
-                .ok_or_else(|| err("expected username:hash (create entries with mosquitto_passwd)".into()))?;
+            let Some((user, hash)) = entry.split_once(':') else {
+                errors.push(err("expected username:hash (create entries with mosquitto_passwd)".into()));
+                continue;
+            };
             if user.is_empty() {
-                return Err(err("empty username".into()));
+                errors.push(err("empty username".into()));
+                continue;
             }
-            let hash = parse_hash(hash).map_err(|m| err(format!("user \"{user}\": {m}")))?;
             if let Some(first) = lines.insert(user.to_string(), line) {
-                return Err(err(format!("duplicate user \"{user}\" (already defined on line {first})")));
+                errors.push(err(format!("duplicate user \"{user}\" (already defined on line {first})")));
+                continue;
             }
-            users.insert(user.to_string(), hash);
+            match parse_hash(hash) {
+                Ok(hash) => {
+                    users.insert(user.to_string(), hash);
+                }
+                Err(m) => errors.push(err(format!("user \"{user}\": {m}"))),
+            }
         }
-        Ok(PasswordFile { users })
+        ConfigErrors::check(PasswordFile { users }, errors)
     }
 
     /// Whether `password` is `username`'s password. The derived hash is
@@ -268,7 +277,7 @@ mod tests {
 
     #[test]
     fn load_missing_file_names_it() {
-        let e = PasswordFile::load(Path::new("/nonexistent/passwd")).unwrap_err();
+        let e = PasswordFile::load(Path::new("/nonexistent/passwd")).unwrap_err().0.remove(0);
         assert_eq!(e.file, "/nonexistent/passwd");
         assert_eq!(e.line, 0);
         assert!(e.to_string().starts_with("/nonexistent/passwd: cannot read:"));

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod connect;
+pub mod dynsec;
 pub mod lazy;
 pub mod message;
 mod peer;
@@ -854,6 +855,16 @@ impl Broker {
             Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims", false))
         } else if !self.conn_allowed(conn, &client, &p.topic, Access::Write) {
             Some((reason::NOT_AUTHORIZED, "not authorised by the ACL", false))
+        } else if p.topic.starts_with(dynsec::TOPIC_PREFIX) {
+            if &*p.topic == dynsec::REQUEST_TOPIC {
+                // Consumed like a request to Mosquitto's plugin: acknowledged
+                // as accepted, answered, never routed.
+                self.ack_unrouted(conn, &client, p.qos, pid, 0);
+                self.on_dynsec_request(conn, &client, &p, now);
+                return;
+            }
+            // 0x90: a well-formed topic name this server does not accept.
+            Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security, which midge does not have", false))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
             (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max).then_some((
@@ -875,25 +886,7 @@ impl Broker {
             // v5 gets the reason in its PUBACK/PUBREC; 3.1.1 is acknowledged
             // and the message discarded, as Mosquitto does.
             let code = if v5 { code } else { 0 };
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    self.inbound_done(&client);
-                    self.actions.push(Action::Send(
-                        conn,
-                        Packet::PubAck(PubResp { packet_id: pid, code, properties: Default::default() }),
-                    ));
-                }
-                QoS::ExactlyOnce => {
-                    // 3.1.1 completes the flow normally, without routing;
-                    // a later PUBREL gets its PUBCOMP.
-                    self.inbound_done(&client);
-                    self.actions.push(Action::Send(
-                        conn,
-                        Packet::PubRec(PubResp { packet_id: pid, code, properties: Default::default() }),
-                    ));
-                }
-            }
+            self.ack_unrouted(conn, &client, p.qos, pid, code);
             return;
         }
         let msg = self.message_from(&client, &p, now);
@@ -917,6 +910,24 @@ impl Broker {
             }
             QoS::AtMostOnce => self.propose(now, Command::Publish { msg, from: None, offline_only: false }),
             _ => self.propose(now, Command::Publish { msg, from: Some((client, pid)), offline_only: false }),
+        }
+    }
+
+    /// Acknowledges a PUBLISH that is not routed, with `code`.
+    fn ack_unrouted(&mut self, conn: ConnId, client: &str, qos: QoS, pid: u16, code: u8) {
+        let ack = PubResp { packet_id: pid, code, properties: Default::default() };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.inbound_done(client);
+                self.actions.push(Action::Send(conn, Packet::PubAck(ack)));
+            }
+            QoS::ExactlyOnce => {
+                // Completes the flow normally, without routing; a later
+                // PUBREL gets its PUBCOMP.
+                self.inbound_done(client);
+                self.actions.push(Action::Send(conn, Packet::PubRec(ack)));
+            }
         }
     }
 

@@ -403,3 +403,76 @@ fn acl_uses_the_connect_user_name_before_the_session_has_it() {
         }
     }
 }
+
+/// `$CONTROL/dynamic-security/v1` is answered, not routed: the requester
+/// (subscribed to the response topic) gets an error per command in the
+/// plugin's response shape; another subscriber of the response topic and a
+/// subscriber of the request topic get nothing.
+#[test]
+fn dynamic_security_requests_are_answered_not_routed() {
+    let mut b = broker();
+    connect(&mut b, 1, "ctrl", Version::V5, true, 1000);
+    subscribe(&mut b, 1, dynsec::RESPONSE_TOPIC, QoS::AtLeastOnce, 1000);
+    connect(&mut b, 2, "other", Version::V5, true, 1000);
+    subscribe(&mut b, 2, "$CONTROL/#", QoS::AtLeastOnce, 1000);
+    let request = br#"{"commands":[{"command":"listClients","correlationData":"c1"},{"command":"getClient"}]}"#;
+    b.packet(1, publish(dynsec::REQUEST_TOPIC, request, QoS::AtLeastOnce, Some(3), false), 1001);
+    let out = sent(&mut b);
+    assert!(out.iter().any(|(c, p)| *c == 1 && matches!(p, Packet::PubAck(r) if r.packet_id == 3 && r.code == 0)));
+    assert!(publishes(&out, 2).is_empty(), "routed to another subscriber: {out:?}");
+    let got = publishes(&out, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&*got[0].topic, dynsec::RESPONSE_TOPIC);
+    assert_eq!(got[0].qos, QoS::AtMostOnce);
+    let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    let e = dynsec::NOT_AVAILABLE;
+    assert_eq!(
+        v,
+        serde_json::json!({"responses": [
+            {"command": "listClients", "error": e, "correlationData": "c1"},
+            {"command": "getClient", "error": e},
+        ]})
+    );
+
+    // Not JSON: one response, as Mosquitto's plugin gives.
+    b.packet(1, publish(dynsec::REQUEST_TOPIC, b"list", QoS::AtMostOnce, None, false), 1002);
+    let got = publishes(&sent(&mut b), 1);
+    let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(v, serde_json::json!({"responses": [{"command": "Unknown command", "error": e}]}));
+
+    // Bounded: at most COMMANDS_MAX responses.
+    let many = format!(r#"{{"commands":[{}]}}"#, vec![r#"{"command":"x"}"#; 1000].join(","));
+    b.packet(1, publish(dynsec::REQUEST_TOPIC, many.as_bytes(), QoS::AtMostOnce, None, false), 1003);
+    let got = publishes(&sent(&mut b), 1);
+    let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(v["responses"].as_array().unwrap().len(), dynsec::COMMANDS_MAX);
+
+    // Without a subscription to the response topic there is no answer, and
+    // others' subscriptions get nothing.
+    connect(&mut b, 3, "nosub", Version::V5, true, 1000);
+    b.packet(3, publish(dynsec::REQUEST_TOPIC, request, QoS::AtMostOnce, None, false), 1004);
+    let out = sent(&mut b);
+    assert!((1..=3).all(|c| publishes(&out, c).is_empty()), "{out:?}");
+}
+
+/// Any other topic under `$CONTROL/dynamic-security/` is refused (v5: 0x90
+/// Topic Name invalid) and never routed.
+#[test]
+fn other_dynamic_security_topics_are_refused() {
+    let mut b = broker();
+    connect(&mut b, 1, "sub", Version::V5, true, 1000);
+    subscribe(&mut b, 1, "$CONTROL/#", QoS::AtLeastOnce, 1000);
+    connect(&mut b, 2, "v5", Version::V5, true, 1000);
+    connect(&mut b, 3, "v3", Version::V311, true, 1000);
+    b.packet(2, publish(dynsec::RESPONSE_TOPIC, b"{}", QoS::AtLeastOnce, Some(5), false), 1001);
+    b.packet(2, publish("$CONTROL/dynamic-security/v2", b"{}", QoS::ExactlyOnce, Some(6), false), 1001);
+    b.packet(3, publish("$CONTROL/dynamic-security/x", b"{}", QoS::AtLeastOnce, Some(7), false), 1001);
+    b.packet(3, publish("$CONTROL/dynamic-security/x", b"{}", QoS::AtMostOnce, None, false), 1001);
+    let out = sent(&mut b);
+    assert!(publishes(&out, 1).is_empty(), "routed: {out:?}");
+    assert!(out.iter().any(|(c, p)| *c == 2 && matches!(p, Packet::PubAck(r) if r.packet_id == 5 && r.code == 0x90)));
+    assert!(out.iter().any(|(c, p)| *c == 2 && matches!(p, Packet::PubRec(r) if r.packet_id == 6 && r.code == 0x90)));
+    // 3.1.1 has no negative acknowledgement: acknowledged, discarded.
+    assert!(out.iter().any(|(c, p)| *c == 3 && matches!(p, Packet::PubAck(r) if r.packet_id == 7 && r.code == 0)));
+    assert!(closed(&mut b).is_empty());
+}

@@ -5,7 +5,10 @@
 //! documented, with its default and how it differs from Mosquitto, in
 //! `docs/CONFIG.md`. Unknown keys and invalid values are hard errors that name
 //! the file and line ([`ConfigError`]); a handful of harmless Mosquitto keys
-//! that midge does not need are accepted with a `log::warn!`.
+//! that midge does not need are accepted with a `log::warn!`. A file is read
+//! to its end whatever it contains: every error is reported in one run
+//! ([`ConfigErrors`]), together with those of the files it names
+//! ([`Config::load`]).
 //!
 //! ```text
 //! listener 1883
@@ -15,10 +18,13 @@
 //! ```
 
 mod parse;
+mod referenced;
 #[cfg(test)]
 mod tests;
 pub mod tls;
 mod values;
+
+pub use referenced::Loaded;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -325,8 +331,16 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads and parses a configuration file. Errors name the file as given.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads a configuration file and the password and ACL files it names;
+    /// every error of all of them, each naming its file and line.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+        referenced::load(path)
+    }
+
+    /// Reads and parses a configuration file (and the TLS files it names,
+    /// but not its password and ACL files: see [`Config::load`]). Errors
+    /// name the file as given.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
         let name = path.display().to_string();
         let text = read_text(path, &name)?;
         let mut cfg = Config::parse_str(&text, &name)?;
@@ -335,8 +349,8 @@ impl Config {
     }
 
     /// Parses configuration text; `file_name` is used in error messages.
-    pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
-        parse::parse(text, file_name)
+    pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
+        parse::parse(text, file_name).into_result()
     }
 
     /// Like `mosquitto -p PORT`: replaces every listener with one on `port`
@@ -397,6 +411,46 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Every error found in a configuration (or password, or ACL) file and the
+/// files it names, in file order. Never empty. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// `Ok(value)` when `errors` is empty.
+    pub(crate) fn check<T>(value: T, errors: Vec<ConfigError>) -> Result<T, ConfigErrors> {
+        if errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// Reads a whole UTF-8 text file, naming `name` in errors.
 pub(crate) fn read_text(path: &Path, name: &str) -> Result<String, ConfigError> {

@@ -1,13 +1,13 @@
 //! The line parser behind [`Config::parse_str`](super::Config::parse_str).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
 use super::tls::{ListenerTls, TlsOptions, TlsVersion};
 use super::values::{edit_distance, is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
-    numbered_lines, split_first, Config, ConfigError, FollowerMode, Listener, LogDest, LogType,
+    numbered_lines, split_first, Config, ConfigError, ConfigErrors, FollowerMode, Listener, LogDest, LogType,
     DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
 
@@ -139,14 +139,35 @@ const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
 
 const UNSUPPORTED_PREFIXES: &[(&str, &str)] = &[("auth_opt_", PLUGINS), ("plugin_opt_", PLUGINS), ("bridge_", BRIDGES)];
 
-fn build_tls(o: &TlsOptions, file: &str) -> Result<Option<ListenerTls>, ConfigError> {
-    if o.is_empty() {
-        return Ok(None);
+/// The TLS settings of one listener. None when there are none, or when a
+/// TLS line of this listener was itself an error (already reported: building
+/// from what is left would only report its consequences).
+fn build_tls(o: &TlsOptions, line_failed: bool, file: &str, errors: &mut Vec<ConfigError>) -> Option<ListenerTls> {
+    if o.is_empty() || line_failed {
+        return None;
     }
-    super::tls::build(o, file).map(Some)
+    super::tls::build(o, file).map_err(|es| errors.extend(es.0)).ok()
 }
 
-pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+/// What a configuration file says, and what is wrong with it.
+pub(super) struct Parsed {
+    /// Complete when `errors` is empty; otherwise the file's valid lines.
+    pub config: Config,
+    /// In line order; errors of the whole file (a line of 0) first.
+    pub errors: Vec<ConfigError>,
+    /// The last line of each single-valued key that was set.
+    pub key_lines: HashMap<String, u32>,
+}
+
+impl Parsed {
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        ConfigErrors::check(self.config, self.errors)
+    }
+}
+
+/// Reads every line: a line in error is reported and skipped, and the
+/// checks across lines still run on the lines that were valid.
+pub(super) fn parse(text: &str, file: &str) -> Parsed {
     let mut p = Parser::new(file);
     for (line, raw) in numbered_lines(text) {
         let trimmed = raw.trim();
@@ -155,9 +176,20 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
         p.line = line;
         let (key, rest) = split_first(trimmed);
-        p.option(key, rest)?;
+        if let Err(e) = p.option(key, rest) {
+            p.errors.push(e);
+            p.failed_keys.insert(key.to_string());
+            if key == "listener" {
+                // Its TLS lines belong to no listener; they are still checked.
+                p.orphan_tls = Some(TlsOptions::default());
+            }
+        }
     }
-    p.finish()
+    let key_lines = p.seen.clone();
+    let mut errors = std::mem::take(&mut p.errors);
+    let config = p.finish(&mut errors);
+    errors.sort_by_key(|e| e.line);
+    Parsed { config, errors, key_lines }
 }
 
 struct Parser<'f> {
@@ -179,6 +211,17 @@ struct Parser<'f> {
     node_id_line: u32,
     peer_lines: Vec<u32>,
     preferred_leader_line: u32,
+    errors: Vec<ConfigError>,
+    /// Keys with a line in error: checks across lines that involve them are
+    /// skipped, since the file's intent is unknown.
+    failed_keys: HashSet<String>,
+    /// Whether a TLS line of each listener (same order as `listener_tls`),
+    /// or of the default listener, was an error.
+    tls_line_failed: Vec<bool>,
+    default_tls_line_failed: bool,
+    /// Set when the last `listener` line was an error: TLS lines after it
+    /// go here, to be checked but belong to no listener.
+    orphan_tls: Option<TlsOptions>,
 }
 
 impl<'f> Parser<'f> {
@@ -201,6 +244,11 @@ impl<'f> Parser<'f> {
             node_id_line: 0,
             peer_lines: Vec::new(),
             preferred_leader_line: 0,
+            errors: Vec::new(),
+            failed_keys: HashSet::new(),
+            tls_line_failed: Vec::new(),
+            default_tls_line_failed: false,
+            orphan_tls: None,
         }
     }
 
@@ -217,7 +265,17 @@ impl<'f> Parser<'f> {
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
             "listener" => self.listener(rest)?,
-            "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => self.tls_option(key, rest)?,
+            "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => {
+                if let Err(e) = self.tls_option(key, rest) {
+                    if self.orphan_tls.is_none() {
+                        match self.tls_line_failed.last_mut() {
+                            Some(failed) => *failed = true,
+                            None => self.default_tls_line_failed = true,
+                        }
+                    }
+                    return Err(e);
+                }
+            }
             "health_listener" | "admin_listener" => {
                 self.once(key);
                 let l = self.single_listener(key, rest)?;
@@ -552,16 +610,18 @@ impl<'f> Parser<'f> {
             1 | 2 => {}
             _ => return Err(self.extra("listener", toks[2])),
         }
-        let port = self.num("listener", toks[0], 0, 65535)? as u16;
-        if port == 0 {
+        if toks[0] == "0" {
             return Err(self.err("listener: port 0 (a Unix socket listener) is not supported by midge"));
         }
+        let port = self.num("listener", toks[0], 1, 65535)? as u16;
         let address = match toks.get(1) {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
         self.listeners.push((Listener { port, address, tls: None }, self.line));
         self.listener_tls.push(TlsOptions::default());
+        self.tls_line_failed.push(false);
+        self.orphan_tls = None;
         Ok(())
     }
 
@@ -569,13 +629,23 @@ impl<'f> Parser<'f> {
     /// listener when none came before (Mosquitto's rule).
     fn tls_option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         let line = self.line;
-        // Taken out while the value is parsed; an error ends parsing anyway.
-        let mut o = std::mem::take(self.tls_target());
         let prev = match key {
-            "certfile" => o.certfile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
-            "keyfile" => o.keyfile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
-            "cafile" => o.cafile.replace((self.path_value(key, rest)?, line)).map(|x| x.1),
-            "require_certificate" => o.require_certificate.replace((self.bool_value(key, rest)?, line)).map(|x| x.1),
+            "certfile" => {
+                let v = self.path_value(key, rest)?;
+                self.tls_target().certfile.replace((v, line)).map(|x| x.1)
+            }
+            "keyfile" => {
+                let v = self.path_value(key, rest)?;
+                self.tls_target().keyfile.replace((v, line)).map(|x| x.1)
+            }
+            "cafile" => {
+                let v = self.path_value(key, rest)?;
+                self.tls_target().cafile.replace((v, line)).map(|x| x.1)
+            }
+            "require_certificate" => {
+                let v = self.bool_value(key, rest)?;
+                self.tls_target().require_certificate.replace((v, line)).map(|x| x.1)
+            }
             _ => {
                 let v = self.one(key, rest)?;
                 let version = TlsVersion::from_name(v).ok_or_else(|| {
@@ -583,10 +653,9 @@ impl<'f> Parser<'f> {
                         "tls_version: \"{v}\" is not supported (tlsv1.2 or tlsv1.3: the lowest version accepted)"
                     ))
                 })?;
-                o.tls_version.replace((version, line)).map(|x| x.1)
+                self.tls_target().tls_version.replace((version, line)).map(|x| x.1)
             }
         };
-        *self.tls_target() = o;
         if let Some(prev) = prev {
             self.warn(&format!("{key} overrides the value set on line {prev} for the same listener"));
         }
@@ -594,9 +663,9 @@ impl<'f> Parser<'f> {
     }
 
     fn tls_target(&mut self) -> &mut TlsOptions {
-        match self.listener_tls.last_mut() {
-            Some(o) => o,
-            None => &mut self.default_tls,
+        match (&mut self.orphan_tls, self.listener_tls.last_mut()) {
+            (Some(o), _) | (None, Some(o)) => o,
+            (None, None) => &mut self.default_tls,
         }
     }
 
@@ -653,24 +722,31 @@ impl<'f> Parser<'f> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Config, ConfigError> {
+    /// The checks across lines, on the lines that were valid; adds what it
+    /// finds to `errors`.
+    fn finish(mut self, errors: &mut Vec<ConfigError>) -> Config {
+        let file = self.file;
+        let mut err = |line: u32, msg: String| errors.push(ConfigError::new(file, line, msg));
         let mut listeners = Vec::new();
         if self.default_port.is_some() || self.default_address.is_some() {
+            let mut tls_errors = Vec::new();
             let l = Listener {
                 port: self.default_port.unwrap_or(DEFAULT_PORT),
                 address: self.default_address.take(),
-                tls: build_tls(&self.default_tls, self.file)?,
+                tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
             };
+            tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));
         } else if !self.default_tls.is_empty() {
-            return Err(ConfigError::new(
-                self.file,
+            err(
                 self.default_tls.first_line(),
-                "TLS options must follow a listener line (or a port line) they apply to",
-            ));
+                "TLS options must follow a listener line (or a port line) they apply to".into(),
+            );
         }
-        for ((l, _), o) in self.listeners.iter_mut().zip(&self.listener_tls) {
-            l.tls = build_tls(o, self.file)?;
+        for (((l, _), o), failed) in self.listeners.iter_mut().zip(&self.listener_tls).zip(&self.tls_line_failed) {
+            let mut tls_errors = Vec::new();
+            l.tls = build_tls(o, *failed, file, &mut tls_errors);
+            tls_errors.into_iter().for_each(|e| err(e.line, e.message));
         }
         listeners.append(&mut self.listeners);
         listeners.sort_by_key(|(_, line)| *line);
@@ -680,11 +756,7 @@ impl<'f> Parser<'f> {
                     Some(a) => format!("{a} port {}", l.port),
                     None => format!("port {} on all interfaces", l.port),
                 };
-                return Err(ConfigError::new(
-                    self.file,
-                    *line,
-                    format!("duplicate listener on {at} (already defined on line {first})"),
-                ));
+                err(*line, format!("duplicate listener on {at} (already defined on line {first})"));
             }
         }
         let mut cfg = self.cfg;
@@ -697,28 +769,28 @@ impl<'f> Parser<'f> {
             cfg.log_types = types;
         }
 
+        // Checks across keys are skipped when a line of a key they involve
+        // was an error: which value was meant is unknown.
+        let failed = |keys: &[&str]| keys.iter().any(|k| self.failed_keys.contains(*k));
+        let line_of = |key: &str| self.seen.get(key).copied().unwrap_or(0);
+
         // Cluster membership.
-        let err = |line: u32, msg: String| Err(ConfigError::new(self.file, line, msg));
         let ids: Vec<u64> = cfg.cluster_peers.iter().map(|(id, _)| *id).collect();
-        if !ids.is_empty() {
+        if !ids.is_empty() && !failed(&["cluster_peer", "cluster_node_id", "cluster_allow_two_nodes"]) {
             match cfg.cluster_node_id {
-                None => {
-                    return err(self.peer_lines[0], "cluster_peer requires cluster_node_id (this node's own id)".into())
-                }
-                Some(me) if !ids.contains(&me) => {
-                    return err(
-                        self.node_id_line,
-                        format!(
-                            "cluster_node_id {me} is not one of the cluster_peer ids ({}); \
-                             list this node as a cluster_peer too",
-                            join(&ids)
-                        ),
-                    )
-                }
+                None => err(self.peer_lines[0], "cluster_peer requires cluster_node_id (this node's own id)".into()),
+                Some(me) if !ids.contains(&me) => err(
+                    self.node_id_line,
+                    format!(
+                        "cluster_node_id {me} is not one of the cluster_peer ids ({}); \
+                         list this node as a cluster_peer too",
+                        join(&ids)
+                    ),
+                ),
                 Some(_) => {}
             }
             if ids.len() == 2 && !cfg.cluster_allow_two_nodes {
-                return err(
+                err(
                     self.peer_lines[1],
                     "a two-node cluster has no fault tolerance: a majority of 2 is 2, so losing \
                      either node stops it; add a third peer or set cluster_allow_two_nodes true"
@@ -726,15 +798,17 @@ impl<'f> Parser<'f> {
                 );
             }
         }
-        if cfg.admin_listener.is_some() && cfg.password_file.is_none() {
-            return err(
-                0,
+        if cfg.admin_listener.is_some() && cfg.password_file.is_none() && !failed(&["password_file"]) {
+            err(
+                line_of("admin_listener"),
                 "admin_listener needs a password_file: the admin listener is never open to anonymous clients".into(),
             );
         }
-        if cfg.cluster.heartbeat_ticks >= cfg.cluster.election_ticks {
-            return err(
-                0,
+        if cfg.cluster.heartbeat_ticks >= cfg.cluster.election_ticks
+            && !failed(&["cluster_heartbeat_ticks", "cluster_election_ticks"])
+        {
+            err(
+                line_of("cluster_heartbeat_ticks").max(line_of("cluster_election_ticks")),
                 format!(
                     "cluster_heartbeat_ticks ({}) must be less than cluster_election_ticks ({})",
                     cfg.cluster.heartbeat_ticks, cfg.cluster.election_ticks
@@ -743,8 +817,8 @@ impl<'f> Parser<'f> {
         }
         if let Some(leader) = cfg.cluster_preferred_leader {
             let members = if ids.is_empty() { cfg.cluster_node_id.into_iter().collect() } else { ids };
-            if !members.contains(&leader) {
-                return err(
+            if !members.contains(&leader) && !failed(&["cluster_peer", "cluster_node_id"]) {
+                err(
                     self.preferred_leader_line,
                     format!(
                         "cluster_preferred_leader {leader} is not a cluster member ({})",
@@ -757,7 +831,7 @@ impl<'f> Parser<'f> {
                 );
             }
         }
-        Ok(cfg)
+        cfg
     }
 }
 

@@ -247,7 +247,9 @@ fn listeners() {
     assert!(err("listener 0 /tmp/sock").contains("Unix socket"));
     assert!(err("listener").contains("missing port"));
     assert!(err("listener 1883 a b").contains("unexpected extra value \"b\""));
-    assert!(err("listener 70000").contains("between 0 and 65535"));
+    // Port 0 is a Unix socket in Mosquitto; docs/CONFIG.md says 1-65535.
+    assert_eq!(err("listener 70000"), "midge.conf:1: listener: \"70000\" is not a number between 1 and 65535");
+    assert_eq!(err("listener 99999"), "midge.conf:1: listener: \"99999\" is not a number between 1 and 65535");
     assert!(err("port 0").contains("between 1 and 65535"));
     for bad in ["foo..bar", "-x", "1.2.3.999", "a/b", "[1.2.3.4]", "[::1"] {
         assert_eq!(
@@ -369,7 +371,8 @@ fn tls_options_belong_to_a_listener_and_are_checked() {
     // Options apply to the listener above them only.
     assert_eq!(
         err("listener 8883\nkeyfile /k.pem\nlistener 1883\ncertfile /c.pem"),
-        "midge.conf:2: a TLS listener needs certfile and keyfile (PEM files)"
+        "midge.conf:2: a TLS listener needs certfile and keyfile (PEM files)\n\
+         midge.conf:4: certfile needs keyfile (the certificate's private key, PEM) too"
     );
     assert_eq!(
         err("listener 8883\nlistener 1883\ncertfile /c.pem"),
@@ -475,7 +478,7 @@ fn from_file_records_source_and_names_file_in_errors() {
     assert_eq!(c.source.as_deref(), Some(path.as_path()));
 
     std::fs::write(&path, "listener 1999\nmax_qos 5\n").unwrap();
-    let e = Config::from_file(&path).unwrap_err();
+    let e = Config::from_file(&path).unwrap_err().0.remove(0);
     assert_eq!(e.file, path.display().to_string());
     assert_eq!(e.line, 2);
     assert_eq!(e.to_string(), format!("{}:2: max_qos: \"5\" is not a number between 0 and 2", path.display()));
@@ -486,9 +489,163 @@ fn from_file_records_source_and_names_file_in_errors() {
         format!("{}:2: not valid UTF-8 text", path.display())
     );
     let missing = dir.path().join("nope.conf");
-    let e = Config::from_file(&missing).unwrap_err();
+    let e = Config::from_file(&missing).unwrap_err().0.remove(0);
     assert_eq!(e.line, 0);
     assert!(e.to_string().starts_with(&format!("{}: cannot read:", missing.display())));
+}
+
+/// Every error of the file, each with its line, in one run; the lines
+/// around a bad line still count.
+#[test]
+fn every_error_of_a_file_is_reported() {
+    let text = "listener 1883\n\
+                max_qos 5\n\
+                # a comment\n\
+                max_inflight 10\n\
+                listener 99999\n\
+                max_keepalive abc\n\
+                listener 1883\n";
+    assert_eq!(
+        err(text),
+        "midge.conf:2: max_qos: \"5\" is not a number between 0 and 2\n\
+         midge.conf:4: unknown option \"max_inflight\" (did you mean max_inflight_messages?)\n\
+         midge.conf:5: listener: \"99999\" is not a number between 1 and 65535\n\
+         midge.conf:6: max_keepalive: \"abc\" is not a number between 0 and 65535\n\
+         midge.conf:7: duplicate listener on port 1883 on all interfaces (already defined on line 1)"
+    );
+    let errors = Config::parse_str(text, "midge.conf").unwrap_err();
+    assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 4, 5, 6, 7]);
+}
+
+#[test]
+fn checks_across_lines_still_run_after_a_bad_line() {
+    let three = "cluster_peer 1 a:1\ncluster_peer 2 b:1\ncluster_peer 3 c:1\n";
+    assert_eq!(
+        err(&format!("max_qos 7\ncluster_node_id 9\n{three}")),
+        "midge.conf:1: max_qos: \"7\" is not a number between 0 and 2\n\
+         midge.conf:2: cluster_node_id 9 is not one of the cluster_peer ids (1, 2, 3); \
+         list this node as a cluster_peer too"
+    );
+    // A check that involves a key whose line was an error is skipped: the
+    // file's intent is unknown, and it would only report a consequence.
+    assert_eq!(
+        err("cluster_node_id 1\ncluster_peer 1 a:1\ncluster_peer 2 b:1\ncluster_peer 2 c:1\n"),
+        "midge.conf:4: cluster_peer: id 2 is already used on line 3"
+    );
+    assert_eq!(
+        err("cluster_node_id x\ncluster_peer 1 a:1\n"),
+        "midge.conf:1: cluster_node_id: \"x\" is not a number between 1 and 18446744073709551615"
+    );
+    assert_eq!(err("admin_listener 1884\npassword_file\n"), "midge.conf:2: password_file: missing value");
+    // TLS lines after a bad listener line are checked but build nothing.
+    assert_eq!(
+        err("listener 1883 a b\ncertfile /c.pem\ntls_version tlsv1.0\n"),
+        "midge.conf:1: listener: unexpected extra value \"b\"\n\
+         midge.conf:3: tls_version: \"tlsv1.0\" is not supported (tlsv1.2 or tlsv1.3: the lowest version accepted)"
+    );
+    // A bad TLS line does not also report the listener as incomplete.
+    assert_eq!(err("listener 8883\ncertfile\nkeyfile /k.pem\n"), "midge.conf:2: certfile: missing value");
+}
+
+#[test]
+fn errors_about_several_lines_name_the_line_of_the_key() {
+    assert_eq!(
+        err("listener 1883\n\nadmin_listener 1884 127.0.0.1\n"),
+        "midge.conf:3: admin_listener needs a password_file: the admin listener is never open to anonymous clients"
+    );
+    assert_eq!(
+        err("cluster_election_ticks 4\ncluster_heartbeat_ticks 4\n"),
+        "midge.conf:2: cluster_heartbeat_ticks (4) must be less than cluster_election_ticks (4)"
+    );
+}
+
+fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Errors of TLS files are at the configuration line of their key, and one
+/// broken file does not hide another.
+#[test]
+fn tls_file_errors_name_the_file_and_the_config_line() {
+    let text = format!(
+        "listener 8883\ncertfile /nonexistent/c.pem\nkeyfile {}\ncafile /nonexistent/ca.pem\n\
+         listener 8884\ncertfile {}\nkeyfile /nonexistent/k.pem\n",
+        tls_fixture("server.key"),
+        tls_fixture("server.pem")
+    );
+    let errors = Config::parse_str(&text, "midge.conf").unwrap_err();
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 3, "{errors}");
+    assert!(lines[0].starts_with("midge.conf:2: certfile /nonexistent/c.pem: No such file"), "{errors}");
+    assert!(lines[1].starts_with("midge.conf:4: cafile /nonexistent/ca.pem: No such file"), "{errors}");
+    assert!(lines[2].starts_with("midge.conf:7: keyfile /nonexistent/k.pem: no usable private key"), "{errors}");
+}
+
+/// Writes `midge.conf` (with `{dir}` replaced) and `files` into a new
+/// directory; returns it and the loader's errors, one string per error,
+/// with the directory shown as `DIR`.
+fn load_errors(conf: &str, files: &[(&str, &[u8])]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let path = dir.path().join("midge.conf");
+    std::fs::write(&path, conf.replace("{dir}", &d)).unwrap();
+    match Config::load(&path) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string().replace(&d, "DIR")).collect(),
+    }
+}
+
+#[test]
+fn load_reads_password_and_acl_files() {
+    let pw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/passwd")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("passwd"), &pw).unwrap();
+    std::fs::write(dir.path().join("acl"), "user alice\ntopic read a/#\n").unwrap();
+    let path = dir.path().join("midge.conf");
+    let d = dir.path().display();
+    std::fs::write(&path, format!("password_file {d}/passwd\nacl_file {d}/acl\n")).unwrap();
+    let loaded = Config::load(&path).unwrap();
+    assert!(!loaded.passwords.unwrap().is_empty());
+    assert_eq!(loaded.acl.unwrap().rule_count(), 1);
+    assert_eq!(loaded.config.source.as_deref(), Some(path.as_path()));
+}
+
+#[test]
+fn a_missing_password_or_acl_file_is_an_error_at_its_config_line() {
+    assert_eq!(
+        load_errors("listener 1883\npassword_file {dir}/passwd\nacl_file {dir}/acl\n", &[]),
+        vec![
+            "DIR/midge.conf:2: password_file DIR/passwd: cannot read: No such file or directory (os error 2)",
+            "DIR/midge.conf:3: acl_file DIR/acl: cannot read: No such file or directory (os error 2)",
+        ]
+    );
+}
+
+#[test]
+fn errors_in_password_and_acl_files_name_their_line_and_the_config_line() {
+    let errors = load_errors(
+        "max_qos 3\npassword_file {dir}/passwd\n\nacl_file {dir}/acl\n",
+        &[("passwd", b"alice\n# comment\n:$6$x$y\n"), ("acl", b"user alice\ntopics read a\ntopic read a/#/b\n")],
+    );
+    assert_eq!(
+        errors,
+        vec![
+            "DIR/midge.conf:1: max_qos: \"3\" is not a number between 0 and 2",
+            "DIR/passwd:1: expected username:hash (create entries with mosquitto_passwd) \
+             (password_file at DIR/midge.conf:2)",
+            "DIR/passwd:3: empty username (password_file at DIR/midge.conf:2)",
+            "DIR/acl:2: unknown keyword \"topics\" (expected user, topic or pattern) (acl_file at DIR/midge.conf:4)",
+            "DIR/acl:3: topic: \"a/#/b\" is not a valid topic filter (acl_file at DIR/midge.conf:4)",
+        ]
+    );
+    // A file that is not text has a line too.
+    assert_eq!(
+        load_errors("password_file {dir}/passwd\n", &[("passwd", b"\n\xff\n")]),
+        vec!["DIR/passwd:2: not valid UTF-8 text (password_file at DIR/midge.conf:1)"]
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use super::ConfigError;
+use super::{ConfigError, ConfigErrors};
 
 /// `tls_version`: the lowest TLS version the listener accepts (Mosquitto
 /// 2 semantics). rustls speaks TLS 1.2 and 1.3 only.
@@ -89,19 +89,42 @@ impl fmt::Debug for ListenerTls {
 }
 
 /// Reads the files and builds the rustls configuration; every error names
-/// `file` and the line of the option it concerns.
-pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigError> {
+/// `file` and the line of the option it concerns. A problem with one file
+/// does not hide a problem with another.
+pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigErrors> {
     let err = |line: u32, msg: String| ConfigError::new(file, line, msg);
     let Some((certfile, cert_line)) = &o.certfile else {
-        return Err(err(o.first_line(), "a TLS listener needs certfile and keyfile (PEM files)".into()));
+        return Err(err(o.first_line(), "a TLS listener needs certfile and keyfile (PEM files)".into()).into());
     };
     let Some((keyfile, key_line)) = &o.keyfile else {
-        return Err(err(*cert_line, "certfile needs keyfile (the certificate's private key, PEM) too".into()));
+        return Err(err(*cert_line, "certfile needs keyfile (the certificate's private key, PEM) too".into()).into());
     };
-    let chain = read_certs("certfile", certfile).map_err(|m| err(*cert_line, m))?;
-    let key = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
-        err(*key_line, format!("keyfile {}: no usable private key ({})", keyfile.display(), pem_error(&e)))
-    })?;
+    let mut errors = Vec::new();
+    let chain = read_certs("certfile", certfile).map_err(|m| errors.push(err(*cert_line, m))).ok();
+    let key = PrivateKeyDer::from_pem_file(keyfile)
+        .map_err(|e| {
+            let m = format!("keyfile {}: no usable private key ({})", keyfile.display(), pem_error(&e));
+            errors.push(err(*key_line, m));
+        })
+        .ok();
+    let required = o.require_certificate.is_some_and(|(r, _)| r);
+    // Read even when not required, so that turning require_certificate on
+    // later does not reveal a broken file.
+    let ca = match (&o.cafile, required) {
+        (Some((cafile, ca_line)), _) => {
+            read_certs("cafile", cafile).map_err(|m| errors.push(err(*ca_line, m))).ok().map(|c| (c, cafile, *ca_line))
+        }
+        (None, true) => {
+            let line = o.require_certificate.map_or(0, |x| x.1);
+            let m = "require_certificate true needs cafile (the CA that signs client certificates)";
+            errors.push(err(line, m.into()));
+            None
+        }
+        (None, false) => None,
+    };
+    let (Some(chain), Some(key), true) = (chain, key, errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match o.tls_version {
         Some((TlsVersion::V13, _)) => &[&rustls::version::TLS13],
@@ -110,34 +133,20 @@ pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigError> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| err(o.first_line(), format!("TLS setup failed: {e}")))?;
-    let required = o.require_certificate.is_some_and(|(r, _)| r);
-    let builder = match (&o.cafile, required) {
-        (Some((cafile, ca_line)), true) => {
+    let builder = match ca {
+        Some((certs, cafile, ca_line)) if required => {
             let mut roots = RootCertStore::empty();
-            for c in read_certs("cafile", cafile).map_err(|m| err(*ca_line, m))? {
+            for c in certs {
                 roots
                     .add(c)
-                    .map_err(|e| err(*ca_line, format!("cafile {}: certificate rejected: {e}", cafile.display())))?;
+                    .map_err(|e| err(ca_line, format!("cafile {}: certificate rejected: {e}", cafile.display())))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| err(*ca_line, format!("cafile {}: {e}", cafile.display())))?;
+                .map_err(|e| err(ca_line, format!("cafile {}: {e}", cafile.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
-        (None, true) => {
-            let line = o.require_certificate.map_or(0, |x| x.1);
-            return Err(err(
-                line,
-                "require_certificate true needs cafile (the CA that signs client certificates)".into(),
-            ));
-        }
-        (Some((cafile, ca_line)), false) => {
-            // Checked anyway, so that turning require_certificate on later
-            // does not reveal a broken file.
-            read_certs("cafile", cafile).map_err(|m| err(*ca_line, m))?;
-            builder.with_no_client_auth()
-        }
-        (None, false) => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
     let server = builder.with_single_cert(chain, key).map_err(|e| {
         err(*key_line, format!("keyfile {} does not fit certfile {}: {e}", keyfile.display(), certfile.display()))

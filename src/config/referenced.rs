@@ -1,0 +1,72 @@
+//! The files a configuration names (`password_file`, `acl_file`), read and
+//! checked together with it so that one run reports every error.
+//!
+//! An error in such a file names that file and its line, and also the
+//! configuration line that named it; an error that has no line there (the
+//! file cannot be read) is reported at the configuration line. TLS files are
+//! read by the parser itself ([`super::tls`]): their errors are already at
+//! the configuration line of their key.
+
+use std::path::Path;
+
+use super::{read_text, Config, ConfigError, ConfigErrors};
+use crate::auth::acl::AclFile;
+use crate::auth::password::PasswordFile;
+
+/// A configuration with the password and ACL files it names, all checked.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<AclFile>,
+}
+
+/// A configuration line that names another file.
+struct Reference<'a> {
+    key: &'a str,
+    path: &'a Path,
+    config_file: &'a str,
+    line: u32,
+}
+
+impl Reference<'_> {
+    /// `e`, found in the named file, made to point at the configuration too.
+    fn locate(&self, e: ConfigError) -> ConfigError {
+        if e.line == 0 {
+            let message = format!("{} {}: {}", self.key, self.path.display(), e.message);
+            ConfigError::new(self.config_file, self.line, message)
+        } else {
+            let message = format!("{} ({} at {}:{})", e.message, self.key, self.config_file, self.line);
+            ConfigError { message, ..e }
+        }
+    }
+
+    fn load<T>(&self, errors: &mut Vec<ConfigError>, load: fn(&Path) -> Result<T, ConfigErrors>) -> Option<T> {
+        match load(self.path) {
+            Ok(t) => Some(t),
+            Err(es) => {
+                errors.extend(es.0.into_iter().map(|e| self.locate(e)));
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = read_text(path, &name)?;
+    let parsed = super::parse::parse(&text, &name);
+    let mut errors = parsed.errors;
+    let mut config = parsed.config;
+    config.source = Some(path.to_path_buf());
+    let line = |key: &str| parsed.key_lines.get(key).copied().unwrap_or(0);
+    let passwords = config.password_file.as_deref().and_then(|path| {
+        let r = Reference { key: "password_file", path, config_file: &name, line: line("password_file") };
+        r.load(&mut errors, PasswordFile::load)
+    });
+    let acl = config.acl_file.as_deref().and_then(|path| {
+        let r = Reference { key: "acl_file", path, config_file: &name, line: line("acl_file") };
+        r.load(&mut errors, AclFile::load)
+    });
+    ConfigErrors::check(Loaded { config, passwords, acl }, errors)
+}
