@@ -148,6 +148,16 @@ pub(super) struct TcpConn<L: RaftLog> {
 /// Turns of one poll of a connection before it lets others run.
 const CONN_TURNS_MAX: usize = 64;
 
+/// What one read of a connection's socket found.
+pub(super) enum Input {
+    /// Bytes, handed to the broker.
+    Taken,
+    /// Nothing (would block).
+    None,
+    /// End of input or a socket error.
+    End,
+}
+
 /// Why a connection's future stops.
 enum Stop {
     /// End of input, a socket error, or a closing connection's output all
@@ -196,14 +206,9 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 return Poll::Ready(Stop::End);
             }
             if self.input && self.reading {
-                let Some(space) = self.rb.space(self.server.packet_bytes_max) else { return Poll::Ready(Stop::End) };
-                let room = space.len();
-                let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
-                match (&mut sock.get_ref()).read(space) {
-                    Ok(0) => return Poll::Ready(Stop::End),
-                    Ok(n) => {
-                        self.io.flags.set(ACTIVE, true);
-                        self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
+                match self.read_input() {
+                    Input::End => return Poll::Ready(Stop::End),
+                    Input::Taken => {
                         // The writers of the connections this batch fed
                         // (woken already, so ahead in the queue) run
                         // first; this connection's own answers (PUBACK,
@@ -216,12 +221,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.input = false;
-                        self.rb.release_if_idle();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => return Poll::Ready(Stop::End),
+                    Input::None => {}
                 }
             }
             // Idle (nothing to write, nothing half-read) and the parking
@@ -241,6 +241,30 @@ impl<L: RaftLog + 'static> TcpConn<L> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Read once what the socket holds and hand it to the broker.
+    pub(super) fn read_input(&mut self) -> Input {
+        let Some(space) = self.rb.space(self.server.packet_bytes_max) else { return Input::End };
+        let room = space.len();
+        let Some(sock) = &self.sock else { return Input::End };
+        loop {
+            return match (&mut sock.get_ref()).read(space) {
+                Ok(0) => Input::End,
+                Ok(n) => {
+                    self.io.flags.set(ACTIVE, true);
+                    self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
+                    Input::Taken
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.input = false;
+                    self.rb.release_if_idle();
+                    Input::None
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => Input::End,
+            };
+        }
     }
 
     /// Write what the socket takes of the connection's output, without

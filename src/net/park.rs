@@ -125,7 +125,19 @@ impl<L: RaftLog + 'static> Server<L> {
         io.flags.set(ACTIVE, true);
         debug!("Connection {id} unparked ({}).", if input { "input" } else { "output" });
         match Async::new(sock) {
-            Ok(sock) => ex.spawn(TcpConn::new(self.clone(), id, io, sock, input)).detach(),
+            Ok(sock) => {
+                let mut conn = TcpConn::new(self.clone(), id, io, sock, input);
+                if input {
+                    // Read now, in the order the poller reported the
+                    // sockets, rather than when the new task first runs:
+                    // by then a busy connection's task may have read
+                    // packets that arrived after this one's (a PUBLISH
+                    // routed before an earlier SUBSCRIBE). The task reads
+                    // again when it runs; an end of input shows there.
+                    let _ = conn.read_input();
+                }
+                ex.spawn(conn).detach()
+            }
             Err(e) => {
                 warn!("Closing parked connection {id}: {e}.");
                 self.close_conn(id);
