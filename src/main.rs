@@ -9,6 +9,7 @@ use log::{error, info, LevelFilter};
 use smol::LocalExecutor;
 
 use midge::broker::{Broker, Settings};
+use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::{Config, Listener};
@@ -212,7 +213,7 @@ fn advertised(config: &Config, node_id: u64, ports: &[u16], admin_port: Option<u
 
 fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
     let node_id = ncfg.id;
-    let mut node = match Node::new(ncfg, log, broker, &raft_logger()) {
+    let node = match Node::new(ncfg, log, broker, &raft_logger()) {
         Ok(n) => n,
         Err(e) => {
             error!("{e}");
@@ -220,9 +221,16 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
             return ExitCode::from(4);
         }
     };
-    // No peers and the log in memory: while alone, commands apply as they
-    // are proposed (see `Node::apply_at_propose_allowed`).
-    node.apply_at_propose_allowed = config.cluster_peers.is_empty() && !node.raw.store().on_disk();
+    // How commands commit, chosen here once: see `CommitMode`.
+    let mode = CommitMode::choose(node.log_on_disk(), !config.cluster_peers.is_empty());
+    let driver = Driver::new(
+        node,
+        mode,
+        config.cluster_follower_mode,
+        config.cluster_preferred_leader,
+        config.cluster.tick_ms,
+        0,
+    );
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
     let mut sockets = Vec::new();
     for l in &config.listeners {
@@ -255,12 +263,10 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
     let ports: Vec<u16> = sockets.iter().map(port_of).collect();
     let peers = Peers::new(node_id, advertised(config, node_id, &ports, admin_listener.as_ref().map(port_of)));
     let server = Server::new(
-        node,
+        driver,
         peers.clone(),
-        config.cluster.tick_ms,
         config.set_tcp_nodelay,
         config.cluster_follower_mode,
-        config.cluster_preferred_leader,
         std::time::Duration::from_micros(config.busy_poll_us.into()),
     );
     if config.busy_poll_us > 0 {

@@ -1,6 +1,8 @@
 //! Seeded, deterministic simulation of a three-node midge cluster: the
-//! real broker and raft state machines (`cluster::Node` over `MemLog`)
-//! over a simulated network, clock and disk. From the seed it chooses
+//! shipped commit pipeline (`cluster::driver::Driver`, in the durable
+//! mode the server uses with `persistence true`, over `MemLog`) with the
+//! real broker and raft state machines, over a simulated network, clock
+//! and disk. From the seed it chooses
 //! message loss, delay (reordering), partitions, crashes and restarts.
 //! After each run it checks:
 //!   1. every QoS 1 message the cluster acknowledged (PUBACK) reached the
@@ -16,8 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use midge::broker::{Action, Broker, ConnId, Settings};
+use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
+use midge::config::FollowerMode;
 use midge::mqtt::{Connect, Packet, Properties, PubResp, Publish, QoS, SubOptions, Subscribe, Version};
 use midge::store::{FlushResult, MemLog};
 use raft::eraftpb::Message;
@@ -44,11 +48,10 @@ impl Rng {
 }
 
 struct SimNode {
-    node: Option<Node<MemLog>>,
+    node: Option<Driver<MemLog>>,
     disk: MemLog,
     cfg: NodeConfig,
     down_until: u64,
-    next_tick: u64,
     /// A flush begun and not yet ended: its job ran (the simulated disk
     /// has the data), raft has not been told. Ready passes go on meanwhile.
     writing: Option<Option<FlushResult>>,
@@ -90,13 +93,12 @@ fn settings() -> Rc<Settings> {
     Rc::new(Settings::from_config(&c, None, None))
 }
 
-fn new_node(cfg: &NodeConfig, disk: &MemLog, now: u64) -> Node<MemLog> {
+/// A node as the server runs one with `persistence true`: its log on
+/// "disk", staged writes flushed by a write job, a hold after commits.
+fn new_node(cfg: &NodeConfig, disk: &MemLog, now: u64) -> Driver<MemLog> {
     let broker = Broker::new(settings(), now);
-    let mut node = Node::new(cfg.clone(), disk.clone(), broker, &raft_logger()).expect("node starts");
-    // As the runtime runs a log on disk: proposals held after a commit
-    // (released at random below).
-    node.hold_after_commit = true;
-    node
+    let node = Node::new(cfg.clone(), disk.clone(), broker, &raft_logger()).expect("node starts");
+    Driver::new(node, CommitMode::AtCommitDurable, FollowerMode::Proxy, None, TICK_MS, now * 1000)
 }
 
 impl Sim {
@@ -116,7 +118,7 @@ impl Sim {
             cfg.snapshot_keep_entries = 10;
             let disk = MemLog::new();
             let node = new_node(&cfg, &disk, now);
-            nodes.push(SimNode { node: Some(node), disk, cfg, down_until: 0, next_tick: now + TICK_MS, writing: None });
+            nodes.push(SimNode { node: Some(node), disk, cfg, down_until: 0, writing: None });
         }
         let drop_per_million = rng.below(50_000);
         Sim {
@@ -145,23 +147,7 @@ impl Sim {
     fn fail(&self, what: &str) -> ! {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(n) = &n.node {
-                let r = &n.raw.raft;
-                eprintln!(
-                    "node {}: role {:?} term {} leader {} commit {} applied {} last {} first {}",
-                    i + 1,
-                    r.state,
-                    r.term,
-                    r.leader_id,
-                    r.raft_log.committed,
-                    n.applied(),
-                    r.raft_log.last_index(),
-                    r.raft_log.first_index()
-                );
-                if r.state == raft::StateRole::Leader {
-                    for (id, p) in r.prs().iter() {
-                        eprintln!("  progress {id}: {:?}", p);
-                    }
-                }
+                eprintln!("node {}: {}", i + 1, n.node().describe());
             }
         }
         let tail: Vec<&String> = self.log.iter().rev().take(30).collect();
@@ -183,7 +169,6 @@ impl Sim {
             if self.nodes[i].node.is_none() && self.nodes[i].down_until <= now {
                 let n = new_node(&self.nodes[i].cfg, &self.nodes[i].disk, now);
                 self.nodes[i].node = Some(n);
-                self.nodes[i].next_tick = now + TICK_MS;
                 self.log.push(format!("{now}: node {} restarted", i + 1));
             }
         }
@@ -205,20 +190,20 @@ impl Sim {
         for m in due {
             let to = m.to as usize - 1;
             if let Some(n) = self.nodes[to].node.as_mut() {
-                n.step(m);
+                n.peer_message(m);
             }
         }
-        // Ticks and client traffic.
-        for i in 0..NODES {
-            if self.nodes[i].node.is_none() {
-                continue;
-            }
-            if self.nodes[i].next_tick <= now {
-                self.nodes[i].next_tick += TICK_MS;
-                let n = self.nodes[i].node.as_mut().unwrap();
-                n.tick();
-                if now % 1000 < TICK_MS {
-                    n.broker.tick(now);
+        // The broker's timers (the server's once-a-second ticker) and
+        // client traffic; raft ticks come from the driver.
+        if now % 1000 < STEP_MS {
+            for i in 0..NODES {
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    match n.with_broker(now, now * 1000, |b, now| b.tick(now)) {
+                        Ok(_) => {}
+                        Err(e) => self.fail(&format!("node {} failed: {e}", i + 1)),
+                    }
+                    let actions: Vec<Action> = n.broker_mut().take_actions().collect();
+                    self.handle_actions(i, actions);
                 }
             }
         }
@@ -229,8 +214,8 @@ impl Sim {
         // Invariant 4.
         for i in 0..NODES {
             if let Some(n) = &self.nodes[i].node {
-                if n.broker.serving() {
-                    let t = n.term();
+                if n.broker().serving() {
+                    let t = n.node().term();
                     if let Some(other) = self.serving_terms.insert(t, i) {
                         if other != i {
                             self.fail(&format!("nodes {} and {} both served clients in term {t}", other + 1, i + 1));
@@ -241,51 +226,57 @@ impl Sim {
         }
     }
 
+    /// The server's driver loop, with the simulation's choices: a write
+    /// begins now or, a third of the time, a step later (a crash in
+    /// between loses it, as a crash during a real write would); a begun
+    /// write ends at once or, half the time, later, while the driver's
+    /// passes (and the next staging) go on.
     fn run_ready(&mut self, i: usize) {
         for _ in 0..10 {
-            let now = self.now;
+            let (now, now_us) = (self.now, self.now * 1000);
             let sn = &mut self.nodes[i];
             let Some(n) = sn.node.as_mut() else { return };
-            if n.is_held() && self.rng.chance(500_000) {
-                n.release_hold();
-            }
-            let mut early = Vec::new();
-            let out = match n.ready(now, &mut |msgs| early.extend(msgs)) {
-                Ok(o) => o,
-                Err(e) => self.fail(&format!("node {} ready failed: {e}", i + 1)),
-            };
-            early.extend(out.messages);
-            // Group commit: the write of what was staged begins now or, a
-            // third of the time, a step later (a crash in between loses
-            // it, as a crash during a real write would). A begun write
-            // ends at once or, half the time, later: Ready passes (and
-            // the next Readies' staging) go on while it runs.
             let mut more = false;
             if sn.writing.is_some() && !self.rng.chance(330_000) {
-                match n.end_flush(sn.writing.take().flatten()) {
-                    Ok(msgs) => early.extend(msgs),
-                    Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                if let Err(e) = n.end_write(sn.writing.take().flatten()) {
+                    self.fail(&format!("node {} flush failed: {e}", i + 1));
                 }
                 more = true;
             }
-            if sn.writing.is_none() && n.needs_flush() && !self.rng.chance(330_000) {
-                let result = match n.begin_flush() {
-                    Ok(job) => job.map(|j| j.run()),
+            let sn = &mut self.nodes[i];
+            let Some(n) = sn.node.as_mut() else { return };
+            match n.step(now, now_us, &|_| true) {
+                Ok(m) => more |= m,
+                Err(e) => self.fail(&format!("node {} ready failed: {e}", i + 1)),
+            }
+            let sn = &mut self.nodes[i];
+            let Some(n) = sn.node.as_mut() else { return };
+            if n.wants_write() && !self.rng.chance(330_000) {
+                let job = match n.begin_write(now, now_us) {
+                    Ok(job) => job,
                     Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
                 };
-                if self.rng.chance(500_000) {
-                    sn.writing = Some(result);
-                } else {
-                    match n.end_flush(result) {
-                        Ok(msgs) => early.extend(msgs),
-                        Err(e) => self.fail(&format!("node {} flush failed: {e}", i + 1)),
+                let sn = &mut self.nodes[i];
+                let Some(n) = sn.node.as_mut() else { return };
+                match job {
+                    Some(job) => {
+                        let result = Some(job.run());
+                        if self.rng.chance(500_000) {
+                            sn.writing = Some(result);
+                        } else if let Err(e) = n.end_write(result) {
+                            self.fail(&format!("node {} flush failed: {e}", i + 1));
+                        }
                     }
+                    None => {}
                 }
                 more = true;
             }
-            let actions: Vec<Action> = n.broker.take_actions().collect();
-            let more = more || n.has_work();
-            for m in early {
+            let sn = &mut self.nodes[i];
+            let Some(n) = sn.node.as_mut() else { return };
+            more |= n.settle(now_us);
+            let actions: Vec<Action> = n.broker_mut().take_actions().collect();
+            let out = n.take_out();
+            for m in out.messages {
                 self.check_durable_before_sent(i, &m);
                 let to = m.to as usize - 1;
                 if self.cut(i, to) || self.rng.chance(self.drop_per_million) {
@@ -362,7 +353,7 @@ impl Sim {
     }
 
     fn serving_node(&self) -> Option<usize> {
-        (0..NODES).find(|&i| self.nodes[i].node.as_ref().is_some_and(|n| n.broker.serving()))
+        (0..NODES).find(|&i| self.nodes[i].node.as_ref().is_some_and(|n| n.broker().serving()))
     }
 
     fn connect(&mut self, publisher: bool) {
@@ -375,7 +366,7 @@ impl Sim {
         let now = self.now;
         let (id, clean) = if publisher { ("pub", true) } else { ("sub", false) };
         let n = self.nodes[i].node.as_mut().unwrap();
-        n.broker.open(conn, "127.0.0.1:1".parse().unwrap(), now);
+        n.broker_mut().open(conn, "127.0.0.1:1".parse().unwrap(), now);
         let c = Connect {
             version: Version::V311,
             client_id: id.into(),
@@ -390,9 +381,12 @@ impl Sim {
         client.conn = Some((i, conn));
         client.connacked = false;
         client.outbox.clear();
-        n.broker.packet(conn, Packet::Connect(Box::new(c)), now);
+        if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.packet(conn, Packet::Connect(Box::new(c)), now)) {
+            self.fail(&format!("node {} failed: {e}", i + 1));
+        }
         self.log.push(format!("{now}: {id} connects to node {} as conn {conn}", i + 1));
-        let actions: Vec<Action> = n.broker.take_actions().collect();
+        let n = self.nodes[i].node.as_mut().unwrap();
+        let actions: Vec<Action> = n.broker_mut().take_actions().collect();
         self.handle_actions(i, actions);
     }
 
@@ -435,9 +429,12 @@ impl Sim {
             let packets: Vec<Packet> = c.outbox.drain(..).collect();
             let Some(n) = self.nodes[i].node.as_mut() else { continue };
             for p in packets {
-                n.broker.packet(conn, p, now);
+                if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.packet(conn, p, now)) {
+                    self.fail(&format!("node {} failed: {e}", i + 1));
+                }
             }
-            let actions: Vec<Action> = n.broker.take_actions().collect();
+            let Some(n) = self.nodes[i].node.as_mut() else { continue };
+            let actions: Vec<Action> = n.broker_mut().take_actions().collect();
             self.handle_actions(i, actions);
         }
     }
@@ -500,8 +497,11 @@ impl Sim {
                     }
                     self.log.push(format!("{now}: node {} closed conn {conn}", node + 1));
                     if let Some(n) = self.nodes[node].node.as_mut() {
-                        n.broker.closed(conn, now);
-                        let more: Vec<Action> = n.broker.take_actions().collect();
+                        if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.closed(conn, now)) {
+                            self.fail(&format!("node {} failed: {e}", node + 1));
+                        }
+                        let n = self.nodes[node].node.as_mut().unwrap();
+                        let more: Vec<Action> = n.broker_mut().take_actions().collect();
                         self.handle_actions(node, more);
                     }
                 }
@@ -541,7 +541,7 @@ impl Sim {
         // (periodic Tick commands keep the log moving).
         let mut applied: Vec<u64> = Vec::new();
         for _ in 0..2_000 {
-            applied = self.nodes.iter().map(|n| n.node.as_ref().unwrap().applied()).collect();
+            applied = self.nodes.iter().map(|n| n.node.as_ref().unwrap().node().applied()).collect();
             if applied.iter().all(|a| *a == applied[0]) {
                 break;
             }
@@ -550,7 +550,8 @@ impl Sim {
         if applied.iter().any(|a| *a != applied[0]) {
             self.fail(&format!("nodes did not converge: applied indexes {applied:?}"));
         }
-        let snaps: Vec<Vec<u8>> = self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker.state.snapshot()).collect();
+        let snaps: Vec<Vec<u8>> =
+            self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker().state.snapshot()).collect();
         if snaps.iter().any(|s| *s != snaps[0]) {
             self.fail(&format!("applied state differs between nodes at index {}", applied[0]));
         }
@@ -558,7 +559,7 @@ impl Sim {
 
     fn settled(&self) -> bool {
         let all_up = self.nodes.iter().all(|n| n.node.is_some());
-        let applied: Vec<u64> = self.nodes.iter().filter_map(|n| n.node.as_ref().map(|n| n.applied())).collect();
+        let applied: Vec<u64> = self.nodes.iter().filter_map(|n| n.node.as_ref().map(|n| n.node().applied())).collect();
         all_up
             && applied.iter().all(|a| *a == applied[0])
             && self.next_seq >= self.total_msgs
@@ -589,7 +590,7 @@ fn simulated_three_node_cluster_loses_nothing() {
             sim.acked.len(),
             sim.received.len(),
             sim.serving_terms.len(),
-            sim.nodes[0].node.as_ref().unwrap().applied()
+            sim.nodes[0].node.as_ref().unwrap().node().applied()
         );
         acked_total += sim.acked.len();
     }

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use midge::broker::state::State;
 use midge::broker::{Action, Broker, Settings};
+use midge::cluster::driver::CommitMode;
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
 use midge::mqtt::{Connect, Packet, Properties, Version};
@@ -28,7 +29,7 @@ fn run(node: &mut Node<MemLog>, now: u64) -> usize {
         node.propose_pending().expect("propose");
         node.ready(now, &mut |_| {}).expect("ready");
         node.flush().expect("flush");
-        for a in node.broker.take_actions() {
+        for a in node.broker_mut().take_actions() {
             if let Action::Send(_, Packet::ConnAck(c)) = a {
                 assert_eq!(c.code, 0, "CONNACK refused");
                 accepted += 1;
@@ -42,7 +43,7 @@ fn run(node: &mut Node<MemLog>, now: u64) -> usize {
 }
 
 fn connect(node: &mut Node<MemLog>, conn: u64, now: u64) {
-    node.broker.open(conn, "127.0.0.1:1".parse().unwrap(), now);
+    node.broker_mut().open(conn, "127.0.0.1:1".parse().unwrap(), now);
     let c = Connect {
         version: Version::V311,
         client_id: format!("client-{conn}"),
@@ -53,7 +54,7 @@ fn connect(node: &mut Node<MemLog>, conn: u64, now: u64) {
         will: None,
         properties: Properties::default(),
     };
-    node.broker.packet(conn, Packet::Connect(Box::new(c)), now);
+    node.broker_mut().packet(conn, Packet::Connect(Box::new(c)), now);
 }
 
 #[test]
@@ -63,7 +64,7 @@ fn lone_volatile_node_forgets_applied_entries_and_snapshots_for_a_new_member() {
     let mut node = Node::new(NodeConfig::single(1), disk.clone(), Broker::new(settings(), now), &raft_logger())
         .expect("node starts");
     run(&mut node, now);
-    assert!(node.broker.serving(), "a lone node serves at once");
+    assert!(node.broker().serving(), "a lone node serves at once");
 
     let mut accepted = 0;
     for conn in 1..=CLIENTS {
@@ -71,7 +72,7 @@ fn lone_volatile_node_forgets_applied_entries_and_snapshots_for_a_new_member() {
         accepted += run(&mut node, now);
     }
     assert_eq!(accepted as u64, CLIENTS);
-    assert_eq!(node.broker.state.sessions.len() as u64, CLIENTS);
+    assert_eq!(node.broker().state.sessions.len() as u64, CLIENTS);
 
     // One entry per CONNECT was applied; all but the last few are gone.
     let (first, last) = (disk.first_index().unwrap(), disk.last_index().unwrap());
@@ -87,7 +88,7 @@ fn lone_volatile_node_forgets_applied_entries_and_snapshots_for_a_new_member() {
     let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
     let restored = State::restore(&snap.data).expect("snapshot decodes");
     assert_eq!(restored.sessions.len() as u64, CLIENTS);
-    assert_eq!(restored.snapshot(), node.broker.state.snapshot());
+    assert_eq!(restored.snapshot(), node.broker().state.snapshot());
 }
 
 #[test]
@@ -107,13 +108,15 @@ fn stores_that_are_read_back_never_forget() {
     assert_eq!(disk.first_index().unwrap(), 2);
 }
 
-/// Ready passes until nothing is left to do; returns every action.
+/// Ready passes until nothing is left to do; returns every action. A hold
+/// after a commit ends at once (the runtime ends it 200 us later).
 fn settle(node: &mut Node<MemLog>, now: u64) -> Vec<Action> {
     let mut actions = Vec::new();
     for _ in 0..100 {
+        node.release_hold();
         node.ready(now, &mut |_| {}).expect("ready");
         node.flush().expect("flush");
-        actions.extend(node.broker.take_actions());
+        actions.extend(node.broker_mut().take_actions());
         if !node.has_work() {
             break;
         }
@@ -151,13 +154,13 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
         let disk = MemLog::volatile();
         let mut node = Node::new(NodeConfig::single(1), disk.clone(), Broker::new(settings(), now), &raft_logger())
             .expect("node starts");
-        node.apply_at_propose_allowed = early;
+        node.set_commit_mode(if early { CommitMode::AtPropose } else { CommitMode::AtCommit });
         settle(&mut node, now);
         connect(&mut node, sub, now);
         connect(&mut node, publ, now);
         settle(&mut node, now);
-        assert_eq!(node.broker.applies_at_propose(), early);
-        node.broker.packet(
+        assert_eq!(node.broker_mut().applies_at_propose(), early);
+        node.broker_mut().packet(
             sub,
             Packet::Subscribe(midge::mqtt::Subscribe {
                 packet_id: 1,
@@ -173,46 +176,46 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
 
         // Before any Ready pass: the delivery and the PUBACK are out only
         // when applying at propose; the command waits for the log.
-        node.broker.packet(publ, publish("t/1", 1), now);
-        let before = node.broker.take_actions().collect::<Vec<_>>();
+        node.broker_mut().packet(publ, publish("t/1", 1), now);
+        let before = node.broker_mut().take_actions().collect::<Vec<_>>();
         let is_publish = |p: &Packet| matches!(p, Packet::Publish(_));
         let is_puback = |p: &Packet| matches!(p, Packet::PubAck(_));
         assert_eq!(sends(&before, sub, is_publish), usize::from(early));
         assert_eq!(sends(&before, publ, is_puback), usize::from(early));
-        assert!(node.broker.has_proposals(), "the command still goes into the log");
+        assert!(node.broker_mut().has_proposals(), "the command still goes into the log");
         let after = settle(&mut node, now);
         assert_eq!(sends(&after, sub, is_publish), usize::from(!early), "delivered exactly once");
         assert_eq!(sends(&after, publ, is_puback), usize::from(!early), "acknowledged exactly once");
 
         // The subscriber goes away; its session queues each message once.
-        node.broker.closed(sub, now);
+        node.broker_mut().closed(sub, now);
         settle(&mut node, now);
         for pid in 2..=6 {
-            node.broker.packet(publ, publish(&format!("t/{pid}"), pid), now);
+            node.broker_mut().packet(publ, publish(&format!("t/{pid}"), pid), now);
             settle(&mut node, now);
         }
-        let queued = node.broker.state.sessions.get("client-1").expect("session").queue.len();
+        let queued = node.broker().state.sessions.get("client-1").expect("session").queue.len();
         assert_eq!(queued, 5, "each publish queued once (early {early})");
-        assert_eq!(node.broker.state.retained.len(), 6);
+        assert_eq!(node.broker().state.retained.len(), 6);
         assert_eq!(node.applied(), disk.last_index().unwrap(), "everything in the log is applied");
-        assert!(!node.broker.has_proposals());
-        states.push(node.broker.state.snapshot());
+        assert!(!node.broker_mut().has_proposals());
+        states.push(node.broker().state.snapshot());
 
         if early {
             // A proposal applied and not yet logged goes in before the
             // membership change, which ends applying at propose.
-            node.broker.packet(publ, publish("t/7", 7), now);
-            assert_eq!(node.broker.proposals_applied(), 1);
+            node.broker_mut().packet(publ, publish("t/7", 7), now);
+            assert_eq!(node.broker().proposals_applied(), 1);
             node.change_membership(true, 2, "127.0.0.1:1", true).expect("propose add");
-            assert!(!node.broker.applies_at_propose());
-            assert_eq!(node.broker.proposals_applied(), 0);
+            assert!(!node.broker_mut().applies_at_propose());
+            assert_eq!(node.broker().proposals_applied(), 0);
             settle(&mut node, now);
             assert_eq!(node.conf_state().voters, vec![1, 2]);
-            assert!(!node.broker.applies_at_propose(), "not alone: commit is no longer certain");
-            assert_eq!(node.broker.state.retained.len(), 7);
+            assert!(!node.broker_mut().applies_at_propose(), "not alone: commit is no longer certain");
+            assert_eq!(node.broker().state.retained.len(), 7);
             let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
             let restored = State::restore(&snap.data).expect("snapshot decodes");
-            assert_eq!(restored.snapshot(), node.broker.state.snapshot());
+            assert_eq!(restored.snapshot(), node.broker().state.snapshot());
         }
     }
     assert!(states[0] == states[1], "applying at propose and at commit end in the same state");

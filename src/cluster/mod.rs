@@ -6,6 +6,8 @@
 //! and come out of `ready`, so the deterministic simulation drives it as
 //! the server does.
 
+pub mod admin;
+pub mod driver;
 pub mod transport;
 
 use log::{info, warn};
@@ -171,8 +173,8 @@ pub struct ReadyOutput {
 }
 
 pub struct Node<L: RaftLog> {
-    pub raw: RawNode<Staged<L>>,
-    pub broker: Broker,
+    raw: RawNode<Staged<L>>,
+    broker: Broker,
     cfg: NodeConfig,
     applied: u64,
     snapshot_index: u64,
@@ -180,9 +182,9 @@ pub struct Node<L: RaftLog> {
     /// Term for which this node proposed its LeaderStart.
     leader_start_term: u64,
     /// Membership changes applied since the runtime last looked.
-    pub membership_events: Vec<MembershipEvent>,
+    membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
-    pub stats: NodeStats,
+    stats: NodeStats,
     /// The last Ready staged but not yet in a flush (see `flush`).
     unflushed_ready: Option<u64>,
     /// Messages that may leave only once the staged Readies are on disk
@@ -193,9 +195,9 @@ pub struct Node<L: RaftLog> {
     writing_msgs: Vec<Message>,
     /// This leader's proposed entries not yet committed.
     in_flight: std::collections::VecDeque<InFlight>,
-    /// Set by the runtime when writes are worth batching (a log on disk
-    /// or peers): see `is_held`.
-    pub hold_after_commit: bool,
+    /// Writes are worth batching (a log on disk or peers): see `is_held`.
+    /// From the commit mode.
+    hold_after_commit: bool,
     /// New proposals wait until the runtime calls `release_hold`.
     held: bool,
     /// The commands of this leader's latest proposals, by (index, term),
@@ -203,14 +205,14 @@ pub struct Node<L: RaftLog> {
     /// the work per message on one node). Raft's log matching property
     /// makes (index, term) name one entry's data; anything else decodes.
     proposed: std::collections::VecDeque<(u64, u64, Vec<Entry>)>,
-    /// Set by the runtime for a node without peers whose log is in
-    /// memory: while it is the lone voter and leader, its proposals apply
+    /// From the commit mode (`CommitMode::AtPropose`: a node without
+    /// peers whose log is in memory): while it is the lone voter and leader, its proposals apply
     /// as the broker makes them (`Broker::set_apply_at_propose`), since
     /// its own append commits them and cannot fail. A delivery then
     /// leaves before the log round instead of after it (docs/CONFIG.md,
     /// `persistence`, has the measurement). The same commands go into
     /// the same log, in the same order.
-    pub apply_at_propose_allowed: bool,
+    apply_at_propose_allowed: bool,
     /// Indexes of the entries applied at propose and not yet committed:
     /// their commit only advances `applied`.
     applied_early: std::collections::VecDeque<u64>,
@@ -330,6 +332,57 @@ impl<L: RaftLog> Node<L> {
 
     pub fn id(&self) -> u64 {
         self.cfg.id
+    }
+
+    /// How commands commit (see `driver::CommitMode`), set once by the
+    /// driver.
+    pub fn set_commit_mode(&mut self, mode: driver::CommitMode) {
+        self.apply_at_propose_allowed = mode == driver::CommitMode::AtPropose;
+        self.hold_after_commit = mode != driver::CommitMode::AtPropose;
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Raft's view in one line (and each peer's progress on a leader), for
+    /// failure reports.
+    pub fn describe(&self) -> String {
+        let r = &self.raw.raft;
+        let mut s = format!(
+            "role {:?} term {} leader {} commit {} applied {} last {} first {}",
+            r.state,
+            r.term,
+            r.leader_id,
+            r.raft_log.committed,
+            self.applied,
+            r.raft_log.last_index(),
+            r.raft_log.first_index()
+        );
+        if r.state == StateRole::Leader {
+            for (id, p) in r.prs().iter() {
+                s += &format!("\n  progress {id}: {p:?}");
+            }
+        }
+        s
+    }
+
+    /// Whether the raft log lives on disk (`persistence true`).
+    pub fn log_on_disk(&self) -> bool {
+        self.raw.store().on_disk()
+    }
+
+    pub fn broker_mut(&mut self) -> &mut Broker {
+        &mut self.broker
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Membership changes applied since the last call.
+    pub fn take_membership_events(&mut self) -> std::vec::Drain<'_, MembershipEvent> {
+        self.membership_events.drain(..)
     }
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader

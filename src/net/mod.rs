@@ -7,14 +7,12 @@
 
 mod cluster_io;
 mod conn;
-mod control;
 pub use cluster_io::health;
 mod io;
 mod park;
 pub mod proxy_header;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,11 +24,12 @@ use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 
 use crate::broker::{Action, Broker, ConnId};
+use crate::cluster::driver::Driver;
 use crate::cluster::transport::{Advertised, Peers};
-use crate::cluster::Node;
+use crate::cluster::MembershipEvent;
 use crate::config::{FollowerMode, Listener};
 use crate::mqtt::codec::{decode, encode};
-use crate::mqtt::{Packet, QoS, Version};
+use crate::mqtt::Version;
 use crate::store::{FlushResult, RaftLog};
 use conn::{ReadBuf, TcpConn};
 use io::{SmolIo, Tcp};
@@ -40,21 +39,11 @@ use smol::Async;
 /// Read buffer of a connection that reads (see `ReadBuf`).
 const READ_BUFFER_BYTES_MIN: usize = 256;
 const READ_BUFFER_BYTES_BUSY: usize = 64 * 1024;
-/// How long a leader keeps the lead before handing it to the preferred one.
-const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// In a cluster, how long a new connection may take to send its first
 /// bytes (which tell a forwarded connection from a client's own).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long after a commit a leader holds its next entry, for the clients
-/// that commit answered to send more (see `Node::is_held`); a hold that
-/// begins later than this after the last commit ends at once. Measured
-/// with a windowed 1->1 QoS 1 load on three nodes (holds of 50 to 300 us);
-/// see docs/CONFIG.md `persistence_fsync`.
-const COMMIT_HOLD: Duration = Duration::from_micros(200);
-/// Connections a commit's hold waits to hear from, at most.
-const AWAITED_MAX: usize = 64;
 
 /// Per-connection output side, shared by the reader (which fills it through
 /// the broker) and the writer (which drains it to the socket). Every
@@ -204,25 +193,22 @@ fn poll_bell(
 }
 
 pub struct Server<L: RaftLog> {
-    node: RefCell<Node<L>>,
+    /// The commit pipeline (raft node and broker); this runtime performs
+    /// what it asks for.
+    driver: RefCell<Driver<L>>,
     peers: Rc<Peers>,
     /// Wakes the raft driver: proposals or peer messages are waiting.
     driver_bell: Doorbell,
-    tick_ms: u64,
     /// (FxHash: SipHash was 3% of the work per message here.)
     conns: RefCell<fxhash::FxHashMap<ConnId, Rc<ConnIo>>>,
     /// Idle plain TCP connections without a task (None: cannot park).
     parking: Option<Parking>,
-    /// One voter and an in-memory log: run the Ready loop right after the
-    /// broker proposes (see with_broker).
-    inline_ready: bool,
-    /// The log is on disk: Ready passes stage their writes and the driver
-    /// flushes them together (group commit).
-    defer_flush: bool,
     /// TLS handshakes in progress (they count against max_connections).
     handshakes: Cell<usize>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
+    /// Start of the monotonic clock handed to the driver.
+    epoch: Instant,
     out_buffer_bytes_max: usize,
     packet_bytes_max: u32,
     connections_max: usize,
@@ -231,23 +217,9 @@ pub struct Server<L: RaftLog> {
     /// More than one voter: followers steer clients per `mode`.
     clustered: bool,
     mode: FollowerMode,
-    preferred_leader: Option<u64>,
-    last_transfer_ms: Cell<u64>,
-    /// (term, time) this node last became leader.
-    leader_since: Cell<(u64, u64)>,
-    /// Where peers serve (client and admin listeners), from their
-    /// transport hello.
-    advertised: RefCell<HashMap<u64, Advertised>>,
-    known_peers: RefCell<std::collections::BTreeSet<u64>>,
     executor: RefCell<Option<Rc<LocalExecutor<'static>>>>,
     /// `busy_poll_us` (zero: off); see `busy_polling`.
     busy_poll: Duration,
-    /// When the last Ready pass applied entries (see `Node::is_held`).
-    last_applied: Cell<Instant>,
-    /// Connections the last commit sent packets that call for an answer
-    /// (see `expects_answer`), each with how many packets it has yet to
-    /// send back (at most `AWAITED_MAX` connections).
-    awaited: RefCell<Vec<(ConnId, u32)>>,
     /// When a client's input last arrived (kept only with busy polling).
     last_input: Cell<Option<Instant>>,
     /// Client inputs taken, and whether `keep_reactor` rests until the
@@ -277,17 +249,6 @@ fn or_exit<T>(r: Result<T, crate::cluster::NodeError>) -> T {
     }
 }
 
-/// Whether a client usually answers `p` with a packet: a PUBLISH with QoS
-/// 1 or 2 with its acknowledgement, a PUBACK (and the rest of QoS 2) with
-/// the next PUBLISH of a streaming publisher.
-fn expects_answer(p: &Packet) -> bool {
-    match p {
-        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => true,
-        Packet::Publish(p) => p.qos != QoS::AtMostOnce,
-        _ => false,
-    }
-}
-
 /// Wall-clock milliseconds, never going backwards within this process.
 /// Commands carry this time so that every node of a cluster sees the same.
 pub fn wall_ms() -> u64 {
@@ -296,44 +257,32 @@ pub fn wall_ms() -> u64 {
 
 impl<L: RaftLog + 'static> Server<L> {
     pub fn new(
-        mut node: Node<L>,
+        driver: Driver<L>,
         peers: Rc<Peers>,
-        tick_ms: u64,
         nodelay: bool,
         mode: FollowerMode,
-        preferred_leader: Option<u64>,
         busy_poll: Duration,
     ) -> Rc<Server<L>> {
-        let clustered = node.conf_state().voters.len() > 1;
-        let defer_flush = node.raw.store().on_disk();
-        let inline_ready = !clustered && !defer_flush;
-        node.hold_after_commit = !inline_ready;
-        let connection_messages = node.broker.settings.connection_messages;
-        let lim = node.broker.settings.limits.clone();
+        let clustered = driver.node().conf_state().voters.len() > 1;
+        let settings = driver.broker().settings.clone();
+        let lim = &settings.limits;
         Rc::new(Server {
-            node: RefCell::new(node),
+            driver: RefCell::new(driver),
             peers,
             driver_bell: Doorbell::default(),
-            tick_ms,
             conns: RefCell::new(fxhash::FxHashMap::default()),
             parking: Parking::new(),
-            inline_ready,
-            defer_flush,
             handshakes: Cell::new(0),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
+            epoch: Instant::now(),
             out_buffer_bytes_max: lim.out_buffer_bytes_max as usize,
             packet_bytes_max: lim.packet_bytes_max,
             connections_max: lim.connections_max as usize,
             nodelay,
-            connection_messages,
+            connection_messages: settings.connection_messages,
             clustered,
             mode,
-            preferred_leader,
-            last_transfer_ms: Cell::new(0),
-            leader_since: Cell::new((0, 0)),
-            advertised: RefCell::new(HashMap::new()),
-            known_peers: RefCell::new(Default::default()),
             executor: RefCell::new(None),
             busy_poll,
             last_input: Cell::new(None),
@@ -342,9 +291,12 @@ impl<L: RaftLog + 'static> Server<L> {
             keeper_bell: Doorbell::default(),
             spare_actions: Cell::default(),
             spare_ids: Cell::default(),
-            last_applied: Cell::new(Instant::now()),
-            awaited: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The driver's monotonic clock, in microseconds.
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     pub fn now(&self) -> u64 {
@@ -355,34 +307,37 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// Run `f` on the broker, then carry out the actions it produced.
     fn with_broker<R>(&self, f: impl FnOnce(&mut Broker, u64) -> R) -> R {
-        let now = self.now();
-        let mut node = self.node.borrow_mut();
-        let r = f(&mut node.broker, now);
-        for (conn, req) in node.broker.take_control_requests() {
-            let leader = node.leader_id();
-            let admin = self.advertised.borrow().get(&leader).and_then(|a| a.admin.clone());
-            let reply = control::handle(&mut node, admin.as_deref(), &req);
-            node.broker.admin_reply(conn, reply);
+        let (now, now_us) = (self.now(), self.now_us());
+        let mut d = self.driver.borrow_mut();
+        let (r, wake) = or_exit(d.with_broker(now, now_us, f));
+        self.perform(&mut d);
+        drop(d);
+        if wake {
             self.driver_bell.ring();
         }
-        self.dispatch(&mut node.broker);
-        if node.broker.has_proposals() {
-            // Subscribers' acknowledgements alone wait for the driver's
-            // pass: a PUBLISH that arrived with them is then read first
-            // and both go into one entry (in a QoS 1 ping-pong the next
-            // PUBLISH no longer waits for a raft round of the last PUBACK).
-            if self.inline_ready && !node.broker.proposals_lazy() {
-                // One node, log in memory: commit at once instead of a hop
-                // through the driver task (no fsync to batch for).
-                drop(node);
-                if self.ready_pass() {
-                    self.driver_bell.ring();
+        r
+    }
+
+    /// Carry out what the driver asks for: the broker's actions into the
+    /// connections, raft messages to peers, peers to start or stop.
+    fn perform(&self, d: &mut Driver<L>) {
+        self.dispatch(d.broker_mut());
+        let out = d.take_out();
+        for ev in out.membership {
+            match ev {
+                MembershipEvent::Added { id, addr } => {
+                    if !addr.is_empty() {
+                        if let Some(ex) = self.executor.borrow().as_ref() {
+                            self.peers.add(ex, id, addr);
+                        }
+                    }
                 }
-            } else {
-                self.driver_bell.ring();
+                MembershipEvent::Removed { id } => self.peers.remove(id),
             }
         }
-        r
+        for m in &out.messages {
+            self.peers.send(m);
+        }
     }
 
     /// Run `fut` (the executor) with busy polling (`busy_poll_us`): for
@@ -403,18 +358,6 @@ impl<L: RaftLog + 'static> Server<L> {
             r
         })
         .await
-    }
-
-    /// `packets` came in from `id`: count them against what the last
-    /// commit awaits from it.
-    fn heard_from(&self, id: ConnId, packets: u32) {
-        let mut w = self.awaited.borrow_mut();
-        if let Some(i) = w.iter().position(|(c, _)| *c == id) {
-            w[i].1 = w[i].1.saturating_sub(packets);
-            if w[i].1 == 0 {
-                w.swap_remove(i);
-            }
-        }
     }
 
     /// Encode the broker's actions into the connections' buffers.
@@ -487,29 +430,26 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// A raft message from a peer.
     pub fn deliver_peer_message(&self, m: raft::eraftpb::Message) {
-        self.node.borrow_mut().step(m);
+        self.driver.borrow_mut().peer_message(m);
         self.driver_bell.ring();
     }
 
-    /// The raft driver: ticks, proposals, the Ready loop, and the disk
-    /// writes (one at a time, each on a blocking thread; the Ready loop
-    /// goes on meanwhile and stages what comes for the next write).
+    /// Runs the driver: wakes it at its time, on its bell and when a write
+    /// ends; performs what it asks for, and runs its writes (one at a
+    /// time, each on a blocking thread; the driver goes on meanwhile and
+    /// stages what comes for the next write).
     pub async fn driver(self: Rc<Self>) {
-        let tick = Duration::from_millis(self.tick_ms);
-        let mut next_tick = Instant::now() + tick;
         let mut write: Option<smol::Task<FlushResult>> = None;
-        // When held proposals go (see `Node::is_held`).
-        let mut hold_until: Option<Instant> = None;
         // One timer, moved only when the wake-up time changes: a new timer
         // on every pass cost a reactor notification (an eventfd write and
         // an extra epoll round) per message.
-        let mut timer = smol::Timer::at(next_tick);
-        let mut timer_at = next_tick;
+        let mut timer_at = self.driver.borrow().next_wake_us();
+        let mut timer = smol::Timer::at(self.epoch + Duration::from_micros(timer_at));
         loop {
-            let wake = hold_until.map_or(next_tick, |t| t.min(next_tick));
+            let wake = self.driver.borrow().next_wake_us();
             // (A timer that fired stays silent until it is set again.)
-            if wake != timer_at || timer_at <= Instant::now() {
-                timer.set_at(wake);
+            if wake != timer_at || timer_at <= self.now_us() {
+                timer.set_at(self.epoch + Duration::from_micros(wake));
                 timer_at = wake;
             }
             let written = futures_lite::future::or(
@@ -532,134 +472,38 @@ impl<L: RaftLog + 'static> Server<L> {
             )
             .await;
             let mut again = false;
+            let mut d = self.driver.borrow_mut();
             if let Some(result) = written {
                 write = None;
-                self.end_flush(Some(result));
+                or_exit(d.end_write(Some(result)));
                 // The write may have committed entries (the leader counts
                 // itself once its own write is done).
                 again = true;
             }
-            if Instant::now() >= next_tick {
-                self.node.borrow_mut().tick();
-                self.upkeep(self.now());
-                next_tick += tick;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + tick;
-                }
-            }
-            // The hold ends at its time, or once every client the commit
-            // answered has sent as many packets as it got.
-            if hold_until.is_some_and(|t| Instant::now() >= t || self.awaited.borrow().is_empty()) {
-                hold_until = None;
-                self.node.borrow_mut().release_hold();
-            }
-            again |= self.ready_passes();
-            if write.is_none() && self.node.borrow().needs_flush() {
+            again |= or_exit(d.step(self.now(), self.now_us(), &|id| self.peers.connected(id)));
+            self.perform(&mut d);
+            if write.is_none() && d.wants_write() {
                 // Group commit: let the connections run before the write,
                 // so that what is already committed (PUBACKs, deliveries)
                 // goes out now rather than after the fsync; then stage
                 // what arrived meanwhile and write it all at once.
+                drop(d);
                 futures_lite::future::yield_now().await;
-                self.ready_passes();
+                d = self.driver.borrow_mut();
                 // The write and its fsync run on a blocking thread; the
                 // event loop serves clients and peers meanwhile.
-                let job = or_exit(self.node.borrow_mut().begin_flush());
-                match job {
+                match or_exit(d.begin_write(self.now(), self.now_us())) {
                     Some(job) => write = Some(smol::unblock(move || job.run())),
-                    None => {
-                        self.end_flush(None);
-                        again = true;
-                    }
+                    None => again = true,
                 }
+                self.perform(&mut d);
             }
-            if hold_until.is_none() && self.node.borrow().is_held() {
-                let until = self.last_applied.get() + COMMIT_HOLD;
-                if until <= Instant::now() {
-                    // The commit is long past: nobody it answered is
-                    // still about to send.
-                    self.node.borrow_mut().release_hold();
-                    again = true;
-                } else {
-                    hold_until = Some(until);
-                }
-            }
+            again |= d.settle(self.now_us());
+            drop(d);
             if again {
                 self.driver_bell.ring();
             }
         }
-    }
-
-    /// Ends a flush: raft learns what is on disk, and the messages that
-    /// waited for it leave.
-    fn end_flush(&self, result: Option<FlushResult>) {
-        let msgs = or_exit(self.node.borrow_mut().end_flush(result));
-        for m in &msgs {
-            self.peers.send(m);
-        }
-    }
-
-    /// Ready passes until none is left, bounded; true when more work is
-    /// ready.
-    fn ready_passes(&self) -> bool {
-        for _ in 0..8 {
-            if !self.ready_pass() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// One pass of the raft Ready loop and what follows from it; true when
-    /// more work is ready. With the log on disk the pass only stages its
-    /// writes (the driver flushes them); in memory there is nothing to
-    /// batch for, so it writes at once and runs the pass that follows.
-    fn ready_pass(&self) -> bool {
-        let now = self.now();
-        let mut node = self.node.borrow_mut();
-        let peers = self.peers.clone();
-        let mut send = |msgs: Vec<raft::eraftpb::Message>| {
-            for m in &msgs {
-                peers.send(m);
-            }
-        };
-        let mut out = or_exit(node.ready(now, &mut send));
-        let applied = out.applied_entries > 0;
-        if applied {
-            self.last_applied.set(Instant::now());
-        }
-        if !self.defer_flush {
-            out.messages.extend(or_exit(node.flush()));
-            out.messages.extend(or_exit(node.ready(now, &mut send)).messages);
-        }
-        if applied && !self.inline_ready {
-            // Whom this commit answers: the hold after it ends once each
-            // has spoken (see the driver).
-            let mut w = self.awaited.borrow_mut();
-            w.clear();
-            for a in node.broker.actions() {
-                if let Action::Send(id, p) = a {
-                    if !expects_answer(p) {
-                        continue;
-                    }
-                    match w.iter().position(|(c, _)| c == id) {
-                        Some(i) => w[i].1 += 1,
-                        None if w.len() < AWAITED_MAX => w.push((*id, 1)),
-                        None => {}
-                    }
-                }
-            }
-        }
-        self.dispatch(&mut node.broker);
-        let events = std::mem::take(&mut node.membership_events);
-        let again = node.has_work();
-        drop(node);
-        for ev in events {
-            self.on_membership(ev);
-        }
-        for m in &out.messages {
-            self.peers.send(m);
-        }
-        again
     }
 
     /// Accept MQTT clients on one listener. A follower steers them per
@@ -672,7 +516,7 @@ impl<L: RaftLog + 'static> Server<L> {
         // A single node accepts clients once it serves (a few ms after
         // start), so the first CONNECT is never refused.
         if !self.clustered {
-            while !self.node.borrow().broker.serving() {
+            while !self.driver.borrow().broker().serving() {
                 smol::Timer::after(Duration::from_millis(5)).await;
             }
         }
@@ -770,13 +614,11 @@ impl<L: RaftLog + 'static> Server<L> {
             Err(e) => return info!("Closing connection from {peer} on port {}: {e}.", l.port),
         }
         if self.mode == FollowerMode::Proxy && !self.is_leader() {
-            let leader = self.node.borrow().leader_id();
-            let target = self
-                .advertised
-                .borrow()
-                .get(&leader)
-                .and_then(|a| a.listener_for(index, l.tls.is_some()))
-                .map(String::from);
+            let (leader, target) = {
+                let d = self.driver.borrow();
+                let leader = d.node().leader_id();
+                (leader, d.advertised(leader).and_then(|a| a.listener_for(index, l.tls.is_some())).map(String::from))
+            };
             match target {
                 Some(addr) if leader != 0 => {
                     debug!("Proxying connection from {peer} to the leader (node {leader}) at {addr}.");
@@ -826,88 +668,16 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.node.borrow().is_leader()
-    }
-
-    /// The current leader's first client listener, if it is another node
-    /// (the Server Reference of `cluster_follower_mode redirect`).
-    pub fn leader_client_addr(&self) -> Option<String> {
-        let node = self.node.borrow();
-        let leader = node.leader_id();
-        if leader == 0 || leader == node.id() {
-            return None;
-        }
-        self.advertised.borrow().get(&leader).and_then(|a| a.listeners.first()).map(|l| l.addr.clone())
+        self.driver.borrow().node().is_leader()
     }
 
     /// A peer's hello: where it serves.
     pub fn set_advertised(&self, id: u64, a: Advertised) {
-        self.advertised.borrow_mut().insert(id, a);
-    }
-
-    /// Per tick: redirect target, $SYS cluster values, preferred leader.
-    fn upkeep(&self, now: u64) {
-        let redirect = if self.mode == FollowerMode::Redirect { self.leader_client_addr() } else { None };
-        let mut node = self.node.borrow_mut();
-        node.broker.redirect = redirect;
-        let st = node.status();
-        let online = st.voters.iter().filter(|id| **id == st.node_id || self.peers.connected(**id)).count();
-        let mut sys = vec![
-            ("role", st.role.to_string()),
-            ("node_id", st.node_id.to_string()),
-            ("leader_id", st.leader_id.to_string()),
-            ("term", st.term.to_string()),
-            ("voting_nodes/total", st.voters.len().to_string()),
-            ("voting_nodes/online", online.to_string()),
-            ("commit_index", st.commit_index.to_string()),
-            ("applied_index", st.applied_index.to_string()),
-            ("batch/proposals", node.stats.proposals.to_string()),
-            ("batch/commands", node.stats.commands.to_string()),
-            ("batch/persists", node.stats.persists.to_string()),
-            ("batch/persisted_entries", node.stats.persisted_entries.to_string()),
-        ];
-        for (id, lag) in &st.peer_lag {
-            let name: &'static str = match id {
-                1 => "peers/1/lag",
-                2 => "peers/2/lag",
-                3 => "peers/3/lag",
-                4 => "peers/4/lag",
-                5 => "peers/5/lag",
-                _ => "peers/other/lag",
-            };
-            sys.push((name, lag.to_string()));
-        }
-        node.broker.cluster_sys = sys;
-        if node.is_leader() && self.leader_since.get().0 != node.term() {
-            self.leader_since.set((node.term(), now));
-        }
-        if let Some(p) = self.preferred_leader {
-            let me = node.id();
-            // A leader keeps the lead for a while first, so that a manual
-            // transfer (midge ctl) is not undone at once.
-            if node.is_leader()
-                && now.saturating_sub(self.leader_since.get().1) > PREFERRED_LEADER_GRACE_MS
-                && p != me
-                && node.caught_up(p)
-                && now.saturating_sub(self.last_transfer_ms.get()) > 3_000
-            {
-                info!("Handing leadership to preferred leader node {p} (caught up).");
-                self.last_transfer_ms.set(now);
-                node.transfer_leader(p);
-            }
-        }
+        self.driver.borrow_mut().peer_hello(id, a);
     }
 
     pub fn status_json(&self) -> (bool, String) {
-        let node = self.node.borrow();
-        let st = node.status();
-        let lag = st.commit_index.saturating_sub(st.applied_index);
-        let mut v = serde_json::to_value(&st).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("lag".into(), lag.into());
-            o.insert("batching".into(), serde_json::to_value(node.stats).unwrap_or_default());
-        }
-        (st.serving, v.to_string())
+        self.driver.borrow().status_json()
     }
 
     /// Accept management clients on the admin listener (every node).
@@ -1025,10 +795,10 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 }
             }
-            self.heard_from(id, packets);
-            Some(pos)
+            Some((pos, packets))
         });
-        let Some(consumed) = consumed else { return false };
+        let Some((consumed, packets)) = consumed else { return false };
+        self.driver.borrow_mut().heard_from(id, packets);
         rb.consumed(consumed, n, room);
         true
     }
@@ -1093,45 +863,17 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
-    fn on_membership(&self, ev: crate::cluster::MembershipEvent) {
-        use crate::cluster::MembershipEvent;
-        match ev {
-            MembershipEvent::Added { id, addr } => {
-                self.known_peers.borrow_mut().insert(id);
-                if !addr.is_empty() {
-                    if let Some(ex) = self.executor.borrow().as_ref() {
-                        self.peers.add(ex, id, addr);
-                    }
-                }
-            }
-            MembershipEvent::Removed { id } => {
-                self.known_peers.borrow_mut().remove(&id);
-                self.peers.remove(id);
-            }
-        }
-    }
-
     /// Nodes allowed to talk raft to this one.
     pub fn is_known_peer(&self, id: u64) -> bool {
-        self.known_peers.borrow().contains(&id)
+        self.driver.borrow().is_known_peer(id)
     }
 
-    /// Start the peer senders for `addrs` (config lines and addresses
-    /// learnt from membership changes) on `ex`.
-    pub fn start_peers(&self, ex: &Rc<LocalExecutor<'static>>, addrs: &[(u64, String)]) {
+    /// Start the peer senders for the `cluster_peer` lines and the
+    /// addresses learnt from membership changes, on `ex`.
+    pub fn start_peers(&self, ex: &Rc<LocalExecutor<'static>>, configured: &[(u64, String)]) {
         *self.executor.borrow_mut() = Some(ex.clone());
-        let mut all: std::collections::BTreeMap<u64, String> = addrs.iter().cloned().collect();
-        {
-            let node = self.node.borrow();
-            for (id, a) in &node.broker.state.peer_addrs {
-                all.entry(*id).or_insert_with(|| a.clone());
-            }
-            let mut known = self.known_peers.borrow_mut();
-            known.extend(node.conf_state().voters.iter().copied());
-            known.extend(node.conf_state().learners.iter().copied());
-        }
+        let all = self.driver.borrow_mut().peer_addrs(configured);
         for (id, a) in all {
-            self.known_peers.borrow_mut().insert(id);
             self.peers.add(ex, id, a);
         }
     }

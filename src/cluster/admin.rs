@@ -14,7 +14,7 @@
 
 use serde_json::{json, Value};
 
-use crate::cluster::Node;
+use super::Node;
 use crate::store::RaftLog;
 
 /// Largest number of commands one request may carry.

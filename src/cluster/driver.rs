@@ -1,0 +1,468 @@
+//! The commit pipeline, without I/O: one `Driver` owns the raft node (and
+//! through it the broker) and decides when commands are proposed, when the
+//! Ready loop runs, when the log is written, how long a commit holds the
+//! next entry, and the per-tick upkeep (preferred leader, `$SYS` cluster
+//! values, the redirect target). It takes inputs — the time, peer messages,
+//! a finished write, broker input — and leaves what to do in `Out`: raft
+//! messages for peers and membership changes for the transport. The
+//! runtime (`src/net`) performs them, runs the write job it hands out on a
+//! blocking thread, and wakes it at `next_wake_us`. The simulation
+//! (`tests/sim_cluster.rs`) runs the same driver.
+//!
+//! Times: `now_ms` is wall-clock milliseconds (it goes into commands and
+//! must agree across nodes); `now_us` is a monotonic microsecond clock for
+//! the driver's own timing (ticks, the commit hold).
+
+use std::collections::{BTreeSet, HashMap};
+
+use log::info;
+use raft::eraftpb::Message;
+
+use super::admin;
+use super::transport::Advertised;
+use super::{MembershipEvent, Node, NodeError};
+use crate::broker::{Action, Broker, ConnId};
+use crate::config::FollowerMode;
+use crate::mqtt::{Packet, QoS};
+use crate::store::{FlushJob, FlushResult, RaftLog};
+
+/// How commands commit: one named mode, chosen once at start from where
+/// the log lives and whether the node has peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitMode {
+    /// A lone node (no `cluster_peer` lines) with its log in memory: its
+    /// own append commits an entry and cannot fail, so each command
+    /// applies as the broker proposes it and its effects (a delivery, a
+    /// PUBACK) leave before the log round; the Ready loop runs at once
+    /// after the broker's input, with no hold and nothing to batch for.
+    AtPropose,
+    /// Log in memory, with peers: commands apply when raft commits them;
+    /// each Ready pass writes at once (there is no fsync to batch for);
+    /// a commit holds the next entry briefly (see `COMMIT_HOLD`).
+    AtCommit,
+    /// Log on disk: commands apply when committed; Ready passes stage
+    /// their writes and one durable write (one fsync) takes everything
+    /// staged, on a blocking thread, while the passes go on (group
+    /// commit); a commit holds the next entry briefly.
+    AtCommitDurable,
+}
+
+impl CommitMode {
+    /// The mode for a log on disk or not, with or without peers.
+    pub fn choose(log_on_disk: bool, has_peers: bool) -> CommitMode {
+        match (log_on_disk, has_peers) {
+            (true, _) => CommitMode::AtCommitDurable,
+            (false, true) => CommitMode::AtCommit,
+            (false, false) => CommitMode::AtPropose,
+        }
+    }
+}
+
+/// How long after a commit a leader holds its next entry, for the clients
+/// that commit answered to send more (see `Node::is_held`); a hold that
+/// begins later than this after the last commit ends at once. Measured
+/// with a windowed 1->1 QoS 1 load on three nodes (holds of 50 to 300 us);
+/// see docs/CONFIG.md `persistence_fsync`.
+pub const COMMIT_HOLD_US: u64 = 200;
+/// Connections a commit's hold waits to hear from, at most.
+const AWAITED_MAX: usize = 64;
+/// How long a leader keeps the lead before handing it to the preferred one.
+const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
+/// Ready passes in one go, at most (the runtime is told to come back).
+const READY_PASSES_MAX: usize = 8;
+
+/// What the runtime is to do after a call.
+#[derive(Default)]
+pub struct Out {
+    /// Raft messages for peers.
+    pub messages: Vec<Message>,
+    /// Peers to start or stop talking to.
+    pub membership: Vec<MembershipEvent>,
+}
+
+pub struct Driver<L: RaftLog> {
+    node: Node<L>,
+    mode: CommitMode,
+    steering: FollowerMode,
+    preferred_leader: Option<u64>,
+    tick_us: u64,
+    next_tick_us: u64,
+    /// When held proposals go (see `Node::is_held`).
+    hold_until_us: Option<u64>,
+    /// When the last Ready pass applied entries.
+    last_applied_us: u64,
+    /// Connections the last commit sent packets that call for an answer
+    /// (see `expects_answer`), each with how many packets it has yet to
+    /// send back (at most `AWAITED_MAX` connections).
+    awaited: Vec<(ConnId, u32)>,
+    /// A write job is out (between `begin_write` and `end_write`).
+    writing: bool,
+    last_transfer_ms: u64,
+    /// (term, time) this node last became leader.
+    leader_since: (u64, u64),
+    /// Where peers serve, from their transport hello.
+    advertised: HashMap<u64, Advertised>,
+    /// Nodes allowed to talk raft to this one.
+    known_peers: BTreeSet<u64>,
+    out: Out,
+}
+
+/// Whether a client usually answers `p` with a packet: a PUBLISH with QoS
+/// 1 or 2 with its acknowledgement, a PUBACK (and the rest of QoS 2) with
+/// the next PUBLISH of a streaming publisher.
+fn expects_answer(p: &Packet) -> bool {
+    match p {
+        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => true,
+        Packet::Publish(p) => p.qos != QoS::AtMostOnce,
+        _ => false,
+    }
+}
+
+impl<L: RaftLog> Driver<L> {
+    pub fn new(
+        mut node: Node<L>,
+        mode: CommitMode,
+        steering: FollowerMode,
+        preferred_leader: Option<u64>,
+        tick_ms: u64,
+        now_us: u64,
+    ) -> Driver<L> {
+        node.set_commit_mode(mode);
+        let mut known_peers = BTreeSet::new();
+        known_peers.extend(node.conf_state().voters.iter().copied());
+        known_peers.extend(node.conf_state().learners.iter().copied());
+        Driver {
+            node,
+            mode,
+            steering,
+            preferred_leader,
+            tick_us: tick_ms * 1000,
+            next_tick_us: now_us + tick_ms * 1000,
+            hold_until_us: None,
+            last_applied_us: now_us,
+            awaited: Vec::new(),
+            writing: false,
+            last_transfer_ms: 0,
+            leader_since: (0, 0),
+            advertised: HashMap::new(),
+            known_peers,
+            out: Out::default(),
+        }
+    }
+
+    pub fn mode(&self) -> CommitMode {
+        self.mode
+    }
+
+    pub fn node(&self) -> &Node<L> {
+        &self.node
+    }
+
+    pub fn node_mut(&mut self) -> &mut Node<L> {
+        &mut self.node
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.node.broker
+    }
+
+    pub fn broker_mut(&mut self) -> &mut Broker {
+        &mut self.node.broker
+    }
+
+    /// What the runtime is to do (taken: the next call starts afresh).
+    pub fn take_out(&mut self) -> Out {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Run `f` (client input, the broker's timers) on the broker, then
+    /// answer management requests and, in `AtPropose` mode, run the Ready
+    /// loop at once. True when the runtime should run `step` soon.
+    pub fn with_broker<R>(
+        &mut self,
+        now_ms: u64,
+        now_us: u64,
+        f: impl FnOnce(&mut Broker, u64) -> R,
+    ) -> Result<(R, bool), NodeError> {
+        let r = f(&mut self.node.broker, now_ms);
+        let mut wake = false;
+        for (conn, req) in self.node.broker.take_control_requests() {
+            let leader = self.node.leader_id();
+            let leader_admin = self.advertised.get(&leader).and_then(|a| a.admin.clone());
+            let reply = admin::handle(&mut self.node, leader_admin.as_deref(), &req);
+            self.node.broker.admin_reply(conn, reply);
+            wake = true;
+        }
+        if self.node.broker.has_proposals() {
+            // Subscribers' acknowledgements alone wait for the driver's
+            // pass: a PUBLISH that arrived with them is then read first
+            // and both go into one entry (in a QoS 1 ping-pong the next
+            // PUBLISH no longer waits for a raft round of the last PUBACK).
+            if self.mode == CommitMode::AtPropose && !self.node.broker.proposals_lazy() {
+                // Commit at once instead of a hop through the driver task
+                // (no fsync to batch for).
+                wake |= self.ready_pass(now_ms, now_us)?;
+            } else {
+                wake = true;
+            }
+        }
+        Ok((r, wake))
+    }
+
+    /// `packets` came in from `conn`: count them against what the last
+    /// commit awaits from it.
+    pub fn heard_from(&mut self, conn: ConnId, packets: u32) {
+        if let Some(i) = self.awaited.iter().position(|(c, _)| *c == conn) {
+            self.awaited[i].1 = self.awaited[i].1.saturating_sub(packets);
+            if self.awaited[i].1 == 0 {
+                self.awaited.swap_remove(i);
+            }
+        }
+    }
+
+    /// A raft message from a peer.
+    pub fn peer_message(&mut self, m: Message) {
+        self.node.step(m);
+    }
+
+    /// A peer's hello: where it serves.
+    pub fn peer_hello(&mut self, id: u64, a: Advertised) {
+        self.advertised.insert(id, a);
+    }
+
+    /// Where peer `id` serves, as its hello said.
+    pub fn advertised(&self, id: u64) -> Option<&Advertised> {
+        self.advertised.get(&id)
+    }
+
+    /// Whether node `id` may talk raft to this one.
+    pub fn is_known_peer(&self, id: u64) -> bool {
+        self.known_peers.contains(&id)
+    }
+
+    /// Peers' raft addresses: `configured` (the `cluster_peer` lines) and
+    /// those learnt from membership changes; the runtime dials them.
+    pub fn peer_addrs(&mut self, configured: &[(u64, String)]) -> Vec<(u64, String)> {
+        let mut all: std::collections::BTreeMap<u64, String> = configured.iter().cloned().collect();
+        for (id, a) in self.node.broker.state.peer_addrs.iter() {
+            all.entry(*id).or_insert_with(|| a.clone());
+        }
+        self.known_peers.extend(all.keys().copied());
+        all.into_iter().filter(|(id, _)| *id != self.node.id()).collect()
+    }
+
+    /// The current leader's first client listener, if another node leads
+    /// (the Server Reference of `cluster_follower_mode redirect`).
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let leader = self.node.leader_id();
+        if leader == 0 || leader == self.node.id() {
+            return None;
+        }
+        self.advertised.get(&leader).and_then(|a| a.listeners.first()).map(|l| l.addr.clone())
+    }
+
+    /// When the runtime must call `step` at the latest.
+    pub fn next_wake_us(&self) -> u64 {
+        self.hold_until_us.map_or(self.next_tick_us, |t| t.min(self.next_tick_us))
+    }
+
+    /// Timers and Ready passes: a raft tick when due (and the upkeep that
+    /// goes with it), the end of a commit hold, then Ready passes until
+    /// none is left (bounded). True when more work is ready. `connected`
+    /// tells whether the transport's link to a peer is up ($SYS).
+    pub fn step(&mut self, now_ms: u64, now_us: u64, connected: &dyn Fn(u64) -> bool) -> Result<bool, NodeError> {
+        if now_us >= self.next_tick_us {
+            self.node.tick();
+            self.upkeep(now_ms, connected);
+            self.next_tick_us += self.tick_us;
+            if self.next_tick_us < now_us {
+                self.next_tick_us = now_us + self.tick_us;
+            }
+        }
+        // The hold ends at its time, or once every client the commit
+        // answered has sent as many packets as it got.
+        if self.hold_until_us.is_some_and(|t| now_us >= t || self.awaited.is_empty()) {
+            self.hold_until_us = None;
+            self.node.release_hold();
+        }
+        self.ready_passes(now_ms, now_us)
+    }
+
+    /// Whether a write should begin now (none is out and something is
+    /// staged). The runtime lets its connections run first, so that what
+    /// is already committed goes out before the fsync, then calls
+    /// `begin_write`.
+    pub fn wants_write(&self) -> bool {
+        !self.writing && self.node.needs_flush()
+    }
+
+    /// Stage what arrived meanwhile and hand out the write of everything
+    /// staged (group commit); `None` when there was nothing to write (the
+    /// flush is over at once: call `step` again).
+    pub fn begin_write(&mut self, now_ms: u64, now_us: u64) -> Result<Option<FlushJob>, NodeError> {
+        self.ready_passes(now_ms, now_us)?;
+        match self.node.begin_flush()? {
+            Some(job) => {
+                self.writing = true;
+                Ok(Some(job))
+            }
+            None => {
+                self.end_write(None)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The write handed out by `begin_write` is done: raft learns what is
+    /// on disk, and the messages that waited for it may leave. Call `step`
+    /// next: the write may have committed entries.
+    pub fn end_write(&mut self, result: Option<FlushResult>) -> Result<(), NodeError> {
+        self.writing = false;
+        let msgs = self.node.end_flush(result)?;
+        self.out.messages.extend(msgs);
+        Ok(())
+    }
+
+    /// After a pass: start the hold that follows a commit, or end it at
+    /// once if the commit is long past. True when more work is ready.
+    pub fn settle(&mut self, now_us: u64) -> bool {
+        if self.hold_until_us.is_none() && self.node.is_held() {
+            let until = self.last_applied_us + COMMIT_HOLD_US;
+            if until <= now_us {
+                // Nobody the commit answered is still about to send.
+                self.node.release_hold();
+                return true;
+            }
+            self.hold_until_us = Some(until);
+        }
+        false
+    }
+
+    fn ready_passes(&mut self, now_ms: u64, now_us: u64) -> Result<bool, NodeError> {
+        for _ in 0..READY_PASSES_MAX {
+            if !self.ready_pass(now_ms, now_us)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One pass of the raft Ready loop; true when more work is ready. With
+    /// the log on disk the pass only stages its writes (`begin_write`
+    /// writes them); in memory there is nothing to batch for, so it writes
+    /// at once and runs the pass that follows.
+    fn ready_pass(&mut self, now_ms: u64, now_us: u64) -> Result<bool, NodeError> {
+        let messages = &mut self.out.messages;
+        let mut send = |msgs: Vec<Message>| messages.extend(msgs);
+        let r = self.node.ready(now_ms, &mut send)?;
+        let applied = r.applied_entries > 0;
+        self.out.messages.extend(r.messages);
+        if self.mode != CommitMode::AtCommitDurable {
+            let flushed = self.node.flush()?;
+            self.out.messages.extend(flushed);
+            let messages = &mut self.out.messages;
+            let mut send = |msgs: Vec<Message>| messages.extend(msgs);
+            let r = self.node.ready(now_ms, &mut send)?;
+            self.out.messages.extend(r.messages);
+        }
+        if applied {
+            self.last_applied_us = now_us;
+            if self.mode != CommitMode::AtPropose {
+                self.await_answers();
+            }
+        }
+        self.out.membership.extend(self.node.take_membership_events().inspect(|ev| match ev {
+            MembershipEvent::Added { id, .. } => {
+                self.known_peers.insert(*id);
+            }
+            MembershipEvent::Removed { id } => {
+                self.known_peers.remove(id);
+            }
+        }));
+        Ok(self.node.has_work())
+    }
+
+    /// Whom this commit answers: the hold after it ends once each has
+    /// spoken.
+    fn await_answers(&mut self) {
+        let w = &mut self.awaited;
+        w.clear();
+        for a in self.node.broker.actions() {
+            if let Action::Send(id, p) = a {
+                if !expects_answer(p) {
+                    continue;
+                }
+                match w.iter().position(|(c, _)| c == id) {
+                    Some(i) => w[i].1 += 1,
+                    None if w.len() < AWAITED_MAX => w.push((*id, 1)),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Per tick: redirect target, $SYS cluster values, preferred leader.
+    fn upkeep(&mut self, now_ms: u64, connected: &dyn Fn(u64) -> bool) {
+        let redirect = if self.steering == FollowerMode::Redirect { self.leader_client_addr() } else { None };
+        let node = &mut self.node;
+        node.broker.redirect = redirect;
+        let st = node.status();
+        let online = st.voters.iter().filter(|id| **id == st.node_id || connected(**id)).count();
+        let mut sys = vec![
+            ("role", st.role.to_string()),
+            ("node_id", st.node_id.to_string()),
+            ("leader_id", st.leader_id.to_string()),
+            ("term", st.term.to_string()),
+            ("voting_nodes/total", st.voters.len().to_string()),
+            ("voting_nodes/online", online.to_string()),
+            ("commit_index", st.commit_index.to_string()),
+            ("applied_index", st.applied_index.to_string()),
+            ("batch/proposals", node.stats.proposals.to_string()),
+            ("batch/commands", node.stats.commands.to_string()),
+            ("batch/persists", node.stats.persists.to_string()),
+            ("batch/persisted_entries", node.stats.persisted_entries.to_string()),
+        ];
+        for (id, lag) in &st.peer_lag {
+            let name: &'static str = match id {
+                1 => "peers/1/lag",
+                2 => "peers/2/lag",
+                3 => "peers/3/lag",
+                4 => "peers/4/lag",
+                5 => "peers/5/lag",
+                _ => "peers/other/lag",
+            };
+            sys.push((name, lag.to_string()));
+        }
+        node.broker.cluster_sys = sys;
+        if node.is_leader() && self.leader_since.0 != node.term() {
+            self.leader_since = (node.term(), now_ms);
+        }
+        if let Some(p) = self.preferred_leader {
+            // A leader keeps the lead for a while first, so that a manual
+            // transfer (midge ctl) is not undone at once.
+            if node.is_leader()
+                && now_ms.saturating_sub(self.leader_since.1) > PREFERRED_LEADER_GRACE_MS
+                && p != node.id()
+                && node.caught_up(p)
+                && now_ms.saturating_sub(self.last_transfer_ms) > 3_000
+            {
+                info!("Handing leadership to preferred leader node {p} (caught up).");
+                self.last_transfer_ms = now_ms;
+                node.transfer_leader(p);
+            }
+        }
+    }
+
+    /// The `/health` answer: whether this node serves, and its status as
+    /// JSON.
+    pub fn status_json(&self) -> (bool, String) {
+        let st = self.node.status();
+        let lag = st.commit_index.saturating_sub(st.applied_index);
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("lag".into(), lag.into());
+            o.insert("batching".into(), serde_json::to_value(self.node.stats).unwrap_or_default());
+        }
+        (st.serving, v.to_string())
+    }
+}
