@@ -31,11 +31,13 @@ ha_need_root() {
 }
 
 # ha_pick_python [paho]: sets HA_PY to a python3 interpreter. With "paho",
-# the interpreter must import paho.mqtt.client (Debian: python3-paho-mqtt).
+# the interpreter must import paho.mqtt.client. $MIDGE_PYTHON (set by
+# scripts/test.sh to its virtual environment, see scripts/python-env.sh)
+# comes first.
 ha_pick_python() {
     local want=${1:-}
     local c
-    for c in "${PYTHON:-}" python3 /usr/bin/python3; do
+    for c in "${MIDGE_PYTHON:-}" "${PYTHON:-}" python3 /usr/bin/python3; do
         [ -n "$c" ] || continue
         command -v "$c" >/dev/null 2>&1 || continue
         if [ "$want" = paho ]; then
@@ -45,11 +47,22 @@ ha_pick_python() {
         return 0
     done
     if [ "$want" = paho ]; then
-        ha_log "no python3 with paho-mqtt: install it with  apt-get install -y python3 python3-paho-mqtt"
+        ha_log "no python3 with paho-mqtt: run  bash scripts/python-env.sh  and set MIDGE_PYTHON to the python it prints"
     else
         ha_log "python3 missing: install it with  apt-get install -y python3"
     fi
     exit 2
+}
+
+# ha_pass_cleanup: after a passing run, remove WORK (keep it with HA_KEEP=1;
+# a failing run keeps it and prints its path).
+ha_pass_cleanup() {
+    if [ "${HA_KEEP:-0}" = 1 ]; then
+        ha_log "passed; logs in $WORK"
+    else
+        rm -rf "$WORK"
+        ha_log "passed"
+    fi
 }
 
 # ha_workdir NAME: sets WORK to a fresh temp dir.
