@@ -24,8 +24,9 @@ bash scripts/test-haproxy.sh
 bash scripts/test-partition.sh
 bash scripts/test-redirect.sh
 
-echo "== kill -9 crash test"
-bash scripts/crash-test.sh --quick
+echo "== kill -9 crash test (release build)"
+cargo build --release --bin midge
+bash scripts/crash-test.sh --quick --midge-bin "${CARGO_TARGET_DIR:-$PWD/target}/release/midge"
 
 echo "== the demo cluster: proxying followers, failover"
 bash scripts/test-demo.sh
