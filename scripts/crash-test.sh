@@ -93,7 +93,8 @@ if [ "$KILLS" -gt 200 ]; then echo "crash-test.sh: --kills at most 200" >&2; exi
 case "$SEED" in *[!0-9]*) echo "crash-test.sh: --seed must be a number" >&2; exit 2 ;; esac
 RANDOM=$SEED
 
-log() { echo "[crash-test $(date +%H:%M:%S)] $*" >&2; }
+LOG_NAME=crash-test
+. "$ROOT/scripts/lib.sh"  # log, stop_pid, free_port
 now() { date +%s.%N; }
 
 WORK=$(mktemp -d /tmp/midge-crash.XXXXXX)
@@ -101,17 +102,6 @@ chmod 755 "$WORK"
 BROKER_PID=""
 CHECKER_PID=""
 
-stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
-    local p=$1
-    [ -n "$p" ] || return 0
-    if kill -0 "$p" 2>/dev/null; then
-        kill "$p" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -9 "$p" 2>/dev/null; fi
-    fi
-    wait "$p" 2>/dev/null
-    return 0
-}
 cleanup() {
     stop_pid "$CHECKER_PID"; CHECKER_PID=""
     stop_pid "$BROKER_PID"; BROKER_PID=""
@@ -121,9 +111,6 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 listening() {  # listening PORT: a TCP socket in LISTEN state on 127.0.0.1:PORT
     grep -q "^ *[0-9]*: 0100007F:$(printf %04X "$1") 00000000:0000 0A " /proc/net/tcp 2>/dev/null
-}
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # ------------------------------------------------------------------ binaries

@@ -5,7 +5,7 @@
 #
 # log MSG...      "[NAME HH:MM:SS] MSG" on stderr (NAME: $LOG_NAME or the script's name)
 # die MSG...      log "FAIL: MSG", exit 1
-# free_port       an unused TCP port on 127.0.0.1 (bash only)
+# free_port       an unused TCP port on 127.0.0.1
 # stop_pid PID    SIGTERM, up to 5 s, then SIGKILL; reaps it; only that PID
 # midge_venv_dir  where scripts/python-env.sh keeps its virtual environment
 
@@ -14,10 +14,12 @@ log() { echo "[$LOG_NAME $(date +%H:%M:%S)] $*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
 free_port() {
-    local p _
+    local py=${MIDGE_PYTHON:-python3} p _
+    if command -v "$py" >/dev/null 2>&1; then  # the kernel picks one
+        "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' && return 0
+    fi
     for _ in $(seq 1 200); do
         p=$((20000 + RANDOM % 40000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
         grep -qi ":$(printf %04X "$p") " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
         echo "$p"
         return 0
