@@ -107,6 +107,10 @@ if [ "$SETUP" = 0 ]; then
     mkdir -p "$WORK/bin"
     ln -s "$MIDGE_BIN" "$WORK/bin/midge"
     export MIDGE_BIN PATH="$WORK/bin:$PATH"
+else
+    # What a new login shell has after rustup: the README's later blocks
+    # run `cargo install` and `midge` from ~/.cargo/bin.
+    export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
 # ------------------------------------------------- the README, a checkout copy
