@@ -18,9 +18,19 @@ command -v mosquitto_sub >/dev/null || die "apt-get install -y mosquitto-clients
 
 OUT=$(mktemp -d /tmp/midge-test-demo.XXXXXX)
 DEMO_PID="" SUB_PID=""
+NODE_PIDS=""
 cleanup() {
+    local p _
     stop_pid "$SUB_PID"
-    stop_pid "$DEMO_PID"   # the demo stops its three nodes and removes its dir
+    # SIGTERM: the demo stops its three nodes (up to 5 s) and removes its dir.
+    if [ -n "$DEMO_PID" ]; then
+        kill "$DEMO_PID" 2>/dev/null
+        for _ in $(seq 1 150); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
+        stop_pid "$DEMO_PID"
+    fi
+    for p in $NODE_PIDS; do  # only if the demo could not stop them
+        if tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q 'midge-demo\.'; then kill -9 "$p" 2>/dev/null; fi
+    done
     if [ "${PASSED:-0}" = 1 ]; then rm -rf "$OUT"; else log "output kept in $OUT"; fi
 }
 trap cleanup EXIT
@@ -37,6 +47,7 @@ grep -q 'Ctrl-C stops all three' "$OUT/demo.err" || die "no table from the demo"
 # "   node1  4711    127.0.0.1:1883  http://127.0.0.1:8081/health  leader"
 TABLE=$(grep -E '^   node[123] +[0-9]+ +127\.0\.0\.1:[0-9]+ ' "$OUT/demo.err")
 echo "$TABLE" >&2
+NODE_PIDS=$(echo "$TABLE" | awk '{print $2}')
 LEADER_PID=$(echo "$TABLE" | awk '$5 == "leader" {print $2}')
 mapfile -t FOLLOWERS < <(echo "$TABLE" | awk '$5 == "follower" {split($3, a, ":"); print a[2]}')
 [ -n "$LEADER_PID" ] && [ ${#FOLLOWERS[@]} = 2 ] || die "expected a leader and two followers in the table"
