@@ -3,7 +3,7 @@
 #
 #   scripts/crash-test.sh [--broker midge|mosquitto|both] [--kills N] [--quick]
 #                         [--seed S] [--rate MSG_PER_S] [--window N] [--offline-subscriber]
-#                         [--midge-bin PATH] [--no-build] [--no-record]
+#                         [--midge-bin PATH] [--no-build] [--record] [--keep]
 #                         [--mosquitto-autosave SECONDS] [--midge-option 'KEY VALUE']...
 #
 # For each broker: start it on 127.0.0.1 on a random free port with
@@ -26,9 +26,11 @@
 # --midge-option adds a line to midge's config (e.g. 'persistence_fsync false'
 # as a negative control: then losses are possible and still fail the run).
 #
-# The summary table is printed and appended to benches/results/crash.md
-# (unless --no-record or CI=true). Broker logs, the kill/restart log and the
-# clients' timeline stay in the temp dir printed at the start.
+# The summary table is printed; with --record (the benchmark campaign, never
+# the test command) it is also appended to benches/results/crash.md (or
+# --out FILE). Broker logs, the kill/restart log and the clients' timeline
+# are in a temp dir that is removed when midge passes and kept (path
+# printed) when it fails or with --keep.
 #
 # Only loopback. Every loop is bounded in count and time; only processes this
 # script started are signalled, by PID. --quick (midge) ~30 s; full run with
@@ -36,6 +38,7 @@
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${MIDGE_PYTHON:-python3}  # the checker needs only the standard library
 BROKER=midge
 KILLS=""
 QUICK=0
@@ -44,14 +47,15 @@ RATE=2000
 WINDOW=32
 MIDGE_BIN=""
 BUILD=1
-RECORD=1
+RECORD=0
+KEEP=0
 MOSQ_AUTOSAVE=""
 MIDGE_OPTIONS=()
 MIDGE_DESC=""
 OFFLINE_SUB=0
 OUT="$ROOT/benches/results/crash.md"
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --broker) BROKER="${2:-}"; shift ;;
@@ -62,7 +66,9 @@ while [ $# -gt 0 ]; do
         --window) WINDOW="${2:-}"; shift ;;
         --midge-bin) MIDGE_BIN="${2:-}"; shift ;;
         --no-build) BUILD=0 ;;
-        --no-record) RECORD=0 ;;
+        --record) RECORD=1 ;;
+        --no-record) RECORD=0 ;;  # the default; accepted for old command lines
+        --keep) KEEP=1 ;;
         --mosquitto-autosave) MOSQ_AUTOSAVE="${2:-}"; shift ;;
         --midge-option) MIDGE_OPTIONS+=("${2:-}"); shift ;;
         --offline-subscriber) OFFLINE_SUB=1 ;;
@@ -86,9 +92,9 @@ if [ "$KILLS" -gt 200 ]; then echo "crash-test.sh: --kills at most 200" >&2; exi
 [ -n "$SEED" ] || SEED=$(( $(date +%s) % 100000 ))
 case "$SEED" in *[!0-9]*) echo "crash-test.sh: --seed must be a number" >&2; exit 2 ;; esac
 RANDOM=$SEED
-[ "${CI:-}" = true ] && RECORD=0
 
-log() { echo "[crash-test $(date +%H:%M:%S)] $*" >&2; }
+LOG_NAME=crash-test
+. "$ROOT/scripts/lib.sh"  # log, stop_pid, free_port
 now() { date +%s.%N; }
 
 WORK=$(mktemp -d /tmp/midge-crash.XXXXXX)
@@ -96,17 +102,6 @@ chmod 755 "$WORK"
 BROKER_PID=""
 CHECKER_PID=""
 
-stop_pid() {  # stop_pid PID: SIGTERM, wait up to 5 s, then SIGKILL
-    local p=$1
-    [ -n "$p" ] || return 0
-    if kill -0 "$p" 2>/dev/null; then
-        kill "$p" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -9 "$p" 2>/dev/null; fi
-    fi
-    wait "$p" 2>/dev/null
-    return 0
-}
 cleanup() {
     stop_pid "$CHECKER_PID"; CHECKER_PID=""
     stop_pid "$BROKER_PID"; BROKER_PID=""
@@ -116,9 +111,6 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 listening() {  # listening PORT: a TCP socket in LISTEN state on 127.0.0.1:PORT
     grep -q "^ *[0-9]*: 0100007F:$(printf %04X "$1") 00000000:0000 0A " /proc/net/tcp 2>/dev/null
-}
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # ------------------------------------------------------------------ binaries
@@ -244,7 +236,7 @@ EOF
     [ "$B" = midge ] && fail_flag="--fail-on-loss"
     local offline_flags=""
     [ "$OFFLINE_SUB" = 1 ] && offline_flags="--sub-offline-every 0.7 --sub-offline-for 1"
-    python3 "$ROOT/scripts/crash_checker.py" --port "$PORT" --broker "$B" \
+    "$PY" "$ROOT/scripts/crash_checker.py" --port "$PORT" --broker "$B" \
         --sub-id "crash-sub-$SEED" --pub-id "crash-pub-$SEED" \
         --rate "$RATE" --window "$WINDOW" \
         --stop-file "$BDIR/stop" --ready-file "$BDIR/checker.ready" \
@@ -311,7 +303,7 @@ EOF
     fi
 
     local j="$BDIR/result.json"
-    get() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$j" "$1" 2>/dev/null || echo "-"; }
+    get() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$j" "$1" 2>/dev/null || echo "-"; }
     R_KILLS[$B]=$kills_done
     R_ACK[$B]=$(get acknowledged); R_RECV[$B]=$(get received)
     R_LOST[$B]=$(get lost); R_DUP[$B]=$(get duplicates); R_SESS[$B]=$(get sub_session_lost)
@@ -379,7 +371,7 @@ MODE="full"; [ "$QUICK" = 1 ] && MODE="quick"; [ "$OFFLINE_SUB" = 1 ] && MODE="$
     for b in $BROKERS; do
         [ -n "${R_NOTE[$b]}" ] && echo "- $b: ${R_NOTE[$b]}"
         if [ -f "$WORK/$b/result.json" ] && [ "${R_LOST[$b]}" != 0 ] && [ "${R_LOST[$b]}" != "-" ]; then
-            echo "- $b: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d of the %d lost were acknowledged while the subscriber was offline or re-subscribing after a restart; lost by following kill: %s; first lost: %s" % (d["lost"] - d["lost_while_subscribed"], d["lost"], ", ".join("#%s: %d" % kv for kv in d["lost_by_kill"].items()), " ".join(d["lost_ranges"][:10])))' "$WORK/$b/result.json")"
+            echo "- $b: $("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d of the %d lost were acknowledged while the subscriber was offline or re-subscribing after a restart; lost by following kill: %s; first lost: %s" % (d["lost"] - d["lost_while_subscribed"], d["lost"], ", ".join("#%s: %d" % kv for kv in d["lost_by_kill"].items()), " ".join(d["lost_ranges"][:10])))' "$WORK/$b/result.json")"
         fi
     done
     echo
@@ -395,8 +387,11 @@ if [ "$RECORD" = 1 ]; then
     cat "$WORK/summary.md" >>"$OUT"
     log "appended to $OUT"
 fi
-log "logs kept in $WORK"
-
 STATUS=0
 if [[ " $BROKERS " == *" midge "* ]] && [ "${R_VERDICT[midge]}" != PASS ]; then STATUS=1; fi
+if [ "$STATUS" = 0 ] && [ "$KEEP" = 0 ]; then
+    rm -rf "$WORK"
+else
+    log "logs kept in $WORK"
+fi
 exit $STATUS

@@ -4,8 +4,10 @@
 #
 #   . "$(dirname "$0")/lib-ha.sh"
 #
-# Provides: ha_log, ha_die, ha_need (tool check with the Debian package to
-# install), ha_pick_python (a python3 that imports paho-mqtt 1.6 or 2.x),
+# Sources scripts/lib.sh (log, die, stop_pid, free_port). Provides: ha_log,
+# ha_die (lib.sh's log and die, named by HA_NAME), ha_stop_pid (stop_pid),
+# ha_need (tool check with the Debian package to install), ha_pick_python
+# (a python3 that imports paho-mqtt 1.6 or 2.x),
 # ha_midge_bin (locate or build target/release/midge and copy it into the
 # work dir so restarts run the same binary even if the tree is rebuilt),
 # ha_workdir, ha_kill_recorded (stop processes the Python side recorded in
@@ -14,8 +16,10 @@
 HA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HA_NAME=${HA_NAME:-$(basename "$0" .sh)}
 
-ha_log() { echo "[$HA_NAME $(date +%H:%M:%S)] $*" >&2; }
-ha_die() { ha_log "FAIL: $*"; exit 1; }
+LOG_NAME=$HA_NAME
+. "$HA_ROOT/scripts/lib.sh"  # log, die, stop_pid, free_port
+ha_log() { log "$@"; }
+ha_die() { die "$@"; }
 
 # ha_need TOOL DEBIAN_PACKAGE: exit 2 with an install hint when TOOL is missing.
 ha_need() {
@@ -31,11 +35,13 @@ ha_need_root() {
 }
 
 # ha_pick_python [paho]: sets HA_PY to a python3 interpreter. With "paho",
-# the interpreter must import paho.mqtt.client (Debian: python3-paho-mqtt).
+# the interpreter must import paho.mqtt.client. $MIDGE_PYTHON (set by
+# scripts/test.sh to its virtual environment, see scripts/python-env.sh)
+# comes first.
 ha_pick_python() {
     local want=${1:-}
     local c
-    for c in "${PYTHON:-}" python3 /usr/bin/python3; do
+    for c in "${MIDGE_PYTHON:-}" "${PYTHON:-}" python3 /usr/bin/python3; do
         [ -n "$c" ] || continue
         command -v "$c" >/dev/null 2>&1 || continue
         if [ "$want" = paho ]; then
@@ -45,11 +51,22 @@ ha_pick_python() {
         return 0
     done
     if [ "$want" = paho ]; then
-        ha_log "no python3 with paho-mqtt: install it with  apt-get install -y python3 python3-paho-mqtt"
+        ha_log "no python3 with paho-mqtt: run  bash scripts/python-env.sh  and set MIDGE_PYTHON to the python it prints"
     else
         ha_log "python3 missing: install it with  apt-get install -y python3"
     fi
     exit 2
+}
+
+# ha_pass_cleanup: after a passing run, remove WORK (keep it with HA_KEEP=1;
+# a failing run keeps it and prints its path).
+ha_pass_cleanup() {
+    if [ "${HA_KEEP:-0}" = 1 ]; then
+        ha_log "passed; logs in $WORK"
+    else
+        rm -rf "$WORK"
+        ha_log "passed"
+    fi
 }
 
 # ha_workdir NAME: sets WORK to a fresh temp dir.
@@ -87,17 +104,7 @@ ha_midge_bin() {
 }
 
 # ha_stop_pid PID: SIGTERM, up to 5 s, then SIGKILL. Only for our own children.
-ha_stop_pid() {
-    local p=$1
-    [ -n "$p" ] || return 0
-    if kill -0 "$p" 2>/dev/null; then
-        kill "$p" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null
-    fi
-    wait "$p" 2>/dev/null
-    return 0
-}
+ha_stop_pid() { stop_pid "$@"; }
 
 # ha_kill_recorded: SIGKILL every PID listed in $WORK/pids (written by the
 # Python side for each midge it starts) whose command line still mentions
@@ -112,9 +119,4 @@ ha_kill_recorded() {
         fi
     done <"$WORK/pids"
     return 0
-}
-
-# ha_free_port: an unused TCP port on 127.0.0.1.
-ha_free_port() {
-    "${HA_PY:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -61,5 +61,5 @@ if [ "$rc" != 0 ]; then
     ha_log "FAILED (exit $rc); logs kept in $WORK"
     exit 1
 fi
-ha_log "passed; logs in $WORK"
+ha_pass_cleanup
 exit 0

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README "Test it"). Runs every test against real
-# processes; bounded in time. Needs: mosquitto, mosquitto-clients,
-# python3-paho-mqtt (installed by .ci/run on CI).
+# processes; bounded in time. Installs what it needs when missing
+# (scripts/setup-test-deps.sh: Debian packages as root, without starting
+# any service, and a Python virtual environment with paho-mqtt 2 whose
+# interpreter the tests get as MIDGE_PYTHON / MIDGE_TEST_PYTHON).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== dependencies"
+bash scripts/setup-test-deps.sh
+eval "$(bash scripts/python-env.sh --export)"
 
 # Seeds of the cluster simulation (each seed: 30 s of simulated faults).
 export SIM_SEEDS="${SIM_SEEDS:-200}"
@@ -13,12 +19,18 @@ cargo build --bins
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
 echo "== high availability: HAProxy in front, network partition, redirect"
-export MIDGE_BIN="${MIDGE_BIN:-target/debug/midge}"
+export MIDGE_BIN="${MIDGE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/midge}"
 bash scripts/test-haproxy.sh
 bash scripts/test-partition.sh
 bash scripts/test-redirect.sh
-if [[ -x scripts/crash-test.sh ]]; then
-  echo "== kill -9 crash test"
-  bash scripts/crash-test.sh --quick
-fi
+
+echo "== kill -9 crash test (release build)"
+cargo build --release --bin midge
+bash scripts/crash-test.sh --quick --midge-bin "${CARGO_TARGET_DIR:-$PWD/target}/release/midge"
+
+echo "== the demo cluster: proxying followers, failover"
+bash scripts/test-demo.sh
+
+echo "== README: its sh blocks, its three-node example in network namespaces"
+bash scripts/test-readme.sh
 echo "== all tests passed"
