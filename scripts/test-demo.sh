@@ -39,7 +39,7 @@ trap 'exit 130' INT TERM
 bash "$ROOT/scripts/demo-cluster.sh" --seconds 120 >"$OUT/demo.out" 2>"$OUT/demo.err" &
 DEMO_PID=$!
 for _ in $(seq 1 1200); do   # up to 10 min: the first release build
-    grep -q 'Ctrl-C stops all three' "$OUT/demo.err" && break
+    grep -qs 'Ctrl-C stops all three' "$OUT/demo.err" && break
     kill -0 "$DEMO_PID" 2>/dev/null || { tail -20 "$OUT/demo.err" >&2; die "the demo exited before printing its table"; }
     sleep 0.5
 done

@@ -16,6 +16,8 @@ use crate::mqtt::{Connect, Packet, Properties, Publish, QoS, SubOptions, Subscri
 pub const USAGE: &str = "\
 Usage: midge ctl [-h HOST] [-p PORT] -u USER -P PASSWORD COMMAND
 
+-h defaults to 127.0.0.1, -p to 1880 (the port the README's admin_listener uses).
+
 Talks to a node's admin_listener (any node, leader or not).
 
 Commands:
@@ -32,7 +34,7 @@ const RESPONSE_BYTES_MAX: u32 = 1024 * 1024;
 
 pub fn run(args: &[String]) -> Result<i32, String> {
     let mut host = "127.0.0.1".to_string();
-    let mut port: u16 = 8883;
+    let mut port: u16 = 1880;
     let mut user = None;
     let mut pass = None;
     let mut rest = Vec::new();
