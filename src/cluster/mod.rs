@@ -7,161 +7,37 @@
 //! the server does.
 
 pub mod admin;
+mod batch;
 pub mod driver;
+mod error;
+mod node_config;
+mod status;
 pub mod transport;
+
+pub use batch::{decode_batch, encode_batch, BATCH_FORMAT_VERSION};
+pub use error::NodeError;
+pub use node_config::NodeConfig;
+/// A message between the nodes' raft instances (what the transport
+/// carries; the runtime only passes it on).
+pub use raft::eraftpb::Message as PeerMessage;
+pub use status::ClusterStatus;
 
 use log::{info, warn};
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::broker::state::{Command, Entry, SnapshotError, State};
+use crate::broker::state::{Command, Entry, State};
 use crate::broker::Broker;
-use crate::store::{FlushJob, FlushResult, RaftLog, Staged, StoreError};
+use crate::store::{FlushJob, FlushResult, RaftLog, Staged};
 
 /// Entries this leader keeps proposed and not yet committed before it
 /// holds new commands back for the next one (see `propose_pending`).
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
-/// Format version of a raft entry's data: a postcard `Batch`.
-pub const BATCH_FORMAT_VERSION: u16 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct Batch<E> {
-    version: u16,
-    entries: E,
-}
-
-pub fn encode_batch(entries: &[Entry]) -> Vec<u8> {
-    // Sized for the common small entry: growing from empty cost about a
-    // tenth of the encoding.
-    let out = VecOut(Vec::with_capacity(ENCODE_CAPACITY));
-    postcard::serialize_with_flavor(&Batch { version: BATCH_FORMAT_VERSION, entries }, out).unwrap_or_default()
-}
-
-/// postcard's output into a presized `Vec`: its own `AllocVec` starts
-/// empty, and `to_extend` copies byte by byte through `Extend`.
-struct VecOut(Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecOut {
-    type Output = Vec<u8>;
-
-    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        self.0.push(b);
-        Ok(())
-    }
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
-    }
-}
-
-/// First allocation for an encoded batch (bytes).
-const ENCODE_CAPACITY: usize = 256;
-
 /// Batches this leader proposed and keeps decoded until they are applied
 /// (see `Node::proposed`).
 const PROPOSED_KEPT: usize = 16;
-
-pub fn decode_batch(data: &[u8]) -> Result<Vec<Entry>, NodeError> {
-    let (version, _) = postcard::take_from_bytes::<u16>(data).map_err(|e| NodeError::Entry(e.to_string()))?;
-    if version != BATCH_FORMAT_VERSION {
-        return Err(NodeError::Entry(format!(
-            "entry has batch format version {version}, this midge reads {BATCH_FORMAT_VERSION}"
-        )));
-    }
-    let b: Batch<Vec<Entry>> = postcard::from_bytes(data).map_err(|e| NodeError::Entry(e.to_string()))?;
-    Ok(b.entries)
-}
-
-#[derive(Debug)]
-pub enum NodeError {
-    Store(StoreError),
-    Raft(raft::Error),
-    Snapshot(SnapshotError),
-    /// A committed entry does not decode: the log is damaged or written
-    /// by an incompatible version. Applying must stop.
-    Entry(String),
-    /// Commands applied at propose could not go into the log as they
-    /// applied (see `Node::apply_at_propose_allowed`): the state is ahead
-    /// of the log, so the node must stop. Never expected; names what broke.
-    AppliedEarly(String),
-}
-
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeError::Store(e) => write!(f, "{e}"),
-            NodeError::Raft(e) => write!(f, "raft: {e}"),
-            NodeError::Snapshot(e) => write!(f, "{e}"),
-            NodeError::Entry(e) => write!(f, "committed entry cannot be applied: {e}"),
-            NodeError::AppliedEarly(e) => write!(f, "commands applied at propose: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for NodeError {}
-
-impl From<StoreError> for NodeError {
-    fn from(e: StoreError) -> Self {
-        NodeError::Store(e)
-    }
-}
-impl From<raft::Error> for NodeError {
-    fn from(e: raft::Error) -> Self {
-        NodeError::Raft(e)
-    }
-}
-impl From<SnapshotError> for NodeError {
-    fn from(e: SnapshotError) -> Self {
-        NodeError::Snapshot(e)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub id: u64,
-    /// Voters of a fresh cluster (ignored when the store has a membership).
-    pub voters: Vec<u64>,
-    pub election_ticks: usize,
-    /// Elections time out after a random number of ticks in
-    /// [election_ticks, election_ticks_max). Default 2x election_ticks;
-    /// the simulation pins it (election_ticks + 1) for determinism.
-    pub election_ticks_max: usize,
-    pub heartbeat_ticks: usize,
-    /// Take a snapshot after this many applied entries ...
-    pub snapshot_entries: u64,
-    /// ... or this many bytes of log since the last one.
-    pub snapshot_log_bytes: u64,
-    /// Entries kept behind a snapshot for followers that lag a little.
-    pub snapshot_keep_entries: u64,
-    pub max_msg_bytes: u64,
-    /// Fresh store: wait to be added by the leader (empty membership)
-    /// instead of starting with `voters`.
-    pub join: bool,
-}
-
-impl NodeConfig {
-    pub fn single(id: u64) -> NodeConfig {
-        NodeConfig {
-            id,
-            voters: vec![id],
-            election_ticks: 10,
-            election_ticks_max: 20,
-            heartbeat_ticks: 2,
-            snapshot_entries: 5_000,
-            snapshot_log_bytes: 32 * 1024 * 1024,
-            snapshot_keep_entries: 2_000,
-            max_msg_bytes: 1024 * 1024,
-            join: false,
-        }
-    }
-}
 
 /// What one pass of the Ready loop produced.
 #[derive(Default)]
@@ -875,115 +751,5 @@ impl<L: RaftLog> Node<L> {
             self.broker.set_serving(false, now);
         }
         Ok(())
-    }
-}
-
-/// A point-in-time view of this node for the health endpoint, `midge ctl
-/// status` and `$SYS/broker/cluster/...`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    pub node_id: u64,
-    pub role: &'static str,
-    pub serving: bool,
-    pub term: u64,
-    pub leader_id: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    /// Leader only: entries each peer is behind the leader's last index.
-    pub peer_lag: Vec<(u64, u64)>,
-}
-
-impl<L: RaftLog> Node<L> {
-    pub fn status(&self) -> ClusterStatus {
-        let r = &self.raw.raft;
-        let role = match r.state {
-            StateRole::Leader => "leader",
-            StateRole::Follower => "follower",
-            StateRole::Candidate => "candidate",
-            StateRole::PreCandidate => "pre-candidate",
-        };
-        let mut peer_lag = Vec::new();
-        if r.state == StateRole::Leader {
-            let last = r.raft_log.last_index();
-            let mut v: Vec<(u64, u64)> = r
-                .prs()
-                .iter()
-                .filter(|(id, _)| **id != self.cfg.id)
-                .map(|(id, p)| (*id, last.saturating_sub(p.matched)))
-                .collect();
-            v.sort();
-            peer_lag = v;
-        }
-        let mut voters: Vec<u64> = self.conf_state.voters.clone();
-        voters.sort();
-        ClusterStatus {
-            node_id: self.cfg.id,
-            role,
-            serving: self.broker.serving(),
-            term: r.term,
-            leader_id: r.leader_id,
-            commit_index: r.raft_log.committed,
-            applied_index: self.applied,
-            voters,
-            learners: self.conf_state.learners.clone(),
-            peer_lag,
-        }
-    }
-
-    /// Peers whose replication is caught up with the leader (leader only):
-    /// matched == last index and recently active.
-    pub fn caught_up(&self, id: u64) -> bool {
-        let r = &self.raw.raft;
-        r.state == StateRole::Leader
-            && r.prs().get(id).is_some_and(|p| p.recent_active && p.matched == r.raft_log.last_index())
-    }
-
-    /// Propose adding (with its raft address) or removing a voter. One
-    /// change at a time; a change that leaves fewer than three voters (or
-    /// exactly two) is refused unless `force`.
-    pub fn change_membership(&mut self, add: bool, id: u64, addr: &str, force: bool) -> Result<(), String> {
-        if !self.is_leader() {
-            return Err(format!("node {} is not the leader (leader is {})", self.cfg.id, self.leader_id()));
-        }
-        if self.raw.raft.has_pending_conf() {
-            return Err("another membership change is still in progress".into());
-        }
-        let voters = &self.conf_state.voters;
-        let after = if add {
-            if voters.contains(&id) {
-                return Err(format!("node {id} is already a voter"));
-            }
-            if addr.is_empty() {
-                return Err("addNode needs the new node's raft address (host:port)".into());
-            }
-            voters.len() + 1
-        } else {
-            if !voters.contains(&id) {
-                return Err(format!("node {id} is not a voter"));
-            }
-            voters.len() - 1
-        };
-        if after < 3 && !force {
-            return Err(format!(
-                "the change leaves {after} voter(s): fewer than three tolerate no failure; repeat with force to do it anyway"
-            ));
-        }
-        self.end_apply_at_propose()?;
-        let mut cc = ConfChange::default();
-        cc.set_change_type(if add { ConfChangeType::AddNode } else { ConfChangeType::RemoveNode });
-        cc.node_id = id;
-        cc.set_context(addr.as_bytes().to_vec().into());
-        self.raw.propose_conf_change(vec![], cc).map_err(|e| e.to_string())
-    }
-
-    /// Ask raft to hand leadership to `to` now (raft leader transfer).
-    pub fn transfer_leader(&mut self, to: u64) {
-        if let Err(e) = self.end_apply_at_propose() {
-            warn!("Leader transfer to node {to} not started: {e}.");
-            return;
-        }
-        self.raw.transfer_leader(to);
     }
 }

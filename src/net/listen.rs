@@ -1,0 +1,279 @@
+//! Accepting clients: the MQTT listeners (a follower steers each client
+//! per `cluster_follower_mode`), the admin listener, TLS handshakes, and
+//! the PROXY header of connections that a follower forwarded.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use smol::net::{TcpListener, TcpStream};
+use smol::{Async, LocalExecutor};
+
+use super::conn::TcpConn;
+use super::io::{SmolIo, Tcp};
+use super::{proxy_header, steer, Server, FIRST_BYTES_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
+use crate::config::{FollowerMode, Listener};
+use crate::store::RaftLog;
+
+impl<L: RaftLog + 'static> Server<L> {
+    /// Accept MQTT clients on one listener. A follower steers them per
+    /// `cluster_follower_mode`: proxy to the leader, serve (the broker then
+    /// redirects or refuses), or, in closed mode, does not listen at all.
+    pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, index: usize, l: Listener, first: TcpListener) {
+        let l = Rc::new(l);
+        let mut sock = Some(first);
+        let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
+        // A single node accepts clients once it serves (a few ms after
+        // start), so the first CONNECT is never refused.
+        if !self.clustered {
+            while !self.driver.borrow().broker().serving() {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        }
+        if let Some(first) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
+            let family = if first.is_ipv6() { "ipv6" } else { "ipv4" };
+            let tls = if l.tls.is_some() { " (TLS)" } else { "" };
+            info!("Opening {family} listen socket on port {}{tls}.", first.port());
+        }
+        loop {
+            if closed_mode {
+                if !self.is_leader() {
+                    if let Some(old) = sock.take() {
+                        info!(
+                            "Closing client listener on port {}: not the leader (cluster_follower_mode closed).",
+                            l.port
+                        );
+                        drop(old);
+                    }
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                    continue;
+                }
+                if sock.is_none() {
+                    match bind(&l).await {
+                        Ok(x) => {
+                            info!("Opening client listener on port {}: this node leads.", l.port);
+                            sock = Some(x);
+                        }
+                        Err(e) => {
+                            warn!("Cannot reopen client listener on port {}: {e}.", l.port);
+                            smol::Timer::after(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let Some(listener) = sock.as_ref() else { continue };
+            let accepted = if closed_mode {
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                    None
+                })
+                .await
+            } else {
+                Some(listener.accept().await)
+            };
+            let Some(accepted) = accepted else { continue };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("Accept on port {} failed: {}.", l.port, e);
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            if self.conns.borrow().len() + self.handshakes.get() >= self.connections_max {
+                warn!("Refusing connection from {}: max_connections ({}) reached.", peer, self.connections_max);
+                continue;
+            }
+            let _ = stream.set_nodelay(self.nodelay);
+            if self.clustered {
+                let (server, ex2, l2) = (self.clone(), ex.clone(), l.clone());
+                ex.spawn(async move { server.steer(ex2, index, l2, stream, peer).await }).detach();
+                continue;
+            }
+            self.clone().serve(&ex, &l, stream, peer, None);
+        }
+    }
+
+    /// A new client connection in a cluster. A connection that a follower
+    /// forwarded starts with a PROXY header naming the client: it is
+    /// served here whatever this node's role (a leader that has just lost
+    /// its lead refuses it with a reason code), never forwarded again. A
+    /// client's own connection to a follower in proxy mode goes on to the
+    /// leader's listener of the same kind (plain or TLS; TLS ends at the
+    /// leader).
+    async fn steer(
+        self: Rc<Self>,
+        ex: Rc<LocalExecutor<'static>>,
+        index: usize,
+        l: Rc<Listener>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        self.handshakes.set(self.handshakes.get() + 1);
+        let first = futures_lite::future::or(read_proxy_header(&mut stream), async {
+            smol::Timer::after(FIRST_BYTES_TIMEOUT).await;
+            Err(format!("nothing received within {} s", FIRST_BYTES_TIMEOUT.as_secs()))
+        })
+        .await;
+        self.handshakes.set(self.handshakes.get() - 1);
+        match first {
+            Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer)),
+            Ok(None) => {}
+            Err(e) => return info!("Closing connection from {peer} on port {}: {e}.", l.port),
+        }
+        if self.mode == FollowerMode::Proxy && !self.is_leader() {
+            let (leader, target) = {
+                let d = self.driver.borrow();
+                let leader = d.node().leader_id();
+                (leader, d.advertised(leader).and_then(|a| a.listener_for(index, l.tls.is_some())).map(String::from))
+            };
+            match target {
+                Some(addr) if leader != 0 => {
+                    debug!("Proxying connection from {peer} to the leader (node {leader}) at {addr}.");
+                    return ex.spawn(steer::proxy(stream, peer, addr)).detach();
+                }
+                _ => {
+                    // Served here, so that the client gets a reason code
+                    // (Server unavailable) instead of a closed socket.
+                    let tls = if l.tls.is_some() { "TLS" } else { "plain" };
+                    match leader {
+                        0 => info!("No cluster leader known: connection from {peer} on port {} is refused.", l.port),
+                        _ => info!(
+                            "No {tls} client listener of the leader (node {leader}) is known: connection from {peer} on port {} is refused.",
+                            l.port
+                        ),
+                    }
+                }
+            }
+        }
+        self.serve(&ex, &l, stream, peer, None)
+    }
+
+    /// Serve a client here (plain or TLS). `via`: the follower that
+    /// forwarded the connection of `peer`.
+    fn serve(
+        self: Rc<Self>,
+        ex: &LocalExecutor<'static>,
+        l: &Listener,
+        stream: TcpStream,
+        peer: SocketAddr,
+        via: Option<SocketAddr>,
+    ) {
+        if self.connection_messages {
+            match via {
+                None => info!("New connection from {} on port {}.", peer, l.port),
+                Some(v) => info!("New connection from {} (forwarded by {}) on port {}.", peer, v, l.port),
+            }
+        }
+        let server = self.clone();
+        match &l.tls {
+            None => self.spawn_tcp(ex, stream, peer, false),
+            Some(t) => {
+                let cfg = t.server.clone();
+                ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
+            }
+        }
+    }
+
+    /// Accept management clients on the admin listener (every node).
+    pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            };
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            info!("New admin connection from {}.", peer);
+            self.clone().spawn_tcp(&ex, stream, peer, true);
+        }
+    }
+
+    /// Serve a client of a plain TCP listener (or of the admin listener)
+    /// in a task of its own.
+    fn spawn_tcp(self: Rc<Self>, ex: &LocalExecutor<'static>, stream: TcpStream, peer: SocketAddr, admin: bool) {
+        // A freshly accepted stream has no other handle: own the socket
+        // outright (no reference count, no cached readiness futures).
+        let Ok(sock) = Arc::try_unwrap(Arc::<Async<std::net::TcpStream>>::from(stream)) else {
+            warn!("Closing connection from {peer}: its socket is shared.");
+            return;
+        };
+        // Opened before the task starts, so that the task holds only what
+        // the connection needs while it runs.
+        let (id, io) = self.open_conn(peer, admin, true);
+        ex.spawn(TcpConn::new(self, id, io, sock, false)).detach();
+    }
+
+    /// A client on a TLS listener: handshake (bounded in time), then the
+    /// same MQTT connection over the TLS stream.
+    async fn serve_tls(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<rustls::ServerConfig>) {
+        self.handshakes.set(self.handshakes.get() + 1);
+        let tcp = Tcp::from(stream);
+        let accept = futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone());
+        let done = futures_lite::future::or(async { Some(accept.await) }, async {
+            smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+            None
+        })
+        .await;
+        self.handshakes.set(self.handshakes.get() - 1);
+        match done {
+            Some(Ok(tls)) => {
+                // rustls holds records in its own buffers: a readable socket
+                // is not a readable stream, so TLS keeps a reader and a
+                // writer future, each with its buffer.
+                let (r, w) = futures_lite::io::split(tls);
+                let (id, io) = self.open_conn(peer, false, false);
+                let reader = self.read_loop(id, SmolIo(r));
+                let writer = self.write_loop(id, io.clone(), SmolIo(w));
+                futures_lite::future::or(reader, writer).await;
+                self.close_conn(id);
+            }
+            Some(Err(e)) => info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}."),
+            None => info!(
+                "Client <unknown> from {peer} disconnected: no TLS handshake within {} s.",
+                TLS_HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        }
+        tcp.shutdown();
+    }
+}
+
+/// The PROXY header a forwarding follower sends first, if the connection
+/// starts with one: the client's address. Reads nothing else.
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+    use futures_lite::AsyncReadExt;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed before sending anything".into()),
+        Ok(_) if !proxy_header::starts_header(first[0]) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let mut fixed = [0u8; proxy_header::FIXED_BYTES];
+    stream.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
+    let len = proxy_header::parse_fixed(&fixed)?;
+    let mut block = [0u8; proxy_header::ADDRESS_BYTES_MAX];
+    stream.read_exact(&mut block[..len]).await.map_err(|e| e.to_string())?;
+    match proxy_header::parse_source(&fixed, &block[..len])? {
+        Some(client) => Ok(Some(client)),
+        None => Err("PROXY header without a TCP source address".into()),
+    }
+}
+
+/// Bind a configured listener; an error names the address.
+pub async fn bind(l: &Listener) -> std::io::Result<TcpListener> {
+    match &l.address {
+        Some(a) => {
+            let host = if a.contains(':') && !a.starts_with('[') { format!("[{a}]") } else { a.clone() };
+            TcpListener::bind(format!("{}:{}", host, l.port)).await
+        }
+        // Dual stack where IPv6 exists, IPv4 otherwise.
+        None => match TcpListener::bind(("::", l.port)).await {
+            Ok(x) => Ok(x),
+            Err(_) => TcpListener::bind(("0.0.0.0", l.port)).await,
+        },
+    }
+}
