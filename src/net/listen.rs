@@ -116,14 +116,19 @@ impl<L: RaftLog + 'static> Server<L> {
         self.handshakes.set(self.handshakes.get() + 1);
         let first = futures_lite::future::or(read_proxy_header(&mut stream), async {
             smol::Timer::after(FIRST_BYTES_TIMEOUT).await;
-            Err(format!("nothing received within {} s", FIRST_BYTES_TIMEOUT.as_secs()))
+            Err(FirstBytes::Bad(format!("nothing received within {} s", FIRST_BYTES_TIMEOUT.as_secs())))
         })
         .await;
         self.handshakes.set(self.handshakes.get() - 1);
         match first {
             Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer)),
             Ok(None) => {}
-            Err(e) => return info!("Closing connection from {peer} on port {}: {e}.", l.port),
+            // A TCP health check (connect, close) lands here every few
+            // seconds: not worth an SD card's log line.
+            Err(FirstBytes::Closed) => {
+                return debug!("Connection from {peer} on port {} closed before sending anything.", l.port)
+            }
+            Err(FirstBytes::Bad(e)) => return info!("Closing connection from {peer} on port {}: {e}.", l.port),
         }
         if self.mode == FollowerMode::Proxy && !self.is_leader() {
             let (leader, target) = {
@@ -243,24 +248,32 @@ impl<L: RaftLog + 'static> Server<L> {
 
 /// The PROXY header a forwarding follower sends first, if the connection
 /// starts with one: the client's address. Reads nothing else.
-async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, FirstBytes> {
     use futures_lite::AsyncReadExt;
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
-        Ok(0) => return Err("closed before sending anything".into()),
+        Ok(0) => return Err(FirstBytes::Closed),
         Ok(_) if !proxy_header::starts_header(first[0]) => return Ok(None),
         Ok(_) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(FirstBytes::Bad(e.to_string())),
     }
+    let bad = |e: std::io::Error| FirstBytes::Bad(e.to_string());
     let mut fixed = [0u8; proxy_header::FIXED_BYTES];
-    stream.read_exact(&mut fixed).await.map_err(|e| e.to_string())?;
-    let len = proxy_header::parse_fixed(&fixed)?;
+    stream.read_exact(&mut fixed).await.map_err(bad)?;
+    let len = proxy_header::parse_fixed(&fixed).map_err(|e| FirstBytes::Bad(e.into()))?;
     let mut block = [0u8; proxy_header::ADDRESS_BYTES_MAX];
-    stream.read_exact(&mut block[..len]).await.map_err(|e| e.to_string())?;
-    match proxy_header::parse_source(&fixed, &block[..len])? {
+    stream.read_exact(&mut block[..len]).await.map_err(bad)?;
+    match proxy_header::parse_source(&fixed, &block[..len]).map_err(|e| FirstBytes::Bad(e.into()))? {
         Some(client) => Ok(Some(client)),
-        None => Err("PROXY header without a TCP source address".into()),
+        None => Err(FirstBytes::Bad("PROXY header without a TCP source address".into())),
     }
+}
+
+/// Why a clustered connection's first bytes were not taken.
+enum FirstBytes {
+    /// Closed without sending anything (a TCP health check).
+    Closed,
+    Bad(String),
 }
 
 /// Bind a configured listener; an error names the address.
