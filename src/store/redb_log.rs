@@ -142,7 +142,20 @@ impl RedbLog {
         let file = dir.join(STORE_FILE_NAME);
         let path = file.display().to_string();
         let file_existed = match std::fs::metadata(&file) {
-            Ok(m) => m.len() > 0,
+            // An empty file is not a store that was never written: redb
+            // writes its header when it creates the file, so 0 bytes means
+            // the file was truncated or replaced, and whatever it held is
+            // gone. Starting fresh would drop every session and retained
+            // message without a word.
+            Ok(m) if m.len() == 0 => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: "the file is empty (0 bytes): it was truncated or replaced. To start this node with no \
+                             data, delete the file (a cluster node then receives the state from the leader)"
+                        .to_string(),
+                })
+            }
+            Ok(_) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(StoreError::Open { path, reason: e.to_string() }),
         };

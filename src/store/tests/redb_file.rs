@@ -117,9 +117,19 @@ fn damaged_pages_are_corrupt() {
 }
 
 #[test]
-fn empty_file_is_a_fresh_store() {
+fn empty_file_is_refused() {
+    // A store truncated to 0 bytes used to start as a fresh, empty store:
+    // every session and retained message gone, logged at INFO only.
     let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
     std::fs::write(dir.path().join(STORE_FILE_NAME), b"").unwrap();
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("the file is empty (0 bytes)") && reason.contains("delete the file"), "{reason}");
+    // Nothing was written: still empty, still refused.
+    assert_eq!(std::fs::metadata(dir.path().join(STORE_FILE_NAME)).unwrap().len(), 0);
+    corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    // Deleted, as the message says: a fresh store.
+    std::fs::remove_file(dir.path().join(STORE_FILE_NAME)).unwrap();
     let log = RedbLog::open(dir.path(), ID, true).unwrap();
     assert_eq!(log.last_index().unwrap(), 0);
 }
