@@ -80,10 +80,10 @@ impl AuthError {
 }
 
 /// The result of one role list: matched with a decision, or no match.
-enum Found {
+enum RoleMatch {
     Allow,
     Deny,
-    NotFound,
+    NoMatch,
 }
 
 impl DynsecState {
@@ -123,7 +123,7 @@ impl DynsecState {
                 };
                 let mut found = self.check_roles(&c.roles, topic, access);
                 for g in &c.groups {
-                    if !matches!(found, Found::NotFound) {
+                    if !matches!(found, RoleMatch::NoMatch) {
                         break;
                     }
                     if let Some(group) = self.groups.get(&g.name) {
@@ -134,13 +134,13 @@ impl DynsecState {
             }
             None => match self.anonymous_group.as_ref().and_then(|g| self.groups.get(g)) {
                 Some(group) => self.check_roles(&group.roles, topic, access),
-                None => Found::NotFound,
+                None => RoleMatch::NoMatch,
             },
         };
         match found {
-            Found::Allow => Decision::Allow,
-            Found::Deny => Decision::Deny,
-            Found::NotFound => {
+            RoleMatch::Allow => Decision::Allow,
+            RoleMatch::Deny => Decision::Deny,
+            RoleMatch::NoMatch => {
                 let default = match access {
                     Access::PublishClientSend => DefaultAclType::PublishClientSend,
                     Access::PublishClientReceive => DefaultAclType::PublishClientReceive,
@@ -157,8 +157,8 @@ impl DynsecState {
         }
     }
 
-    fn check_roles(&self, roles: &[Membership], topic: &str, access: Access) -> Found {
-        let decide = |allow: bool| if allow { Found::Allow } else { Found::Deny };
+    fn check_roles(&self, roles: &[Membership], topic: &str, access: Access) -> RoleMatch {
+        let decide = |allow: bool| if allow { RoleMatch::Allow } else { RoleMatch::Deny };
         for m in roles {
             let Some(role) = self.roles.get(&m.name) else { continue };
             let (literal, pattern) = match access {
@@ -183,7 +183,7 @@ impl DynsecState {
                 return decide(acl.allow);
             }
         }
-        Found::NotFound
+        RoleMatch::NoMatch
     }
 }
 

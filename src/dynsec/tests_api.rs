@@ -533,13 +533,13 @@ impl Lcg {
         ];
         match self.next() % if depth > 3 { 5 } else { 8 } {
             0 => Value::Null,
-            1 => json!(self.next() % 2 == 0),
+            1 => json!(self.next().is_multiple_of(2)),
             2 => json!((self.next() as i64) - (1 << 30)),
             3 => json!(self.pick(NAMES)),
             4 => json!(self.pick(COMMANDS)),
             5 | 6 => {
                 let mut m = serde_json::Map::new();
-                if self.next() % 3 != 0 {
+                if !self.next().is_multiple_of(3) {
                     m.insert("command".into(), json!(self.pick(COMMANDS)));
                 }
                 for _ in 0..self.next() % 6 {

@@ -19,12 +19,11 @@ fn m(name: &str, priority: i32) -> Membership {
     Membership { name: name.into(), priority }
 }
 
+/// A group of client "u": name, priority, its roles.
+type GroupSpec<'a> = (&'a str, i32, &'a [(&'a str, i32)]);
+
 /// Client "u" with roles and groups given as (name, priority).
-fn state(
-    roles: Vec<(&str, Role)>,
-    client_roles: &[(&str, i32)],
-    groups: &[(&str, i32, &[(&str, i32)])],
-) -> DynsecState {
+fn state(roles: Vec<(&str, Role)>, client_roles: &[(&str, i32)], groups: &[GroupSpec]) -> DynsecState {
     let mut s = DynsecState::default();
     for (n, r) in roles {
         s.roles.insert(n.into(), r);
