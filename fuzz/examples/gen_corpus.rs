@@ -20,6 +20,7 @@ use std::rc::Rc;
 use midge::mqtt::codec::encode;
 use midge::mqtt::*;
 use midge_fuzz::broker_events::{self, op, Harness};
+use midge_fuzz::dynsec_request;
 use midge_fuzz::packet_reader::{self, selector};
 use midge_fuzz::{state_snapshot, Input};
 
@@ -574,8 +575,32 @@ fn main() {
     let ss = snapshots(&be);
     write_seeds(&corpus.join("state_snapshot"), &ss, state_snapshot::run);
 
+    write_seeds(&corpus.join("dynsec_request"), &dynsec_requests(), dynsec_request::run);
+
     for (path, data) in known_crashes() {
         std::fs::write(corpus.join(&path), data).expect("write reproducer");
         println!("{}: known finding reproducer", corpus.join(&path).display());
     }
+}
+
+/// dynsec_request seeds: one request per command kind, against the init
+/// file (selector 1), plus the malformed shapes.
+fn dynsec_requests() -> Vec<(String, Vec<u8>)> {
+    let requests: &[(&str, &str)] = &[
+        ("clients", r#"{"commands":[{"command":"createClient","username":"u","password":"p","clientid":"c","roles":[{"rolename":"admin","priority":1}]},{"command":"modifyClient","username":"u","textname":"t","groups":[]},{"command":"setClientPassword","username":"u","password":"q"},{"command":"setClientId","username":"u"},{"command":"disableClient","username":"u"},{"command":"enableClient","username":"u"},{"command":"addClientRole","username":"u","rolename":"admin"},{"command":"removeClientRole","username":"u","rolename":"admin"},{"command":"getClient","username":"u"},{"command":"listClients","verbose":true,"count":1,"offset":0},{"command":"deleteClient","username":"u"}]}"#),
+        ("groups", r#"{"commands":[{"command":"createClient","username":"u"},{"command":"createGroup","groupname":"g","roles":[{"rolename":"admin"}]},{"command":"addGroupClient","username":"u","groupname":"g","priority":2},{"command":"addGroupRole","groupname":"g","rolename":"admin"},{"command":"removeGroupRole","groupname":"g","rolename":"admin"},{"command":"modifyGroup","groupname":"g","clients":[{"username":"u"}]},{"command":"setAnonymousGroup","groupname":"g"},{"command":"getAnonymousGroup"},{"command":"getGroup","groupname":"g"},{"command":"listGroups","verbose":true},{"command":"removeGroupClient","username":"u","groupname":"g"},{"command":"deleteGroup","groupname":"g"}]}"#),
+        ("roles", r#"{"commands":[{"command":"createRole","rolename":"r","acls":[{"acltype":"publishClientSend","topic":"a/#","allow":true}]},{"command":"addRoleACL","rolename":"r","acltype":"subscribePattern","topic":"b/+","priority":3,"allow":true},{"command":"removeRoleACL","rolename":"r","acltype":"subscribePattern","topic":"b/+"},{"command":"modifyRole","rolename":"r","acls":[]},{"command":"getRole","rolename":"r"},{"command":"listRoles","verbose":true},{"command":"setDefaultACLAccess","acls":[{"acltype":"subscribe","allow":true}]},{"command":"getDefaultACLAccess"},{"command":"deleteRole","rolename":"r"}]}"#),
+        ("errors", r#"{"commands":[5,{"x":1},{"command":"nope"},{"command":"addRoleACL","rolename":"admin","acltype":"x"},{"command":"createClient","username":"admin"},{"command":"listRoles","correlationData":1}]}"#),
+        ("not-json", "{"),
+        ("no-commands", r#"{"commandz":[]}"#),
+    ];
+    let mut seeds = Vec::new();
+    for (name, req) in requests {
+        for sel in [1u8, 3] {
+            let mut data = vec![sel];
+            data.extend_from_slice(req.as_bytes());
+            seeds.push((format!("{name}-{sel}"), data));
+        }
+    }
+    seeds
 }

@@ -25,6 +25,7 @@ fn main() {
         "packet_reader" => midge_fuzz::packet_reader::run,
         "broker_events" => midge_fuzz::broker_events::run,
         "state_snapshot" => midge_fuzz::state_snapshot::run,
+        "dynsec_request" => midge_fuzz::dynsec_request::run,
         other => panic!("unknown target {other}"),
     };
     let mut list = Vec::new();

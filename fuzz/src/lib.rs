@@ -4,6 +4,7 @@
 //! `assert!`: a failing one is a finding, like a panic inside midge.
 
 pub mod broker_events;
+pub mod dynsec_request;
 pub mod packet_reader;
 pub mod state_snapshot;
 
