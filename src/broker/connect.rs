@@ -5,7 +5,8 @@ use std::rc::Rc;
 
 use log::info;
 
-use super::state::{Command, WillMsg, EXPIRY_NEVER};
+use super::command::{Command, WillMsg};
+use super::state::EXPIRY_NEVER;
 use super::{Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};

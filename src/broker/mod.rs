@@ -8,6 +8,7 @@
 //! it as is.
 
 pub mod admin;
+pub mod command;
 mod connect;
 pub mod dynsec;
 pub mod lazy;
