@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::config::Config;
-use crate::mqtt::{ConnAck, Connect, Properties, RetainHandling, Subscribe, Will};
+use crate::mqtt::{ConnAck, Connect, Properties, PubResp, Publish, RetainHandling, Subscribe, Will};
 
 fn broker_with(f: impl FnOnce(&mut Config)) -> Broker {
     let mut c = Config::default();
