@@ -550,7 +550,8 @@ impl Sim {
         if applied.iter().any(|a| *a != applied[0]) {
             self.fail(&format!("nodes did not converge: applied indexes {applied:?}"));
         }
-        let snaps: Vec<Vec<u8>> = self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker.state.snapshot()).collect();
+        let snaps: Vec<Vec<u8>> =
+            self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker.state().snapshot()).collect();
         if snaps.iter().any(|s| *s != snaps[0]) {
             self.fail(&format!("applied state differs between nodes at index {}", applied[0]));
         }

@@ -182,7 +182,7 @@ impl Broker {
         c.phase = Phase::Connected;
         c.session_closed = false;
         // Hold the session's copy of the client id, not a second one.
-        if let Some((key, _)) = self.state.sessions.get_key_value(client) {
+        if let Some((key, _)) = self.state.sessions().get_key_value(client) {
             c.client = Some(key.clone());
             self.by_client.remove(client);
             self.by_client.insert(key.clone(), id);

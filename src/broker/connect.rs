@@ -288,7 +288,7 @@ impl Broker {
         loop {
             self.next_assigned_id += 1;
             let id: Rc<str> = Rc::from(format!("midge-{:x}-{:x}", now, self.next_assigned_id));
-            if !self.state.sessions.contains_key(&id) && !self.by_client.contains_key(&id) {
+            if !self.state.sessions().contains_key(&id) && !self.by_client.contains_key(&id) {
                 return id;
             }
         }

@@ -121,8 +121,8 @@ pub struct Stats {
 }
 
 pub struct Broker {
-    pub settings: Rc<Settings>,
-    pub state: State,
+    settings: Rc<Settings>,
+    state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
     congested: fxhash::FxHashSet<ConnId>,
@@ -138,7 +138,7 @@ pub struct Broker {
     /// How many of `proposals` (a prefix) are applied already.
     proposals_applied: usize,
     next_assigned_id: u64,
-    pub stats: Stats,
+    stats: Stats,
     started_ms: u64,
     last_sys_ms: u64,
     sys_retained: std::collections::BTreeMap<Rc<str>, Message>,
@@ -147,12 +147,12 @@ pub struct Broker {
     /// caught up). Always true when not replicated.
     serving: bool,
     /// The last LeaderStart applied: (node, term).
-    pub leader_ready: Option<(u64, u64)>,
+    leader_ready: Option<(u64, u64)>,
     /// `cluster_follower_mode redirect`: the leader's client address, sent
     /// to v5 clients as a Server Reference with CONNACK 0x9C.
-    pub redirect: Option<String>,
+    redirect: Option<String>,
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
-    pub cluster_sys: Vec<(&'static str, String)>,
+    cluster_sys: Vec<(&'static str, String)>,
     control_requests: Vec<(ConnId, Vec<u8>)>,
     last_drop_log_ms: u64,
 }
@@ -195,6 +195,50 @@ impl Broker {
 
     pub fn serving(&self) -> bool {
         self.serving
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The durable state, to read: it changes only as commands apply
+    /// (`apply_committed`), by a snapshot (`install_state`) or a membership
+    /// change (`peer_added`, `peer_removed`).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Replace the durable state by one restored from a snapshot (at start,
+    /// or when the raft log sends one).
+    pub fn install_state(&mut self, state: State) {
+        self.state = state;
+    }
+
+    /// A raft membership change added node `id` at `addr`, applied in log
+    /// order (see `State::peer_added`).
+    pub fn peer_added(&mut self, id: u64, addr: String) {
+        self.state.peer_added(id, addr);
+    }
+
+    /// A raft membership change removed node `id`.
+    pub fn peer_removed(&mut self, id: u64) {
+        self.state.peer_removed(id);
+    }
+
+    /// The last LeaderStart command applied: (node, term).
+    pub fn leader_ready(&self) -> Option<(u64, u64)> {
+        self.leader_ready
+    }
+
+    /// `cluster_follower_mode redirect`: the leader's client address, sent
+    /// to v5 clients as a Server Reference with CONNACK 0x9C.
+    pub fn set_redirect(&mut self, redirect: Option<String>) {
+        self.redirect = redirect;
+    }
+
+    /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
+    pub fn set_cluster_sys(&mut self, sys: Vec<(&'static str, String)>) {
+        self.cluster_sys = sys;
     }
 
     /// Start or stop serving clients. Stopping closes every client
@@ -286,7 +330,7 @@ impl Broker {
         let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
         let username = match pending {
             Some(p) => p.username.as_deref(),
-            None => self.state.sessions.get(client).and_then(|s| s.username.as_deref()),
+            None => self.state.sessions().get(client).and_then(|s| s.username.as_deref()),
         };
         self.settings.allowed(client, username, topic, access)
     }
@@ -373,7 +417,7 @@ impl Broker {
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let existing = self.state.sessions.get(&client).map_or(0, |s| s.subs.len());
+        let existing = self.state.sessions().get(&client).map_or(0, |s| s.subs.len());
         let mut reqs = Vec::new();
         let mut codes = Vec::with_capacity(s.filters.len());
         for (filter, opts) in s.filters {
@@ -467,7 +511,7 @@ impl Broker {
         }
         if now.saturating_sub(self.last_tick_cmd_ms) >= 1000 {
             self.last_tick_cmd_ms = now;
-            if self.state.sessions.values().any(|s| !s.online) || !self.state.retained.is_empty() {
+            if self.state.sessions().values().any(|s| !s.online) || !self.state.retained().is_empty() {
                 self.propose(now, Command::Tick);
             }
         }

@@ -142,7 +142,7 @@ impl Broker {
         let pid = p.packet_id.unwrap_or(0);
         if p.qos != QoS::AtMostOnce {
             let known_qos2 = p.qos == QoS::ExactlyOnce
-                && self.state.sessions.get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
+                && self.state.sessions().get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
             if !known_qos2 {
                 c.inbound_unacked += 1;
                 // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
@@ -175,7 +175,7 @@ impl Broker {
             Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security, which midge does not have", false))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
-            (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max).then_some((
+            (self.state.stored_bytes() + cost > self.settings.limits.memory_bytes_max).then_some((
                 reason::QUOTA_EXCEEDED,
                 "memory_limit reached",
                 true,
@@ -206,7 +206,7 @@ impl Broker {
                 let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
                 let mut offline = false;
                 for (target, d) in targets {
-                    if self.state.sessions.get(&target).is_some_and(|s| s.online) {
+                    if self.state.sessions().get(&target).is_some_and(|s| s.online) {
                         self.deliver(&target, None, &d, false, now);
                     } else {
                         offline = true;

@@ -160,16 +160,16 @@ pub type AclCheck<'a> = &'a dyn Fn(&str, Option<&str>, &str) -> bool;
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub sessions: BTreeMap<Rc<str>, Box<Session>>,
-    pub retained: BTreeMap<Rc<str>, Message>,
-    pub tree: TopicTree,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
+    retained: BTreeMap<Rc<str>, Message>,
+    tree: TopicTree,
     /// Bytes of retained and queued messages, for memory_limit.
-    pub stored_bytes: u64,
-    pub applied_commands: u64,
+    stored_bytes: u64,
+    applied_commands: u64,
     /// Raft transport addresses of nodes added at run time (from their
     /// conf change), so a restart can reach them. Written by the cluster
     /// driver when it applies a membership change, in log order.
-    pub peer_addrs: BTreeMap<u64, String>,
+    peer_addrs: BTreeMap<u64, String>,
 }
 
 /// Split a subscribed filter into (share group, topic filter).
@@ -181,6 +181,49 @@ pub fn split_share(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl State {
+    /// Every session, online or not, by client id.
+    pub fn sessions(&self) -> &BTreeMap<Rc<str>, Box<Session>> {
+        &self.sessions
+    }
+
+    /// The retained messages by topic.
+    pub fn retained(&self) -> &BTreeMap<Rc<str>, Message> {
+        &self.retained
+    }
+
+    /// Every session's subscriptions, by topic filter.
+    pub fn tree(&self) -> &TopicTree {
+        &self.tree
+    }
+
+    /// Bytes of retained, queued and in-flight messages (their
+    /// `Message::cost_bytes`), for memory_limit.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    pub fn applied_commands(&self) -> u64 {
+        self.applied_commands
+    }
+
+    /// Raft transport addresses of nodes added at run time.
+    pub fn peer_addrs(&self) -> &BTreeMap<u64, String> {
+        &self.peer_addrs
+    }
+
+    /// A raft membership change added node `id` at `addr`. The one change
+    /// to the state that is not a `Command`: conf change entries are raft's
+    /// own, and the cluster driver applies them here in log order, so every
+    /// node records the same addresses (and the snapshot carries them).
+    pub fn peer_added(&mut self, id: u64, addr: String) {
+        self.peer_addrs.insert(id, addr);
+    }
+
+    /// A raft membership change removed node `id` (see `peer_added`).
+    pub fn peer_removed(&mut self, id: u64) {
+        self.peer_addrs.remove(&id);
+    }
+
     pub fn apply(&mut self, e: &Entry, lim: &ApplyLimits, acl: AclCheck, out: &mut Vec<Effect>) {
         self.applied_commands += 1;
         let now = e.now_ms;
@@ -357,7 +400,7 @@ impl State {
     /// Frees the in-flight maps that acknowledgements emptied (they keep
     /// their allocation until then: see `Lazy::remove_keep`). Called
     /// every second; changes no state, only where it is held.
-    pub fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         for s in self.sessions.values_mut() {
             s.inflight.trim();
         }

@@ -197,7 +197,7 @@ fn clean_session_discards_state() {
     b.closed(1, 1001);
     let ack = connect(&mut b, 2, "sub", Version::V311, true, 1002);
     assert!(!ack.session_present); // [MQTT-3.2.2-1]
-    assert!(b.state.sessions.get("sub").is_some_and(|s| s.subs.is_empty()));
+    assert!(b.state.sessions().get("sub").is_some_and(|s| s.subs.is_empty()));
 }
 
 #[test]

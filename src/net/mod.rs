@@ -308,8 +308,8 @@ impl<L: RaftLog + 'static> Server<L> {
         let defer_flush = node.raw.store().on_disk();
         let inline_ready = !clustered && !defer_flush;
         node.hold_after_commit = !inline_ready;
-        let connection_messages = node.broker.settings.connection_messages;
-        let lim = node.broker.settings.limits.clone();
+        let connection_messages = node.broker.settings().connection_messages;
+        let lim = node.broker.settings().limits.clone();
         Rc::new(Server {
             node: RefCell::new(node),
             peers,
@@ -849,7 +849,7 @@ impl<L: RaftLog + 'static> Server<L> {
     fn upkeep(&self, now: u64) {
         let redirect = if self.mode == FollowerMode::Redirect { self.leader_client_addr() } else { None };
         let mut node = self.node.borrow_mut();
-        node.broker.redirect = redirect;
+        node.broker.set_redirect(redirect);
         let st = node.status();
         let online = st.voters.iter().filter(|id| **id == st.node_id || self.peers.connected(**id)).count();
         let mut sys = vec![
@@ -877,7 +877,7 @@ impl<L: RaftLog + 'static> Server<L> {
             };
             sys.push((name, lag.to_string()));
         }
-        node.broker.cluster_sys = sys;
+        node.broker.set_cluster_sys(sys);
         if node.is_leader() && self.leader_since.get().0 != node.term() {
             self.leader_since.set((node.term(), now));
         }
@@ -1123,7 +1123,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut all: std::collections::BTreeMap<u64, String> = addrs.iter().cloned().collect();
         {
             let node = self.node.borrow();
-            for (id, a) in &node.broker.state.peer_addrs {
+            for (id, a) in node.broker.state().peer_addrs() {
                 all.entry(*id).or_insert_with(|| a.clone());
             }
             let mut known = self.known_peers.borrow_mut();
