@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod limits;
 pub mod mqtt;
 pub mod net;
 pub mod store;

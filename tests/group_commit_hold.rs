@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use midge::broker::{Action, Broker, Settings};
+use midge::broker::{Action, Broker};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
 use midge::mqtt::{Connect, Packet, Properties, Publish, QoS, Version};
@@ -16,7 +16,7 @@ const NOW: u64 = 1_700_000_000_000;
 const PUBLISHER: u64 = 1;
 
 fn node(hold: bool) -> Node<MemLog> {
-    let settings = Rc::new(Settings::from_config(&Config::default(), None, None));
+    let settings = Rc::new(Config::default().broker_settings(None, None));
     let mut node = Node::new(NodeConfig::single(1), MemLog::new(), Broker::new(settings, NOW), &raft_logger())
         .expect("node starts");
     node.hold_after_commit = hold;

@@ -87,7 +87,7 @@ struct Sim {
 
 fn settings() -> Rc<Settings> {
     let c = Config::default();
-    Rc::new(Settings::from_config(&c, None, None))
+    Rc::new(c.broker_settings(None, None))
 }
 
 fn new_node(cfg: &NodeConfig, disk: &MemLog, now: u64) -> Node<MemLog> {

@@ -18,7 +18,7 @@ use raft::Storage;
 const CLIENTS: u64 = 300;
 
 fn settings() -> Rc<Settings> {
-    Rc::new(Settings::from_config(&Config::default(), None, None))
+    Rc::new(Config::default().broker_settings(None, None))
 }
 
 /// Ready passes until nothing is left to do; returns CONNACKs with code 0.

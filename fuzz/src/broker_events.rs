@@ -183,7 +183,7 @@ pub fn settings(c0: u8, c1: u8, c2: u8) -> Settings {
         cfg.connection_messages = false;
     }
     let acl = if c2 & 1 != 0 { Some(AclFile::parse_str(ACL, "fuzz.acl").expect("fuzz ACL parses")) } else { None };
-    Settings::from_config(&cfg, None, acl)
+    cfg.broker_settings(None, acl)
 }
 
 #[derive(Default)]

@@ -11,7 +11,7 @@ use crate::mqtt::{ConnAck, Connect, Properties, PubResp, Publish, RetainHandling
 fn broker_with(f: impl FnOnce(&mut Config)) -> Broker {
     let mut c = Config::default();
     f(&mut c);
-    Broker::new(Rc::new(Settings::from_config(&c, None, None)), 1_000)
+    Broker::new(Rc::new(c.broker_settings(None, None)), 1_000)
 }
 
 fn broker() -> Broker {
@@ -385,7 +385,7 @@ fn conn_fits_a_96_byte_block() {
 fn acl_uses_the_connect_user_name_before_the_session_has_it() {
     for (user, allowed) in [("alice", true), ("bob", false)] {
         let acl = crate::auth::acl::AclFile::parse_str("user alice\ntopic readwrite a/#\n", "acl").unwrap();
-        let mut b = Broker::new(Rc::new(Settings::from_config(&Config::default(), None, Some(acl))), 1_000);
+        let mut b = Broker::new(Rc::new(Config::default().broker_settings(None, Some(acl))), 1_000);
         b.set_replicated();
         b.set_serving(true, 1_000);
         b.open(1, "127.0.0.1:1".parse().unwrap(), 1_000);
