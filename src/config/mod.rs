@@ -18,6 +18,7 @@
 //! ```
 
 mod broker_settings;
+mod keys;
 mod parse;
 mod referenced;
 #[cfg(test)]
