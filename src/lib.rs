@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dynsec;
+pub mod limits;
 pub mod mqtt;
 pub mod net;
 pub mod store;

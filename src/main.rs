@@ -8,7 +8,7 @@ use std::rc::Rc;
 use log::{error, info, LevelFilter};
 use smol::LocalExecutor;
 
-use midge::broker::{Broker, Settings};
+use midge::broker::Broker;
 use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let settings = Rc::new(Settings::from_config(&config, passwords, acl));
+    let settings = Rc::new(config.broker_settings(passwords, acl));
     info!("midge version {} starting", env!("CARGO_PKG_VERSION"));
     if let Some(src) = &config.source {
         info!("Config loaded from {}.", src.display());

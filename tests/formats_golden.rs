@@ -101,7 +101,7 @@ fn applied_state(es: &[Entry]) -> State {
     for e in es {
         st.apply(e, &lim, &|_, _, _| true, &mut out);
     }
-    st.peer_addrs.insert(4, "10.0.0.14:7883".into());
+    st.peer_added(4, "10.0.0.14:7883".into());
     st
 }
 
@@ -131,10 +131,10 @@ fn state_snapshot_v1_still_restores() {
     let gold = golden("snapshot.bin", &bytes);
     let restored = State::restore(&gold).expect("golden snapshot restores");
     assert_eq!(restored.snapshot(), gold);
-    assert_eq!(restored.sessions.len(), 1, "sub persists, pub (expiry 0) ended");
-    assert!(restored.retained.contains_key("a/1"));
-    assert_eq!(restored.peer_addrs.get(&4).map(String::as_str), Some("10.0.0.14:7883"));
-    assert_eq!(restored.tree.len(), 2, "subscriptions rebuilt into the tree");
+    assert_eq!(restored.sessions().len(), 1, "sub persists, pub (expiry 0) ended");
+    assert!(restored.retained().contains_key("a/1"));
+    assert_eq!(restored.peer_addrs().get(&4).map(String::as_str), Some("10.0.0.14:7883"));
+    assert_eq!(restored.tree().len(), 2, "subscriptions rebuilt into the tree");
     assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v1");
 }
 

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use midge::broker::{Action, Broker, Settings};
+use midge::broker::{Action, Broker};
 use midge::cluster::driver::CommitMode;
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
@@ -17,7 +17,7 @@ const NOW: u64 = 1_700_000_000_000;
 const PUBLISHER: u64 = 1;
 
 fn node() -> Node<MemLog> {
-    let settings = Rc::new(Settings::from_config(&Config::default(), None, None));
+    let settings = Rc::new(Config::default().broker_settings(None, None));
     let mut node = Node::new(NodeConfig::single(1), MemLog::new(), Broker::new(settings, NOW), &raft_logger())
         .expect("node starts");
     // As the server runs a log on disk: staged writes, a hold after commits.

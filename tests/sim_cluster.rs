@@ -90,7 +90,7 @@ struct Sim {
 
 fn settings() -> Rc<Settings> {
     let c = Config::default();
-    Rc::new(Settings::from_config(&c, None, None))
+    Rc::new(c.broker_settings(None, None))
 }
 
 /// A node as the server runs one with `persistence true`: its log on
@@ -551,7 +551,7 @@ impl Sim {
             self.fail(&format!("nodes did not converge: applied indexes {applied:?}"));
         }
         let snaps: Vec<Vec<u8>> =
-            self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker().state.snapshot()).collect();
+            self.nodes.iter().map(|n| n.node.as_ref().unwrap().broker().state().snapshot()).collect();
         if snaps.iter().any(|s| *s != snaps[0]) {
             self.fail(&format!("applied state differs between nodes at index {}", applied[0]));
         }

@@ -19,7 +19,7 @@ use raft::Storage;
 const CLIENTS: u64 = 300;
 
 fn settings() -> Rc<Settings> {
-    Rc::new(Settings::from_config(&Config::default(), None, None))
+    Rc::new(Config::default().broker_settings(None, None))
 }
 
 /// Ready passes until nothing is left to do; returns CONNACKs with code 0.
@@ -72,7 +72,7 @@ fn lone_volatile_node_forgets_applied_entries_and_snapshots_for_a_new_member() {
         accepted += run(&mut node, now);
     }
     assert_eq!(accepted as u64, CLIENTS);
-    assert_eq!(node.broker().state.sessions.len() as u64, CLIENTS);
+    assert_eq!(node.broker().state().sessions().len() as u64, CLIENTS);
 
     // One entry per CONNECT was applied; all but the last few are gone.
     let (first, last) = (disk.first_index().unwrap(), disk.last_index().unwrap());
@@ -87,8 +87,8 @@ fn lone_volatile_node_forgets_applied_entries_and_snapshots_for_a_new_member() {
     assert_eq!(node.conf_state().voters, vec![1, 2]);
     let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
     let restored = State::restore(&snap.data).expect("snapshot decodes");
-    assert_eq!(restored.sessions.len() as u64, CLIENTS);
-    assert_eq!(restored.snapshot(), node.broker().state.snapshot());
+    assert_eq!(restored.sessions().len() as u64, CLIENTS);
+    assert_eq!(restored.snapshot(), node.broker().state().snapshot());
 }
 
 #[test]
@@ -194,12 +194,12 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
             node.broker_mut().packet(publ, publish(&format!("t/{pid}"), pid), now);
             settle(&mut node, now);
         }
-        let queued = node.broker().state.sessions.get("client-1").expect("session").queue.len();
+        let queued = node.broker().state().sessions().get("client-1").expect("session").queue.len();
         assert_eq!(queued, 5, "each publish queued once (early {early})");
-        assert_eq!(node.broker().state.retained.len(), 6);
+        assert_eq!(node.broker().state().retained().len(), 6);
         assert_eq!(node.applied(), disk.last_index().unwrap(), "everything in the log is applied");
         assert!(!node.broker_mut().has_proposals());
-        states.push(node.broker().state.snapshot());
+        states.push(node.broker().state().snapshot());
 
         if early {
             // A proposal applied and not yet logged goes in before the
@@ -212,10 +212,10 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
             settle(&mut node, now);
             assert_eq!(node.conf_state().voters, vec![1, 2]);
             assert!(!node.broker_mut().applies_at_propose(), "not alone: commit is no longer certain");
-            assert_eq!(node.broker().state.retained.len(), 7);
+            assert_eq!(node.broker().state().retained().len(), 7);
             let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
             let restored = State::restore(&snap.data).expect("snapshot decodes");
-            assert_eq!(restored.snapshot(), node.broker().state.snapshot());
+            assert_eq!(restored.snapshot(), node.broker().state().snapshot());
         }
     }
     assert!(states[0] == states[1], "applying at propose and at commit end in the same state");

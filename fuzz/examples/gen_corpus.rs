@@ -510,15 +510,25 @@ fn snapshots(scripts: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 /// Reproducers of known findings that are built from midge's types (so
 /// they follow format changes). Written as `crash-*`, not checked.
 fn known_crashes() -> Vec<(PathBuf, Vec<u8>)> {
-    use midge::broker::state::{Queue, Session, State};
+    use midge::broker::state::{Queue, Session, STATE_FORMAT_VERSION};
+    use midge::broker::Message;
+    use std::collections::BTreeMap;
     // restore-stored-bytes-overflow: two sessions whose queued_bytes add
-    // up past u64::MAX.
-    let mut st = State::default();
+    // up past u64::MAX. No command leads to such a `State` (it changes only
+    // through `apply`), so the snapshot is written here field by field, in
+    // the order `State::snapshot` writes them (postcard writes a tuple as
+    // it writes a struct): format version, applied commands, sessions,
+    // retained messages, peer addresses.
+    let mut sessions: BTreeMap<Rc<str>, Box<Session>> = BTreeMap::new();
     for c in ["a", "b"] {
         let queue = Queue { bytes: u64::MAX / 2 + 1, ..Default::default() }.into();
-        st.sessions.insert(Rc::from(c), Box::new(Session { queue, ..Default::default() }));
+        sessions.insert(Rc::from(c), Box::new(Session { queue, ..Default::default() }));
     }
-    vec![(PathBuf::from("state_snapshot/crash-restore-stored-bytes-overflow"), st.snapshot())]
+    let retained: BTreeMap<Rc<str>, Message> = BTreeMap::new();
+    let peer_addrs: BTreeMap<u64, String> = BTreeMap::new();
+    let snapshot =
+        postcard::to_allocvec(&(STATE_FORMAT_VERSION, 0u64, sessions, retained, peer_addrs)).expect("encode snapshot");
+    vec![(PathBuf::from("state_snapshot/crash-restore-stored-bytes-overflow"), snapshot)]
 }
 
 fn write_seeds(dir: &Path, seeds: &[(String, Vec<u8>)], run: fn(&[u8])) {

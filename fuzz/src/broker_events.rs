@@ -183,7 +183,7 @@ pub fn settings(c0: u8, c1: u8, c2: u8) -> Settings {
         cfg.connection_messages = false;
     }
     let acl = if c2 & 1 != 0 { Some(AclFile::parse_str(ACL, "fuzz.acl").expect("fuzz ACL parses")) } else { None };
-    Settings::from_config(&cfg, None, acl)
+    cfg.broker_settings(None, acl)
 }
 
 #[derive(Default)]
@@ -572,7 +572,7 @@ impl Harness {
     /// not reuse a packet id in flight, nor exceed the Receive Maximum.
     fn check_publish_to_client(&mut self, id: ConnId, x: &Publish) {
         let window = self.settings.limits.inflight_messages_max;
-        let state = &self.broker.state;
+        let state = self.broker.state();
         let t = self.tracks.get_mut(&id).expect("tracked");
         let topic = match (x.topic.is_empty(), x.properties.topic_alias) {
             (true, Some(a)) => match t.aliases_in.get(&a) {
@@ -614,7 +614,7 @@ impl Harness {
                     v.sort();
                     v
                 },
-                t.client_id.as_deref().and_then(|c| state.sessions.get(c)).map(|s| {
+                t.client_id.as_deref().and_then(|c| state.sessions().get(c)).map(|s| {
                     s.inflight.iter().map(|(k, o)| (*k, matches!(o, Outbound::Released))).collect::<Vec<_>>()
                 })
             );
@@ -623,13 +623,13 @@ impl Harness {
 
     pub fn check_state(&self) {
         assert_eq!(self.broker.connections(), self.open, "connections() differs from connections open");
-        let st = &self.broker.state;
+        let st = self.broker.state();
         let lim = &self.settings.limits;
-        assert!(st.stored_bytes < 1 << 30, "stored_bytes is absurd: {}", st.stored_bytes);
+        assert!(st.stored_bytes() < 1 << 30, "stored_bytes is absurd: {}", st.stored_bytes());
         let mut expected = 0u64;
         let mut subs = 0usize;
         let mut online = 0usize;
-        for (c, s) in &st.sessions {
+        for (c, s) in st.sessions() {
             let q: u64 = s.queue.iter().map(|d| d.msg.cost_bytes()).sum();
             assert_eq!(s.queue.bytes, q, "queued_bytes of session {c} is not the cost of its queue");
             assert!(s.queue.len() <= lim.queued_messages_max as usize, "queue of {c} over max_queued_messages");
@@ -644,10 +644,10 @@ impl Harness {
             subs += s.subs.len();
             online += usize::from(s.online);
         }
-        expected += st.retained.values().map(|m| m.cost_bytes()).sum::<u64>();
-        assert_eq!(st.stored_bytes, expected, "stored_bytes drifted from the messages it counts");
-        assert!(st.retained.len() <= lim.retained_messages_max as usize, "more retained messages than the max");
-        assert_eq!(st.tree.len(), subs, "topic tree size differs from the sessions' subscriptions");
+        expected += st.retained().values().map(|m| m.cost_bytes()).sum::<u64>();
+        assert_eq!(st.stored_bytes(), expected, "stored_bytes drifted from the messages it counts");
+        assert!(st.retained().len() <= lim.retained_messages_max as usize, "more retained messages than the max");
+        assert_eq!(st.tree().len(), subs, "topic tree size differs from the sessions' subscriptions");
         assert!(online <= self.broker.connections(), "{online} sessions online with {} connections", self.open);
     }
 
@@ -660,14 +660,14 @@ impl Harness {
         }
         self.tick(3_600_000);
         self.drain_and_check();
-        let online = self.broker.state.sessions.values().filter(|s| s.online).count();
+        let online = self.broker.state().sessions().values().filter(|s| s.online).count();
         assert_eq!(online, 0, "sessions still online with every connection closed");
-        check_snapshot_roundtrip(&self.broker.state);
+        check_snapshot_roundtrip(self.broker.state());
     }
 
     /// The durable state as a snapshot (for seeds of `state_snapshot`).
     pub fn snapshot(&self) -> Vec<u8> {
-        self.broker.state.snapshot()
+        self.broker.state().snapshot()
     }
 }
 
@@ -707,9 +707,9 @@ pub fn check_snapshot_roundtrip(st: &State) {
     let snap = st.snapshot();
     let r = State::restore(&snap).unwrap_or_else(|e| panic!("restoring a fresh snapshot fails: {e}"));
     assert!(r.snapshot() == snap, "snapshot -> restore -> snapshot changes the bytes");
-    assert!(r.sessions == st.sessions, "snapshot changes the sessions");
-    assert_eq!(r.stored_bytes, st.stored_bytes, "snapshot changes stored_bytes");
-    assert_eq!(r.tree.len(), st.tree.len(), "snapshot changes the topic tree size");
+    assert!(r.sessions() == st.sessions(), "snapshot changes the sessions");
+    assert_eq!(r.stored_bytes(), st.stored_bytes(), "snapshot changes stored_bytes");
+    assert_eq!(r.tree().len(), st.tree().len(), "snapshot changes the topic tree size");
 }
 
 fn ack(packet_id: u16) -> PubResp {

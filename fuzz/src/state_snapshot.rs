@@ -31,7 +31,7 @@ pub fn run(data: &[u8]) {
 /// checks are on, and wraps `stored_bytes` where they are off.
 pub const KNOWN_RESTORE_OVERFLOW: &str = "restore-stored-bytes-overflow";
 
-/// The first fields of a snapshot (`SnapshotIn` in src/broker/state.rs;
+/// The first fields of a snapshot (`SnapshotIn` in src/broker/state/snapshot.rs;
 /// later fields are left unread).
 #[derive(Deserialize)]
 struct Shape {

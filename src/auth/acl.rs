@@ -329,5 +329,4 @@ fn filter_covers(rule: &str, sub: &str) -> bool {
 }
 
 #[cfg(test)]
-#[path = "acl_tests.rs"]
 mod tests;

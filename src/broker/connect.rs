@@ -5,7 +5,8 @@ use std::rc::Rc;
 
 use log::info;
 
-use super::state::{Command, WillMsg, EXPIRY_NEVER};
+use super::command::{Command, WillMsg};
+use super::state::EXPIRY_NEVER;
 use super::{Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};
@@ -287,7 +288,7 @@ impl Broker {
         loop {
             self.next_assigned_id += 1;
             let id: Rc<str> = Rc::from(format!("midge-{:x}-{:x}", now, self.next_assigned_id));
-            if !self.state.sessions.contains_key(&id) && !self.by_client.contains_key(&id) {
+            if !self.state.sessions().contains_key(&id) && !self.by_client.contains_key(&id) {
                 return id;
             }
         }

@@ -62,7 +62,7 @@ impl Broker {
     /// topic learn nothing from someone else's request.
     pub(super) fn on_dynsec_request(&mut self, conn: ConnId, client: &Rc<str>, p: &Publish, now: u64) {
         info!("Client {client} sent a dynamic security request: answered that {NOT_AVAILABLE}.");
-        let Some(session) = self.state.sessions.get(client) else { return };
+        let Some(session) = self.state.sessions().get(client) else { return };
         let matching: Vec<Option<u32>> =
             session.subs.iter().filter(|(f, _)| matches_response(f)).map(|(_, e)| e.sub_id).collect();
         if matching.is_empty() || !self.conn_allowed(conn, client, RESPONSE_TOPIC, Access::Read) {

@@ -6,32 +6,40 @@
 //! `Action`s come out (send a packet, close a connection). It never touches
 //! a socket or a clock, so tests, the fuzzer and the cluster simulation run
 //! it as is.
+//!
+//! This file holds the `Broker`, its `Action`s and the packet dispatch;
+//! connection lifecycle is in `conn.rs`, PUBLISH in and out in
+//! `publish.rs`, the commit pipeline (propose, apply, effects) in
+//! `proposals.rs`, CONNECT in `connect.rs`.
 
 pub mod admin;
+pub mod command;
+mod conn;
 mod connect;
 pub mod dynsec;
 pub mod lazy;
 pub mod message;
 mod peer;
+mod proposals;
+mod publish;
 pub mod settings;
 pub mod state;
 mod sys;
 pub mod tree;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use log::{debug, info, warn};
 
 use crate::auth::acl::Access;
-use crate::mqtt::codec::{encoded_len, DecodeError};
-use crate::mqtt::{reason, topic, Disconnect, Packet, PubResp, Publish, QoS, SubAck, SubOptions, UnsubAck, Version};
+use crate::mqtt::{reason, topic, Disconnect, Packet, QoS, SubOptions, Version};
+use command::{AckKind, Command, Effect, Entry, SubscribeReq};
 use lazy::Lazy;
 pub use message::{Message, MessageProps};
 pub use peer::PeerAddr;
 pub use settings::Settings;
-use state::{AckKind, Command, Delivery, Effect, Entry, State, SubscribeReq};
+use state::{Delivery, State};
 use tree::{SubEntry, SubOptionsRepr};
 
 pub type ConnId = u64;
@@ -113,8 +121,8 @@ pub struct Stats {
 }
 
 pub struct Broker {
-    pub settings: Rc<Settings>,
-    pub state: State,
+    settings: Rc<Settings>,
+    state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
     congested: fxhash::FxHashSet<ConnId>,
@@ -130,7 +138,7 @@ pub struct Broker {
     /// How many of `proposals` (a prefix) are applied already.
     proposals_applied: usize,
     next_assigned_id: u64,
-    pub stats: Stats,
+    stats: Stats,
     started_ms: u64,
     last_sys_ms: u64,
     sys_retained: std::collections::BTreeMap<Rc<str>, Message>,
@@ -139,12 +147,12 @@ pub struct Broker {
     /// caught up). Always true when not replicated.
     serving: bool,
     /// The last LeaderStart applied: (node, term).
-    pub leader_ready: Option<(u64, u64)>,
+    leader_ready: Option<(u64, u64)>,
     /// `cluster_follower_mode redirect`: the leader's client address, sent
     /// to v5 clients as a Server Reference with CONNACK 0x9C.
-    pub redirect: Option<String>,
+    redirect: Option<String>,
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
-    pub cluster_sys: Vec<(&'static str, String)>,
+    cluster_sys: Vec<(&'static str, String)>,
     control_requests: Vec<(ConnId, Vec<u8>)>,
     last_drop_log_ms: u64,
 }
@@ -187,6 +195,50 @@ impl Broker {
 
     pub fn serving(&self) -> bool {
         self.serving
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The durable state, to read: it changes only as commands apply
+    /// (`apply_committed`), by a snapshot (`install_state`) or a membership
+    /// change (`peer_added`, `peer_removed`).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Replace the durable state by one restored from a snapshot (at start,
+    /// or when the raft log sends one).
+    pub fn install_state(&mut self, state: State) {
+        self.state = state;
+    }
+
+    /// A raft membership change added node `id` at `addr`, applied in log
+    /// order (see `State::peer_added`).
+    pub fn peer_added(&mut self, id: u64, addr: String) {
+        self.state.peer_added(id, addr);
+    }
+
+    /// A raft membership change removed node `id`.
+    pub fn peer_removed(&mut self, id: u64) {
+        self.state.peer_removed(id);
+    }
+
+    /// The last LeaderStart command applied: (node, term).
+    pub fn leader_ready(&self) -> Option<(u64, u64)> {
+        self.leader_ready
+    }
+
+    /// `cluster_follower_mode redirect`: the leader's client address, sent
+    /// to v5 clients as a Server Reference with CONNACK 0x9C.
+    pub fn set_redirect(&mut self, redirect: Option<String>) {
+        self.redirect = redirect;
+    }
+
+    /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
+    pub fn set_cluster_sys(&mut self, sys: Vec<(&'static str, String)>) {
+        self.cluster_sys = sys;
     }
 
     /// Start or stop serving clients. Stopping closes every client
@@ -234,418 +286,9 @@ impl Broker {
         std::mem::swap(&mut self.actions, spare);
     }
 
-    /// Protocol version of a connection once CONNECT was decoded (the
-    /// codec needs it for everything after CONNECT).
-    pub fn version(&self, conn: ConnId) -> Option<Version> {
-        self.conns.get(&conn).and_then(|c| (c.phase != Phase::New).then_some(c.version))
-    }
-
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// The runtime's outgoing buffer for `conn` is over its bound (QoS 0
-    /// messages to it are dropped) or drained again.
-    pub fn set_congested(&mut self, conn: ConnId, congested: bool) {
-        if congested {
-            self.congested.insert(conn);
-        } else {
-            self.congested.remove(&conn);
-        }
-    }
-
     pub fn count_bytes(&mut self, received: u64, sent: u64) {
         self.stats.bytes_received += received;
         self.stats.bytes_sent += sent;
-    }
-
-    pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
-        self.conns.insert(
-            conn,
-            Box::new(Conn {
-                phase: Phase::New,
-                peer: PeerAddr::from(peer),
-                version: Version::V311,
-                client: None,
-                keep_alive_ms: 0,
-                last_rx_ms: now,
-                packet_bytes_out_max: u32::MAX,
-                alias_out_max: 0,
-                alias_out: Lazy::default(),
-                alias_in: Lazy::default(),
-                inbound_unacked: 0,
-                session_expiry_secs: 0,
-                pending: None,
-                session_closed: true,
-                kind: Kind::Client,
-            }),
-        );
-    }
-
-    /// The socket closed or failed: an ungraceful end (will published).
-    pub fn closed(&mut self, conn: ConnId, now: u64) {
-        if let Some(c) = self.conns.get(&conn) {
-            if c.phase == Phase::Connected && self.settings.connection_messages {
-                info!("Client {} closed its connection.", c.client.as_deref().unwrap_or("<unknown>"));
-            }
-        }
-        self.end_session_link(conn, true, None, now);
-        if let Some(c) = self.conns.remove(&conn) {
-            if let Some(id) = c.client {
-                if self.by_client.get(&id) == Some(&conn) {
-                    self.by_client.remove(&id);
-                }
-            }
-        }
-        self.congested.remove(&conn);
-        self.commit(now);
-    }
-
-    /// Record in the durable session that its connection ended.
-    fn end_session_link(&mut self, conn: ConnId, will: bool, expiry: Option<u32>, now: u64) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        if c.session_closed {
-            return;
-        }
-        c.session_closed = true;
-        let Some(client) = c.client.clone() else { return };
-        let expiry_secs = expiry.unwrap_or(c.session_expiry_secs);
-        self.propose(now, Command::Disconnect { client, will, expiry_secs });
-    }
-
-    /// The codec rejected the bytes of `conn`.
-    pub fn decode_error(&mut self, conn: ConnId, err: &DecodeError, now: u64) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        if c.phase == Phase::Closing {
-            return; // already refused or closed; nothing more is sent
-        }
-        let first_packet = c.phase == Phase::New;
-        let who = self.who(conn);
-        match err {
-            DecodeError::UnsupportedVersion(_) if !first_packet => {
-                warn!("Client {} sent a second CONNECT (with an unknown protocol version); disconnecting.", who);
-                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
-            }
-            DecodeError::UnsupportedVersion(level) => {
-                info!("Client {} refused: unsupported protocol version {}.", who, level);
-                // Answered in the 3.1.1 form, as a client of any level can read it.
-                self.actions.push(Action::Send(
-                    conn,
-                    Packet::ConnAck(crate::mqtt::ConnAck {
-                        session_present: false,
-                        code: reason::V3_UNACCEPTABLE_PROTOCOL_VERSION,
-                        properties: Default::default(),
-                    }),
-                ));
-                self.close(conn, None, now);
-            }
-            DecodeError::TooLarge { size, max } => {
-                warn!("Client {} sent a packet of {} bytes, over the maximum of {}; disconnecting.", who, size, max);
-                self.close(conn, Some(reason::PACKET_TOO_LARGE), now);
-            }
-            DecodeError::Malformed(what) => {
-                warn!("Client {} sent a malformed packet ({}); disconnecting.", who, what);
-                self.close(conn, Some(reason::MALFORMED_PACKET), now);
-            }
-            DecodeError::Protocol(what) => {
-                warn!("Client {} violated the protocol ({}); disconnecting.", who, what);
-                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
-            }
-        }
-        self.commit(now);
-    }
-
-    /// Close a connection from the broker side: a v5 client first gets a
-    /// DISCONNECT with `reason` [MQTT-4.13.1-1]. The will is published.
-    fn close(&mut self, conn: ConnId, reason_code: Option<u8>, now: u64) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        if c.phase == Phase::Closing {
-            return;
-        }
-        let was_connected = c.phase == Phase::Connected;
-        c.phase = Phase::Closing;
-        if let (Some(code), Version::V5, true) = (reason_code, c.version, was_connected) {
-            self.actions
-                .push(Action::Send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() })));
-        }
-        self.actions.push(Action::Close(conn));
-        self.end_session_link(conn, true, None, now);
-    }
-
-    /// Same as `close` before CONNACK: v5 errors go in the CONNACK instead.
-    fn refuse(&mut self, conn: ConnId, v5_code: u8, v3_code: u8, why: &str, now: u64) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        let code = if c.version.is_v5() { v5_code } else { v3_code };
-        if self.settings.connection_messages {
-            info!("Client {} from {} refused: {}.", c.client.as_deref().unwrap_or("<unknown>"), c.peer, why);
-        }
-        self.actions.push(Action::Send(
-            conn,
-            Packet::ConnAck(crate::mqtt::ConnAck { session_present: false, code, properties: Default::default() }),
-        ));
-        self.close(conn, None, now);
-    }
-
-    pub fn has_proposals(&self) -> bool {
-        !self.proposals.is_empty()
-    }
-
-    /// Whether the pending commands are only subscribers' acknowledgements
-    /// (`Command::Acked`), which may be replicated lazily: nobody waits
-    /// for their commit but the subscriber's window.
-    pub fn proposals_lazy(&self) -> bool {
-        self.proposals.iter().all(|e| matches!(e.cmd, Command::Acked { .. }))
-    }
-
-    fn propose(&mut self, now_ms: u64, cmd: Command) {
-        // An applied entry is final: acknowledgements join only one that
-        // is not applied yet.
-        let last_applied = self.proposals_applied == self.proposals.len();
-        if let (Command::Acked { client, acks }, false) = (&cmd, last_applied) {
-            if let Some(Entry { cmd: Command::Acked { client: c2, acks: a2 }, .. }) = self.proposals.last_mut() {
-                if c2 == client {
-                    a2.extend_from_slice(acks);
-                    return;
-                }
-            }
-        }
-        self.proposals.push(Entry { now_ms, cmd });
-    }
-
-    /// Commands proposed since the last call, for a replicating runtime,
-    /// and how many of them (a prefix) are applied already (see
-    /// `set_apply_at_propose`).
-    pub fn take_proposals(&mut self) -> (Vec<Entry>, usize) {
-        (std::mem::take(&mut self.proposals), std::mem::replace(&mut self.proposals_applied, 0))
-    }
-
-    /// Apply at propose: for a replicating runtime whose next log entries
-    /// are certain to commit, in the order proposed, with nothing before
-    /// them left to apply (a one-voter raft leader whose log is in
-    /// memory: its own append is the quorum, and it cannot fail). Each
-    /// command then applies as it is proposed, and its effects (a
-    /// delivery, an acknowledgement) go out before the log round instead
-    /// of after it; the commands stay queued for the log all the same,
-    /// and the runtime skips them when they come back committed. Off
-    /// again before the certainty ends.
-    pub fn set_apply_at_propose(&mut self, on: bool, now: u64) {
-        self.apply_at_propose = on;
-        if on {
-            self.apply_proposals(now);
-        }
-    }
-
-    pub fn applies_at_propose(&self) -> bool {
-        self.apply_at_propose
-    }
-
-    /// Proposals applied but not yet taken for the log.
-    pub fn proposals_applied(&self) -> usize {
-        self.proposals_applied
-    }
-
-    /// Apply at propose: apply the proposals not applied yet, and those
-    /// that applying them proposes, in order.
-    pub fn apply_proposals(&mut self, now: u64) {
-        if !self.apply_at_propose || self.proposals_applied == self.proposals.len() {
-            return;
-        }
-        let mut queued = std::mem::take(&mut self.proposals);
-        while self.proposals_applied < queued.len() {
-            self.apply_committed(&queued[self.proposals_applied], now);
-            self.proposals_applied += 1;
-            queued.append(&mut self.proposals);
-        }
-        self.proposals = queued;
-    }
-
-    /// Apply a committed entry and act on its effects.
-    pub fn apply_committed(&mut self, e: &Entry, now: u64) {
-        let settings = self.settings.clone();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
-        let mut effects = std::mem::take(&mut self.effects);
-        self.state.apply(e, &settings.apply, &acl, &mut effects);
-        for eff in effects.drain(..) {
-            self.on_effect(eff, now);
-        }
-        self.effects = effects;
-    }
-
-    fn commit(&mut self, now: u64) {
-        if self.apply_at_propose {
-            self.apply_proposals(now);
-            return;
-        }
-        if !self.auto_commit {
-            return;
-        }
-        while !self.proposals.is_empty() {
-            let batch = std::mem::take(&mut self.proposals);
-            for e in &batch {
-                self.apply_committed(e, now);
-            }
-        }
-    }
-
-    fn conn_of(&self, client: &str) -> Option<ConnId> {
-        self.by_client.get(client).copied()
-    }
-
-    fn on_effect(&mut self, eff: Effect, now: u64) {
-        match eff {
-            Effect::Connected { client, session_present } => {
-                let Some(id) = self.conn_of(&client) else { return };
-                let Some(c) = self.conns.get_mut(&id) else { return };
-                if c.phase != Phase::Connecting {
-                    return;
-                }
-                c.phase = Phase::Connected;
-                c.session_closed = false;
-                // Hold the session's copy of the client id, not a second one.
-                if let Some((key, _)) = self.state.sessions.get_key_value(&*client) {
-                    c.client = Some(key.clone());
-                    self.by_client.remove(&*client);
-                    self.by_client.insert(key.clone(), id);
-                }
-                if let Some(p) = c.pending.take() {
-                    let mut ack = p.connack;
-                    ack.session_present = session_present;
-                    self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
-                }
-            }
-            Effect::Deliver { client, packet_id, delivery, dup } => {
-                self.deliver(&client, packet_id, &delivery, dup, now)
-            }
-            Effect::SendPubRel { client, packet_id } | Effect::PubRel { client, packet_id } => {
-                self.send_to_client(
-                    &client,
-                    Packet::PubRel(PubResp { packet_id, code: 0, properties: Default::default() }),
-                );
-            }
-            Effect::PubAck { client, packet_id, code } => {
-                self.inbound_done(&client);
-                self.send_to_client(
-                    &client,
-                    Packet::PubAck(PubResp { packet_id, code, properties: Default::default() }),
-                );
-            }
-            Effect::PubRec { client, packet_id, code } => {
-                self.send_to_client(
-                    &client,
-                    Packet::PubRec(PubResp { packet_id, code, properties: Default::default() }),
-                );
-            }
-            Effect::PubComp { client, packet_id, code } => {
-                self.inbound_done(&client);
-                self.send_to_client(
-                    &client,
-                    Packet::PubComp(PubResp { packet_id, code, properties: Default::default() }),
-                );
-            }
-            Effect::SubAck { client, packet_id, codes } => {
-                self.send_to_client(
-                    &client,
-                    Packet::SubAck(SubAck { packet_id, codes, properties: Default::default() }),
-                );
-            }
-            Effect::UnsubAck { client, packet_id, codes } => {
-                self.send_to_client(
-                    &client,
-                    Packet::UnsubAck(UnsubAck { packet_id, codes, properties: Default::default() }),
-                );
-            }
-            Effect::QueueFull { client } => {
-                self.stats.dropped_queue_full += 1;
-                // As Mosquitto does, but at most once a second per broker.
-                if now >= self.last_drop_log_ms + 1000 {
-                    self.last_drop_log_ms = now;
-                    warn!(
-                        "Outgoing messages are being dropped for client {} (queue full: max_queued_messages / max_queued_bytes); {} dropped so far.",
-                        client, self.stats.dropped_queue_full
-                    );
-                }
-            }
-            Effect::SessionExpired { client } => {
-                info!("Expiring client {} due to timeout.", client);
-            }
-            Effect::WillPublished { client } => {
-                debug!("Will message of client {} published.", client);
-            }
-            Effect::LeaderReady { node, term } => self.leader_ready = Some((node, term)),
-        }
-    }
-
-    fn inbound_done(&mut self, client: &str) {
-        if let Some(id) = self.conn_of(client) {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
-            }
-        }
-    }
-
-    fn send_to_client(&mut self, client: &str, p: Packet) {
-        if let Some(id) = self.conn_of(client) {
-            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
-                self.stats.messages_sent += 1;
-                self.actions.push(Action::Send(id, p));
-            }
-        }
-    }
-
-    /// Turn a delivery into a PUBLISH for the client's connection.
-    fn deliver(&mut self, client: &Rc<str>, packet_id: Option<u16>, d: &Delivery, dup: bool, now: u64) {
-        let Some(id) = self.conn_of(client) else { return };
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        if c.phase != Phase::Connected {
-            return;
-        }
-        if packet_id.is_none() && self.congested.contains(&id) {
-            self.stats.dropped_qos0 += 1;
-            return;
-        }
-        let mut new_alias = None;
-        let mut p = Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: d.msg.topic.clone(),
-            packet_id,
-            payload: d.msg.payload.clone(),
-            properties: Default::default(),
-        };
-        if c.version.is_v5() {
-            if let Some(props) = &d.msg.props {
-                props.write_into(&mut p.properties);
-            }
-            p.properties.message_expiry_interval = d.msg.remaining_expiry_secs(now);
-            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
-            if c.alias_out_max > 0 {
-                if let Some(a) = c.alias_out.get(&d.msg.topic) {
-                    p.properties.topic_alias = Some(*a);
-                    p.topic = Rc::from("");
-                } else if c.alias_out.len() < c.alias_out_max as usize {
-                    // Recorded below, only once the PUBLISH really goes out.
-                    new_alias = Some(c.alias_out.len() as u16 + 1);
-                    p.properties.topic_alias = new_alias;
-                }
-            }
-        }
-        let packet = Packet::Publish(p);
-        let too_large = encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize;
-        if let (Some(a), false) = (new_alias, too_large) {
-            c.alias_out.insert(d.msg.topic.clone(), a);
-        }
-        if too_large {
-            // Too large for the client: discarded as if sent [MQTT-3.1.2-25].
-            debug!("Dropping message on {} for client {}: larger than its Maximum Packet Size.", d.msg.topic, client);
-            if let Some(pid) = packet_id {
-                self.propose(now, Command::Acked { client: client.clone(), acks: vec![(pid, AckKind::Discard)] });
-            }
-            return;
-        }
-        self.stats.messages_sent += 1;
-        self.stats.publish_sent += 1;
-        self.actions.push(Action::Send(id, packet));
     }
 
     /// A packet decoded from `conn`.
@@ -677,14 +320,6 @@ impl Broker {
         self.commit(now);
     }
 
-    /// The client id, or the address before CONNECT, for log lines.
-    fn who(&self, conn: ConnId) -> String {
-        match self.conns.get(&conn) {
-            Some(c) => c.client.as_deref().map_or_else(|| c.peer.to_string(), str::to_string),
-            None => "<unknown>".to_string(),
-        }
-    }
-
     /// Whether the ACL lets connection `conn` of `client` do `access` on
     /// `topic`. The user name is its CONNECT's: held by the connection
     /// until the Connect command applies, then by the session.
@@ -695,7 +330,7 @@ impl Broker {
         let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
         let username = match pending {
             Some(p) => p.username.as_deref(),
-            None => self.state.sessions.get(client).and_then(|s| s.username.as_deref()),
+            None => self.state.sessions().get(client).and_then(|s| s.username.as_deref()),
         };
         self.settings.allowed(client, username, topic, access)
     }
@@ -778,177 +413,11 @@ impl Broker {
         }
     }
 
-    fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
-        self.stats.publish_received += 1;
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let v5 = c.version.is_v5();
-        // Topic Alias (v5 §3.3.2.3.4).
-        if let Some(a) = p.properties.topic_alias {
-            if a == 0 || a > self.settings.limits.topic_alias_max {
-                warn!(
-                    "Client {} used topic alias {} outside 1..={}; disconnecting.",
-                    client, a, self.settings.limits.topic_alias_max
-                );
-                self.close(conn, Some(reason::TOPIC_ALIAS_INVALID), now);
-                return;
-            }
-            if p.topic.is_empty() {
-                match c.alias_in.get(&a) {
-                    Some(t) => p.topic = t.clone(),
-                    None => {
-                        warn!("Client {} used unknown topic alias {}; disconnecting.", client, a);
-                        self.close(conn, Some(reason::PROTOCOL_ERROR), now);
-                        return;
-                    }
-                }
-            } else {
-                c.alias_in.insert(a, p.topic.clone());
-            }
-        }
-        if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
-            warn!("Client {} published to an invalid topic; disconnecting.", client);
-            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
-            return;
-        }
-        if topic::level_count(&p.topic) > self.settings.limits.topic_levels_max as usize {
-            warn!(
-                "Client {} published to a topic with more than {} levels; disconnecting.",
-                client, self.settings.limits.topic_levels_max
-            );
-            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
-            return;
-        }
-        if p.qos as u8 > self.settings.max_qos {
-            warn!(
-                "Client {} published at QoS {} above max_qos {}; disconnecting.",
-                client, p.qos as u8, self.settings.max_qos
-            );
-            self.close(conn, Some(reason::QOS_NOT_SUPPORTED), now);
-            return;
-        }
-        if p.retain && !self.settings.retain_available {
-            warn!("Client {} published a retained message but retain_available is false; disconnecting.", client);
-            self.close(conn, Some(reason::RETAIN_NOT_SUPPORTED), now);
-            return;
-        }
-        let pid = p.packet_id.unwrap_or(0);
-        if p.qos != QoS::AtMostOnce {
-            let known_qos2 = p.qos == QoS::ExactlyOnce
-                && self.state.sessions.get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
-            if !known_qos2 {
-                c.inbound_unacked += 1;
-                // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
-                // none, so only the 16-bit packet-id space bounds it.
-                let max = if v5 { self.settings.limits.inflight_messages_max as u32 } else { u16::MAX as u32 };
-                if c.inbound_unacked > max {
-                    warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
-                    self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
-                    return;
-                }
-            }
-        }
-        // Checks that refuse this one message but keep the connection.
-        let refusal = if p.payload.len() > self.settings.limits.message_bytes_max as usize {
-            // 0x97: PUBACK/PUBREC may not carry 0x95 (v5 §3.4.2.1).
-            Some((reason::QUOTA_EXCEEDED, "payload over message_size_limit", false))
-        } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
-            Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims", false))
-        } else if !self.conn_allowed(conn, &client, &p.topic, Access::Write) {
-            Some((reason::NOT_AUTHORIZED, "not authorised by the ACL", false))
-        } else if p.topic.starts_with(dynsec::TOPIC_PREFIX) {
-            if &*p.topic == dynsec::REQUEST_TOPIC {
-                // Consumed like a request to Mosquitto's plugin: acknowledged
-                // as accepted, answered, never routed.
-                self.ack_unrouted(conn, &client, p.qos, pid, 0);
-                self.on_dynsec_request(conn, &client, &p, now);
-                return;
-            }
-            // 0x90: a well-formed topic name this server does not accept.
-            Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security, which midge does not have", false))
-        } else if p.qos != QoS::AtMostOnce || p.retain {
-            let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
-            (self.state.stored_bytes + cost > self.settings.limits.memory_bytes_max).then_some((
-                reason::QUOTA_EXCEEDED,
-                "memory_limit reached",
-                true,
-            ))
-        } else {
-            None
-        };
-        if let Some((code, why, retry_later)) = refusal {
-            info!("Denied PUBLISH from {} to {} ({}).", client, p.topic, why);
-            if retry_later && !v5 && p.qos != QoS::AtMostOnce {
-                // 3.1.1 has no negative acknowledgement; not acknowledging
-                // keeps the message with the client, which resends it.
-                self.close(conn, None, now);
-                return;
-            }
-            // v5 gets the reason in its PUBACK/PUBREC; 3.1.1 is acknowledged
-            // and the message discarded, as Mosquitto does.
-            let code = if v5 { code } else { 0 };
-            self.ack_unrouted(conn, &client, p.qos, pid, code);
-            return;
-        }
-        let msg = self.message_from(&client, &p, now);
-        match p.qos {
-            QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos => {
-                // QoS 0 to online subscribers does not wait for a commit.
-                let settings = self.settings.clone();
-                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
-                let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
-                let mut offline = false;
-                for (target, d) in targets {
-                    if self.state.sessions.get(&target).is_some_and(|s| s.online) {
-                        self.deliver(&target, None, &d, false, now);
-                    } else {
-                        offline = true;
-                    }
-                }
-                if offline && self.settings.apply.queue_qos0_messages {
-                    self.propose(now, Command::Publish { msg, from: None, offline_only: true });
-                }
-            }
-            QoS::AtMostOnce => self.propose(now, Command::Publish { msg, from: None, offline_only: false }),
-            _ => self.propose(now, Command::Publish { msg, from: Some((client, pid)), offline_only: false }),
-        }
-    }
-
-    /// Acknowledges a PUBLISH that is not routed, with `code`.
-    fn ack_unrouted(&mut self, conn: ConnId, client: &str, qos: QoS, pid: u16, code: u8) {
-        let ack = PubResp { packet_id: pid, code, properties: Default::default() };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                self.inbound_done(client);
-                self.actions.push(Action::Send(conn, Packet::PubAck(ack)));
-            }
-            QoS::ExactlyOnce => {
-                // Completes the flow normally, without routing; a later
-                // PUBREL gets its PUBCOMP.
-                self.inbound_done(client);
-                self.actions.push(Action::Send(conn, Packet::PubRec(ack)));
-            }
-        }
-    }
-
-    /// The stored form of a PUBLISH.
-    fn message_from(&self, client: &Rc<str>, p: &Publish, now: u64) -> Message {
-        Message {
-            topic: p.topic.clone(),
-            payload: p.payload.clone(),
-            qos: p.qos,
-            retain: p.retain,
-            props: MessageProps::from_properties(&p.properties),
-            expires_at_ms: p.properties.message_expiry_interval.map(|s| now + s as u64 * 1000),
-            origin: Some(client.clone()),
-        }
-    }
-
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let existing = self.state.sessions.get(&client).map_or(0, |s| s.subs.len());
+        let existing = self.state.sessions().get(&client).map_or(0, |s| s.subs.len());
         let mut reqs = Vec::new();
         let mut codes = Vec::with_capacity(s.filters.len());
         for (filter, opts) in s.filters {
@@ -1042,7 +511,7 @@ impl Broker {
         }
         if now.saturating_sub(self.last_tick_cmd_ms) >= 1000 {
             self.last_tick_cmd_ms = now;
-            if self.state.sessions.values().any(|s| !s.online) || !self.state.retained.is_empty() {
+            if self.state.sessions().values().any(|s| !s.online) || !self.state.retained().is_empty() {
                 self.propose(now, Command::Tick);
             }
         }

@@ -1,11 +1,13 @@
 //! What the broker state machine needs from the configuration, resolved
-//! once at start. Every bound lives in `crate::config::Limits`.
+//! once at start by the caller (`Config::broker_settings`): the broker
+//! never reads the config, a file or a certificate itself. Every bound
+//! lives in `crate::limits::Limits`.
 
 use std::rc::Rc;
 
 use crate::auth::acl::{Access, AclFile};
 use crate::auth::password::PasswordFile;
-use crate::config::{Config, Limits};
+use crate::limits::Limits;
 
 use super::state::ApplyLimits;
 
@@ -26,29 +28,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &Config, passwords: Option<PasswordFile>, acl: Option<AclFile>) -> Settings {
-        Settings {
-            limits: c.limits.clone(),
-            allow_anonymous: c.allow_anonymous,
-            passwords,
-            acl,
-            retain_available: c.retain_available,
-            max_qos: c.max_qos,
-            persistent_expiry_secs_max: c.persistent_client_expiration_secs.map(|s| s.min(u32::MAX as u64 - 1) as u32),
-            sys_interval_secs: c.sys_interval_secs,
-            connection_messages: c.connection_messages,
-            connect_timeout_ms: 10_000,
-            version_string: Rc::from(format!("midge version {}", env!("CARGO_PKG_VERSION"))),
-            apply: ApplyLimits {
-                queued_messages_max: c.limits.queued_messages_max,
-                queued_bytes_max: c.limits.queued_bytes_max,
-                retained_messages_max: c.limits.retained_messages_max,
-                queue_qos0_messages: c.queue_qos0_messages,
-                upgrade_outgoing_qos: c.upgrade_outgoing_qos,
-            },
-        }
-    }
-
     /// ACL check; without an acl_file everything is allowed.
     pub fn allowed(&self, client: &str, user: Option<&str>, topic: &str, access: Access) -> bool {
         match &self.acl {

@@ -11,6 +11,9 @@
 //! `apply` returns `Effect`s: what the node that serves clients must send
 //! (acknowledgements, deliveries). Followers apply the same commands and
 //! ignore the effects.
+//!
+//! The commands and effects are in `broker/command.rs` (re-exported here,
+//! with the state they change), the snapshot format in `state/snapshot.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -22,9 +25,10 @@ use super::message::Message;
 use super::tree::{SubEntry, TopicTree};
 use crate::mqtt::{topic, QoS};
 
-/// Format version of `Command` and of the state snapshot. Bump on any
-/// change to their serialised shape.
-pub const STATE_FORMAT_VERSION: u16 = 1;
+mod snapshot;
+
+pub use super::command::{AckKind, Command, Effect, Entry, SubscribeReq, WillMsg, STATE_FORMAT_VERSION};
+pub use snapshot::SnapshotError;
 
 /// Session Expiry Interval meaning "never expires" (MQTT 5 §3.1.2.11.2).
 pub const EXPIRY_NEVER: u32 = u32::MAX;
@@ -46,12 +50,6 @@ pub enum Outbound {
     Publish(Delivery),
     /// PUBREL sent, awaiting PUBCOMP.
     Released,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WillMsg {
-    pub msg: Message,
-    pub delay_secs: u32,
 }
 
 /// One per client session, online or not: keep it at most 88 bytes (a
@@ -146,80 +144,6 @@ pub struct SessionWill {
     pub due_ms: Option<u64>,
 }
 
-/// The serialised form of a `Session`, unchanged since format version 1:
-/// there the queue's cost and the will's due time are fields of their own.
-/// (A due time without a will is dropped: `apply` no longer leaves one
-/// behind, and one did nothing but wait for the next Tick to clear it.)
-#[derive(Serialize, Deserialize)]
-#[serde(rename = "Session")]
-struct SessionRepr<U, S, Q, I, P, W> {
-    username: U,
-    expiry_secs: u32,
-    online: bool,
-    disconnected_at_ms: u64,
-    window: u16,
-    subs: S,
-    queue: Q,
-    queued_bytes: u64,
-    inflight: I,
-    last_pid: u16,
-    inbound_qos2: P,
-    unsent: P,
-    will: W,
-    will_due_ms: Option<u64>,
-}
-
-impl Serialize for Session {
-    fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
-        SessionRepr {
-            username: &self.username,
-            expiry_secs: self.expiry_secs,
-            online: self.online,
-            disconnected_at_ms: self.disconnected_at_ms,
-            window: self.window,
-            subs: &self.subs,
-            queue: &self.queue.items,
-            queued_bytes: self.queue.bytes,
-            inflight: &self.inflight,
-            last_pid: self.last_pid,
-            inbound_qos2: &self.inbound_qos2,
-            unsent: &self.unsent,
-            will: self.will.as_ref().map(|w| &w.msg),
-            will_due_ms: self.will.as_ref().and_then(|w| w.due_ms),
-        }
-        .serialize(ser)
-    }
-}
-
-type SessionIn = SessionRepr<
-    Option<Rc<str>>,
-    Lazy<BTreeMap<String, SubEntry>>,
-    VecDeque<Delivery>,
-    Lazy<BTreeMap<u16, Outbound>>,
-    Lazy<BTreeSet<u16>>,
-    Option<WillMsg>,
->;
-
-impl<'de> Deserialize<'de> for Session {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Session, D::Error> {
-        let r = SessionIn::deserialize(de)?;
-        Ok(Session {
-            username: r.username,
-            expiry_secs: r.expiry_secs,
-            online: r.online,
-            disconnected_at_ms: r.disconnected_at_ms,
-            window: r.window,
-            subs: r.subs,
-            queue: Lazy::from(Queue { items: r.queue, bytes: r.queued_bytes }),
-            inflight: r.inflight,
-            last_pid: r.last_pid,
-            inbound_qos2: r.inbound_qos2,
-            unsent: r.unsent,
-            will: r.will.map(|msg| Box::new(SessionWill { msg, due_ms: r.will_due_ms })),
-        })
-    }
-}
-
 /// Limits that `apply` enforces. They come from the config and must be the
 /// same on every node of a cluster.
 #[derive(Debug, Clone)]
@@ -234,204 +158,18 @@ pub struct ApplyLimits {
 
 pub type AclCheck<'a> = &'a dyn Fn(&str, Option<&str>, &str) -> bool;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscribeReq {
-    pub filter: String,
-    pub entry: SubEntry,
-}
-
-/// A change to the durable state. Versioned by `STATE_FORMAT_VERSION`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    /// A client connected (or took over its session).
-    Connect {
-        client: Rc<str>,
-        username: Option<Rc<str>>,
-        clean_start: bool,
-        expiry_secs: u32,
-        window: u16,
-        will: Option<WillMsg>,
-    },
-    /// The connection of `client` ended. `will` is false after a normal
-    /// DISCONNECT (reason 0x00), which discards the will [MQTT-3.1.2-10].
-    Disconnect {
-        client: Rc<str>,
-        will: bool,
-        expiry_secs: u32,
-    },
-    Subscribe {
-        client: Rc<str>,
-        packet_id: u16,
-        reqs: Vec<SubscribeReq>,
-        codes: Vec<u8>,
-    },
-    Unsubscribe {
-        client: Rc<str>,
-        packet_id: u16,
-        filters: Vec<String>,
-    },
-    /// An accepted PUBLISH. `from` names the publisher and its packet id
-    /// when the publisher awaits an acknowledgement (QoS 1 and 2).
-    /// `offline_only`: a QoS 0 message already delivered to online
-    /// sessions, recorded only for offline ones (queue_qos0_messages).
-    Publish {
-        msg: Message,
-        from: Option<(Rc<str>, u16)>,
-        offline_only: bool,
-    },
-    /// PUBREL from a publisher for an inbound QoS 2 message.
-    Release {
-        client: Rc<str>,
-        packet_id: u16,
-    },
-    /// Acknowledgements from a subscriber: PUBACK, PUBREC or PUBCOMP.
-    Acked {
-        client: Rc<str>,
-        acks: Vec<(u16, AckKind)>,
-    },
-    /// Periodic: due wills, expired sessions.
-    Tick,
-    /// A new leader starts serving: every session still marked online lost
-    /// its connection with the old leader (an ungraceful end: wills are
-    /// published as for a dropped connection).
-    LeaderStart {
-        node: u64,
-        term: u64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AckKind {
-    PubAck,
-    PubRec,
-    PubComp,
-    /// The broker dropped a QoS 1/2 delivery itself (too large for the
-    /// client's Maximum Packet Size, or denied by the ACL).
-    Discard,
-}
-
-/// A command with the leader's clock, as it is logged and replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub now_ms: u64,
-    pub cmd: Command,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// CONNACK may go out.
-    Connected {
-        client: Rc<str>,
-        session_present: bool,
-    },
-    /// Send a PUBLISH (packet id present for QoS 1/2).
-    Deliver {
-        client: Rc<str>,
-        packet_id: Option<u16>,
-        delivery: Delivery,
-        dup: bool,
-    },
-    /// Send PUBREL (resend after reconnect).
-    SendPubRel {
-        client: Rc<str>,
-        packet_id: u16,
-    },
-    PubAck {
-        client: Rc<str>,
-        packet_id: u16,
-        code: u8,
-    },
-    PubRec {
-        client: Rc<str>,
-        packet_id: u16,
-        code: u8,
-    },
-    PubRel {
-        client: Rc<str>,
-        packet_id: u16,
-    },
-    PubComp {
-        client: Rc<str>,
-        packet_id: u16,
-        code: u8,
-    },
-    SubAck {
-        client: Rc<str>,
-        packet_id: u16,
-        codes: Vec<u8>,
-    },
-    UnsubAck {
-        client: Rc<str>,
-        packet_id: u16,
-        codes: Vec<u8>,
-    },
-    /// A message was dropped because a session's queue was full.
-    QueueFull {
-        client: Rc<str>,
-    },
-    SessionExpired {
-        client: Rc<str>,
-    },
-    WillPublished {
-        client: Rc<str>,
-    },
-    /// The LeaderStart command of `node` in `term` was applied.
-    LeaderReady {
-        node: u64,
-        term: u64,
-    },
-}
-
 #[derive(Debug, Default)]
 pub struct State {
-    pub sessions: BTreeMap<Rc<str>, Box<Session>>,
-    pub retained: BTreeMap<Rc<str>, Message>,
-    pub tree: TopicTree,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
+    retained: BTreeMap<Rc<str>, Message>,
+    tree: TopicTree,
     /// Bytes of retained and queued messages, for memory_limit.
-    pub stored_bytes: u64,
-    pub applied_commands: u64,
+    stored_bytes: u64,
+    applied_commands: u64,
     /// Raft transport addresses of nodes added at run time (from their
     /// conf change), so a restart can reach them. Written by the cluster
     /// driver when it applies a membership change, in log order.
-    pub peer_addrs: BTreeMap<u64, String>,
-}
-
-/// The serialised form of `State` in a snapshot (postcard), led by
-/// `STATE_FORMAT_VERSION`.
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    version: u16,
-    applied_commands: u64,
-    sessions: &'a BTreeMap<Rc<str>, Box<Session>>,
-    retained: &'a BTreeMap<Rc<str>, Message>,
-    peer_addrs: &'a BTreeMap<u64, String>,
-}
-
-#[derive(Deserialize)]
-struct SnapshotIn {
-    #[allow(dead_code)] // checked before decoding the rest
-    version: u16,
-    applied_commands: u64,
-    sessions: BTreeMap<Rc<str>, Box<Session>>,
-    retained: BTreeMap<Rc<str>, Message>,
     peer_addrs: BTreeMap<u64, String>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum SnapshotError {
-    Version(u16),
-    Decode(String),
-}
-
-impl std::fmt::Display for SnapshotError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SnapshotError::Version(v) => {
-                write!(f, "state snapshot has format version {v}, this midge reads {STATE_FORMAT_VERSION}")
-            }
-            SnapshotError::Decode(e) => write!(f, "state snapshot does not decode: {e}"),
-        }
-    }
 }
 
 /// Split a subscribed filter into (share group, topic filter).
@@ -443,52 +181,47 @@ pub fn split_share(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl State {
-    /// Serialise the whole durable state (postcard, versioned).
-    pub fn snapshot(&self) -> Vec<u8> {
-        let out = SnapshotOut {
-            version: STATE_FORMAT_VERSION,
-            applied_commands: self.applied_commands,
-            sessions: &self.sessions,
-            retained: &self.retained,
-            peer_addrs: &self.peer_addrs,
-        };
-        postcard::to_allocvec(&out).unwrap_or_default()
+    /// Every session, online or not, by client id.
+    pub fn sessions(&self) -> &BTreeMap<Rc<str>, Box<Session>> {
+        &self.sessions
     }
 
-    /// Rebuild a state from `snapshot()` bytes; derived indexes (the
-    /// subscription tree, byte counts) are recomputed. Empty bytes give an
-    /// empty state.
-    pub fn restore(bytes: &[u8]) -> Result<State, SnapshotError> {
-        if bytes.is_empty() {
-            return Ok(State::default());
-        }
-        // The version is the first field; check it before the rest.
-        let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        if version != STATE_FORMAT_VERSION {
-            return Err(SnapshotError::Version(version));
-        }
-        let s: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        let mut st = State { applied_commands: s.applied_commands, ..State::default() };
-        let mut sessions = s.sessions;
-        for (client, sess) in sessions.iter_mut() {
-            for (f, e) in &sess.subs {
-                let (share, tf) = split_share(f);
-                st.tree.insert(tf, share, client, *e);
-            }
-            // Recomputed, not trusted from the bytes.
-            sess.queue.recount();
-            st.stored_bytes = st.stored_bytes.saturating_add(sess.queue.bytes);
-            for o in sess.inflight.values() {
-                if let Outbound::Publish(d) = o {
-                    st.stored_bytes = st.stored_bytes.saturating_add(d.msg.cost_bytes());
-                }
-            }
-        }
-        st.stored_bytes = s.retained.values().fold(st.stored_bytes, |a, m| a.saturating_add(m.cost_bytes()));
-        st.sessions = sessions;
-        st.retained = s.retained;
-        st.peer_addrs = s.peer_addrs;
-        Ok(st)
+    /// The retained messages by topic.
+    pub fn retained(&self) -> &BTreeMap<Rc<str>, Message> {
+        &self.retained
+    }
+
+    /// Every session's subscriptions, by topic filter.
+    pub fn tree(&self) -> &TopicTree {
+        &self.tree
+    }
+
+    /// Bytes of retained, queued and in-flight messages (their
+    /// `Message::cost_bytes`), for memory_limit.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    pub fn applied_commands(&self) -> u64 {
+        self.applied_commands
+    }
+
+    /// Raft transport addresses of nodes added at run time.
+    pub fn peer_addrs(&self) -> &BTreeMap<u64, String> {
+        &self.peer_addrs
+    }
+
+    /// A raft membership change added node `id` at `addr`. The one change
+    /// to the state that is not a `Command`: conf change entries are raft's
+    /// own, and the cluster driver applies them here in log order, so every
+    /// node records the same addresses (and the snapshot carries them).
+    pub fn peer_added(&mut self, id: u64, addr: String) {
+        self.peer_addrs.insert(id, addr);
+    }
+
+    /// A raft membership change removed node `id` (see `peer_added`).
+    pub fn peer_removed(&mut self, id: u64) {
+        self.peer_addrs.remove(&id);
     }
 
     pub fn apply(&mut self, e: &Entry, lim: &ApplyLimits, acl: AclCheck, out: &mut Vec<Effect>) {
@@ -667,7 +400,7 @@ impl State {
     /// Frees the in-flight maps that acknowledgements emptied (they keep
     /// their allocation until then: see `Lazy::remove_keep`). Called
     /// every second; changes no state, only where it is held.
-    pub fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         for s in self.sessions.values_mut() {
             s.inflight.trim();
         }
@@ -969,118 +702,5 @@ fn next_pid(s: &mut Session) -> u16 {
         if !s.inflight.contains_key(&s.last_pid) {
             return s.last_pid;
         }
-    }
-}
-
-#[cfg(test)]
-mod session_format {
-    use super::*;
-    use crate::broker::tree::SubOptionsRepr;
-
-    /// `Session` as serde derived it before its will and its queue were
-    /// boxed with what goes with them: the snapshot bytes must not change.
-    #[derive(Serialize, Deserialize)]
-    struct DerivedSession {
-        username: Option<Rc<str>>,
-        expiry_secs: u32,
-        online: bool,
-        disconnected_at_ms: u64,
-        window: u16,
-        subs: BTreeMap<String, SubEntry>,
-        queue: VecDeque<Delivery>,
-        queued_bytes: u64,
-        inflight: BTreeMap<u16, Outbound>,
-        last_pid: u16,
-        inbound_qos2: BTreeSet<u16>,
-        unsent: BTreeSet<u16>,
-        will: Option<Box<WillMsg>>,
-        will_due_ms: Option<u64>,
-    }
-
-    fn delivery(topic: &str, payload: &[u8]) -> Delivery {
-        let msg = Message {
-            topic: Rc::from(topic),
-            payload: Rc::from(payload),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: None,
-            expires_at_ms: Some(9_000),
-            origin: Some(Rc::from("pub")),
-        };
-        Delivery { msg, qos: QoS::AtLeastOnce, retain: false, sub_ids: vec![3] }
-    }
-
-    fn pair(d: &DerivedSession) -> Session {
-        Session {
-            username: d.username.clone(),
-            expiry_secs: d.expiry_secs,
-            online: d.online,
-            disconnected_at_ms: d.disconnected_at_ms,
-            window: d.window,
-            subs: d.subs.clone().into(),
-            queue: Queue { items: d.queue.clone(), bytes: d.queued_bytes }.into(),
-            inflight: d.inflight.clone().into(),
-            last_pid: d.last_pid,
-            inbound_qos2: d.inbound_qos2.clone().into(),
-            unsent: d.unsent.clone().into(),
-            will: d.will.clone().map(|w| Box::new(SessionWill { msg: *w, due_ms: d.will_due_ms })),
-        }
-    }
-
-    fn empty() -> DerivedSession {
-        DerivedSession {
-            username: None,
-            expiry_secs: 0,
-            online: false,
-            disconnected_at_ms: 0,
-            window: 0,
-            subs: BTreeMap::new(),
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            inflight: BTreeMap::new(),
-            last_pid: 0,
-            inbound_qos2: BTreeSet::new(),
-            unsent: BTreeSet::new(),
-            will: None,
-            will_due_ms: None,
-        }
-    }
-
-    /// Offline, with a will due, queued and in-flight messages.
-    fn full() -> DerivedSession {
-        let q = [delivery("a/b", b"one"), delivery("a/c", b"two")];
-        DerivedSession {
-            username: Some(Rc::from("alice")),
-            expiry_secs: EXPIRY_NEVER,
-            online: false,
-            disconnected_at_ms: 1_700_000_000_123,
-            window: 20,
-            subs: [("a/#".to_string(), SubEntry { opts: SubOptionsRepr(1), sub_id: Some(3) })].into(),
-            queued_bytes: q.iter().map(|d| d.msg.cost_bytes()).sum(),
-            queue: q.into(),
-            inflight: [(7, Outbound::Publish(delivery("x", b"3"))), (8, Outbound::Released)].into(),
-            last_pid: 8,
-            inbound_qos2: [4, 5].into(),
-            unsent: [7].into(),
-            will: Some(Box::new(WillMsg { msg: delivery("will", b"gone").msg, delay_secs: 5 })),
-            will_due_ms: Some(1_700_000_005_123),
-        }
-    }
-
-    #[test]
-    fn same_bytes_as_the_derived_session() {
-        let odd = DerivedSession { queued_bytes: u64::MAX / 2 + 1, ..empty() };
-        let online = DerivedSession { online: true, will_due_ms: None, ..full() };
-        for d in [empty(), odd, full(), online] {
-            let bytes = postcard::to_allocvec(&d).unwrap();
-            assert_eq!(postcard::to_allocvec(&pair(&d)).unwrap(), bytes);
-            let back: Session = postcard::from_bytes(&bytes).unwrap();
-            assert_eq!(back, pair(&d));
-        }
-    }
-
-    #[test]
-    fn session_fits_a_96_byte_block() {
-        assert!(std::mem::size_of::<Session>() <= 88, "{}", std::mem::size_of::<Session>());
     }
 }

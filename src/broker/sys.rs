@@ -19,7 +19,7 @@ impl Broker {
         self.last_sys_ms = now.max(1);
         let connected = self.conns.values().filter(|c| c.phase == super::Phase::Connected).count() as u64;
         self.stats.clients_maximum = self.stats.clients_maximum.max(connected);
-        let total = self.state.sessions.len() as u64;
+        let total = self.state.sessions().len() as u64;
         let st = self.stats.clone();
         let values: [(&str, String); 18] = [
             ("version", self.settings.version_string.to_string()),
@@ -38,8 +38,8 @@ impl Broker {
             ("bytes/received", st.bytes_received.to_string()),
             ("bytes/sent", st.bytes_sent.to_string()),
             ("load/bytes/received", st.bytes_received.to_string()),
-            ("retained messages/count", self.state.retained.len().to_string()),
-            ("subscriptions/count", self.state.tree.len().to_string()),
+            ("retained messages/count", self.state.retained().len().to_string()),
+            ("subscriptions/count", self.state.tree().len().to_string()),
         ];
         let cluster: Vec<(String, String)> =
             self.cluster_sys.iter().map(|(k, v)| (format!("cluster/{k}"), v.clone())).collect();
@@ -73,7 +73,7 @@ impl Broker {
         if !filter.starts_with('$') || filter.starts_with("$share/") {
             return;
         }
-        let user = self.state.sessions.get(client).and_then(|s| s.username.clone());
+        let user = self.state.sessions().get(client).and_then(|s| s.username.clone());
         let settings = self.settings.clone();
         let msgs: Vec<Message> = self
             .sys_retained

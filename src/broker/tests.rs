@@ -6,12 +6,12 @@ use std::rc::Rc;
 
 use super::*;
 use crate::config::Config;
-use crate::mqtt::{ConnAck, Connect, Properties, RetainHandling, Subscribe, Will};
+use crate::mqtt::{ConnAck, Connect, Properties, PubResp, Publish, RetainHandling, Subscribe, Will};
 
 fn broker_with(f: impl FnOnce(&mut Config)) -> Broker {
     let mut c = Config::default();
     f(&mut c);
-    Broker::new(Rc::new(Settings::from_config(&c, None, None)), 1_000)
+    Broker::new(Rc::new(c.broker_settings(None, None)), 1_000)
 }
 
 fn broker() -> Broker {
@@ -197,7 +197,7 @@ fn clean_session_discards_state() {
     b.closed(1, 1001);
     let ack = connect(&mut b, 2, "sub", Version::V311, true, 1002);
     assert!(!ack.session_present); // [MQTT-3.2.2-1]
-    assert!(b.state.sessions.get("sub").is_some_and(|s| s.subs.is_empty()));
+    assert!(b.state.sessions().get("sub").is_some_and(|s| s.subs.is_empty()));
 }
 
 #[test]
@@ -385,7 +385,7 @@ fn conn_fits_a_96_byte_block() {
 fn acl_uses_the_connect_user_name_before_the_session_has_it() {
     for (user, allowed) in [("alice", true), ("bob", false)] {
         let acl = crate::auth::acl::AclFile::parse_str("user alice\ntopic readwrite a/#\n", "acl").unwrap();
-        let mut b = Broker::new(Rc::new(Settings::from_config(&Config::default(), None, Some(acl))), 1_000);
+        let mut b = Broker::new(Rc::new(Config::default().broker_settings(None, Some(acl))), 1_000);
         b.set_replicated();
         b.set_serving(true, 1_000);
         b.open(1, "127.0.0.1:1".parse().unwrap(), 1_000);

@@ -244,7 +244,7 @@ impl<L: RaftLog> Driver<L> {
     /// those learnt from membership changes; the runtime dials them.
     pub fn peer_addrs(&mut self, configured: &[(u64, String)]) -> Vec<(u64, String)> {
         let mut all: std::collections::BTreeMap<u64, String> = configured.iter().cloned().collect();
-        for (id, a) in self.node.broker.state.peer_addrs.iter() {
+        for (id, a) in self.node.broker.state().peer_addrs() {
             all.entry(*id).or_insert_with(|| a.clone());
         }
         self.known_peers.extend(all.keys().copied());
@@ -405,7 +405,7 @@ impl<L: RaftLog> Driver<L> {
     fn upkeep(&mut self, now_ms: u64, connected: &dyn Fn(u64) -> bool) {
         let redirect = if self.steering == FollowerMode::Redirect { self.leader_client_addr() } else { None };
         let node = &mut self.node;
-        node.broker.redirect = redirect;
+        node.broker.set_redirect(redirect);
         let st = node.status();
         let online = st.voters.iter().filter(|id| **id == st.node_id || connected(**id)).count();
         let mut sys = vec![
@@ -433,7 +433,7 @@ impl<L: RaftLog> Driver<L> {
             };
             sys.push((name, lag.to_string()));
         }
-        node.broker.cluster_sys = sys;
+        node.broker.set_cluster_sys(sys);
         if node.is_leader() && self.leader_since.0 != node.term() {
             self.leader_since = (node.term(), now_ms);
         }

@@ -159,7 +159,7 @@ impl<L: RaftLog> Node<L> {
             log.install_snapshot(&snap)?;
             applied = 1;
         }
-        broker.state = state;
+        broker.install_state(state);
         broker.set_replicated();
         let rc = Config {
             id: cfg.id,
@@ -522,7 +522,7 @@ impl<L: RaftLog> Node<L> {
         if has_snapshot {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().install_snapshot(&snap)?;
-            self.broker.state = State::restore(snap.get_data())?;
+            self.broker.install_state(State::restore(snap.get_data())?);
             let md = snap.get_metadata();
             self.applied = md.index;
             self.snapshot_index = md.index;
@@ -637,12 +637,12 @@ impl<L: RaftLog> Node<L> {
                         ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                             let addr = String::from_utf8_lossy(cc.get_context()).into_owned();
                             if !addr.is_empty() {
-                                self.broker.state.peer_addrs.insert(id, addr.clone());
+                                self.broker.peer_added(id, addr.clone());
                             }
                             self.membership_events.push(MembershipEvent::Added { id, addr });
                         }
                         ConfChangeType::RemoveNode => {
-                            self.broker.state.peer_addrs.remove(&id);
+                            self.broker.peer_removed(id);
                             self.membership_events.push(MembershipEvent::Removed { id });
                         }
                     }
@@ -707,7 +707,7 @@ impl<L: RaftLog> Node<L> {
             return Ok(());
         }
         self.force_snapshot = false;
-        let data = self.broker.state.snapshot();
+        let data = self.broker.state().snapshot();
         let bytes = data.len();
         self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, self.cfg.snapshot_keep_entries);
         self.snapshot_index = self.applied;
@@ -739,7 +739,7 @@ impl<L: RaftLog> Node<L> {
                     warn!("LeaderStart proposal failed: {e}.");
                 }
             }
-            let ready = self.broker.leader_ready == Some((self.cfg.id, term));
+            let ready = self.broker.leader_ready() == Some((self.cfg.id, term));
             if ready && !self.broker.serving() {
                 info!("Node {} serves clients (term {}, applied index {}).", self.cfg.id, term, self.applied);
             }

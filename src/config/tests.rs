@@ -1,4 +1,4 @@
-use super::parse::{suggest, IGNORED_KEYS, SUPPORTED_KEYS};
+use super::keys::{suggest, IGNORED_KEYS, SUPPORTED_KEYS};
 use super::*;
 
 fn parse(text: &str) -> Config {

@@ -10,29 +10,24 @@
 //! v5 property length) are computed first, then every field is appended
 //! once. `encoded_len` runs the same length computation without writing.
 //!
-//! Property handling lives in `props.rs`, encoding in `encode.rs` (child
-//! modules of this one).
+//! Property handling lives in `codec/props.rs`, encoding in
+//! `codec/encode.rs` (child modules of this one); the tests in `codec/tests*.rs`.
 
 use super::packet::*;
 use std::rc::Rc;
 
-#[path = "props.rs"]
 mod props;
 
-#[path = "encode.rs"]
 mod encode;
 pub use encode::{encode, encoded_len};
 
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "codec_tests_v5.rs"]
 mod tests_v5;
 
 #[cfg(test)]
-#[path = "codec_tests_reject.rs"]
 mod tests_reject;
 
 use props::{ctx, read_properties};

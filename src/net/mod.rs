@@ -263,8 +263,9 @@ impl<L: RaftLog + 'static> Server<L> {
         busy_poll: Duration,
     ) -> Rc<Server<L>> {
         let clustered = driver.node().conf_state().voters.len() > 1;
-        let settings = driver.broker().settings.clone();
-        let lim = &settings.limits;
+        let settings = driver.broker().settings();
+        let lim = settings.limits.clone();
+        let connection_messages = settings.connection_messages;
         Rc::new(Server {
             driver: RefCell::new(driver),
             peers,
@@ -279,7 +280,7 @@ impl<L: RaftLog + 'static> Server<L> {
             packet_bytes_max: lim.packet_bytes_max,
             connections_max: lim.connections_max as usize,
             nodelay,
-            connection_messages: settings.connection_messages,
+            connection_messages,
             clustered,
             mode,
             executor: RefCell::new(None),

@@ -50,6 +50,37 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Why a write job (`PersistJob::run`) failed. The job runs off the event
+/// loop's thread; `end_persist` / `end_save_snapshot` take this back and
+/// turn it into a `StoreError` (and refuse every later write).
+#[derive(Debug)]
+pub enum WriteJobError {
+    /// The transaction with a Ready's log entries and hard state.
+    Log { path: String, source: redb::Error },
+    /// The transaction with the snapshot taken at `index` and the log
+    /// compaction that goes with it.
+    Snapshot { index: u64, path: String, source: redb::Error },
+}
+
+impl std::fmt::Display for WriteJobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteJobError::Log { path, source } => write!(f, "{source} (writing the log of {path})"),
+            WriteJobError::Snapshot { index, path, source } => {
+                write!(f, "{source} (writing the snapshot at {index} to {path})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WriteJobError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteJobError::Log { source, .. } | WriteJobError::Snapshot { source, .. } => Some(source),
+        }
+    }
+}
+
 /// Identity written into a store when it is created and checked at every
 /// open, so a data directory from another cluster or node is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,14 +92,14 @@ pub struct StoreIdentity {
 /// The transaction of one `begin_persist`, to run on any thread.
 pub trait PersistJob: Send {
     /// Ok(bytes of log entries the write replaced), or why it failed.
-    fn run(self: Box<Self>) -> Result<u64, String>;
+    fn run(self: Box<Self>) -> Result<u64, WriteJobError>;
 }
 
 /// A job with nothing left to do.
 struct Written;
 
 impl PersistJob for Written {
-    fn run(self: Box<Self>) -> Result<u64, String> {
+    fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         Ok(0)
     }
 }
@@ -100,8 +131,8 @@ pub trait RaftLog: raft::Storage {
 
     /// Takes a job's result: `Ok(bytes of log entries it replaced)`, or
     /// why it failed (then this and every later write are refused).
-    fn end_persist(&self, result: Result<u64, String>) -> Result<(), StoreError> {
-        result.map(|_| ()).map_err(StoreError::Io)
+    fn end_persist(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
+        result.map(|_| ()).map_err(|e| StoreError::Io(e.to_string()))
     }
 
     /// Store the membership after a conf change was applied.
@@ -140,8 +171,8 @@ pub trait RaftLog: raft::Storage {
 
     /// Takes a snapshot job's result: `Ok(bytes of log entries it newly
     /// covers)`, or why it failed.
-    fn end_save_snapshot(&self, result: Result<u64, String>) -> Result<(), StoreError> {
-        result.map(|_| ()).map_err(StoreError::Io)
+    fn end_save_snapshot(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
+        result.map(|_| ()).map_err(|e| StoreError::Io(e.to_string()))
     }
 
     /// The latest snapshot: (index, term, conf state, data). `None` if

@@ -24,7 +24,7 @@ use redb::{
 };
 
 use super::log_index::{hard_state_covering, LogIndex, TermGap};
-use super::{PersistJob, RaftLog, StoreError, StoreIdentity, STORE_FORMAT_VERSION};
+use super::{PersistJob, RaftLog, StoreError, StoreIdentity, WriteJobError, STORE_FORMAT_VERSION};
 
 /// The store's file inside the data directory.
 pub const STORE_FILE_NAME: &str = "midge.redb";
@@ -216,14 +216,14 @@ impl RedbLog {
 
     /// Ends a write job: Ok(log bytes it replaced or covered), or why it
     /// failed.
-    fn end_write(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+    fn end_write(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
         match result {
             Ok(bytes) => {
                 let mut c = self.cached.borrow_mut();
                 c.log_bytes = c.log_bytes.saturating_sub(bytes);
                 Ok(())
             }
-            Err(reason) => Err(self.fail(reason)),
+            Err(e) => Err(self.fail(e.to_string())),
         }
     }
 
@@ -517,7 +517,7 @@ struct RedbWrite {
 }
 
 impl PersistJob for RedbWrite {
-    fn run(self: Box<Self>) -> Result<u64, String> {
+    fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         let w = *self;
         transaction(&w.db, w.durability, |txn| {
             let mut dropped = 0u64;
@@ -537,7 +537,7 @@ impl PersistJob for RedbWrite {
             }
             Ok(dropped)
         })
-        .map_err(|e| format!("{e} (writing the log of {})", w.path))
+        .map_err(|source| WriteJobError::Log { path: w.path, source })
     }
 }
 
@@ -557,7 +557,7 @@ struct RedbSnapshotWrite {
 
 impl PersistJob for RedbSnapshotWrite {
     /// Ok(bytes of log entries the snapshot newly covers).
-    fn run(self: Box<Self>) -> Result<u64, String> {
+    fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         let w = *self;
         transaction(&w.db, w.durability, |txn| {
             let mut log = txn.open_table(LOG)?;
@@ -574,7 +574,7 @@ impl PersistJob for RedbSnapshotWrite {
             m.insert(KEY_HARD_STATE, w.hs_bytes.as_slice())?;
             Ok(newly_covered)
         })
-        .map_err(|e| format!("{e} (writing the snapshot at {} to {})", w.index, w.path))
+        .map_err(|source| WriteJobError::Snapshot { index: w.index, path: w.path, source })
     }
 }
 
@@ -618,7 +618,7 @@ impl RaftLog for RedbLog {
         }))
     }
 
-    fn end_persist(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+    fn end_persist(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
         self.end_write(result)
     }
 
@@ -714,7 +714,7 @@ impl RaftLog for RedbLog {
         }))
     }
 
-    fn end_save_snapshot(&self, result: Result<u64, String>) -> Result<(), StoreError> {
+    fn end_save_snapshot(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
         *self.writing_snapshot.borrow_mut() = None;
         self.end_write(result)
     }

@@ -20,7 +20,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::{PersistJob, RaftLog, StoreError};
+use super::{PersistJob, RaftLog, StoreError, WriteJobError};
 
 pub struct Staged<L: RaftLog> {
     inner: L,
@@ -50,8 +50,8 @@ pub struct FlushJob {
 }
 
 pub struct FlushResult {
-    persist: Option<Result<u64, String>>,
-    snapshot: Option<Result<u64, String>>,
+    persist: Option<Result<u64, WriteJobError>>,
+    snapshot: Option<Result<u64, WriteJobError>>,
 }
 
 impl FlushJob {

@@ -1,0 +1,174 @@
+//! The commands that change the durable broker state and the effects that
+//! applying them has.
+//!
+//! `Entry` (a `Command` with the leader's clock) is what the Raft log holds
+//! and what every node applies in the same order; its postcard form is
+//! versioned by `STATE_FORMAT_VERSION`, shared with the state snapshot, and
+//! kept in tests/golden. An `Effect` is never stored: it tells the node that
+//! serves clients what to send. Nothing here changes state.
+
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use super::message::Message;
+use super::state::Delivery;
+use super::tree::SubEntry;
+
+/// Format version of `Command` and of the state snapshot. Bump on any
+/// change to their serialised shape.
+pub const STATE_FORMAT_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillMsg {
+    pub msg: Message,
+    pub delay_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeReq {
+    pub filter: String,
+    pub entry: SubEntry,
+}
+
+/// A change to the durable state. Versioned by `STATE_FORMAT_VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A client connected (or took over its session).
+    Connect {
+        client: Rc<str>,
+        username: Option<Rc<str>>,
+        clean_start: bool,
+        expiry_secs: u32,
+        window: u16,
+        will: Option<WillMsg>,
+    },
+    /// The connection of `client` ended. `will` is false after a normal
+    /// DISCONNECT (reason 0x00), which discards the will [MQTT-3.1.2-10].
+    Disconnect {
+        client: Rc<str>,
+        will: bool,
+        expiry_secs: u32,
+    },
+    Subscribe {
+        client: Rc<str>,
+        packet_id: u16,
+        reqs: Vec<SubscribeReq>,
+        codes: Vec<u8>,
+    },
+    Unsubscribe {
+        client: Rc<str>,
+        packet_id: u16,
+        filters: Vec<String>,
+    },
+    /// An accepted PUBLISH. `from` names the publisher and its packet id
+    /// when the publisher awaits an acknowledgement (QoS 1 and 2).
+    /// `offline_only`: a QoS 0 message already delivered to online
+    /// sessions, recorded only for offline ones (queue_qos0_messages).
+    Publish {
+        msg: Message,
+        from: Option<(Rc<str>, u16)>,
+        offline_only: bool,
+    },
+    /// PUBREL from a publisher for an inbound QoS 2 message.
+    Release {
+        client: Rc<str>,
+        packet_id: u16,
+    },
+    /// Acknowledgements from a subscriber: PUBACK, PUBREC or PUBCOMP.
+    Acked {
+        client: Rc<str>,
+        acks: Vec<(u16, AckKind)>,
+    },
+    /// Periodic: due wills, expired sessions.
+    Tick,
+    /// A new leader starts serving: every session still marked online lost
+    /// its connection with the old leader (an ungraceful end: wills are
+    /// published as for a dropped connection).
+    LeaderStart {
+        node: u64,
+        term: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+    /// The broker dropped a QoS 1/2 delivery itself (too large for the
+    /// client's Maximum Packet Size, or denied by the ACL).
+    Discard,
+}
+
+/// A command with the leader's clock, as it is logged and replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub now_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// CONNACK may go out.
+    Connected {
+        client: Rc<str>,
+        session_present: bool,
+    },
+    /// Send a PUBLISH (packet id present for QoS 1/2).
+    Deliver {
+        client: Rc<str>,
+        packet_id: Option<u16>,
+        delivery: Delivery,
+        dup: bool,
+    },
+    /// Send PUBREL (resend after reconnect).
+    SendPubRel {
+        client: Rc<str>,
+        packet_id: u16,
+    },
+    PubAck {
+        client: Rc<str>,
+        packet_id: u16,
+        code: u8,
+    },
+    PubRec {
+        client: Rc<str>,
+        packet_id: u16,
+        code: u8,
+    },
+    PubRel {
+        client: Rc<str>,
+        packet_id: u16,
+    },
+    PubComp {
+        client: Rc<str>,
+        packet_id: u16,
+        code: u8,
+    },
+    SubAck {
+        client: Rc<str>,
+        packet_id: u16,
+        codes: Vec<u8>,
+    },
+    UnsubAck {
+        client: Rc<str>,
+        packet_id: u16,
+        codes: Vec<u8>,
+    },
+    /// A message was dropped because a session's queue was full.
+    QueueFull {
+        client: Rc<str>,
+    },
+    SessionExpired {
+        client: Rc<str>,
+    },
+    WillPublished {
+        client: Rc<str>,
+    },
+    /// The LeaderStart command of `node` in `term` was applied.
+    LeaderReady {
+        node: u64,
+        term: u64,
+    },
+}

@@ -1,0 +1,196 @@
+//! Connection lifecycle: a connection opens, is refused or closed, ends
+//! (ungracefully: the will goes out), or sends bytes the codec rejects;
+//! and the CONNACK once its Connect command applied. Only volatile
+//! per-connection state changes here; the durable session hears of an end
+//! through a proposed `Command::Disconnect`.
+
+use std::net::SocketAddr;
+
+use log::{info, warn};
+
+use super::{Action, Broker, Command, Conn, ConnId, Kind, Lazy, PeerAddr, Phase};
+use crate::mqtt::codec::DecodeError;
+use crate::mqtt::{reason, Disconnect, Packet, Version};
+
+impl Broker {
+    /// Protocol version of a connection once CONNECT was decoded (the
+    /// codec needs it for everything after CONNECT).
+    pub fn version(&self, conn: ConnId) -> Option<Version> {
+        self.conns.get(&conn).and_then(|c| (c.phase != Phase::New).then_some(c.version))
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The runtime's outgoing buffer for `conn` is over its bound (QoS 0
+    /// messages to it are dropped) or drained again.
+    pub fn set_congested(&mut self, conn: ConnId, congested: bool) {
+        if congested {
+            self.congested.insert(conn);
+        } else {
+            self.congested.remove(&conn);
+        }
+    }
+
+    pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
+        self.conns.insert(
+            conn,
+            Box::new(Conn {
+                phase: Phase::New,
+                peer: PeerAddr::from(peer),
+                version: Version::V311,
+                client: None,
+                keep_alive_ms: 0,
+                last_rx_ms: now,
+                packet_bytes_out_max: u32::MAX,
+                alias_out_max: 0,
+                alias_out: Lazy::default(),
+                alias_in: Lazy::default(),
+                inbound_unacked: 0,
+                session_expiry_secs: 0,
+                pending: None,
+                session_closed: true,
+                kind: Kind::Client,
+            }),
+        );
+    }
+
+    /// The socket closed or failed: an ungraceful end (will published).
+    pub fn closed(&mut self, conn: ConnId, now: u64) {
+        if let Some(c) = self.conns.get(&conn) {
+            if c.phase == Phase::Connected && self.settings.connection_messages {
+                info!("Client {} closed its connection.", c.client.as_deref().unwrap_or("<unknown>"));
+            }
+        }
+        self.end_session_link(conn, true, None, now);
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(id) = c.client {
+                if self.by_client.get(&id) == Some(&conn) {
+                    self.by_client.remove(&id);
+                }
+            }
+        }
+        self.congested.remove(&conn);
+        self.commit(now);
+    }
+
+    /// Record in the durable session that its connection ended.
+    pub(super) fn end_session_link(&mut self, conn: ConnId, will: bool, expiry: Option<u32>, now: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.session_closed {
+            return;
+        }
+        c.session_closed = true;
+        let Some(client) = c.client.clone() else { return };
+        let expiry_secs = expiry.unwrap_or(c.session_expiry_secs);
+        self.propose(now, Command::Disconnect { client, will, expiry_secs });
+    }
+
+    /// The codec rejected the bytes of `conn`.
+    pub fn decode_error(&mut self, conn: ConnId, err: &DecodeError, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.phase == Phase::Closing {
+            return; // already refused or closed; nothing more is sent
+        }
+        let first_packet = c.phase == Phase::New;
+        let who = self.who(conn);
+        match err {
+            DecodeError::UnsupportedVersion(_) if !first_packet => {
+                warn!("Client {} sent a second CONNECT (with an unknown protocol version); disconnecting.", who);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+            DecodeError::UnsupportedVersion(level) => {
+                info!("Client {} refused: unsupported protocol version {}.", who, level);
+                // Answered in the 3.1.1 form, as a client of any level can read it.
+                self.actions.push(Action::Send(
+                    conn,
+                    Packet::ConnAck(crate::mqtt::ConnAck {
+                        session_present: false,
+                        code: reason::V3_UNACCEPTABLE_PROTOCOL_VERSION,
+                        properties: Default::default(),
+                    }),
+                ));
+                self.close(conn, None, now);
+            }
+            DecodeError::TooLarge { size, max } => {
+                warn!("Client {} sent a packet of {} bytes, over the maximum of {}; disconnecting.", who, size, max);
+                self.close(conn, Some(reason::PACKET_TOO_LARGE), now);
+            }
+            DecodeError::Malformed(what) => {
+                warn!("Client {} sent a malformed packet ({}); disconnecting.", who, what);
+                self.close(conn, Some(reason::MALFORMED_PACKET), now);
+            }
+            DecodeError::Protocol(what) => {
+                warn!("Client {} violated the protocol ({}); disconnecting.", who, what);
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+        }
+        self.commit(now);
+    }
+
+    /// Close a connection from the broker side: a v5 client first gets a
+    /// DISCONNECT with `reason` [MQTT-4.13.1-1]. The will is published.
+    pub(super) fn close(&mut self, conn: ConnId, reason_code: Option<u8>, now: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.phase == Phase::Closing {
+            return;
+        }
+        let was_connected = c.phase == Phase::Connected;
+        c.phase = Phase::Closing;
+        if let (Some(code), Version::V5, true) = (reason_code, c.version, was_connected) {
+            self.actions
+                .push(Action::Send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() })));
+        }
+        self.actions.push(Action::Close(conn));
+        self.end_session_link(conn, true, None, now);
+    }
+
+    /// Same as `close` before CONNACK: v5 errors go in the CONNACK instead.
+    pub(super) fn refuse(&mut self, conn: ConnId, v5_code: u8, v3_code: u8, why: &str, now: u64) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let code = if c.version.is_v5() { v5_code } else { v3_code };
+        if self.settings.connection_messages {
+            info!("Client {} from {} refused: {}.", c.client.as_deref().unwrap_or("<unknown>"), c.peer, why);
+        }
+        self.actions.push(Action::Send(
+            conn,
+            Packet::ConnAck(crate::mqtt::ConnAck { session_present: false, code, properties: Default::default() }),
+        ));
+        self.close(conn, None, now);
+    }
+
+    pub(super) fn conn_of(&self, client: &str) -> Option<ConnId> {
+        self.by_client.get(client).copied()
+    }
+
+    /// The client id, or the address before CONNECT, for log lines.
+    pub(super) fn who(&self, conn: ConnId) -> String {
+        match self.conns.get(&conn) {
+            Some(c) => c.client.as_deref().map_or_else(|| c.peer.to_string(), str::to_string),
+            None => "<unknown>".to_string(),
+        }
+    }
+
+    /// The Connect command of `client` applied: CONNACK may go out.
+    pub(super) fn connected(&mut self, client: &str, session_present: bool) {
+        let Some(id) = self.conn_of(client) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.phase != Phase::Connecting {
+            return;
+        }
+        c.phase = Phase::Connected;
+        c.session_closed = false;
+        // Hold the session's copy of the client id, not a second one.
+        if let Some((key, _)) = self.state.sessions().get_key_value(client) {
+            c.client = Some(key.clone());
+            self.by_client.remove(client);
+            self.by_client.insert(key.clone(), id);
+        }
+        if let Some(p) = c.pending.take() {
+            let mut ack = p.connack;
+            ack.session_present = session_present;
+            self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! PUBLISH in and out: an inbound PUBLISH is checked (topic alias, ACL,
+//! Receive Maximum, limits) and proposed as a `Command::Publish`; a
+//! delivery effect becomes a PUBLISH on the subscriber's connection
+//! (topic alias, packet size, congestion).
+
+use std::rc::Rc;
+
+use log::{debug, info, warn};
+
+use super::{dynsec, AckKind, Action, Broker, Command, ConnId, Delivery, Message, MessageProps, Phase};
+use crate::auth::acl::Access;
+use crate::mqtt::codec::encoded_len;
+use crate::mqtt::{reason, topic, Packet, PubResp, Publish, QoS};
+
+impl Broker {
+    pub(super) fn inbound_done(&mut self, client: &str) {
+        if let Some(id) = self.conn_of(client) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
+            }
+        }
+    }
+
+    pub(super) fn send_to_client(&mut self, client: &str, p: Packet) {
+        if let Some(id) = self.conn_of(client) {
+            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
+                self.stats.messages_sent += 1;
+                self.actions.push(Action::Send(id, p));
+            }
+        }
+    }
+
+    /// Turn a delivery into a PUBLISH for the client's connection.
+    pub(super) fn deliver(&mut self, client: &Rc<str>, packet_id: Option<u16>, d: &Delivery, dup: bool, now: u64) {
+        let Some(id) = self.conn_of(client) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.phase != Phase::Connected {
+            return;
+        }
+        if packet_id.is_none() && self.congested.contains(&id) {
+            self.stats.dropped_qos0 += 1;
+            return;
+        }
+        let mut new_alias = None;
+        let mut p = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: d.msg.topic.clone(),
+            packet_id,
+            payload: d.msg.payload.clone(),
+            properties: Default::default(),
+        };
+        if c.version.is_v5() {
+            if let Some(props) = &d.msg.props {
+                props.write_into(&mut p.properties);
+            }
+            p.properties.message_expiry_interval = d.msg.remaining_expiry_secs(now);
+            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            if c.alias_out_max > 0 {
+                if let Some(a) = c.alias_out.get(&d.msg.topic) {
+                    p.properties.topic_alias = Some(*a);
+                    p.topic = Rc::from("");
+                } else if c.alias_out.len() < c.alias_out_max as usize {
+                    // Recorded below, only once the PUBLISH really goes out.
+                    new_alias = Some(c.alias_out.len() as u16 + 1);
+                    p.properties.topic_alias = new_alias;
+                }
+            }
+        }
+        let packet = Packet::Publish(p);
+        let too_large = encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize;
+        if let (Some(a), false) = (new_alias, too_large) {
+            c.alias_out.insert(d.msg.topic.clone(), a);
+        }
+        if too_large {
+            // Too large for the client: discarded as if sent [MQTT-3.1.2-25].
+            debug!("Dropping message on {} for client {}: larger than its Maximum Packet Size.", d.msg.topic, client);
+            if let Some(pid) = packet_id {
+                self.propose(now, Command::Acked { client: client.clone(), acks: vec![(pid, AckKind::Discard)] });
+            }
+            return;
+        }
+        self.stats.messages_sent += 1;
+        self.stats.publish_sent += 1;
+        self.actions.push(Action::Send(id, packet));
+    }
+
+    pub(super) fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
+        self.stats.publish_received += 1;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let v5 = c.version.is_v5();
+        // Topic Alias (v5 §3.3.2.3.4).
+        if let Some(a) = p.properties.topic_alias {
+            if a == 0 || a > self.settings.limits.topic_alias_max {
+                warn!(
+                    "Client {} used topic alias {} outside 1..={}; disconnecting.",
+                    client, a, self.settings.limits.topic_alias_max
+                );
+                self.close(conn, Some(reason::TOPIC_ALIAS_INVALID), now);
+                return;
+            }
+            if p.topic.is_empty() {
+                match c.alias_in.get(&a) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        warn!("Client {} used unknown topic alias {}; disconnecting.", client, a);
+                        self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+                        return;
+                    }
+                }
+            } else {
+                c.alias_in.insert(a, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
+            warn!("Client {} published to an invalid topic; disconnecting.", client);
+            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
+            return;
+        }
+        if topic::level_count(&p.topic) > self.settings.limits.topic_levels_max as usize {
+            warn!(
+                "Client {} published to a topic with more than {} levels; disconnecting.",
+                client, self.settings.limits.topic_levels_max
+            );
+            self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
+            return;
+        }
+        if p.qos as u8 > self.settings.max_qos {
+            warn!(
+                "Client {} published at QoS {} above max_qos {}; disconnecting.",
+                client, p.qos as u8, self.settings.max_qos
+            );
+            self.close(conn, Some(reason::QOS_NOT_SUPPORTED), now);
+            return;
+        }
+        if p.retain && !self.settings.retain_available {
+            warn!("Client {} published a retained message but retain_available is false; disconnecting.", client);
+            self.close(conn, Some(reason::RETAIN_NOT_SUPPORTED), now);
+            return;
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos != QoS::AtMostOnce {
+            let known_qos2 = p.qos == QoS::ExactlyOnce
+                && self.state.sessions().get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
+            if !known_qos2 {
+                c.inbound_unacked += 1;
+                // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
+                // none, so only the 16-bit packet-id space bounds it.
+                let max = if v5 { self.settings.limits.inflight_messages_max as u32 } else { u16::MAX as u32 };
+                if c.inbound_unacked > max {
+                    warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
+                    self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
+                    return;
+                }
+            }
+        }
+        // Checks that refuse this one message but keep the connection.
+        let refusal = if p.payload.len() > self.settings.limits.message_bytes_max as usize {
+            // 0x97: PUBACK/PUBREC may not carry 0x95 (v5 §3.4.2.1).
+            Some((reason::QUOTA_EXCEEDED, "payload over message_size_limit", false))
+        } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            Some((reason::PAYLOAD_FORMAT_INVALID, "payload is not the UTF-8 its format indicator claims", false))
+        } else if !self.conn_allowed(conn, &client, &p.topic, Access::Write) {
+            Some((reason::NOT_AUTHORIZED, "not authorised by the ACL", false))
+        } else if p.topic.starts_with(dynsec::TOPIC_PREFIX) {
+            if &*p.topic == dynsec::REQUEST_TOPIC {
+                // Consumed like a request to Mosquitto's plugin: acknowledged
+                // as accepted, answered, never routed.
+                self.ack_unrouted(conn, &client, p.qos, pid, 0);
+                self.on_dynsec_request(conn, &client, &p, now);
+                return;
+            }
+            // 0x90: a well-formed topic name this server does not accept.
+            Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security, which midge does not have", false))
+        } else if p.qos != QoS::AtMostOnce || p.retain {
+            let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
+            (self.state.stored_bytes() + cost > self.settings.limits.memory_bytes_max).then_some((
+                reason::QUOTA_EXCEEDED,
+                "memory_limit reached",
+                true,
+            ))
+        } else {
+            None
+        };
+        if let Some((code, why, retry_later)) = refusal {
+            info!("Denied PUBLISH from {} to {} ({}).", client, p.topic, why);
+            if retry_later && !v5 && p.qos != QoS::AtMostOnce {
+                // 3.1.1 has no negative acknowledgement; not acknowledging
+                // keeps the message with the client, which resends it.
+                self.close(conn, None, now);
+                return;
+            }
+            // v5 gets the reason in its PUBACK/PUBREC; 3.1.1 is acknowledged
+            // and the message discarded, as Mosquitto does.
+            let code = if v5 { code } else { 0 };
+            self.ack_unrouted(conn, &client, p.qos, pid, code);
+            return;
+        }
+        let msg = self.message_from(&client, &p, now);
+        match p.qos {
+            QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos => {
+                // QoS 0 to online subscribers does not wait for a commit.
+                let settings = self.settings.clone();
+                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+                let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
+                let mut offline = false;
+                for (target, d) in targets {
+                    if self.state.sessions().get(&target).is_some_and(|s| s.online) {
+                        self.deliver(&target, None, &d, false, now);
+                    } else {
+                        offline = true;
+                    }
+                }
+                if offline && self.settings.apply.queue_qos0_messages {
+                    self.propose(now, Command::Publish { msg, from: None, offline_only: true });
+                }
+            }
+            QoS::AtMostOnce => self.propose(now, Command::Publish { msg, from: None, offline_only: false }),
+            _ => self.propose(now, Command::Publish { msg, from: Some((client, pid)), offline_only: false }),
+        }
+    }
+
+    /// Acknowledges a PUBLISH that is not routed, with `code`.
+    pub(super) fn ack_unrouted(&mut self, conn: ConnId, client: &str, qos: QoS, pid: u16, code: u8) {
+        let ack = PubResp { packet_id: pid, code, properties: Default::default() };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.inbound_done(client);
+                self.actions.push(Action::Send(conn, Packet::PubAck(ack)));
+            }
+            QoS::ExactlyOnce => {
+                // Completes the flow normally, without routing; a later
+                // PUBREL gets its PUBCOMP.
+                self.inbound_done(client);
+                self.actions.push(Action::Send(conn, Packet::PubRec(ack)));
+            }
+        }
+    }
+
+    /// The stored form of a PUBLISH.
+    pub(super) fn message_from(&self, client: &Rc<str>, p: &Publish, now: u64) -> Message {
+        Message {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: p.qos,
+            retain: p.retain,
+            props: MessageProps::from_properties(&p.properties),
+            expires_at_ms: p.properties.message_expiry_interval.map(|s| now + s as u64 * 1000),
+            origin: Some(client.clone()),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The broker's `Settings` from a `Config`: the one place where the
+//! configuration reaches the broker state machine (which does not import
+//! `config`).
+
+use std::rc::Rc;
+
+use super::Config;
+use crate::auth::acl::AclFile;
+use crate::auth::password::PasswordFile;
+use crate::broker::state::ApplyLimits;
+use crate::broker::Settings;
+
+impl Config {
+    /// The broker's settings from this configuration, with the password
+    /// and ACL files it names, already read (`Config::load`).
+    pub fn broker_settings(&self, passwords: Option<PasswordFile>, acl: Option<AclFile>) -> Settings {
+        let c = self;
+        Settings {
+            limits: c.limits.clone(),
+            allow_anonymous: c.allow_anonymous,
+            passwords,
+            acl,
+            retain_available: c.retain_available,
+            max_qos: c.max_qos,
+            persistent_expiry_secs_max: c.persistent_client_expiration_secs.map(|s| s.min(u32::MAX as u64 - 1) as u32),
+            sys_interval_secs: c.sys_interval_secs,
+            connection_messages: c.connection_messages,
+            connect_timeout_ms: 10_000,
+            version_string: Rc::from(format!("midge version {}", env!("CARGO_PKG_VERSION"))),
+            apply: ApplyLimits {
+                queued_messages_max: c.limits.queued_messages_max,
+                queued_bytes_max: c.limits.queued_bytes_max,
+                retained_messages_max: c.limits.retained_messages_max,
+                queue_qos0_messages: c.queue_qos0_messages,
+                upgrade_outgoing_qos: c.upgrade_outgoing_qos,
+            },
+        }
+    }
+}
