@@ -73,7 +73,6 @@ KILL_AFTER=$((LG_TIMEOUT + 20))
 SETUPS=(midge1 midge3 mosquitto)
 declare -A LABEL=([midge1]="midge 1 node" [midge3]="midge 3 nodes" [mosquitto]="mosquitto")
 
-log() { echo "[bench-repl $(date +%H:%M:%S)] $*" >&2; }
 
 WORK=$(mktemp -d /tmp/midge-bench-repl.XXXXXX)
 chmod 755 "$WORK"      # mosquitto (run as root) drops to user mosquitto and must reach its dir

@@ -92,7 +92,6 @@ PAYLOAD=16
 LG_TIMEOUT=60          # loadgen's own bound per run (seconds)
 KILL_AFTER=$((LG_TIMEOUT + 30))
 
-log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 
 WORK=$(mktemp -d /tmp/midge-bench.XXXXXX)
 RAW="$WORK/raw.txt"

@@ -61,7 +61,6 @@ while [ $# -gt 0 ]; do
 done
 [ "$PAYLOAD" -ge 8 ] || { echo "footprint.sh: --payload must be at least 8" >&2; exit 2; }
 
-log() { echo "[footprint $(date +%H:%M:%S)] $*" >&2; }
 WORK=$(mktemp -d /tmp/midge-footprint.XXXXXX)
 RAW="$WORK/raw.txt"; NOTES="$WORK/notes.txt"
 : > "$RAW"; : > "$NOTES"

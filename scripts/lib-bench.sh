@@ -4,11 +4,14 @@
 # scripts/footprint.sh, scripts/bench-replication.sh): ports, process
 # start/stop by PID, RSS, loadgen RESULT lines, the "hold N idle connections,
 # read the broker's RSS" step, per-run values ($WORK/vals.METRIC.SETUP),
-# medians and the report's tail. The sourcing script defines log() and sets
-# WORK, NOTES and RAW.
+# medians and the report's tail. The sourcing script sets WORK, NOTES and
+# RAW; log, die and free_port come from scripts/lib.sh (sourced here).
 # Source it from bash; it defines functions and STARTED_PIDS only.
 #
 # Every loop is bounded; processes are stopped by PID, never by name.
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # PIDs this script started; bench_cleanup stops those still running.
 STARTED_PIDS=()
