@@ -99,7 +99,7 @@ impl<L: RaftLog> Node<L> {
         };
         if after < 3 && !force {
             return Err(format!(
-                "the change leaves {after} voter(s): fewer than three tolerate no failure; repeat with force to do it anyway"
+                "the change leaves {after} voter(s): fewer than three tolerate no failure; repeat with --force (midge ctl; \"force\": true in the request) to do it anyway"
             ));
         }
         self.end_apply_at_propose()?;
