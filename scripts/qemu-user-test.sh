@@ -59,6 +59,11 @@ done
 for t in "${TESTS[@]}"; do
   [[ -f tests/$t.rs ]] || { echo "qemu-user-test: no test target tests/$t.rs" >&2; exit 2; }
 done
+# The paho tests run the venv's Python (paho-mqtt 2), as scripts/test.sh
+# gives it to them; made here too when missing.
+if [[ -z ${MIDGE_TEST_PYTHON:-} ]]; then
+  eval "$(bash scripts/python-env.sh --export)"
+fi
 
 WORK=$(mktemp -d /tmp/midge-qemu-user.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
