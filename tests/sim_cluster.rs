@@ -198,7 +198,7 @@ impl Sim {
         if now % 1000 < STEP_MS {
             for i in 0..NODES {
                 if let Some(n) = self.nodes[i].node.as_mut() {
-                    match n.with_broker(now, now * 1000, |b, now| b.tick(now)) {
+                    match n.with_broker(now, |b, now| b.tick(now)) {
                         Ok(_) => {}
                         Err(e) => self.fail(&format!("node {} failed: {e}", i + 1)),
                     }
@@ -381,7 +381,7 @@ impl Sim {
         client.conn = Some((i, conn));
         client.connacked = false;
         client.outbox.clear();
-        if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.packet(conn, Packet::Connect(Box::new(c)), now)) {
+        if let Err(e) = n.with_broker(now, |b, now| b.packet(conn, Packet::Connect(Box::new(c)), now)) {
             self.fail(&format!("node {} failed: {e}", i + 1));
         }
         self.log.push(format!("{now}: {id} connects to node {} as conn {conn}", i + 1));
@@ -429,7 +429,7 @@ impl Sim {
             let packets: Vec<Packet> = c.outbox.drain(..).collect();
             let Some(n) = self.nodes[i].node.as_mut() else { continue };
             for p in packets {
-                if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.packet(conn, p, now)) {
+                if let Err(e) = n.with_broker(now, |b, now| b.packet(conn, p, now)) {
                     self.fail(&format!("node {} failed: {e}", i + 1));
                 }
             }
@@ -497,7 +497,7 @@ impl Sim {
                     }
                     self.log.push(format!("{now}: node {} closed conn {conn}", node + 1));
                     if let Some(n) = self.nodes[node].node.as_mut() {
-                        if let Err(e) = n.with_broker(now, now * 1000, |b, now| b.closed(conn, now)) {
+                        if let Err(e) = n.with_broker(now, |b, now| b.closed(conn, now)) {
                             self.fail(&format!("node {} failed: {e}", node + 1));
                         }
                         let n = self.nodes[node].node.as_mut().unwrap();

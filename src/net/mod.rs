@@ -307,9 +307,9 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// Run `f` on the broker, then carry out the actions it produced.
     fn with_broker<R>(&self, f: impl FnOnce(&mut Broker, u64) -> R) -> R {
-        let (now, now_us) = (self.now(), self.now_us());
+        let now = self.now();
         let mut d = self.driver.borrow_mut();
-        let (r, wake) = or_exit(d.with_broker(now, now_us, f));
+        let (r, wake) = or_exit(d.with_broker(now, f));
         self.perform(&mut d);
         drop(d);
         if wake {
