@@ -105,6 +105,11 @@ struct Conn {
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
     kind: Kind,
+    /// PUBLISH bytes handed to the runtime for this connection since it
+    /// last reported how much of its output is still unwritten (see
+    /// `set_out_buffered`): what the client makes midge hold, as far as
+    /// the broker knows. QoS 0 deliveries stop above `out_buffer_bytes_max`.
+    out_bytes: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -125,7 +130,9 @@ pub struct Broker {
     state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
-    congested: fxhash::FxHashSet<ConnId>,
+    /// Connections whose `out_bytes` passed half of `out_buffer_bytes_max`
+    /// since the runtime last reported on them (`take_out_checks`).
+    out_checks: Vec<ConnId>,
     actions: Vec<Action>,
     effects: Vec<Effect>,
     /// Commands proposed and not yet applied.
@@ -164,7 +171,7 @@ impl Broker {
             state: State::default(),
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
-            congested: Default::default(),
+            out_checks: Vec::new(),
             actions: Vec::new(),
             effects: Vec::new(),
             proposals: Vec::new(),
