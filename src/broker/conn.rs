@@ -50,7 +50,7 @@ impl Broker {
                 peer: PeerAddr::from(peer),
                 version: Version::V311,
                 client: None,
-                keep_alive_ms: 0,
+                keep_alive_secs: 0,
                 last_rx_ms: now,
                 packet_bytes_out_max: u32::MAX,
                 alias_out_max: 0,

@@ -84,8 +84,7 @@ struct Conn {
     peer: PeerAddr,
     version: Version,
     client: Option<Rc<str>>,
-    /// At most 65,535 s.
-    keep_alive_ms: u32,
+    keep_alive_secs: u16,
     /// When the last packet came in; before the first, when the connection
     /// opened (in `Phase::New` no packet has come in yet: the first one
     /// ends that phase).
@@ -97,7 +96,7 @@ struct Conn {
     alias_out: Lazy<BTreeMap<Rc<str>, u16>>,
     alias_in: Lazy<BTreeMap<u16, Rc<str>>>,
     /// QoS 1/2 PUBLISHes received and not yet completed (Receive Maximum).
-    inbound_unacked: u32,
+    inbound_unacked: u16,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
     session_expiry_secs: u32,
     /// Set while `Phase::Connecting`.
@@ -493,7 +492,8 @@ impl Broker {
         for (id, c) in &self.conns {
             match c.phase {
                 Phase::Connected
-                    if c.keep_alive_ms > 0 && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_ms) * 3 / 2 =>
+                    if c.keep_alive_secs > 0
+                        && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_secs) * 1500 =>
                 {
                     late.push((*id, true));
                 }

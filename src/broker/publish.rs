@@ -174,14 +174,16 @@ impl Broker {
             let known_qos2 = p.qos == QoS::ExactlyOnce
                 && self.state.sessions().get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
             if !known_qos2 {
-                c.inbound_unacked += 1;
                 // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
                 // none, so only the 16-bit packet-id space bounds it.
-                let max = if v5 { self.settings.limits.inflight_messages_max as u32 } else { u16::MAX as u32 };
-                if c.inbound_unacked > max {
-                    warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
-                    self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
-                    return;
+                let max = if v5 { self.settings.limits.inflight_messages_max } else { u16::MAX };
+                match c.inbound_unacked.checked_add(1) {
+                    Some(n) if n <= max => c.inbound_unacked = n,
+                    _ => {
+                        warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
+                        self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
+                        return;
+                    }
                 }
             }
         }
