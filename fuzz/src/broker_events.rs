@@ -18,7 +18,7 @@
 //! | 7            | UNSUBSCRIBE                                                  |
 //! | 8            | PUBACK / PUBREC / PUBREL / PUBCOMP with a chosen packet id   |
 //! | 9            | PINGREQ or DISCONNECT                                        |
-//! | 10           | `set_congested()` on/off                                     |
+//! | 10           | `set_out_buffered()` over the output bound or empty          |
 //! | 11, 15       | send the acks a well-behaved client owes (PUBACK for QoS 1,  |
 //! |              | PUBREC/PUBREL/PUBCOMP for QoS 2), up to n of them            |
 //!
@@ -457,7 +457,7 @@ impl Harness {
             }
             op::CONGESTED => {
                 let id = self.ensure_open(s);
-                self.broker.set_congested(id, variant & 1 != 0);
+                self.broker.set_out_buffered(id, if variant & 1 != 0 { usize::MAX } else { 0 });
             }
             _ => {
                 // 11, 15: owed acks, in order.

@@ -48,7 +48,7 @@ impl Broker {
         }
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.phase = Phase::Connected;
-        c.keep_alive_ms = u32::from(cp.keep_alive) * 1000;
+        c.keep_alive_secs = cp.keep_alive;
         info!(
             "Admin client {} connected from {} as user {}.",
             cp.client_id,

@@ -23,14 +23,23 @@ impl Broker {
         self.conns.len()
     }
 
-    /// The runtime's outgoing buffer for `conn` is over its bound (QoS 0
-    /// messages to it are dropped) or drained again.
-    pub fn set_congested(&mut self, conn: ConnId, congested: bool) {
-        if congested {
-            self.congested.insert(conn);
-        } else {
-            self.congested.remove(&conn);
+    /// The runtime's output buffer for `conn` holds `bytes` not yet
+    /// written. The runtime reports it when the buffer goes over
+    /// `out_buffer_bytes_max`, when it drains to half of that, and for each
+    /// connection `take_out_checks` names; in between, the broker adds
+    /// what it delivers, so that one read of many SUBSCRIBEs cannot queue
+    /// more than the bound (QoS 0 above it is dropped).
+    pub fn set_out_buffered(&mut self, conn: ConnId, bytes: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.out_bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         }
+    }
+
+    /// Connections whose delivered bytes passed half the output bound since
+    /// the runtime last reported on them: the runtime reports each one's
+    /// buffered bytes (`set_out_buffered`) now, or when it drains to half.
+    pub fn take_out_checks(&mut self, into: &mut Vec<ConnId>) {
+        into.append(&mut self.out_checks);
     }
 
     pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
@@ -41,7 +50,7 @@ impl Broker {
                 peer: PeerAddr::from(peer),
                 version: Version::V311,
                 client: None,
-                keep_alive_ms: 0,
+                keep_alive_secs: 0,
                 last_rx_ms: now,
                 packet_bytes_out_max: u32::MAX,
                 alias_out_max: 0,
@@ -52,6 +61,7 @@ impl Broker {
                 pending: None,
                 session_closed: true,
                 kind: Kind::Client,
+                out_bytes: 0,
             }),
         );
     }
@@ -71,7 +81,6 @@ impl Broker {
                 }
             }
         }
-        self.congested.remove(&conn);
         self.commit(now);
     }
 

@@ -212,7 +212,7 @@ impl Broker {
         }
 
         let c = self.conns.get_mut(&conn).expect("connection checked above");
-        c.keep_alive_ms = u32::from(keep_alive) * 1000;
+        c.keep_alive_secs = keep_alive;
         c.session_expiry_secs = expiry;
         c.phase = Phase::Connecting;
         if v5 {

@@ -84,8 +84,7 @@ struct Conn {
     peer: PeerAddr,
     version: Version,
     client: Option<Rc<str>>,
-    /// At most 65,535 s.
-    keep_alive_ms: u32,
+    keep_alive_secs: u16,
     /// When the last packet came in; before the first, when the connection
     /// opened (in `Phase::New` no packet has come in yet: the first one
     /// ends that phase).
@@ -97,7 +96,7 @@ struct Conn {
     alias_out: Lazy<BTreeMap<Rc<str>, u16>>,
     alias_in: Lazy<BTreeMap<u16, Rc<str>>>,
     /// QoS 1/2 PUBLISHes received and not yet completed (Receive Maximum).
-    inbound_unacked: u32,
+    inbound_unacked: u16,
     /// CONNECT had Session Expiry 0 (a DISCONNECT may not raise it).
     session_expiry_secs: u32,
     /// Set while `Phase::Connecting`.
@@ -105,6 +104,11 @@ struct Conn {
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
     kind: Kind,
+    /// PUBLISH bytes handed to the runtime for this connection since it
+    /// last reported how much of its output is still unwritten (see
+    /// `set_out_buffered`): what the client makes midge hold, as far as
+    /// the broker knows. QoS 0 deliveries stop above `out_buffer_bytes_max`.
+    out_bytes: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -125,7 +129,9 @@ pub struct Broker {
     state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
-    congested: fxhash::FxHashSet<ConnId>,
+    /// Connections whose `out_bytes` passed half of `out_buffer_bytes_max`
+    /// since the runtime last reported on them (`take_out_checks`).
+    out_checks: Vec<ConnId>,
     actions: Vec<Action>,
     effects: Vec<Effect>,
     /// Commands proposed and not yet applied.
@@ -164,7 +170,7 @@ impl Broker {
             state: State::default(),
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
-            congested: Default::default(),
+            out_checks: Vec::new(),
             actions: Vec::new(),
             effects: Vec::new(),
             proposals: Vec::new(),
@@ -486,7 +492,8 @@ impl Broker {
         for (id, c) in &self.conns {
             match c.phase {
                 Phase::Connected
-                    if c.keep_alive_ms > 0 && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_ms) * 3 / 2 =>
+                    if c.keep_alive_secs > 0
+                        && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_secs) * 1500 =>
                 {
                     late.push((*id, true));
                 }

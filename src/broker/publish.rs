@@ -37,8 +37,12 @@ impl Broker {
         if c.phase != Phase::Connected {
             return;
         }
-        if packet_id.is_none() && self.congested.contains(&id) {
-            self.stats.dropped_qos0 += 1;
+        // QoS 0 beyond the output bound is dropped (QoS 1/2 wait in the
+        // session's queue instead: their in-flight window bounds them).
+        // Checked here too so that a flood to a stalled client costs little.
+        let out_max = self.settings.limits.out_buffer_bytes_max;
+        if packet_id.is_none() && c.out_bytes >= out_max {
+            self.drop_qos0(client, now);
             return;
         }
         let mut new_alias = None;
@@ -69,11 +73,8 @@ impl Broker {
             }
         }
         let packet = Packet::Publish(p);
-        let too_large = encoded_len(&packet, c.version) > c.packet_bytes_out_max as usize;
-        if let (Some(a), false) = (new_alias, too_large) {
-            c.alias_out.insert(d.msg.topic.clone(), a);
-        }
-        if too_large {
+        let len = encoded_len(&packet, c.version);
+        if len > c.packet_bytes_out_max as usize {
             // Too large for the client: discarded as if sent [MQTT-3.1.2-25].
             debug!("Dropping message on {} for client {}: larger than its Maximum Packet Size.", d.msg.topic, client);
             if let Some(pid) = packet_id {
@@ -81,9 +82,38 @@ impl Broker {
             }
             return;
         }
+        // One message always fits an empty buffer, however large.
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        if packet_id.is_none() && c.out_bytes > 0 && c.out_bytes.saturating_add(len) > out_max {
+            self.drop_qos0(client, now);
+            return;
+        }
+        if let Some(a) = new_alias {
+            c.alias_out.insert(d.msg.topic.clone(), a);
+        }
+        let before = c.out_bytes;
+        c.out_bytes = before.saturating_add(len);
+        if before <= out_max / 2 && c.out_bytes > out_max / 2 {
+            // The runtime may have written much of it already: ask it.
+            self.out_checks.push(id);
+        }
         self.stats.messages_sent += 1;
         self.stats.publish_sent += 1;
         self.actions.push(Action::Send(id, packet));
+    }
+
+    /// A QoS 0 message to `client` dropped: its connection holds
+    /// `out_buffer_bytes_max` of output already.
+    fn drop_qos0(&mut self, client: &str, now: u64) {
+        self.stats.dropped_qos0 += 1;
+        // As Mosquitto does, but at most once a second per broker.
+        if now >= self.last_drop_log_ms + 1000 {
+            self.last_drop_log_ms = now;
+            warn!(
+                "Outgoing messages are being dropped for client {} (QoS 0 over client_out_buffer_bytes: it reads too slowly); {} dropped so far.",
+                client, self.stats.dropped_qos0
+            );
+        }
     }
 
     pub(super) fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
@@ -144,14 +174,16 @@ impl Broker {
             let known_qos2 = p.qos == QoS::ExactlyOnce
                 && self.state.sessions().get(&client).is_some_and(|s| s.inbound_qos2.contains(&pid));
             if !known_qos2 {
-                c.inbound_unacked += 1;
                 // Receive Maximum is a v5 promise [MQTT-3.3.4-7]; 3.1.1 has
                 // none, so only the 16-bit packet-id space bounds it.
-                let max = if v5 { self.settings.limits.inflight_messages_max as u32 } else { u16::MAX as u32 };
-                if c.inbound_unacked > max {
-                    warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
-                    self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
-                    return;
+                let max = if v5 { self.settings.limits.inflight_messages_max } else { u16::MAX };
+                match c.inbound_unacked.checked_add(1) {
+                    Some(n) if n <= max => c.inbound_unacked = n,
+                    _ => {
+                        warn!("Client {} exceeded the Receive Maximum of {}; disconnecting.", client, max);
+                        self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
+                        return;
+                    }
                 }
             }
         }

@@ -476,3 +476,30 @@ fn other_dynamic_security_topics_are_refused() {
     assert!(out.iter().any(|(c, p)| *c == 3 && matches!(p, Packet::PubAck(r) if r.packet_id == 7 && r.code == 0)));
     assert!(closed(&mut b).is_empty());
 }
+
+/// Retained replay goes through the output bound: QoS 0 beyond
+/// `out_buffer_bytes_max` is dropped and counted, however many SUBSCRIBEs
+/// come before the runtime writes anything; once the runtime reports the
+/// buffer drained, deliveries resume.
+#[test]
+fn retained_qos0_replay_stops_at_the_output_bound() {
+    let mut b = broker_with(|c| c.limits.out_buffer_bytes_max = 4096);
+    connect(&mut b, 1, "pub", Version::V311, true, 1000);
+    for i in 0..100 {
+        b.packet(1, publish(&format!("r/{i:03}"), &[b'x'; 100], QoS::AtMostOnce, None, true), 1000);
+    }
+    sent(&mut b);
+    connect(&mut b, 2, "sub", Version::V311, true, 1000);
+    let mut got = 0;
+    for _ in 0..5 {
+        got += publishes(&subscribe(&mut b, 2, "r/#", QoS::AtMostOnce, 1000), 2).len();
+    }
+    // Each PUBLISH is 2 + 2 + 5 + 100 = 109 bytes: 37 fit in 4,096.
+    assert_eq!(got, 37);
+    assert_eq!(b.stats.dropped_qos0, 500 - 37);
+    let mut checks = Vec::new();
+    b.take_out_checks(&mut checks);
+    assert_eq!(checks, vec![2], "the runtime is asked once to report");
+    b.set_out_buffered(2, 0);
+    assert_eq!(publishes(&subscribe(&mut b, 2, "r/#", QoS::AtMostOnce, 1000), 2).len(), 37);
+}

@@ -110,8 +110,9 @@ struct Flags(Cell<u8>);
 
 /// Closed by the broker: write what is pending, then end.
 const CLOSING: u8 = 1;
-/// Its output is over `out_buffer_bytes_max` (the broker drops QoS 0
-/// messages to it until half of that is written).
+/// The broker was told its output is over half of `out_buffer_bytes_max`
+/// (over all of it, the broker drops QoS 0 messages to it): it is told
+/// again when half of that is written (see `Broker::set_out_buffered`).
 const CONGESTED: u8 = 2;
 /// Read or written since the last parking sweep.
 const ACTIVE: u8 = 4;
@@ -365,7 +366,8 @@ impl<L: RaftLog + 'static> Server<L> {
         // The broker's actions change places with the spare empty vector.
         let mut actions = self.spare_actions.take();
         b.swap_actions(&mut actions);
-        let mut congested = Vec::new();
+        // Connections whose buffered bytes the broker hears of.
+        let mut report = Vec::new();
         // Connections that had no output pending, in the order they got
         // some (deliveries before acknowledgements, as the broker ordered
         // them): all this dispatch gave each goes out in one send.
@@ -389,7 +391,7 @@ impl<L: RaftLog + 'static> Server<L> {
                             && len > self.out_buffer_bytes_max
                             && !io.flags.replace(CONGESTED, true)
                         {
-                            congested.push(id);
+                            report.push(id);
                         }
                     }
                     Action::Close(id) => {
@@ -412,13 +414,21 @@ impl<L: RaftLog + 'static> Server<L> {
                     continue;
                 }
                 if len > self.out_buffer_bytes_max && !io.flags.replace(CONGESTED, true) {
-                    congested.push(id);
+                    report.push(id);
                 }
                 self.ring(id, io);
             }
-        }
-        for id in congested {
-            b.set_congested(id, true);
+            // Connections the broker has given half the bound since it last
+            // heard of them: much of it may be written already.
+            b.take_out_checks(&mut report);
+            for &id in &report {
+                let Some(io) = conns.get(&id) else { continue };
+                let len = io.out_len();
+                if len > self.out_buffer_bytes_max / 2 {
+                    io.flags.set(CONGESTED, true);
+                }
+                b.set_out_buffered(id, len);
+            }
         }
         if actions.capacity() <= SPARE_KEPT {
             self.spare_actions.set(actions);
@@ -583,14 +593,15 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// `sent` bytes of the connection's output went out.
     fn sent(&self, id: ConnId, io: &ConnIo, sent: usize) {
-        let uncongest = io.flags.get(CONGESTED) && io.out_len() <= self.out_buffer_bytes_max / 2;
+        let len = io.out_len();
+        let uncongest = io.flags.get(CONGESTED) && len <= self.out_buffer_bytes_max / 2;
         if uncongest {
             io.flags.set(CONGESTED, false);
         }
         self.with_broker(|b, _| {
             b.count_bytes(0, sent as u64);
             if uncongest {
-                b.set_congested(id, false);
+                b.set_out_buffered(id, len);
             }
         });
     }
