@@ -68,6 +68,8 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
     "per_listener_settings",
     "persistence_file",
     "pid_file",
+    "retry_interval",
+    "store_clean_interval",
     "user",
 ];
 

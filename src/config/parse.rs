@@ -323,6 +323,11 @@ impl<'f> Parser<'f> {
                 }
                 self.warn(&format!("{key} is ignored: midge writes every change to disk as it happens"));
             }
+            "retry_interval" | "store_clean_interval" => {
+                // Mosquitto 2.0 itself only warns that these are gone.
+                self.num_opt(key, rest, 0, u64::MAX)?;
+                self.warn(&format!("{key} is ignored: Mosquitto 2 no longer uses it either"));
+            }
             "pid_file" => {
                 self.path_opt(key, rest)?;
                 self.warn("pid_file is ignored: midge writes no pid file");

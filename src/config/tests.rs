@@ -335,6 +335,21 @@ fn ignored_mosquitto_keys_are_accepted() {
     );
     assert_eq!(c.warnings[3].line, 4);
     assert!(c.warnings[3].message.starts_with("user is ignored"));
+    // Debian's stock mosquitto.conf may still carry these 1.x options.
+    let c = parse(
+        "retry_interval 20
+store_clean_interval 10
+",
+    );
+    assert_eq!(Config { warnings: vec![], ..c.clone() }, Config::default());
+    assert_eq!(
+        c.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        [
+            "midge.conf:1: retry_interval is ignored: Mosquitto 2 no longer uses it either",
+            "midge.conf:2: store_clean_interval is ignored: Mosquitto 2 no longer uses it either"
+        ]
+    );
+    assert!(err("retry_interval often").contains("is not a number"));
     // Their values are still checked.
     assert!(err("autosave_interval soon").contains("is not a number"));
     assert!(err("autosave_on_changes 1").contains("is not true or false"));

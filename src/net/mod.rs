@@ -482,6 +482,9 @@ impl<L: RaftLog + 'static> Server<L> {
             )
             .await;
             let mut again = false;
+            // One reading of the clocks per pass (each costs a system
+            // clock read); the yield below takes a new one.
+            let (mut now, mut now_us) = (self.now(), self.now_us());
             let mut d = self.driver.borrow_mut();
             if let Some(result) = written {
                 write = None;
@@ -490,7 +493,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 // itself once its own write is done).
                 again = true;
             }
-            again |= or_exit(d.step(self.now(), self.now_us(), &|id| self.peers.connected(id)));
+            again |= or_exit(d.step(now, now_us, &|id| self.peers.connected(id)));
             self.perform(&mut d);
             if write.is_none() && d.wants_write() {
                 // Group commit: let the connections run before the write,
@@ -500,15 +503,16 @@ impl<L: RaftLog + 'static> Server<L> {
                 drop(d);
                 futures_lite::future::yield_now().await;
                 d = self.driver.borrow_mut();
+                (now, now_us) = (self.now(), self.now_us());
                 // The write and its fsync run on a blocking thread; the
                 // event loop serves clients and peers meanwhile.
-                match or_exit(d.begin_write(self.now(), self.now_us())) {
+                match or_exit(d.begin_write(now, now_us)) {
                     Some(job) => write = Some(smol::unblock(move || job.run())),
                     None => again = true,
                 }
                 self.perform(&mut d);
             }
-            again |= d.settle(self.now_us());
+            again |= d.settle(now_us);
             drop(d);
             if again {
                 self.driver_bell.ring();
