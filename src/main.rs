@@ -93,9 +93,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (mut config, passwords, acl) = match &cli.config {
+    let (mut config, passwords, acl, dynsec) = match &cli.config {
         Some(p) => match Config::load(p) {
-            Ok(l) => (l.config, l.passwords, l.acl),
+            Ok(l) => (l.config, l.passwords, l.acl, l.dynsec),
             Err(errors) => {
                 for e in errors.iter() {
                     eprintln!("midge: config error: {e}");
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(3);
             }
         },
-        None => (Config::default(), None, None),
+        None => (Config::default(), None, None, None),
     };
     if let Some(p) = cli.port {
         config.override_port(p);
@@ -130,7 +130,29 @@ fn main() -> ExitCode {
         info!("Using default config.");
     }
     let node_id = config.cluster_node_id.unwrap_or(1);
-    let broker = Broker::new(settings, midge::net::wall_ms());
+    let mut broker = Broker::new(settings, midge::net::wall_ms());
+    if let Some(d) = dynsec {
+        for why in &d.skipped {
+            log::warn!("Dynamic security file: {why}");
+        }
+        info!(
+            "Dynamic security on ({} clients, {} groups, {} roles in the file).",
+            d.state.clients.len(),
+            d.state.groups.len(),
+            d.state.roles.len()
+        );
+        broker.set_dynsec_file(d.state);
+        broker.set_salt_source(Box::new(|| {
+            let mut salt = [0u8; midge::dynsec::SALT_BYTES];
+            if let Err(e) = getrandom::getrandom(&mut salt) {
+                // No entropy source at all: stop rather than hash with a
+                // predictable salt.
+                error!("Cannot draw a random salt for a new password: {e}.");
+                std::process::exit(70);
+            }
+            salt
+        }));
+    }
     let ncfg = node_config(&config, node_id);
     if config.persistence {
         let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -269,6 +291,9 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         config.cluster_follower_mode,
         std::time::Duration::from_micros(config.busy_poll_us.into()),
     );
+    if let (true, Some(f)) = (config.dynsec_plugin, &config.dynsec_file) {
+        server.set_dynsec_file(f.clone());
+    }
     if config.busy_poll_us > 0 {
         info!("Busy polling for {} us after each client packet (busy_poll_us).", config.busy_poll_us);
     }

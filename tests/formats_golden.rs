@@ -1,17 +1,22 @@
 //! Golden files for the replicated formats (docs/FORMATS.md): a raft
-//! entry's command batch (BATCH_FORMAT_VERSION 1) and a state snapshot
-//! (STATE_FORMAT_VERSION 1). A later release must still decode these bytes
-//! to the same values. Regenerate only when a format version is bumped —
-//! and then keep the old files and a reader for them:
+//! entry's command batch and a state snapshot, in every version this
+//! release reads (tests/golden/state-v1: batch and state format 1;
+//! state-v2: batch and state format 2, with dynamic security). A later
+//! release must still decode these bytes to the same values. Regenerate
+//! only the current version's files, only when its format version is
+//! bumped — and then keep the old files and a reader for them:
 //! `MIDGE_WRITE_GOLDEN=1 cargo test --test formats_golden`.
 
 use std::path::Path;
 use std::rc::Rc;
 
-use midge::broker::state::{AckKind, ApplyLimits, Command, Entry, State, SubscribeReq, WillMsg, STATE_FORMAT_VERSION};
+use midge::broker::state::{
+    AckKind, ApplyLimits, Command, DynsecStep, DynsecTag, Entry, State, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
+};
 use midge::broker::tree::{SubEntry, SubOptionsRepr};
 use midge::broker::{Message, MessageProps};
 use midge::cluster::{decode_batch, encode_batch, BATCH_FORMAT_VERSION};
+use midge::dynsec::{import_json, DynsecChange, DynsecRead, PasswordHash};
 use midge::mqtt::{QoS, RetainHandling, SubOptions};
 
 fn msg(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
@@ -105,43 +110,92 @@ fn applied_state(es: &[Entry]) -> State {
     st
 }
 
-fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/state-v1").join(name);
-    if std::env::var("MIDGE_WRITE_GOLDEN").is_ok() {
+/// Format 2 added the dynamic-security commands.
+fn entries_v2() -> Vec<Entry> {
+    let mut es = entries();
+    let init = include_str!("fixtures/dynsec/plugin.json");
+    let state = Box::new(import_json(init).expect("fixture").state);
+    let t = 1_700_000_001_000;
+    es.push(Entry { now_ms: t, cmd: Command::DynsecImport { state } });
+    let steps = vec![
+        DynsecStep::Change(DynsecChange::CreateClient {
+            username: "dave".into(),
+            password: Some(PasswordHash::new(b"pw", [7; 12], 101)),
+            clientid: Some("dave-1".into()),
+            textname: Some("Dave".into()),
+            textdescription: None,
+            roles: None,
+            groups: vec![],
+        }),
+        DynsecStep::Read(DynsecRead::GetClient { username: "dave".into() }),
+    ];
+    es.push(Entry {
+        now_ms: t + 1,
+        cmd: Command::Dynsec { tag: DynsecTag { client: Rc::from("ctrl"), seq: 42 }, steps },
+    });
+    es
+}
+
+fn golden(dir: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(dir).join(name);
+    if std::env::var("MIDGE_WRITE_GOLDEN").is_ok() && dir == CURRENT {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
     }
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The directory of the formats this release writes.
+const CURRENT: &str = "state-v2";
+
 #[test]
 fn command_batch_v1_still_decodes() {
-    assert_eq!(BATCH_FORMAT_VERSION, 1);
-    let es = entries();
-    let bytes = encode_batch(&es);
-    let gold = golden("batch.bin", &bytes);
-    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
-    assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v1");
+    let gold = golden("state-v1", "batch.bin", &[]);
+    assert_eq!(gold[0], 1, "format 1");
+    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), entries());
 }
 
 #[test]
 fn state_snapshot_v1_still_restores() {
-    assert_eq!(STATE_FORMAT_VERSION, 1);
-    let st = applied_state(&entries());
-    let bytes = st.snapshot();
-    let gold = golden("snapshot.bin", &bytes);
+    let gold = golden("state-v1", "snapshot.bin", &[]);
+    assert_eq!(gold[0], 1, "format 1");
     let restored = State::restore(&gold).expect("golden snapshot restores");
-    assert_eq!(restored.snapshot(), gold);
+    assert_eq!(restored.snapshot(), applied_state(&entries()).snapshot(), "the same state as format 1 held");
     assert_eq!(restored.sessions().len(), 1, "sub persists, pub (expiry 0) ended");
     assert!(restored.retained().contains_key("a/1"));
     assert_eq!(restored.peer_addrs().get(&4).map(String::as_str), Some("10.0.0.14:7883"));
     assert_eq!(restored.tree().len(), 2, "subscriptions rebuilt into the tree");
-    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v1");
+    assert!(restored.dynsec().is_none(), "format 1 has no dynamic-security data");
+}
+
+#[test]
+fn command_batch_v2_still_decodes() {
+    assert_eq!(BATCH_FORMAT_VERSION, 2);
+    let es = entries_v2();
+    let bytes = encode_batch(&es);
+    let gold = golden(CURRENT, "batch.bin", &bytes);
+    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
+    assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v2");
+}
+
+#[test]
+fn state_snapshot_v2_still_restores() {
+    assert_eq!(STATE_FORMAT_VERSION, 2);
+    let st = applied_state(&entries_v2());
+    let bytes = st.snapshot();
+    let gold = golden(CURRENT, "snapshot.bin", &bytes);
+    let restored = State::restore(&gold).expect("golden snapshot restores");
+    assert_eq!(restored.snapshot(), gold);
+    let ds = restored.dynsec().expect("dynamic-security data");
+    assert!(ds.clients.contains_key("dave") && ds.clients.contains_key("bob"), "import and change both applied");
+    assert_eq!(ds.clients["dave"].clientid.as_deref(), Some("dave-1"));
+    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v2");
 }
 
 #[test]
 fn unknown_versions_are_refused() {
     let mut b = encode_batch(&entries());
-    b[0] = 2; // postcard varint of the version field
+    b[0] = 3; // postcard varint of the version field
     assert!(decode_batch(&b).is_err());
     let mut s = applied_state(&entries()).snapshot();
     s[0] = 9;

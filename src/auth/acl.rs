@@ -57,6 +57,9 @@ pub enum Access {
     Write,
     /// Subscribe with a topic filter.
     Subscribe,
+    /// Unsubscribe from a topic filter. An acl_file allows it always (as
+    /// Mosquitto's); dynamic security checks it.
+    Unsubscribe,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,6 +190,7 @@ impl AclFile {
     /// when a subscription is allowed.
     pub fn check(&self, client_id: &str, username: Option<&str>, topic: &str, access: Access) -> bool {
         let subject = match access {
+            Access::Unsubscribe => return true,
             Access::Subscribe => match strip_share(topic) {
                 Some(f) if valid_filter(f) => f,
                 _ => return false,
@@ -214,7 +218,7 @@ impl AclFile {
             direct.iter().map(|r| (r.grant, r.filter.as_str())).chain(substituted.iter().map(|(g, f)| (*g, f.as_ref())))
         };
         let applies = |filter: &str| match access {
-            Access::Subscribe => filter_covers(filter, subject),
+            Access::Subscribe | Access::Unsubscribe => filter_covers(filter, subject),
             Access::Read | Access::Write => filter_matches(filter, subject),
         };
         if rules().any(|(g, f)| g == Grant::Deny && applies(f)) {

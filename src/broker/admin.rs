@@ -11,6 +11,7 @@ use std::rc::Rc;
 use log::{info, warn};
 
 use super::{Action, Broker, ConnId, Kind, Phase};
+use crate::auth::acl::Access;
 use crate::mqtt::{reason, ConnAck, Connect, Packet, Properties, Publish, QoS, SubAck};
 
 pub const ADMIN_TOPIC: &str = "$CONTROL/midge/cluster/v1";
@@ -29,9 +30,24 @@ impl Broker {
 
     pub(super) fn on_admin_connect(&mut self, conn: ConnId, cp: Connect, now: u64) {
         let settings = self.settings.clone();
-        let ok = match (&settings.passwords, cp.username.as_deref()) {
+        let password_file = || match (&settings.passwords, cp.username.as_deref()) {
             (Some(pw), Some(user)) => pw.check(user, cp.password.as_deref().unwrap_or(&[])),
             _ => false,
+        };
+        // With dynamic security, a user of either source must also be
+        // allowed to publish to the admin topic by the ACLs (checked once,
+        // here: `midge ctl` connects for each request).
+        let ok = if settings.dynsec {
+            let ds = self.dynsec_data().cloned();
+            let user = cp.username.as_deref();
+            let authed = match super::dynsec::login(ds.as_deref(), user, cp.password.as_deref(), &cp.client_id) {
+                Ok(true) => true,
+                Ok(false) => user.is_some() && password_file(),
+                Err(_) => false,
+            };
+            authed && settings.allowed(ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
+        } else {
+            password_file()
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.version = cp.version;
@@ -42,7 +58,11 @@ impl Broker {
                 conn,
                 reason::NOT_AUTHORIZED,
                 reason::V3_NOT_AUTHORIZED,
-                "admin listener needs a user from password_file",
+                if settings.dynsec {
+                    "admin listener needs a user allowed to publish to $CONTROL/midge/cluster/v1"
+                } else {
+                    "admin listener needs a user from password_file"
+                },
                 now,
             );
         }

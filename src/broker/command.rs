@@ -14,10 +14,19 @@ use serde::{Deserialize, Serialize};
 use super::message::Message;
 use super::state::Delivery;
 use super::tree::SubEntry;
+use crate::dynsec::{CommandError, DynsecChange, DynsecRead, DynsecState, Json, Kick};
 
 /// Format version of `Command` and of the state snapshot. Bump on any
-/// change to their serialised shape.
-pub const STATE_FORMAT_VERSION: u16 = 1;
+/// change to their serialised shape, and keep reading the older ones.
+///
+/// 2: `Command::Dynsec` and `Command::DynsecImport` appended; the snapshot
+/// ends with the dynamic-security data. Version 1 entries and snapshots
+/// still decode (a v1 `Command` is a v2 one; a v1 snapshot has no
+/// dynamic-security data).
+pub const STATE_FORMAT_VERSION: u16 = 2;
+
+/// Oldest snapshot format this midge reads.
+pub const STATE_FORMAT_VERSION_MIN: u16 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WillMsg {
@@ -89,7 +98,39 @@ pub enum Command {
         node: u64,
         term: u64,
     },
+    /// The changes and reads of one `$CONTROL/dynamic-security/v1` request,
+    /// in request order (commands refused before any look at the state
+    /// are answered by the node that took the request and are not here).
+    /// Since format 2.
+    Dynsec {
+        tag: DynsecTag,
+        steps: Vec<DynsecStep>,
+    },
+    /// The dynamic-security file, imported by the first leader when the
+    /// state holds no dynamic-security data; ignored when it holds some.
+    /// Since format 2.
+    DynsecImport {
+        state: Box<DynsecState>,
+    },
 }
+
+/// Which request a `Command::Dynsec` answers: the requesting client and a
+/// number its node chose, unique on that node (see
+/// `Broker::next_dynsec_seq`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DynsecTag {
+    pub client: Rc<str>,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DynsecStep {
+    Change(DynsecChange),
+    Read(DynsecRead),
+}
+
+/// The answer to one step: a read's data, or an error.
+pub type StepResult = Result<Option<Json>, CommandError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckKind {
@@ -171,4 +212,15 @@ pub enum Effect {
         node: u64,
         term: u64,
     },
+    /// A `Command::Dynsec` was applied: one result per step.
+    DynsecAnswered {
+        tag: DynsecTag,
+        results: Vec<StepResult>,
+    },
+    /// Connections to close after a dynamic-security change.
+    DynsecKick {
+        kick: Vec<Kick>,
+    },
+    /// The dynamic-security data changed (the file is to be rewritten).
+    DynsecChanged,
 }

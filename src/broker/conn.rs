@@ -141,6 +141,16 @@ impl Broker {
     /// Close a connection from the broker side: a v5 client first gets a
     /// DISCONNECT with `reason` [MQTT-4.13.1-1]. The will is published.
     pub(super) fn close(&mut self, conn: ConnId, reason_code: Option<u8>, now: u64) {
+        self.close_with(conn, reason_code, true, now)
+    }
+
+    /// `close` without publishing the will (a kick by dynamic security, as
+    /// Mosquitto's plugin does it).
+    pub(super) fn close_without_will(&mut self, conn: ConnId, reason_code: u8, now: u64) {
+        self.close_with(conn, Some(reason_code), false, now)
+    }
+
+    fn close_with(&mut self, conn: ConnId, reason_code: Option<u8>, will: bool, now: u64) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.phase == Phase::Closing {
             return;
@@ -152,7 +162,7 @@ impl Broker {
                 .push(Action::Send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() })));
         }
         self.actions.push(Action::Close(conn));
-        self.end_session_link(conn, true, None, now);
+        self.end_session_link(conn, will, None, now);
     }
 
     /// Same as `close` before CONNACK: v5 errors go in the CONNACK instead.

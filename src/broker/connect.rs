@@ -7,7 +7,7 @@ use log::info;
 
 use super::command::{Command, WillMsg};
 use super::state::EXPIRY_NEVER;
-use super::{Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
+use super::{dynsec, Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};
 
@@ -88,39 +88,67 @@ impl Broker {
                 now,
             );
         }
-        match (&settings.passwords, cp.username.as_deref()) {
-            (_, None) if !settings.allow_anonymous => {
-                return self.refuse(
-                    conn,
-                    reason::NOT_AUTHORIZED,
-                    reason::V3_NOT_AUTHORIZED,
-                    "not authorised (anonymous)",
-                    now,
-                );
+        if settings.dynsec {
+            // Mosquitto 2.0's order: the plugin first; when it defers (no
+            // such client, or no credentials), the password_file; when that
+            // is absent too, only an anonymous client with allow_anonymous.
+            let ds = self.dynsec_data().cloned();
+            match dynsec::login(ds.as_deref(), cp.username.as_deref(), cp.password.as_deref(), &client) {
+                Ok(true) => {}
+                Err(why) => {
+                    return self.refuse(conn, reason::NOT_AUTHORIZED, reason::V3_NOT_AUTHORIZED, why, now);
+                }
+                Ok(false) => {
+                    let ok = match (&settings.passwords, cp.username.as_deref()) {
+                        (_, None) => settings.allow_anonymous,
+                        (Some(pw), Some(user)) => pw.check(user, cp.password.as_deref().unwrap_or(&[])),
+                        (None, Some(_)) => false,
+                    };
+                    if !ok {
+                        let why = if cp.username.is_none() {
+                            "not authorised (anonymous)"
+                        } else {
+                            "bad user name or password"
+                        };
+                        return self.refuse(conn, reason::NOT_AUTHORIZED, reason::V3_NOT_AUTHORIZED, why, now);
+                    }
+                }
             }
-            (Some(pw), Some(user)) => {
-                if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) {
-                    // Mosquitto answers a wrong password with "not
-                    // authorised" (5 / 0x87); clients and scripts expect it.
+        } else {
+            match (&settings.passwords, cp.username.as_deref()) {
+                (_, None) if !settings.allow_anonymous => {
                     return self.refuse(
                         conn,
                         reason::NOT_AUTHORIZED,
                         reason::V3_NOT_AUTHORIZED,
-                        "bad user name or password",
+                        "not authorised (anonymous)",
                         now,
                     );
                 }
+                (Some(pw), Some(user)) => {
+                    if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) {
+                        // Mosquitto answers a wrong password with "not
+                        // authorised" (5 / 0x87); clients and scripts expect it.
+                        return self.refuse(
+                            conn,
+                            reason::NOT_AUTHORIZED,
+                            reason::V3_NOT_AUTHORIZED,
+                            "bad user name or password",
+                            now,
+                        );
+                    }
+                }
+                (None, Some(_)) if !settings.allow_anonymous => {
+                    return self.refuse(
+                        conn,
+                        reason::NOT_AUTHORIZED,
+                        reason::V3_NOT_AUTHORIZED,
+                        "not authorised (no password_file)",
+                        now,
+                    );
+                }
+                _ => {}
             }
-            (None, Some(_)) if !settings.allow_anonymous => {
-                return self.refuse(
-                    conn,
-                    reason::NOT_AUTHORIZED,
-                    reason::V3_NOT_AUTHORIZED,
-                    "not authorised (no password_file)",
-                    now,
-                );
-            }
-            _ => {}
         }
 
         // Keep alive [MQTT-3.1.2-22/24]; v5 Server Keep Alive.
@@ -173,7 +201,8 @@ impl Broker {
                     now,
                 );
             }
-            if !settings.allowed(&client, cp.username.as_deref(), &w.topic, Access::Write) {
+            let ds = self.dynsec_data().cloned();
+            if !settings.allowed(ds.as_deref(), &client, cp.username.as_deref(), &w.topic, Access::Write) {
                 return self.refuse(
                     conn,
                     reason::NOT_AUTHORIZED,

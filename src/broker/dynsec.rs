@@ -1,67 +1,288 @@
-//! `$CONTROL/dynamic-security/#`: reserved for Mosquitto's dynamic security
-//! API, which midge does not have (yet). A request to [`REQUEST_TOPIC`] is
-//! answered on [`RESPONSE_TOPIC`] in the dynamic security plugin's response
-//! shape, with an error for each command, so that `mosquitto_ctrl dynsec
-//! ...` reports it instead of waiting for its timeout. Any other publish
-//! under [`TOPIC_PREFIX`] is refused.
+//! Dynamic security in the broker: the `$CONTROL/dynamic-security/v1` API,
+//! logins and ACL checks against the replicated `DynsecState`, kicks after
+//! a change, and the file the runtime rewrites.
 //!
-//! Must never: route a message under the prefix to subscribers as an
-//! ordinary one, or answer with more than [`COMMANDS_MAX`] responses.
+//! A request is parsed on the node that serves its client. Commands refused
+//! on their own fields are answered there; the changes and reads go into
+//! one `Command::Dynsec` and are answered when it applies (so a change is
+//! answered only after it committed, and a read sees the changes before it
+//! in the same request). A request of reads only, with nothing of this
+//! node's pending, is answered at once from the applied state.
+//!
+//! Without `plugin .../mosquitto_dynamic_security.so` a request gets the
+//! plugin's response shape with a "not enabled" error for each command, so
+//! that `mosquitto_ctrl dynsec ...` reports it instead of waiting for its
+//! timeout.
+//!
+//! The answer goes to the requesting connection alone (when it subscribed
+//! to [`RESPONSE_TOPIC`] and may read it); Mosquitto publishes it to every
+//! subscriber of the topic. Other subscribers learn nothing from someone
+//! else's request.
+//!
+//! Must never: route a message under [`TOPIC_PREFIX`] to subscribers as an
+//! ordinary one; hold more than [`PENDING_MAX`] requests.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use log::info;
+use log::{info, warn};
 use serde_json::{json, Map, Value};
 
-use super::{Broker, ConnId, Delivery, Message};
+use super::command::{Command, DynsecStep, DynsecTag, StepResult};
+use super::{Broker, ConnId, Delivery, Message, Phase};
 use crate::auth::acl::Access;
-use crate::mqtt::{topic, Publish, QoS};
+use crate::dynsec::{
+    self, export_json, parse_request, Action as ItemAction, CommandError, DynsecLimits, DynsecState, Kick,
+    PasswordHash, RequestItem, Responses, SALT_BYTES,
+};
+use crate::mqtt::{reason, topic, Publish, QoS};
 
 pub const TOPIC_PREFIX: &str = "$CONTROL/dynamic-security/";
-pub const REQUEST_TOPIC: &str = "$CONTROL/dynamic-security/v1";
-pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
-/// Commands answered per request; later ones get no response.
-pub const COMMANDS_MAX: usize = 64;
-/// Larger requests are not parsed: they get one response.
-pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
-pub const NOT_AVAILABLE: &str = "dynamic security is not available in this version of midge";
+pub const REQUEST_TOPIC: &str = dynsec::REQUEST_TOPIC;
+pub const RESPONSE_TOPIC: &str = dynsec::RESPONSE_TOPIC;
+/// Requests of one node waiting for their command to apply; more are
+/// answered with an error at once.
+pub const PENDING_MAX: usize = 64;
+/// The answer without `plugin .../mosquitto_dynamic_security.so`.
+pub const NOT_ENABLED: &str = "dynamic security is not enabled (plugin .../mosquitto_dynamic_security.so)";
 /// The command name the plugin uses when it cannot read one.
 const UNKNOWN_COMMAND: &str = "Unknown command";
+/// Commands answered per "not enabled" request.
+pub const COMMANDS_MAX_DISABLED: usize = 64;
 
-/// The response to `request`: `{"responses":[{"command":NAME,"error":...,
-/// "correlationData":...}]}`, one entry per command (correlationData only
-/// when the command had a string one). A request that is not JSON of the
-/// form `{"commands":[{"command":NAME,...},...]}`, or names no command,
-/// gets one entry for "Unknown command".
-pub fn response(request: &[u8]) -> Vec<u8> {
-    let mut responses = Vec::new();
-    let parsed: Option<Value> =
-        if request.len() <= REQUEST_BYTES_MAX { serde_json::from_slice(request).ok() } else { None };
-    let commands = parsed.as_ref().and_then(|v| v.get("commands")).and_then(Value::as_array);
-    for c in commands.into_iter().flatten().take(COMMANDS_MAX) {
-        // As the plugin does, entries that name no command are skipped.
-        let Some(name) = c.get("command").and_then(Value::as_str) else { continue };
-        let mut r = Map::new();
-        r.insert("command".into(), name.into());
-        r.insert("error".into(), NOT_AVAILABLE.into());
-        if let Some(cd) = c.get("correlationData").and_then(Value::as_str) {
-            r.insert("correlationData".into(), cd.into());
+/// Where new salts come from: the runtime gives a random source
+/// (`Broker::set_salt_source`); tests and the simulation keep the default,
+/// a counter, so that their runs repeat.
+pub type SaltSource = Box<dyn FnMut() -> [u8; SALT_BYTES]>;
+
+/// The broker's dynamic-security side (volatile: the data is in `State`).
+pub(super) struct Side {
+    /// The file read at start: the data until the import applied, and
+    /// what the first leader imports.
+    seed: Option<Rc<DynsecState>>,
+    /// Requests waiting for their command, by sequence number.
+    pending: BTreeMap<u64, Pending>,
+    seq: u64,
+    /// The data changed since the runtime last took the file's text.
+    dirty: bool,
+    /// Whether the file was compared with the data at start.
+    compared: bool,
+    salt: SaltSource,
+    /// PBKDF2 iterations for new passwords.
+    iterations: u32,
+}
+
+struct Pending {
+    client: Rc<str>,
+    items: Vec<RequestItem>,
+}
+
+impl Default for Side {
+    fn default() -> Side {
+        Side {
+            seed: None,
+            pending: BTreeMap::new(),
+            seq: 0,
+            dirty: false,
+            compared: false,
+            salt: Box::new(counter_salt()),
+            iterations: dynsec::ITERATIONS_DEFAULT,
         }
-        responses.push(Value::Object(r));
     }
-    if responses.is_empty() {
-        responses.push(json!({"command": UNKNOWN_COMMAND, "error": NOT_AVAILABLE}));
+}
+
+fn counter_salt() -> impl FnMut() -> [u8; SALT_BYTES] {
+    let mut n: u64 = 0;
+    move || {
+        n += 1;
+        let mut s = [0u8; SALT_BYTES];
+        s[..8].copy_from_slice(&n.to_le_bytes());
+        s
     }
-    json!({ "responses": responses }).to_string().into_bytes()
 }
 
 impl Broker {
-    /// A request to [`REQUEST_TOPIC`] (already acknowledged): answered to
-    /// the requesting connection alone, when it subscribed to
-    /// [`RESPONSE_TOPIC`] and may read it. Other subscribers of the response
-    /// topic learn nothing from someone else's request.
+    /// The dynamic-security file read at start (dynamic security on).
+    pub fn set_dynsec_file(&mut self, state: DynsecState) {
+        self.dynsec.seed = Some(Rc::new(state));
+    }
+
+    /// Where the salts of new passwords come from.
+    pub fn set_salt_source(&mut self, salt: SaltSource) {
+        self.dynsec.salt = salt;
+    }
+
+    /// PBKDF2 iterations for new passwords.
+    pub fn set_dynsec_iterations(&mut self, iterations: u32) {
+        self.dynsec.iterations = iterations.max(1);
+    }
+
+    /// The data logins and ACL checks use: the applied state's, or the
+    /// file's until its import applied.
+    pub fn dynsec_data(&self) -> Option<&Rc<DynsecState>> {
+        self.state.dynsec().or(self.dynsec.seed.as_ref())
+    }
+
+    /// The file's new text when the data changed since the last call (the
+    /// runtime writes it). The first call compares the file read at start
+    /// with the data replayed from the store, and logs a difference: the
+    /// replicated data is the truth; the file is rewritten at the next
+    /// change.
+    pub fn take_dynsec_file(&mut self) -> Option<String> {
+        if !self.settings.dynsec {
+            return None;
+        }
+        if !self.dynsec.compared {
+            self.dynsec.compared = true;
+            if let (Some(data), Some(file)) = (self.state.dynsec(), &self.dynsec.seed) {
+                if data != file {
+                    warn!(
+                        "The dynamic security file differs from the cluster's replicated data; it is not re-imported \
+                         (the replicated data is used, and written to the file at the next change)."
+                    );
+                }
+            }
+        }
+        if !std::mem::take(&mut self.dynsec.dirty) {
+            return None;
+        }
+        self.state.dynsec().map(|d| export_json(d))
+    }
+
+    /// A snapshot replaced the state: the file follows it.
+    pub(super) fn dynsec_state_installed(&mut self) {
+        if self.state.dynsec().is_some() {
+            self.dynsec.dirty = true;
+        }
+    }
+
+    /// This node starts serving: when the replicated state holds no
+    /// dynamic-security data yet, propose the file's.
+    pub(super) fn dynsec_serving(&mut self, now: u64) {
+        if !self.settings.dynsec || self.state.dynsec().is_some() {
+            return;
+        }
+        if let Some(seed) = &self.dynsec.seed {
+            info!(
+                "Importing the dynamic security file ({} clients, {} groups, {} roles) into the cluster's state.",
+                seed.clients.len(),
+                seed.groups.len(),
+                seed.roles.len()
+            );
+            let state = Box::new((**seed).clone());
+            self.propose(now, Command::DynsecImport { state });
+        }
+    }
+
+    /// Stops waiting for answers (this node stopped serving).
+    pub(super) fn dynsec_clear_pending(&mut self) {
+        self.dynsec.pending.clear();
+    }
+
+    /// A request to [`REQUEST_TOPIC`], allowed by the ACL and acknowledged.
     pub(super) fn on_dynsec_request(&mut self, conn: ConnId, client: &Rc<str>, p: &Publish, now: u64) {
-        info!("Client {client} sent a dynamic security request: answered that {NOT_AVAILABLE}.");
+        if !self.settings.dynsec {
+            info!("Client {client} sent a dynamic security request: answered that {NOT_ENABLED}.");
+            let payload = not_enabled_response(&p.payload);
+            self.send_dynsec_answer(conn, client, payload, now);
+            return;
+        }
+        let limits = DynsecLimits::default();
+        let side = &mut self.dynsec;
+        let iterations = side.iterations;
+        let salt = &mut side.salt;
+        let items = parse_request(&p.payload, &limits, &mut |pw: &[u8]| PasswordHash::new(pw, salt(), iterations));
+        let user = self.conn_username(conn, client).unwrap_or_default();
+        let mut steps = Vec::new();
+        for item in &items {
+            match &item.action {
+                ItemAction::Change(c) => {
+                    info!("dynsec: {client}/{user} | {}", item.command);
+                    steps.push(DynsecStep::Change(c.clone()));
+                }
+                ItemAction::Read(r) => steps.push(DynsecStep::Read(r.clone())),
+                ItemAction::Refuse(_) => {}
+            }
+        }
+        let changes = steps.iter().any(|s| matches!(s, DynsecStep::Change(_)));
+        if steps.is_empty() || (!changes && self.dynsec.pending.is_empty()) {
+            let empty = DynsecState::default();
+            let data = self.dynsec_data().map(|d| &**d).unwrap_or(&empty);
+            let results: Vec<StepResult> = steps
+                .iter()
+                .map(|s| match s {
+                    DynsecStep::Read(r) => dynsec::answer_read(data, r).map(Some),
+                    DynsecStep::Change(_) => Err(CommandError::INTERNAL_ERROR),
+                })
+                .collect();
+            let payload = responses(&items, results);
+            self.send_dynsec_answer(conn, client, payload, now);
+            return;
+        }
+        if self.dynsec.pending.len() >= PENDING_MAX {
+            warn!("Client {client}: dynamic security request refused, {PENDING_MAX} requests are pending already.");
+            let results = steps.iter().map(|_| Err(CommandError::PENDING_FULL)).collect();
+            let payload = responses(&items, results);
+            self.send_dynsec_answer(conn, client, payload, now);
+            return;
+        }
+        self.dynsec.seq = (self.dynsec.seq + 1).max(now.saturating_mul(1000));
+        let seq = self.dynsec.seq;
+        self.dynsec.pending.insert(seq, Pending { client: client.clone(), items });
+        self.propose(now, Command::Dynsec { tag: DynsecTag { client: client.clone(), seq }, steps });
+    }
+
+    /// A `Command::Dynsec` applied: answer it if it was this node's.
+    pub(super) fn on_dynsec_answered(&mut self, tag: DynsecTag, results: Vec<StepResult>, now: u64) {
+        let Some(p) = self.dynsec.pending.remove(&tag.seq) else { return };
+        if p.client != tag.client {
+            self.dynsec.pending.insert(tag.seq, p);
+            return;
+        }
+        let payload = responses(&p.items, results);
+        if let Some(conn) = self.conn_of(&p.client) {
+            self.send_dynsec_answer(conn, &p.client, payload, now);
+        }
+    }
+
+    pub(super) fn on_dynsec_changed(&mut self) {
+        self.dynsec.dirty = true;
+    }
+
+    /// Disconnects the clients a change affects, as the plugin does: v5
+    /// clients get DISCONNECT 0x98 (administrative action), no will.
+    pub(super) fn on_dynsec_kick(&mut self, kick: &[Kick], now: u64) {
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Connected | Phase::Connecting) && c.kind == super::Kind::Client)
+            .filter_map(|(id, c)| {
+                let user = c.client.as_deref().and_then(|cl| self.conn_username(*id, cl));
+                let hit = kick.iter().any(|k| match k {
+                    Kick::Username(u) => user.as_deref() == Some(u.as_str()),
+                    Kick::Anonymous => user.is_none(),
+                });
+                hit.then_some(*id)
+            })
+            .collect();
+        for id in targets {
+            info!("Client {} disconnected: its dynamic security client changed.", self.who(id));
+            self.close_without_will(id, reason::ADMINISTRATIVE_ACTION, now);
+        }
+    }
+
+    /// The user name connection `conn` of `client` logged in with.
+    pub(super) fn conn_username(&self, conn: ConnId, client: &str) -> Option<String> {
+        let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
+        match pending {
+            Some(p) => p.username.as_deref().map(str::to_string),
+            None => self.state.sessions().get(client).and_then(|s| s.username.as_deref()).map(str::to_string),
+        }
+    }
+
+    /// Sends `payload` on [`RESPONSE_TOPIC`] to the requesting connection,
+    /// when it subscribed to the topic and may read it.
+    fn send_dynsec_answer(&mut self, conn: ConnId, client: &Rc<str>, payload: Vec<u8>, now: u64) {
         let Some(session) = self.state.sessions().get(client) else { return };
         let matching: Vec<Option<u32>> =
             session.subs.iter().filter(|(f, _)| matches_response(f)).map(|(_, e)| e.sub_id).collect();
@@ -70,7 +291,7 @@ impl Broker {
         }
         let msg = Message {
             topic: Rc::from(RESPONSE_TOPIC),
-            payload: Rc::from(response(&p.payload)),
+            payload: Rc::from(payload),
             qos: QoS::AtMostOnce,
             retain: false,
             props: None,
@@ -83,6 +304,47 @@ impl Broker {
     }
 }
 
+/// The answer payload: each item in request order, refusals from the item,
+/// the others from `results` (one per change or read, in order).
+fn responses(items: &[RequestItem], results: Vec<StepResult>) -> Vec<u8> {
+    let mut out = Responses::new();
+    let mut results = results.into_iter();
+    for item in items {
+        let result = match &item.action {
+            ItemAction::Refuse(e) => Err(*e),
+            _ => results.next().unwrap_or(Err(CommandError::INTERNAL_ERROR)),
+        };
+        out.push(&item.command, result, item.correlation_data.as_deref());
+    }
+    out.to_payload()
+}
+
+/// The answer without dynamic security: `{"responses":[{"command":NAME,
+/// "error":...,"correlationData":...}]}`, one entry per command; "Unknown
+/// command" when the request names none.
+pub fn not_enabled_response(request: &[u8]) -> Vec<u8> {
+    let mut responses = Vec::new();
+    let limits = DynsecLimits::default();
+    let parsed: Option<Value> =
+        if request.len() <= limits.request_bytes_max as usize { serde_json::from_slice(request).ok() } else { None };
+    let commands = parsed.as_ref().and_then(|v| v.get("commands")).and_then(Value::as_array);
+    for c in commands.into_iter().flatten().take(COMMANDS_MAX_DISABLED) {
+        // As the plugin does, entries that name no command are skipped.
+        let Some(name) = c.get("command").and_then(Value::as_str) else { continue };
+        let mut r = Map::new();
+        r.insert("command".into(), name.into());
+        r.insert("error".into(), NOT_ENABLED.into());
+        if let Some(cd) = c.get("correlationData").and_then(Value::as_str) {
+            r.insert("correlationData".into(), cd.into());
+        }
+        responses.push(Value::Object(r));
+    }
+    if responses.is_empty() {
+        responses.push(json!({"command": UNKNOWN_COMMAND, "error": NOT_ENABLED}));
+    }
+    json!({ "responses": responses }).to_string().into_bytes()
+}
+
 /// Whether subscription `filter` (possibly `$share/GROUP/...`) receives
 /// [`RESPONSE_TOPIC`].
 fn matches_response(filter: &str) -> bool {
@@ -91,4 +353,23 @@ fn matches_response(filter: &str) -> bool {
         _ => filter,
     };
     topic::matches(f, RESPONSE_TOPIC)
+}
+
+/// A login against the dynamic-security data, as the plugin's basic-auth
+/// callback answers it: Ok(true) accepted, Ok(false) deferred to the next
+/// source, Err refused with the reason for the log.
+pub(super) fn login(
+    data: Option<&DynsecState>,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    clientid: &str,
+) -> Result<bool, &'static str> {
+    let Some(data) = data else { return Ok(false) };
+    match data.authenticate(username, password, clientid) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_defer() => Ok(false),
+        Err(dynsec::AuthError::Disabled) => Err("dynamic security client disabled"),
+        Err(dynsec::AuthError::ClientIdMismatch) => Err("dynamic security client bound to another client id"),
+        Err(_) => Err("bad user name or password"),
+    }
 }

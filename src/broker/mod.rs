@@ -161,6 +161,10 @@ pub struct Broker {
     cluster_sys: Vec<(&'static str, String)>,
     control_requests: Vec<(ConnId, Vec<u8>)>,
     last_drop_log_ms: u64,
+    dynsec: dynsec::Side,
+    /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
+    /// positions get 0x87 in the UNSUBACK of the command for the others.
+    unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
 }
 
 impl Broker {
@@ -189,6 +193,8 @@ impl Broker {
             cluster_sys: Vec::new(),
             control_requests: Vec::new(),
             last_drop_log_ms: 0,
+            dynsec: dynsec::Side::default(),
+            unsub_denied: BTreeMap::new(),
         }
     }
 
@@ -218,6 +224,7 @@ impl Broker {
     /// or when the raft log sends one).
     pub fn install_state(&mut self, state: State) {
         self.state = state;
+        self.dynsec_state_installed();
     }
 
     /// A raft membership change added node `id` at `addr`, applied in log
@@ -255,7 +262,11 @@ impl Broker {
             return;
         }
         self.serving = serving;
-        if !serving {
+        if serving {
+            self.dynsec_serving(now);
+        } else {
+            self.dynsec_clear_pending();
+            self.unsub_denied.clear();
             // Admin connections stay: management works on every node.
             let ids: Vec<ConnId> =
                 self.conns.iter().filter(|(_, c)| c.kind == Kind::Client).map(|(id, _)| *id).collect();
@@ -330,7 +341,7 @@ impl Broker {
     /// `topic`. The user name is its CONNECT's: held by the connection
     /// until the Connect command applies, then by the session.
     fn conn_allowed(&self, conn: ConnId, client: &str, topic: &str, access: Access) -> bool {
-        if self.settings.acl.is_none() {
+        if !self.settings.has_acl() {
             return true;
         }
         let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
@@ -338,7 +349,7 @@ impl Broker {
             Some(p) => p.username.as_deref(),
             None => self.state.sessions().get(client).and_then(|s| s.username.as_deref()),
         };
-        self.settings.allowed(client, username, topic, access)
+        self.settings.allowed(self.dynsec_data().map(|d| &**d), client, username, topic, access)
     }
 
     fn packet_connected(&mut self, conn: ConnId, p: Packet, now: u64) {
@@ -365,7 +376,7 @@ impl Broker {
                         debug!("{} 0 {}", client, f);
                     }
                 }
-                self.propose(now, Command::Unsubscribe { client, packet_id: u.packet_id, filters: u.filters });
+                self.on_unsubscribe(conn, client, u.packet_id, u.filters, now);
             }
             Packet::PingReq => {
                 self.stats.messages_sent += 1;
@@ -417,6 +428,50 @@ impl Broker {
             Some(m) if secs > m => m,
             _ => secs,
         }
+    }
+
+    /// UNSUBSCRIBE: filters the ACL denies (dynamic security's
+    /// unsubscribe ACLs) stay subscribed and get 0x87 in the UNSUBACK, as
+    /// in Mosquitto 2.0; the others go through the log.
+    fn on_unsubscribe(&mut self, conn: ConnId, client: Rc<str>, packet_id: u16, filters: Vec<String>, now: u64) {
+        let mut denied = Vec::new();
+        let mut allowed = Vec::with_capacity(filters.len());
+        for (i, f) in filters.into_iter().enumerate() {
+            if self.conn_allowed(conn, &client, &f, Access::Unsubscribe) {
+                allowed.push(f);
+            } else {
+                info!("Denied UNSUBSCRIBE from {} to {} (not authorised by the ACL).", client, f);
+                denied.push(i);
+            }
+        }
+        if denied.is_empty() {
+            self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
+        } else if allowed.is_empty() {
+            let codes = vec![reason::NOT_AUTHORIZED; denied.len()];
+            self.actions.push(Action::Send(
+                conn,
+                Packet::UnsubAck(crate::mqtt::UnsubAck { packet_id, codes, properties: Default::default() }),
+            ));
+        } else {
+            self.unsub_denied.insert((client.clone(), packet_id), denied);
+            self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
+        }
+    }
+
+    /// The UNSUBACK codes of a command, with the denied filters put back.
+    fn unsuback_codes(&mut self, client: &Rc<str>, packet_id: u16, codes: Vec<u8>) -> Vec<u8> {
+        let Some(denied) = self.unsub_denied.remove(&(client.clone(), packet_id)) else { return codes };
+        let total = codes.len() + denied.len();
+        let mut out = Vec::with_capacity(total);
+        let mut codes = codes.into_iter();
+        for i in 0..total {
+            if denied.contains(&i) {
+                out.push(reason::NOT_AUTHORIZED);
+            } else if let Some(c) = codes.next() {
+                out.push(c);
+            }
+        }
+        out
     }
 
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {

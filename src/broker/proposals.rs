@@ -87,7 +87,13 @@ impl Broker {
     /// Apply a committed entry and act on its effects.
     pub fn apply_committed(&mut self, e: &Entry, now: u64) {
         let settings = self.settings.clone();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+        // A dynamic-security command changes the data: a clone held here
+        // would make it copy the whole of it (and it delivers nothing).
+        let ds = match e.cmd {
+            Command::Dynsec { .. } | Command::DynsecImport { .. } => None,
+            _ => self.dynsec_data().cloned(),
+        };
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
         let mut effects = std::mem::take(&mut self.effects);
         self.state.apply(e, &settings.apply, &acl, &mut effects);
         for eff in effects.drain(..) {
@@ -151,6 +157,7 @@ impl Broker {
                 );
             }
             Effect::UnsubAck { client, packet_id, codes } => {
+                let codes = self.unsuback_codes(&client, packet_id, codes);
                 self.send_to_client(
                     &client,
                     Packet::UnsubAck(UnsubAck { packet_id, codes, properties: Default::default() }),
@@ -174,6 +181,9 @@ impl Broker {
                 debug!("Will message of client {} published.", client);
             }
             Effect::LeaderReady { node, term } => self.leader_ready = Some((node, term)),
+            Effect::DynsecAnswered { tag, results } => self.on_dynsec_answered(tag, results, now),
+            Effect::DynsecKick { kick } => self.on_dynsec_kick(&kick, now),
+            Effect::DynsecChanged => self.on_dynsec_changed(),
         }
     }
 }

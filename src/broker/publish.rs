@@ -204,7 +204,7 @@ impl Broker {
                 return;
             }
             // 0x90: a well-formed topic name this server does not accept.
-            Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security, which midge does not have", false))
+            Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security", false))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
             (self.state.stored_bytes() + cost > self.settings.limits.memory_bytes_max).then_some((
@@ -234,7 +234,8 @@ impl Broker {
             QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos => {
                 // QoS 0 to online subscribers does not wait for a commit.
                 let settings = self.settings.clone();
-                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+                let ds = self.dynsec_data().cloned();
+                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
                 let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
                 let mut offline = false;
                 for (target, d) in targets {

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use crate::auth::acl::{Access, AclFile};
 use crate::auth::password::PasswordFile;
+use crate::dynsec::{self, Decision, DynsecState};
 use crate::limits::Limits;
 
 use super::state::ApplyLimits;
@@ -16,6 +17,9 @@ pub struct Settings {
     pub allow_anonymous: bool,
     pub passwords: Option<PasswordFile>,
     pub acl: Option<AclFile>,
+    /// Dynamic security is on (`plugin .../mosquitto_dynamic_security.so`):
+    /// its data, in the replicated state, is asked first.
+    pub dynsec: bool,
     pub retain_available: bool,
     pub max_qos: u8,
     /// Caps the expiry of persistent sessions (persistent_client_expiration).
@@ -28,11 +32,51 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// ACL check; without an acl_file everything is allowed.
-    pub fn allowed(&self, client: &str, user: Option<&str>, topic: &str, access: Access) -> bool {
+    /// ACL check, in Mosquitto 2.0's order: dynamic security first (when
+    /// on), then the acl_file. Dynamic security without a decision defers
+    /// to the acl_file, and without one denies. Without either everything
+    /// is allowed. `dynsec` is the data (None: none imported yet).
+    pub fn allowed(
+        &self,
+        dynsec: Option<&DynsecState>,
+        client: &str,
+        user: Option<&str>,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        if self.dynsec {
+            let kind = match access {
+                Access::Read => dynsec::Access::PublishClientReceive,
+                Access::Write => dynsec::Access::PublishClientSend,
+                Access::Subscribe => dynsec::Access::Subscribe,
+                Access::Unsubscribe => dynsec::Access::Unsubscribe,
+            };
+            // A shared subscription is checked by its topic filter.
+            let subject = match access {
+                Access::Subscribe | Access::Unsubscribe => match crate::mqtt::topic::parse_shared(topic) {
+                    Ok(Some((_, f))) => f,
+                    _ => topic,
+                },
+                _ => topic,
+            };
+            match dynsec.map_or(Decision::Defer, |d| d.check_user(user, subject, kind)) {
+                Decision::Allow => return true,
+                Decision::Deny => return false,
+                Decision::Defer => {}
+            }
+            return match &self.acl {
+                None => false,
+                Some(a) => a.check(client, user, topic, access),
+            };
+        }
         match &self.acl {
             None => true,
             Some(a) => a.check(client, user, topic, access),
         }
+    }
+
+    /// Whether any ACL source is configured (else every check allows).
+    pub fn has_acl(&self) -> bool {
+        self.dynsec || self.acl.is_some()
     }
 }

@@ -27,7 +27,11 @@ use crate::mqtt::{topic, QoS};
 
 mod snapshot;
 
-pub use super::command::{AckKind, Command, Effect, Entry, SubscribeReq, WillMsg, STATE_FORMAT_VERSION};
+pub use super::command::{
+    AckKind, Command, DynsecStep, DynsecTag, Effect, Entry, StepResult, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
+    STATE_FORMAT_VERSION_MIN,
+};
+use crate::dynsec::{self, DynsecState};
 pub use snapshot::SnapshotError;
 
 /// Session Expiry Interval meaning "never expires" (MQTT 5 §3.1.2.11.2).
@@ -170,6 +174,10 @@ pub struct State {
     /// conf change), so a restart can reach them. Written by the cluster
     /// driver when it applies a membership change, in log order.
     peer_addrs: BTreeMap<u64, String>,
+    /// Dynamic security's clients, groups and roles; None until the first
+    /// leader imported the file (or dynamic security is off). Shared with
+    /// the ACL checks of an apply; changed copy-on-write.
+    dynsec: Option<Rc<DynsecState>>,
 }
 
 /// Split a subscribed filter into (share group, topic filter).
@@ -204,6 +212,11 @@ impl State {
 
     pub fn applied_commands(&self) -> u64 {
         self.applied_commands
+    }
+
+    /// The dynamic-security data, once imported.
+    pub fn dynsec(&self) -> Option<&Rc<DynsecState>> {
+        self.dynsec.as_ref()
     }
 
     /// Raft transport addresses of nodes added at run time.
@@ -350,6 +363,41 @@ impl State {
                 }
                 out.push(Effect::LeaderReady { node: *node, term: *term });
             }
+            Command::Dynsec { tag, steps } => self.apply_dynsec(tag, steps, out),
+            Command::DynsecImport { state } => {
+                if self.dynsec.is_none() {
+                    self.dynsec = Some(Rc::new((**state).clone()));
+                    out.push(Effect::DynsecChanged);
+                }
+            }
+        }
+    }
+
+    /// The steps of one request, in order: each read sees the changes
+    /// before it. A refused change leaves the data as it was.
+    fn apply_dynsec(&mut self, tag: &DynsecTag, steps: &[DynsecStep], out: &mut Vec<Effect>) {
+        let data = Rc::make_mut(self.dynsec.get_or_insert_with(Default::default));
+        let mut results = Vec::with_capacity(steps.len());
+        let mut kick = Vec::new();
+        let mut changed = false;
+        for step in steps {
+            results.push(match step {
+                DynsecStep::Change(c) => dynsec::apply(data, c).map(|a| {
+                    changed = true;
+                    kick.extend(a.kick);
+                    None
+                }),
+                DynsecStep::Read(r) => dynsec::answer_read(data, r).map(Some),
+            });
+        }
+        out.push(Effect::DynsecAnswered { tag: tag.clone(), results });
+        if !kick.is_empty() {
+            kick.sort();
+            kick.dedup();
+            out.push(Effect::DynsecKick { kick });
+        }
+        if changed {
+            out.push(Effect::DynsecChanged);
         }
     }
 

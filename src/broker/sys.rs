@@ -59,7 +59,8 @@ impl Broker {
                 origin: None,
             };
             let settings = self.settings.clone();
-            let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(c, u, t, Access::Read);
+            let ds = self.dynsec_data().cloned();
+            let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
             for (client, mut d) in self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl) {
                 d.qos = QoS::AtMostOnce;
                 self.deliver(&client, None, &d, false, now);
@@ -75,11 +76,12 @@ impl Broker {
         }
         let user = self.state.sessions().get(client).and_then(|s| s.username.clone());
         let settings = self.settings.clone();
+        let ds = self.dynsec_data().cloned();
         let msgs: Vec<Message> = self
             .sys_retained
             .values()
             .filter(|m| topic::matches(filter, &m.topic))
-            .filter(|m| settings.allowed(client, user.as_deref(), &m.topic, Access::Read))
+            .filter(|m| settings.allowed(ds.as_deref(), client, user.as_deref(), &m.topic, Access::Read))
             .cloned()
             .collect();
         for m in msgs {

@@ -7,7 +7,13 @@ use super::NodeError;
 use crate::broker::state::Entry;
 
 /// Format version of a raft entry's data: a postcard `Batch`.
-pub const BATCH_FORMAT_VERSION: u16 = 1;
+///
+/// 2: its entries may hold the commands of state format 2 (dynamic
+/// security). A version 1 batch decodes as one of version 2.
+pub const BATCH_FORMAT_VERSION: u16 = 2;
+
+/// Oldest batch format this midge reads.
+pub const BATCH_FORMAT_VERSION_MIN: u16 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct Batch<E> {
@@ -49,9 +55,9 @@ const ENCODE_CAPACITY: usize = 256;
 
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Entry>, NodeError> {
     let (version, _) = postcard::take_from_bytes::<u16>(data).map_err(|e| NodeError::Entry(e.to_string()))?;
-    if version != BATCH_FORMAT_VERSION {
+    if !(BATCH_FORMAT_VERSION_MIN..=BATCH_FORMAT_VERSION).contains(&version) {
         return Err(NodeError::Entry(format!(
-            "entry has batch format version {version}, this midge reads {BATCH_FORMAT_VERSION}"
+            "entry has batch format version {version}, this midge reads {BATCH_FORMAT_VERSION_MIN} to {BATCH_FORMAT_VERSION}"
         )));
     }
     let b: Batch<Vec<Entry>> = postcard::from_bytes(data).map_err(|e| NodeError::Entry(e.to_string()))?;

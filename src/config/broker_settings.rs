@@ -20,6 +20,7 @@ impl Config {
             allow_anonymous: c.allow_anonymous,
             passwords,
             acl,
+            dynsec: c.dynsec_plugin,
             retain_available: c.retain_available,
             max_qos: c.max_qos,
             persistent_expiry_secs_max: c.persistent_client_expiration_secs.map(|s| s.min(u32::MAX as u64 - 1) as u32),

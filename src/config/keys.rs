@@ -48,6 +48,8 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "persistence_fsync",
     "persistence_location",
     "persistent_client_expiration",
+    "plugin",
+    "plugin_opt_config_file",
     "port",
     "protocol",
     "queue_qos0_messages",
@@ -74,7 +76,8 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
 ];
 
 const TLS: &str = "midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version";
-const PLUGINS: &str = "plugins are not supported";
+const PLUGINS: &str =
+    "plugins are not supported (dynamic security is built in: plugin .../mosquitto_dynamic_security.so)";
 const BRIDGES: &str = "bridges are not supported";
 const WEBSOCKETS: &str = "websockets are not supported";
 
@@ -94,7 +97,6 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("psk_file", TLS),
     ("auth_plugin", PLUGINS),
     ("auth_plugin_deny_special_chars", PLUGINS),
-    ("plugin", PLUGINS),
     ("global_plugin", PLUGINS),
     ("connection", BRIDGES),
     ("address", BRIDGES),

@@ -163,6 +163,10 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
+    /// `plugin .../mosquitto_dynamic_security.so`: dynamic security on.
+    pub dynsec_plugin: bool,
+    /// `plugin_opt_config_file`: the plugin's JSON file.
+    pub dynsec_file: Option<PathBuf>,
     /// `persistent_client_expiration`; `None` = never expire.
     pub persistent_client_expiration_secs: Option<u64>,
     /// Default `true`.
@@ -228,6 +232,8 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            dynsec_plugin: false,
+            dynsec_file: None,
             persistent_client_expiration_secs: None,
             retain_available: true,
             sys_interval_secs: 10,

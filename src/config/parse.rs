@@ -15,6 +15,8 @@ use super::{
 /// `busy_poll_us` at most: a millisecond of polling after each packet is
 /// already all CPU and no lower latency.
 const BUSY_POLL_US_MAX: u64 = 1_000;
+/// The file name of Mosquitto's dynamic security plugin, built into midge.
+pub const DYNSEC_PLUGIN: &str = "mosquitto_dynamic_security.so";
 
 /// The TLS settings of one listener. None when there are none, or when a
 /// TLS line of this listener was itself an error (already reported: building
@@ -182,6 +184,18 @@ impl<'f> Parser<'f> {
             "allow_anonymous" => self.allow_anonymous = Some(self.bool_opt(key, rest)?),
             "password_file" => self.cfg.password_file = Some(self.path_opt(key, rest)?),
             "acl_file" => self.cfg.acl_file = Some(self.path_opt(key, rest)?),
+            "plugin" => {
+                let path = self.path_opt(key, rest)?;
+                if path.file_name().and_then(|n| n.to_str()) != Some(DYNSEC_PLUGIN) {
+                    return Err(self.err(format!(
+                        "plugin: \"{}\" is not supported: midge has one plugin built in, Mosquitto's dynamic \
+                         security (plugin /usr/lib/x86_64-linux-gnu/{DYNSEC_PLUGIN}, in any directory)",
+                        path.display()
+                    )));
+                }
+                self.cfg.dynsec_plugin = true;
+            }
+            "plugin_opt_config_file" => self.cfg.dynsec_file = Some(self.path_opt(key, rest)?),
             "persistence_location" => self.cfg.persistence_location = Some(self.path_opt(key, rest)?),
             "persistent_client_expiration" => {
                 self.once(key);
@@ -646,7 +660,7 @@ impl<'f> Parser<'f> {
         if cfg.listeners.is_empty() {
             cfg.listeners.push(Listener::any(DEFAULT_PORT));
         }
-        cfg.allow_anonymous = self.allow_anonymous.unwrap_or(cfg.password_file.is_none());
+        cfg.allow_anonymous = self.allow_anonymous.unwrap_or(cfg.password_file.is_none() && !cfg.dynsec_plugin);
         if let Some(types) = self.log_types {
             cfg.log_types = types;
         }
@@ -680,10 +694,26 @@ impl<'f> Parser<'f> {
                 );
             }
         }
-        if cfg.admin_listener.is_some() && cfg.password_file.is_none() && !failed(&["password_file"]) {
+        if cfg.dynsec_plugin && cfg.dynsec_file.is_none() && !failed(&["plugin_opt_config_file"]) {
+            err(
+                line_of("plugin"),
+                format!("plugin {DYNSEC_PLUGIN} needs plugin_opt_config_file FILE (create FILE with mosquitto_ctrl dynsec init FILE admin-user)"),
+            );
+        }
+        if cfg.dynsec_file.is_some() && !cfg.dynsec_plugin && !failed(&["plugin"]) {
+            err(
+                line_of("plugin_opt_config_file"),
+                format!("plugin_opt_config_file without a plugin line (plugin .../{DYNSEC_PLUGIN})"),
+            );
+        }
+        if cfg.admin_listener.is_some()
+            && cfg.password_file.is_none()
+            && !cfg.dynsec_plugin
+            && !failed(&["password_file", "plugin"])
+        {
             err(
                 line_of("admin_listener"),
-                "admin_listener needs a password_file: the admin listener is never open to anonymous clients".into(),
+                "admin_listener needs a password_file or dynamic security: the admin listener is never open to anonymous clients".into(),
             );
         }
         if cfg.cluster.heartbeat_ticks >= cfg.cluster.election_ticks

@@ -1,4 +1,5 @@
-//! The files a configuration names (`password_file`, `acl_file`), read and
+//! The files a configuration names (`password_file`, `acl_file`,
+//! `plugin_opt_config_file`), read and
 //! checked together with it so that one run reports every error.
 //!
 //! An error in such a file names that file and its line, and also the
@@ -12,6 +13,7 @@ use std::path::Path;
 use super::{read_text, Config, ConfigError, ConfigErrors};
 use crate::auth::acl::AclFile;
 use crate::auth::password::PasswordFile;
+use crate::dynsec::{import_json, Imported};
 
 /// A configuration with the password and ACL files it names, all checked.
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct Loaded {
     pub config: Config,
     pub passwords: Option<PasswordFile>,
     pub acl: Option<AclFile>,
+    /// The dynamic security file (`plugin_opt_config_file`), read.
+    pub dynsec: Option<Imported>,
 }
 
 /// A configuration line that names another file.
@@ -68,5 +72,18 @@ pub(super) fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         let r = Reference { key: "acl_file", path, config_file: &name, line: line("acl_file") };
         r.load(&mut errors, AclFile::load)
     });
-    ConfigErrors::check(Loaded { config, passwords, acl }, errors)
+    let dynsec = config.dynsec_file.as_deref().filter(|_| config.dynsec_plugin).and_then(|path| {
+        let r =
+            Reference { key: "plugin_opt_config_file", path, config_file: &name, line: line("plugin_opt_config_file") };
+        r.load(&mut errors, load_dynsec)
+    });
+    ConfigErrors::check(Loaded { config, passwords, acl, dynsec }, errors)
+}
+
+/// The dynamic security file, as the plugin reads it at start: it must
+/// exist (`mosquitto_ctrl dynsec init` creates it) and be JSON.
+pub fn load_dynsec(path: &Path) -> Result<Imported, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = read_text(path, &name)?;
+    import_json(&text).map_err(|e| ConfigErrors(vec![ConfigError::new(name, 0, e.to_string())]))
 }

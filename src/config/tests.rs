@@ -566,7 +566,7 @@ fn checks_across_lines_still_run_after_a_bad_line() {
 fn errors_about_several_lines_name_the_line_of_the_key() {
     assert_eq!(
         err("listener 1883\n\nadmin_listener 1884 127.0.0.1\n"),
-        "midge.conf:3: admin_listener needs a password_file: the admin listener is never open to anonymous clients"
+        "midge.conf:3: admin_listener needs a password_file or dynamic security: the admin listener is never open to anonymous clients"
     );
     assert_eq!(
         err("cluster_election_ticks 4\ncluster_heartbeat_ticks 4\n"),

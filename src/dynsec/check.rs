@@ -116,7 +116,13 @@ impl DynsecState {
 
     /// Whether `client` may have `access` to `topic`.
     pub fn check(&self, client: &ClientRef, topic: &str, access: Access) -> Decision {
-        let found = match &client.username {
+        self.check_user(client.username.as_deref(), topic, access)
+    }
+
+    /// Whether the client logged in as `username` (None: anonymous) may
+    /// have `access` to `topic`.
+    pub fn check_user(&self, username: Option<&str>, topic: &str, access: Access) -> Decision {
+        let found = match username {
             Some(username) => {
                 let Some(c) = self.clients.get(username) else {
                     return Decision::Defer;

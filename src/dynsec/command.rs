@@ -298,5 +298,7 @@ pub mod errors {
         DELETE_ANONYMOUS_GROUP = "Deleting the anonymous group is forbidden";
         REQUEST_TOO_LARGE = "Request too large";
         TOO_MANY_COMMANDS = "Too many commands in one request";
+        // midge's own: more requests wait for the cluster than it holds.
+        PENDING_FULL = "Too many dynamic security requests pending, try again later";
     }
 }

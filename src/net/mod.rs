@@ -231,6 +231,9 @@ pub struct Server<L: RaftLog> {
     /// does not allocate them again for every message (`SPARE_KEPT`).
     spare_actions: Cell<Vec<Action>>,
     spare_ids: Cell<Vec<ConnId>>,
+    /// `plugin_opt_config_file`: rewritten after each dynamic-security
+    /// change (dynamic security on).
+    dynsec_file: RefCell<Option<std::path::PathBuf>>,
 }
 
 /// `dispatch` keeps a vector for the next call only up to this capacity:
@@ -247,6 +250,30 @@ fn or_exit<T>(r: Result<T, crate::cluster::NodeError>) -> T {
             std::process::exit(70);
         }
     }
+}
+
+/// Replaces the file at `path` by `bytes` so that a reader sees the old or
+/// the new content, never a mix, also after a crash: a temporary file in
+/// the same directory (the old file's permissions, else 0600), written and
+/// synced, renamed over it, the directory synced.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Wall-clock milliseconds, never going backwards within this process.
@@ -292,7 +319,13 @@ impl<L: RaftLog + 'static> Server<L> {
             keeper_bell: Doorbell::default(),
             spare_actions: Cell::default(),
             spare_ids: Cell::default(),
+            dynsec_file: RefCell::new(None),
         })
+    }
+
+    /// The dynamic security file to keep in step with the replicated data.
+    pub fn set_dynsec_file(&self, path: std::path::PathBuf) {
+        *self.dynsec_file.borrow_mut() = Some(path);
     }
 
     /// The driver's monotonic clock, in microseconds.
@@ -323,6 +356,16 @@ impl<L: RaftLog + 'static> Server<L> {
     /// connections, raft messages to peers, peers to start or stop.
     fn perform(&self, d: &mut Driver<L>) {
         self.dispatch(d.broker_mut());
+        if let Some(text) = d.broker_mut().take_dynsec_file() {
+            if let Some(path) = self.dynsec_file.borrow().as_deref() {
+                // Small and rare (an operator's change): written here, on
+                // the event loop, before anything else happens.
+                match write_atomic(path, text.as_bytes()) {
+                    Ok(()) => log::debug!("Wrote the dynamic security file {}.", path.display()),
+                    Err(e) => log::error!("Cannot write the dynamic security file {}: {e}.", path.display()),
+                }
+            }
+        }
         let out = d.take_out();
         for ev in out.membership {
             match ev {

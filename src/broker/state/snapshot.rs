@@ -10,10 +10,14 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{split_share, Delivery, Outbound, Queue, Session, SessionWill, State, WillMsg, STATE_FORMAT_VERSION};
+use super::{
+    split_share, Delivery, Outbound, Queue, Session, SessionWill, State, WillMsg, STATE_FORMAT_VERSION,
+    STATE_FORMAT_VERSION_MIN,
+};
 use crate::broker::lazy::Lazy;
 use crate::broker::message::Message;
 use crate::broker::tree::SubEntry;
+use crate::dynsec::DynsecState;
 
 /// The serialised form of a `Session`, unchanged since format version 1:
 /// there the queue's cost and the will's due time are fields of their own.
@@ -98,6 +102,19 @@ struct SnapshotOut<'a> {
     sessions: &'a BTreeMap<Rc<str>, Box<Session>>,
     retained: &'a BTreeMap<Rc<str>, Message>,
     peer_addrs: &'a BTreeMap<u64, String>,
+    /// Since format 2.
+    dynsec: Option<&'a DynsecState>,
+}
+
+/// Format 1: format 2 without `dynsec`.
+#[derive(Deserialize)]
+struct SnapshotInV1 {
+    #[allow(dead_code)] // checked before decoding the rest
+    version: u16,
+    applied_commands: u64,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
+    retained: BTreeMap<Rc<str>, Message>,
+    peer_addrs: BTreeMap<u64, String>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +125,7 @@ struct SnapshotIn {
     sessions: BTreeMap<Rc<str>, Box<Session>>,
     retained: BTreeMap<Rc<str>, Message>,
     peer_addrs: BTreeMap<u64, String>,
+    dynsec: Option<DynsecState>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -120,7 +138,10 @@ impl std::fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SnapshotError::Version(v) => {
-                write!(f, "state snapshot has format version {v}, this midge reads {STATE_FORMAT_VERSION}")
+                write!(
+                    f,
+                    "state snapshot has format version {v}, this midge reads {STATE_FORMAT_VERSION_MIN} to {STATE_FORMAT_VERSION}"
+                )
             }
             SnapshotError::Decode(e) => write!(f, "state snapshot does not decode: {e}"),
         }
@@ -136,6 +157,7 @@ impl State {
             sessions: &self.sessions,
             retained: &self.retained,
             peer_addrs: &self.peer_addrs,
+            dynsec: self.dynsec.as_deref(),
         };
         postcard::to_allocvec(&out).unwrap_or_default()
     }
@@ -149,10 +171,22 @@ impl State {
         }
         // The version is the first field; check it before the rest.
         let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        if version != STATE_FORMAT_VERSION {
-            return Err(SnapshotError::Version(version));
-        }
-        let s: SnapshotIn = postcard::from_bytes(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let decode_err = |e: postcard::Error| SnapshotError::Decode(e.to_string());
+        let s: SnapshotIn = match version {
+            1 => {
+                let v1: SnapshotInV1 = postcard::from_bytes(bytes).map_err(decode_err)?;
+                SnapshotIn {
+                    version: 1,
+                    applied_commands: v1.applied_commands,
+                    sessions: v1.sessions,
+                    retained: v1.retained,
+                    peer_addrs: v1.peer_addrs,
+                    dynsec: None,
+                }
+            }
+            STATE_FORMAT_VERSION => postcard::from_bytes(bytes).map_err(decode_err)?,
+            _ => return Err(SnapshotError::Version(version)),
+        };
         let mut st = State { applied_commands: s.applied_commands, ..State::default() };
         let mut sessions = s.sessions;
         for (client, sess) in sessions.iter_mut() {
@@ -173,6 +207,7 @@ impl State {
         st.sessions = sessions;
         st.retained = s.retained;
         st.peer_addrs = s.peer_addrs;
+        st.dynsec = s.dynsec.map(Rc::new);
         Ok(st)
     }
 }
