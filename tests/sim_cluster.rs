@@ -10,7 +10,13 @@
 //!   2. a persistent session is present after every reconnect once its
 //!      SUBSCRIBE was acknowledged;
 //!   3. all nodes' applied state is identical at the same applied index;
-//!   4. no two nodes served clients in the same term.
+//!   4. no two nodes served clients in the same term;
+//!   5. every dynamic-security change the cluster answered as done (an
+//!      admin client creates users now and then, through whichever node
+//!      serves) is in every node's state.
+//! Dynamic security is on: the nodes start from Mosquitto's `init` file
+//! (tests/fixtures/dynsec/init.json) with publish and subscribe allowed by
+//! default, the first leader imports it, and invariant 3 covers its data.
 //! `SIM_SEEDS=N` runs seeds 1..=N (default 200); `SIM_SEED=S` replays one.
 //! A failure prints its seed.
 
@@ -22,6 +28,7 @@ use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::Config;
 use midge::config::FollowerMode;
+use midge::dynsec::{import_json, DefaultAclType, DynsecState};
 use midge::mqtt::{Connect, Packet, Properties, PubResp, Publish, QoS, SubOptions, Subscribe, Version};
 use midge::store::{FlushResult, MemLog};
 use raft::eraftpb::Message;
@@ -78,6 +85,13 @@ struct Sim {
     publisher: Client,
     subscriber: Client,
     sub_acked: bool,
+    admin: Client,
+    admin_subacked: bool,
+    /// The user an unanswered createClient asks for.
+    admin_pending: Option<String>,
+    next_user: u32,
+    /// Users whose createClient was answered without an error.
+    created: BTreeSet<String>,
     next_seq: u64,
     total_msgs: u64,
     in_flight: BTreeMap<u16, u64>,
@@ -89,14 +103,29 @@ struct Sim {
 }
 
 fn settings() -> Rc<Settings> {
-    let c = Config::default();
+    let mut c = Config::default();
+    c.dynsec_plugin = true;
+    c.allow_anonymous = true;
     Rc::new(c.broker_settings(None, None))
 }
+
+/// Mosquitto's `init` file (admin, password "secret"), with publish and
+/// subscribe allowed by default for the anonymous publisher and subscriber.
+fn dynsec_file() -> DynsecState {
+    let mut st = import_json(include_str!("fixtures/dynsec/init.json")).expect("fixture").state;
+    st.default_access.set(DefaultAclType::PublishClientSend, true);
+    st.default_access.set(DefaultAclType::Subscribe, true);
+    st
+}
+
+const REQUEST: &str = "$CONTROL/dynamic-security/v1";
+const RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
 
 /// A node as the server runs one with `persistence true`: its log on
 /// "disk", staged writes flushed by a write job, a hold after commits.
 fn new_node(cfg: &NodeConfig, disk: &MemLog, now: u64) -> Driver<MemLog> {
-    let broker = Broker::new(settings(), now);
+    let mut broker = Broker::new(settings(), now);
+    broker.set_dynsec_file(dynsec_file());
     let node = Node::new(cfg.clone(), disk.clone(), broker, &raft_logger()).expect("node starts");
     Driver::new(node, CommitMode::AtCommitDurable, FollowerMode::Proxy, None, TICK_MS, now * 1000)
 }
@@ -133,6 +162,11 @@ impl Sim {
             publisher: Client::default(),
             subscriber: Client::default(),
             sub_acked: false,
+            admin: Client::default(),
+            admin_subacked: false,
+            admin_pending: None,
+            next_user: 0,
+            created: BTreeSet::new(),
             next_seq: 0,
             total_msgs: 5_000,
             in_flight: BTreeMap::new(),
@@ -357,6 +391,10 @@ impl Sim {
     }
 
     fn connect(&mut self, publisher: bool) {
+        self.connect_as(if publisher { Who::Publisher } else { Who::Subscriber })
+    }
+
+    fn connect_as(&mut self, who: Who) {
         let Some(i) = self.serving_node() else { return };
         if self.isolated.is_some_and(|(iso, _)| iso == i) {
             return; // the client cannot reach it either
@@ -364,20 +402,33 @@ impl Sim {
         let conn = self.next_conn;
         self.next_conn += 1;
         let now = self.now;
-        let (id, clean) = if publisher { ("pub", true) } else { ("sub", false) };
+        let (id, clean) = match who {
+            Who::Publisher => ("pub", true),
+            Who::Subscriber => ("sub", false),
+            Who::Admin => ("admin", true),
+        };
         let n = self.nodes[i].node.as_mut().unwrap();
         n.broker_mut().open(conn, "127.0.0.1:1".parse().unwrap(), now);
+        let admin = who == Who::Admin;
         let c = Connect {
             version: Version::V311,
             client_id: id.into(),
             clean_start: clean,
             keep_alive: 0,
-            username: None,
-            password: None,
+            username: admin.then(|| "admin".into()),
+            password: admin.then(|| b"secret".to_vec()),
             will: None,
             properties: Properties::default(),
         };
-        let client = if publisher { &mut self.publisher } else { &mut self.subscriber };
+        let client = match who {
+            Who::Publisher => &mut self.publisher,
+            Who::Subscriber => &mut self.subscriber,
+            Who::Admin => {
+                self.admin_subacked = false;
+                self.admin_pending = None;
+                &mut self.admin
+            }
+        };
         client.conn = Some((i, conn));
         client.connacked = false;
         client.outbox.clear();
@@ -398,6 +449,28 @@ impl Sim {
         }
         if self.subscriber.conn.is_none() {
             self.connect(false);
+        }
+        if self.admin.conn.is_none() && self.rng.chance(2_000) {
+            self.connect_as(Who::Admin);
+        }
+        // Admin: now and then a new user, one request at a time.
+        if self.admin.connacked && self.admin_subacked && self.admin_pending.is_none() && self.rng.chance(2_000) {
+            let user = format!("user{}", self.next_user);
+            self.next_user += 1;
+            let body = format!(
+                r#"{{"commands":[{{"command":"createClient","username":"{user}","password":"pw"}},{{"command":"getClient","username":"{user}"}}]}}"#
+            );
+            self.log.push(format!("{now}: admin asks for {user}"));
+            self.admin_pending = Some(user);
+            self.admin.outbox.push_back(Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Rc::from(REQUEST),
+                packet_id: Some(1),
+                payload: Rc::from(body.as_bytes()),
+                properties: Properties::default(),
+            }));
         }
         // Publisher: a window of 8 QoS 1 messages.
         if self.sub_acked
@@ -420,8 +493,12 @@ impl Sim {
                 properties: Properties::default(),
             }));
         }
-        for publisher in [true, false] {
-            let c = if publisher { &mut self.publisher } else { &mut self.subscriber };
+        for who in [Who::Publisher, Who::Subscriber, Who::Admin] {
+            let c = match who {
+                Who::Publisher => &mut self.publisher,
+                Who::Subscriber => &mut self.subscriber,
+                Who::Admin => &mut self.admin,
+            };
             let Some((i, conn)) = c.conn else { continue };
             if self.isolated.is_some_and(|(iso, _)| iso == i) {
                 continue; // packets wait until the partition heals or the conn dies
@@ -486,10 +563,26 @@ impl Sim {
                             }
                             _ => {}
                         }
+                    } else if self.admin.conn == Some((node, conn)) {
+                        match p {
+                            Packet::ConnAck(a) if a.code == 0 => {
+                                self.admin.connacked = true;
+                                self.admin.outbox.push_back(Packet::Subscribe(Subscribe {
+                                    packet_id: 2,
+                                    filters: vec![(RESPONSE.into(), SubOptions::default())],
+                                    properties: Properties::default(),
+                                }));
+                            }
+                            Packet::ConnAck(a) => self.fail(&format!("admin refused: CONNACK {}", a.code)),
+                            Packet::SubAck(s) if s.codes == vec![0] => self.admin_subacked = true,
+                            Packet::SubAck(s) => self.fail(&format!("admin's subscription refused: {:?}", s.codes)),
+                            Packet::Publish(p) if &*p.topic == RESPONSE => self.admin_answer(&p.payload),
+                            _ => {}
+                        }
                     }
                 }
                 Action::Close(conn) => {
-                    for c in [&mut self.publisher, &mut self.subscriber] {
+                    for c in [&mut self.publisher, &mut self.subscriber, &mut self.admin] {
                         if c.conn == Some((node, conn)) {
                             c.conn = None;
                             c.connacked = false;
@@ -506,6 +599,24 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// The answer to a createClient + getClient request.
+    fn admin_answer(&mut self, payload: &[u8]) {
+        let Some(user) = self.admin_pending.take() else { self.fail("an answer nobody asked for") };
+        let v: serde_json::Value = serde_json::from_slice(payload).expect("JSON answer");
+        let r = &v["responses"];
+        self.log.push(format!("{}: admin got {v}", self.now));
+        if r[0]["command"] != "createClient" || r[1]["command"] != "getClient" {
+            self.fail(&format!("answer out of order: {v}"));
+        }
+        if r[0].get("error").is_none() {
+            // The read in the same request sees the change before it.
+            if r[1]["data"]["client"]["username"] != user.as_str() {
+                self.fail(&format!("getClient after createClient did not see {user}: {v}"));
+            }
+            self.created.insert(user);
         }
     }
 
@@ -555,6 +666,15 @@ impl Sim {
         if snaps.iter().any(|s| *s != snaps[0]) {
             self.fail(&format!("applied state differs between nodes at index {}", applied[0]));
         }
+        // Invariant 5.
+        for (i, n) in self.nodes.iter().enumerate() {
+            let st = n.node.as_ref().unwrap().broker().state();
+            let Some(ds) = st.dynsec() else { self.fail(&format!("node {} has no dynamic-security data", i + 1)) };
+            let missing: Vec<&String> = self.created.iter().filter(|u| !ds.clients.contains_key(*u)).collect();
+            if !missing.is_empty() {
+                self.fail(&format!("node {} lost answered dynamic-security changes: {missing:?}", i + 1));
+            }
+        }
     }
 
     fn settled(&self) -> bool {
@@ -569,6 +689,13 @@ impl Sim {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Publisher,
+    Subscriber,
+    Admin,
+}
+
 #[test]
 fn simulated_three_node_cluster_loses_nothing() {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
@@ -579,6 +706,7 @@ fn simulated_three_node_cluster_loses_nothing() {
         }
     };
     let mut acked_total = 0;
+    let mut created_total = 0;
     for seed in seeds {
         let mut sim = Sim::new(seed);
         sim.run();
@@ -586,13 +714,16 @@ fn simulated_three_node_cluster_loses_nothing() {
         let partitions = sim.log.iter().filter(|l| l.contains("isolated")).count();
         let connects = sim.log.iter().filter(|l| l.contains("connects")).count();
         println!(
-            "seed {seed}: {} acked, {} received, {crashes} crashes, {partitions} partitions, {connects} client connects, {} serving terms, applied index {}",
+            "seed {seed}: {} acked, {} received, {} users created, {crashes} crashes, {partitions} partitions, {connects} client connects, {} serving terms, applied index {}",
             sim.acked.len(),
             sim.received.len(),
+            sim.created.len(),
             sim.serving_terms.len(),
             sim.nodes[0].node.as_ref().unwrap().node().applied()
         );
         acked_total += sim.acked.len();
+        created_total += sim.created.len();
     }
     assert!(acked_total > 0);
+    assert!(created_total > 0, "no dynamic-security change was answered in any run");
 }
