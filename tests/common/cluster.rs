@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use super::{free_port, midge_bin};
 
 pub struct Cluster {
-    /// Config lines added to every node; `{admin}`, `{tls}` and `{dir}`
-    /// are replaced by the node's admin port, TLS port and the cluster's
-    /// directory.
+    /// Config lines added to every node; `{admin}`, `{tls}`, `{node}` and
+    /// `{dir}` are replaced by the node's admin port, TLS port, its id and
+    /// the cluster's directory.
     extra: String,
     pub mode: &'static str,
     pub dir: tempfile::TempDir,
@@ -33,10 +33,19 @@ impl Cluster {
     }
 
     pub fn start_mode(mode: &'static str, extra: &str) -> Cluster {
+        let mut c = Cluster::prepare(mode, extra);
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// The directory and ports, no node started yet (`spawn` each).
+    pub fn prepare(mode: &'static str, extra: &str) -> Cluster {
         let dir = super::tempdir();
         let ports = |_| (0..3).map(|_| free_port()).collect::<Vec<u16>>();
         let extra = extra.replace("{dir}", &dir.path().display().to_string());
-        let mut c = Cluster {
+        Cluster {
             extra,
             mode,
             dir,
@@ -46,11 +55,7 @@ impl Cluster {
             health: ports(()),
             peer: ports(()),
             procs: vec![None, None, None],
-        };
-        for i in 0..3 {
-            c.spawn(i);
         }
-        c
     }
 
     fn config(&self, i: usize) -> PathBuf {
@@ -67,7 +72,11 @@ impl Cluster {
         for j in 0..3 {
             text += &format!("cluster_peer {} 127.0.0.1:{}\n", j + 1, self.peer[j]);
         }
-        text += &self.extra.replace("{admin}", &self.admin[i].to_string()).replace("{tls}", &self.tls[i].to_string());
+        text += &self
+            .extra
+            .replace("{admin}", &self.admin[i].to_string())
+            .replace("{tls}", &self.tls[i].to_string())
+            .replace("{node}", &(i + 1).to_string());
         let path = self.dir.path().join(format!("node{}.conf", i + 1));
         std::fs::write(&path, text).unwrap();
         path
