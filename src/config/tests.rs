@@ -697,3 +697,44 @@ fn docs_cover_every_key_and_examples_parse() {
     }
     assert!(blocks >= SUPPORTED_KEYS.len(), "only {blocks} examples");
 }
+
+#[test]
+fn dynamic_security_lines_and_their_file() {
+    let init = include_bytes!("../../tests/fixtures/dynsec/init.json");
+    let plugin = "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n";
+    // Read with the config; any directory for the plugin.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ds.json"), init).unwrap();
+    let path = dir.path().join("midge.conf");
+    let d = dir.path().display();
+    std::fs::write(&path, format!("plugin /opt/x/mosquitto_dynamic_security.so\nplugin_opt_config_file {d}/ds.json\n"))
+        .unwrap();
+    let loaded = Config::load(&path).unwrap();
+    assert!(loaded.config.dynsec_plugin);
+    assert!(!loaded.config.allow_anonymous, "anonymous off by default with dynamic security");
+    assert!(loaded.dynsec.unwrap().state.clients.contains_key("admin"));
+    // Missing, not JSON, no file line, another plugin.
+    assert_eq!(
+        load_errors(&format!("{plugin}plugin_opt_config_file {{dir}}/ds.json\n"), &[]),
+        vec![
+            "DIR/midge.conf:2: plugin_opt_config_file DIR/ds.json: cannot read: No such file or directory (os error 2)"
+        ]
+    );
+    assert_eq!(
+        load_errors(&format!("{plugin}plugin_opt_config_file {{dir}}/ds.json\n"), &[("ds.json", b"{\n  \"clients\": [\n")]),
+        vec!["DIR/midge.conf:2: plugin_opt_config_file DIR/ds.json: not valid JSON: EOF while parsing a list at line 3 column 0"]
+    );
+    assert_eq!(
+        load_errors(plugin, &[]),
+        vec!["DIR/midge.conf:1: plugin mosquitto_dynamic_security.so needs plugin_opt_config_file FILE (create FILE with mosquitto_ctrl dynsec init FILE admin-user)"]
+    );
+    let e = load_errors("plugin /usr/lib/mosquitto_other.so\n", &[]);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("DIR/midge.conf:1: plugin: \"/usr/lib/mosquitto_other.so\" is not supported"), "{e:?}");
+    assert_eq!(
+        load_errors("plugin_opt_config_file /x.json\n", &[]),
+        vec![
+            "DIR/midge.conf:1: plugin_opt_config_file without a plugin line (plugin .../mosquitto_dynamic_security.so)"
+        ]
+    );
+}

@@ -194,3 +194,37 @@ fn without_the_plugin_requests_get_not_enabled() {
     assert_eq!(v["responses"][0]["error"], super::super::dynsec::NOT_ENABLED);
     assert!(b.state().dynsec().is_none());
 }
+
+/// The admin listener (`midge ctl`) with dynamic security: the user must
+/// log in and be allowed to publish to the cluster admin topic.
+#[test]
+fn the_admin_listener_asks_the_acls() {
+    let mut b = dynsec_broker(|_| {});
+    let admin_connect = |b: &mut Broker, conn: ConnId| {
+        b.open_admin(conn, "127.0.0.1:1".parse().unwrap(), 1000);
+        b.packet(
+            conn,
+            Packet::Connect(Box::new(Connect {
+                version: Version::V5,
+                client_id: "ctl".into(),
+                clean_start: true,
+                keep_alive: 60,
+                username: Some("admin".into()),
+                password: Some(b"secret".to_vec()),
+                will: None,
+                properties: Properties::default(),
+            })),
+            1000,
+        );
+        connack(&sent(b)[0].1).code
+    };
+    assert_eq!(admin_connect(&mut b, 7), reason::NOT_AUTHORIZED, "init's admin role covers dynamic security only");
+    admin(&mut b);
+    request(
+        &mut b,
+        serde_json::json!([{"command": "addRoleACL", "rolename": "admin", "acltype": "publishClientSend",
+            "topic": "$CONTROL/midge/cluster/v1", "allow": true}]),
+        1001,
+    );
+    assert_eq!(admin_connect(&mut b, 8), 0);
+}
