@@ -14,10 +14,8 @@
 //! that `mosquitto_ctrl dynsec ...` reports it instead of waiting for its
 //! timeout.
 //!
-//! The answer goes to the requesting connection alone (when it subscribed
-//! to [`RESPONSE_TOPIC`] and may read it); Mosquitto publishes it to every
-//! subscriber of the topic. Other subscribers learn nothing from someone
-//! else's request.
+//! The answer is published on [`RESPONSE_TOPIC`] to every subscriber that
+//! may read it, as the plugin does (QoS 0, not retained).
 //!
 //! Must never: route a message under [`TOPIC_PREFIX`] to subscribers as an
 //! ordinary one; hold more than [`PENDING_MAX`] requests.
@@ -29,13 +27,13 @@ use log::{info, warn};
 use serde_json::{json, Map, Value};
 
 use super::command::{Command, DynsecStep, DynsecTag, StepResult};
-use super::{Broker, ConnId, Delivery, Message, Phase};
+use super::{Broker, ConnId, Message, Phase};
 use crate::auth::acl::Access;
 use crate::dynsec::{
     self, export_json, parse_request, Action as ItemAction, CommandError, DynsecLimits, DynsecState, Kick,
     PasswordHash, RequestItem, Responses, SALT_BYTES,
 };
-use crate::mqtt::{reason, topic, Publish, QoS};
+use crate::mqtt::{reason, Publish, QoS};
 
 pub const TOPIC_PREFIX: &str = "$CONTROL/dynamic-security/";
 pub const REQUEST_TOPIC: &str = dynsec::REQUEST_TOPIC;
@@ -184,7 +182,7 @@ impl Broker {
         if !self.settings.dynsec {
             info!("Client {client} sent a dynamic security request: answered that {NOT_ENABLED}.");
             let payload = not_enabled_response(&p.payload);
-            self.send_dynsec_answer(conn, client, payload, now);
+            self.send_dynsec_answer(client, payload, now);
             return;
         }
         let limits = DynsecLimits::default();
@@ -216,14 +214,14 @@ impl Broker {
                 })
                 .collect();
             let payload = responses(&items, results);
-            self.send_dynsec_answer(conn, client, payload, now);
+            self.send_dynsec_answer(client, payload, now);
             return;
         }
         if self.dynsec.pending.len() >= PENDING_MAX {
             warn!("Client {client}: dynamic security request refused, {PENDING_MAX} requests are pending already.");
             let results = steps.iter().map(|_| Err(CommandError::PENDING_FULL)).collect();
             let payload = responses(&items, results);
-            self.send_dynsec_answer(conn, client, payload, now);
+            self.send_dynsec_answer(client, payload, now);
             return;
         }
         self.dynsec.seq = (self.dynsec.seq + 1).max(now.saturating_mul(1000));
@@ -240,9 +238,7 @@ impl Broker {
             return;
         }
         let payload = responses(&p.items, results);
-        if let Some(conn) = self.conn_of(&p.client) {
-            self.send_dynsec_answer(conn, &p.client, payload, now);
-        }
+        self.send_dynsec_answer(&p.client, payload, now);
     }
 
     pub(super) fn on_dynsec_changed(&mut self) {
@@ -280,15 +276,11 @@ impl Broker {
         }
     }
 
-    /// Sends `payload` on [`RESPONSE_TOPIC`] to the requesting connection,
-    /// when it subscribed to the topic and may read it.
-    fn send_dynsec_answer(&mut self, conn: ConnId, client: &Rc<str>, payload: Vec<u8>, now: u64) {
-        let Some(session) = self.state.sessions().get(client) else { return };
-        let matching: Vec<Option<u32>> =
-            session.subs.iter().filter(|(f, _)| matches_response(f)).map(|(_, e)| e.sub_id).collect();
-        if matching.is_empty() || !self.conn_allowed(conn, client, RESPONSE_TOPIC, Access::Read) {
-            return;
-        }
+    /// Publishes `payload` on [`RESPONSE_TOPIC`] as the plugin does: QoS 0,
+    /// not retained, to every online subscriber of the topic that may read
+    /// it (`mosquitto_ctrl` and scripts subscribe with another connection
+    /// than the one that sends).
+    fn send_dynsec_answer(&mut self, _client: &Rc<str>, payload: Vec<u8>, now: u64) {
         let msg = Message {
             topic: Rc::from(RESPONSE_TOPIC),
             payload: Rc::from(payload),
@@ -298,9 +290,16 @@ impl Broker {
             expires_at_ms: None,
             origin: None,
         };
-        let d =
-            Delivery { msg, qos: QoS::AtMostOnce, retain: false, sub_ids: matching.into_iter().flatten().collect() };
-        self.deliver(client, None, &d, false, now);
+        let settings = self.settings.clone();
+        let ds = self.dynsec_data().cloned();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+        let targets = self.state.route(&msg, false, &acl);
+        for (target, mut d) in targets {
+            if self.state.sessions().get(&target).is_some_and(|s| s.online) {
+                d.qos = QoS::AtMostOnce;
+                self.deliver(&target, None, &d, false, now);
+            }
+        }
     }
 }
 
@@ -343,16 +342,6 @@ pub fn not_enabled_response(request: &[u8]) -> Vec<u8> {
         responses.push(json!({"command": UNKNOWN_COMMAND, "error": NOT_ENABLED}));
     }
     json!({ "responses": responses }).to_string().into_bytes()
-}
-
-/// Whether subscription `filter` (possibly `$share/GROUP/...`) receives
-/// [`RESPONSE_TOPIC`].
-fn matches_response(filter: &str) -> bool {
-    let f = match topic::parse_shared(filter) {
-        Ok(Some((_, f))) => f,
-        _ => filter,
-    };
-    topic::matches(f, RESPONSE_TOPIC)
 }
 
 /// A login against the dynamic-security data, as the plugin's basic-auth

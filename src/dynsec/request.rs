@@ -453,7 +453,17 @@ impl Parser<'_> {
             .iter()
             .filter_map(|a| {
                 let t = get(a, "acltype")?.as_str()?;
-                let allow = get(a, "allow")?.as_bool()?;
+                // The plugin reads a boolean "allow"; mosquitto_ctrl 2.0
+                // sends "access": "allow"|"deny", which the plugin ignores
+                // (and answers success). midge takes both.
+                let allow = match get(a, "allow").and_then(Value::as_bool) {
+                    Some(b) => b,
+                    None => match get(a, "access")?.as_str()? {
+                        "allow" => true,
+                        "deny" => false,
+                        _ => return None,
+                    },
+                };
                 Some((DefaultAclType::parse(t)?, allow))
             })
             .collect();
