@@ -8,11 +8,12 @@ use std::rc::Rc;
 use log::{error, info, LevelFilter};
 use smol::LocalExecutor;
 
+use midge::broker::dynsec::DynsecRole;
 use midge::broker::Broker;
 use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
-use midge::config::{Config, Listener};
+use midge::config::{ClusterMode, Config, Listener};
 use midge::net::Server;
 use midge::store::{MemLog, RaftLog, RedbLog, StoreIdentity};
 
@@ -130,8 +131,8 @@ fn main() -> ExitCode {
         info!("Using default config.");
     }
     let node_id = config.cluster_node_id.unwrap_or(1);
-    let mut broker = Broker::new(settings, midge::net::wall_ms());
-    if let Some(d) = dynsec {
+    let dynsec_sync = config.cluster_mode == ClusterMode::DynsecSync;
+    if let Some(d) = &dynsec {
         for why in &d.skipped {
             log::warn!("Dynamic security file: {why}");
         }
@@ -141,41 +142,91 @@ fn main() -> ExitCode {
             d.state.groups.len(),
             d.state.roles.len()
         );
-        broker.set_dynsec_file(d.state);
-        broker.set_salt_source(Box::new(|| {
-            let mut salt = [0u8; midge::dynsec::SALT_BYTES];
-            if let Err(e) = getrandom::getrandom(&mut salt) {
-                // No entropy source at all: stop rather than hash with a
-                // predictable salt.
-                error!("Cannot draw a random salt for a new password: {e}.");
-                std::process::exit(70);
-            }
-            salt
-        }));
     }
-    let ncfg = node_config(&config, node_id);
+    let seed = dynsec.map(|d| d.state);
+    let make_broker = |role: DynsecRole| {
+        let mut broker = Broker::new(settings.clone(), midge::net::wall_ms());
+        broker.set_dynsec_role(role, node_id);
+        if let Some(state) = &seed {
+            broker.set_dynsec_file(state.clone());
+            broker.set_salt_source(Box::new(|| {
+                let mut salt = [0u8; midge::dynsec::SALT_BYTES];
+                if let Err(e) = getrandom::getrandom(&mut salt) {
+                    // No entropy source at all: stop rather than hash with a
+                    // predictable salt.
+                    error!("Cannot draw a random salt for a new password: {e}.");
+                    std::process::exit(70);
+                }
+                salt
+            }));
+        }
+        broker
+    };
+    // dynsec_sync: this node's own single-voter group serves its clients;
+    // the cluster group carries dynamic security and membership.
+    let (main_cfg, group_cfg) = if dynsec_sync {
+        let mut own = node_config(&config, node_id);
+        own.voters = vec![node_id];
+        own.join = false;
+        info!("Cluster mode dynsec_sync: this node serves its own clients; dynamic security is replicated.");
+        (own, Some(node_config(&config, node_id)))
+    } else {
+        (node_config(&config, node_id), None)
+    };
+    let main_broker = make_broker(if dynsec_sync { DynsecRole::Client } else { DynsecRole::Own });
+    let group = group_cfg.map(|c| (c, make_broker(DynsecRole::Group)));
     if config.persistence {
         let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
         let identity = StoreIdentity { cluster_id: 0, node_id };
-        let log = match RedbLog::open(&dir, identity, config.persistence_fsync) {
-            Ok(l) => l,
+        let open = |d: &std::path::Path| match RedbLog::open(d, identity, config.persistence_fsync) {
+            Ok(l) => {
+                info!(
+                    "Persistence: {} (fsync {}).",
+                    d.join("midge.redb").display(),
+                    if config.persistence_fsync { "on" } else { "off" }
+                );
+                Some(l)
+            }
             Err(e) => {
+                error!("{e}");
+                eprintln!("midge: {e}");
+                None
+            }
+        };
+        let modes =
+            [(dir.join("midge.redb"), ClusterMode::FullSync), (dir.join(DYNSEC_SYNC_DIR), ClusterMode::DynsecSync)];
+        for (path, mode) in &modes {
+            if *mode != config.cluster_mode && path.exists() {
+                let e = format!(
+                    "{} holds the data of cluster_mode {}, and this config says cluster_mode {}: a cluster's mode cannot change in place. Start with a new persistence_location (after moving the old data away), see docs/HA.md.",
+                    path.display(),
+                    mode.name(),
+                    config.cluster_mode.name()
+                );
                 error!("{e}");
                 eprintln!("midge: {e}");
                 return ExitCode::from(4);
             }
-        };
-        info!(
-            "Persistence: {} (fsync {}).",
-            dir.join("midge.redb").display(),
-            if config.persistence_fsync { "on" } else { "off" }
-        );
-        run(&config, ncfg, log, broker)
+        }
+        if dynsec_sync {
+            let base = dir.join(DYNSEC_SYNC_DIR);
+            let Some(own) = open(&base.join("local")) else { return ExitCode::from(4) };
+            let Some(cluster) = open(&base.join("cluster")) else { return ExitCode::from(4) };
+            run(&config, main_cfg, own, main_broker, group.map(|(c, b)| (c, cluster, b)))
+        } else {
+            let Some(log) = open(&dir) else { return ExitCode::from(4) };
+            run(&config, main_cfg, log, main_broker, None)
+        }
     } else {
         info!("Persistence is off: state lives in memory only and is lost at exit.");
-        run(&config, ncfg, MemLog::volatile(), broker)
+        run(&config, main_cfg, MemLog::volatile(), main_broker, group.map(|(c, b)| (c, MemLog::volatile(), b)))
     }
 }
+
+/// Under `persistence_location`, the stores of `cluster_mode dynsec_sync`:
+/// `local/` (this node's sessions and messages) and `cluster/` (dynamic
+/// security and membership).
+const DYNSEC_SYNC_DIR: &str = "dynsec_sync";
 
 fn node_config(config: &Config, id: u64) -> NodeConfig {
     let mut n = NodeConfig::single(id);
@@ -230,22 +281,31 @@ fn advertised(config: &Config, node_id: u64, ports: &[u16], admin_port: Option<u
             .map(|(l, p)| ClientListener { addr: addr(l, *p), tls: l.tls.is_some() })
             .collect(),
         admin: config.admin_listener.as_ref().zip(admin_port).map(|(l, p)| addr(l, p)),
+        mode: config.cluster_mode,
     }
 }
 
-fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: Broker) -> ExitCode {
+fn run<L: RaftLog + 'static>(
+    config: &Config,
+    ncfg: NodeConfig,
+    log: L,
+    broker: Broker,
+    group: Option<(NodeConfig, L, Broker)>,
+) -> ExitCode {
     let node_id = ncfg.id;
-    let node = match Node::new(ncfg, log, broker, &raft_logger()) {
-        Ok(n) => n,
+    let start = |ncfg: NodeConfig, log: L, broker: Broker| match Node::new(ncfg, log, broker, &raft_logger()) {
+        Ok(n) => Some(n),
         Err(e) => {
             error!("{e}");
             eprintln!("midge: {e}");
-            return ExitCode::from(4);
+            None
         }
     };
+    let Some(node) = start(ncfg, log, broker) else { return ExitCode::from(4) };
     // How commands commit, chosen here once: see `CommitMode`.
-    let mode = CommitMode::choose(node.log_on_disk(), !config.cluster_peers.is_empty());
-    let driver = Driver::new(
+    let has_peers = group.is_none() && !config.cluster_peers.is_empty();
+    let mode = CommitMode::choose(node.log_on_disk(), has_peers);
+    let mut driver = Driver::new(
         node,
         mode,
         config.cluster_follower_mode,
@@ -253,6 +313,23 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         config.cluster.tick_ms,
         0,
     );
+    let group = match group {
+        None => None,
+        Some((gcfg, glog, gbroker)) => {
+            let Some(mut gnode) = start(gcfg, glog, gbroker) else { return ExitCode::from(4) };
+            gnode.set_forward_proposals(true);
+            let gmode = CommitMode::choose(gnode.log_on_disk(), true);
+            driver.set_admin_elsewhere(true);
+            Some(Driver::new(
+                gnode,
+                gmode,
+                config.cluster_follower_mode,
+                config.cluster_preferred_leader,
+                config.cluster.tick_ms,
+                0,
+            ))
+        }
+    };
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
     let mut sockets = Vec::new();
     for l in &config.listeners {
@@ -286,6 +363,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
     let peers = Peers::new(node_id, advertised(config, node_id, &ports, admin_listener.as_ref().map(port_of)));
     let server = Server::new(
         driver,
+        group,
         peers.clone(),
         config.set_tcp_nodelay,
         config.cluster_follower_mode,
@@ -341,6 +419,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
                 ex.clone(),
                 l,
                 node_id,
+                config.cluster_mode,
                 Rc::new(move |id| s4.is_known_peer(id)),
                 Rc::new(move |id, a| s3.set_advertised(id, a)),
                 Rc::new(move |m| s2.deliver_peer_message(m)),
@@ -352,6 +431,7 @@ fn run<L: RaftLog + 'static>(config: &Config, ncfg: NodeConfig, log: L, broker: 
         ex.spawn(server.clone().keep_reactor()).detach();
         ex.spawn(server.clone().parker(ex.clone())).detach();
         ex.spawn(server.clone().driver()).detach();
+        ex.spawn(server.clone().group_driver()).detach();
         let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
             Ok(s) => s,
             Err(e) => {

@@ -131,7 +131,7 @@ fn entries_v2() -> Vec<Entry> {
     ];
     es.push(Entry {
         now_ms: t + 1,
-        cmd: Command::Dynsec { tag: DynsecTag { client: Rc::from("ctrl"), seq: 42 }, steps },
+        cmd: Command::Dynsec { tag: DynsecTag { node: 2, client: Rc::from("ctrl"), seq: 42 }, steps },
     });
     es
 }

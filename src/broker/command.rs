@@ -114,11 +114,12 @@ pub enum Command {
     },
 }
 
-/// Which request a `Command::Dynsec` answers: the requesting client and a
-/// number its node chose, unique on that node (see
-/// `Broker::next_dynsec_seq`).
+/// Which request a `Command::Dynsec` answers: the node that took it, the
+/// requesting client and a number that node chose, unique on it (it grows
+/// from the wall clock at each start).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DynsecTag {
+    pub node: u64,
     pub client: Rc<str>,
     pub seq: u64,
 }

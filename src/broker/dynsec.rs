@@ -26,7 +26,8 @@ use std::rc::Rc;
 use log::{info, warn};
 use serde_json::{json, Map, Value};
 
-use super::command::{Command, DynsecStep, DynsecTag, StepResult};
+use super::command::Command;
+pub use super::command::{DynsecStep, DynsecTag, StepResult};
 use super::{Broker, ConnId, Message, Phase};
 use crate::auth::acl::Access;
 use crate::dynsec::{
@@ -53,8 +54,51 @@ pub const COMMANDS_MAX_DISABLED: usize = 64;
 /// a counter, so that their runs repeat.
 pub type SaltSource = Box<dyn FnMut() -> [u8; SALT_BYTES]>;
 
+/// Where this broker's dynamic-security data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DynsecRole {
+    /// In its own `State` (full_sync, or a lone node): requests become
+    /// commands of its own log.
+    #[default]
+    Own,
+    /// dynsec_sync, the node-local broker that serves clients: the data
+    /// lives in the cluster group's broker; requests go there
+    /// (`take_dynsec_outbox`), and its answers, kicks and data come back
+    /// (`dynsec_group_event`).
+    Client,
+    /// dynsec_sync, the cluster group's broker: holds the data, serves no
+    /// client, and hands what applying changes asks for to the serving
+    /// broker (`take_dynsec_events`).
+    Group,
+}
+
+/// What the group's broker hands to the serving broker (dynsec_sync).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupEvent {
+    Answered {
+        tag: DynsecTag,
+        results: Vec<StepResult>,
+    },
+    Kick(Vec<Kick>),
+    /// The data changed (or arrived): here it is.
+    Data(Rc<DynsecState>),
+}
+
+/// A request that waited this long for the cluster (dynsec_sync) is
+/// answered with [`CommandError::NO_QUORUM`].
+pub const ANSWER_TIMEOUT_MS: u64 = 5_000;
+
 /// The broker's dynamic-security side (volatile: the data is in `State`).
 pub(super) struct Side {
+    role: DynsecRole,
+    /// The node id for the tags of this node's requests.
+    node: u64,
+    /// The group's data (role `Client`).
+    external: Option<Rc<DynsecState>>,
+    /// Requests for the group (role `Client`).
+    outbox: Vec<(DynsecTag, Vec<DynsecStep>)>,
+    /// For the serving broker (role `Group`).
+    events: Vec<GroupEvent>,
     /// The file read at start: the data until the import applied, and
     /// what the first leader imports.
     seed: Option<Rc<DynsecState>>,
@@ -73,11 +117,17 @@ pub(super) struct Side {
 struct Pending {
     client: Rc<str>,
     items: Vec<RequestItem>,
+    since_ms: u64,
 }
 
 impl Default for Side {
     fn default() -> Side {
         Side {
+            role: DynsecRole::Own,
+            node: 0,
+            external: None,
+            outbox: Vec::new(),
+            events: Vec::new(),
             seed: None,
             pending: BTreeMap::new(),
             seq: 0,
@@ -110,6 +160,71 @@ impl Broker {
         self.dynsec.salt = salt;
     }
 
+    /// Where the data lives (see `DynsecRole`), and this node's id.
+    pub fn set_dynsec_role(&mut self, role: DynsecRole, node: u64) {
+        self.dynsec.role = role;
+        self.dynsec.node = node;
+    }
+
+    /// Role `Client`: the requests to propose to the cluster group.
+    pub fn take_dynsec_outbox(&mut self) -> Vec<(DynsecTag, Vec<DynsecStep>)> {
+        std::mem::take(&mut self.dynsec.outbox)
+    }
+
+    /// Role `Group`: propose a request another broker took.
+    pub fn propose_dynsec(&mut self, tag: DynsecTag, steps: Vec<DynsecStep>, now: u64) {
+        self.propose(now, Command::Dynsec { tag, steps });
+    }
+
+    /// Role `Group`: what applying asked of the serving broker.
+    pub fn take_dynsec_events(&mut self) -> Vec<GroupEvent> {
+        std::mem::take(&mut self.dynsec.events)
+    }
+
+    /// Role `Client`: an event from the group's broker.
+    pub fn dynsec_group_event(&mut self, ev: GroupEvent, now: u64) {
+        match ev {
+            GroupEvent::Answered { tag, results } => {
+                if tag.node == self.dynsec.node {
+                    self.answer_pending(tag, results, now);
+                }
+            }
+            GroupEvent::Kick(kick) => self.on_dynsec_kick(&kick, now),
+            GroupEvent::Data(d) => self.dynsec.external = Some(d),
+        }
+    }
+
+    /// Requests that waited longer than [`ANSWER_TIMEOUT_MS`] for the
+    /// cluster are answered with an error (role `Client`; called by `tick`).
+    pub(super) fn expire_dynsec_requests(&mut self, now: u64) {
+        if self.dynsec.role != DynsecRole::Client {
+            return;
+        }
+        let late: Vec<u64> = self
+            .dynsec
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.since_ms) >= ANSWER_TIMEOUT_MS)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in late {
+            let Some(p) = self.dynsec.pending.remove(&seq) else { continue };
+            warn!(
+                "Dynamic security request from {} not committed within {} s: answered that the cluster has no quorum.",
+                p.client,
+                ANSWER_TIMEOUT_MS / 1000
+            );
+            let results = p
+                .items
+                .iter()
+                .filter(|i| !matches!(i.action, ItemAction::Refuse(_)))
+                .map(|_| Err(CommandError::NO_QUORUM))
+                .collect();
+            let payload = responses(&p.items, results);
+            self.send_dynsec_answer(&p.client, payload, now);
+        }
+    }
+
     /// PBKDF2 iterations for new passwords.
     pub fn set_dynsec_iterations(&mut self, iterations: u32) {
         self.dynsec.iterations = iterations.max(1);
@@ -118,7 +233,7 @@ impl Broker {
     /// The data logins and ACL checks use: the applied state's, or the
     /// file's until its import applied.
     pub fn dynsec_data(&self) -> Option<&Rc<DynsecState>> {
-        self.state.dynsec().or(self.dynsec.seed.as_ref())
+        self.state.dynsec().or(self.dynsec.external.as_ref()).or(self.dynsec.seed.as_ref())
     }
 
     /// The file's new text when the data changed since the last call (the
@@ -149,15 +264,18 @@ impl Broker {
 
     /// A snapshot replaced the state: the file follows it.
     pub(super) fn dynsec_state_installed(&mut self) {
-        if self.state.dynsec().is_some() {
+        if let Some(d) = self.state.dynsec() {
             self.dynsec.dirty = true;
+            if self.dynsec.role == DynsecRole::Group {
+                self.dynsec.events.push(GroupEvent::Data(d.clone()));
+            }
         }
     }
 
     /// This node starts serving: when the replicated state holds no
     /// dynamic-security data yet, propose the file's.
     pub(super) fn dynsec_serving(&mut self, now: u64) {
-        if !self.settings.dynsec || self.state.dynsec().is_some() {
+        if !self.settings.dynsec || self.dynsec.role == DynsecRole::Client || self.state.dynsec().is_some() {
             return;
         }
         if let Some(seed) = &self.dynsec.seed {
@@ -226,12 +344,28 @@ impl Broker {
         }
         self.dynsec.seq = (self.dynsec.seq + 1).max(now.saturating_mul(1000));
         let seq = self.dynsec.seq;
-        self.dynsec.pending.insert(seq, Pending { client: client.clone(), items });
-        self.propose(now, Command::Dynsec { tag: DynsecTag { client: client.clone(), seq }, steps });
+        self.dynsec.pending.insert(seq, Pending { client: client.clone(), items, since_ms: now });
+        let tag = DynsecTag { node: self.dynsec.node, client: client.clone(), seq };
+        if self.dynsec.role == DynsecRole::Client {
+            self.dynsec.outbox.push((tag, steps));
+        } else {
+            self.propose(now, Command::Dynsec { tag, steps });
+        }
     }
 
-    /// A `Command::Dynsec` applied: answer it if it was this node's.
+    /// A `Command::Dynsec` applied: answer it if it was this node's (role
+    /// `Group`: hand it to the serving broker).
     pub(super) fn on_dynsec_answered(&mut self, tag: DynsecTag, results: Vec<StepResult>, now: u64) {
+        if self.dynsec.role == DynsecRole::Group {
+            self.dynsec.events.push(GroupEvent::Answered { tag, results });
+            return;
+        }
+        if tag.node == self.dynsec.node {
+            self.answer_pending(tag, results, now);
+        }
+    }
+
+    fn answer_pending(&mut self, tag: DynsecTag, results: Vec<StepResult>, now: u64) {
         let Some(p) = self.dynsec.pending.remove(&tag.seq) else { return };
         if p.client != tag.client {
             self.dynsec.pending.insert(tag.seq, p);
@@ -243,11 +377,20 @@ impl Broker {
 
     pub(super) fn on_dynsec_changed(&mut self) {
         self.dynsec.dirty = true;
+        if self.dynsec.role == DynsecRole::Group {
+            if let Some(d) = self.state.dynsec() {
+                self.dynsec.events.push(GroupEvent::Data(d.clone()));
+            }
+        }
     }
 
     /// Disconnects the clients a change affects, as the plugin does: v5
     /// clients get DISCONNECT 0x98 (administrative action), no will.
     pub(super) fn on_dynsec_kick(&mut self, kick: &[Kick], now: u64) {
+        if self.dynsec.role == DynsecRole::Group {
+            self.dynsec.events.push(GroupEvent::Kick(kick.to_vec()));
+            return;
+        }
         let targets: Vec<ConnId> = self
             .conns
             .iter()

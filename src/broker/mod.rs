@@ -543,6 +543,7 @@ impl Broker {
     /// (wills, session expiry), $SYS. Call about once a second.
     pub fn tick(&mut self, now: u64) {
         self.state.trim();
+        self.expire_dynsec_requests(now);
         let mut late = Vec::new();
         for (id, c) in &self.conns {
             match c.phase {

@@ -105,6 +105,8 @@ pub struct Driver<L: RaftLog> {
     /// Nodes allowed to talk raft to this one.
     known_peers: BTreeSet<u64>,
     out: Out,
+    /// See `set_admin_elsewhere`.
+    admin_elsewhere: bool,
 }
 
 /// Whether a client usually answers `p` with a packet: a PUBLISH with QoS
@@ -147,6 +149,7 @@ impl<L: RaftLog> Driver<L> {
             advertised: HashMap::new(),
             known_peers,
             out: Out::default(),
+            admin_elsewhere: false,
         }
     }
 
@@ -185,7 +188,8 @@ impl<L: RaftLog> Driver<L> {
     ) -> Result<(R, bool), NodeError> {
         let r = f(&mut self.node.broker, now_ms);
         let mut wake = false;
-        for (conn, req) in self.node.broker.take_control_requests() {
+        let control = if self.admin_elsewhere { Vec::new() } else { self.node.broker.take_control_requests() };
+        for (conn, req) in control {
             let leader = self.node.leader_id();
             let leader_admin = self.advertised.get(&leader).and_then(|a| a.admin.clone());
             let reply = admin::handle(&mut self.node, leader_admin.as_deref(), &req);
@@ -209,6 +213,19 @@ impl<L: RaftLog> Driver<L> {
             }
         }
         Ok((r, wake))
+    }
+
+    /// dynsec_sync's serving driver: management requests are left for the
+    /// runtime, which hands them to the cluster group (`admin`).
+    pub fn set_admin_elsewhere(&mut self, on: bool) {
+        self.admin_elsewhere = on;
+    }
+
+    /// A management request (`midge ctl`) for this driver's raft group.
+    pub fn admin(&mut self, req: &[u8]) -> Vec<u8> {
+        let leader = self.node.leader_id();
+        let leader_admin = self.advertised.get(&leader).and_then(|a| a.admin.clone());
+        admin::handle(&mut self.node, leader_admin.as_deref(), req)
     }
 
     /// `packets` came in from `conn`: count them against what the last
@@ -405,6 +422,7 @@ impl<L: RaftLog> Driver<L> {
 
     /// Per tick: redirect target, $SYS cluster values, preferred leader.
     fn upkeep(&mut self, now_ms: u64, connected: &dyn Fn(u64) -> bool) {
+        self.node.retry_forward(now_ms);
         let redirect = if self.steering == FollowerMode::Redirect { self.leader_client_addr() } else { None };
         let node = &mut self.node;
         node.broker.set_redirect(redirect);

@@ -60,6 +60,13 @@ pub struct Node<L: RaftLog> {
     /// Membership changes applied since the runtime last looked.
     membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
+    /// See `set_forward_proposals`.
+    forward_proposals: bool,
+    /// Commands waiting for a leader to forward them to.
+    unforwarded: Vec<Entry>,
+    /// Commands forwarded and not seen applied yet, with the leader they
+    /// went to.
+    forwarded: Vec<(u64, Entry)>,
     stats: NodeStats,
     /// The last Ready staged but not yet in a flush (see `flush`).
     unflushed_ready: Option<u64>,
@@ -128,6 +135,12 @@ pub enum MembershipEvent {
 /// `persistence false` then stays a few KiB however many clients connect.
 const FORGET_AFTER_ENTRIES: u64 = 64;
 
+/// How long a follower keeps commands for a leader it does not know yet
+/// (dynsec_sync's group), from their proposal.
+const FORWARD_WAIT_MS: u64 = 4_000;
+/// At most this many such commands wait.
+const FORWARD_KEPT: usize = 64;
+
 pub fn raft_logger() -> slog::Logger {
     use slog::Drain;
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
@@ -182,6 +195,9 @@ impl<L: RaftLog> Node<L> {
         }
         info!("Raft node {} starting: applied index {}, voters {:?}.", cfg.id, applied, conf_state.voters);
         Ok(Node {
+            forward_proposals: false,
+            unforwarded: Vec::new(),
+            forwarded: Vec::new(),
             raw,
             broker,
             cfg,
@@ -335,6 +351,78 @@ impl<L: RaftLog> Node<L> {
     ///
     /// Commands applied at propose (see `apply_at_propose_allowed`) go in
     /// whole or the node stops: the state already holds them.
+    /// dynsec_sync's group: a follower's commands go to the leader (raft
+    /// forwards a proposal made on a follower). Without a leader they are
+    /// dropped; the serving broker answers the request when it times out.
+    pub fn set_forward_proposals(&mut self, on: bool) {
+        self.forward_proposals = on;
+    }
+
+    /// Sends `batch` (and what waits from before) to the leader. Without a
+    /// leader the commands wait; sent ones are kept until they apply, and
+    /// sent again when another node becomes the leader (the one they went
+    /// to may have died with them). Either way at most `FORWARD_WAIT_MS`
+    /// from their proposal: the serving broker answers the request with an
+    /// error after `broker::dynsec::ANSWER_TIMEOUT_MS`, which is longer. A
+    /// command that arrives twice applies twice, harmlessly: each is
+    /// absolute (set this, create that), and the second finds it done.
+    fn forward(&mut self, batch: Vec<Entry>, now_ms: u64) {
+        self.unforwarded.extend(batch);
+        let fresh = |e: &Entry| now_ms.saturating_sub(e.now_ms) < FORWARD_WAIT_MS;
+        self.unforwarded.retain(fresh);
+        self.forwarded.retain(|(_, e)| fresh(e));
+        let leader = self.leader_id();
+        if leader == 0 || leader == self.cfg.id {
+            return;
+        }
+        // Sent to a node that no longer leads: send again.
+        let mut i = 0;
+        while i < self.forwarded.len() {
+            if self.forwarded[i].0 != leader {
+                let (_, e) = self.forwarded.remove(i);
+                self.unforwarded.push(e);
+            } else {
+                i += 1;
+            }
+        }
+        if self.unforwarded.len() > FORWARD_KEPT {
+            let drop = self.unforwarded.len() - FORWARD_KEPT;
+            self.unforwarded.drain(..drop);
+        }
+        if self.unforwarded.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.unforwarded);
+        match self.raw.propose(vec![], encode_batch(&batch)) {
+            Ok(()) => {
+                self.forwarded.extend(batch.into_iter().map(|e| (leader, e)));
+                self.forwarded.truncate(FORWARD_KEPT);
+            }
+            Err(e) => warn!("Forwarding {} command(s) to the leader failed: {e}.", batch.len()),
+        }
+    }
+
+    /// Forwards commands that waited for a leader, or whose leader changed
+    /// (on each raft tick).
+    pub fn retry_forward(&mut self, now_ms: u64) {
+        if self.unforwarded.is_empty() && self.forwarded.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            self.forward(Vec::new(), now_ms);
+            return;
+        }
+        // Became the leader itself: propose them as its own.
+        let mut batch = std::mem::take(&mut self.unforwarded);
+        batch.extend(self.forwarded.drain(..).map(|(_, e)| e));
+        batch.retain(|e| now_ms.saturating_sub(e.now_ms) < FORWARD_WAIT_MS);
+        if !batch.is_empty() {
+            if let Err(e) = self.raw.propose(vec![], encode_batch(&batch)) {
+                warn!("Proposing {} waiting command(s) failed: {e}.", batch.len());
+            }
+        }
+    }
+
     pub fn propose_pending(&mut self) -> Result<(), NodeError> {
         // Apply at propose: those proposed without applying yet first.
         self.broker.apply_proposals(self.now_ms);
@@ -348,6 +436,10 @@ impl<L: RaftLog> Node<L> {
             return Err(self.no_longer_certain(&format!("{applied} of {}", batch.len())));
         }
         if !self.is_leader() {
+            if self.forward_proposals {
+                let now = batch.last().map_or(0, |e| e.now_ms);
+                self.forward(batch, now);
+            }
             return Ok(());
         }
         let n = batch.len() as u64;
@@ -620,6 +712,9 @@ impl<L: RaftLog> Node<L> {
                             for cmd in
                                 self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)?
                             {
+                                if !self.forwarded.is_empty() {
+                                    self.forwarded.retain(|(_, f)| *f != cmd);
+                                }
                                 self.broker.apply_committed(&cmd, now);
                             }
                         }

@@ -1,10 +1,11 @@
 //! Node-to-node transport for raft messages over TCP.
 //!
-//! Wire format version 2 (docs/FORMATS.md): a connection starts with a
+//! Wire format version 3 (docs/FORMATS.md): a connection starts with a
 //! hello — magic `MDGR`, u16 LE format version, u64 LE sender node id,
-//! then where the sender serves (`Advertised`: each client listener's
-//! `host:port` and whether it is TLS, and its admin listener; for proxy,
-//! redirect and `midge ctl`) — then carries frames
+//! then the sender's `cluster_mode` (one byte) and where it serves
+//! (`Advertised`: each client listener's `host:port` and whether it is TLS,
+//! and its admin listener; for proxy, redirect and `midge ctl`) — then
+//! carries frames
 //! `[u8 flags][u32 LE length][bytes]`. A raft message
 //! (protobuf, as raft-rs encodes `eraftpb::Message`) is cut into chunks of
 //! at most `CHUNK_BYTES`; flag bit 0 set means "more chunks follow". Each
@@ -26,8 +27,10 @@ use raft::eraftpb::Message;
 use smol::channel::{bounded, Receiver, Sender};
 use smol::net::{TcpListener, TcpStream};
 
+use crate::config::ClusterMode;
+
 pub const MAGIC: &[u8; 4] = b"MDGR";
-pub const TRANSPORT_FORMAT_VERSION: u16 = 2;
+pub const TRANSPORT_FORMAT_VERSION: u16 = 3;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest address in a hello (one length byte).
@@ -46,6 +49,8 @@ pub struct Advertised {
     /// One per client listener, in config order.
     pub listeners: Vec<ClientListener>,
     pub admin: Option<String>,
+    /// The sender's `cluster_mode`: a peer with another is refused.
+    pub mode: ClusterMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,19 +73,19 @@ impl Advertised {
 }
 
 /// Largest hello after its fixed 16 bytes.
-const HELLO_REST_BYTES_MAX: usize = 1 + ADVERTISED_ENTRIES_MAX * (2 + ADVERTISED_ADDR_BYTES_MAX);
+const HELLO_REST_BYTES_MAX: usize = 2 + ADVERTISED_ENTRIES_MAX * (2 + ADVERTISED_ADDR_BYTES_MAX);
 const KIND_PLAIN: u8 = 0;
 const KIND_TLS: u8 = 1;
 const KIND_ADMIN: u8 = 2;
 
-/// The hello a dialing node sends first (format version 2).
+/// The hello a dialing node sends first (format version 3).
 pub fn encode_hello(my_id: u64, a: &Advertised) -> Vec<u8> {
     let mut entries: Vec<(u8, &str)> =
         a.listeners.iter().map(|l| (if l.tls { KIND_TLS } else { KIND_PLAIN }, l.addr.as_str())).collect();
     entries.extend(a.admin.as_deref().map(|x| (KIND_ADMIN, x)));
     entries.retain(|(_, addr)| addr.len() <= ADVERTISED_ADDR_BYTES_MAX);
     entries.truncate(ADVERTISED_ENTRIES_MAX);
-    let mut rest = vec![entries.len() as u8];
+    let mut rest = vec![a.mode.wire(), entries.len() as u8];
     for (kind, addr) in entries {
         rest.push(kind);
         rest.push(addr.len() as u8);
@@ -97,11 +102,13 @@ pub fn encode_hello(my_id: u64, a: &Advertised) -> Vec<u8> {
 
 /// The addresses part of a hello (after its fixed 16 bytes).
 pub fn decode_advertised(b: &[u8]) -> Result<Advertised, &'static str> {
+    let (&mode, b) = b.split_first().ok_or("hello without a cluster mode")?;
+    let mode = ClusterMode::from_wire(mode).ok_or("unknown cluster mode in hello")?;
     let (&count, mut b) = b.split_first().ok_or("hello without addresses")?;
     if count as usize > ADVERTISED_ENTRIES_MAX {
         return Err("too many addresses in hello");
     }
-    let mut a = Advertised::default();
+    let mut a = Advertised { mode, ..Advertised::default() };
     for _ in 0..count {
         let [kind, len, tail @ ..] = b else { return Err("truncated hello") };
         let len = *len as usize;
@@ -296,6 +303,7 @@ pub async fn accept_loop(
     ex: Rc<smol::LocalExecutor<'static>>,
     listener: TcpListener,
     my_id: u64,
+    my_mode: ClusterMode,
     known: Rc<dyn Fn(u64) -> bool>,
     hello: Rc<dyn Fn(u64, Advertised)>,
     deliver: Rc<dyn Fn(Message)>,
@@ -314,7 +322,7 @@ pub async fn accept_loop(
         let hello = hello.clone();
         let deliver = deliver.clone();
         ex.spawn(async move {
-            if let Err(e) = receive(s, my_id, &*known, &*hello, &*deliver, message_bytes_max).await {
+            if let Err(e) = receive(s, my_id, my_mode, &*known, &*hello, &*deliver, message_bytes_max).await {
                 debug!("Peer connection from {peer} ended: {e}.");
             }
         })
@@ -325,6 +333,7 @@ pub async fn accept_loop(
 async fn receive(
     mut s: TcpStream,
     my_id: u64,
+    my_mode: ClusterMode,
     known: &dyn Fn(u64) -> bool,
     on_hello: &dyn Fn(u64, Advertised),
     deliver: &dyn Fn(Message),
@@ -359,6 +368,15 @@ async fn receive(
     let mut rest = vec![0u8; rest_len];
     s.read_exact(&mut rest).await?;
     let advertised = decode_advertised(&rest).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+    if advertised.mode != my_mode {
+        // Logged on both sides: each node receives the other's hello.
+        warn!(
+            "Refusing peer node {from}: it runs cluster_mode {}, this node cluster_mode {}; every node of a cluster needs the same cluster_mode.",
+            advertised.mode.name(),
+            my_mode.name()
+        );
+        return Err(Error::new(ErrorKind::InvalidData, "cluster_mode differs"));
+    }
     on_hello(from, advertised);
     let mut r = futures_lite::io::BufReader::with_capacity(64 * 1024, s);
     let mut msg = Vec::new();
@@ -404,6 +422,7 @@ mod tests {
                 ClientListener { addr: "10.0.0.11:8883".into(), tls: true },
             ],
             admin: Some("10.0.0.11:1880".into()),
+            mode: ClusterMode::DynsecSync,
         }
     }
 
@@ -429,9 +448,10 @@ mod tests {
         let mut extra = rest.to_vec();
         extra.push(0);
         assert_eq!(decode_advertised(&extra), Err("trailing bytes in hello"));
-        assert_eq!(decode_advertised(&[1, 9, 1, b'x']), Err("unknown address kind in hello"));
-        assert_eq!(decode_advertised(&[1, 0, 1, 0xff]), Err("address in hello is not UTF-8"));
-        assert_eq!(decode_advertised(&[33]), Err("too many addresses in hello"));
+        assert_eq!(decode_advertised(&[0, 1, 9, 1, b'x']), Err("unknown address kind in hello"));
+        assert_eq!(decode_advertised(&[0, 1, 0, 1, 0xff]), Err("address in hello is not UTF-8"));
+        assert_eq!(decode_advertised(&[0, 33]), Err("too many addresses in hello"));
+        assert_eq!(decode_advertised(&[2, 0]), Err("unknown cluster mode in hello"));
     }
 
     #[test]

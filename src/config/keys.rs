@@ -19,6 +19,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "cluster_follower_mode",
     "cluster_heartbeat_ticks",
     "cluster_join",
+    "cluster_mode",
     "cluster_node_id",
     "cluster_peer",
     "cluster_preferred_leader",

@@ -135,6 +135,43 @@ impl FollowerMode {
     }
 }
 
+/// `cluster_mode`: what the cluster replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterMode {
+    /// Active-passive: everything (sessions, messages, retained, dynamic
+    /// security); the leader serves clients.
+    #[default]
+    FullSync,
+    /// Active-active: only dynamic security (and membership); every node
+    /// serves its own clients from its own node-local state.
+    DynsecSync,
+}
+
+impl ClusterMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterMode::FullSync => "full_sync",
+            ClusterMode::DynsecSync => "dynsec_sync",
+        }
+    }
+
+    /// The byte the peer hello carries (docs/FORMATS.md).
+    pub fn wire(self) -> u8 {
+        match self {
+            ClusterMode::FullSync => 0,
+            ClusterMode::DynsecSync => 1,
+        }
+    }
+
+    pub fn from_wire(b: u8) -> Option<ClusterMode> {
+        match b {
+            0 => Some(ClusterMode::FullSync),
+            1 => Some(ClusterMode::DynsecSync),
+            _ => None,
+        }
+    }
+}
+
 /// Raft timing: one tick every `tick_ms`; a follower that hears nothing for
 /// `election_ticks` (randomised up to twice that) starts an election; the
 /// leader sends heartbeats every `heartbeat_ticks`.
@@ -200,6 +237,7 @@ pub struct Config {
     /// `cluster_peer ID HOST:PORT` lines, in file order; includes this node.
     pub cluster_peers: Vec<(u64, String)>,
     pub cluster_follower_mode: FollowerMode,
+    pub cluster_mode: ClusterMode,
     pub cluster_preferred_leader: Option<u64>,
     /// `cluster_allow_two_nodes`: accept a two-node cluster. Default `false`.
     pub cluster_allow_two_nodes: bool,
@@ -251,6 +289,7 @@ impl Default for Config {
             cluster_node_id: None,
             cluster_peers: Vec::new(),
             cluster_follower_mode: FollowerMode::Proxy,
+            cluster_mode: ClusterMode::FullSync,
             cluster_preferred_leader: None,
             cluster_allow_two_nodes: false,
             health_listener: None,

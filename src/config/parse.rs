@@ -8,8 +8,8 @@ use super::keys::{suggest, UNSUPPORTED_KEYS, UNSUPPORTED_PREFIXES};
 use super::tls::{ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
-    numbered_lines, split_first, Config, ConfigError, ConfigErrors, FollowerMode, Listener, LogDest, LogType,
-    DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    numbered_lines, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener, LogDest,
+    LogType, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
 
 /// `busy_poll_us` at most: a millisecond of polling after each packet is
@@ -303,6 +303,16 @@ impl<'f> Parser<'f> {
                 self.node_id_line = self.line;
             }
             "cluster_peer" => self.cluster_peer(rest)?,
+            "cluster_mode" => {
+                self.once(key);
+                self.cfg.cluster_mode = match self.one(key, rest)? {
+                    "full_sync" => ClusterMode::FullSync,
+                    "dynsec_sync" => ClusterMode::DynsecSync,
+                    other => {
+                        return Err(self.err(format!("cluster_mode: \"{other}\" is not one of full_sync, dynsec_sync")))
+                    }
+                };
+            }
             "cluster_follower_mode" => {
                 self.once(key);
                 self.cfg.cluster_follower_mode = match self.one(key, rest)? {
@@ -693,6 +703,12 @@ impl<'f> Parser<'f> {
                         .into(),
                 );
             }
+        }
+        if cfg.cluster_mode == ClusterMode::DynsecSync && !cfg.dynsec_plugin && !failed(&["plugin", "cluster_mode"]) {
+            err(
+                line_of("cluster_mode"),
+                format!("cluster_mode dynsec_sync synchronizes dynamic security: it needs plugin .../{DYNSEC_PLUGIN} and plugin_opt_config_file"),
+            );
         }
         if cfg.dynsec_plugin && cfg.dynsec_file.is_none() && !failed(&["plugin_opt_config_file"]) {
             err(

@@ -199,6 +199,10 @@ pub struct Server<L: RaftLog> {
     peers: Rc<Peers>,
     /// Wakes the raft driver: proposals or peer messages are waiting.
     driver_bell: Doorbell,
+    /// `cluster_mode dynsec_sync`: the cluster's raft group, which carries
+    /// dynamic security and membership (`driver` is then this node's own
+    /// single-voter group, for its sessions and messages).
+    group: Option<Group<L>>,
     /// (FxHash: SipHash was 3% of the work per message here.)
     conns: RefCell<fxhash::FxHashMap<ConnId, Rc<ConnIo>>>,
     /// Idle plain TCP connections without a task (None: cannot park).
@@ -234,6 +238,22 @@ pub struct Server<L: RaftLog> {
     /// `plugin_opt_config_file`: rewritten after each dynamic-security
     /// change (dynamic security on).
     dynsec_file: RefCell<Option<std::path::PathBuf>>,
+}
+
+/// The cluster group of `cluster_mode dynsec_sync`, with its own bell and
+/// driver task.
+struct Group<L: RaftLog> {
+    driver: RefCell<Driver<L>>,
+    bell: Doorbell,
+}
+
+/// Which of the server's drivers (see `Server::group`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The one whose broker serves clients.
+    Main,
+    /// dynsec_sync's cluster group.
+    Group,
 }
 
 /// `dispatch` keeps a vector for the next call only up to this capacity:
@@ -285,6 +305,7 @@ pub fn wall_ms() -> u64 {
 impl<L: RaftLog + 'static> Server<L> {
     pub fn new(
         driver: Driver<L>,
+        group: Option<Driver<L>>,
         peers: Rc<Peers>,
         nodelay: bool,
         mode: FollowerMode,
@@ -298,6 +319,7 @@ impl<L: RaftLog + 'static> Server<L> {
             driver: RefCell::new(driver),
             peers,
             driver_bell: Doorbell::default(),
+            group: group.map(|d| Group { driver: RefCell::new(d), bell: Doorbell::default() }),
             conns: RefCell::new(fxhash::FxHashMap::default()),
             parking: Parking::new(),
             handshakes: Cell::new(0),
@@ -344,7 +366,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let now = self.now();
         let mut d = self.driver.borrow_mut();
         let (r, wake) = or_exit(d.with_broker(now, f));
-        self.perform(&mut d);
+        self.perform(Which::Main, &mut d);
         drop(d);
         if wake {
             self.driver_bell.ring();
@@ -352,11 +374,67 @@ impl<L: RaftLog + 'static> Server<L> {
         r
     }
 
-    /// Carry out what the driver asks for: the broker's actions into the
-    /// connections, raft messages to peers, peers to start or stop.
-    fn perform(&self, d: &mut Driver<L>) {
-        self.dispatch(d.broker_mut());
-        if let Some(text) = d.broker_mut().take_dynsec_file() {
+    /// The driver that talks to peers: the cluster group's in dynsec_sync.
+    fn peer_driver(&self) -> &RefCell<Driver<L>> {
+        self.group.as_ref().map_or(&self.driver, |g| &g.driver)
+    }
+
+    fn peer_bell(&self) -> &Doorbell {
+        self.group.as_ref().map_or(&self.driver_bell, |g| &g.bell)
+    }
+
+    fn cell(&self, which: Which) -> (&RefCell<Driver<L>>, &Doorbell) {
+        match (which, &self.group) {
+            (Which::Group, Some(g)) => (&g.driver, &g.bell),
+            _ => (&self.driver, &self.driver_bell),
+        }
+    }
+
+    /// dynsec_sync: requests taken by the serving broker go to the group;
+    /// management requests (`midge ctl`) are the group's too.
+    fn to_group(&self, main: &mut Driver<L>) {
+        let Some(g) = &self.group else { return };
+        let requests = main.broker_mut().take_dynsec_outbox();
+        let control = main.broker_mut().take_control_requests();
+        if requests.is_empty() && control.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut gd = g.driver.borrow_mut();
+        for (tag, steps) in requests {
+            gd.broker_mut().propose_dynsec(tag, steps, now);
+        }
+        for (conn, req) in control {
+            let reply = gd.admin(&req);
+            main.broker_mut().admin_reply(conn, reply);
+        }
+        drop(gd);
+        self.dispatch(main.broker_mut());
+        g.bell.ring();
+    }
+
+    /// dynsec_sync: what applying the group's entries asks of the serving
+    /// broker (answers, kicks, the data).
+    fn take_from_group(&self, gd: &mut Driver<L>) {
+        let events = gd.broker_mut().take_dynsec_events();
+        if events.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut main = self.driver.borrow_mut();
+        for ev in events {
+            main.broker_mut().dynsec_group_event(ev, now);
+        }
+        self.dispatch(main.broker_mut());
+        let wake = main.broker().has_proposals();
+        drop(main);
+        if wake {
+            self.driver_bell.ring();
+        }
+    }
+
+    fn write_dynsec_file(&self, b: &mut Broker) {
+        if let Some(text) = b.take_dynsec_file() {
             if let Some(path) = self.dynsec_file.borrow().as_deref() {
                 // Small and rare (an operator's change): written here, on
                 // the event loop, before anything else happens.
@@ -366,6 +444,20 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             }
         }
+    }
+
+    /// Carry out what the driver asks for: the broker's actions into the
+    /// connections, raft messages to peers, peers to start or stop.
+    fn perform(&self, which: Which, d: &mut Driver<L>) {
+        if which == Which::Main {
+            self.dispatch(d.broker_mut());
+            if self.group.is_some() {
+                self.to_group(d);
+            }
+        } else {
+            self.take_from_group(d);
+        }
+        self.write_dynsec_file(d.broker_mut());
         let out = d.take_out();
         for ev in out.membership {
             match ev {
@@ -483,8 +575,8 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// A raft message from a peer.
     pub fn deliver_peer_message(&self, m: PeerMessage) {
-        self.driver.borrow_mut().peer_message(m);
-        self.driver_bell.ring();
+        self.peer_driver().borrow_mut().peer_message(m);
+        self.peer_bell().ring();
     }
 
     /// Runs the driver: wakes it at its time, on its bell and when a write
@@ -492,14 +584,27 @@ impl<L: RaftLog + 'static> Server<L> {
     /// time, each on a blocking thread; the driver goes on meanwhile and
     /// stages what comes for the next write).
     pub async fn driver(self: Rc<Self>) {
+        self.run_driver(Which::Main).await
+    }
+
+    /// dynsec_sync: the cluster group's driver task (returns at once
+    /// without one).
+    pub async fn group_driver(self: Rc<Self>) {
+        if self.group.is_some() {
+            self.run_driver(Which::Group).await
+        }
+    }
+
+    async fn run_driver(self: Rc<Self>, which: Which) {
+        let (cell, bell) = self.cell(which);
         let mut write: Option<smol::Task<FlushResult>> = None;
         // One timer, moved only when the wake-up time changes: a new timer
         // on every pass cost a reactor notification (an eventfd write and
         // an extra epoll round) per message.
-        let mut timer_at = self.driver.borrow().next_wake_us();
+        let mut timer_at = cell.borrow().next_wake_us();
         let mut timer = smol::Timer::at(self.epoch + Duration::from_micros(timer_at));
         loop {
-            let wake = self.driver.borrow().next_wake_us();
+            let wake = cell.borrow().next_wake_us();
             // (A timer that fired stays silent until it is set again.)
             if wake != timer_at || timer_at <= self.now_us() {
                 timer.set_at(self.epoch + Duration::from_micros(wake));
@@ -514,7 +619,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 },
                 futures_lite::future::or(
                     async {
-                        self.driver_bell.wait().await;
+                        bell.wait().await;
                         None
                     },
                     async {
@@ -528,7 +633,7 @@ impl<L: RaftLog + 'static> Server<L> {
             // One reading of the clocks per pass (each costs a system
             // clock read); the yield below takes a new one.
             let (mut now, mut now_us) = (self.now(), self.now_us());
-            let mut d = self.driver.borrow_mut();
+            let mut d = cell.borrow_mut();
             if let Some(result) = written {
                 write = None;
                 or_exit(d.end_write(Some(result)));
@@ -537,7 +642,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 again = true;
             }
             again |= or_exit(d.step(now, now_us, &|id| self.peers.connected(id)));
-            self.perform(&mut d);
+            self.perform(which, &mut d);
             if write.is_none() && d.wants_write() {
                 // Group commit: let the connections run before the write,
                 // so that what is already committed (PUBACKs, deliveries)
@@ -545,7 +650,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 // what arrived meanwhile and write it all at once.
                 drop(d);
                 futures_lite::future::yield_now().await;
-                d = self.driver.borrow_mut();
+                d = cell.borrow_mut();
                 (now, now_us) = (self.now(), self.now_us());
                 // The write and its fsync run on a blocking thread; the
                 // event loop serves clients and peers meanwhile.
@@ -553,12 +658,12 @@ impl<L: RaftLog + 'static> Server<L> {
                     Some(job) => write = Some(smol::unblock(move || job.run())),
                     None => again = true,
                 }
-                self.perform(&mut d);
+                self.perform(which, &mut d);
             }
             again |= d.settle(now_us);
             drop(d);
             if again {
-                self.driver_bell.ring();
+                bell.ring();
             }
         }
     }
@@ -569,11 +674,25 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// A peer's hello: where it serves.
     pub fn set_advertised(&self, id: u64, a: Advertised) {
-        self.driver.borrow_mut().peer_hello(id, a);
+        self.peer_driver().borrow_mut().peer_hello(id, a);
     }
 
+    /// The `/health` answer. In dynsec_sync every node that serves its
+    /// clients answers 200; the JSON is the cluster group's status, with
+    /// the mode and whether this node serves.
     pub fn status_json(&self) -> (bool, String) {
-        self.driver.borrow().status_json()
+        let serving = self.driver.borrow().broker().serving();
+        let (ok, body) = self.peer_driver().borrow().status_json();
+        let (ok, mode) = match self.group {
+            Some(_) => (serving, "dynsec_sync"),
+            None => (ok, "full_sync"),
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("mode".into(), mode.into());
+            o.insert("serving".into(), serving.into());
+        }
+        (ok, v.to_string())
     }
 
     /// Give a new connection its id and output side, and tell the broker.
@@ -701,14 +820,14 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// Nodes allowed to talk raft to this one.
     pub fn is_known_peer(&self, id: u64) -> bool {
-        self.driver.borrow().is_known_peer(id)
+        self.peer_driver().borrow().is_known_peer(id)
     }
 
     /// Start the peer senders for the `cluster_peer` lines and the
     /// addresses learnt from membership changes, on `ex`.
     pub fn start_peers(&self, ex: &Rc<LocalExecutor<'static>>, configured: &[(u64, String)]) {
         *self.executor.borrow_mut() = Some(ex.clone());
-        let all = self.driver.borrow_mut().peer_addrs(configured);
+        let all = self.peer_driver().borrow_mut().peer_addrs(configured);
         for (id, a) in all {
             self.peers.add(ex, id, a);
         }
