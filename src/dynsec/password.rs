@@ -98,6 +98,36 @@ mod tests {
         assert_eq!(PasswordHash::new(b"pw", [1; SALT_BYTES], 0).iterations(), 1);
     }
 
+    /// Time of one derivation (what a login with a password costs) at 101,
+    /// 1,000 and 10,000 iterations, printed; asserts nothing. Not run by
+    /// default:
+    ///   cargo test --release --lib derivation_cost -- --ignored --nocapture
+    /// (for armv7: build with `--target armv7-unknown-linux-gnueabihf
+    /// --profile gateway --no-run`, run the binary under qemu-arm-static).
+    #[test]
+    #[ignore]
+    fn derivation_cost() {
+        for iterations in [ITERATIONS_DEFAULT, 1_000, 10_000] {
+            // At least 3 derivations and 1 s, at most 100,000 derivations or 30 s.
+            let start = std::time::Instant::now();
+            let mut n = 0u32;
+            while n < 100_000 {
+                let h = PasswordHash::new(std::hint::black_box(b"benchpass"), [n as u8; SALT_BYTES], iterations);
+                std::hint::black_box(h);
+                n += 1;
+                let t = start.elapsed().as_secs_f64();
+                if (n >= 3 && t >= 1.0) || t >= 30.0 {
+                    break;
+                }
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            println!(
+                "pbkdf2-sha512 {iterations:>6} iterations: {us:>10.1} us per derivation, {:.3} us per iteration ({n} derivations)",
+                us / f64::from(iterations)
+            );
+        }
+    }
+
     #[test]
     fn file_fields_are_checked_like_the_plugin() {
         let h = PasswordHash::new(b"pw", [3; SALT_BYTES], 101);

@@ -5,9 +5,14 @@
 //!                      [--messages K] [--payload 16] [--window 64] [--timeout-secs 60]
 //!                      [--duration-secs D] [--max-lead L] [--nodelay 1]
 //!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
+//!                      [--username U --password W] [--sub-username U --sub-password W]
 //!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
 //!   loadgen retain     --port P --count N [--payload 100] [--window 20] [--prefix T]
 //!                      [--verify-only 0|1]
+//!   loadgen connect    --port P --count N [--concurrency 1] [--username U --password W] [--users K]
+//!
+//! `latency` and `connect` log in with --username/--password if given
+//! (`latency --sub-username/--sub-password` for its subscriber).
 //!
 //! Throughput clients set TCP_NODELAY by default (--nodelay 1): loadgen
 //! batches its own writes (64 KiB for QoS 0, up to a window for QoS 1), so
@@ -42,12 +47,14 @@ usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers 
                           [--window 64] [--resume-at 63] [--timeout-secs 60] [--grace-ms 2000]
                           [--nodelay 0|1] [--max-lead L] [--duration-secs D]
        loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
-                          [--timeout-secs 60]
+                          [--timeout-secs 60] [--username U --password W] [--sub-username U --sub-password W]
        loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
                           [--batch 64] [--timeout-secs 120]
        loadgen retain     --port P --count N [--payload 100] [--window 20]
                           [--prefix loadgen/retain] [--verify-only 0|1] [--grace-ms 2000]
                           [--timeout-secs 120]
+       loadgen connect    --port P --count N [--concurrency 1] [--username U --password W]
+                          [--users K (username U0..U<K-1>)] [--timeout-secs 60]
 Output: one `RESULT key=value ...` line on stdout. Targets must be 127.0.0.0/8.";
 
 const READ_POLL: Duration = Duration::from_millis(100);
@@ -105,6 +112,7 @@ fn main() -> ExitCode {
         "latency" => latency(&mut args),
         "idle" => idle(&mut args),
         "retain" => retain(&mut args),
+        "connect" => connect(&mut args),
         m => Err(format!("unknown mode {m}\n{USAGE}")),
     };
     match r {
@@ -114,6 +122,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// (username, password) for CONNECT; none if the username is empty.
+fn login<'a>(user: &'a str, pass: &'a str) -> Option<(&'a str, &'a str)> {
+    (!user.is_empty()).then_some((user, pass))
 }
 
 fn target(args: &mut Args) -> Result<SocketAddrV4, String> {
@@ -144,14 +157,33 @@ impl Conn {
         c.finish_connect(deadline)
     }
 
+    /// A connection from 127.0.0.1 with TCP_NODELAY, logged in as `login`
+    /// (username, password) if given.
+    fn open_login(dst: SocketAddrV4, id: &str, login: Option<(&str, &str)>, deadline: Instant) -> io::Result<Conn> {
+        let s = net::connect_from(None, dst)?;
+        let c = Conn::start_login(s, id, 60, true, 16 * 1024, login)?;
+        c.finish_connect(deadline)
+    }
+
     /// Connected socket -> CONNECT written (CONNACK not read yet).
     fn start(s: TcpStream, id: &str, keepalive: u16, nodelay: bool, rbuf: usize) -> io::Result<Conn> {
+        Conn::start_login(s, id, keepalive, nodelay, rbuf, None)
+    }
+
+    fn start_login(
+        s: TcpStream,
+        id: &str,
+        keepalive: u16,
+        nodelay: bool,
+        rbuf: usize,
+        login: Option<(&str, &str)>,
+    ) -> io::Result<Conn> {
         s.set_nodelay(nodelay)?;
         s.set_read_timeout(Some(READ_POLL))?;
         s.set_write_timeout(Some(Duration::from_secs(30)))?;
         let c = Conn { rd: FrameReader::new(s, rbuf) };
         let mut p = Vec::with_capacity(64);
-        mqtt::connect(&mut p, id, keepalive);
+        mqtt::connect(&mut p, id, keepalive, login);
         c.w().write_all(&p)?;
         Ok(c)
     }
@@ -897,6 +929,10 @@ fn latency(args: &mut Args) -> Result<u8, String> {
     let timeout: f64 = args.take("timeout-secs", Some(60.0))?;
     let dump: String = args.take("dump", Some(String::new()))?;
     let interval_us: u64 = args.take("interval-us", Some(0))?;
+    let user: String = args.take("username", Some(String::new()))?;
+    let pass: String = args.take("password", Some(String::new()))?;
+    let sub_user: String = args.take("sub-username", Some(user.clone()))?;
+    let sub_pass: String = args.take("sub-password", Some(pass.clone()))?;
     args.finish()?;
     if qos > 1 || psize < 16 || count == 0 {
         return Err("--qos 0|1, --payload >= 16, --count > 0".into());
@@ -905,10 +941,10 @@ fn latency(args: &mut Args) -> Result<u8, String> {
     let run = std::process::id();
     let topic = format!("loadgen/{run}/lat");
     let e = |w: &str, e: io::Error| format!("{w}: {e}");
-    let mut sub = Conn::open(dst, None, &format!("lg{run}-ls"), 60, true, 16 * 1024, deadline)
+    let mut sub = Conn::open_login(dst, &format!("lg{run}-ls"), login(&sub_user, &sub_pass), deadline)
         .map_err(|x| e("subscriber connect", x))?;
     sub.subscribe(&topic, qos, deadline).map_err(|x| e("subscribe", x))?;
-    let mut pubc = Conn::open(dst, None, &format!("lg{run}-lp"), 60, true, 16 * 1024, deadline)
+    let mut pubc = Conn::open_login(dst, &format!("lg{run}-lp"), login(&user, &pass), deadline)
         .map_err(|x| e("publisher connect", x))?;
     // Sanity: PINGREQ/PINGRESP round trip.
     let mut p = Vec::new();
@@ -1040,6 +1076,158 @@ fn latency(args: &mut Args) -> Result<u8, String> {
         lats.first().copied().unwrap_or(0),
     );
     Ok(if status == "ok" { 0 } else { 1 })
+}
+
+// ------------------------------------------------------------------ connect
+
+/// What one `connect` worker saw.
+#[derive(Default)]
+struct ConnectStats {
+    ok: u64,
+    refused: u64,
+    errors: u64,
+    /// Logins the broker had not closed within 2 s of the DISCONNECT.
+    unclosed: u64,
+    first_err: Option<String>,
+    /// Microseconds from the TCP connect to the CONNACK, per accepted login.
+    lats: Vec<u64>,
+}
+
+/// `connect`: `--count` logins, `--concurrency` at a time. Each is a new TCP
+/// connection: CONNECT (clean session, a client id of its own, with
+/// `--username`/`--password` if given; with `--users K` the username is
+/// `USERNAME<i mod K>`), CONNACK, DISCONNECT, and then waiting until the
+/// broker closes the connection, so that its work for the login is done when
+/// the run ends. Stops after 10 failed logins. Reports this process's CPU
+/// time per login beside the rate, to compare with the broker's.
+fn connect(args: &mut Args) -> Result<u8, String> {
+    let dst = target(args)?;
+    let count: u64 = args.take("count", None)?;
+    let conc: u64 = args.take("concurrency", Some(1))?;
+    let user: String = args.take("username", Some(String::new()))?;
+    let pass: String = args.take("password", Some(String::new()))?;
+    let users: u64 = args.take("users", Some(0))?;
+    let timeout: f64 = args.take("timeout-secs", Some(60.0))?;
+    args.finish()?;
+    if count == 0 || count > 1_000_000 || conc == 0 || conc > 256 {
+        return Err("--count must be 1..1000000, --concurrency 1..256".into());
+    }
+    if users > 0 && user.is_empty() {
+        return Err("--users needs --username (the prefix)".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+    let run = std::process::id();
+    let failures = AtomicU64::new(0);
+    let cpu0 = net::cpu_time();
+    let t0 = Instant::now();
+    let stats: Vec<ConnectStats> = thread::scope(|s| {
+        let workers: Vec<_> = (0..conc)
+            .map(|w| {
+                let (user, pass, failures) = (&user, &pass, &failures);
+                s.spawn(move || {
+                    let mut st = ConnectStats::default();
+                    let mut i = w;
+                    while i < count && Instant::now() < deadline && failures.load(Ordering::Relaxed) < 10 {
+                        let name = if users > 0 { format!("{user}{}", i % users) } else { user.clone() };
+                        match connect_once(dst, &format!("lg{run}-c{i}"), login(&name, pass), deadline) {
+                            Ok((lat, closed)) => {
+                                st.ok += 1;
+                                st.lats.push(lat);
+                                st.unclosed += u64::from(!closed);
+                            }
+                            Err((refused, e)) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                if refused {
+                                    st.refused += 1;
+                                } else {
+                                    st.errors += 1;
+                                }
+                                st.first_err.get_or_insert(format!("login {i} ({name}): {e}"));
+                            }
+                        }
+                        i += conc;
+                    }
+                    st
+                })
+            })
+            .collect();
+        workers.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = net::cpu_time();
+    let user = (cpu1.0 - cpu0.0).as_secs_f64();
+    let cpu = user + (cpu1.1 - cpu0.1).as_secs_f64();
+    let (mut ok, mut refused, mut errors, mut unclosed) = (0u64, 0u64, 0u64, 0u64);
+    let mut lats = Vec::with_capacity(count as usize);
+    for st in stats {
+        ok += st.ok;
+        refused += st.refused;
+        errors += st.errors;
+        unclosed += st.unclosed;
+        lats.extend(st.lats);
+        if let Some(e) = st.first_err {
+            eprintln!("loadgen: {e}");
+        }
+    }
+    lats.sort_unstable();
+    let pct = |q: f64| {
+        if lats.is_empty() {
+            0
+        } else {
+            lats[((lats.len() as f64 * q).ceil() as usize).clamp(1, lats.len()) - 1]
+        }
+    };
+    let status = if errors > 0 {
+        "error"
+    } else if refused > 0 {
+        "refused"
+    } else if ok < count {
+        "timeout"
+    } else {
+        "ok"
+    };
+    println!(
+        "RESULT mode=connect status={status} count={count} concurrency={conc} users={users} connected={ok} \
+         refused={refused} errors={errors} unclosed={unclosed} elapsed_s={elapsed:.4} rate={:.0} cpu_s={cpu:.4} \
+         cpu_user_s={user:.4} cpu_us_per_connect={:.1} cpu_user_us_per_connect={:.1} p50_us={} p99_us={} max_us={}",
+        if elapsed > 0.0 { ok as f64 / elapsed } else { 0.0 },
+        if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 },
+        if ok > 0 { user * 1e6 / ok as f64 } else { 0.0 },
+        pct(0.50),
+        pct(0.99),
+        lats.last().copied().unwrap_or(0),
+    );
+    Ok(if status == "ok" { 0 } else { 1 })
+}
+
+/// One login: Ok((µs from the TCP connect to the CONNACK, whether the broker
+/// closed the connection within 2 s of the DISCONNECT)), or Err((refused by
+/// CONNACK, what went wrong)).
+fn connect_once(
+    dst: SocketAddrV4,
+    id: &str,
+    login: Option<(&str, &str)>,
+    deadline: Instant,
+) -> Result<(u64, bool), (bool, String)> {
+    let t = Instant::now();
+    let s = net::connect_from(None, dst).map_err(|e| (false, format!("connect: {e}")))?;
+    let mut c = Conn::start_login(s, id, 60, true, 256, login).map_err(|e| (false, format!("CONNECT: {e}")))?;
+    let b = c.rd.expect(mqtt::CONNACK, deadline, "CONNACK").map_err(|e| (false, e.to_string()))?;
+    let lat = t.elapsed().as_micros() as u64;
+    if b.len() != 2 {
+        return Err((false, format!("CONNACK with {} bytes", b.len())));
+    }
+    if b[1] != 0 {
+        return Err((true, format!("CONNACK refused, return code {}", b[1])));
+    }
+    c.disconnect();
+    let end = (Instant::now() + Duration::from_secs(2)).min(deadline);
+    while Instant::now() < end {
+        if c.rd.fill().is_err() {
+            return Ok((lat, true)); // EOF (or reset): the broker closed it
+        }
+    }
+    Ok((lat, false))
 }
 
 // --------------------------------------------------------------------- idle

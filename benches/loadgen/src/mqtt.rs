@@ -36,17 +36,23 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// CONNECT, protocol level 4 (3.1.1), clean session, no will/user/password.
-pub fn connect(out: &mut Vec<u8>, client_id: &str, keepalive: u16) {
+/// CONNECT, protocol level 4 (3.1.1), clean session, no will; a username
+/// and password if `login` is given.
+pub fn connect(out: &mut Vec<u8>, client_id: &str, keepalive: u16, login: Option<(&str, &str)>) {
     let id = client_id.as_bytes();
-    let body = 2 + 4 + 1 + 1 + 2 + 2 + id.len();
+    let creds = login.map_or(0, |(u, p)| 2 + u.len() + 2 + p.len());
+    let body = 2 + 4 + 1 + 1 + 2 + 2 + id.len() + creds;
     out.push(0x10);
     put_varint(out, body);
     put_str(out, b"MQTT");
     out.push(4); // protocol level
-    out.push(0x02); // clean session
+    out.push(if login.is_some() { 0xC2 } else { 0x02 }); // username + password flags, clean session
     out.extend_from_slice(&keepalive.to_be_bytes());
     put_str(out, id);
+    if let Some((u, p)) = login {
+        put_str(out, u.as_bytes());
+        put_str(out, p.as_bytes());
+    }
 }
 
 pub fn subscribe(out: &mut Vec<u8>, pid: u16, filter: &str, qos: u8) {
@@ -290,6 +296,19 @@ mod tests {
                 assert_eq!(got, Some((0x30, n)));
             }
         }
+    }
+
+    #[test]
+    fn connect_with_login() {
+        let mut v = Vec::new();
+        connect(&mut v, "c", 60, Some(("u", "pw")));
+        assert_eq!(
+            v,
+            [0x10, 20, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 1, b'c', 0, 1, b'u', 0, 2, b'p', b'w']
+        );
+        v.clear();
+        connect(&mut v, "c", 60, None);
+        assert_eq!(v, [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'c']);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The few socket calls std does not offer (bind-before-connect to pick a
-//! source address, SO_LINGER, RLIMIT_NOFILE), via libc which std links
-//! anyway. Linux only.
+//! source address, SO_LINGER, RLIMIT_NOFILE) and the process's CPU time
+//! (getrusage), via libc which std links anyway. Linux only.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_int, c_long, c_void};
 use std::time::{Duration, Instant};
 
 const AF_INET: c_int = 2;
@@ -16,6 +16,7 @@ const IP_BIND_ADDRESS_NO_PORT: c_int = 24;
 const SOL_SOCKET: c_int = 1;
 const SO_LINGER: c_int = 13;
 const RLIMIT_NOFILE: c_int = 7;
+const RUSAGE_SELF: c_int = 0;
 const SO_ERROR: c_int = 4;
 const F_GETFL: c_int = 3;
 const F_SETFL: c_int = 4;
@@ -54,7 +55,23 @@ struct Rlimit {
     max: u64,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct Timeval {
+    sec: c_long,
+    usec: c_long,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Rusage {
+    utime: Timeval,
+    stime: Timeval,
+    rest: [c_long; 14],
+}
+
 extern "C" {
+    fn getrusage(who: c_int, usage: *mut Rusage) -> c_int;
     fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
     fn bind(fd: c_int, addr: *const SockaddrIn, len: u32) -> c_int;
     fn connect(fd: c_int, addr: *const SockaddrIn, len: u32) -> c_int;
@@ -179,4 +196,14 @@ pub fn raise_nofile(want: u64) -> u64 {
         }
         r.cur
     }
+}
+
+/// CPU time this process has used so far, all threads: (user, system).
+pub fn cpu_time() -> (Duration, Duration) {
+    let mut r = Rusage::default();
+    if unsafe { getrusage(RUSAGE_SELF, &mut r) } != 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let d = |t: &Timeval| Duration::from_micros(t.sec as u64 * 1_000_000 + t.usec as u64);
+    (d(&r.utime), d(&r.stime))
 }
