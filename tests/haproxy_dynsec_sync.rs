@@ -130,4 +130,14 @@ fn haproxy_keeps_a_client_on_its_node_and_moves_it_when_the_node_dies() {
         assert_eq!(r, Some(true), "after the move, reconnect {n}");
         assert_eq!(at, Some(new_home));
     }
+    // The old node returns: the client stays where it is now.
+    c.spawn(home);
+    let end = Instant::now() + Duration::from_secs(15);
+    while !health_ok(c.health[home]) {
+        assert!(Instant::now() < end, "node {} did not come back\n{}", home + 1, c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // HAProxy: rise 2
+    let (r, at) = reconnect_at(&c, bind, id);
+    assert_eq!((r, at), (Some(true), Some(new_home)), "back on the old node after it returned");
 }
