@@ -18,10 +18,11 @@ echo "== unit, codec, broker, simulation and integration tests"
 cargo build --bins
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
-echo "== high availability: HAProxy in front, network partition, redirect"
+echo "== high availability: HAProxy in front, network partitions (both cluster modes), redirect"
 export MIDGE_BIN="${MIDGE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/midge}"
 bash scripts/test-haproxy.sh
 bash scripts/test-partition.sh
+bash scripts/test-partition-dynsec.sh
 bash scripts/test-redirect.sh
 
 echo "== kill -9 crash test (release build)"
