@@ -390,6 +390,9 @@ impl State {
                 DynsecStep::Read(r) => dynsec::answer_read(data, r).map(Some),
             });
         }
+        if changed {
+            data.reindex();
+        }
         out.push(Effect::DynsecAnswered { tag: tag.clone(), results });
         if !kick.is_empty() {
             kick.sort();

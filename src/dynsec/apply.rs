@@ -39,6 +39,12 @@ type Outcome = Result<Applied, CommandError>;
 
 /// Applies one change. Err leaves `state` untouched.
 pub fn apply(state: &mut DynsecState, change: &DynsecChange) -> Outcome {
+    // Checks take the slow path until the caller reindexes.
+    state.index.invalidate();
+    apply_change(state, change)
+}
+
+fn apply_change(state: &mut DynsecState, change: &DynsecChange) -> Outcome {
     use DynsecChange as C;
     match change {
         C::CreateClient { username, password, clientid, textname, textdescription, roles, groups } => {

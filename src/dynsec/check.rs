@@ -10,6 +10,7 @@
 //! up before its pattern ACLs. No match: the default access, which never
 //! grants `$CONTROL` topics.
 
+use super::index::Found;
 use super::model::{AclType, DefaultAclType, DynsecState, Membership};
 use crate::mqtt::topic;
 
@@ -122,10 +123,30 @@ impl DynsecState {
     /// Whether the client logged in as `username` (None: anonymous) may
     /// have `access` to `topic`.
     pub fn check_user(&self, username: Option<&str>, topic: &str, access: Access) -> Decision {
-        let found = match username {
+        let found = if self.index.is_valid() {
+            match self.index.find(username, topic, access) {
+                Found::Allow => RoleMatch::Allow,
+                Found::Deny => RoleMatch::Deny,
+                Found::NoMatch => RoleMatch::NoMatch,
+                Found::Unknown => return Decision::Defer,
+            }
+        } else {
+            match self.check_slow(username, topic, access) {
+                Some(found) => found,
+                None => return Decision::Defer,
+            }
+        };
+        self.decide(found, topic, access)
+    }
+
+    /// The roles' answer without the index (between a change and the next
+    /// `reindex`): each role looked up by name.
+    /// None: an unknown username.
+    fn check_slow(&self, username: Option<&str>, topic: &str, access: Access) -> Option<RoleMatch> {
+        Some(match username {
             Some(username) => {
                 let Some(c) = self.clients.get(username) else {
-                    return Decision::Defer;
+                    return None;
                 };
                 let mut found = self.check_roles(&c.roles, topic, access);
                 for g in &c.groups {
@@ -142,7 +163,10 @@ impl DynsecState {
                 Some(group) => self.check_roles(&group.roles, topic, access),
                 None => RoleMatch::NoMatch,
             },
-        };
+        })
+    }
+
+    fn decide(&self, found: RoleMatch, topic: &str, access: Access) -> Decision {
         match found {
             RoleMatch::Allow => Decision::Allow,
             RoleMatch::Deny => Decision::Deny,

@@ -170,6 +170,7 @@ pub fn import_json(text: &str) -> Result<Imported, ImportError> {
             skipped.push(format!("anonymousGroup: no group \"{anon}\""));
         }
     }
+    out.state.reindex();
     Ok(out)
 }
 

@@ -25,6 +25,7 @@ mod apply;
 mod check;
 mod command;
 mod file;
+mod index;
 mod json_in;
 mod json_out;
 mod model;
@@ -110,7 +111,10 @@ impl DynsecState {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DynsecState, DecodeError> {
-        decode(bytes)
+        decode(bytes).map(|mut s: DynsecState| {
+            s.reindex();
+            s
+        })
     }
 }
 
@@ -150,5 +154,6 @@ pub fn run_request(
     }
     kick.sort();
     kick.dedup();
+    state.reindex();
     (responses.to_payload(), kick)
 }

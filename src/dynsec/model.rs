@@ -238,6 +238,18 @@ pub struct DynsecState {
     /// Names a group in `groups` (kept so by every change).
     pub anonymous_group: Option<String>,
     pub default_access: DefaultAccess,
+    /// Derived from the above for fast ACL checks; never stored (see
+    /// `reindex`).
+    #[serde(skip)]
+    pub(crate) index: super::index::AclIndex,
+}
+
+impl DynsecState {
+    /// Rebuilds the ACL index after changes (checks are correct without
+    /// it, only slower).
+    pub fn reindex(&mut self) {
+        self.index = super::index::AclIndex::build(self);
+    }
 }
 
 #[cfg(test)]

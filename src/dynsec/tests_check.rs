@@ -232,3 +232,55 @@ fn filter_covers_like_sub_acl_check() {
         assert_eq!(filter_covers(acl, sub), want, "{acl} covers {sub}");
     }
 }
+
+/// The index (`DynsecState::reindex`) answers every check as the slow path
+/// does: roles by priority, literal before pattern, groups after the
+/// client's own roles, the anonymous group, unknown users.
+#[test]
+fn the_index_answers_as_the_slow_path() {
+    let r1 = role(vec![
+        acl(PublishClientSend, "a/#", 5, true),
+        acl(PublishClientSend, "a/secret", 9, false),
+        acl(SubscribeLiteral, "a/+", 0, false),
+        acl(SubscribePattern, "a/#", 1, true),
+        acl(UnsubscribeLiteral, "keep", 0, false),
+    ]);
+    let r2 = role(vec![
+        acl(PublishClientReceive, "b/#", 0, false),
+        acl(PublishClientSend, "b/+", 0, true),
+        acl(UnsubscribePattern, "#", 0, true),
+        acl(SubscribePattern, "b/+/c", 0, true),
+    ]);
+    let r3 = role(vec![acl(PublishClientReceive, "#", -1, true), acl(SubscribeLiteral, "c", 3, true)]);
+    let mut slow = state(
+        vec![("r1", r1), ("r2", r2), ("r3", r3)],
+        &[("r2", 1), ("missing", 9)],
+        &[("g1", 5, &[("r1", 0)]), ("g2", 1, &[("r3", 2), ("r2", 1)])],
+    );
+    slow.anonymous_group = Some("g2".into());
+    slow.default_access.set(DefaultAclType::Subscribe, true);
+    let mut fast = slow.clone();
+    fast.reindex();
+    assert!(!slow.index.is_valid() && fast.index.is_valid());
+    let topics = ["a/b", "a/secret", "a/+", "a/#", "b/x", "b/x/c", "b/+/c", "c", "keep", "$CONTROL/x", "z"];
+    let accesses = [Access::PublishClientSend, Access::PublishClientReceive, Access::Subscribe, Access::Unsubscribe];
+    let mut checked = 0;
+    for user in [Some("u"), Some("nobody"), None] {
+        for t in topics {
+            for a in accesses {
+                assert_eq!(fast.check_user(user, t, a), slow.check_user(user, t, a), "{user:?} {t} {a:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * topics.len() * accesses.len());
+    // A change leaves the index stale: checks take the slow path until the
+    // next reindex, never a stale answer.
+    apply(&mut fast, &DynsecChange::RemoveClientRole { username: "u".into(), rolename: "r2".into() }).unwrap();
+    assert!(!fast.index.is_valid());
+    apply(&mut slow, &DynsecChange::RemoveClientRole { username: "u".into(), rolename: "r2".into() }).unwrap();
+    assert_eq!(
+        fast.check_user(Some("u"), "b/x", Access::PublishClientSend),
+        slow.check_user(Some("u"), "b/x", Access::PublishClientSend)
+    );
+}

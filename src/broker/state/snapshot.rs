@@ -207,7 +207,10 @@ impl State {
         st.sessions = sessions;
         st.retained = s.retained;
         st.peer_addrs = s.peer_addrs;
-        st.dynsec = s.dynsec.map(Rc::new);
+        st.dynsec = s.dynsec.map(|mut d| {
+            d.reindex();
+            Rc::new(d)
+        });
         Ok(st)
     }
 }
