@@ -99,6 +99,8 @@ pub(super) struct Side {
     outbox: Vec<(DynsecTag, Vec<DynsecStep>)>,
     /// For the serving broker (role `Group`).
     events: Vec<GroupEvent>,
+    /// Whether the data replayed at start was handed over (role `Group`).
+    announced: bool,
     /// The file read at start: the data until the import applied, and
     /// what the first leader imports.
     seed: Option<Rc<DynsecState>>,
@@ -128,6 +130,7 @@ impl Default for Side {
             external: None,
             outbox: Vec::new(),
             events: Vec::new(),
+            announced: false,
             seed: None,
             pending: BTreeMap::new(),
             seq: 0,
@@ -176,8 +179,17 @@ impl Broker {
         self.propose(now, Command::Dynsec { tag, steps });
     }
 
-    /// Role `Group`: what applying asked of the serving broker.
+    /// Role `Group`: what applying asked of the serving broker. The first
+    /// call also hands over the data replayed from the store at start, so
+    /// that a node that restarts without a majority serves with the last
+    /// data it applied.
     pub fn take_dynsec_events(&mut self) -> Vec<GroupEvent> {
+        if !self.dynsec.announced {
+            self.dynsec.announced = true;
+            if let Some(d) = self.state.dynsec() {
+                self.dynsec.events.insert(0, GroupEvent::Data(d.clone()));
+            }
+        }
         std::mem::take(&mut self.dynsec.events)
     }
 

@@ -420,6 +420,7 @@ impl<L: RaftLog + 'static> Server<L> {
         if events.is_empty() {
             return;
         }
+        // (The first call carries the data replayed at start.)
         let now = self.now();
         let mut main = self.driver.borrow_mut();
         for ev in events {
