@@ -3,16 +3,18 @@
 //!
 //!   loadgen throughput --port P [--qos 0|1] [--publishers N] [--subscribers M]
 //!                      [--messages K] [--payload 16] [--window 64] [--timeout-secs 60]
-//!                      [--duration-secs D] [--max-lead L] [--nodelay 1]
+//!                      [--duration-secs D] [--max-lead L] [--nodelay 1] [--username U --password W]
 //!   loadgen latency    --port P [--qos 1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
 //!                      [--username U --password W] [--sub-username U --sub-password W]
-//!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X]
+//!   loadgen idle       --port P --connections N [--hold-secs S] [--source-ips X] [--username U --password W]
 //!   loadgen retain     --port P --count N [--payload 100] [--window 20] [--prefix T]
 //!                      [--verify-only 0|1]
 //!   loadgen connect    --port P --count N [--concurrency 1] [--username U --password W] [--users K]
 //!
-//! `latency` and `connect` log in with --username/--password if given
-//! (`latency --sub-username/--sub-password` for its subscriber).
+//! `throughput`, `latency`, `idle` and `connect` log in with
+//! --username/--password if given (every connection; `latency
+//! --sub-username/--sub-password` for its subscriber). `throughput` reports
+//! its own CPU time (`cpu_user_s`, `cpu_sys_s`: getrusage, the whole process).
 //!
 //! Throughput clients set TCP_NODELAY by default (--nodelay 1): loadgen
 //! batches its own writes (64 KiB for QoS 0, up to a window for QoS 1), so
@@ -45,11 +47,11 @@ const USAGE: &str = "\
 usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers N]
                           [--subscribers M] [--messages K per publisher] [--payload BYTES]
                           [--window 64] [--resume-at 63] [--timeout-secs 60] [--grace-ms 2000]
-                          [--nodelay 0|1] [--max-lead L] [--duration-secs D]
+                          [--nodelay 0|1] [--max-lead L] [--duration-secs D] [--username U --password W]
        loadgen latency    --port P [--qos 0|1] [--count K] [--warmup 200] [--payload 16] [--interval-us 0] [--dump FILE]
                           [--timeout-secs 60] [--username U --password W] [--sub-username U --sub-password W]
        loadgen idle       --port P --connections N [--hold-secs 3] [--source-ips auto|X]
-                          [--batch 64] [--timeout-secs 120]
+                          [--batch 64] [--timeout-secs 120] [--username U --password W]
        loadgen retain     --port P --count N [--payload 100] [--window 20]
                           [--prefix loadgen/retain] [--verify-only 0|1] [--grace-ms 2000]
                           [--timeout-secs 120]
@@ -143,6 +145,7 @@ struct Conn {
 }
 
 impl Conn {
+    #[allow(clippy::too_many_arguments)]
     fn open(
         dst: SocketAddrV4,
         src: Option<Ipv4Addr>,
@@ -150,10 +153,11 @@ impl Conn {
         keepalive: u16,
         nodelay: bool,
         rbuf: usize,
+        login: Option<(&str, &str)>,
         deadline: Instant,
     ) -> io::Result<Conn> {
         let s = net::connect_from(src, dst)?;
-        let c = Conn::start(s, id, keepalive, nodelay, rbuf)?;
+        let c = Conn::start_login(s, id, keepalive, nodelay, rbuf, login)?;
         c.finish_connect(deadline)
     }
 
@@ -165,11 +169,8 @@ impl Conn {
         c.finish_connect(deadline)
     }
 
-    /// Connected socket -> CONNECT written (CONNACK not read yet).
-    fn start(s: TcpStream, id: &str, keepalive: u16, nodelay: bool, rbuf: usize) -> io::Result<Conn> {
-        Conn::start_login(s, id, keepalive, nodelay, rbuf, None)
-    }
-
+    /// Connected socket -> CONNECT written (CONNACK not read yet), with
+    /// `login` (username, password) if given.
     fn start_login(
         s: TcpStream,
         id: &str,
@@ -309,6 +310,8 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
     let resume_at: u64 = args.take("resume-at", Some(window.saturating_sub(1)))?;
     let max_lead: u64 = args.take("max-lead", Some(0))?;
     let duration: f64 = args.take("duration-secs", Some(0.0))?;
+    let user: String = args.take("username", Some(String::new()))?;
+    let pass: String = args.take("password", Some(String::new()))?;
     args.finish()?;
     if qos > 1 {
         return Err("--qos must be 0 or 1".into());
@@ -356,12 +359,14 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
         let pubs_done = pubs_done.clone();
         let abort = abort.clone();
         let lead = lead.clone();
+        let (user, pass) = (user.clone(), pass.clone());
         let h = thread::Builder::new()
             .name(format!("sub{i}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 let mut st = SubStats::default();
-                let conn = Conn::open(dst, None, &format!("lg{run}-s{i}"), 60, nodelay, 256 * 1024, deadline)
+                let id = format!("lg{run}-s{i}");
+                let conn = Conn::open(dst, None, &id, 60, nodelay, 256 * 1024, login(&user, &pass), deadline)
                     .and_then(|mut c| c.subscribe(&topic, qos, deadline).map(|_| c));
                 let mut conn = match conn {
                     Ok(c) => {
@@ -394,12 +399,14 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
         let barrier = barrier.clone();
         let abort = abort.clone();
         let lead = lead.clone();
+        let (user, pass) = (user.clone(), pass.clone());
         let h = thread::Builder::new()
             .name(format!("pub{i}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 let mut st = PubStats { sent: 0, done: None, acked: 0, error: None, timed_out: false, conn: None };
-                let conn = Conn::open(dst, None, &format!("lg{run}-p{i}"), 60, nodelay, 64 * 1024, deadline);
+                let id = format!("lg{run}-p{i}");
+                let conn = Conn::open(dst, None, &id, 60, nodelay, 64 * 1024, login(&user, &pass), deadline);
                 let conn = match conn {
                     Ok(c) => {
                         let _ = ready.send(Ok(()));
@@ -508,6 +515,9 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
     for mut c in keep {
         c.disconnect();
     }
+    // This process's CPU from its start (connections, publishing, receiving),
+    // every thread has been joined: to set beside the broker's CPU.
+    let (cpu_user, cpu_sys) = net::cpu_time();
     let total_expected = sent_total * nsub as u64;
     let lost = total_expected.saturating_sub(unique);
     let elapsed = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
@@ -535,12 +545,15 @@ fn throughput(args: &mut Args) -> Result<u8, String> {
         "RESULT mode=throughput status={status} qos={qos} publishers={npub} subscribers={nsub} messages={k} \
          payload={psize} window={window} resume_at={resume_at} max_lead={max_lead} duration_s={duration} published={sent_total} expected={total_expected} delivered={received} unique={unique} lost={lost} \
          dups={dups} bogus={bogus} acked={acked} elapsed_s={elapsed:.4} deliver_rate={:.0} \
-         first_delivery_ms={:.3} publish_elapsed_s={pub_elapsed:.4} publish_rate={:.0} max_gap_ms={:.1} gaps_over_5ms={gaps_5ms} sub_max_unacked={max_unacked} errors={}",
+         first_delivery_ms={:.3} publish_elapsed_s={pub_elapsed:.4} publish_rate={:.0} max_gap_ms={:.1} gaps_over_5ms={gaps_5ms} sub_max_unacked={max_unacked} errors={} \
+         cpu_user_s={:.4} cpu_sys_s={:.4}",
         rate(unique, elapsed),
         first.map_or(-1.0, |f| f.duration_since(start).as_secs_f64() * 1e3),
         rate(sent_total, pub_elapsed),
         max_gap.as_secs_f64() * 1e3,
-        errors.len()
+        errors.len(),
+        cpu_user.as_secs_f64(),
+        cpu_sys.as_secs_f64()
     );
     Ok(if status == "ok" || (status == "loss" && qos == 0) { 0 } else { 1 })
 }
@@ -1239,6 +1252,8 @@ fn idle(args: &mut Args) -> Result<u8, String> {
     let ips: String = args.take("source-ips", Some("auto".to_string()))?;
     let batch: usize = args.take("batch", Some(64))?;
     let timeout: f64 = args.take("timeout-secs", Some(120.0))?;
+    let user: String = args.take("username", Some(String::new()))?;
+    let pass: String = args.take("password", Some(String::new()))?;
     args.finish()?;
     if !(0.0..=500.0).contains(&hold) {
         return Err("--hold-secs must be 0..500 (keepalive is 600)".into());
@@ -1280,7 +1295,7 @@ fn idle(args: &mut Args) -> Result<u8, String> {
                 Ok(s) => {
                     i += 1;
                     net::set_linger_zero(&s);
-                    match Conn::start(s, &id, 600, false, 128) {
+                    match Conn::start_login(s, &id, 600, false, 128, login(&user, &pass)) {
                         Ok(c) => pending.push(c),
                         Err(e) => {
                             errors += 1;
@@ -1398,7 +1413,8 @@ fn retain(args: &mut Args) -> Result<u8, String> {
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
     let t0 = Instant::now();
     let id = format!("lg{}-r", std::process::id());
-    let mut conn = Conn::open(dst, None, &id, 600, true, 64 * 1024, deadline).map_err(|e| format!("connect: {e}"))?;
+    let mut conn =
+        Conn::open(dst, None, &id, 600, true, 64 * 1024, None, deadline).map_err(|e| format!("connect: {e}"))?;
     let (status, done, err) = if verify {
         retain_verify(&mut conn, count, psize, &prefix, deadline, Duration::from_millis(grace_ms))
     } else {
