@@ -107,6 +107,10 @@ pub struct Driver<L: RaftLog> {
     out: Out,
     /// See `set_admin_elsewhere`.
     admin_elsewhere: bool,
+    /// The `$SYS/broker/cluster/*` values of the last upkeep.
+    last_sys: Vec<(&'static str, String)>,
+    /// dynsec_sync's serving driver: the group's values (`set_group_sys`).
+    group_sys: Vec<(&'static str, String)>,
 }
 
 /// Whether a client usually answers `p` with a packet: a PUBLISH with QoS
@@ -150,6 +154,8 @@ impl<L: RaftLog> Driver<L> {
             known_peers,
             out: Out::default(),
             admin_elsewhere: false,
+            last_sys: Vec::new(),
+            group_sys: Vec::new(),
         }
     }
 
@@ -219,6 +225,17 @@ impl<L: RaftLog> Driver<L> {
     /// runtime, which hands them to the cluster group (`admin`).
     pub fn set_admin_elsewhere(&mut self, on: bool) {
         self.admin_elsewhere = on;
+    }
+
+    /// The `$SYS/broker/cluster/*` values of the last raft tick.
+    pub fn cluster_sys(&self) -> &[(&'static str, String)] {
+        &self.last_sys
+    }
+
+    /// dynsec_sync: the cluster group's `$SYS/broker/cluster/*` values,
+    /// which the serving broker publishes (with its own batching counters).
+    pub fn set_group_sys(&mut self, sys: &[(&'static str, String)]) {
+        self.group_sys = sys.to_vec();
     }
 
     /// A management request (`midge ctl`) for this driver's raft group.
@@ -452,6 +469,13 @@ impl<L: RaftLog> Driver<L> {
                 _ => "peers/other/lag",
             };
             sys.push((name, lag.to_string()));
+        }
+        self.last_sys.clone_from(&sys);
+        if self.admin_elsewhere {
+            // dynsec_sync's serving driver: the cluster's view is the
+            // group's; only the batching counters are this node's own log.
+            sys.retain(|(k, _)| k.starts_with("batch/"));
+            sys.extend(self.group_sys.iter().filter(|(k, _)| !k.starts_with("batch/")).cloned());
         }
         node.broker.set_cluster_sys(sys);
         if node.is_leader() && self.leader_since.0 != node.term() {

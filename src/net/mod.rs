@@ -416,6 +416,7 @@ impl<L: RaftLog + 'static> Server<L> {
     /// dynsec_sync: what applying the group's entries asks of the serving
     /// broker (answers, kicks, the data).
     fn take_from_group(&self, gd: &mut Driver<L>) {
+        self.driver.borrow_mut().set_group_sys(gd.cluster_sys());
         let events = gd.broker_mut().take_dynsec_events();
         if events.is_empty() {
             return;
