@@ -774,3 +774,23 @@ fn idle_connection_past_keep_alive_is_closed() {
     let waited = r.expect_closed(Duration::from_secs(10));
     assert!(waited >= Duration::from_millis(2_900), "closed after {waited:?}");
 }
+
+/// A PUBLISH from a client with a Subscription Identifier (property 0x0B)
+/// is a protocol error: DISCONNECT 0x82 [MQTT-3.3.4-6]. MOSQUITTO: 2.0.11
+/// accepts it (and acknowledges a QoS 1 one).
+#[test]
+fn publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let b = Broker::start("");
+    let mut r = v5(&b, "subid-pub");
+    let mut body = mqtt_str("t/subid");
+    body.extend(1u16.to_be_bytes());
+    body.extend([2, 0x0B, 7]); // properties: Subscription Identifier 7
+    body.extend(b"x");
+    r.send(&packet(0x32, &body));
+    if common::is_mosquitto() {
+        let p = r.expect_packet(T);
+        assert_eq!(p.header, 0x40, "PUBACK from Mosquitto, got {p:02x?}");
+    } else {
+        expect_disconnect_v5(&mut r, 0x82);
+    }
+}

@@ -120,6 +120,13 @@ impl Broker {
         self.stats.publish_received += 1;
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let v5 = c.version.is_v5();
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server sends Subscription Identifiers [MQTT-3.3.4-6].
+            // (Mosquitto 2.0.11 accepts them and passes them on.)
+            warn!("Client {} sent a PUBLISH with a Subscription Identifier; disconnecting.", client);
+            self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            return;
+        }
         // Topic Alias (v5 §3.3.2.3.4).
         if let Some(a) = p.properties.topic_alias {
             if a == 0 || a > self.settings.limits.topic_alias_max {
