@@ -26,6 +26,7 @@ fn main() {
         "broker_events" => midge_fuzz::broker_events::run,
         "state_snapshot" => midge_fuzz::state_snapshot::run,
         "dynsec_request" => midge_fuzz::dynsec_request::run,
+        "peer_input" => midge_fuzz::peer_input::run,
         other => panic!("unknown target {other}"),
     };
     let mut list = Vec::new();

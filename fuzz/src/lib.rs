@@ -6,6 +6,7 @@
 pub mod broker_events;
 pub mod dynsec_request;
 pub mod packet_reader;
+pub mod peer_input;
 pub mod state_snapshot;
 
 /// Reads the fuzz input front to back; past the end every read is 0, so any
