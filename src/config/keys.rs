@@ -27,6 +27,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "cluster_tick_ms",
     "connection_messages",
     "health_listener",
+    "include_dir",
     "keyfile",
     "listener",
     "log_dest",
@@ -49,6 +50,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "persistence_fsync",
     "persistence_location",
     "persistent_client_expiration",
+    "pid_file",
     "plugin",
     "plugin_opt_config_file",
     "port",
@@ -70,7 +72,6 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
     "log_timestamp_format",
     "per_listener_settings",
     "persistence_file",
-    "pid_file",
     "retry_interval",
     "store_clean_interval",
     "user",
@@ -117,7 +118,6 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("http_dir", WEBSOCKETS),
     ("websockets_log_level", WEBSOCKETS),
     ("websockets_headers_size", WEBSOCKETS),
-    ("include_dir", "put every option in one file"),
     ("mount_point", ""),
     ("bind_interface", "use listener PORT ADDRESS"),
     ("socket_domain", "use listener PORT ADDRESS with an IPv4 or IPv6 address"),
@@ -128,7 +128,7 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("clientid_prefixes", ""),
     ("check_retain_source", ""),
     ("allow_duplicate_messages", ""),
-    ("log_facility", "log_dest syslog is not supported"),
+    ("log_facility", "log_dest syslog logs to the daemon facility"),
 ];
 
 pub(super) const UNSUPPORTED_PREFIXES: &[(&str, &str)] =

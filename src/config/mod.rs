@@ -105,12 +105,30 @@ impl LogType {
     }
 }
 
-/// `log_dest`: where log output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A `log_dest`: where log output goes. A configuration may name several.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogDest {
     Stdout,
-    #[default]
     Stderr,
+    /// Appended to; reopened on SIGHUP. With the line that set it, for
+    /// errors found when it is opened.
+    File(PathBuf, Origin),
+    /// The local syslog socket, /dev/log (facility daemon).
+    Syslog,
+}
+
+/// The file and line a value was set on, for errors found only when the
+/// value is used (a log file or pid file that cannot be written).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: u32,
+}
+
+impl Origin {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file.clone(), self.line, message)
+    }
 }
 
 /// `cluster_follower_mode`: what a follower does with client connections.
@@ -219,8 +237,10 @@ pub struct Config {
     pub busy_poll_us: u32,
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
-    /// Default stderr.
-    pub log_dest: LogDest,
+    /// Default `[Stderr]`; empty (`log_dest none`) means no log.
+    pub log_dest: Vec<LogDest>,
+    /// `pid_file`: written once the listeners are open, removed at exit.
+    pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
     pub connection_messages: bool,
     /// Default 2.
@@ -256,6 +276,8 @@ pub struct Config {
     pub persistence_fsync: bool,
     /// The file this configuration was read from.
     pub source: Option<PathBuf>,
+    /// The files `include_dir` read, in order.
+    pub included_files: Vec<PathBuf>,
     /// Warnings found while parsing (ignored Mosquitto options, options set
     /// twice), each naming file and line. They are also sent to `log::warn!`
     /// as they are found; a program that sets up its logger only after
@@ -279,7 +301,8 @@ impl Default for Config {
             set_tcp_nodelay: false,
             busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
-            log_dest: LogDest::Stderr,
+            log_dest: vec![LogDest::Stderr],
+            pid_file: None,
             connection_messages: true,
             max_qos: 2,
             upgrade_outgoing_qos: false,
@@ -298,6 +321,7 @@ impl Default for Config {
             persistence_fsync: true,
             cluster_join: false,
             source: None,
+            included_files: Vec::new(),
             warnings: Vec::new(),
         }
     }
