@@ -96,11 +96,8 @@ fn unwritable_log_and_pid_files_are_start_errors() {
     let dir = tempdir();
     let port = free_port();
     let run = |extra: &str| {
-        let conf = write_file(
-            dir.path(),
-            "midge.conf",
-            &format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"),
-        );
+        let conf =
+            write_file(dir.path(), "midge.conf", &format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"));
         let out = Command::new(midge_bin()).arg("-c").arg(&conf).stdin(Stdio::null()).output().expect("run midge");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), conf.display().to_string())
     };
