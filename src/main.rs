@@ -16,7 +16,7 @@ use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
 use midge::config::{ClusterMode, Config, ConfigErrors, Listener, LogDest};
-use midge::logging::Logger;
+use midge::logging;
 use midge::net::Server;
 use midge::store::{MemLog, RaftLog, RedbLog, StoreIdentity};
 
@@ -112,24 +112,30 @@ fn main() -> ExitCode {
     if let Some(p) = cli.port {
         config.override_port(p);
     }
-    let level = if cli.verbose { LevelFilter::Debug } else { config.log_level() };
-    let logger = match Logger::open(&config.log_dest, level) {
-        Ok(l) => l.install(),
-        Err(e) => {
-            eprintln!("midge: config error: {e}");
-            return ExitCode::from(3);
-        }
+    let level = match config.log_dest {
+        LogDest::None => LevelFilter::Off,
+        _ if cli.verbose => LevelFilter::Debug,
+        _ => config.log_level(),
     };
+    // The logger writes to stderr: log_dest stdout and file redirect it.
+    match &config.log_dest {
+        LogDest::Stdout => {
+            if let Err(e) = logging::redirect_to_stdout() {
+                eprintln!("midge: log_dest stdout: cannot redirect the log ({e}).");
+            }
+        }
+        LogDest::File(path, origin) => {
+            if let Err(e) = logging::redirect_to_file(path) {
+                let e = origin.error(format!("log_dest file {}: cannot open for writing: {e}", path.display()));
+                eprintln!("midge: config error: {e}");
+                return ExitCode::from(3);
+            }
+        }
+        LogDest::Stderr | LogDest::None => {}
+    }
+    logging::init(level);
     for w in &config.warnings {
         log::warn!("{w}");
-    }
-    if config.log_dest == [LogDest::Stdout] {
-        // The logger writes to stderr; point stderr at stdout, so the log
-        // (and any error message) goes to standard output.
-        // SAFETY: dup2 on this process's own standard descriptors.
-        if unsafe { libc::dup2(1, 2) } < 0 {
-            log::warn!("log_dest stdout: cannot redirect the log ({}).", std::io::Error::last_os_error());
-        }
     }
 
     let settings = Rc::new(config.broker_settings(passwords, acl));
@@ -224,14 +230,14 @@ fn main() -> ExitCode {
             let base = dir.join(DYNSEC_SYNC_DIR);
             let Some(own) = open(&base.join("local")) else { return ExitCode::from(4) };
             let Some(cluster) = open(&base.join("cluster")) else { return ExitCode::from(4) };
-            run(&config, logger, main_cfg, own, main_broker, group.map(|(c, b)| (c, cluster, b)))
+            run(&config, main_cfg, own, main_broker, group.map(|(c, b)| (c, cluster, b)))
         } else {
             let Some(log) = open(&dir) else { return ExitCode::from(4) };
-            run(&config, logger, main_cfg, log, main_broker, None)
+            run(&config, main_cfg, log, main_broker, None)
         }
     } else {
         info!("Persistence is off: state lives in memory only and is lost at exit.");
-        run(&config, logger, main_cfg, MemLog::volatile(), main_broker, group.map(|(c, b)| (c, MemLog::volatile(), b)))
+        run(&config, main_cfg, MemLog::volatile(), main_broker, group.map(|(c, b)| (c, MemLog::volatile(), b)))
     }
 }
 
@@ -299,7 +305,6 @@ fn advertised(config: &Config, node_id: u64, ports: &[u16], admin_port: Option<u
 
 fn run<L: RaftLog + 'static>(
     config: &Config,
-    logger: &'static Logger,
     ncfg: NodeConfig,
     log: L,
     broker: Broker,
@@ -479,9 +484,7 @@ fn run<L: RaftLog + 'static>(
             let mut signals = signals;
             loop {
                 match signals.next().await.and_then(|r| r.ok()) {
-                    Some(async_signal::Signal::Hup) => {
-                        reload(&server, logger, password_file.as_deref(), acl_file.as_deref())
-                    }
+                    Some(async_signal::Signal::Hup) => reload(&server, password_file.as_deref(), acl_file.as_deref()),
                     s => {
                         let _ = tx.send(s).await;
                         return;
@@ -510,14 +513,9 @@ fn run<L: RaftLog + 'static>(
 /// SIGHUP, as Mosquitto: reopen the log file (logrotate), reread the
 /// password and ACL files. A file that no longer reads keeps the rules in
 /// force, and the log says why.
-fn reload<L: RaftLog + 'static>(
-    server: &Server<L>,
-    logger: &Logger,
-    password_file: Option<&Path>,
-    acl_file: Option<&Path>,
-) {
-    if let Err(e) = logger.reopen() {
-        error!("{e}");
+fn reload<L: RaftLog + 'static>(server: &Server<L>, password_file: Option<&Path>, acl_file: Option<&Path>) {
+    if let Err(e) = logging::reopen() {
+        error!("Cannot reopen the log file {e}; still writing to the file open before.");
     }
     info!("midge received SIGHUP: reloading the password and ACL files.");
     let passwords = password_file.and_then(|p| reread("password_file", p, PasswordFile::load));

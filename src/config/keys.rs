@@ -128,7 +128,7 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("clientid_prefixes", ""),
     ("check_retain_source", ""),
     ("allow_duplicate_messages", ""),
-    ("log_facility", "log_dest syslog logs to the daemon facility"),
+    ("log_facility", "log_dest syslog is not supported"),
 ];
 
 pub(super) const UNSUPPORTED_PREFIXES: &[(&str, &str)] =

@@ -105,16 +105,18 @@ impl LogType {
     }
 }
 
-/// A `log_dest`: where log output goes. A configuration may name several.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `log_dest`: where log output goes (one destination; midge's logger
+/// writes to standard error, which the others redirect).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LogDest {
     Stdout,
+    #[default]
     Stderr,
     /// Appended to; reopened on SIGHUP. With the line that set it, for
     /// errors found when it is opened.
     File(PathBuf, Origin),
-    /// The local syslog socket, /dev/log (facility daemon).
-    Syslog,
+    /// `log_dest none`: no log.
+    None,
 }
 
 /// The file and line a value was set on, for errors found only when the
@@ -237,8 +239,7 @@ pub struct Config {
     pub busy_poll_us: u32,
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
-    /// Default `[Stderr]`; empty (`log_dest none`) means no log.
-    pub log_dest: Vec<LogDest>,
+    pub log_dest: LogDest,
     /// `pid_file`: written once the listeners are open, removed at exit.
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
@@ -301,7 +302,7 @@ impl Default for Config {
             set_tcp_nodelay: false,
             busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
-            log_dest: vec![LogDest::Stderr],
+            log_dest: LogDest::Stderr,
             pid_file: None,
             connection_messages: true,
             max_qos: 2,

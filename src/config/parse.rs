@@ -165,10 +165,8 @@ struct Parser {
     default_tls: TlsOptions,
     allow_anonymous: Option<bool>,
     log_types: Option<Vec<LogType>>,
-    /// `log_dest` lines so far (the first one replaces the default), and
-    /// the position of the `log_dest file` line.
-    log_dests: Option<Vec<LogDest>>,
-    log_file_line: u32,
+    /// The `log_dest` set so far, and the position of its line.
+    log_dest: Option<(LogDest, u32)>,
     node_id_line: u32,
     peer_lines: Vec<u32>,
     preferred_leader_line: u32,
@@ -204,8 +202,7 @@ impl Parser {
             default_tls: TlsOptions::default(),
             allow_anonymous: None,
             log_types: None,
-            log_dests: None,
-            log_file_line: 0,
+            log_dest: None,
             node_id_line: 0,
             peer_lines: Vec::new(),
             preferred_leader_line: 0,
@@ -722,8 +719,9 @@ impl Parser {
         }
     }
 
-    /// `log_dest`: like Mosquitto, each line adds a destination (the
-    /// first replaces the default, stderr) and `none` clears the list.
+    /// `log_dest`: one destination. `none` turns the log off and forgets
+    /// the lines before it (as in Mosquitto); another destination after a
+    /// first one is an error (Mosquitto logs to each).
     fn log_dest(&mut self, rest: &str) -> Result<(), ConfigError> {
         let (kind, arg) = split_first(rest);
         if !arg.is_empty() && kind != "file" {
@@ -731,40 +729,47 @@ impl Parser {
         }
         let dest = match kind {
             "" => return Err(self.err("log_dest: missing value")),
-            "none" => None,
-            "stdout" => Some(LogDest::Stdout),
-            "stderr" => Some(LogDest::Stderr),
-            "syslog" => Some(LogDest::Syslog),
+            "none" => LogDest::None,
+            "stdout" => LogDest::Stdout,
+            "stderr" => LogDest::Stderr,
             "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
-            "file" => {
-                if let Some(LogDest::File(..)) =
-                    self.log_dests.iter().flatten().find(|d| matches!(d, LogDest::File(..)))
-                {
-                    let first = self.places.describe(self.log_file_line, self.line);
-                    return Err(self.err(format!(
-                        "log_dest file: a log file is already set on {first} (one only, as in Mosquitto)"
-                    )));
-                }
-                self.log_file_line = self.line;
-                Some(LogDest::File(PathBuf::from(arg), self.origin()))
+            "file" => LogDest::File(PathBuf::from(arg), self.origin()),
+            "syslog" | "dlt" => {
+                return Err(self.err(format!(
+                    "log_dest {kind} is not supported by midge: use log_dest file, or run under systemd, \
+                     whose journal takes stderr"
+                )))
             }
             "topic" => {
                 return Err(self.err(
                     "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
-                     use stdout, stderr, file or syslog",
+                     use stdout, stderr or file",
                 ))
             }
-            other => {
-                return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, none")))
-            }
+            other => return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, none"))),
         };
-        let list = self.log_dests.get_or_insert_with(Vec::new);
-        match dest {
-            None => list.clear(),
-            Some(d) if !list.contains(&d) => list.push(d),
-            Some(_) => {}
+        let same = |a: &LogDest, b: &LogDest| match (a, b) {
+            (LogDest::File(a, _), LogDest::File(b, _)) => a == b,
+            _ => a == b,
+        };
+        match &self.log_dest {
+            Some((first, pos)) if *first != LogDest::None && dest != LogDest::None && !same(first, &dest) => {
+                let first = match first {
+                    LogDest::File(path, _) => format!("file {}", path.display()),
+                    LogDest::Stdout => "stdout".to_string(),
+                    _ => "stderr".to_string(),
+                };
+                let at = self.places.describe(*pos, self.line);
+                Err(self.err(format!(
+                    "log_dest {kind}: midge logs to one destination; log_dest {first} is already set on {at}"
+                )))
+            }
+            Some((first, _)) if same(first, &dest) => Ok(()),
+            _ => {
+                self.log_dest = Some((dest, self.line));
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn log_type(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -868,8 +873,8 @@ impl Parser {
         if let Some(types) = self.log_types {
             cfg.log_types = types;
         }
-        if let Some(dests) = self.log_dests {
-            cfg.log_dest = dests;
+        if let Some((dest, _)) = self.log_dest {
+            cfg.log_dest = dest;
         }
 
         // Checks across keys are skipped when a line of a key they involve

@@ -22,7 +22,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(d.sys_interval_secs, 10);
     assert_eq!(d.max_qos, 2);
     assert_eq!(d.log_types, LogType::DEFAULT.to_vec());
-    assert_eq!(d.log_dest, vec![LogDest::Stderr]);
+    assert_eq!(d.log_dest, LogDest::Stderr);
     assert_eq!(d.pid_file, None);
     assert_eq!(d.cluster_follower_mode, FollowerMode::Proxy);
     assert_eq!(d.source, None);
@@ -108,7 +108,7 @@ fn full_config() {
     assert_eq!(c.busy_poll_us, 50);
     assert_eq!(c.sys_interval_secs, 0);
     assert_eq!(c.log_types, vec![LogType::Error, LogType::Warning, LogType::Subscribe]);
-    assert_eq!(c.log_dest, vec![LogDest::Stdout]);
+    assert_eq!(c.log_dest, LogDest::Stdout);
     assert_eq!(c.max_qos, 1);
     assert_eq!(c.persistence_location, Some("/var/lib/midge/".into()));
     let l = &c.limits;
@@ -304,25 +304,40 @@ fn log_types_and_dest() {
     assert_eq!(parse("log_type all\nlog_type none\nlog_type debug\nlog_type debug").log_types, vec![LogType::Debug]);
     assert!(err("log_type verbose").contains("\"verbose\" is not one of error, warning"));
     assert_eq!(err("log_type"), "midge.conf:1: log_type: missing value");
-    assert_eq!(parse("log_dest stderr").log_dest, vec![LogDest::Stderr]);
-    // As in Mosquitto: every line adds a destination, the first replaces
-    // the default, none clears the list.
+    assert_eq!(parse("log_dest stderr").log_dest, LogDest::Stderr);
     let at = |line| Origin { file: "midge.conf".into(), line };
     assert_eq!(
-        parse("log_dest file /var/log/mosquitto/my log.log\nlog_dest stdout\nlog_dest syslog\nlog_dest stdout")
-            .log_dest,
-        vec![LogDest::File("/var/log/mosquitto/my log.log".into(), at(1)), LogDest::Stdout, LogDest::Syslog]
+        parse("log_dest file /var/log/mosquitto/my log.log\nlog_dest file /var/log/mosquitto/my log.log").log_dest,
+        LogDest::File("/var/log/mosquitto/my log.log".into(), at(1))
     );
-    assert_eq!(parse("log_dest stdout\nlog_dest none").log_dest, vec![]);
-    assert_eq!(parse("log_dest none\nlog_dest stderr").log_dest, vec![LogDest::Stderr]);
+    assert_eq!(parse("log_dest stdout\nlog_dest stdout").log_dest, LogDest::Stdout);
+    // none turns the log off and forgets the lines before it.
+    assert_eq!(parse("log_dest none").log_dest, LogDest::None);
+    assert_eq!(parse("log_dest stdout\nlog_dest none").log_dest, LogDest::None);
+    assert_eq!(parse("log_dest none\nlog_dest stdout").log_dest, LogDest::Stdout);
+    // One destination.
     assert_eq!(
-        err("log_dest file /a.log\n\nlog_dest file /b.log"),
-        "midge.conf:3: log_dest file: a log file is already set on line 1 (one only, as in Mosquitto)"
+        err("log_dest file /a.log\n\nlog_dest stdout"),
+        "midge.conf:3: log_dest stdout: midge logs to one destination; log_dest file /a.log is already set on line 1"
+    );
+    assert_eq!(
+        err("log_dest stdout\nlog_dest file /b.log"),
+        "midge.conf:2: log_dest file: midge logs to one destination; log_dest stdout is already set on line 1"
+    );
+    assert_eq!(
+        err("log_dest file /a.log\nlog_dest file /b.log"),
+        "midge.conf:2: log_dest file: midge logs to one destination; log_dest file /a.log is already set on line 1"
     );
     assert_eq!(err("log_dest file"), "midge.conf:1: log_dest file: missing file name");
     assert_eq!(err("log_dest"), "midge.conf:1: log_dest: missing value");
+    assert_eq!(
+        err("log_dest stderr\nlog_dest syslog"),
+        "midge.conf:2: log_dest syslog is not supported by midge: use log_dest file, or run under systemd, \
+         whose journal takes stderr"
+    );
+    assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
     assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
-    assert!(err("log_dest dlt").contains("\"dlt\" is not one of stdout, stderr, file, syslog, none"));
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
