@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod dynsec;
 pub mod limits;
+pub mod logging;
 pub mod mqtt;
 pub mod net;
 pub mod store;

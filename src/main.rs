@@ -1,19 +1,22 @@
 //! `midge`: the broker. `midge -c FILE`, `midge -p PORT`, `-v`, `--help`,
 //! `--version`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 
 use log::{error, info, LevelFilter};
 use smol::LocalExecutor;
 
+use midge::auth::acl::AclFile;
+use midge::auth::password::PasswordFile;
 use midge::broker::dynsec::DynsecRole;
 use midge::broker::Broker;
 use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
-use midge::config::{ClusterMode, Config, Listener};
+use midge::config::{ClusterMode, Config, ConfigErrors, Listener, LogDest};
+use midge::logging;
 use midge::net::Server;
 use midge::store::{MemLog, RaftLog, RedbLog, StoreIdentity};
 
@@ -109,24 +112,39 @@ fn main() -> ExitCode {
     if let Some(p) = cli.port {
         config.override_port(p);
     }
-    let level = if cli.verbose { LevelFilter::Debug } else { config.log_level() };
-    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+    let level = match config.log_dest {
+        LogDest::None => LevelFilter::Off,
+        _ if cli.verbose => LevelFilter::Debug,
+        _ => config.log_level(),
+    };
+    // The logger writes to stderr: log_dest stdout and file redirect it.
+    match &config.log_dest {
+        LogDest::Stdout => {
+            if let Err(e) = logging::redirect_to_stdout() {
+                eprintln!("midge: log_dest stdout: cannot redirect the log ({e}).");
+            }
+        }
+        LogDest::File(path, origin) => {
+            if let Err(e) = logging::redirect_to_file(path) {
+                let e = origin.error(format!("log_dest file {}: cannot open for writing: {e}", path.display()));
+                eprintln!("midge: config error: {e}");
+                return ExitCode::from(3);
+            }
+        }
+        LogDest::Stderr | LogDest::None => {}
+    }
+    logging::init(level);
     for w in &config.warnings {
         log::warn!("{w}");
-    }
-    if config.log_dest == midge::config::LogDest::Stdout {
-        // The logger writes to stderr; point stderr at stdout, so the log
-        // (and any error message) goes to standard output.
-        // SAFETY: dup2 on this process's own standard descriptors.
-        if unsafe { libc::dup2(1, 2) } < 0 {
-            log::warn!("log_dest stdout: cannot redirect the log ({}).", std::io::Error::last_os_error());
-        }
     }
 
     let settings = Rc::new(config.broker_settings(passwords, acl));
     info!("midge version {} starting", env!("CARGO_PKG_VERSION"));
     if let Some(src) = &config.source {
         info!("Config loaded from {}.", src.display());
+        for f in &config.included_files {
+            info!("Config file {} included.", f.display());
+        }
     } else {
         info!("Using default config.");
     }
@@ -398,8 +416,21 @@ fn run<L: RaftLog + 'static>(
             }
         }
     }
+    // Every listener is open: the pid file says midge is up.
+    let pid_file = match &config.pid_file {
+        None => None,
+        Some((path, origin)) => match std::fs::write(path, format!("{}\n", std::process::id())) {
+            Ok(()) => Some(path.clone()),
+            Err(e) => {
+                let e = origin.error(format!("pid_file {}: cannot write: {e}", path.display()));
+                error!("{e}");
+                eprintln!("midge: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let ex = Rc::new(LocalExecutor::new());
-    smol::block_on(server.clone().busy_polling(ex.run(async {
+    let code = smol::block_on(server.clone().busy_polling(ex.run(async {
         for (i, (l, s)) in config.listeners.iter().zip(sockets).enumerate() {
             ex.spawn(server.clone().listen(ex.clone(), i, l.clone(), s)).detach();
         }
@@ -432,7 +463,11 @@ fn run<L: RaftLog + 'static>(
         ex.spawn(server.clone().parker(ex.clone())).detach();
         ex.spawn(server.clone().driver()).detach();
         ex.spawn(server.clone().group_driver()).detach();
-        let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+        let signals = match async_signal::Signals::new([
+            async_signal::Signal::Term,
+            async_signal::Signal::Int,
+            async_signal::Signal::Hup,
+        ]) {
             Ok(s) => s,
             Err(e) => {
                 error!("cannot install signal handlers: {e}");
@@ -443,10 +478,19 @@ fn run<L: RaftLog + 'static>(
         // main future they would be polled, a read of their pipe, on every
         // turn of the event loop.
         let (tx, rx) = smol::channel::bounded(1);
+        let (server, password_file, acl_file) = (server.clone(), config.password_file.clone(), config.acl_file.clone());
         ex.spawn(async move {
             use futures_lite::StreamExt;
             let mut signals = signals;
-            let _ = tx.send(signals.next().await.and_then(|r| r.ok())).await;
+            loop {
+                match signals.next().await.and_then(|r| r.ok()) {
+                    Some(async_signal::Signal::Hup) => reload(&server, password_file.as_deref(), acl_file.as_deref()),
+                    s => {
+                        let _ = tx.send(s).await;
+                        return;
+                    }
+                }
+            }
         })
         .detach();
         let s = rx.recv().await.ok().flatten();
@@ -457,5 +501,40 @@ fn run<L: RaftLog + 'static>(
         };
         info!("midge received {name}, shutting down.");
         ExitCode::SUCCESS
-    })))
+    })));
+    if let Some(path) = pid_file {
+        if let Err(e) = std::fs::remove_file(&path) {
+            error!("Cannot remove the pid file {}: {e}.", path.display());
+        }
+    }
+    code
+}
+
+/// SIGHUP, as Mosquitto: reopen the log file (logrotate), reread the
+/// password and ACL files. A file that no longer reads keeps the rules in
+/// force, and the log says why.
+fn reload<L: RaftLog + 'static>(server: &Server<L>, password_file: Option<&Path>, acl_file: Option<&Path>) {
+    if let Err(e) = logging::reopen() {
+        error!("Cannot reopen the log file {e}; still writing to the file open before.");
+    }
+    info!("midge received SIGHUP: reloading the password and ACL files.");
+    let passwords = password_file.and_then(|p| reread("password_file", p, PasswordFile::load));
+    let acl = acl_file.and_then(|p| reread("acl_file", p, AclFile::load));
+    let kicked = server.reload_auth(passwords, acl);
+    if kicked > 0 {
+        info!("Reload: {kicked} client(s) disconnected.");
+    }
+}
+
+fn reread<T>(key: &str, path: &Path, load: fn(&Path) -> Result<T, ConfigErrors>) -> Option<T> {
+    match load(path) {
+        Ok(t) => Some(t),
+        Err(errors) => {
+            for e in errors.iter() {
+                error!("Reload of {key} {}: {e}", path.display());
+            }
+            error!("The {key} read before stays in force.");
+            None
+        }
+    }
 }

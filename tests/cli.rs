@@ -1,4 +1,5 @@
-//! Command line and process behaviour of the real binary: `log_dest`.
+//! Command line and process behaviour of the real binary: `log_dest`,
+//! config errors, log and pid files that cannot be written.
 
 mod common;
 
@@ -83,4 +84,74 @@ fn config_errors_are_all_printed() {
          midge: config error: {c}:3: password_file {d}/passwd: cannot read: No such file or directory (os error 2)\n"
     );
     assert_eq!(err, expected);
+}
+
+/// A log file or pid file that cannot be written stops midge at start,
+/// naming the file and its config line.
+#[test]
+fn unwritable_log_and_pid_files_are_start_errors() {
+    if common::is_mosquitto() {
+        return; // midge's own messages
+    }
+    let dir = tempdir();
+    let port = free_port();
+    let run = |extra: &str| {
+        let conf =
+            write_file(dir.path(), "midge.conf", &format!("listener {port} 127.0.0.1\npersistence false\n{extra}\n"));
+        let out = Command::new(midge_bin()).arg("-c").arg(&conf).stdin(Stdio::null()).output().expect("run midge");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), conf.display().to_string())
+    };
+    let (code, err, c) = run("log_dest file /nonexistent/midge/midge.log");
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        err,
+        format!(
+            "midge: config error: {c}:3: log_dest file /nonexistent/midge/midge.log: cannot open for writing: \
+             No such file or directory (os error 2)\n"
+        )
+    );
+    let (code, err, c) = run("\npid_file /nonexistent/midge/midge.pid");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "midge: {c}:4: pid_file /nonexistent/midge/midge.pid: cannot write: No such file or directory (os error 2)"
+        )),
+        "{err}"
+    );
+}
+
+/// `log_dest syslog` and a second destination are refused at their line:
+/// midge logs to one destination, through standard error.
+#[test]
+fn syslog_and_a_second_log_destination_are_config_errors() {
+    if common::is_mosquitto() {
+        return; // Mosquitto takes both
+    }
+    let dir = tempdir();
+    let run = |text: &str| {
+        let conf = write_file(dir.path(), "midge.conf", text);
+        let out = Command::new(midge_bin()).arg("-c").arg(&conf).stdin(Stdio::null()).output().expect("run midge");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), conf.display().to_string())
+    };
+    let (code, err, c) = run("persistence false\nlog_dest syslog\n");
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        err,
+        format!(
+            "midge: config error: {c}:2: log_dest syslog is not supported by midge: use log_dest file, \
+             or run under systemd, whose journal takes stderr\n"
+        )
+    );
+    let log = dir.path().join("midge.log");
+    let (code, err, c) = run(&format!("log_dest file {}\nlog_dest stderr\n", log.display()));
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        err,
+        format!(
+            "midge: config error: {c}:2: log_dest stderr: midge logs to one destination; \
+             log_dest file {} is already set on line 1\n",
+            log.display()
+        )
+    );
+    assert!(!log.exists(), "log file created by a config that did not load");
 }

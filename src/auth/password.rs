@@ -26,7 +26,7 @@ const HASH_BYTES: usize = 64;
 /// derivation that keeps unknown user names from answering faster.
 const DEFAULT_ITERATIONS: u32 = 101;
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 enum Hash {
     Pbkdf2Sha512 { iterations: u32, salt: Vec<u8>, hash: [u8; HASH_BYTES] },
     Sha512 { salt: Vec<u8>, hash: [u8; HASH_BYTES] },
@@ -132,6 +132,12 @@ impl PasswordFile {
     /// Whether the file has an entry for `username`.
     pub fn contains(&self, username: &str) -> bool {
         self.users.contains_key(username)
+    }
+
+    /// Whether `username` has the same entry in both files (or none in
+    /// either): on reload, a changed entry means a changed password.
+    pub fn same_entry(&self, other: &PasswordFile, username: &str) -> bool {
+        self.users.get(username) == other.users.get(username)
     }
 
     /// Number of users.

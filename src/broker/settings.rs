@@ -11,7 +11,10 @@ use crate::dynsec::{self, Decision, DynsecState};
 use crate::limits::Limits;
 
 use super::state::ApplyLimits;
+use super::{Broker, ConnId, Kind, Phase};
+use crate::mqtt::reason;
 
+#[derive(Clone)]
 pub struct Settings {
     pub limits: Limits,
     pub allow_anonymous: bool,
@@ -78,5 +81,50 @@ impl Settings {
     /// Whether any ACL source is configured (else every check allows).
     pub fn has_acl(&self) -> bool {
         self.dynsec || self.acl.is_some()
+    }
+}
+
+impl Broker {
+    /// SIGHUP: new password and ACL files, as Mosquitto reloads them.
+    /// `Some` replaces the file in force, `None` keeps it (the file did not
+    /// parse, or none is configured). ACL changes apply from the next check
+    /// (publish, subscribe, delivery). A connected client whose login no
+    /// longer passes is disconnected (v5: DISCONNECT 0x98, administrative
+    /// action; no will), and the count returned. The broker keeps no
+    /// client's password, so "no longer passes" means: its user was removed
+    /// from the password file, or its entry (the password hash) changed.
+    /// With dynamic security, which is asked first, its own clients are
+    /// left to it; the others logged in through the password file.
+    pub fn reload_auth(&mut self, passwords: Option<PasswordFile>, acl: Option<AclFile>, now: u64) -> usize {
+        let before = self.settings.clone();
+        let mut next = (*before).clone();
+        if let Some(p) = passwords {
+            next.passwords = Some(p);
+        }
+        if let Some(a) = acl {
+            next.acl = Some(a);
+        }
+        self.settings = Rc::new(next);
+        let (Some(old), Some(new)) = (&before.passwords, &self.settings.passwords) else { return 0 };
+        let ds = self.dynsec_data().cloned();
+        let targets: Vec<(ConnId, String)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Connected | Phase::Connecting) && c.kind == Kind::Client)
+            .filter_map(|(id, c)| {
+                let user = c.client.as_deref().and_then(|cl| self.conn_username(*id, cl))?;
+                let dynsec_client =
+                    self.settings.dynsec && ds.as_deref().is_some_and(|d| d.clients.contains_key(&user));
+                (!dynsec_client && !new.same_entry(old, &user)).then_some((*id, user))
+            })
+            .collect();
+        for (id, user) in &targets {
+            log::info!(
+                "Client {} disconnected: user {user} was removed from the password file or its password changed.",
+                self.who(*id)
+            );
+            self.close_without_will(*id, reason::ADMINISTRATIVE_ACTION, now);
+        }
+        targets.len()
     }
 }

@@ -508,3 +508,57 @@ fn retained_qos0_replay_stops_at_the_output_bound() {
 }
 
 mod dynsec_api;
+
+/// SIGHUP's reload: a client whose user left the password file, or whose
+/// entry changed, is disconnected (v5: 0x98, no will); the others stay; the
+/// new file decides the next logins. ACL changes apply to the next check.
+#[test]
+fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
+    use crate::auth::acl::AclFile;
+    use crate::auth::password::PasswordFile;
+    let text = include_str!("../../tests/fixtures/passwd");
+    let line = |user: &str| text.lines().find(|l| l.starts_with(&format!("{user}:"))).unwrap().to_string();
+    let pw = |lines: &[String]| PasswordFile::parse_str(&lines.join("\n"), "passwd").unwrap();
+    let acl = AclFile::parse_str("user alice\ntopic readwrite a/#\n", "acl").unwrap();
+    let cfg = Config { allow_anonymous: false, ..Config::default() };
+    let settings = cfg.broker_settings(Some(pw(&[line("alice"), line("bob"), line("legacy")])), Some(acl));
+    let mut b = Broker::new(Rc::new(settings), 1_000);
+    let login = |b: &mut Broker, conn: ConnId, user: &str, pass: &str| {
+        b.open(conn, "127.0.0.1:1".parse().unwrap(), 1_000);
+        let Packet::Connect(mut cp) = connect_packet(&format!("c{conn}"), Version::V5, true) else { unreachable!() };
+        cp.username = Some(user.into());
+        cp.password = Some(pass.as_bytes().to_vec());
+        b.packet(conn, Packet::Connect(cp), 1_000);
+        connack(&sent(b)[0].1).code
+    };
+    assert_eq!(login(&mut b, 1, "alice", "correct horse"), reason::SUCCESS);
+    assert_eq!(login(&mut b, 2, "bob", "s3cr3t!"), reason::SUCCESS);
+    assert_eq!(login(&mut b, 3, "legacy", "old-style"), reason::SUCCESS);
+    assert_eq!(login(&mut b, 9, "carol smith", "pässwörd ünïcode"), reason::NOT_AUTHORIZED);
+    closed(&mut b);
+
+    // bob removed, legacy's entry replaced (by bob's hash), carol added;
+    // alice may now publish on b/# only.
+    let legacy_changed = line("bob").replacen("bob:", "legacy:", 1);
+    let new_pw = pw(&[line("alice"), legacy_changed, line("carol smith")]);
+    let new_acl = AclFile::parse_str("user alice\ntopic readwrite b/#\n", "acl").unwrap();
+    assert_eq!(b.reload_auth(Some(new_pw), Some(new_acl), 2_000), 2);
+    let out = b.take_actions().collect::<Vec<_>>();
+    for conn in [2, 3] {
+        let kicked = out.iter().any(
+            |a| matches!(a, Action::Send(c, Packet::Disconnect(d)) if *c == conn && d.code == reason::ADMINISTRATIVE_ACTION),
+        );
+        assert!(kicked && out.iter().any(|a| matches!(a, Action::Close(c) if *c == conn)), "{conn}: {out:?}");
+    }
+    assert!(!out.iter().any(|a| matches!(a, Action::Close(1) | Action::Send(1, _))), "{out:?}");
+    assert_eq!(login(&mut b, 4, "carol smith", "pässwörd ünïcode"), reason::SUCCESS);
+    assert_eq!(login(&mut b, 5, "bob", "s3cr3t!"), reason::NOT_AUTHORIZED);
+    closed(&mut b);
+    b.packet(1, publish("a/x", b"x", QoS::AtLeastOnce, Some(1), false), 2_001);
+    let refused = matches!(&sent(&mut b)[..], [(1, Packet::PubAck(a))] if a.code == reason::NOT_AUTHORIZED);
+    assert!(refused, "a/# is no longer alice's: the new ACL applies");
+
+    // None keeps what is in force.
+    assert_eq!(b.reload_auth(None, None, 3_000), 0);
+    assert_eq!(login(&mut b, 6, "carol smith", "pässwörd ünïcode"), reason::SUCCESS);
+}

@@ -105,12 +105,32 @@ impl LogType {
     }
 }
 
-/// `log_dest`: where log output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `log_dest`: where log output goes (one destination; midge's logger
+/// writes to standard error, which the others redirect).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LogDest {
     Stdout,
     #[default]
     Stderr,
+    /// Appended to; reopened on SIGHUP. With the line that set it, for
+    /// errors found when it is opened.
+    File(PathBuf, Origin),
+    /// `log_dest none`: no log.
+    None,
+}
+
+/// The file and line a value was set on, for errors found only when the
+/// value is used (a log file or pid file that cannot be written).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: u32,
+}
+
+impl Origin {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file.clone(), self.line, message)
+    }
 }
 
 /// `cluster_follower_mode`: what a follower does with client connections.
@@ -219,8 +239,9 @@ pub struct Config {
     pub busy_poll_us: u32,
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
-    /// Default stderr.
     pub log_dest: LogDest,
+    /// `pid_file`: written once the listeners are open, removed at exit.
+    pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
     pub connection_messages: bool,
     /// Default 2.
@@ -256,6 +277,8 @@ pub struct Config {
     pub persistence_fsync: bool,
     /// The file this configuration was read from.
     pub source: Option<PathBuf>,
+    /// The files `include_dir` read, in order.
+    pub included_files: Vec<PathBuf>,
     /// Warnings found while parsing (ignored Mosquitto options, options set
     /// twice), each naming file and line. They are also sent to `log::warn!`
     /// as they are found; a program that sets up its logger only after
@@ -280,6 +303,7 @@ impl Default for Config {
             busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
+            pid_file: None,
             connection_messages: true,
             max_qos: 2,
             upgrade_outgoing_qos: false,
@@ -298,6 +322,7 @@ impl Default for Config {
             persistence_fsync: true,
             cluster_join: false,
             source: None,
+            included_files: Vec::new(),
             warnings: Vec::new(),
         }
     }

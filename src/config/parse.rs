@@ -2,15 +2,44 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::keys::{suggest, UNSUPPORTED_KEYS, UNSUPPORTED_PREFIXES};
 use super::tls::{ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
-    numbered_lines, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener, LogDest,
-    LogType, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
+    LogDest, LogType, Origin, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
+
+/// The files of an `include_dir`, in Mosquitto's order: names longer than
+/// `.conf` that end in `.conf`, sorted by their bytes.
+fn conf_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let b = name.as_bytes();
+        if b.len() > 5 && b.ends_with(b".conf") {
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// An included file's text, at most [`INCLUDED_FILE_BYTES_MAX`].
+fn read_included(path: &Path, name: &str) -> Result<String, ConfigError> {
+    let len = std::fs::metadata(path).map_err(|e| ConfigError::new(name, 0, format!("cannot read: {e}")))?.len();
+    if len > INCLUDED_FILE_BYTES_MAX {
+        return Err(ConfigError::new(
+            name,
+            0,
+            format!("{len} bytes, more than the {INCLUDED_FILE_BYTES_MAX} midge reads"),
+        ));
+    }
+    read_text(path, name)
+}
 
 /// `busy_poll_us` at most: a millisecond of polling after each packet is
 /// already all CPU and no lower latency.
@@ -35,7 +64,7 @@ pub(super) struct Parsed {
     /// In line order; errors of the whole file (a line of 0) first.
     pub errors: Vec<ConfigError>,
     /// The last line of each single-valued key that was set.
-    pub key_lines: HashMap<String, u32>,
+    pub key_lines: HashMap<String, Origin>,
 }
 
 impl Parsed {
@@ -48,31 +77,80 @@ impl Parsed {
 /// checks across lines still run on the lines that were valid.
 pub(super) fn parse(text: &str, file: &str) -> Parsed {
     let mut p = Parser::new(file);
-    for (line, raw) in numbered_lines(text) {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        p.line = line;
-        let (key, rest) = split_first(trimmed);
-        if let Err(e) = p.option(key, rest) {
-            p.errors.push(e);
-            p.failed_keys.insert(key.to_string());
-            if key == "listener" {
-                // Its TLS lines belong to no listener; they are still checked.
-                p.orphan_tls = Some(TlsOptions::default());
-            }
-        }
-    }
-    let key_lines = p.seen.clone();
+    p.feed(0, text);
+    let key_lines = p.seen.iter().map(|(k, &pos)| (k.clone(), p.places.origin(pos))).collect();
     let mut errors = std::mem::take(&mut p.errors);
+    let places = p.places.clone();
     let config = p.finish(&mut errors);
     errors.sort_by_key(|e| e.line);
+    let errors = errors.into_iter().map(|e| places.locate(e)).collect();
     Parsed { config, errors, key_lines }
 }
 
-struct Parser<'f> {
-    file: &'f str,
+/// `include_dir` reads at most this many files...
+const INCLUDED_FILES_MAX: usize = 1_000;
+/// ... of at most this many bytes each ...
+const INCLUDED_FILE_BYTES_MAX: u64 = 1 << 20;
+/// ... and a configuration has at most this many lines, included ones too.
+const LINES_MAX: usize = 100_000;
+
+/// Where the lines the parser read came from. With `include_dir` they come
+/// from several files, so the parser numbers them in reading order (a
+/// position, 1-based) and errors found with a position are given their
+/// file and line at the end ([`Places::locate`]).
+#[derive(Clone)]
+struct Places {
+    /// The main file first, then each included file.
+    files: Vec<String>,
+    /// (index in `files`, line) of each position.
+    lines: Vec<(usize, u32)>,
+}
+
+impl Places {
+    fn add(&mut self, file: usize, line: u32) -> u32 {
+        self.lines.push((file, line));
+        u32::try_from(self.lines.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The file and line of a position; position 0 is the main file as a
+    /// whole.
+    fn get(&self, pos: u32) -> (usize, u32) {
+        match pos.checked_sub(1).and_then(|i| self.lines.get(i as usize)) {
+            Some(&at) => at,
+            None => (0, 0),
+        }
+    }
+
+    fn origin(&self, pos: u32) -> Origin {
+        let (file, line) = self.get(pos);
+        Origin { file: self.files[file].clone(), line }
+    }
+
+    /// `e`, found with a position, with its file and line.
+    fn locate(&self, e: ConfigError) -> ConfigError {
+        let Origin { file, line } = self.origin(e.line);
+        ConfigError { file, line, message: e.message }
+    }
+
+    /// "line N" when position `pos` is in the same file as `from`, else
+    /// "FILE:N".
+    fn describe(&self, pos: u32, from: u32) -> String {
+        let ((file, line), (here, _)) = (self.get(pos), self.get(from));
+        if file == here {
+            format!("line {line}")
+        } else {
+            format!("{}:{line}", self.files[file])
+        }
+    }
+}
+
+struct Parser {
+    places: Places,
+    /// The file being read (index in `places.files`).
+    file: usize,
+    /// Lines read so far, of every file.
+    lines_read: usize,
+    /// The position of the line being read (see [`Places`]).
     line: u32,
     cfg: Config,
     /// Single-valued keys already set, with their line.
@@ -87,6 +165,8 @@ struct Parser<'f> {
     default_tls: TlsOptions,
     allow_anonymous: Option<bool>,
     log_types: Option<Vec<LogType>>,
+    /// The `log_dest` set so far, and the position of its line.
+    log_dest: Option<(LogDest, u32)>,
     node_id_line: u32,
     peer_lines: Vec<u32>,
     preferred_leader_line: u32,
@@ -103,12 +183,14 @@ struct Parser<'f> {
     orphan_tls: Option<TlsOptions>,
 }
 
-impl<'f> Parser<'f> {
-    fn new(file: &'f str) -> Parser<'f> {
+impl Parser {
+    fn new(file: &str) -> Parser {
         let mut cfg = Config::default();
         cfg.listeners.clear();
         Parser {
-            file,
+            places: Places { files: vec![file.to_string()], lines: Vec::new() },
+            file: 0,
+            lines_read: 0,
             line: 0,
             cfg,
             seen: HashMap::new(),
@@ -120,6 +202,7 @@ impl<'f> Parser<'f> {
             default_tls: TlsOptions::default(),
             allow_anonymous: None,
             log_types: None,
+            log_dest: None,
             node_id_line: 0,
             peer_lines: Vec::new(),
             preferred_leader_line: 0,
@@ -131,14 +214,92 @@ impl<'f> Parser<'f> {
         }
     }
 
+    /// An error at the current position (given its file and line at the
+    /// end of [`parse`]).
     fn err(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.file, self.line, message)
+        ConfigError::new("", self.line, message)
+    }
+
+    fn origin(&self) -> Origin {
+        self.places.origin(self.line)
     }
 
     fn warn(&mut self, message: &str) {
-        let w = self.err(message);
+        let w = self.places.locate(self.err(message));
         log::warn!("{w}");
         self.cfg.warnings.push(w);
+    }
+
+    /// Reads the lines of file `file` (index in `places.files`).
+    fn feed(&mut self, file: usize, text: &str) {
+        for (line, raw) in numbered_lines(text) {
+            self.lines_read += 1;
+            if self.lines_read > LINES_MAX {
+                self.file = file;
+                self.line = self.places.add(file, line);
+                self.errors
+                    .push(self.err(format!("the configuration has more than {LINES_MAX} lines; the rest is not read")));
+                return;
+            }
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            self.file = file;
+            self.line = self.places.add(file, line);
+            let (key, rest) = split_first(trimmed);
+            if let Err(e) = self.option(key, rest) {
+                self.errors.push(e);
+                self.failed_keys.insert(key.to_string());
+                if key == "listener" {
+                    // Its TLS lines belong to no listener; they are still checked.
+                    self.orphan_tls = Some(TlsOptions::default());
+                }
+            }
+        }
+    }
+
+    /// `include_dir DIR`: the files in DIR whose names end in `.conf`, in
+    /// the byte order of their names, read as if their lines were here (as
+    /// Mosquitto 2.0 does). Only the main file may include: Mosquitto
+    /// silently skips include_dir in an included file; midge says so.
+    fn include_dir(&mut self, rest: &str) -> Result<(), ConfigError> {
+        let dir = self.path_value("include_dir", rest)?;
+        if self.file != 0 {
+            return Err(self.err(
+                "include_dir: only the main configuration file may include a directory (Mosquitto ignores this line)",
+            ));
+        }
+        let files = conf_files(&dir)
+            .map_err(|e| self.err(format!("include_dir {}: cannot read the directory: {e}", dir.display())))?;
+        if files.len() > INCLUDED_FILES_MAX {
+            return Err(self.err(format!(
+                "include_dir {}: {} .conf files, more than the {INCLUDED_FILES_MAX} midge reads",
+                dir.display(),
+                files.len()
+            )));
+        }
+        let at = self.line;
+        for path in files {
+            let name = path.display().to_string();
+            let index = self.places.files.len();
+            self.places.files.push(name.clone());
+            self.cfg.included_files.push(path.clone());
+            match read_included(&path, &name) {
+                Ok(text) => self.feed(index, &text),
+                Err(e) if e.line == 0 => {
+                    self.errors.push(ConfigError::new("", at, format!("include_dir {}: {}", dir.display(), e)))
+                }
+                Err(e) => {
+                    let pos = self.places.add(index, e.line);
+                    self.errors.push(ConfigError::new("", pos, e.message));
+                }
+            }
+            if self.lines_read > LINES_MAX {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
@@ -212,24 +373,8 @@ impl<'f> Parser<'f> {
             "sys_interval" => self.cfg.sys_interval_secs = self.num_opt(key, rest, 0, u32::MAX.into())? as u32,
             "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
             "log_type" => self.log_type(rest)?,
-            "log_dest" => {
-                self.once(key);
-                let mut toks = rest.split_whitespace();
-                let dest = match toks.next() {
-                    Some("stdout") => LogDest::Stdout,
-                    Some("stderr") => LogDest::Stderr,
-                    Some(other) => {
-                        return Err(
-                            self.err(format!("log_dest: \"{other}\" is not supported by midge (use stdout or stderr)"))
-                        )
-                    }
-                    None => return Err(self.err("log_dest: missing value")),
-                };
-                if let Some(extra) = toks.next() {
-                    return Err(self.extra(key, extra));
-                }
-                self.cfg.log_dest = dest;
-            }
+            "log_dest" => self.log_dest(rest)?,
+            "include_dir" => self.include_dir(rest)?,
             "max_packet_size" => {
                 let v = self.num_opt(key, rest, 0, PROTOCOL_MAX_BYTES.into())? as u32;
                 if (1..20).contains(&v) {
@@ -352,10 +497,7 @@ impl<'f> Parser<'f> {
                 self.num_opt(key, rest, 0, u64::MAX)?;
                 self.warn(&format!("{key} is ignored: Mosquitto 2 no longer uses it either"));
             }
-            "pid_file" => {
-                self.path_opt(key, rest)?;
-                self.warn("pid_file is ignored: midge writes no pid file");
-            }
+            "pid_file" => self.cfg.pid_file = Some((self.path_opt(key, rest)?, self.origin())),
             "user" => {
                 self.one(key, rest)?;
                 self.warn("user is ignored: midge does not change user; start it as the user it should run as");
@@ -407,7 +549,8 @@ impl<'f> Parser<'f> {
     /// Notes a single-valued key; warns when it overrides an earlier line.
     fn once(&mut self, key: &str) {
         if let Some(prev) = self.seen.insert(key.to_string(), self.line) {
-            self.warn(&format!("{key} overrides the value set on line {prev}"));
+            let prev = self.places.describe(prev, self.line);
+            self.warn(&format!("{key} overrides the value set on {prev}"));
         }
     }
 
@@ -563,7 +706,8 @@ impl<'f> Parser<'f> {
             }
         };
         if let Some(prev) = prev {
-            self.warn(&format!("{key} overrides the value set on line {prev} for the same listener"));
+            let prev = self.places.describe(prev, line);
+            self.warn(&format!("{key} overrides the value set on {prev} for the same listener"));
         }
         Ok(())
     }
@@ -572,6 +716,59 @@ impl<'f> Parser<'f> {
         match (&mut self.orphan_tls, self.listener_tls.last_mut()) {
             (Some(o), _) | (None, Some(o)) => o,
             (None, None) => &mut self.default_tls,
+        }
+    }
+
+    /// `log_dest`: one destination. `none` turns the log off and forgets
+    /// the lines before it (as in Mosquitto); another destination after a
+    /// first one is an error (Mosquitto logs to each).
+    fn log_dest(&mut self, rest: &str) -> Result<(), ConfigError> {
+        let (kind, arg) = split_first(rest);
+        if !arg.is_empty() && kind != "file" {
+            return Err(self.extra("log_dest", split_first(arg).0));
+        }
+        let dest = match kind {
+            "" => return Err(self.err("log_dest: missing value")),
+            "none" => LogDest::None,
+            "stdout" => LogDest::Stdout,
+            "stderr" => LogDest::Stderr,
+            "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
+            "file" => LogDest::File(PathBuf::from(arg), self.origin()),
+            "syslog" | "dlt" => {
+                return Err(self.err(format!(
+                    "log_dest {kind} is not supported by midge: use log_dest file, or run under systemd, \
+                     whose journal takes stderr"
+                )))
+            }
+            "topic" => {
+                return Err(self.err(
+                    "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
+                     use stdout, stderr or file",
+                ))
+            }
+            other => return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, none"))),
+        };
+        let same = |a: &LogDest, b: &LogDest| match (a, b) {
+            (LogDest::File(a, _), LogDest::File(b, _)) => a == b,
+            _ => a == b,
+        };
+        match &self.log_dest {
+            Some((first, pos)) if *first != LogDest::None && dest != LogDest::None && !same(first, &dest) => {
+                let first = match first {
+                    LogDest::File(path, _) => format!("file {}", path.display()),
+                    LogDest::Stdout => "stdout".to_string(),
+                    _ => "stderr".to_string(),
+                };
+                let at = self.places.describe(*pos, self.line);
+                Err(self.err(format!(
+                    "log_dest {kind}: midge logs to one destination; log_dest {first} is already set on {at}"
+                )))
+            }
+            Some((first, _)) if same(first, &dest) => Ok(()),
+            _ => {
+                self.log_dest = Some((dest, self.line));
+                Ok(())
+            }
         }
     }
 
@@ -613,13 +810,13 @@ impl<'f> Parser<'f> {
             self.err(format!("cluster_peer: \"{addr}\" is not HOST:PORT (an IPv6 address is written [ADDRESS]:PORT)"))
         })?;
         for (i, (other_id, other_addr)) in self.cfg.cluster_peers.iter().enumerate() {
-            let line = self.peer_lines[i];
+            let line = self.places.describe(self.peer_lines[i], self.line);
             if *other_id == id {
-                return Err(self.err(format!("cluster_peer: id {id} is already used on line {line}")));
+                return Err(self.err(format!("cluster_peer: id {id} is already used on {line}")));
             }
             if peer_key(other_addr).as_ref() == Some(&key) {
                 return Err(
-                    self.err(format!("cluster_peer: address {addr} is already used by peer {other_id} on line {line}"))
+                    self.err(format!("cluster_peer: address {addr} is already used by peer {other_id} on {line}"))
                 );
             }
         }
@@ -631,7 +828,8 @@ impl<'f> Parser<'f> {
     /// The checks across lines, on the lines that were valid; adds what it
     /// finds to `errors`.
     fn finish(mut self, errors: &mut Vec<ConfigError>) -> Config {
-        let file = self.file;
+        // Positions, given their file and line by `parse`.
+        let file = "";
         let mut err = |line: u32, msg: String| errors.push(ConfigError::new(file, line, msg));
         let mut listeners = Vec::new();
         if self.default_port.is_some() || self.default_address.is_some() {
@@ -662,7 +860,8 @@ impl<'f> Parser<'f> {
                     Some(a) => format!("{a} port {}", l.port),
                     None => format!("port {} on all interfaces", l.port),
                 };
-                err(*line, format!("duplicate listener on {at} (already defined on line {first})"));
+                let first = self.places.describe(*first, *line);
+                err(*line, format!("duplicate listener on {at} (already defined on {first})"));
             }
         }
         let mut cfg = self.cfg;
@@ -673,6 +872,9 @@ impl<'f> Parser<'f> {
         cfg.allow_anonymous = self.allow_anonymous.unwrap_or(cfg.password_file.is_none() && !cfg.dynsec_plugin);
         if let Some(types) = self.log_types {
             cfg.log_types = types;
+        }
+        if let Some((dest, _)) = self.log_dest {
+            cfg.log_dest = dest;
         }
 
         // Checks across keys are skipped when a line of a key they involve

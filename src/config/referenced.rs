@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::{read_text, Config, ConfigError, ConfigErrors};
+use super::{read_text, Config, ConfigError, ConfigErrors, Origin};
 use crate::auth::acl::AclFile;
 use crate::auth::password::PasswordFile;
 use crate::dynsec::{import_json, Imported};
@@ -63,18 +63,21 @@ pub(super) fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let mut errors = parsed.errors;
     let mut config = parsed.config;
     config.source = Some(path.to_path_buf());
-    let line = |key: &str| parsed.key_lines.get(key).copied().unwrap_or(0);
+    // The line that named the file: in this file, or in one it includes.
+    let origin = |key: &str| parsed.key_lines.get(key).cloned().unwrap_or(Origin { file: name.clone(), line: 0 });
+    let at = origin("password_file");
     let passwords = config.password_file.as_deref().and_then(|path| {
-        let r = Reference { key: "password_file", path, config_file: &name, line: line("password_file") };
+        let r = Reference { key: "password_file", path, config_file: &at.file, line: at.line };
         r.load(&mut errors, PasswordFile::load)
     });
+    let at = origin("acl_file");
     let acl = config.acl_file.as_deref().and_then(|path| {
-        let r = Reference { key: "acl_file", path, config_file: &name, line: line("acl_file") };
+        let r = Reference { key: "acl_file", path, config_file: &at.file, line: at.line };
         r.load(&mut errors, AclFile::load)
     });
+    let at = origin("plugin_opt_config_file");
     let dynsec = config.dynsec_file.as_deref().filter(|_| config.dynsec_plugin).and_then(|path| {
-        let r =
-            Reference { key: "plugin_opt_config_file", path, config_file: &name, line: line("plugin_opt_config_file") };
+        let r = Reference { key: "plugin_opt_config_file", path, config_file: &at.file, line: at.line };
         r.load(&mut errors, load_dynsec)
     });
     ConfigErrors::check(Loaded { config, passwords, acl, dynsec }, errors)

@@ -23,6 +23,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(d.max_qos, 2);
     assert_eq!(d.log_types, LogType::DEFAULT.to_vec());
     assert_eq!(d.log_dest, LogDest::Stderr);
+    assert_eq!(d.pid_file, None);
     assert_eq!(d.cluster_follower_mode, FollowerMode::Proxy);
     assert_eq!(d.source, None);
     let l = d.limits;
@@ -304,11 +305,39 @@ fn log_types_and_dest() {
     assert!(err("log_type verbose").contains("\"verbose\" is not one of error, warning"));
     assert_eq!(err("log_type"), "midge.conf:1: log_type: missing value");
     assert_eq!(parse("log_dest stderr").log_dest, LogDest::Stderr);
+    let at = |line| Origin { file: "midge.conf".into(), line };
     assert_eq!(
-        err("log_dest file /var/log/mosquitto/mosquitto.log"),
-        "midge.conf:1: log_dest: \"file\" is not supported by midge (use stdout or stderr)"
+        parse("log_dest file /var/log/mosquitto/my log.log\nlog_dest file /var/log/mosquitto/my log.log").log_dest,
+        LogDest::File("/var/log/mosquitto/my log.log".into(), at(1))
     );
-    assert!(err("log_dest syslog").contains("\"syslog\" is not supported by midge"));
+    assert_eq!(parse("log_dest stdout\nlog_dest stdout").log_dest, LogDest::Stdout);
+    // none turns the log off and forgets the lines before it.
+    assert_eq!(parse("log_dest none").log_dest, LogDest::None);
+    assert_eq!(parse("log_dest stdout\nlog_dest none").log_dest, LogDest::None);
+    assert_eq!(parse("log_dest none\nlog_dest stdout").log_dest, LogDest::Stdout);
+    // One destination.
+    assert_eq!(
+        err("log_dest file /a.log\n\nlog_dest stdout"),
+        "midge.conf:3: log_dest stdout: midge logs to one destination; log_dest file /a.log is already set on line 1"
+    );
+    assert_eq!(
+        err("log_dest stdout\nlog_dest file /b.log"),
+        "midge.conf:2: log_dest file: midge logs to one destination; log_dest stdout is already set on line 1"
+    );
+    assert_eq!(
+        err("log_dest file /a.log\nlog_dest file /b.log"),
+        "midge.conf:2: log_dest file: midge logs to one destination; log_dest file /a.log is already set on line 1"
+    );
+    assert_eq!(err("log_dest file"), "midge.conf:1: log_dest file: missing file name");
+    assert_eq!(err("log_dest"), "midge.conf:1: log_dest: missing value");
+    assert_eq!(
+        err("log_dest stderr\nlog_dest syslog"),
+        "midge.conf:2: log_dest syslog is not supported by midge: use log_dest file, or run under systemd, \
+         whose journal takes stderr"
+    );
+    assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
+    assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
@@ -323,7 +352,7 @@ fn log_types_and_dest() {
 
 #[test]
 fn ignored_mosquitto_keys_are_accepted() {
-    let text = "autosave_interval 1800\nautosave_on_changes false\npid_file /run/mosquitto/mosquitto.pid\n\
+    let text = "autosave_interval 1800\nautosave_on_changes false\nretry_interval 20\n\
                 user mosquitto\nper_listener_settings false\nlog_timestamp true\n\
                 log_timestamp_format %Y-%m-%dT%H:%M:%S\npersistence_file mosquitto.db\n";
     let c = parse(text);
@@ -354,6 +383,10 @@ store_clean_interval 10
     assert!(err("autosave_interval soon").contains("is not a number"));
     assert!(err("autosave_on_changes 1").contains("is not true or false"));
     assert!(err("pid_file").contains("missing value"));
+    assert_eq!(
+        parse("\npid_file /run/mosquitto/mosquitto.pid").pid_file,
+        Some(("/run/mosquitto/mosquitto.pid".into(), Origin { file: "midge.conf".into(), line: 2 }))
+    );
     assert_eq!(
         err("per_listener_settings true"),
         "midge.conf:1: per_listener_settings true is not supported by midge: \
@@ -402,7 +435,6 @@ fn unsupported_mosquitto_keys_are_errors() {
         "midge.conf:2: \"capath\" is a Mosquitto option that midge does not support \
          (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version)"
     );
-    assert!(err("include_dir /etc/mosquitto/conf.d").contains("\"include_dir\" is a Mosquitto option"));
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
     assert!(err("connection bridge-01").contains("bridges are not supported"));
     assert!(err("protocol websockets").contains("only mqtt"));
@@ -737,4 +769,99 @@ fn dynamic_security_lines_and_their_file() {
             "DIR/midge.conf:1: plugin_opt_config_file without a plugin line (plugin .../mosquitto_dynamic_security.so)"
         ]
     );
+}
+
+/// Writes `conf` as DIR/midge.conf and `files` (paths under DIR) and loads
+/// it; `{dir}` in any text is DIR, shown as DIR in the errors.
+fn load_tree(conf: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, Vec<String>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content.replace("{dir}", &d)).unwrap();
+    }
+    let path = dir.path().join("midge.conf");
+    std::fs::write(&path, conf.replace("{dir}", &d)).unwrap();
+    let r = Config::load(&path)
+        .map(|l| l.config)
+        .map_err(|errors| errors.iter().map(|e| e.to_string().replace(&d, "DIR")).collect());
+    (dir, r)
+}
+
+#[test]
+fn include_dir_reads_the_conf_files_in_name_order_at_its_line() {
+    let (dir, r) = load_tree(
+        "max_qos 1\nlistener 1885\ninclude_dir {dir}/conf.d\nallow_anonymous false\n",
+        &[
+            ("conf.d/b.conf", "listener 1884\n"),
+            ("conf.d/a.conf", "# first\nlistener 1883 127.0.0.1\nmax_qos 2\n"),
+            ("conf.d/B.conf", "sys_interval 5\n"),
+            ("conf.d/c.txt", "bogus 1\n"),
+            ("conf.d/.conf", "bogus 1\n"),
+            ("conf.d/d.conf.bak", "bogus 1\n"),
+        ],
+    );
+    let c = r.unwrap();
+    let d = dir.path().join("conf.d");
+    assert_eq!(c.listeners, [Listener::any(1885), Listener::at(1883, "127.0.0.1"), Listener::any(1884)]);
+    assert_eq!(c.included_files, vec![d.join("B.conf"), d.join("a.conf"), d.join("b.conf")]);
+    // A key set again in an included file: the later line wins, and the
+    // warning names the earlier line with its file.
+    assert_eq!(c.max_qos, 2);
+    assert_eq!(c.sys_interval_secs, 5);
+    assert!(!c.allow_anonymous);
+    let w: Vec<String> =
+        c.warnings.iter().map(|w| w.to_string().replace(&dir.path().display().to_string(), "DIR")).collect();
+    assert_eq!(w, ["DIR/conf.d/a.conf:3: max_qos overrides the value set on DIR/midge.conf:1"]);
+    // An empty directory adds nothing.
+    let (_dir, r) = load_tree("include_dir {dir}/conf.d\n", &[("conf.d/README", "x")]);
+    assert_eq!(r.unwrap().listeners, vec![Listener::any(1883)]);
+}
+
+#[test]
+fn include_dir_errors_name_the_included_file_and_line() {
+    let (_dir, r) = load_tree(
+        "listener 1883\ninclude_dir {dir}/conf.d\nmax_qos 3\n",
+        &[
+            ("conf.d/a.conf", "\nbogus_option 1\npassword_file {dir}/missing\n"),
+            ("conf.d/b.conf", "include_dir {dir}/more\nlistener 1883\n"),
+        ],
+    );
+    assert_eq!(
+        r.unwrap_err(),
+        [
+            "DIR/conf.d/a.conf:2: unknown option \"bogus_option\"",
+            "DIR/conf.d/b.conf:1: include_dir: only the main configuration file may include a directory \
+             (Mosquitto ignores this line)",
+            "DIR/conf.d/b.conf:2: duplicate listener on port 1883 on all interfaces (already defined on DIR/midge.conf:1)",
+            "DIR/midge.conf:3: max_qos: \"3\" is not a number between 0 and 2",
+            "DIR/conf.d/a.conf:3: password_file DIR/missing: cannot read: No such file or directory (os error 2)",
+        ]
+    );
+    // Not text: the included file's line; not readable: the include_dir line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(dir.path().join("conf.d/a.conf"), b"max_qos 1\n\xff\n").unwrap();
+    std::fs::create_dir(dir.path().join("conf.d/z.conf")).unwrap();
+    let conf = format!("include_dir {}/conf.d\n", dir.path().display());
+    let e = Config::parse_str(&conf, "midge.conf")
+        .unwrap_err()
+        .to_string()
+        .replace(&dir.path().display().to_string(), "DIR");
+    assert_eq!(
+        e,
+        "midge.conf:1: include_dir DIR/conf.d: DIR/conf.d/z.conf: cannot read: Is a directory (os error 21)\n\
+         DIR/conf.d/a.conf:2: not valid UTF-8 text"
+    );
+}
+
+#[test]
+fn a_missing_include_dir_is_an_error_at_its_line() {
+    let (_dir, r) = load_tree("listener 1883\ninclude_dir {dir}/nope\n", &[]);
+    assert_eq!(
+        r.unwrap_err(),
+        ["DIR/midge.conf:2: include_dir DIR/nope: cannot read the directory: No such file or directory (os error 2)"]
+    );
+    assert_eq!(err("include_dir"), "midge.conf:1: include_dir: missing value");
 }

@@ -24,6 +24,8 @@ use embedded_io_async::{Read, Write};
 use log::debug;
 use smol::LocalExecutor;
 
+use crate::auth::acl::AclFile;
+use crate::auth::password::PasswordFile;
 use crate::broker::{Action, Broker, ConnId};
 use crate::cluster::driver::Driver;
 use crate::cluster::transport::{Advertised, Peers};
@@ -359,6 +361,14 @@ impl<L: RaftLog + 'static> Server<L> {
         let n = wall_ms().max(self.last_now.get());
         self.last_now.set(n);
         n
+    }
+
+    /// SIGHUP: the serving broker takes new password and ACL files (see
+    /// `Broker::reload_auth`; in dynsec_sync the cluster group's broker
+    /// serves no clients and is left alone). Returns how many clients were
+    /// disconnected.
+    pub fn reload_auth(&self, passwords: Option<PasswordFile>, acl: Option<AclFile>) -> usize {
+        self.with_broker(|b, now| b.reload_auth(passwords, acl, now))
     }
 
     /// Run `f` on the broker, then carry out the actions it produced.

@@ -1,0 +1,67 @@
+//! The log: `simple_logger`, which writes each record to standard error.
+//! `log_dest` only chooses what standard error is: standard output
+//! (`dup2(1, 2)`) or a file (`dup2(file, 2)`, redone on SIGHUP so that
+//! logrotate's renamed file is left behind).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use log::LevelFilter;
+
+/// The log file, for [`reopen`].
+static LOG_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Installs the logger (on standard error) at `level`.
+pub fn init(level: LevelFilter) {
+    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+}
+
+/// Points standard error at standard output.
+pub fn redirect_to_stdout() -> io::Result<()> {
+    // SAFETY: dup2 on this process's own standard descriptors.
+    if unsafe { libc::dup2(1, 2) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Points standard error at `path`, appended to (created 0644 if absent),
+/// and remembers it for [`reopen`]. On error standard error is unchanged.
+pub fn redirect_to_file(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().create(true).append(true).mode(0o644).open(path)?;
+    // SAFETY: both descriptors are open; the file's is closed when `file`
+    // drops, fd 2 keeps its own reference to the open file.
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
+    Ok(())
+}
+
+/// SIGHUP: opens the log file again, by its name (logrotate renamed the
+/// old one). No log file, nothing to do; on error the old file stays in use.
+pub fn reopen() -> io::Result<()> {
+    let path = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match path {
+        Some(p) => redirect_to_file(&p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unopenable_log_file_leaves_stderr_alone() {
+        let e = redirect_to_file(Path::new("/nonexistent/dir/midge.log")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(LOG_FILE.lock().unwrap().is_none());
+        // No log file: reopen has nothing to do.
+        reopen().unwrap();
+    }
+}
