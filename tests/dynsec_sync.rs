@@ -93,11 +93,12 @@ fn every_node_serves_and_dynamic_security_is_shared() {
     );
     assert!(body.contains("\"mode\":\"dynsec_sync\""), "{body}");
 
-    // Created through node 1, logs in on nodes 2 and 3.
+    // Created through node 1, logs in on nodes 2 and 3 (the default access
+    // first: a node where alice logs in applied it too, in log order).
+    let out = ctrl(c.mqtt[0], &["setDefaultACLAccess", "subscribe", "allow"]);
+    assert!(!out.contains("Error"), "{out}\n{}", c.logs());
     let out = ctrl(c.mqtt[0], &["createClient", "alice", "-p", "pw"]);
     assert!(!out.contains("Error"), "createClient through node 1: {out}\n{}", c.logs());
-    let out = ctrl(c.mqtt[0], &["setDefaultACLAccess", "subscribe", "allow"]);
-    assert!(!out.contains("Error"), "{out}");
     for i in [1, 2] {
         eventually(&format!("alice logs in on node {}", i + 1), &c, || logs_in(c.mqtt[i], "alice", "pw"));
     }
