@@ -90,9 +90,10 @@ serving() { [ "$(in_ns "$CL" curl -s -o /dev/null -w '%{http_code}' "http://10.7
 for i in 1 2 3; do eventually 20 serving "$i" || fail "node $i does not serve"; done
 ha_log "three nodes serve"
 
-out=$(ctrl "$CL" 1 createClient alice -p apw); [ -z "$out" ] || fail "createClient alice: $out"
+# The default access first: a node where alice logs in has applied it too.
 out=$(ctrl "$CL" 1 setDefaultACLAccess subscribe allow); [ -z "$out" ] || fail "setDefaultACLAccess: $out"
 out=$(ctrl "$CL" 1 setDefaultACLAccess publishClientSend allow); [ -z "$out" ] || fail "setDefaultACLAccess: $out"
+out=$(ctrl "$CL" 1 createClient alice -p apw); [ -z "$out" ] || fail "createClient alice: $out"
 eventually 10 logs_in "$CL" 3 alice apw || fail "alice does not log in on node 3"
 
 netns_isolate 3 || fail "cannot isolate node 3"
