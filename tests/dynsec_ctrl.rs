@@ -22,7 +22,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use common::{run_with_timeout, Broker, MAX_WAIT};
@@ -232,11 +232,8 @@ impl Sub {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        loop {
-            match self.rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(l) => self.lines.push(l),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
+        while let Ok(l) = self.rx.recv_timeout(Duration::from_millis(500)) {
+            self.lines.push(l);
         }
         let messages = self
             .lines

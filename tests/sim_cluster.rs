@@ -103,9 +103,7 @@ struct Sim {
 }
 
 fn settings() -> Rc<Settings> {
-    let mut c = Config::default();
-    c.dynsec_plugin = true;
-    c.allow_anonymous = true;
+    let c = Config { dynsec_plugin: true, allow_anonymous: true, ..Config::default() };
     Rc::new(c.broker_settings(None, None))
 }
 

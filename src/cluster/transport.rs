@@ -37,6 +37,8 @@ pub const QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const ADVERTISED_ADDR_BYTES_MAX: usize = 255;
 /// Most addresses a hello may carry.
 pub const ADVERTISED_ENTRIES_MAX: usize = 32;
+/// An incoming peer connection must complete its hello within this.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 const BACKOFF_MIN_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 1000;
 
@@ -330,15 +332,13 @@ pub async fn accept_loop(
     }
 }
 
-async fn receive(
-    mut s: TcpStream,
-    my_id: u64,
+/// The hello of an incoming peer connection: its node id and what it
+/// advertises, checked (magic, version, a known node, the same mode).
+async fn read_hello(
+    s: &mut TcpStream,
     my_mode: ClusterMode,
     known: &dyn Fn(u64) -> bool,
-    on_hello: &dyn Fn(u64, Advertised),
-    deliver: &dyn Fn(Message),
-    message_bytes_max: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<(u64, Advertised)> {
     use std::io::{Error, ErrorKind};
     let mut hello = [0u8; 16];
     s.read_exact(&mut hello).await?;
@@ -377,6 +377,26 @@ async fn receive(
         );
         return Err(Error::new(ErrorKind::InvalidData, "cluster_mode differs"));
     }
+    Ok((from, advertised))
+}
+
+async fn receive(
+    mut s: TcpStream,
+    my_id: u64,
+    my_mode: ClusterMode,
+    known: &dyn Fn(u64) -> bool,
+    on_hello: &dyn Fn(u64, Advertised),
+    deliver: &dyn Fn(Message),
+    message_bytes_max: usize,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    // A connection that does not complete its hello in time is dropped: it
+    // holds a task and a descriptor, and a peer sends it at once.
+    let (from, advertised) = futures_lite::future::or(read_hello(&mut s, my_mode, known), async {
+        smol::Timer::after(HELLO_DEADLINE).await;
+        Err(Error::new(ErrorKind::TimedOut, format!("no hello within {} s", HELLO_DEADLINE.as_secs())))
+    })
+    .await?;
     on_hello(from, advertised);
     let mut r = futures_lite::io::BufReader::with_capacity(64 * 1024, s);
     let mut msg = Vec::new();
@@ -463,5 +483,38 @@ mod tests {
         assert_eq!(a.listener_for(0, true), Some("10.0.0.11:8883"));
         assert_eq!(a.listener_for(5, false), Some("10.0.0.11:1883"));
         assert_eq!(Advertised::default().listener_for(0, false), None);
+    }
+
+    /// A connection to the peer port that never sends its hello is closed
+    /// after `HELLO_DEADLINE`, before anything of it is decoded.
+    #[test]
+    fn a_silent_peer_connection_is_dropped_at_the_hello_deadline() {
+        let ex = Rc::new(smol::LocalExecutor::new());
+        smol::block_on(ex.run(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            ex.spawn(accept_loop(
+                ex.clone(),
+                l,
+                1,
+                ClusterMode::FullSync,
+                Rc::new(|_| true),
+                Rc::new(|_, _| panic!("no hello was sent")),
+                Rc::new(|_| panic!("no message was sent")),
+                1 << 20,
+            ))
+            .detach();
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let start = std::time::Instant::now();
+            let mut buf = [0u8; 1];
+            let n = futures_lite::future::or(async { c.read(&mut buf).await.unwrap_or(0) }, async {
+                smol::Timer::after(HELLO_DEADLINE * 3).await;
+                99
+            })
+            .await;
+            assert_eq!(n, 0, "closed by the node, not timed out by the test");
+            let took = start.elapsed();
+            assert!(took >= HELLO_DEADLINE - Duration::from_millis(100), "closed after {took:?}");
+        }));
     }
 }

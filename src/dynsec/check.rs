@@ -145,9 +145,7 @@ impl DynsecState {
     fn check_slow(&self, username: Option<&str>, topic: &str, access: Access) -> Option<RoleMatch> {
         Some(match username {
             Some(username) => {
-                let Some(c) = self.clients.get(username) else {
-                    return None;
-                };
+                let c = self.clients.get(username)?;
                 let mut found = self.check_roles(&c.roles, topic, access);
                 for g in &c.groups {
                     if !matches!(found, RoleMatch::NoMatch) {
