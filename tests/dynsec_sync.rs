@@ -11,79 +11,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{health_ok, Cluster};
+use common::cluster::health_ok;
+use common::dynsec::{ctrl, eventually, logs_in, start_cluster};
 
-const EXTRA: &str = "cluster_mode dynsec_sync\n\
-     plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n\
-     plugin_opt_config_file {dir}/ds{node}.json\n";
-
-fn ctrl(port: u16, args: &[&str]) -> String {
-    let (_, out, err) = common::run_with_timeout(
-        Command::new("mosquitto_ctrl")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", "adminpass", "dynsec"])
-            .args(args),
-        Duration::from_secs(20),
-    );
-    format!("{out}{err}")
-        .lines()
-        .filter(|l| !l.starts_with("Warning: You are running") && !l.starts_with("This means all of the"))
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn logs_in(port: u16, user: &str, password: &str) -> bool {
-    let (code, _, _) = common::run_with_timeout(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-u",
-            user,
-            "-P",
-            password,
-            "-t",
-            "x",
-            "-m",
-            "1",
-        ]),
-        Duration::from_secs(10),
-    );
-    code == Some(0)
-}
-
-fn eventually(what: &str, c: &Cluster, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}\n{}", c.logs());
-}
-
-fn start() -> Cluster {
-    let mut c = Cluster::prepare("proxy", EXTRA);
-    let first = c.path().join("ds1.json");
-    let (code, out, err) = common::run_with_timeout(
-        Command::new("mosquitto_ctrl").args(["dynsec", "init", first.to_str().unwrap(), "admin", "adminpass"]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
-    for i in 1..3 {
-        std::fs::copy(&first, c.path().join(format!("ds{}.json", i + 1))).unwrap();
-    }
-    for i in 0..3 {
-        c.spawn(i);
-    }
-    c
-}
+const EXTRA: &str = "cluster_mode dynsec_sync\n";
 
 #[test]
 fn every_node_serves_and_dynamic_security_is_shared() {
-    let mut c = start();
+    let mut c = start_cluster("proxy", EXTRA);
     // Every node answers its health check with 200 (a load balancer uses
     // all three), and says the mode.
     eventually("all three nodes serve", &c, || (0..3).all(|i| health_ok(c.health[i])));
@@ -95,9 +30,9 @@ fn every_node_serves_and_dynamic_security_is_shared() {
 
     // Created through node 1, logs in on nodes 2 and 3 (the default access
     // first: a node where alice logs in applied it too, in log order).
-    let out = ctrl(c.mqtt[0], &["setDefaultACLAccess", "subscribe", "allow"]);
+    let (_, out) = ctrl(c.mqtt[0], &["setDefaultACLAccess", "subscribe", "allow"]);
     assert!(!out.contains("Error"), "{out}\n{}", c.logs());
-    let out = ctrl(c.mqtt[0], &["createClient", "alice", "-p", "pw"]);
+    let (_, out) = ctrl(c.mqtt[0], &["createClient", "alice", "-p", "pw"]);
     assert!(!out.contains("Error"), "createClient through node 1: {out}\n{}", c.logs());
     for i in [1, 2] {
         eventually(&format!("alice logs in on node {}", i + 1), &c, || logs_in(c.mqtt[i], "alice", "pw"));
@@ -113,7 +48,7 @@ fn every_node_serves_and_dynamic_security_is_shared() {
         .spawn()
         .expect("mosquitto_sub");
     eventually("alice's subscriber is connected on node 2", &c, || c.log(1).contains("u'alice'"));
-    let out = ctrl(c.mqtt[2], &["disableClient", "alice"]);
+    let (_, out) = ctrl(c.mqtt[2], &["disableClient", "alice"]);
     assert!(!out.contains("Error"), "disableClient through node 3: {out}");
     let end = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -135,7 +70,7 @@ fn every_node_serves_and_dynamic_security_is_shared() {
 
     // One node down: the other two serve and accept changes.
     c.kill(0);
-    let out = ctrl(c.mqtt[1], &["createClient", "carol", "-p", "pw2"]);
+    let (_, out) = ctrl(c.mqtt[1], &["createClient", "carol", "-p", "pw2"]);
     assert!(!out.contains("Error"), "createClient with one node down: {out}\n{}", c.logs());
     eventually("carol logs in on node 3", &c, || logs_in(c.mqtt[2], "carol", "pw2"));
 
@@ -144,7 +79,7 @@ fn every_node_serves_and_dynamic_security_is_shared() {
     c.kill(1);
     assert!(logs_in(c.mqtt[2], "carol", "pw2"), "the last node serves known clients\n{}", c.logs());
     let t = Instant::now();
-    let out = ctrl(c.mqtt[2], &["createClient", "dave", "-p", "pw3"]);
+    let (_, out) = ctrl(c.mqtt[2], &["createClient", "dave", "-p", "pw3"]);
     assert!(out.contains("createClient: Error: The cluster has no quorum"), "{out}\n{}", c.logs());
     assert!(t.elapsed() < Duration::from_secs(10), "answered after {:?}", t.elapsed());
     assert!(!logs_in(c.mqtt[2], "dave", "pw3"), "no local-only change");

@@ -12,11 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{health_ok, Cluster};
+use common::dynsec::start_cluster;
 use common::{connect_v311, free_port, Raw, MAX_WAIT};
 
-const EXTRA: &str = "cluster_mode dynsec_sync\n\
-     plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n\
-     plugin_opt_config_file {dir}/ds{node}.json\n";
+const EXTRA: &str = "cluster_mode dynsec_sync\n";
 
 struct Haproxy(Child);
 
@@ -58,19 +57,7 @@ fn reconnect_at(c: &Cluster, port: u16, id: &str) -> (Option<bool>, Option<usize
 
 #[test]
 fn haproxy_keeps_a_client_on_its_node_and_moves_it_when_the_node_dies() {
-    let mut c = Cluster::prepare("proxy", EXTRA);
-    let first = c.path().join("ds1.json");
-    let (code, out, err) = common::run_with_timeout(
-        Command::new("mosquitto_ctrl").args(["dynsec", "init", first.to_str().unwrap(), "admin", "adminpass"]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
-    for i in 1..3 {
-        std::fs::copy(&first, c.path().join(format!("ds{}.json", i + 1))).unwrap();
-    }
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    let mut c = start_cluster("proxy", EXTRA);
     let end = Instant::now() + Duration::from_secs(20);
     while !(0..3).all(|i| health_ok(c.health[i])) {
         assert!(Instant::now() < end, "not all nodes serve\n{}", c.logs());

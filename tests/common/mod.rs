@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod dynsec;
 pub mod v4;
 pub mod v5;
 
