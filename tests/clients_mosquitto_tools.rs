@@ -5,112 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::mosquitto_sub::Sub;
 use common::{run_with_timeout, Broker, MAX_WAIT};
 
 const V311: &str = "mqttv311";
 const V5: &str = "mqttv5";
-
-/// A running `mosquitto_sub -d`, already subscribed when `start` returns.
-struct Sub {
-    child: Child,
-    rx: Receiver<String>,
-    lines: Vec<String>,
-    err: tempfile::NamedTempFile,
-}
-
-struct SubOut {
-    code: Option<i32>,
-    /// Payload lines (with `-v`: "topic payload").
-    messages: Vec<String>,
-    /// Everything on stdout, debug lines included.
-    all: Vec<String>,
-    stderr: String,
-}
-
-impl Sub {
-    fn start(port: u16, version: &str, args: &[&str]) -> Sub {
-        let err = tempfile::NamedTempFile::new().unwrap();
-        // stdbuf: mosquitto_sub block-buffers stdout into a pipe, which
-        // would hide the "Subscribed" line until it exits.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port.to_string(), "-V", version, "-d"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err.reopen().unwrap())
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = Sub { child, rx, lines: Vec::new(), err };
-        let deadline = Instant::now() + MAX_WAIT;
-        loop {
-            match s.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    let done = l.starts_with("Subscribed (mid");
-                    s.lines.push(l);
-                    if done {
-                        return s;
-                    }
-                }
-                Err(e) => {
-                    let stderr = std::fs::read_to_string(s.err.path()).unwrap_or_default();
-                    panic!("mosquitto_sub never subscribed ({e:?}); stdout {:?} stderr {stderr:?}", s.lines);
-                }
-            }
-        }
-    }
-
-    /// Waits (bounded) for the process to end and returns its output.
-    fn finish(mut self) -> SubOut {
-        let deadline = Instant::now() + MAX_WAIT;
-        let code = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        loop {
-            match self.rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(l) => self.lines.push(l),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        let messages = self
-            .lines
-            .iter()
-            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed (mid"))
-            .cloned()
-            .collect();
-        let stderr = std::fs::read_to_string(self.err.path()).unwrap_or_default();
-        SubOut { code, messages, all: std::mem::take(&mut self.lines), stderr }
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `mosquitto_pub` to completion: (exit code, stdout, stderr).
 fn publish(port: u16, version: &str, args: &[&str]) -> (Option<i32>, String, String) {
@@ -293,7 +195,7 @@ fn acl_file_read_access_and_no_access() {
     assert_eq!(sub.finish().messages, vec!["a/x for bob"]);
     // alice may not read or write outside a/#: she cannot reach herself on b/x.
     let sub = Sub::start(b.port, V311, &["-t", "b/#", "-u", "alice", "-P", "secret", "-C", "1", "-W", "2"]);
-    let granted = sub.lines.last().cloned().unwrap_or_default();
+    let granted = sub.granted();
     publish_ok(b.port, V311, &["-t", "b/x", "-m", "nope", "-u", "alice", "-P", "secret"]);
     let s = sub.finish();
     assert!(s.messages.is_empty(), "no access outside a/#: {:?}", s.messages);

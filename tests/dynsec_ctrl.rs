@@ -19,12 +19,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::mosquitto_sub::Sub;
 use common::{run_with_timeout, Broker, MAX_WAIT};
 use serde_json::{json, Value};
 
@@ -150,116 +149,11 @@ fn assert_fails(port: u16, args: &[&str], error: &str) {
 // ---------------------------------------------------------------------------
 // mosquitto_sub / mosquitto_pub.
 
-/// A running `mosquitto_sub -d` (stdout line-buffered through stdbuf).
-struct Sub {
-    child: Child,
-    rx: Receiver<String>,
-    lines: Vec<String>,
-    err: tempfile::NamedTempFile,
-}
-
-#[derive(Debug)]
-struct SubOut {
-    code: Option<i32>,
-    /// Payload lines (with `-v`: "topic payload"), without the debug lines.
-    messages: Vec<String>,
-    /// Everything on stdout.
-    all: Vec<String>,
-    stderr: String,
-}
-
-impl Sub {
-    /// Starts `mosquitto_sub` and waits (bounded) for a stdout line that
-    /// contains `ready` ("Subscribed (mid", "received UNSUBACK").
-    fn start(port: u16, version: &str, args: &[&str], ready: &str) -> Sub {
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port.to_string(), "-V", version, "-d"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err.reopen().unwrap())
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = Sub { child, rx, lines: Vec::new(), err };
-        let deadline = Instant::now() + MAX_WAIT;
-        loop {
-            match s.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    let done = l.contains(ready);
-                    s.lines.push(l);
-                    if done {
-                        return s;
-                    }
-                }
-                Err(e) => {
-                    let stderr = std::fs::read_to_string(s.err.path()).unwrap_or_default();
-                    panic!(
-                        "mosquitto_sub {args:?} never printed {ready:?} ({e:?}); stdout {:?} stderr {stderr:?}",
-                        s.lines
-                    );
-                }
-            }
-        }
-    }
-
-    /// The SUBACK line ("Subscribed (mid: 1): 0").
-    fn granted(&self) -> String {
-        self.lines.iter().find(|l| l.starts_with("Subscribed (mid")).cloned().unwrap_or_default()
-    }
-
-    /// Waits (bounded) for the process to end and returns its output.
-    fn finish(mut self) -> SubOut {
-        let deadline = Instant::now() + MAX_WAIT;
-        let code = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(l) = self.rx.recv_timeout(Duration::from_millis(500)) {
-            self.lines.push(l);
-        }
-        let messages = self
-            .lines
-            .iter()
-            .filter(|l| {
-                !l.starts_with("Client ") && !l.starts_with("Subscribed (mid") && !l.starts_with("Received DISCONNECT")
-            })
-            .cloned()
-            .collect();
-        let stderr = std::fs::read_to_string(self.err.path()).unwrap_or_default();
-        SubOut { code, messages, all: std::mem::take(&mut self.lines), stderr }
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts a subscriber of `user` that must be granted.
 fn sub_granted(port: u16, version: &str, user: &str, pass: &str, args: &[&str]) -> Sub {
     let mut a = vec!["-u", user, "-P", pass];
     a.extend(args);
-    let s = Sub::start(port, version, &a, "Subscribed (mid");
+    let s = Sub::start_until(port, version, &a, "Subscribed (mid");
     assert!(!s.granted().contains("128") && !s.granted().contains("135"), "{version} {args:?}: {}", s.granted());
     s
 }
@@ -355,7 +249,7 @@ fn refused(version: &str) -> (Option<i32>, String) {
 fn raw_command(port: u16, payload: &str) -> Value {
     let mut args = ADMIN.to_vec();
     args.extend(["-t", RESPONSE, "-C", "1", "-W", "8"]);
-    let sub = Sub::start(port, V5, &args, "Subscribed (mid");
+    let sub = Sub::start_until(port, V5, &args, "Subscribed (mid");
     let mut pargs = ADMIN.to_vec();
     pargs.extend(["-t", CONTROL, "-m", payload, "-q", "1"]);
     publish_ok(port, V5, &pargs);
@@ -576,7 +470,7 @@ fn anonymous_group_with_allow_anonymous_true() {
     assert_eq!(ok(p, &["getAnonymousGroup"]), "anon\n");
 
     for v in [V311, V5] {
-        let sub = Sub::start(p, v, &["-t", "anon/#", "-v", "-C", "1", "-W", "8"], "Subscribed (mid");
+        let sub = Sub::start_until(p, v, &["-t", "anon/#", "-v", "-C", "1", "-W", "8"], "Subscribed (mid");
         assert_eq!(sub.granted(), "Subscribed (mid: 1): 0", "{v}");
         publish_ok(p, v, &["-t", "anon/x", "-m", "from anon", "-q", "1"]);
         assert_eq!(sub.finish().messages, vec!["anon/x from anon"], "{v}");
@@ -805,7 +699,7 @@ fn acl_types_enforced_for_mosquitto_pub_and_sub() {
             ("sp/keep/a", "sp/keep/a", true), // unsubscribePattern sp/keep/# deny
             ("sp/y", "sp/y", false),          // default: unsubscribe allow
         ] {
-            let s = Sub::start(
+            let s = Sub::start_until(
                 p,
                 v,
                 &["-u", "u", "-P", "upw", "-t", filter, "-t", "lit/+", "-U", filter, "-v", "-C", "1", "-W", "8"],

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod dynsec;
+pub mod mosquitto_sub;
 pub mod v4;
 pub mod v5;
 
