@@ -91,7 +91,10 @@ for i in 1 2 3; do eventually 20 serving "$i" || fail "node $i does not serve"; 
 ha_log "three nodes serve"
 
 # The default access first: a node where alice logs in has applied it too.
-out=$(ctrl "$CL" 1 setDefaultACLAccess subscribe allow); [ -z "$out" ] || fail "setDefaultACLAccess: $out"
+# (The first change may reach the group before its leader imported the
+# file: "not loaded yet, try again".)
+first_change() { out=$(ctrl "$CL" 1 setDefaultACLAccess subscribe allow); [ -z "$out" ]; }
+eventually 20 first_change || fail "setDefaultACLAccess: $out"
 out=$(ctrl "$CL" 1 setDefaultACLAccess publishClientSend allow); [ -z "$out" ] || fail "setDefaultACLAccess: $out"
 out=$(ctrl "$CL" 1 createClient alice -p apw); [ -z "$out" ] || fail "createClient alice: $out"
 eventually 10 logs_in "$CL" 3 alice apw || fail "alice does not log in on node 3"

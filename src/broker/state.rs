@@ -376,7 +376,15 @@ impl State {
     /// The steps of one request, in order: each read sees the changes
     /// before it. A refused change leaves the data as it was.
     fn apply_dynsec(&mut self, tag: &DynsecTag, steps: &[DynsecStep], out: &mut Vec<Effect>) {
-        let data = Rc::make_mut(self.dynsec.get_or_insert_with(Default::default));
+        let Some(data) = self.dynsec.as_mut() else {
+            // Before the file's import (a forwarded request can reach a new
+            // leader before its import commits): refused, so that the import
+            // still applies and no change starts from empty data.
+            let results = steps.iter().map(|_| Err(dynsec::CommandError::NOT_LOADED)).collect();
+            out.push(Effect::DynsecAnswered { tag: tag.clone(), results });
+            return;
+        };
+        let data = Rc::make_mut(data);
         let mut results = Vec::with_capacity(steps.len());
         let mut kick = Vec::new();
         let mut changed = false;

@@ -300,6 +300,9 @@ pub mod errors {
         TOO_MANY_COMMANDS = "Too many commands in one request";
         // midge's own: more requests wait for the cluster than it holds.
         PENDING_FULL = "Too many dynamic security requests pending, try again later";
+        // midge's own: a request that reached the cluster before the
+        // dynamic-security file was imported.
+        NOT_LOADED = "Dynamic security data is not loaded yet, try again";
         // midge's own (dynsec_sync): the cluster group did not commit the
         // change in time. It may still apply if the cluster recovers.
         NO_QUORUM = "The cluster has no quorum: the change was not confirmed in time (it applies only if the cluster commits it later)";

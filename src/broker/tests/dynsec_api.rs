@@ -228,3 +228,33 @@ fn the_admin_listener_asks_the_acls() {
     );
     assert_eq!(admin_connect(&mut b, 8), 0);
 }
+
+/// A change that reaches the log before the file's import (dynsec_sync: a
+/// forwarded request can beat a new leader's import) is refused and leaves
+/// no data behind, so the import still applies in full.
+#[test]
+fn a_change_before_the_import_is_refused_and_the_import_still_applies() {
+    use crate::broker::command::{DynsecStep, DynsecTag};
+    use crate::broker::state::ApplyLimits;
+    use crate::dynsec::DynsecChange;
+    let mut st = State::default();
+    let lim = ApplyLimits {
+        queued_messages_max: 10,
+        queued_bytes_max: 1 << 20,
+        retained_messages_max: 10,
+        queue_qos0_messages: false,
+        upgrade_outgoing_qos: false,
+    };
+    let mut out = Vec::new();
+    let tag = DynsecTag { node: 2, client: Rc::from("ctrl"), seq: 1 };
+    let steps = vec![DynsecStep::Change(DynsecChange::DeleteClient { username: "admin".into() })];
+    st.apply(&Entry { now_ms: 1, cmd: Command::Dynsec { tag, steps } }, &lim, &|_, _, _| true, &mut out);
+    assert!(st.dynsec().is_none(), "no data made up");
+    assert!(
+        matches!(&out[..], [Effect::DynsecAnswered { results, .. }] if results == &vec![Err(crate::dynsec::CommandError::NOT_LOADED)]),
+        "{out:?}"
+    );
+    let state = Box::new(import_json(INIT).unwrap().state);
+    st.apply(&Entry { now_ms: 2, cmd: Command::DynsecImport { state } }, &lim, &|_, _, _| true, &mut out);
+    assert!(st.dynsec().unwrap().clients.contains_key("admin"), "the import applied");
+}
