@@ -8,24 +8,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mosquitto_sub::Sub;
+use common::mosquitto_sub::{publish, publish_ok, Sub};
 use common::{run_with_timeout, Broker, MAX_WAIT};
 
 const V311: &str = "mqttv311";
 const V5: &str = "mqttv5";
-
-/// Runs `mosquitto_pub` to completion: (exit code, stdout, stderr).
-fn publish(port: u16, version: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    run_with_timeout(
-        Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version]).args(args),
-        MAX_WAIT,
-    )
-}
-
-fn publish_ok(port: u16, version: &str, args: &[&str]) {
-    let (code, out, err) = publish(port, version, args);
-    assert_eq!(code, Some(0), "mosquitto_pub {args:?} failed: stdout {out:?} stderr {err:?}");
-}
 
 /// Runs `mosquitto_sub` to completion (no readiness wait).
 fn subscribe_once(port: u16, version: &str, args: &[&str]) -> (Option<i32>, String, String) {

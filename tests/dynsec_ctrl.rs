@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mosquitto_sub::Sub;
+use common::mosquitto_sub::{publish, publish_ok, Sub};
 use common::{run_with_timeout, Broker, MAX_WAIT};
 use serde_json::{json, Value};
 
@@ -156,19 +156,6 @@ fn sub_granted(port: u16, version: &str, user: &str, pass: &str, args: &[&str]) 
     let s = Sub::start_until(port, version, &a, "Subscribed (mid");
     assert!(!s.granted().contains("128") && !s.granted().contains("135"), "{version} {args:?}: {}", s.granted());
     s
-}
-
-/// Runs `mosquitto_pub` to completion: (exit code, stdout, stderr).
-fn publish(port: u16, version: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    run_with_timeout(
-        Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version]).args(args),
-        MAX_WAIT,
-    )
-}
-
-fn publish_ok(port: u16, version: &str, args: &[&str]) {
-    let (code, out, err) = publish(port, version, args);
-    assert_eq!(code, Some(0), "mosquitto_pub {args:?} failed: stdout {out:?} stderr {err:?}");
 }
 
 /// Publishes as `user` at QoS 1; returns mosquitto_pub's -d output and

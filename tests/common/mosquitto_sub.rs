@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use super::MAX_WAIT;
+use super::{run_with_timeout, MAX_WAIT};
 
 /// A running `mosquitto_sub -d` (stdout line-buffered through stdbuf).
 pub struct Sub {
@@ -118,4 +118,17 @@ impl Drop for Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `mosquitto_pub` to completion: (exit code, stdout, stderr).
+pub fn publish(port: u16, version: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    run_with_timeout(
+        Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version]).args(args),
+        MAX_WAIT,
+    )
+}
+
+pub fn publish_ok(port: u16, version: &str, args: &[&str]) {
+    let (code, out, err) = publish(port, version, args);
+    assert_eq!(code, Some(0), "mosquitto_pub {args:?} failed: stdout {out:?} stderr {err:?}");
 }
