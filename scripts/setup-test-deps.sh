@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `bash scripts/test.sh` needs besides Rust, installed when missing:
 # Debian packages mosquitto (mosquitto_passwd, the broker the tests compare
-# against), mosquitto-clients, haproxy, iproute2, openssl, curl, python3-venv, and
+# against), mosquitto-clients, haproxy, iproute2, openssl, curl, tcpdump, python3-venv, and
 # a Python virtual environment with paho-mqtt 2 (scripts/python-env.sh).
 #
 #   bash scripts/setup-test-deps.sh     (as root when a package is missing)
@@ -17,7 +17,7 @@ set -euo pipefail
 # tool -> Debian package
 declare -A NEED=(
     [mosquitto]=mosquitto [mosquitto_passwd]=mosquitto [mosquitto_sub]=mosquitto-clients
-    [mosquitto_pub]=mosquitto-clients [haproxy]=haproxy [ip]=iproute2 [openssl]=openssl [curl]=curl
+    [mosquitto_pub]=mosquitto-clients [haproxy]=haproxy [ip]=iproute2 [openssl]=openssl [curl]=curl [tcpdump]=tcpdump
 )
 missing=()
 for t in "${!NEED[@]}"; do

@@ -5,7 +5,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use serde_json::{json, Value};
 
@@ -14,9 +19,12 @@ use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::{Connect, Packet, Properties, Publish, QoS, SubOptions, Subscribe, Version};
 
 pub const USAGE: &str = "\
-Usage: midge ctl [-h HOST] [-p PORT] -u USER -P PASSWORD COMMAND
+Usage: midge ctl [-h HOST] [-p PORT] -u USER -P PASSWORD [--cafile CA [--cert CERT --key KEY]] COMMAND
 
 -h defaults to 127.0.0.1, -p to 1880 (the port the README's admin_listener uses).
+--cafile: the admin listener speaks TLS; check its certificate (which must
+name HOST) against this CA (PEM). --cert/--key: a client certificate, for
+an admin listener with require_certificate true.
 
 Talks to a node's admin_listener (any node, leader or not).
 
@@ -38,6 +46,7 @@ pub fn run(args: &[String]) -> Result<i32, String> {
     let mut user = None;
     let mut pass = None;
     let mut rest = Vec::new();
+    let (mut cafile, mut cert, mut key) = (None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -48,6 +57,9 @@ pub fn run(args: &[String]) -> Result<i32, String> {
             }
             "-u" | "--username" => user = Some(it.next().ok_or("-u needs a user name")?.clone()),
             "-P" | "--pw" => pass = Some(it.next().ok_or("-P needs a password")?.clone()),
+            "--cafile" => cafile = Some(it.next().ok_or("--cafile needs a file")?.clone()),
+            "--cert" => cert = Some(it.next().ok_or("--cert needs a file")?.clone()),
+            "--key" => key = Some(it.next().ok_or("--key needs a file")?.clone()),
             "--help" => {
                 println!("{USAGE}");
                 return Ok(0);
@@ -83,8 +95,14 @@ pub fn run(args: &[String]) -> Result<i32, String> {
     let request = json!({ "commands": [cmd] }).to_string();
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
     let pass = pass.as_deref().unwrap_or("");
+    let tls = match (cafile, cert, key) {
+        (None, None, None) => None,
+        (Some(ca), cert, key) => Some(client_tls(&ca, cert.as_deref(), key.as_deref())?),
+        (None, _, _) => return Err("--cert and --key need --cafile (the admin listener's CA)".into()),
+    };
+    let ask = |addr: &str| ask(addr, tls.as_ref(), &user, pass, request.as_bytes());
     let mut addr = format!("{host}:{port}");
-    let mut v = ask(&addr, &user, pass, request.as_bytes())?;
+    let mut v = ask(&addr)?;
     // A follower names the leader's admin listener: send it there (once).
     if let Some(leader_admin) = v["responses"][0]["leader_admin"].as_str().map(String::from) {
         if leader_admin != addr {
@@ -93,7 +111,7 @@ pub fn run(args: &[String]) -> Result<i32, String> {
                 addr, v["responses"][0]["leader"]
             );
             addr = leader_admin;
-            v = ask(&addr, &user, pass, request.as_bytes())?;
+            v = ask(&addr)?;
         }
     }
     // A closed pipe (`| head`) is not an error worth a panic.
@@ -102,15 +120,52 @@ pub fn run(args: &[String]) -> Result<i32, String> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// The rustls client for `--cafile` (and `--cert`/`--key`).
+fn client_tls(cafile: &str, cert: Option<&str>, key: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+    let ca: Vec<CertificateDer> = CertificateDer::pem_file_iter(cafile)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("--cafile {cafile}: {e:?}"))?;
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c).map_err(|e| format!("--cafile {cafile}: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (cert, key) {
+        (None, None) => b.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| format!("--cert {cert}: {e:?}"))?;
+            let k = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--key {key}: {e:?}"))?;
+            b.with_client_auth_cert(chain, k).map_err(|e| format!("--key {key} does not fit --cert {cert}: {e}"))?
+        }
+        _ => return Err("--cert and --key go together".into()),
+    };
+    Ok(Arc::new(config))
+}
+
 /// One request to the admin listener at `addr`, its JSON answer.
-fn ask(addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Value, String> {
-    let response = exchange(addr, user, pass, request)?;
+fn ask(addr: &str, tls: Option<&Arc<ClientConfig>>, user: &str, pass: &str, request: &[u8]) -> Result<Value, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    let response = match tls {
+        None => exchange(tcp, addr, user, pass, request)?,
+        Some(cfg) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+            let conn = ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+            exchange(StreamOwned::new(conn, tcp), addr, user, pass, request)?
+        }
+    };
     serde_json::from_slice(&response).map_err(|e| format!("response from {addr} is not JSON: {e}"))
 }
 
-fn exchange(addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+fn exchange(mut s: impl Read + Write, addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out = Vec::new();
     let connect = Connect {
@@ -142,7 +197,7 @@ fn exchange(addr: &str, user: &str, pass: &str, request: &[u8]) -> Result<Vec<u8
             Ok(0) => return Err(format!("{addr} closed the connection")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(format!("{addr}: {e}")),
         }
         loop {
             let (p, used) = match decode(&buf, Some(Version::V311), RESPONSE_BYTES_MAX) {

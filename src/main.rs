@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use log::{error, info, LevelFilter};
+use log::{error, info, warn, LevelFilter};
 use smol::LocalExecutor;
 
 use midge::auth::acl::AclFile;
@@ -191,8 +191,26 @@ fn main() -> ExitCode {
     } else {
         (node_config(&config, node_id), None)
     };
-    let main_broker = make_broker(if dynsec_sync { DynsecRole::Client } else { DynsecRole::Own });
-    let group = group_cfg.map(|c| (c, make_broker(DynsecRole::Group)));
+    let cluster_id_source = || -> Box<dyn FnMut() -> u128> {
+        Box::new(|| {
+            let mut b = [0u8; 16];
+            if let Err(e) = getrandom::getrandom(&mut b) {
+                error!("Cannot draw a random cluster id: {e}.");
+                std::process::exit(70);
+            }
+            // 0 means "none yet".
+            u128::from_le_bytes(b).max(1)
+        })
+    };
+    let mut main_broker = make_broker(if dynsec_sync { DynsecRole::Client } else { DynsecRole::Own });
+    let group = group_cfg.map(|c| {
+        let mut b = make_broker(DynsecRole::Group);
+        b.set_cluster_id_source(cluster_id_source());
+        (c, b)
+    });
+    if !dynsec_sync {
+        main_broker.set_cluster_id_source(cluster_id_source());
+    }
     if config.persistence {
         let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
         let identity = StoreIdentity { cluster_id: 0, node_id };
@@ -367,7 +385,11 @@ fn run<L: RaftLog + 'static>(
     if let Some(l) = &config.admin_listener {
         match smol::block_on(midge::net::bind(l)) {
             Ok(s) => {
-                info!("Admin listener on port {} (password users only).", l.port);
+                info!(
+                    "Admin listener on port {}{} (password users only).",
+                    l.port,
+                    if l.tls.is_some() { ", TLS" } else { "" }
+                );
                 admin_listener = Some(s);
             }
             Err(e) => {
@@ -378,7 +400,11 @@ fn run<L: RaftLog + 'static>(
     }
     let port_of = |s: &smol::net::TcpListener| s.local_addr().map(|a| a.port()).unwrap_or(0);
     let ports: Vec<u16> = sockets.iter().map(port_of).collect();
-    let peers = Peers::new(node_id, advertised(config, node_id, &ports, admin_listener.as_ref().map(port_of)));
+    let peers = Peers::new(
+        node_id,
+        advertised(config, node_id, &ports, admin_listener.as_ref().map(port_of)),
+        config.cluster_tls.clone(),
+    );
     let server = Server::new(
         driver,
         group,
@@ -407,7 +433,15 @@ fn run<L: RaftLog + 'static>(
     if let Some((_, addr)) = config.cluster_peers.iter().find(|(id, _)| *id == node_id) {
         match smol::block_on(smol::net::TcpListener::bind(addr.as_str())) {
             Ok(l) => {
-                info!("Listening for cluster peers on {addr}.");
+                match &config.cluster_tls {
+                    Some(t) => info!(
+                        "Listening for cluster peers on {addr} (mutual TLS, CA {}).",
+                        t.files.cafile.as_ref().map(|f| f.0.display().to_string()).unwrap_or_default()
+                    ),
+                    None => warn!(
+                        "Listening for cluster peers on {addr} without TLS: the cluster's traffic (every message and session) is readable on the network and peers are not authenticated. Set cluster_cafile, cluster_certfile and cluster_keyfile (docs/HA.md, \"Securing the cluster\")."
+                    ),
+                }
                 peer_listener = Some(l);
             }
             Err(e) => {
@@ -439,24 +473,20 @@ fn run<L: RaftLog + 'static>(
             ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
         }
         server.start_peers(&ex, &config.cluster_peers);
-        if let Some(a) = admin_listener {
-            ex.spawn(server.clone().listen_admin(ex.clone(), a)).detach();
+        if let (Some(a), Some(l)) = (admin_listener, &config.admin_listener) {
+            ex.spawn(server.clone().listen_admin(ex.clone(), l.clone(), a)).detach();
         }
         if let Some(l) = peer_listener {
             let s2 = server.clone();
             let s3 = server.clone();
             let s4 = server.clone();
-            ex.spawn(transport::accept_loop(
-                ex.clone(),
-                l,
-                node_id,
-                config.cluster_mode,
-                Rc::new(move |id| s4.is_known_peer(id)),
-                Rc::new(move |id, a| s3.set_advertised(id, a)),
-                Rc::new(move |m| s2.deliver_peer_message(m)),
+            let inbox = transport::Inbox {
+                known: Rc::new(move |id| s4.is_known_peer(id)),
+                hello: Rc::new(move |id, a| s3.set_advertised(id, a)),
+                deliver: Rc::new(move |m| s2.deliver_peer_message(m)),
                 message_bytes_max,
-            ))
-            .detach();
+            };
+            ex.spawn(transport::accept_loop(ex.clone(), l, peers.clone(), inbox)).detach();
         }
         ex.spawn(server.clone().ticker()).detach();
         ex.spawn(server.clone().keep_reactor()).detach();
@@ -479,12 +509,16 @@ fn run<L: RaftLog + 'static>(
         // turn of the event loop.
         let (tx, rx) = smol::channel::bounded(1);
         let (server, password_file, acl_file) = (server.clone(), config.password_file.clone(), config.acl_file.clone());
+        let certs = Certificates::of(config);
         ex.spawn(async move {
             use futures_lite::StreamExt;
             let mut signals = signals;
             loop {
                 match signals.next().await.and_then(|r| r.ok()) {
-                    Some(async_signal::Signal::Hup) => reload(&server, password_file.as_deref(), acl_file.as_deref()),
+                    Some(async_signal::Signal::Hup) => {
+                        reload(&server, password_file.as_deref(), acl_file.as_deref());
+                        certs.reload();
+                    }
                     s => {
                         let _ = tx.send(s).await;
                         return;
@@ -517,12 +551,50 @@ fn reload<L: RaftLog + 'static>(server: &Server<L>, password_file: Option<&Path>
     if let Err(e) = logging::reopen() {
         error!("Cannot reopen the log file {e}; still writing to the file open before.");
     }
-    info!("midge received SIGHUP: reloading the password and ACL files.");
+    info!("midge received SIGHUP: reloading the password and ACL files and the TLS certificates.");
     let passwords = password_file.and_then(|p| reread("password_file", p, PasswordFile::load));
     let acl = acl_file.and_then(|p| reread("acl_file", p, AclFile::load));
     let kicked = server.reload_auth(passwords, acl);
     if kicked > 0 {
         info!("Reload: {kicked} client(s) disconnected.");
+    }
+}
+
+/// The certificates and keys SIGHUP reads again: each TLS listener's
+/// (client and admin) and the peer link's.
+struct Certificates {
+    listeners: Vec<(String, midge::config::tls::ListenerTls)>,
+    cluster: Option<midge::config::tls::ClusterTls>,
+}
+
+impl Certificates {
+    fn of(config: &Config) -> Certificates {
+        let mut listeners: Vec<(String, _)> = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.clone().map(|t| (format!("listener {}", l.port), t)))
+            .collect();
+        if let Some(t) = config.admin_listener.as_ref().and_then(|l| l.tls.clone().map(|t| (l.port, t))) {
+            listeners.push((format!("admin_listener {}", t.0), t.1));
+        }
+        Certificates { listeners, cluster: config.cluster_tls.clone() }
+    }
+
+    /// New connections use what was read; one that does not read keeps
+    /// what was in force, and the log says why.
+    fn reload(&self) {
+        for (what, t) in &self.listeners {
+            match t.reload() {
+                Ok(()) => info!("Reload: the certificate and key of {what} read again."),
+                Err(e) => error!("Reload of the TLS files of {what}: {e}. The ones read before stay in force."),
+            }
+        }
+        if let Some(t) = &self.cluster {
+            match t.reload() {
+                Ok(()) => info!("Reload: the cluster's CA, certificate and key read again (new peer links use them)."),
+                Err(e) => error!("Reload of the cluster TLS files: {e}. The ones read before stay in force."),
+            }
+        }
     }
 }
 

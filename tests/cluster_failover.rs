@@ -106,7 +106,25 @@ fn retained_present(port: u16) -> bool {
 
 #[test]
 fn leader_killed_three_times_loses_nothing() {
-    let mut c = Cluster::start_with("cluster_snapshot_entries 100\n");
+    failover_loses_nothing("");
+}
+
+/// The same with mutual TLS between the nodes (certificates made by the
+/// openssl commands of docs/HA.md).
+#[test]
+fn leader_killed_three_times_loses_nothing_with_peer_tls() {
+    let certs_dir = common::tempdir();
+    let certs = common::cluster_tls::make_certs(certs_dir.path());
+    let c = failover_loses_nothing(&common::cluster_tls::config_lines(&certs));
+    for i in 0..3 {
+        let log = c.log(i);
+        assert!(log.contains("(mutual TLS, CA "), "node {} listens with TLS\n{}", i + 1, c.logs());
+        assert!(!log.contains("without TLS"), "no plain-link warning\n{}", c.logs());
+    }
+}
+
+fn failover_loses_nothing(extra: &str) -> Cluster {
+    let mut c = Cluster::start_with(&format!("cluster_snapshot_entries 100\n{extra}"));
     let leader = c.leader(Duration::from_secs(15)).unwrap_or_else(|| panic!("no leader elected\n{}", c.logs()));
     let mut sub = Sub { received: BTreeSet::new(), duplicates: 0 };
     // Create the persistent session and its subscription.
@@ -185,6 +203,7 @@ fn leader_killed_three_times_loses_nothing() {
         sub.received.len(),
         sub.duplicates
     );
+    c
 }
 
 #[test]

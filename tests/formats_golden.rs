@@ -1,7 +1,8 @@
 //! Golden files for the replicated formats (docs/FORMATS.md): a raft
 //! entry's command batch and a state snapshot, in every version this
 //! release reads (tests/golden/state-v1: batch and state format 1;
-//! state-v2: batch and state format 2, with dynamic security). A later
+//! state-v2: batch and state format 2, with dynamic security; state-v3:
+//! batch and state format 3, with the cluster id). A later
 //! release must still decode these bytes to the same values. Regenerate
 //! only the current version's files, only when its format version is
 //! bumped — and then keep the old files and a reader for them:
@@ -146,7 +147,7 @@ fn golden(dir: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// The directory of the formats this release writes.
-const CURRENT: &str = "state-v2";
+const CURRENT: &str = "state-v3";
 
 #[test]
 fn command_batch_v1_still_decodes() {
@@ -170,32 +171,62 @@ fn state_snapshot_v1_still_restores() {
 
 #[test]
 fn command_batch_v2_still_decodes() {
-    assert_eq!(BATCH_FORMAT_VERSION, 2);
-    let es = entries_v2();
-    let bytes = encode_batch(&es);
-    let gold = golden(CURRENT, "batch.bin", &bytes);
-    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
-    assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v2");
+    let gold = golden("state-v2", "batch.bin", &[]);
+    assert_eq!(gold[0], 2, "format 2");
+    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), entries_v2());
 }
 
 #[test]
 fn state_snapshot_v2_still_restores() {
-    assert_eq!(STATE_FORMAT_VERSION, 2);
-    let st = applied_state(&entries_v2());
+    let gold = golden("state-v2", "snapshot.bin", &[]);
+    assert_eq!(gold[0], 2, "format 2");
+    let restored = State::restore(&gold).expect("golden snapshot restores");
+    assert_eq!(restored.snapshot(), applied_state(&entries_v2()).snapshot(), "the same state as format 2 held");
+    let ds = restored.dynsec().expect("dynamic-security data");
+    assert!(ds.clients.contains_key("dave") && ds.clients.contains_key("bob"), "import and change both applied");
+    assert_eq!(ds.clients["dave"].clientid.as_deref(), Some("dave-1"));
+    assert_eq!(restored.cluster_id(), 0, "format 2 has no cluster id");
+}
+
+/// Format 3: format 2's entries and the cluster id (twice: the second,
+/// from a later leader, is ignored).
+fn entries_v3() -> Vec<Entry> {
+    let mut es = entries_v2();
+    es.push(Entry { now_ms: 1_700_000_002_000, cmd: Command::ClusterId { id: CLUSTER_ID } });
+    es.push(Entry { now_ms: 1_700_000_002_001, cmd: Command::ClusterId { id: 5 } });
+    es
+}
+
+const CLUSTER_ID: u128 = 0x6d69_6467_6520_636c_7573_7465_7220_6964;
+
+#[test]
+fn command_batch_v3_still_decodes() {
+    assert_eq!(BATCH_FORMAT_VERSION, 3);
+    let es = entries_v3();
+    let bytes = encode_batch(&es);
+    let gold = golden(CURRENT, "batch.bin", &bytes);
+    assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
+    assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v3");
+}
+
+#[test]
+fn state_snapshot_v3_still_restores() {
+    assert_eq!(STATE_FORMAT_VERSION, 3);
+    let st = applied_state(&entries_v3());
+    assert_eq!(st.cluster_id(), CLUSTER_ID, "the first cluster id applied wins");
     let bytes = st.snapshot();
     let gold = golden(CURRENT, "snapshot.bin", &bytes);
     let restored = State::restore(&gold).expect("golden snapshot restores");
     assert_eq!(restored.snapshot(), gold);
-    let ds = restored.dynsec().expect("dynamic-security data");
-    assert!(ds.clients.contains_key("dave") && ds.clients.contains_key("bob"), "import and change both applied");
-    assert_eq!(ds.clients["dave"].clientid.as_deref(), Some("dave-1"));
-    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v2");
+    assert_eq!(restored.cluster_id(), CLUSTER_ID);
+    assert!(restored.dynsec().is_some_and(|d| d.clients.contains_key("dave")));
+    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v3");
 }
 
 #[test]
 fn unknown_versions_are_refused() {
     let mut b = encode_batch(&entries());
-    b[0] = 3; // postcard varint of the version field
+    b[0] = 4; // postcard varint of the version field
     assert!(decode_batch(&b).is_err());
     let mut s = applied_state(&entries()).snapshot();
     s[0] = 9;

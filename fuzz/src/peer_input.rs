@@ -1,6 +1,6 @@
 //! Target `peer_input`: what a peer (or anyone who reaches the peer port)
 //! sends and midge decodes: the hello's addresses and mode
-//! (`decode_advertised`), a raft message (protobuf), and a raft entry's
+//! (`decode_hello_rest`), a raft message (protobuf), and a raft entry's
 //! command batch (`decode_batch`), which every node applies.
 //!
 //! Input: one selector byte (mod 3), then the bytes to decode.
@@ -8,16 +8,16 @@
 //! Checks: no decoder panics; a hello or a batch that decodes encodes back
 //! and decodes again to the same value.
 
-use midge::cluster::transport::{decode_advertised, encode_hello};
+use midge::cluster::transport::{decode_hello_rest, encode_hello};
 use midge::cluster::{decode_batch, encode_batch, PeerMessage};
 
 pub fn run(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else { return };
     match sel % 3 {
         0 => {
-            if let Ok(a) = decode_advertised(rest) {
-                let hello = encode_hello(7, &a);
-                assert_eq!(decode_advertised(&hello[16..]).as_ref(), Ok(&a), "hello round trip");
+            if let Ok((id, a)) = decode_hello_rest(rest) {
+                let hello = encode_hello(7, id, &a);
+                assert_eq!(decode_hello_rest(&hello[16..]), Ok((id, a)), "hello round trip");
             }
         }
         1 => {

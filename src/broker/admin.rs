@@ -47,7 +47,8 @@ impl Broker {
             };
             authed && settings.allowed(ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
         } else {
-            password_file()
+            // With an acl_file, the user also needs its grant.
+            password_file() && settings.allowed(None, &cp.client_id, cp.username.as_deref(), ADMIN_TOPIC, Access::Write)
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.version = cp.version;
@@ -58,7 +59,7 @@ impl Broker {
                 conn,
                 reason::NOT_AUTHORIZED,
                 reason::V3_NOT_AUTHORIZED,
-                if settings.dynsec {
+                if settings.has_acl() {
                     "admin listener needs a user allowed to publish to $CONTROL/midge/cluster/v1"
                 } else {
                     "admin listener needs a user from password_file"

@@ -23,7 +23,10 @@ use crate::dynsec::{CommandError, DynsecChange, DynsecRead, DynsecState, Json, K
 /// ends with the dynamic-security data. Version 1 entries and snapshots
 /// still decode (a v1 `Command` is a v2 one; a v1 snapshot has no
 /// dynamic-security data).
-pub const STATE_FORMAT_VERSION: u16 = 2;
+///
+/// 3: `Command::ClusterId` appended; the snapshot ends with the cluster id
+/// (u128). Version 2 entries and snapshots still decode (cluster id 0).
+pub const STATE_FORMAT_VERSION: u16 = 3;
 
 /// Oldest snapshot format this midge reads.
 pub const STATE_FORMAT_VERSION_MIN: u16 = 1;
@@ -111,6 +114,11 @@ pub enum Command {
     /// Since format 2.
     DynsecImport {
         state: Box<DynsecState>,
+    },
+    /// The cluster's random id, proposed by its first leader; ignored when
+    /// the state holds one. Since format 3.
+    ClusterId {
+        id: u128,
     },
 }
 

@@ -159,6 +159,9 @@ pub struct Broker {
     redirect: Option<String>,
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
     cluster_sys: Vec<(&'static str, String)>,
+    /// Draws the cluster's id when this node is its first leader; None
+    /// (tests, the simulation, dynsec_sync's per-node group): no id.
+    cluster_id_source: Option<Box<dyn FnMut() -> u128>>,
     control_requests: Vec<(ConnId, Vec<u8>)>,
     last_drop_log_ms: u64,
     dynsec: dynsec::Side,
@@ -191,6 +194,7 @@ impl Broker {
             leader_ready: None,
             redirect: None,
             cluster_sys: Vec::new(),
+            cluster_id_source: None,
             control_requests: Vec::new(),
             last_drop_log_ms: 0,
             dynsec: dynsec::Side::default(),
@@ -254,6 +258,12 @@ impl Broker {
         self.cluster_sys = sys;
     }
 
+    /// Where the cluster's id comes from (a random source), for the first
+    /// leader to propose it.
+    pub fn set_cluster_id_source(&mut self, source: Box<dyn FnMut() -> u128>) {
+        self.cluster_id_source = Some(source);
+    }
+
     /// Start or stop serving clients. Stopping closes every client
     /// connection at once (v5 clients get DISCONNECT 0x9C, Use another
     /// server): a node that is not the leader never serves a session.
@@ -263,6 +273,11 @@ impl Broker {
         }
         self.serving = serving;
         if serving {
+            if self.state.cluster_id() == 0 {
+                if let Some(id) = self.cluster_id_source.as_mut().map(|f| f()) {
+                    self.propose(now, Command::ClusterId { id });
+                }
+            }
             self.dynsec_serving(now);
         } else {
             self.dynsec_clear_pending();

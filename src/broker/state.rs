@@ -178,6 +178,10 @@ pub struct State {
     /// leader imported the file (or dynamic security is off). Shared with
     /// the ACL checks of an apply; changed copy-on-write.
     dynsec: Option<Rc<DynsecState>>,
+    /// The cluster's random id, drawn by its first leader (0 until then):
+    /// every peer hello carries it, and a node of another cluster is
+    /// refused. Since format 3.
+    cluster_id: u128,
 }
 
 /// Split a subscribed filter into (share group, topic filter).
@@ -217,6 +221,11 @@ impl State {
     /// The dynamic-security data, once imported.
     pub fn dynsec(&self) -> Option<&Rc<DynsecState>> {
         self.dynsec.as_ref()
+    }
+
+    /// The cluster's id; 0 until its first leader set one.
+    pub fn cluster_id(&self) -> u128 {
+        self.cluster_id
     }
 
     /// Raft transport addresses of nodes added at run time.
@@ -368,6 +377,13 @@ impl State {
                 if self.dynsec.is_none() {
                     self.dynsec = Some(Rc::new((**state).clone()));
                     out.push(Effect::DynsecChanged);
+                }
+            }
+            // The first one wins: two leaders of one term cannot both
+            // have proposed, but a new leader may before applying.
+            Command::ClusterId { id } => {
+                if self.cluster_id == 0 {
+                    self.cluster_id = *id;
                 }
             }
         }

@@ -10,7 +10,10 @@ use crate::broker::state::Entry;
 ///
 /// 2: its entries may hold the commands of state format 2 (dynamic
 /// security). A version 1 batch decodes as one of version 2.
-pub const BATCH_FORMAT_VERSION: u16 = 2;
+///
+/// 3: its entries may hold the commands of state format 3 (the cluster
+/// id). Versions 1 and 2 decode as version 3.
+pub const BATCH_FORMAT_VERSION: u16 = 3;
 
 /// Oldest batch format this midge reads.
 pub const BATCH_FORMAT_VERSION_MIN: u16 = 1;

@@ -454,6 +454,7 @@ impl<L: RaftLog> Driver<L> {
             ("voting_nodes/online", online.to_string()),
             ("commit_index", st.commit_index.to_string()),
             ("applied_index", st.applied_index.to_string()),
+            ("id", st.cluster_id.clone()),
             ("batch/proposals", node.stats.proposals.to_string()),
             ("batch/commands", node.stats.commands.to_string()),
             ("batch/persists", node.stats.persists.to_string()),

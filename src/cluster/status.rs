@@ -15,6 +15,9 @@ use crate::store::RaftLog;
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
     pub node_id: u64,
+    /// The cluster's id (32 hex digits); empty until its first leader
+    /// drew one.
+    pub cluster_id: String,
     pub role: &'static str,
     pub serving: bool,
     pub term: u64,
@@ -52,6 +55,10 @@ impl<L: RaftLog> Node<L> {
         voters.sort();
         ClusterStatus {
             node_id: self.cfg.id,
+            cluster_id: match self.broker.state().cluster_id() {
+                0 => String::new(),
+                id => super::transport::cluster_id_hex(id),
+            },
             role,
             serving: self.broker.serving(),
             term: r.term,

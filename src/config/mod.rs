@@ -270,6 +270,9 @@ pub struct Config {
     pub admin_listener: Option<Listener>,
     /// Raft timing and snapshot settings (`cluster_tick_ms`, ...).
     pub cluster: ClusterTiming,
+    /// `cluster_cafile`, `cluster_certfile`, `cluster_keyfile`: mutual TLS
+    /// on the peer link. None = plain TCP (a warning at start).
+    pub cluster_tls: Option<tls::ClusterTls>,
     /// `cluster_join`: a fresh node waits to be added by `midge ctl
     /// add-node` instead of forming a cluster from its cluster_peer lines.
     pub cluster_join: bool,
@@ -320,6 +323,7 @@ impl Default for Config {
             admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
+            cluster_tls: None,
             cluster_join: false,
             source: None,
             included_files: Vec::new(),

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use super::keys::{suggest, UNSUPPORTED_KEYS, UNSUPPORTED_PREFIXES};
-use super::tls::{ListenerTls, TlsOptions, TlsVersion};
+use super::tls::{ClusterTlsFiles, ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
@@ -181,6 +181,12 @@ struct Parser {
     /// Set when the last `listener` line was an error: TLS lines after it
     /// go here, to be checked but belong to no listener.
     orphan_tls: Option<TlsOptions>,
+    /// TLS options after an `admin_listener` line (until the next
+    /// `listener`) are the admin listener's.
+    admin_tls: TlsOptions,
+    tls_to_admin: bool,
+    admin_tls_line_failed: bool,
+    cluster_tls: ClusterTlsFiles,
 }
 
 impl Parser {
@@ -211,6 +217,10 @@ impl Parser {
             tls_line_failed: Vec::new(),
             default_tls_line_failed: false,
             orphan_tls: None,
+            admin_tls: TlsOptions::default(),
+            tls_to_admin: false,
+            admin_tls_line_failed: false,
+            cluster_tls: ClusterTlsFiles::default(),
         }
     }
 
@@ -251,7 +261,7 @@ impl Parser {
             if let Err(e) = self.option(key, rest) {
                 self.errors.push(e);
                 self.failed_keys.insert(key.to_string());
-                if key == "listener" {
+                if key == "listener" || key == "admin_listener" {
                     // Its TLS lines belong to no listener; they are still checked.
                     self.orphan_tls = Some(TlsOptions::default());
                 }
@@ -307,7 +317,9 @@ impl Parser {
             "listener" => self.listener(rest)?,
             "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => {
                 if let Err(e) = self.tls_option(key, rest) {
-                    if self.orphan_tls.is_none() {
+                    if self.tls_to_admin && self.orphan_tls.is_none() {
+                        self.admin_tls_line_failed = true;
+                    } else if self.orphan_tls.is_none() {
                         match self.tls_line_failed.last_mut() {
                             Some(failed) => *failed = true,
                             None => self.default_tls_line_failed = true,
@@ -323,6 +335,7 @@ impl Parser {
                     self.cfg.health_listener = Some(l);
                 } else {
                     self.cfg.admin_listener = Some(l);
+                    self.tls_to_admin = true;
                 }
             }
             "port" => {
@@ -448,6 +461,7 @@ impl Parser {
                 self.node_id_line = self.line;
             }
             "cluster_peer" => self.cluster_peer(rest)?,
+            "cluster_cafile" | "cluster_certfile" | "cluster_keyfile" => self.cluster_tls_option(key, rest)?,
             "cluster_mode" => {
                 self.once(key);
                 self.cfg.cluster_mode = match self.one(key, rest)? {
@@ -671,6 +685,7 @@ impl Parser {
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
+        self.tls_to_admin = false;
         Ok(())
     }
 
@@ -713,10 +728,26 @@ impl Parser {
     }
 
     fn tls_target(&mut self) -> &mut TlsOptions {
+        if self.orphan_tls.is_none() && self.tls_to_admin {
+            return &mut self.admin_tls;
+        }
         match (&mut self.orphan_tls, self.listener_tls.last_mut()) {
             (Some(o), _) | (None, Some(o)) => o,
             (None, None) => &mut self.default_tls,
         }
+    }
+
+    /// `cluster_cafile`, `cluster_certfile`, `cluster_keyfile`.
+    fn cluster_tls_option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
+        self.once(key);
+        let v = (self.path_value(key, rest)?, self.line);
+        let slot = match key {
+            "cluster_cafile" => &mut self.cluster_tls.cafile,
+            "cluster_certfile" => &mut self.cluster_tls.certfile,
+            _ => &mut self.cluster_tls.keyfile,
+        };
+        *slot = Some(v);
+        Ok(())
     }
 
     /// `log_dest`: one destination. `none` turns the log off and forgets
@@ -865,6 +896,17 @@ impl Parser {
             }
         }
         let mut cfg = self.cfg;
+        if let Some(admin) = &mut cfg.admin_listener {
+            let mut tls_errors = Vec::new();
+            admin.tls = build_tls(&self.admin_tls, self.admin_tls_line_failed, file, &mut tls_errors);
+            tls_errors.into_iter().for_each(|e| err(e.line, e.message));
+        }
+        if !self.cluster_tls.is_empty() {
+            match super::tls::build_cluster(&self.cluster_tls, file) {
+                Ok(t) => cfg.cluster_tls = Some(t),
+                Err(es) => es.0.into_iter().for_each(|e| err(e.line, e.message)),
+            }
+        }
         cfg.listeners = listeners.into_iter().map(|(l, _)| l).collect();
         if cfg.listeners.is_empty() {
             cfg.listeners.push(Listener::any(DEFAULT_PORT));

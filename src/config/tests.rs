@@ -628,6 +628,57 @@ fn tls_file_errors_name_the_file_and_the_config_line() {
     assert!(lines[2].starts_with("midge.conf:7: keyfile /nonexistent/k.pem: no usable private key"), "{errors}");
 }
 
+/// The peer link's TLS: the three keys together, each file checked at its
+/// line; TLS lines after `admin_listener` are the admin listener's.
+#[test]
+fn cluster_and_admin_tls_files_are_checked_at_their_lines() {
+    let (ca, cert, key) = (tls_fixture("ca.pem"), tls_fixture("server.pem"), tls_fixture("server.key"));
+    let c = Config::parse_str(
+        &format!("cluster_cafile {ca}\ncluster_certfile {cert}\ncluster_keyfile {key}\n"),
+        "midge.conf",
+    )
+    .unwrap();
+    let t = c.cluster_tls.expect("cluster TLS");
+    assert_eq!(t.files.cafile.as_ref().map(|f| f.1), Some(1));
+    assert!(t.reload().is_ok(), "the same files read again");
+    assert_eq!(
+        err(&format!("cluster_cafile {ca}\ncluster_certfile {cert}\n")),
+        "midge.conf:1: cluster TLS needs all of cluster_cafile, cluster_certfile and cluster_keyfile (PEM files)"
+    );
+    let errors = Config::parse_str(
+        &format!("cluster_cafile /nonexistent/ca.pem\ncluster_certfile {cert}\ncluster_keyfile {ca}\n"),
+        "midge.conf",
+    )
+    .unwrap_err();
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{errors}");
+    assert!(lines[0].starts_with("midge.conf:1: cluster_cafile /nonexistent/ca.pem: No such file"), "{errors}");
+    assert!(lines[1].starts_with("midge.conf:3: cluster_keyfile "), "{errors}");
+    assert!(lines[1].contains("no usable private key"), "{errors}");
+    // A key that is not the certificate's.
+    let other = tls_fixture("other-client.key");
+    let e = err(&format!("cluster_cafile {ca}\ncluster_certfile {cert}\ncluster_keyfile {other}\n"));
+    assert!(e.starts_with("midge.conf:3: cluster_keyfile ") && e.contains("does not fit cluster_certfile"), "{e}");
+
+    // Admin listener TLS, and a listener line after it takes the next ones.
+    let c = Config::parse_str(
+        &format!(
+            "password_file {pw}\nlistener 1883\nadmin_listener 8880\ncertfile {cert}\nkeyfile {key}\nlistener 8883\ncertfile {cert}\nkeyfile {key}\n",
+            pw = tls_fixture("ca.pem")
+        ),
+        "midge.conf",
+    );
+    // (the password file is not read while parsing)
+    let c = c.unwrap();
+    assert!(c.admin_listener.as_ref().is_some_and(|l| l.tls.is_some()), "admin listener has TLS");
+    assert!(c.listeners[0].tls.is_none(), "listener 1883 stays plain");
+    assert!(c.listeners[1].tls.is_some(), "listener 8883 has TLS");
+    assert_eq!(
+        err("password_file /p\nadmin_listener 8880\ncafile /x/ca.pem"),
+        "midge.conf:3: a TLS listener needs certfile and keyfile (PEM files)"
+    );
+}
+
 /// Writes `midge.conf` (with `{dir}` replaced) and `files` into a new
 /// directory; returns it and the loader's errors, one string per error,
 /// with the directory shown as `DIR`.

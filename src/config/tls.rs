@@ -10,12 +10,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::{ConfigError, ConfigErrors};
 
@@ -68,11 +68,33 @@ impl TlsOptions {
     }
 }
 
-/// A TLS listener: its options and the rustls configuration built from them.
+/// A TLS listener: its options and the rustls configuration built from
+/// them. Clones share the configuration, so that [`ListenerTls::reload`]
+/// (SIGHUP) reaches the listener that serves with it.
 #[derive(Clone)]
 pub struct ListenerTls {
     pub options: TlsOptions,
-    pub server: Arc<ServerConfig>,
+    current: Arc<Mutex<Arc<ServerConfig>>>,
+}
+
+impl ListenerTls {
+    /// The configuration a new connection is served with.
+    pub fn server(&self) -> Arc<ServerConfig> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Read the certificate, key and CA files again; on any error the
+    /// configuration in force stays, and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = build(&self.options, "").map_err(|es| reload_error(&es))?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.server();
+        Ok(())
+    }
+}
+
+/// Errors of a reload, without the config line numbers (they name files).
+fn reload_error(es: &ConfigErrors) -> String {
+    es.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ")
 }
 
 impl PartialEq for ListenerTls {
@@ -151,7 +173,7 @@ pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigErrors> {
     let server = builder.with_single_cert(chain, key).map_err(|e| {
         err(*key_line, format!("keyfile {} does not fit certfile {}: {e}", keyfile.display(), certfile.display()))
     })?;
-    Ok(ListenerTls { options: o.clone(), server: Arc::new(server) })
+    Ok(ListenerTls { options: o.clone(), current: Arc::new(Mutex::new(Arc::new(server))) })
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -172,4 +194,124 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
         Error::NoItemsFound => "no PEM section of the expected kind in the file".into(),
         other => format!("not valid PEM: {other:?}"),
     }
+}
+
+/// The peer link's TLS: `cluster_cafile`, `cluster_certfile` and
+/// `cluster_keyfile`, each with its config line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    pub cafile: Option<(PathBuf, u32)>,
+    pub certfile: Option<(PathBuf, u32)>,
+    pub keyfile: Option<(PathBuf, u32)>,
+}
+
+impl ClusterTlsFiles {
+    pub fn is_empty(&self) -> bool {
+        *self == ClusterTlsFiles::default()
+    }
+}
+
+/// Mutual TLS between nodes: both ends show a certificate that
+/// `cluster_cafile` signed; the dialing end also checks that the accepting
+/// node's certificate names the host of its `cluster_peer` line. Clones
+/// share the configurations, so that a reload (SIGHUP) reaches the links
+/// opened after it.
+#[derive(Clone)]
+pub struct ClusterTls {
+    pub files: ClusterTlsFiles,
+    current: Arc<Mutex<(Arc<ServerConfig>, Arc<ClientConfig>)>>,
+}
+
+impl PartialEq for ClusterTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
+    }
+}
+impl Eq for ClusterTls {}
+
+impl fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterTls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl ClusterTls {
+    /// What an incoming peer link is accepted with.
+    pub fn server(&self) -> Arc<ServerConfig> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// What an outgoing peer link is opened with.
+    pub fn client(&self) -> Arc<ClientConfig> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Read the three files again; on any error the configuration in force
+    /// stays, and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = build_cluster(&self.files, "").map_err(|es| reload_error(&es))?;
+        let pair = (fresh.server(), fresh.client());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = pair;
+        Ok(())
+    }
+}
+
+/// Reads the three files and builds both ends' rustls configurations (TLS
+/// 1.3 only: every node runs the same midge). Every error names `file` and
+/// the line of the key it concerns.
+pub fn build_cluster(f: &ClusterTlsFiles, file: &str) -> Result<ClusterTls, ConfigErrors> {
+    let err = |line: u32, msg: String| ConfigError::new(file, line, msg);
+    let (Some((cafile, ca_line)), Some((certfile, cert_line)), Some((keyfile, key_line))) =
+        (&f.cafile, &f.certfile, &f.keyfile)
+    else {
+        let first = [&f.cafile, &f.certfile, &f.keyfile].into_iter().flatten().map(|x| x.1).min().unwrap_or(0);
+        let m = "cluster TLS needs all of cluster_cafile, cluster_certfile and cluster_keyfile (PEM files)";
+        return Err(err(first, m.into()).into());
+    };
+    let mut errors = Vec::new();
+    let chain = read_certs("cluster_certfile", certfile).map_err(|m| errors.push(err(*cert_line, m))).ok();
+    let key = PrivateKeyDer::from_pem_file(keyfile)
+        .map_err(|e| {
+            let m = format!("cluster_keyfile {}: no usable private key ({})", keyfile.display(), pem_error(&e));
+            errors.push(err(*key_line, m));
+        })
+        .ok();
+    let ca = read_certs("cluster_cafile", cafile).map_err(|m| errors.push(err(*ca_line, m))).ok();
+    let (Some(chain), Some(key), Some(ca), true) = (chain, key, ca, errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c)
+            .map_err(|e| err(*ca_line, format!("cluster_cafile {}: certificate rejected: {e}", cafile.display())))?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let setup = |e: rustls::Error| err(*ca_line, format!("cluster TLS setup failed: {e}"));
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| err(*ca_line, format!("cluster_cafile {}: {e}", cafile.display())))?;
+    let misfit = |e: rustls::Error| {
+        err(
+            *key_line,
+            format!("cluster_keyfile {} does not fit cluster_certfile {}: {e}", keyfile.display(), certfile.display()),
+        )
+    };
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(tls13)
+        .map_err(setup)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(misfit)?;
+    // Links are long-lived and never resumed: no session tickets.
+    server.send_tls13_tickets = 0;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(tls13)
+        .map_err(setup)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(misfit)?;
+    Ok(ClusterTls { files: f.clone(), current: Arc::new(Mutex::new((Arc::new(server), Arc::new(client)))) })
 }

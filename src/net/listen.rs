@@ -178,22 +178,29 @@ impl<L: RaftLog + 'static> Server<L> {
         match &l.tls {
             None => self.spawn_tcp(ex, stream, peer, false),
             Some(t) => {
-                let cfg = t.server.clone();
-                ex.spawn(async move { server.serve_tls(stream, peer, cfg).await }).detach()
+                let cfg = t.server();
+                ex.spawn(async move { server.serve_tls(stream, peer, cfg, false).await }).detach()
             }
         }
     }
 
-    /// Accept management clients on the admin listener (every node).
-    pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
+    /// Accept management clients on the admin listener (every node),
+    /// over TLS when it has TLS options.
+    pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, l: Listener, listener: TcpListener) {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 smol::Timer::after(Duration::from_millis(100)).await;
                 continue;
             };
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            info!("New admin connection from {}.", peer);
-            self.clone().spawn_tcp(&ex, stream, peer, true);
+            info!("New admin connection from {}{}.", peer, if l.tls.is_some() { " (TLS)" } else { "" });
+            match &l.tls {
+                None => self.clone().spawn_tcp(&ex, stream, peer, true),
+                Some(t) => {
+                    let (server, cfg) = (self.clone(), t.server());
+                    ex.spawn(async move { server.serve_tls(stream, peer, cfg, true).await }).detach()
+                }
+            }
         }
     }
 
@@ -214,7 +221,13 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// A client on a TLS listener: handshake (bounded in time), then the
     /// same MQTT connection over the TLS stream.
-    async fn serve_tls(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<rustls::ServerConfig>) {
+    async fn serve_tls(
+        self: Rc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cfg: Arc<rustls::ServerConfig>,
+        admin: bool,
+    ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
         let accept = futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone());
@@ -230,7 +243,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 // is not a readable stream, so TLS keeps a reader and a
                 // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
-                let (id, io) = self.open_conn(peer, false, false);
+                let (id, io) = self.open_conn(peer, admin, false);
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
                 futures_lite::future::or(reader, writer).await;

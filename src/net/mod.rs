@@ -470,6 +470,9 @@ impl<L: RaftLog + 'static> Server<L> {
             self.take_from_group(d);
         }
         self.write_dynsec_file(d.broker_mut());
+        if (which == Which::Group) == self.group.is_some() {
+            self.peers.set_cluster_id(d.broker().state().cluster_id());
+        }
         let out = d.take_out();
         for ev in out.membership {
             match ev {

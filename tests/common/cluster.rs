@@ -16,6 +16,8 @@ pub struct Cluster {
     /// `{dir}` are replaced by the node's admin port, TLS port, its id and
     /// the cluster's directory.
     extra: String,
+    /// Config lines for one node only, after `extra` (`set_extra`).
+    node_extra: [String; 3],
     pub mode: &'static str,
     pub dir: tempfile::TempDir,
     pub mqtt: Vec<u16>,
@@ -47,6 +49,7 @@ impl Cluster {
         let extra = extra.replace("{dir}", &dir.path().display().to_string());
         Cluster {
             extra,
+            node_extra: Default::default(),
             mode,
             dir,
             mqtt: ports(()),
@@ -72,14 +75,18 @@ impl Cluster {
         for j in 0..3 {
             text += &format!("cluster_peer {} 127.0.0.1:{}\n", j + 1, self.peer[j]);
         }
-        text += &self
-            .extra
+        text += &(self.extra.clone() + &self.node_extra[i])
             .replace("{admin}", &self.admin[i].to_string())
             .replace("{tls}", &self.tls[i].to_string())
             .replace("{node}", &(i + 1).to_string());
         let path = self.dir.path().join(format!("node{}.conf", i + 1));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// Config lines for node `i` only (same placeholders as `extra`).
+    pub fn set_extra(&mut self, i: usize, lines: &str) {
+        self.node_extra[i] = lines.to_string();
     }
 
     pub fn spawn(&mut self, i: usize) {
@@ -165,6 +172,17 @@ pub fn health_ok(port: u16) -> bool {
     }
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
+/// The JSON of `GET /health` (whatever the status).
+pub fn health_json(port: u16) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
 }
 
 /// `midge ctl` against the admin listener on `port` (user admin, password

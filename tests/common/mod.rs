@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod cluster_tls;
 pub mod dynsec;
 pub mod mosquitto_sub;
 pub mod v4;

@@ -104,6 +104,8 @@ struct SnapshotOut<'a> {
     peer_addrs: &'a BTreeMap<u64, String>,
     /// Since format 2.
     dynsec: Option<&'a DynsecState>,
+    /// Since format 3.
+    cluster_id: u128,
 }
 
 /// Format 1: format 2 without `dynsec`.
@@ -117,6 +119,18 @@ struct SnapshotInV1 {
     peer_addrs: BTreeMap<u64, String>,
 }
 
+/// Format 2: format 3 without `cluster_id`.
+#[derive(Deserialize)]
+struct SnapshotInV2 {
+    #[allow(dead_code)] // checked before decoding the rest
+    version: u16,
+    applied_commands: u64,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
+    retained: BTreeMap<Rc<str>, Message>,
+    peer_addrs: BTreeMap<u64, String>,
+    dynsec: Option<DynsecState>,
+}
+
 #[derive(Deserialize)]
 struct SnapshotIn {
     #[allow(dead_code)] // checked before decoding the rest
@@ -126,6 +140,7 @@ struct SnapshotIn {
     retained: BTreeMap<Rc<str>, Message>,
     peer_addrs: BTreeMap<u64, String>,
     dynsec: Option<DynsecState>,
+    cluster_id: u128,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -158,6 +173,7 @@ impl State {
             retained: &self.retained,
             peer_addrs: &self.peer_addrs,
             dynsec: self.dynsec.as_deref(),
+            cluster_id: self.cluster_id,
         };
         postcard::to_allocvec(&out).unwrap_or_default()
     }
@@ -182,12 +198,25 @@ impl State {
                     retained: v1.retained,
                     peer_addrs: v1.peer_addrs,
                     dynsec: None,
+                    cluster_id: 0,
+                }
+            }
+            2 => {
+                let v2: SnapshotInV2 = postcard::from_bytes(bytes).map_err(decode_err)?;
+                SnapshotIn {
+                    version: 2,
+                    applied_commands: v2.applied_commands,
+                    sessions: v2.sessions,
+                    retained: v2.retained,
+                    peer_addrs: v2.peer_addrs,
+                    dynsec: v2.dynsec,
+                    cluster_id: 0,
                 }
             }
             STATE_FORMAT_VERSION => postcard::from_bytes(bytes).map_err(decode_err)?,
             _ => return Err(SnapshotError::Version(version)),
         };
-        let mut st = State { applied_commands: s.applied_commands, ..State::default() };
+        let mut st = State { applied_commands: s.applied_commands, cluster_id: s.cluster_id, ..State::default() };
         let mut sessions = s.sessions;
         for (client, sess) in sessions.iter_mut() {
             for (f, e) in &sess.subs {
