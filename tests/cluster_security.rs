@@ -43,7 +43,7 @@ impl Capture {
         let file = dir.join(format!("{name}.pcap"));
         let err = dir.join(format!("{name}.tcpdump.log"));
         let child = Command::new("tcpdump")
-            .args(["-i", "lo", "-U", "-s", "0", "-w"])
+            .args(["-i", "lo", "-U", "--immediate-mode", "-s", "0", "-w"])
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())
@@ -52,7 +52,11 @@ impl Capture {
             .expect("run tcpdump (scripts/setup-test-deps.sh installs it)");
         let end = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&err).unwrap_or_default().contains("listening on") {
-            assert!(Instant::now() < end, "tcpdump did not start: {}", std::fs::read_to_string(&err).unwrap_or_default());
+            assert!(
+                Instant::now() < end,
+                "tcpdump did not start: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Capture { child, file }
@@ -118,7 +122,8 @@ fn a_node_with_a_certificate_of_another_ca_cannot_join_or_vote() {
     let good = make_certs(&certs_dir.path().join("plant"));
     let other = make_certs(&certs_dir.path().join("other"));
     // Node 3's own CA and certificate are another plant's.
-    let extra = "cluster_cafile {ca}/ca.crt\ncluster_certfile {ca}/node{node}.crt\ncluster_keyfile {ca}/node{node}.key\n";
+    let extra =
+        "cluster_cafile {ca}/ca.crt\ncluster_certfile {ca}/node{node}.crt\ncluster_keyfile {ca}/node{node}.key\n";
     let mut c = Cluster::prepare("redirect", "");
     for i in 0..3 {
         let ca = if i == 2 { &other } else { &good };
@@ -197,8 +202,8 @@ fn garbage_and_forged_hellos_leave_every_node_up_and_the_leader_serving() {
         send(port, &hello(2, id, 3)); // an older transport version
         send(port, &hello(99, id, 4)); // an unknown node
         send(port, &hello(2, id ^ 1, 4)); // another cluster
-        // A valid hello, then a frame that claims 4 GB, then one that is
-        // not a raft message.
+                                          // A valid hello, then a frame that claims 4 GB, then one that is
+                                          // not a raft message.
         let mut h = hello(if n == 0 { 2 } else { 1 }, id, 4);
         h.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0xff]);
         send(port, &h);
@@ -282,7 +287,8 @@ fn a_data_directory_of_another_cluster_is_refused_and_the_leader_stays() {
     let after = health_json(a.health[leader]).expect("health");
     assert_eq!(after["leader_id"], before["leader_id"], "the leader did not change\n{}", a.logs());
     assert_eq!(after["term"], before["term"], "the term did not change\n{}", a.logs());
-    let refused = format!("Refusing peer node {}: it belongs to cluster {other_id}, this node to cluster {a_id}", f + 1);
+    let refused =
+        format!("Refusing peer node {}: it belongs to cluster {other_id}, this node to cluster {a_id}", f + 1);
     let others: String = (0..3).filter(|&i| i != f).map(|i| a.log(i)).collect();
     assert!(others.contains(&refused), "the peers refuse node {}, naming both ids\n{}", f + 1, a.logs());
     let back = format!("it belongs to cluster {a_id}, this node to cluster {other_id}");

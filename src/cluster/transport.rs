@@ -174,6 +174,10 @@ struct PeerOut {
     bell: Sender<()>,
     dropped: Cell<u64>,
     connected: Cell<bool>,
+    /// This node's cluster id changed since the link's hello: say hello
+    /// again (a node restarted on its data learns its id only when it has
+    /// applied its log).
+    rehello: Cell<bool>,
 }
 
 /// Both directions of the peer link: one queue and one dialing task per
@@ -245,7 +249,12 @@ impl Peers {
 
     /// The cluster id this node now knows (from its applied state).
     pub fn set_cluster_id(&self, id: u128) {
-        self.cluster_id.set(id);
+        if self.cluster_id.replace(id) != id {
+            for p in self.out.borrow().values() {
+                p.rehello.set(true);
+                let _ = p.bell.try_send(());
+            }
+        }
     }
 
     pub fn cluster_id(&self) -> u128 {
@@ -264,6 +273,7 @@ impl Peers {
             bell: tx,
             dropped: Cell::new(0),
             connected: Cell::new(false),
+            rehello: Cell::new(false),
         });
         self.out.borrow_mut().insert(id, p.clone());
         let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
@@ -425,6 +435,7 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
                 if !logged_refused {
                     info!("Connected to peer node {id} at {addr}{}.", if peers.tls.is_some() { " (TLS)" } else { "" });
                 }
+                p.rehello.set(false);
                 let hello = encode_hello(peers.my_id, peers.cluster_id.get(), &peers.advertised);
                 let r = match link {
                     Link::Plain(mut s) => send_loop(&hello, &mut s, &p, &bell).await,
@@ -433,6 +444,10 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
                 p.connected.set(false);
                 if Rc::strong_count(&p) == 1 {
                     return;
+                }
+                if p.rehello.get() {
+                    debug!("Saying hello again to peer node {id}: this node's cluster id changed.");
+                    continue;
                 }
                 if opened.elapsed() < SHORT_LINK {
                     // Refused after the hello (another cluster, mode or
@@ -503,6 +518,9 @@ async fn send_loop<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush().await?;
     let mut buf = Vec::new();
     loop {
+        if p.rehello.get() {
+            return Ok(());
+        }
         let batch: Vec<Vec<u8>> = p.queue.borrow_mut().drain(..).collect();
         p.queued_bytes.set(0);
         if batch.is_empty() {
