@@ -344,3 +344,72 @@ fn wait_log(c: &Cluster, i: usize, text: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The admin listener with TLS (the client listeners' options), and only
+/// for users the ACL grants `$CONTROL/midge/cluster/#`.
+#[test]
+fn the_admin_listener_speaks_tls_and_needs_the_acl_grant() {
+    let dir = common::tempdir();
+    common::password_file(dir.path(), &[("admin", "secret"), ("bob", "builder")]);
+    common::write_file(
+        dir.path(),
+        "acl",
+        "user admin\ntopic write $CONTROL/midge/cluster/#\n\nuser bob\ntopic readwrite bob/#\n",
+    );
+    let tls = |f: &str| format!("{}/tests/fixtures/tls/{f}", env!("CARGO_MANIFEST_DIR"));
+    // Copies: the test damages the key later.
+    std::fs::copy(tls("server.pem"), dir.path().join("admin.pem")).unwrap();
+    std::fs::copy(tls("server.key"), dir.path().join("admin.key")).unwrap();
+    let admin = common::free_port();
+    let b = common::Broker::start_in(
+        dir,
+        &format!(
+            "password_file {{dir}}/passwd\nacl_file {{dir}}/acl\nadmin_listener {admin} 127.0.0.1\ncertfile {{dir}}/admin.pem\nkeyfile {{dir}}/admin.key\n"
+        ),
+    );
+    let ctl = |user: &str, pw: &str, tls_args: &[String]| {
+        let out = Command::new(common::midge_bin())
+            .args(["ctl", "-p", &admin.to_string(), "-u", user, "-P", pw])
+            .args(tls_args)
+            .arg("status")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let ca = vec!["--cafile".to_string(), tls("ca.pem")];
+    let (ok, out) = ctl("admin", "secret", &ca);
+    assert!(ok && out.contains("\"role\""), "admin over TLS gets the status: {out}\n{}", b.log());
+    let (ok, out) = ctl("bob", "builder", &ca);
+    assert!(!ok && out.contains("CONNACK 5"), "bob has no grant: {out}");
+    assert!(
+        b.log().contains("admin listener needs a user allowed to publish to $CONTROL/midge/cluster/v1"),
+        "{}",
+        b.log()
+    );
+    let (ok, out) = ctl("admin", "secret", &[]);
+    assert!(!ok, "plain MQTT to the TLS admin listener fails: {out}");
+    // A CA that did not sign the listener's certificate.
+    let (ok, out) = ctl("admin", "secret", &["--cafile".to_string(), tls("other-ca.pem")]);
+    assert!(!ok && out.contains("certificate"), "the listener's certificate is checked: {out}");
+    assert!(b.log().contains("New admin connection from 127.0.0.1") && b.log().contains("(TLS)"), "{}", b.log());
+    // SIGHUP reads the certificate again; a damaged key keeps the old one.
+    let hup = || assert!(Command::new("kill").args(["-HUP", &b.pid().to_string()]).status().unwrap().success());
+    hup();
+    wait_for(|| b.log().contains(&format!("Reload: the certificate and key of admin_listener {admin} read again.")));
+    std::fs::write(b.dir().join("admin.key"), b"damaged\n").unwrap();
+    hup();
+    wait_for(|| b.log().contains(&format!("Reload of the TLS files of admin_listener {admin}: keyfile")));
+    let (ok, out) = ctl("admin", "secret", &ca);
+    assert!(ok, "the certificate read before still serves: {out}\n{}", b.log());
+}
+
+fn wait_for(f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
