@@ -5,7 +5,7 @@
 #   scripts/bench-replication.sh [--quick] [--reps N] [--no-build]
 #                                [--midge-bin PATH] [--base-port P]
 #                                [--midge-option 'KEY VALUE']... [--keep]
-#                                [--out FILE]
+#                                [--out FILE] [--peer-tls]
 #
 # Setups, all on 127.0.0.1, all started by this script and stopped by PID:
 #   midge-1   one midge node, persistence true (raft log in redb, fsync per batch)
@@ -14,6 +14,10 @@
 #   mosquitto Mosquitto 2 with persistence true (it writes its db on autosave /
 #             exit only: PUBACK does not wait for the disk)
 # Both brokers: max_inflight_messages 20, max_queued_messages 100000.
+# --peer-tls: instead of midge-1, a second three-node cluster whose peer
+#   link is mutual TLS (certificates from docs/HA.md's openssl commands);
+#   the table compares it with the plain one (default out:
+#   benches/results/peer-tls.md).
 #
 # Per setup: QoS 1 throughput 1->1 and 4->4 (loadgen throughput, windowed
 # QoS 1, flow-controlled, time-bounded), QoS 1 ping-pong latency p50/p99
@@ -36,7 +40,8 @@ BASE_PORT=19400
 MIDGE_BIN=""
 MIDGE_OPTS=()
 KEEP=0
-OUT="$ROOT/benches/results/replication.md"
+PEER_TLS=0
+OUT=""
 
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -49,6 +54,7 @@ while [ $# -gt 0 ]; do
         --midge-option) MIDGE_OPTS+=("$2"); shift ;;
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
+        --peer-tls) PEER_TLS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench-replication.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -71,7 +77,12 @@ PAYLOAD=16
 LG_TIMEOUT=60          # loadgen's own bound per run (seconds)
 KILL_AFTER=$((LG_TIMEOUT + 20))
 SETUPS=(midge1 midge3 mosquitto)
-declare -A LABEL=([midge1]="midge 1 node" [midge3]="midge 3 nodes" [mosquitto]="mosquitto")
+declare -A LABEL=([midge1]="midge 1 node" [midge3]="midge 3 nodes" [midge3tls]="midge 3 nodes, peer TLS" [mosquitto]="mosquitto")
+if [ "$PEER_TLS" = 1 ]; then
+    SETUPS=(midge3 midge3tls mosquitto)
+    : "${OUT:=$ROOT/benches/results/peer-tls.md}"
+fi
+: "${OUT:=$ROOT/benches/results/replication.md}"
 
 
 WORK=$(mktemp -d /tmp/midge-bench-repl.XXXXXX)
@@ -123,12 +134,12 @@ command -v mosquitto >/dev/null || { log "mosquitto is not installed (apt-get in
 command -v curl >/dev/null || { log "curl is needed for midge's health endpoint"; exit 1; }
 
 # ---------------------------------------------------------------- ports
-# 12 ports from a base: mosquitto 1; midge1 listener+health 2; midge3 per node
-# listener, health, raft 9.
-base_ok() { local i; for i in $(seq 0 11); do port_busy $(($1 + i)) && return 1; done; return 0; }
+# 21 ports from a base: mosquitto 1; midge1 listener+health 2; midge3 and
+# midge3tls per node listener, health, raft 9 each.
+base_ok() { local i; for i in $(seq 0 20); do port_busy $(($1 + i)) && return 1; done; return 0; }
 B=$BASE_PORT
 for _ in $(seq 1 40); do base_ok "$B" && break; B=$((B + 20)); done
-base_ok "$B" || { log "no 12 free ports found from $BASE_PORT"; exit 1; }
+base_ok "$B" || { log "no 21 free ports found from $BASE_PORT"; exit 1; }
 NODE_PORT[mq]=$B
 NODE_PORT[m1]=$((B + 1)); NODE_HPORT[m1]=$((B + 2))
 for n in 1 2 3; do
@@ -136,6 +147,20 @@ for n in 1 2 3; do
     NODE_HPORT[c$n]=$((B + 5 + n))     # B+6..B+8
 done
 RAFT_PORT1=$((B + 9))                  # B+9..B+11
+for n in 1 2 3; do
+    NODE_PORT[t$n]=$((B + 11 + n))     # B+12..B+14
+    NODE_HPORT[t$n]=$((B + 14 + n))    # B+15..B+17
+done
+RAFT_PORT2=$((B + 18))                 # B+18..B+20
+if [ "$PEER_TLS" = 1 ]; then
+    # The certificates, by docs/HA.md's commands as written, then for
+    # 127.0.0.1 (as tests/common/cluster_tls.rs does).
+    command -v openssl >/dev/null || { log "openssl is needed for --peer-tls"; exit 1; }
+    block=$(awk '/^## Securing the cluster/ {s = 1} s && /^```sh$/ {b = 1; next} b && /^```$/ {exit} b {print}' "$ROOT/docs/HA.md")
+    (cd "$WORK" && bash -euo pipefail -c "$block
+for n in 1 2 3; do node_cert \$n 127.0.0.1; done") > "$WORK/certs.log" 2>&1 || { log "making certificates failed: $(tail -n 3 "$WORK/certs.log")"; exit 1; }
+    CERTS="$WORK/midge-cluster-ca"
+fi
 
 # ---------------------------------------------------------------- brokers
 midge_common() { # node-name
@@ -179,6 +204,15 @@ EOF
             { midge_common "$n"
               echo "cluster_node_id ${n#c}"
               for i in 1 2 3; do echo "cluster_peer $i 127.0.0.1:$((RAFT_PORT1 + i - 1))"; done
+            } > "$f" ;;
+        t[123])
+            mkdir -p "$WORK/$n"
+            { midge_common "$n"
+              echo "cluster_node_id ${n#t}"
+              for i in 1 2 3; do echo "cluster_peer $i 127.0.0.1:$((RAFT_PORT2 + i - 1))"; done
+              echo "cluster_cafile $CERTS/ca.crt"
+              echo "cluster_certfile $CERTS/node${n#t}.crt"
+              echo "cluster_keyfile $CERTS/node${n#t}.key"
             } > "$f" ;;
     esac
     echo "$f"
@@ -245,13 +279,19 @@ start_setup() { # setup
                 note "midge 3 nodes: no leader serving within 30 s: $(for n in c1 c2 c3; do echo "$n: $(log_tail $n 2)"; done)"; return 1
             fi
             PORT[midge3]=${NODE_PORT[$ldr]}; HPORT[midge3]=${NODE_HPORT[$ldr]}; LEADER[midge3]=$ldr ;;
+        midge3tls)
+            for n in t1 t2 t3; do start_node "$n"; done
+            if ! ldr=$(wait_serving 30 t1 t2 t3); then
+                note "midge 3 nodes with peer TLS: no leader serving within 30 s: $(for n in t1 t2 t3; do echo "$n: $(log_tail $n 2)"; done)"; return 1
+            fi
+            PORT[midge3tls]=${NODE_PORT[$ldr]}; HPORT[midge3tls]=${NODE_HPORT[$ldr]}; LEADER[midge3tls]=$ldr ;;
     esac
     t1=$(date +%s%N)
-    log "$s serving on port ${PORT[$s]}$([ "$s" = midge3 ] && echo " (leader node ${LEADER[midge3]#c})") after $(( (t1 - t0) / 1000000 )) ms"
+    log "$s serving on port ${PORT[$s]}$([ -n "${LEADER[$s]:-}" ] && echo " (leader ${LEADER[$s]})") after $(( (t1 - t0) / 1000000 )) ms"
     sleep 0.3
 }
 
-setup_nodes() { case "$1" in mosquitto) echo mq ;; midge1) echo m1 ;; midge3) echo c1 c2 c3 ;; esac; }
+setup_nodes() { case "$1" in mosquitto) echo mq ;; midge1) echo m1 ;; midge3) echo c1 c2 c3 ;; midge3tls) echo t1 t2 t3 ;; esac; }
 
 setup_alive() { local n; for n in $(setup_nodes "$1"); do node_alive "$n" || return 1; done; return 0; }
 
@@ -265,11 +305,12 @@ check_setup() { # setup test -> 0 if usable
         fi
     done
     [ -n "${PORT[$s]:-}" ] || return 1
-    if [ "$s" = midge3 ]; then
-        ldr=$(wait_serving 10 c1 c2 c3) || { note "midge3: no serving leader before '$t'"; return 1; }
-        if [ "$ldr" != "${LEADER[midge3]}" ]; then
-            note "midge3: leader changed from node ${LEADER[midge3]#c} to node ${ldr#c} before '$t'"
-            LEADER[midge3]=$ldr; PORT[midge3]=${NODE_PORT[$ldr]}; HPORT[midge3]=${NODE_HPORT[$ldr]}
+    if [ "$s" = midge3 ] || [ "$s" = midge3tls ]; then
+        # shellcheck disable=SC2046
+        ldr=$(wait_serving 10 $(setup_nodes "$s")) || { note "$s: no serving leader before '$t'"; return 1; }
+        if [ "$ldr" != "${LEADER[$s]}" ]; then
+            note "$s: leader changed from ${LEADER[$s]} to $ldr before '$t'"
+            LEADER[$s]=$ldr; PORT[$s]=${NODE_PORT[$ldr]}; HPORT[$s]=${NODE_HPORT[$ldr]}
         fi
     elif [ "$s" = midge1 ]; then
         wait_serving 10 m1 > /dev/null || { note "midge1: not serving before '$t'"; return 1; }
@@ -306,8 +347,8 @@ tp_test() { # metric pubs subs setup
     check_setup "$s" "$m" || { record "$m" "$s" nan; return; }
     declare -A fh0=()
     if [ "$s" != mosquitto ]; then h0=$(health "${HPORT[$s]}"); fi
-    if [ "$s" = midge3 ]; then
-        for n in c1 c2 c3; do [ "$n" = "${LEADER[midge3]}" ] || fh0[$n]=$(health "${NODE_HPORT[$n]}"); done
+    if [ "$s" = midge3 ] || [ "$s" = midge3tls ]; then
+        for n in $(setup_nodes "$s"); do [ "$n" = "${LEADER[$s]}" ] || fh0[$n]=$(health "${NODE_HPORT[$n]}"); done
     fi
     run_lg "$s" "$m" throughput --qos 1 --publishers "$np" --subscribers "$ns" --payload $PAYLOAD \
         --duration-secs "$DUR" --max-lead $((LEAD / np)) --window $WINDOW --timeout-secs $LG_TIMEOUT
@@ -328,7 +369,7 @@ tp_test() { # metric pubs subs setup
         else
             note "${LABEL[$s]} '$m': no batching figures (health JSON missing or term changed: term $(jnum term "$h0") -> $(jnum term "$h1"))"
         fi
-        if [ "$s" = midge3 ]; then
+        if [ "$s" = midge3 ] || [ "$s" = midge3tls ]; then
             local f0 f1 fe=0 fp=0
             for n in "${!fh0[@]}"; do
                 f0=${fh0[$n]}; f1=$(health "${NODE_HPORT[$n]}")
@@ -384,19 +425,20 @@ for r in $(seq 1 "$REPS"); do
 done
 
 # Final state, then stop everything we started.
-for n in m1 c1 c2 c3; do
+for n in m1 c1 c2 c3 t1 t2 t3; do
     [ -n "${NODE_PID[$n]:-}" ] || continue
     echo "final $n $(health "${NODE_HPORT[$n]}")" >> "$RAW"
 done
 # Scan the logs now: shutting nodes down one by one makes the others log
 # lost connections and start elections.
-for n in m1 c1 c2 c3; do
+for n in m1 c1 c2 c3 t1 t2 t3; do
+    [ -f "$WORK/$n.log" ] || continue
     w=$(grep -E ' (WARN|ERROR) ' "$WORK/$n.log" 2>/dev/null | grep -v 'Cannot reach peer' | wc -l)
     [ "$w" -gt 0 ] && note "midge node $n logged $w WARN/ERROR lines during the run, e.g. $(grep -E ' (WARN|ERROR) ' "$WORK/$n.log" | grep -v 'Cannot reach peer' | head -n 2 | tr '\n' ' ' | cut -c1-400)"
 done
 e=$(cat "$WORK"/c[123].log 2>/dev/null | grep -c 'became leader')
 [ "${e:-0}" -gt 1 ] && note "midge 3 nodes: $e 'became leader' log lines during the run (leader changes after the first election)"
-for n in mq m1 c1 c2 c3; do
+for n in mq m1 c1 c2 c3 t1 t2 t3; do
     [ -n "${NODE_PID[$n]:-}" ] || continue
     if ! node_alive "$n"; then note "node $n had exited by the end of the run (log: $(log_tail "$n" 5))"; fi
     stop_pid "${NODE_PID[$n]}" || note "node $n ignored SIGTERM for 5 s; sent SIGKILL"
@@ -429,7 +471,7 @@ get() { # metric setup how(median|max|sum)
 
 row() { # label metric how [noratio]
     local a b z
-    a=$(get "$2" midge1 "$3"); b=$(get "$2" midge3 "$3"); z=$(get "$2" mosquitto "$3")
+    a=$(get "$2" "${SETUPS[0]}" "$3"); b=$(get "$2" "${SETUPS[1]}" "$3"); z=$(get "$2" mosquitto "$3")
     if [ "${4:-}" = noratio ]; then
         printf '| %s | %s | %s | %s | | |\n' "$1" "$(fmt "$a")" "$(fmt "$b")" "$(fmt "$z")"
     else
@@ -442,12 +484,18 @@ for s in "${SETUPS[@]}"; do
 done
 H11=$(ratio "$(get q1_11 midge3 median)" "$(get q1_11 mosquitto median)")
 H44=$(ratio "$(get q1_44 midge3 median)" "$(get q1_44 mosquitto median)")
+T11=$(ratio "$(get q1_11 midge3tls median)" "$(get q1_11 midge3 median)")
+T44=$(ratio "$(get q1_44 midge3tls median)" "$(get q1_44 midge3 median)")
 verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >= 0.5) print "meets the aim"; else print "below the aim" }'; }
 
 {
     echo "# Replicated QoS 1: midge (1 node, 3 nodes) vs Mosquitto (persistence true)"
     echo
     echo "**Headline, midge 3 nodes / mosquitto (aim ≥ 0.5):** QoS 1 throughput 1→1 **$H11** ($(verdict "$H11")), 4→4 **$H44** ($(verdict "$H44"))."
+    if [ "$PEER_TLS" = 1 ]; then
+        echo
+        echo "**Peer TLS / plain peer link (3 nodes each):** QoS 1 throughput 1→1 **$T11**, 4→4 **$T44**."
+    fi
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); mode: $([ "$QUICK" = 1 ] && echo quick || echo full); repetitions: $REPS (medians); runtime $((T1 - T0)) s"
     echo "- machine: $(nproc) cores, shared; load average at start $LOAD0, after each repetition:$LOADS (absolute numbers are noisy: compare ratios)"
@@ -457,7 +505,7 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     echo "- throughput = unique deliveries / (first publish → last delivery); publishers run ${DUR} s, windowed QoS 1 ($WINDOW PUBACKs outstanding), each at most $LEAD/publishers messages ahead of the slowest subscriber. Latency: QoS 1 ping-pong (publish → subscriber receives), $LAT_COUNT messages"
     echo "- batching (midge leader, counter deltas over each throughput run): commands/proposal = broker commands per raft entry; entries/persist = raft entries per redb write+fsync"
     echo
-    echo "| metric | midge 1 node | midge 3 nodes | mosquitto | 1 node / mosquitto | 3 nodes / mosquitto |"
+    echo "| metric | ${LABEL[${SETUPS[0]}]} | ${LABEL[${SETUPS[1]}]} | mosquitto | ${LABEL[${SETUPS[0]}]} / mosquitto | ${LABEL[${SETUPS[1]}]} / mosquitto |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     row "QoS 1 throughput 1→1 (msg/s, higher is better)" q1_11 median
     row "QoS 1 throughput 4→4 (deliveries/s, higher is better)" q1_44 median
