@@ -349,6 +349,9 @@ fn wait_log(c: &Cluster, i: usize, text: &str) {
 /// for users the ACL grants `$CONTROL/midge/cluster/#`.
 #[test]
 fn the_admin_listener_speaks_tls_and_needs_the_acl_grant() {
+    if common::is_mosquitto() {
+        return; // midge's own: Mosquitto has no admin listener or cluster
+    }
     let dir = common::tempdir();
     common::password_file(dir.path(), &[("admin", "secret"), ("bob", "builder")]);
     common::write_file(
@@ -412,4 +415,31 @@ fn wait_for(f: impl Fn() -> bool) {
         assert!(Instant::now() < end, "timed out");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A node draws the cluster id when it first leads (here alone), keeps it
+/// across a restart, and shows it as `$SYS/broker/cluster/id`.
+#[test]
+fn the_cluster_id_is_in_sys_and_survives_a_restart() {
+    if common::is_mosquitto() {
+        return; // midge's own: Mosquitto has no admin listener or cluster
+    }
+    let read_id = |port: u16| {
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "$SYS/broker/cluster/id", "-C", "1", "-W", "10"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let dir = common::tempdir();
+    let data = dir.path().join("data");
+    let conf = format!("sys_interval 1\npersistence true\npersistence_location {}\n", data.display());
+    let first = {
+        let b = common::Broker::start(&conf);
+        read_id(b.port)
+    };
+    assert_eq!(first.len(), 32, "32 hex digits: {first:?}");
+    assert!(first.chars().all(|c| c.is_ascii_hexdigit()) && first != "0".repeat(32), "{first:?}");
+    let b = common::Broker::start(&conf);
+    assert_eq!(read_id(b.port), first, "the same id after a restart on the same data\n{}", b.log());
 }
