@@ -115,8 +115,9 @@ struct Conn {
 pub struct Stats {
     pub messages_received: u64,
     pub messages_sent: u64,
-    pub publish_received: u64,
-    pub publish_sent: u64,
+    /// PUBLISH packets by QoS (index 0, 1, 2).
+    pub publish_received: [u64; 3],
+    pub publish_sent: [u64; 3],
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub dropped_qos0: u64,
