@@ -493,9 +493,15 @@ impl Parser {
                 self.warn(&format!("{key} is ignored: midge writes every change to disk as it happens"));
             }
             "retry_interval" | "store_clean_interval" => {
-                // Mosquitto 2.0 itself only warns that these are gone.
+                // Obsolete in Mosquitto; ignored with its own warning
+                // (2.0's for retry_interval, 1.6's for store_clean_interval,
+                // which 2.0 refuses as unknown).
                 self.num_opt(key, rest, 0, u64::MAX)?;
-                self.warn(&format!("{key} is ignored: Mosquitto 2 no longer uses it either"));
+                self.warn(if key == "retry_interval" {
+                    "retry_interval is ignored: The retry_interval option is no longer available."
+                } else {
+                    "store_clean_interval is ignored: store_clean_interval is no longer needed."
+                });
             }
             "pid_file" => self.cfg.pid_file = Some((self.path_opt(key, rest)?, self.origin())),
             "user" => {

@@ -374,8 +374,8 @@ store_clean_interval 10
     assert_eq!(
         c.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         [
-            "midge.conf:1: retry_interval is ignored: Mosquitto 2 no longer uses it either",
-            "midge.conf:2: store_clean_interval is ignored: Mosquitto 2 no longer uses it either"
+            "midge.conf:1: retry_interval is ignored: The retry_interval option is no longer available.",
+            "midge.conf:2: store_clean_interval is ignored: store_clean_interval is no longer needed."
         ]
     );
     assert!(err("retry_interval often").contains("is not a number"));
