@@ -16,6 +16,7 @@ pub mod admin;
 pub mod command;
 mod conn;
 mod connect;
+pub use connect::{made_up_client_id, ClientIdSource};
 pub mod dynsec;
 pub mod lazy;
 pub mod message;
@@ -145,6 +146,7 @@ pub struct Broker {
     /// How many of `proposals` (a prefix) are applied already.
     proposals_applied: usize,
     next_assigned_id: u64,
+    client_id_source: Option<connect::ClientIdSource>,
     stats: Stats,
     started_ms: u64,
     last_sys_ms: u64,
@@ -183,6 +185,7 @@ impl Broker {
             apply_at_propose: false,
             proposals_applied: 0,
             next_assigned_id: 0,
+            client_id_source: None,
             stats: Stats::default(),
             started_ms: now_ms,
             last_sys_ms: 0,

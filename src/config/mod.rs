@@ -35,6 +35,13 @@ use std::path::{Path, PathBuf};
 /// The port used when no listener is configured.
 pub const DEFAULT_PORT: u16 = 1883;
 
+/// The start of the client ids midge makes for clients that send an
+/// empty one (Mosquitto 2.0's default).
+pub const DEFAULT_AUTO_ID_PREFIX: &str = "auto-";
+/// A made-up client id is the prefix and 36 characters; client ids are
+/// MQTT strings of at most 65535 bytes.
+pub const AUTO_ID_PREFIX_BYTES_MAX: usize = 65535 - 36;
+
 /// A TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -244,6 +251,14 @@ pub struct Config {
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
     pub connection_messages: bool,
+    /// Default `true`: a client may connect with an empty client id
+    /// (and clean session / clean start); it gets `auto_id_prefix` and a
+    /// random part.
+    pub allow_zero_length_clientid: bool,
+    /// Default `auto-` (Mosquitto's).
+    pub auto_id_prefix: String,
+    /// Default `false`: the username replaces the client id.
+    pub use_username_as_clientid: bool,
     /// Default 2.
     pub max_qos: u8,
     /// Default `false`.
@@ -305,6 +320,9 @@ impl Default for Config {
             log_dest: LogDest::Stderr,
             pid_file: None,
             connection_messages: true,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: DEFAULT_AUTO_ID_PREFIX.to_string(),
+            use_username_as_clientid: false,
             max_qos: 2,
             upgrade_outgoing_qos: false,
             persistence: true,

@@ -9,7 +9,7 @@ use super::tls::{ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
-    LogDest, LogType, Origin, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
 
 /// The files of an `include_dir`, in Mosquitto's order: names longer than
@@ -364,6 +364,21 @@ impl Parser {
                 self.cfg.persistent_client_expiration_secs = Some(self.duration(key, v)?);
             }
             "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
+            "allow_zero_length_clientid" => self.cfg.allow_zero_length_clientid = self.bool_opt(key, rest)?,
+            "use_username_as_clientid" => self.cfg.use_username_as_clientid = self.bool_opt(key, rest)?,
+            "auto_id_prefix" => {
+                // The rest of the line, as Mosquitto reads it.
+                self.once(key);
+                if rest.is_empty() {
+                    return Err(self.err("auto_id_prefix: missing value"));
+                }
+                if rest.len() > AUTO_ID_PREFIX_BYTES_MAX {
+                    return Err(self.err(format!(
+                        "auto_id_prefix: longer than {AUTO_ID_PREFIX_BYTES_MAX} bytes (a client id is at most 65535)"
+                    )));
+                }
+                self.cfg.auto_id_prefix = rest.to_string();
+            }
             "queue_qos0_messages" => self.cfg.queue_qos0_messages = self.bool_opt(key, rest)?,
             "set_tcp_nodelay" => self.cfg.set_tcp_nodelay = self.bool_opt(key, rest)?,
             "busy_poll_us" => self.cfg.busy_poll_us = self.num_opt(key, rest, 0, BUSY_POLL_US_MAX)? as u32,

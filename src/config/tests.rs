@@ -865,3 +865,45 @@ fn a_missing_include_dir_is_an_error_at_its_line() {
     );
     assert_eq!(err("include_dir"), "midge.conf:1: include_dir: missing value");
 }
+
+#[test]
+fn client_id_keys_of_mosquitto_2() {
+    let d = Config::default();
+    assert!(d.allow_zero_length_clientid);
+    assert_eq!(d.auto_id_prefix, "auto-");
+    assert!(!d.use_username_as_clientid);
+    let c = parse("allow_zero_length_clientid false\nauto_id_prefix gw 1-\nuse_username_as_clientid true\n");
+    assert!(!c.allow_zero_length_clientid && c.use_username_as_clientid);
+    assert_eq!(c.auto_id_prefix, "gw 1-", "the rest of the line, as Mosquitto reads it");
+    let s = c.broker_settings(None, None);
+    assert!(!s.allow_zero_length_clientid && s.use_username_as_clientid);
+    assert_eq!(&*s.auto_id_prefix, "gw 1-");
+    assert_eq!(err("auto_id_prefix"), "midge.conf:1: auto_id_prefix: missing value");
+    assert!(err(&format!("auto_id_prefix {}", "x".repeat(65500))).contains("longer than 65499 bytes"));
+    assert_eq!(
+        err("allow_zero_length_clientid 0"),
+        "midge.conf:1: allow_zero_length_clientid: \"0\" is not true or false"
+    );
+    assert_eq!(
+        err("use_username_as_clientid yes"),
+        "midge.conf:1: use_username_as_clientid: \"yes\" is not true or false"
+    );
+    let c = parse("auto_id_prefix a-\nauto_id_prefix b-\n");
+    assert_eq!(c.auto_id_prefix, "b-");
+    assert_eq!(c.warnings[0].to_string(), "midge.conf:2: auto_id_prefix overrides the value set on line 1");
+}
+
+#[test]
+fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
+    for (key, why) in [
+        ("mount_point", "mount_point"),
+        ("clientid_prefixes", "clientid_prefixes"),
+        ("use_identity_as_username", "certfile, keyfile"),
+        ("log_facility", "syslog"),
+    ] {
+        let e = err(&format!("listener 1883\n{key} x"));
+        assert!(e.starts_with("midge.conf:2: "), "{e}");
+        assert!(e.contains(why), "{e}");
+    }
+    assert!(err("\nlog_dest syslog").starts_with("midge.conf:2: "));
+}
