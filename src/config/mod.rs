@@ -51,17 +51,20 @@ pub struct Listener {
     pub address: Option<String>,
     /// TLS on this listener (`certfile`, `keyfile`, ... after its line).
     pub tls: Option<tls::ListenerTls>,
+    /// `max_connections` after this listener's line (Mosquitto's
+    /// per-listener limit); `None`: only the broker-wide bound.
+    pub connections_max: Option<u32>,
 }
 
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None, tls: None }
+        Listener { port, address: None, tls: None, connections_max: None }
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
-        Listener { port, address: Some(address.to_string()), tls: None }
+        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None }
     }
 }
 

@@ -424,7 +424,6 @@ impl Parser {
             }
             "max_keepalive" => self.cfg.limits.keepalive_secs_max = self.num_opt(key, rest, 0, 65535)? as u16,
             "max_connections" => {
-                self.once(key);
                 let v = self.one(key, rest)?;
                 let n = if v == "-1" {
                     0
@@ -439,7 +438,21 @@ impl Parser {
                         }
                     }
                 };
-                self.cfg.limits.connections_max = if n == 0 { DEFAULT_CONNECTIONS_MAX } else { n };
+                // After a listener line: that listener's own limit, as in
+                // Mosquitto (0 and -1: none). Before any: the broker-wide
+                // bound (0 and -1: its default; it is never unlimited).
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        let again = std::mem::replace(&mut l.connections_max, (n > 0).then_some(n)).is_some();
+                        if again {
+                            self.warn("max_connections overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.limits.connections_max = if n == 0 { DEFAULT_CONNECTIONS_MAX } else { n };
+                    }
+                }
             }
             "client_out_buffer_bytes" => {
                 self.cfg.limits.out_buffer_bytes_max = self.num_opt(key, rest, 1, u32::MAX.into())? as u32
@@ -670,7 +683,7 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None })
+        Ok(Listener { port, address, tls: None, connections_max: None })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -688,7 +701,7 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((Listener { port, address, tls: None }, self.line));
+        self.listeners.push((Listener { port, address, tls: None, connections_max: None }, self.line));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -859,6 +872,7 @@ impl Parser {
                 port: self.default_port.unwrap_or(DEFAULT_PORT),
                 address: self.default_address.take(),
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
+                connections_max: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

@@ -46,6 +46,7 @@ fn empty_file_gives_the_defaults() {
 fn full_config() {
     let c = parse(
         "\u{feff}# midge\r\n\
+         max_connections 50\n\
          listener 1883\r\n\
          listener 8883 127.0.0.1\n\
          listener 1884 ::1\n\
@@ -75,7 +76,6 @@ fn full_config() {
          max_queued_bytes 4096\n\
          memory_limit 1048576\n\
          max_keepalive 120\n\
-         max_connections 50\n\
          client_out_buffer_bytes 65536\n\
          max_topic_levels 8\n\
          max_subscriptions_per_client 9\n\
@@ -891,6 +891,24 @@ fn client_id_keys_of_mosquitto_2() {
     let c = parse("auto_id_prefix a-\nauto_id_prefix b-\n");
     assert_eq!(c.auto_id_prefix, "b-");
     assert_eq!(c.warnings[0].to_string(), "midge.conf:2: auto_id_prefix overrides the value set on line 1");
+}
+
+#[test]
+fn max_connections_after_a_listener_is_that_listeners_own() {
+    let c = parse(
+        "max_connections 500\nlistener 1883\nlistener 1884\nmax_connections 2\nlistener 1885\nmax_connections -1\n",
+    );
+    assert_eq!(c.limits.connections_max, 500, "before any listener: all listeners together");
+    let own: Vec<_> = c.listeners.iter().map(|l| (l.port, l.connections_max)).collect();
+    assert_eq!(own, [(1883, None), (1884, Some(2)), (1885, None)]);
+    let c = parse("listener 1884\nmax_connections 2\nmax_connections 0\n");
+    assert_eq!(c.listeners[0].connections_max, None, "0 and -1 mean no limit of its own, as in Mosquitto");
+    assert_eq!(c.limits.connections_max, DEFAULT_CONNECTIONS_MAX);
+    assert!(c.warnings[0].to_string().starts_with("midge.conf:3: max_connections overrides"));
+    assert_eq!(
+        err("listener 1884\nmax_connections many"),
+        "midge.conf:2: max_connections: \"many\" is not -1 or a number between 0 and 4294967295"
+    );
 }
 
 #[test]

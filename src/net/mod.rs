@@ -211,6 +211,9 @@ pub struct Server<L: RaftLog> {
     parking: Option<Parking>,
     /// TLS handshakes in progress (they count against max_connections).
     handshakes: Cell<usize>,
+    /// Plain TCP connections of listeners with their own max_connections
+    /// (freed when the connection closes: a parked one has no task).
+    slots: RefCell<fxhash::FxHashMap<ConnId, listen::ListenerSlot>>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
     /// Start of the monotonic clock handed to the driver.
@@ -325,6 +328,7 @@ impl<L: RaftLog + 'static> Server<L> {
             conns: RefCell::new(fxhash::FxHashMap::default()),
             parking: Parking::new(),
             handshakes: Cell::new(0),
+            slots: RefCell::new(fxhash::FxHashMap::default()),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
             epoch: Instant::now(),
@@ -752,6 +756,7 @@ impl<L: RaftLog + 'static> Server<L> {
 
     fn close_conn(&self, id: ConnId) {
         self.conns.borrow_mut().remove(&id);
+        self.slots.borrow_mut().remove(&id);
         self.with_broker(|b, now| b.closed(id, now));
         debug!("Connection {id} finished.");
     }
