@@ -131,9 +131,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(3);
             }
         }
-        LogDest::Stderr | LogDest::None => {}
+        LogDest::Stderr | LogDest::None | LogDest::Syslog => {}
     }
-    logging::init(level);
+    if config.log_dest == LogDest::Syslog {
+        logging::init_syslog(level, config.log_facility);
+    } else {
+        logging::init(level);
+    }
     for w in &config.warnings {
         log::warn!("{w}");
     }

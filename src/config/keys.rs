@@ -33,6 +33,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "keyfile",
     "listener",
     "log_dest",
+    "log_facility",
     "log_type",
     "max_connections",
     "max_inflight_messages",
@@ -128,7 +129,6 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("clientid_prefixes", ""),
     ("check_retain_source", ""),
     ("allow_duplicate_messages", ""),
-    ("log_facility", "log_dest syslog is not supported"),
 ];
 
 pub(super) const UNSUPPORTED_PREFIXES: &[(&str, &str)] =

@@ -127,6 +127,8 @@ pub enum LogDest {
     File(PathBuf, Origin),
     /// `log_dest none`: no log.
     None,
+    /// `log_dest syslog`: through syslog(3), facility `log_facility`.
+    Syslog,
 }
 
 /// The file and line a value was set on, for errors found only when the
@@ -250,6 +252,8 @@ pub struct Config {
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
     pub log_dest: LogDest,
+    /// `log_facility N`: syslog's LOG_LOCALN; `None`: LOG_DAEMON.
+    pub log_facility: Option<u8>,
     /// `pid_file`: written once the listeners are open, removed at exit.
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
@@ -321,6 +325,7 @@ impl Default for Config {
             busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
+            log_facility: None,
             pid_file: None,
             connection_messages: true,
             allow_zero_length_clientid: true,

@@ -389,6 +389,7 @@ impl Parser {
             "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
             "log_type" => self.log_type(rest)?,
             "log_dest" => self.log_dest(rest)?,
+            "log_facility" => self.cfg.log_facility = Some(self.num_opt(key, rest, 0, 7)? as u8),
             "include_dir" => self.include_dir(rest)?,
             "max_packet_size" => {
                 let v = self.num_opt(key, rest, 0, PROTOCOL_MAX_BYTES.into())? as u32;
@@ -768,19 +769,22 @@ impl Parser {
             "stderr" => LogDest::Stderr,
             "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
             "file" => LogDest::File(PathBuf::from(arg), self.origin()),
-            "syslog" | "dlt" => {
-                return Err(self.err(format!(
-                    "log_dest {kind} is not supported by midge: use log_dest file, or run under systemd, \
-                     whose journal takes stderr"
-                )))
+            "syslog" => LogDest::Syslog,
+            "dlt" => {
+                return Err(self.err(
+                    "log_dest dlt is not supported by midge: use log_dest syslog or file, or run under systemd, \
+                     whose journal takes stderr",
+                ))
             }
             "topic" => {
                 return Err(self.err(
                     "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
-                     use stdout, stderr or file",
+                     use stdout, stderr, file or syslog",
                 ))
             }
-            other => return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, none"))),
+            other => {
+                return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, none")))
+            }
         };
         let same = |a: &LogDest, b: &LogDest| match (a, b) {
             (LogDest::File(a, _), LogDest::File(b, _)) => a == b,
@@ -791,6 +795,7 @@ impl Parser {
                 let first = match first {
                     LogDest::File(path, _) => format!("file {}", path.display()),
                     LogDest::Stdout => "stdout".to_string(),
+                    LogDest::Syslog => "syslog".to_string(),
                     _ => "stderr".to_string(),
                 };
                 let at = self.places.describe(*pos, self.line);

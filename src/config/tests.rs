@@ -332,12 +332,19 @@ fn log_types_and_dest() {
     assert_eq!(err("log_dest"), "midge.conf:1: log_dest: missing value");
     assert_eq!(
         err("log_dest stderr\nlog_dest syslog"),
-        "midge.conf:2: log_dest syslog is not supported by midge: use log_dest file, or run under systemd, \
-         whose journal takes stderr"
+        "midge.conf:2: log_dest syslog: midge logs to one destination; log_dest stderr is already set on line 1"
     );
+    assert_eq!(
+        err("log_dest syslog\nlog_dest stdout"),
+        "midge.conf:2: log_dest stdout: midge logs to one destination; log_dest syslog is already set on line 1"
+    );
+    let c = parse("log_dest syslog\nlog_facility 5\n");
+    assert_eq!((c.log_dest, c.log_facility), (LogDest::Syslog, Some(5)));
+    assert_eq!(parse("log_dest syslog").log_facility, None, "LOG_DAEMON, as Mosquitto");
+    assert_eq!(err("log_facility 8"), "midge.conf:1: log_facility: \"8\" is not a number between 0 and 7");
     assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
     assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
-    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, none"));
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
@@ -917,11 +924,10 @@ fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
         ("mount_point", "mount_point"),
         ("clientid_prefixes", "clientid_prefixes"),
         ("use_identity_as_username", "certfile, keyfile"),
-        ("log_facility", "syslog"),
     ] {
         let e = err(&format!("listener 1883\n{key} x"));
         assert!(e.starts_with("midge.conf:2: "), "{e}");
         assert!(e.contains(why), "{e}");
     }
-    assert!(err("\nlog_dest syslog").starts_with("midge.conf:2: "));
+    assert!(err("\nlog_dest topic").starts_with("midge.conf:2: log_dest topic is not supported"));
 }
