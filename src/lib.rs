@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod dynsec;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod net;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The log: `simple_logger`, which writes each record to standard error.
 //! `log_dest` only chooses what standard error is: standard output
 //! (`dup2(1, 2)`) or a file (`dup2(file, 2)`, redone on SIGHUP so that
-//! logrotate's renamed file is left behind).
+//! logrotate's renamed file is left behind). `log_dest syslog` instead
+//! hands each record to libc's syslog(3), as Mosquitto does.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -18,6 +19,57 @@ static LOG_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Installs the logger (on standard error) at `level`.
 pub fn init(level: LevelFilter) {
     let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+}
+
+/// `log_dest syslog`: every record goes to syslog(3) with the priority
+/// of its level, as Mosquitto's (error, warning, info, debug), under the
+/// name `midge` with its pid, in `facility` (LOG_DAEMON, or LOG_LOCALn
+/// from `log_facility n`).
+pub fn init_syslog(level: LevelFilter, local: Option<u8>) {
+    const LOCAL: [libc::c_int; 8] = [
+        libc::LOG_LOCAL0,
+        libc::LOG_LOCAL1,
+        libc::LOG_LOCAL2,
+        libc::LOG_LOCAL3,
+        libc::LOG_LOCAL4,
+        libc::LOG_LOCAL5,
+        libc::LOG_LOCAL6,
+        libc::LOG_LOCAL7,
+    ];
+    let facility = local.and_then(|n| LOCAL.get(n as usize).copied()).unwrap_or(libc::LOG_DAEMON);
+    // SAFETY: openlog keeps the ident pointer: a 'static C string.
+    unsafe { libc::openlog(c"midge".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, facility) };
+    static SYSLOG: Syslog = Syslog;
+    if log::set_logger(&SYSLOG).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+struct Syslog;
+
+impl log::Log for Syslog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let priority = match record.level() {
+            log::Level::Error => libc::LOG_ERR,
+            log::Level::Warn => libc::LOG_WARNING,
+            log::Level::Info => libc::LOG_INFO,
+            log::Level::Debug | log::Level::Trace => libc::LOG_DEBUG,
+        };
+        // A NUL inside the message would end the C string early.
+        let text = record.args().to_string().replace('\0', " ");
+        let Ok(text) = std::ffi::CString::new(text) else { return };
+        // SAFETY: a "%s" format with one NUL-terminated string.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+    }
+
+    fn flush(&self) {}
 }
 
 /// Points standard error at standard output.

@@ -131,9 +131,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(3);
             }
         }
-        LogDest::Stderr | LogDest::None => {}
+        LogDest::Stderr | LogDest::None | LogDest::Syslog => {}
     }
-    logging::init(level);
+    if config.log_dest == LogDest::Syslog {
+        logging::init_syslog(level, config.log_facility);
+    } else {
+        logging::init(level);
+    }
     for w in &config.warnings {
         log::warn!("{w}");
     }
@@ -165,6 +169,10 @@ fn main() -> ExitCode {
     let make_broker = |role: DynsecRole| {
         let mut broker = Broker::new(settings.clone(), midge::net::wall_ms());
         broker.set_dynsec_role(role, node_id);
+        broker.set_client_id_source(Box::new(|| {
+            let mut bytes = [0u8; 16];
+            getrandom::getrandom(&mut bytes).map(|()| bytes).map_err(|e| e.to_string())
+        }));
         if let Some(state) = &seed {
             broker.set_dynsec_file(state.clone());
             broker.set_salt_source(Box::new(|| {

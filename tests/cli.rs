@@ -120,12 +120,12 @@ fn unwritable_log_and_pid_files_are_start_errors() {
     );
 }
 
-/// `log_dest syslog` and a second destination are refused at their line:
-/// midge logs to one destination, through standard error.
+/// `log_dest dlt` and a second destination are refused at their line:
+/// midge logs to one destination.
 #[test]
-fn syslog_and_a_second_log_destination_are_config_errors() {
+fn dlt_and_a_second_log_destination_are_config_errors() {
     if common::is_mosquitto() {
-        return; // Mosquitto takes both
+        return; // Mosquitto takes several destinations (and dlt where built with it)
     }
     let dir = tempdir();
     let run = |text: &str| {
@@ -133,13 +133,22 @@ fn syslog_and_a_second_log_destination_are_config_errors() {
         let out = Command::new(midge_bin()).arg("-c").arg(&conf).stdin(Stdio::null()).output().expect("run midge");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), conf.display().to_string())
     };
-    let (code, err, c) = run("persistence false\nlog_dest syslog\n");
+    let (code, err, c) = run("persistence false\nlog_dest dlt\n");
     assert_eq!(code, Some(3));
     assert_eq!(
         err,
         format!(
-            "midge: config error: {c}:2: log_dest syslog is not supported by midge: use log_dest file, \
+            "midge: config error: {c}:2: log_dest dlt is not supported by midge: use log_dest syslog or file, \
              or run under systemd, whose journal takes stderr\n"
+        )
+    );
+    let (code, err, c) = run("persistence false\nlog_dest syslog\nlog_dest stdout\n");
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        err,
+        format!(
+            "midge: config error: {c}:3: log_dest stdout: midge logs to one destination; \
+             log_dest syslog is already set on line 2\n"
         )
     );
     let log = dir.path().join("midge.log");
@@ -154,4 +163,82 @@ fn syslog_and_a_second_log_destination_are_config_errors() {
         )
     );
     assert!(!log.exists(), "log file created by a config that did not load");
+}
+
+/// `log_dest syslog` with `log_facility 3`: records reach /dev/log as
+/// syslog(3) writes them, in LOG_LOCAL3 with their level's priority, named
+/// by the program and its pid. The broker runs in a mount namespace of its
+/// own (unshare, as root) whose /dev/log is this test's socket, so the
+/// machine's own /dev/log (if any) is left alone.
+#[test]
+fn log_dest_syslog_writes_to_dev_log_in_its_facility() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempdir();
+    let sock_path = dir.path().join("log");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the test's syslog socket");
+    // Mosquitto drops to its own user unless `user root`; midge stays root.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let port = free_port();
+    let mosquitto = common::is_mosquitto();
+    let conf = write_file(
+        dir.path(),
+        "broker.conf",
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest syslog\nlog_facility 3\n\
+             retry_interval 20\n{}",
+            if mosquitto { "user root\n" } else { "" }
+        ),
+    );
+    let (bin, ident) = if mosquitto { ("mosquitto".into(), "mosquitto") } else { (midge_bin(), "midge") };
+    let script = format!(
+        "mount -t tmpfs none /dev && touch /dev/log && mount --bind '{}' /dev/log && exec '{}' -c '{}'",
+        sock_path.display(),
+        bin.display(),
+        conf.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run unshare");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let _child = Kill(child);
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + MAX_WAIT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = |got: &Vec<String>| got.iter().any(|l| l.contains("version") && l.contains("starting"));
+    while Instant::now() < deadline && !started(&got) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    drop(_child);
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    let start = got
+        .iter()
+        .find(|l| l.contains("version") && l.contains("starting"))
+        .unwrap_or_else(|| panic!("no start-up record on /dev/log; got {got:?}; stderr {err:?}"));
+    // LOG_LOCAL3 is 19 << 3 = 152; both log their start at info (+6).
+    // syslog(3) writes the pid of the process, which `exec` kept.
+    // (Mosquitto puts its own timestamp before the text as well.)
+    assert!(start.starts_with("<158>"), "{start:?}");
+    assert!(start.contains(&format!(" {ident}[{pid}]: ")), "{start:?}");
+    if !mosquitto {
+        // A config warning, logged before the start: warning is +4.
+        let warning = got.iter().find(|l| l.contains("retry_interval")).expect("the retry_interval warning");
+        assert!(warning.starts_with("<156>"), "{warning:?}");
+    }
 }

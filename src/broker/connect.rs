@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use log::info;
+use log::{info, warn};
 
 use super::command::{Command, WillMsg};
 use super::state::EXPIRY_NEVER;
@@ -27,8 +27,7 @@ impl Broker {
             if let (true, Some(leader)) = (v5, self.redirect.clone()) {
                 // Use another server, naming the leader [MQTT-4.11].
                 info!("Client from {} redirected to the leader at {}.", self.conns[&conn].peer, leader);
-                let mut properties = Properties::default();
-                properties.server_reference = Some(leader);
+                let properties = Properties { server_reference: Some(leader), ..Default::default() };
                 self.actions.push(Action::Send(
                     conn,
                     Packet::ConnAck(ConnAck { session_present: false, code: reason::USE_ANOTHER_SERVER, properties }),
@@ -46,22 +45,40 @@ impl Broker {
         }
         let mut ack_props = Properties::default();
 
-        // Client identifier [MQTT-3.1.3-6..9].
+        // Client identifier [MQTT-3.1.3-6..9], in Mosquitto 2.0's order:
+        // an empty one is refused or made up, then use_username_as_clientid
+        // replaces it.
+        let mut assigned = false;
         let client: Rc<str> = if cp.client_id.is_empty() {
-            if cp.version == Version::V31 || (cp.version == Version::V311 && !cp.clean_start) {
+            let why = if cp.version == Version::V31 {
+                Some("empty client id (MQTT 3.1)")
+            } else if cp.version == Version::V311 && !cp.clean_start {
+                Some("empty client id without clean session")
+            } else if !settings.allow_zero_length_clientid {
+                Some("empty client id (allow_zero_length_clientid false)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                // (Mosquitto 2.0.11 answers a v5 client 0x80, unspecified.)
                 return self.refuse(
                     conn,
                     reason::CLIENT_IDENTIFIER_NOT_VALID,
                     reason::V3_IDENTIFIER_REJECTED,
-                    "empty client id without clean session",
+                    why,
                     now,
                 );
             }
-            let id = self.assign_client_id(now);
-            if v5 {
-                ack_props.assigned_client_identifier = Some(id.to_string());
+            assigned = true;
+            match self.assign_client_id() {
+                Ok(id) => id,
+                Err(e) => {
+                    // As Mosquitto: no random bytes, no made-up client id.
+                    warn!("Cannot draw random bytes for a client id: {e}.");
+                    let why = "no random bytes for a client id";
+                    return self.refuse(conn, reason::SERVER_UNAVAILABLE, reason::V3_SERVER_UNAVAILABLE, why, now);
+                }
             }
-            id
         } else {
             if cp.version == Version::V31 && cp.client_id.chars().count() > V31_CLIENT_ID_CHARS_MAX {
                 return self.refuse(
@@ -74,6 +91,22 @@ impl Broker {
             }
             Rc::from(cp.client_id.as_str())
         };
+        let client = match (settings.use_username_as_clientid, cp.username.as_deref()) {
+            (false, _) => client,
+            (true, Some(user)) => Rc::from(user),
+            (true, None) => {
+                return self.refuse(
+                    conn,
+                    reason::NOT_AUTHORIZED,
+                    reason::V3_NOT_AUTHORIZED,
+                    "no username (use_username_as_clientid true)",
+                    now,
+                );
+            }
+        };
+        if assigned && v5 {
+            ack_props.assigned_client_identifier = Some(client.to_string());
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.client = Some(client.clone());
         }
@@ -125,18 +158,16 @@ impl Broker {
                         now,
                     );
                 }
-                (Some(pw), Some(user)) => {
-                    if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) {
-                        // Mosquitto answers a wrong password with "not
-                        // authorised" (5 / 0x87); clients and scripts expect it.
-                        return self.refuse(
-                            conn,
-                            reason::NOT_AUTHORIZED,
-                            reason::V3_NOT_AUTHORIZED,
-                            "bad user name or password",
-                            now,
-                        );
-                    }
+                // Mosquitto answers a wrong password with "not authorised"
+                // (5 / 0x87); clients and scripts expect it.
+                (Some(pw), Some(user)) if !pw.check(user, cp.password.as_deref().unwrap_or(&[])) => {
+                    return self.refuse(
+                        conn,
+                        reason::NOT_AUTHORIZED,
+                        reason::V3_NOT_AUTHORIZED,
+                        "bad user name or password",
+                        now,
+                    );
                 }
                 (None, Some(_)) if !settings.allow_anonymous => {
                     return self.refuse(
@@ -313,13 +344,70 @@ impl Broker {
         );
     }
 
-    fn assign_client_id(&mut self, now: u64) -> Rc<str> {
+    /// A client id for a client that sent an empty one: `auto_id_prefix`
+    /// and 16 random bytes written as Mosquitto writes them (36
+    /// characters: hex digits, low nibble first, in 8-4-4-4-12 groups).
+    fn assign_client_id(&mut self) -> Result<Rc<str>, String> {
         loop {
             self.next_assigned_id += 1;
-            let id: Rc<str> = Rc::from(format!("midge-{:x}-{:x}", now, self.next_assigned_id));
+            let bytes = match self.client_id_source.as_mut() {
+                Some(random) => random()?,
+                None => counter_id_bytes(self.next_assigned_id),
+            };
+            let id: Rc<str> = Rc::from(made_up_client_id(&self.settings.auto_id_prefix, &bytes));
             if !self.state.sessions().contains_key(&id) && !self.by_client.contains_key(&id) {
-                return id;
+                return Ok(id);
             }
         }
+    }
+
+    /// Where the random part of made-up client ids comes from (the
+    /// runtime's random source); without one, a counter, so that tests and
+    /// the simulation repeat.
+    pub fn set_client_id_source(&mut self, source: ClientIdSource) {
+        self.client_id_source = Some(source);
+    }
+}
+
+/// Random bytes for a made-up client id (see `Broker::set_client_id_source`).
+/// An error says why there are none.
+pub type ClientIdSource = Box<dyn FnMut() -> Result<[u8; 16], String>>;
+
+/// Without a random source: the counter's bytes, repeated.
+fn counter_id_bytes(n: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    b
+}
+
+/// `prefix` and `bytes` as Mosquitto 2.0 writes a made-up client id: each
+/// byte's low nibble, then its high nibble, as upper-case hex digits, with
+/// a dash after the 8th, 12th, 16th and 20th digit.
+pub fn made_up_client_id(prefix: &str, bytes: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut id = String::with_capacity(prefix.len() + 36);
+    id.push_str(prefix);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(HEX[(b & 0x0F) as usize] as char);
+        id.push(HEX[(b >> 4) as usize] as char);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::made_up_client_id;
+
+    #[test]
+    fn made_up_client_ids_are_written_as_mosquitto_writes_them() {
+        let bytes = [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF, 0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE];
+        // Each byte low nibble first; dashes after the 8th, 12th, 16th and
+        // 20th digit.
+        assert_eq!(made_up_client_id("auto-", &bytes), "auto-10325476-98BA-DCFE-0123-456789ABCDEF");
+        assert_eq!(made_up_client_id("", &[0; 16]).len(), 36);
     }
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod command;
 mod conn;
 mod connect;
+pub use connect::{made_up_client_id, ClientIdSource};
 pub mod dynsec;
 pub mod lazy;
 pub mod message;
@@ -115,8 +116,9 @@ struct Conn {
 pub struct Stats {
     pub messages_received: u64,
     pub messages_sent: u64,
-    pub publish_received: u64,
-    pub publish_sent: u64,
+    /// PUBLISH packets by QoS (index 0, 1, 2).
+    pub publish_received: [u64; 3],
+    pub publish_sent: [u64; 3],
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub dropped_qos0: u64,
@@ -144,6 +146,7 @@ pub struct Broker {
     /// How many of `proposals` (a prefix) are applied already.
     proposals_applied: usize,
     next_assigned_id: u64,
+    client_id_source: Option<connect::ClientIdSource>,
     stats: Stats,
     started_ms: u64,
     last_sys_ms: u64,
@@ -185,6 +188,7 @@ impl Broker {
             apply_at_propose: false,
             proposals_applied: 0,
             next_assigned_id: 0,
+            client_id_source: None,
             stats: Stats::default(),
             started_ms: now_ms,
             last_sys_ms: 0,

@@ -98,7 +98,7 @@ impl Broker {
             self.out_checks.push(id);
         }
         self.stats.messages_sent += 1;
-        self.stats.publish_sent += 1;
+        self.stats.publish_sent[d.qos as usize] += 1;
         self.actions.push(Action::Send(id, packet));
     }
 
@@ -117,7 +117,7 @@ impl Broker {
     }
 
     pub(super) fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
-        self.stats.publish_received += 1;
+        self.stats.publish_received[p.qos as usize] += 1;
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let v5 = c.version.is_v5();
         if !p.properties.subscription_identifiers.is_empty() {

@@ -29,6 +29,13 @@ pub struct Settings {
     pub persistent_expiry_secs_max: Option<u32>,
     pub sys_interval_secs: u32,
     pub connection_messages: bool,
+    /// An empty client id is accepted (with clean session / clean start)
+    /// and replaced by `auto_id_prefix` and a random part.
+    pub allow_zero_length_clientid: bool,
+    pub auto_id_prefix: Rc<str>,
+    /// The username replaces the client id; a client without one is
+    /// refused.
+    pub use_username_as_clientid: bool,
     pub connect_timeout_ms: u64,
     pub version_string: Rc<str>,
     pub apply: ApplyLimits,

@@ -8,16 +8,96 @@ use std::rc::Rc;
 use super::state::Delivery;
 use super::{Broker, Message};
 use crate::auth::acl::Access;
+use crate::metrics::Exposition;
 use crate::mqtt::{topic, QoS};
 
 impl Broker {
+    fn clients_connected(&self) -> u64 {
+        self.conns.values().filter(|c| c.phase == super::Phase::Connected).count() as u64
+    }
+
+    /// The broker's part of `GET /metrics`: the counters `$SYS` reports,
+    /// by QoS where they are kept so, and the sessions' queues.
+    pub fn write_metrics(&self, e: &mut Exposition) {
+        let st = &self.stats;
+        let (mut queued, mut queued_bytes, mut inflight) = (0u64, 0u64, 0u64);
+        for s in self.state.sessions().values() {
+            queued += s.queue.len() as u64;
+            queued_bytes += s.queue.bytes;
+            inflight += s.inflight.len() as u64;
+        }
+        let total = self.state.sessions().len() as u64;
+        let by_qos = |v: &[u64; 3]| [("0", v[0]), ("1", v[1]), ("2", v[2])];
+        e.gauge(
+            "midge_clients_connected",
+            "Clients connected now ($SYS/broker/clients/connected).",
+            self.clients_connected(),
+        );
+        e.gauge(
+            "midge_clients_maximum",
+            "Most clients connected at once, as of the last $SYS update ($SYS/broker/clients/maximum).",
+            st.clients_maximum,
+        );
+        e.gauge("midge_sessions", "Sessions, connected or not ($SYS/broker/clients/total).", total);
+        e.counter(
+            "midge_packets_received_total",
+            "MQTT packets received from clients ($SYS/broker/messages/received).",
+            st.messages_received,
+        );
+        e.counter(
+            "midge_packets_sent_total",
+            "MQTT packets sent to clients ($SYS/broker/messages/sent).",
+            st.messages_sent,
+        );
+        e.labelled(
+            "counter",
+            "midge_publish_received_total",
+            "PUBLISH packets received from clients, by QoS ($SYS/broker/publish/messages/received).",
+            "qos",
+            &by_qos(&st.publish_received),
+        );
+        e.labelled(
+            "counter",
+            "midge_publish_sent_total",
+            "PUBLISH packets sent to clients, by QoS ($SYS/broker/publish/messages/sent).",
+            "qos",
+            &by_qos(&st.publish_sent),
+        );
+        e.labelled(
+            "counter",
+            "midge_publish_dropped_total",
+            "Messages not delivered: QoS 0 over client_out_buffer_bytes, or a full session queue (max_queued_messages / max_queued_bytes) ($SYS/broker/publish/messages/dropped is their sum).",
+            "reason",
+            &[("out_buffer_full", st.dropped_qos0), ("queue_full", st.dropped_queue_full)],
+        );
+        e.counter(
+            "midge_bytes_received_total",
+            "Bytes read from client sockets ($SYS/broker/bytes/received).",
+            st.bytes_received,
+        );
+        e.counter("midge_bytes_sent_total", "Bytes written to client sockets ($SYS/broker/bytes/sent).", st.bytes_sent);
+        e.gauge("midge_queued_messages", "Messages waiting in session queues for a delivery slot.", queued);
+        e.gauge("midge_queued_bytes", "What the queued messages cost (max_queued_bytes counts it).", queued_bytes);
+        e.gauge("midge_inflight_messages", "QoS 1 and 2 deliveries sent and not yet acknowledged.", inflight);
+        e.gauge(
+            "midge_retained_messages",
+            "Retained messages ($SYS/broker/retained messages/count).",
+            self.state.retained().len() as u64,
+        );
+        e.gauge(
+            "midge_subscriptions",
+            "Subscriptions ($SYS/broker/subscriptions/count).",
+            self.state.tree().len() as u64,
+        );
+    }
+
     pub(super) fn sys_tick(&mut self, now: u64) {
         let interval = self.settings.sys_interval_secs as u64 * 1000;
         if interval == 0 || (self.last_sys_ms != 0 && now.saturating_sub(self.last_sys_ms) < interval) {
             return;
         }
         self.last_sys_ms = now.max(1);
-        let connected = self.conns.values().filter(|c| c.phase == super::Phase::Connected).count() as u64;
+        let connected = self.clients_connected();
         self.stats.clients_maximum = self.stats.clients_maximum.max(connected);
         let total = self.state.sessions().len() as u64;
         let st = self.stats.clone();
@@ -32,8 +112,8 @@ impl Broker {
             ("clients/maximum", st.clients_maximum.to_string()),
             ("messages/received", st.messages_received.to_string()),
             ("messages/sent", st.messages_sent.to_string()),
-            ("publish/messages/received", st.publish_received.to_string()),
-            ("publish/messages/sent", st.publish_sent.to_string()),
+            ("publish/messages/received", st.publish_received.iter().sum::<u64>().to_string()),
+            ("publish/messages/sent", st.publish_sent.iter().sum::<u64>().to_string()),
             ("publish/messages/dropped", (st.dropped_qos0 + st.dropped_queue_full).to_string()),
             ("bytes/received", st.bytes_received.to_string()),
             ("bytes/sent", st.bytes_sent.to_string()),

@@ -11,7 +11,7 @@ mod batch;
 pub mod driver;
 mod error;
 mod node_config;
-mod status;
+pub mod status;
 pub mod transport;
 
 pub use batch::{decode_batch, encode_batch, BATCH_FORMAT_VERSION};

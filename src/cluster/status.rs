@@ -8,7 +8,23 @@ use raft::StateRole;
 use serde::Serialize;
 
 use super::Node;
+use crate::metrics::{Exposition, Histogram};
 use crate::store::RaftLog;
+
+/// Raft roles, in the order `GET /metrics` lists them.
+const ROLES: [&str; 4] = ["leader", "follower", "candidate", "pre-candidate"];
+
+/// What one raft log reports to `GET /metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreMetrics {
+    pub proposals: u64,
+    pub commands: u64,
+    pub write_time: Histogram,
+    pub writes: u64,
+    pub persisted_entries: u64,
+    pub written_bytes: u64,
+    pub log_bytes: u64,
+}
 
 /// A point-in-time view of this node for the health endpoint, `midge ctl
 /// status` and `$SYS/broker/cluster/...`.
@@ -71,6 +87,43 @@ impl<L: RaftLog> Node<L> {
         }
     }
 
+    /// The raft part of `GET /metrics`: the values of `status` (and of
+    /// `$SYS/broker/cluster/...`).
+    pub fn write_raft_metrics(&self, e: &mut Exposition) {
+        let st = self.status();
+        e.gauge("midge_raft_node_id", "This node's cluster_node_id (1 without a cluster).", st.node_id);
+        e.gauge("midge_raft_term", "Raft term.", st.term);
+        e.gauge("midge_raft_leader_id", "The leader this node knows of (0: none).", st.leader_id);
+        let roles: Vec<(&str, u64)> = ROLES.iter().map(|r| (*r, u64::from(*r == st.role))).collect();
+        e.labelled("gauge", "midge_raft_role", "1 for this node's raft role, 0 for the others.", "role", &roles);
+        e.gauge("midge_raft_commit_index", "Highest raft log index known committed.", st.commit_index);
+        e.gauge("midge_raft_applied_index", "Highest raft log index applied to this node's state.", st.applied_index);
+        e.gauge("midge_raft_voters", "Voting members of the cluster.", st.voters.len() as u64);
+        let lag: Vec<(String, u64)> = st.peer_lag.iter().map(|(id, lag)| (id.to_string(), *lag)).collect();
+        let lag: Vec<(&str, u64)> = lag.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+        e.labelled(
+            "gauge",
+            "midge_raft_peer_lag_entries",
+            "Leader only: log entries each peer is behind the leader's last index.",
+            "peer",
+            &lag,
+        );
+    }
+
+    /// This node's log writes, for `GET /metrics`.
+    pub fn store_metrics(&self) -> StoreMetrics {
+        let store = self.raw.store();
+        StoreMetrics {
+            proposals: self.stats.proposals,
+            commands: self.stats.commands,
+            write_time: *store.write_time(),
+            writes: self.stats.persists,
+            persisted_entries: self.stats.persisted_entries,
+            written_bytes: store.written_bytes(),
+            log_bytes: store.log_bytes(),
+        }
+    }
+
     /// Peers whose replication is caught up with the leader (leader only):
     /// matched == last index and recently active.
     pub fn caught_up(&self, id: u64) -> bool {
@@ -125,4 +178,53 @@ impl<L: RaftLog> Node<L> {
         }
         self.raw.transfer_leader(to);
     }
+}
+
+/// The store part of `GET /metrics`, one series per raft log (`log`:
+/// "main" in full_sync; "local" and "cluster" in dynsec_sync).
+pub fn write_store_metrics(e: &mut Exposition, logs: &[(&str, StoreMetrics)]) {
+    let each = |f: fn(&StoreMetrics) -> u64| logs.iter().map(|(l, m)| (*l, f(m))).collect::<Vec<_>>();
+    e.labelled(
+        "counter",
+        "midge_raft_proposals_total",
+        "Raft entries proposed with broker commands ($SYS/broker/cluster/batch/proposals).",
+        "log",
+        &each(|m| m.proposals),
+    );
+    e.labelled(
+        "counter",
+        "midge_raft_commands_total",
+        "Broker commands in those entries ($SYS/broker/cluster/batch/commands).",
+        "log",
+        &each(|m| m.commands),
+    );
+    e.labelled("counter", "midge_store_writes_total", "Raft log writes: one transaction, one fsync each with persistence_fsync true ($SYS/broker/cluster/batch/persists).", "log", &each(|m| m.writes));
+    e.labelled(
+        "counter",
+        "midge_store_written_entries_total",
+        "Raft entries written to the log ($SYS/broker/cluster/batch/persisted_entries).",
+        "log",
+        &each(|m| m.persisted_entries),
+    );
+    e.labelled(
+        "counter",
+        "midge_store_written_bytes_total",
+        "Encoded raft entries and hard states written to the store on disk (without redb's own pages).",
+        "log",
+        &each(|m| m.written_bytes),
+    );
+    e.labelled(
+        "gauge",
+        "midge_store_log_bytes",
+        "Raft log bytes since the last snapshot.",
+        "log",
+        &each(|m| m.log_bytes),
+    );
+    let series: Vec<(&str, &Histogram)> = logs.iter().map(|(l, m)| (*l, &m.write_time)).collect();
+    e.histogram_seconds(
+        "midge_store_write_seconds",
+        "Time of one raft log write on disk: the redb transaction and its fsync (persistence true).",
+        "log",
+        &series,
+    );
 }

@@ -26,6 +26,9 @@ impl Config {
             persistent_expiry_secs_max: c.persistent_client_expiration_secs.map(|s| s.min(u32::MAX as u64 - 1) as u32),
             sys_interval_secs: c.sys_interval_secs,
             connection_messages: c.connection_messages,
+            allow_zero_length_clientid: c.allow_zero_length_clientid,
+            auto_id_prefix: Rc::from(c.auto_id_prefix.as_str()),
+            use_username_as_clientid: c.use_username_as_clientid,
             connect_timeout_ms: 10_000,
             version_string: Rc::from(format!("midge version {}", env!("CARGO_PKG_VERSION"))),
             apply: ApplyLimits {

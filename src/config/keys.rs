@@ -9,6 +9,8 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "acl_file",
     "admin_listener",
     "allow_anonymous",
+    "allow_zero_length_clientid",
+    "auto_id_prefix",
     "bind_address",
     "busy_poll_us",
     "cafile",
@@ -34,6 +36,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "keyfile",
     "listener",
     "log_dest",
+    "log_facility",
     "log_type",
     "max_connections",
     "max_inflight_messages",
@@ -65,6 +68,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "sys_interval",
     "tls_version",
     "upgrade_outgoing_qos",
+    "use_username_as_clientid",
 ];
 
 /// Mosquitto keys midge accepts and ignores with a warning.
@@ -125,13 +129,9 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("bind_interface", "use listener PORT ADDRESS"),
     ("socket_domain", "use listener PORT ADDRESS with an IPv4 or IPv6 address"),
     ("max_inflight_bytes", "max_inflight_messages bounds the in-flight window"),
-    ("use_username_as_clientid", ""),
-    ("allow_zero_length_clientid", ""),
-    ("auto_id_prefix", ""),
     ("clientid_prefixes", ""),
     ("check_retain_source", ""),
     ("allow_duplicate_messages", ""),
-    ("log_facility", "log_dest syslog is not supported"),
 ];
 
 pub(super) const UNSUPPORTED_PREFIXES: &[(&str, &str)] =

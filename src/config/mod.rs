@@ -35,6 +35,13 @@ use std::path::{Path, PathBuf};
 /// The port used when no listener is configured.
 pub const DEFAULT_PORT: u16 = 1883;
 
+/// The start of the client ids midge makes for clients that send an
+/// empty one (Mosquitto 2.0's default).
+pub const DEFAULT_AUTO_ID_PREFIX: &str = "auto-";
+/// A made-up client id is the prefix and 36 characters; client ids are
+/// MQTT strings of at most 65535 bytes.
+pub const AUTO_ID_PREFIX_BYTES_MAX: usize = 65535 - 36;
+
 /// A TCP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -44,17 +51,20 @@ pub struct Listener {
     pub address: Option<String>,
     /// TLS on this listener (`certfile`, `keyfile`, ... after its line).
     pub tls: Option<tls::ListenerTls>,
+    /// `max_connections` after this listener's line (Mosquitto's
+    /// per-listener limit); `None`: only the broker-wide bound.
+    pub connections_max: Option<u32>,
 }
 
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None, tls: None }
+        Listener { port, address: None, tls: None, connections_max: None }
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
-        Listener { port, address: Some(address.to_string()), tls: None }
+        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None }
     }
 }
 
@@ -117,6 +127,8 @@ pub enum LogDest {
     File(PathBuf, Origin),
     /// `log_dest none`: no log.
     None,
+    /// `log_dest syslog`: through syslog(3), facility `log_facility`.
+    Syslog,
 }
 
 /// The file and line a value was set on, for errors found only when the
@@ -240,10 +252,20 @@ pub struct Config {
     /// Default [`LogType::DEFAULT`]. Empty means log nothing.
     pub log_types: Vec<LogType>,
     pub log_dest: LogDest,
+    /// `log_facility N`: syslog's LOG_LOCALN; `None`: LOG_DAEMON.
+    pub log_facility: Option<u8>,
     /// `pid_file`: written once the listeners are open, removed at exit.
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
     pub connection_messages: bool,
+    /// Default `true`: a client may connect with an empty client id
+    /// (and clean session / clean start); it gets `auto_id_prefix` and a
+    /// random part.
+    pub allow_zero_length_clientid: bool,
+    /// Default `auto-` (Mosquitto's).
+    pub auto_id_prefix: String,
+    /// Default `false`: the username replaces the client id.
+    pub use_username_as_clientid: bool,
     /// Default 2.
     pub max_qos: u8,
     /// Default `false`.
@@ -306,8 +328,12 @@ impl Default for Config {
             busy_poll_us: 0,
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
+            log_facility: None,
             pid_file: None,
             connection_messages: true,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: DEFAULT_AUTO_ID_PREFIX.to_string(),
+            use_username_as_clientid: false,
             max_qos: 2,
             upgrade_outgoing_qos: false,
             persistence: true,

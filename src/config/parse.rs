@@ -9,7 +9,7 @@ use super::tls::{ClusterTlsFiles, ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
-    LogDest, LogType, Origin, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
 
 /// The files of an `include_dir`, in Mosquitto's order: names longer than
@@ -377,6 +377,21 @@ impl Parser {
                 self.cfg.persistent_client_expiration_secs = Some(self.duration(key, v)?);
             }
             "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
+            "allow_zero_length_clientid" => self.cfg.allow_zero_length_clientid = self.bool_opt(key, rest)?,
+            "use_username_as_clientid" => self.cfg.use_username_as_clientid = self.bool_opt(key, rest)?,
+            "auto_id_prefix" => {
+                // The rest of the line, as Mosquitto reads it.
+                self.once(key);
+                if rest.is_empty() {
+                    return Err(self.err("auto_id_prefix: missing value"));
+                }
+                if rest.len() > AUTO_ID_PREFIX_BYTES_MAX {
+                    return Err(self.err(format!(
+                        "auto_id_prefix: longer than {AUTO_ID_PREFIX_BYTES_MAX} bytes (a client id is at most 65535)"
+                    )));
+                }
+                self.cfg.auto_id_prefix = rest.to_string();
+            }
             "queue_qos0_messages" => self.cfg.queue_qos0_messages = self.bool_opt(key, rest)?,
             "set_tcp_nodelay" => self.cfg.set_tcp_nodelay = self.bool_opt(key, rest)?,
             "busy_poll_us" => self.cfg.busy_poll_us = self.num_opt(key, rest, 0, BUSY_POLL_US_MAX)? as u32,
@@ -387,6 +402,7 @@ impl Parser {
             "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
             "log_type" => self.log_type(rest)?,
             "log_dest" => self.log_dest(rest)?,
+            "log_facility" => self.cfg.log_facility = Some(self.num_opt(key, rest, 0, 7)? as u8),
             "include_dir" => self.include_dir(rest)?,
             "max_packet_size" => {
                 let v = self.num_opt(key, rest, 0, PROTOCOL_MAX_BYTES.into())? as u32;
@@ -422,7 +438,6 @@ impl Parser {
             }
             "max_keepalive" => self.cfg.limits.keepalive_secs_max = self.num_opt(key, rest, 0, 65535)? as u16,
             "max_connections" => {
-                self.once(key);
                 let v = self.one(key, rest)?;
                 let n = if v == "-1" {
                     0
@@ -437,7 +452,21 @@ impl Parser {
                         }
                     }
                 };
-                self.cfg.limits.connections_max = if n == 0 { DEFAULT_CONNECTIONS_MAX } else { n };
+                // After a listener line: that listener's own limit, as in
+                // Mosquitto (0 and -1: none). Before any: the broker-wide
+                // bound (0 and -1: its default; it is never unlimited).
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        let again = std::mem::replace(&mut l.connections_max, (n > 0).then_some(n)).is_some();
+                        if again {
+                            self.warn("max_connections overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.limits.connections_max = if n == 0 { DEFAULT_CONNECTIONS_MAX } else { n };
+                    }
+                }
             }
             "client_out_buffer_bytes" => {
                 self.cfg.limits.out_buffer_bytes_max = self.num_opt(key, rest, 1, u32::MAX.into())? as u32
@@ -507,9 +536,15 @@ impl Parser {
                 self.warn(&format!("{key} is ignored: midge writes every change to disk as it happens"));
             }
             "retry_interval" | "store_clean_interval" => {
-                // Mosquitto 2.0 itself only warns that these are gone.
+                // Obsolete in Mosquitto; ignored with its own warning
+                // (2.0's for retry_interval, 1.6's for store_clean_interval,
+                // which 2.0 refuses as unknown).
                 self.num_opt(key, rest, 0, u64::MAX)?;
-                self.warn(&format!("{key} is ignored: Mosquitto 2 no longer uses it either"));
+                self.warn(if key == "retry_interval" {
+                    "retry_interval is ignored: The retry_interval option is no longer available."
+                } else {
+                    "store_clean_interval is ignored: store_clean_interval is no longer needed."
+                });
             }
             "pid_file" => self.cfg.pid_file = Some((self.path_opt(key, rest)?, self.origin())),
             "user" => {
@@ -663,7 +698,7 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None })
+        Ok(Listener { port, address, tls: None, connections_max: None })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -681,7 +716,7 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((Listener { port, address, tls: None }, self.line));
+        self.listeners.push((Listener { port, address, tls: None, connections_max: None }, self.line));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -765,19 +800,22 @@ impl Parser {
             "stderr" => LogDest::Stderr,
             "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
             "file" => LogDest::File(PathBuf::from(arg), self.origin()),
-            "syslog" | "dlt" => {
-                return Err(self.err(format!(
-                    "log_dest {kind} is not supported by midge: use log_dest file, or run under systemd, \
-                     whose journal takes stderr"
-                )))
+            "syslog" => LogDest::Syslog,
+            "dlt" => {
+                return Err(self.err(
+                    "log_dest dlt is not supported by midge: use log_dest syslog or file, or run under systemd, \
+                     whose journal takes stderr",
+                ))
             }
             "topic" => {
                 return Err(self.err(
                     "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
-                     use stdout, stderr or file",
+                     use stdout, stderr, file or syslog",
                 ))
             }
-            other => return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, none"))),
+            other => {
+                return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, none")))
+            }
         };
         let same = |a: &LogDest, b: &LogDest| match (a, b) {
             (LogDest::File(a, _), LogDest::File(b, _)) => a == b,
@@ -788,6 +826,7 @@ impl Parser {
                 let first = match first {
                     LogDest::File(path, _) => format!("file {}", path.display()),
                     LogDest::Stdout => "stdout".to_string(),
+                    LogDest::Syslog => "syslog".to_string(),
                     _ => "stderr".to_string(),
                 };
                 let at = self.places.describe(*pos, self.line);
@@ -869,6 +908,7 @@ impl Parser {
                 port: self.default_port.unwrap_or(DEFAULT_PORT),
                 address: self.default_address.take(),
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
+                connections_max: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

@@ -46,6 +46,7 @@ fn empty_file_gives_the_defaults() {
 fn full_config() {
     let c = parse(
         "\u{feff}# midge\r\n\
+         max_connections 50\n\
          listener 1883\r\n\
          listener 8883 127.0.0.1\n\
          listener 1884 ::1\n\
@@ -75,7 +76,6 @@ fn full_config() {
          max_queued_bytes 4096\n\
          memory_limit 1048576\n\
          max_keepalive 120\n\
-         max_connections 50\n\
          client_out_buffer_bytes 65536\n\
          max_topic_levels 8\n\
          max_subscriptions_per_client 9\n\
@@ -332,12 +332,19 @@ fn log_types_and_dest() {
     assert_eq!(err("log_dest"), "midge.conf:1: log_dest: missing value");
     assert_eq!(
         err("log_dest stderr\nlog_dest syslog"),
-        "midge.conf:2: log_dest syslog is not supported by midge: use log_dest file, or run under systemd, \
-         whose journal takes stderr"
+        "midge.conf:2: log_dest syslog: midge logs to one destination; log_dest stderr is already set on line 1"
     );
+    assert_eq!(
+        err("log_dest syslog\nlog_dest stdout"),
+        "midge.conf:2: log_dest stdout: midge logs to one destination; log_dest syslog is already set on line 1"
+    );
+    let c = parse("log_dest syslog\nlog_facility 5\n");
+    assert_eq!((c.log_dest, c.log_facility), (LogDest::Syslog, Some(5)));
+    assert_eq!(parse("log_dest syslog").log_facility, None, "LOG_DAEMON, as Mosquitto");
+    assert_eq!(err("log_facility 8"), "midge.conf:1: log_facility: \"8\" is not a number between 0 and 7");
     assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
     assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
-    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, none"));
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
@@ -374,8 +381,8 @@ store_clean_interval 10
     assert_eq!(
         c.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         [
-            "midge.conf:1: retry_interval is ignored: Mosquitto 2 no longer uses it either",
-            "midge.conf:2: store_clean_interval is ignored: Mosquitto 2 no longer uses it either"
+            "midge.conf:1: retry_interval is ignored: The retry_interval option is no longer available.",
+            "midge.conf:2: store_clean_interval is ignored: store_clean_interval is no longer needed."
         ]
     );
     assert!(err("retry_interval often").contains("is not a number"));
@@ -915,4 +922,63 @@ fn a_missing_include_dir_is_an_error_at_its_line() {
         ["DIR/midge.conf:2: include_dir DIR/nope: cannot read the directory: No such file or directory (os error 2)"]
     );
     assert_eq!(err("include_dir"), "midge.conf:1: include_dir: missing value");
+}
+
+#[test]
+fn client_id_keys_of_mosquitto_2() {
+    let d = Config::default();
+    assert!(d.allow_zero_length_clientid);
+    assert_eq!(d.auto_id_prefix, "auto-");
+    assert!(!d.use_username_as_clientid);
+    let c = parse("allow_zero_length_clientid false\nauto_id_prefix gw 1-\nuse_username_as_clientid true\n");
+    assert!(!c.allow_zero_length_clientid && c.use_username_as_clientid);
+    assert_eq!(c.auto_id_prefix, "gw 1-", "the rest of the line, as Mosquitto reads it");
+    let s = c.broker_settings(None, None);
+    assert!(!s.allow_zero_length_clientid && s.use_username_as_clientid);
+    assert_eq!(&*s.auto_id_prefix, "gw 1-");
+    assert_eq!(err("auto_id_prefix"), "midge.conf:1: auto_id_prefix: missing value");
+    assert!(err(&format!("auto_id_prefix {}", "x".repeat(65500))).contains("longer than 65499 bytes"));
+    assert_eq!(
+        err("allow_zero_length_clientid 0"),
+        "midge.conf:1: allow_zero_length_clientid: \"0\" is not true or false"
+    );
+    assert_eq!(
+        err("use_username_as_clientid yes"),
+        "midge.conf:1: use_username_as_clientid: \"yes\" is not true or false"
+    );
+    let c = parse("auto_id_prefix a-\nauto_id_prefix b-\n");
+    assert_eq!(c.auto_id_prefix, "b-");
+    assert_eq!(c.warnings[0].to_string(), "midge.conf:2: auto_id_prefix overrides the value set on line 1");
+}
+
+#[test]
+fn max_connections_after_a_listener_is_that_listeners_own() {
+    let c = parse(
+        "max_connections 500\nlistener 1883\nlistener 1884\nmax_connections 2\nlistener 1885\nmax_connections -1\n",
+    );
+    assert_eq!(c.limits.connections_max, 500, "before any listener: all listeners together");
+    let own: Vec<_> = c.listeners.iter().map(|l| (l.port, l.connections_max)).collect();
+    assert_eq!(own, [(1883, None), (1884, Some(2)), (1885, None)]);
+    let c = parse("listener 1884\nmax_connections 2\nmax_connections 0\n");
+    assert_eq!(c.listeners[0].connections_max, None, "0 and -1 mean no limit of its own, as in Mosquitto");
+    assert_eq!(c.limits.connections_max, DEFAULT_CONNECTIONS_MAX);
+    assert!(c.warnings[0].to_string().starts_with("midge.conf:3: max_connections overrides"));
+    assert_eq!(
+        err("listener 1884\nmax_connections many"),
+        "midge.conf:2: max_connections: \"many\" is not -1 or a number between 0 and 4294967295"
+    );
+}
+
+#[test]
+fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
+    for (key, why) in [
+        ("mount_point", "mount_point"),
+        ("clientid_prefixes", "clientid_prefixes"),
+        ("use_identity_as_username", "certfile, keyfile"),
+    ] {
+        let e = err(&format!("listener 1883\n{key} x"));
+        assert!(e.starts_with("midge.conf:2: "), "{e}");
+        assert!(e.contains(why), "{e}");
+    }
+    assert!(err("\nlog_dest topic").starts_with("midge.conf:2: log_dest topic is not supported"));
 }

@@ -2,6 +2,7 @@
 //! per `cluster_follower_mode`), the admin listener, TLS handshakes, and
 //! the PROXY header of connections that a follower forwarded.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use smol::{Async, LocalExecutor};
 use super::conn::TcpConn;
 use super::io::{SmolIo, Tcp};
 use super::{proxy_header, steer, Server, FIRST_BYTES_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
+use crate::broker::ConnId;
 use crate::config::{FollowerMode, Listener};
 use crate::store::RaftLog;
 
@@ -23,6 +25,8 @@ impl<L: RaftLog + 'static> Server<L> {
     /// redirects or refuses), or, in closed mode, does not listen at all.
     pub async fn listen(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, index: usize, l: Listener, first: TcpListener) {
         let l = Rc::new(l);
+        // This listener's connections, for its own max_connections.
+        let count = Rc::new(Cell::new(0u32));
         let mut sock = Some(first);
         let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
         // A single node accepts clients once it serves (a few ms after
@@ -88,13 +92,24 @@ impl<L: RaftLog + 'static> Server<L> {
                 warn!("Refusing connection from {}: max_connections ({}) reached.", peer, self.connections_max);
                 continue;
             }
+            let slot = match l.connections_max {
+                // Mosquitto closes the socket at once, before any byte.
+                Some(max) if count.get() >= max => {
+                    if self.connection_messages {
+                        info!("Client connection from {peer} denied: max_connections exceeded (port {}).", l.port);
+                    }
+                    continue;
+                }
+                Some(_) => Some(ListenerSlot::take(&count)),
+                None => None,
+            };
             let _ = stream.set_nodelay(self.nodelay);
             if self.clustered {
                 let (server, ex2, l2) = (self.clone(), ex.clone(), l.clone());
-                ex.spawn(async move { server.steer(ex2, index, l2, stream, peer).await }).detach();
+                ex.spawn(async move { server.steer(ex2, index, l2, stream, peer, slot).await }).detach();
                 continue;
             }
-            self.clone().serve(&ex, &l, stream, peer, None);
+            self.clone().serve(&ex, &l, stream, peer, None, slot);
         }
     }
 
@@ -112,6 +127,7 @@ impl<L: RaftLog + 'static> Server<L> {
         l: Rc<Listener>,
         mut stream: TcpStream,
         peer: SocketAddr,
+        slot: Option<ListenerSlot>,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let first = futures_lite::future::or(read_proxy_header(&mut stream), async {
@@ -121,7 +137,7 @@ impl<L: RaftLog + 'static> Server<L> {
         .await;
         self.handshakes.set(self.handshakes.get() - 1);
         match first {
-            Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer)),
+            Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer), slot),
             Ok(None) => {}
             // A TCP health check (connect, close) lands here every few
             // seconds: not worth an SD card's log line.
@@ -139,7 +155,12 @@ impl<L: RaftLog + 'static> Server<L> {
             match target {
                 Some(addr) if leader != 0 => {
                     debug!("Proxying connection from {peer} to the leader (node {leader}) at {addr}.");
-                    return ex.spawn(steer::proxy(stream, peer, addr)).detach();
+                    return ex
+                        .spawn(async move {
+                            steer::proxy(stream, peer, addr).await;
+                            drop(slot);
+                        })
+                        .detach();
                 }
                 _ => {
                     // Served here, so that the client gets a reason code
@@ -155,7 +176,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             }
         }
-        self.serve(&ex, &l, stream, peer, None)
+        self.serve(&ex, &l, stream, peer, None, slot)
     }
 
     /// Serve a client here (plain or TLS). `via`: the follower that
@@ -167,6 +188,7 @@ impl<L: RaftLog + 'static> Server<L> {
         stream: TcpStream,
         peer: SocketAddr,
         via: Option<SocketAddr>,
+        slot: Option<ListenerSlot>,
     ) {
         if self.connection_messages {
             match via {
@@ -176,10 +198,20 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         let server = self.clone();
         match &l.tls {
-            None => self.spawn_tcp(ex, stream, peer, false),
+            None => {
+                if let Some(id) = self.clone().spawn_tcp(ex, stream, peer, false) {
+                    if let Some(slot) = slot {
+                        self.slots.borrow_mut().insert(id, slot);
+                    }
+                }
+            }
             Some(t) => {
                 let cfg = t.server();
-                ex.spawn(async move { server.serve_tls(stream, peer, cfg, false).await }).detach()
+                ex.spawn(async move {
+                    server.serve_tls(stream, peer, cfg, false).await;
+                    drop(slot);
+                })
+                .detach()
             }
         }
     }
@@ -195,7 +227,9 @@ impl<L: RaftLog + 'static> Server<L> {
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             info!("New admin connection from {}{}.", peer, if l.tls.is_some() { " (TLS)" } else { "" });
             match &l.tls {
-                None => self.clone().spawn_tcp(&ex, stream, peer, true),
+                None => {
+                    self.clone().spawn_tcp(&ex, stream, peer, true);
+                }
                 Some(t) => {
                     let (server, cfg) = (self.clone(), t.server());
                     ex.spawn(async move { server.serve_tls(stream, peer, cfg, true).await }).detach()
@@ -205,18 +239,25 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     /// Serve a client of a plain TCP listener (or of the admin listener)
-    /// in a task of its own.
-    fn spawn_tcp(self: Rc<Self>, ex: &LocalExecutor<'static>, stream: TcpStream, peer: SocketAddr, admin: bool) {
+    /// in a task of its own. Its id, unless it was closed at once.
+    fn spawn_tcp(
+        self: Rc<Self>,
+        ex: &LocalExecutor<'static>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admin: bool,
+    ) -> Option<ConnId> {
         // A freshly accepted stream has no other handle: own the socket
         // outright (no reference count, no cached readiness futures).
         let Ok(sock) = Arc::try_unwrap(Arc::<Async<std::net::TcpStream>>::from(stream)) else {
             warn!("Closing connection from {peer}: its socket is shared.");
-            return;
+            return None;
         };
         // Opened before the task starts, so that the task holds only what
         // the connection needs while it runs.
         let (id, io) = self.open_conn(peer, admin, true);
         ex.spawn(TcpConn::new(self, id, io, sock, false)).detach();
+        Some(id)
     }
 
     /// A client on a TLS listener: handshake (bounded in time), then the
@@ -256,6 +297,23 @@ impl<L: RaftLog + 'static> Server<L> {
             ),
         }
         tcp.shutdown();
+    }
+}
+
+/// One connection of a listener with its own `max_connections`: counted
+/// from its accept until it ends (dropped).
+pub(super) struct ListenerSlot(Rc<Cell<u32>>);
+
+impl ListenerSlot {
+    fn take(count: &Rc<Cell<u32>>) -> ListenerSlot {
+        count.set(count.get() + 1);
+        ListenerSlot(count.clone())
+    }
+}
+
+impl Drop for ListenerSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

@@ -211,6 +211,9 @@ pub struct Server<L: RaftLog> {
     parking: Option<Parking>,
     /// TLS handshakes in progress (they count against max_connections).
     handshakes: Cell<usize>,
+    /// Plain TCP connections of listeners with their own max_connections
+    /// (freed when the connection closes: a parked one has no task).
+    slots: RefCell<fxhash::FxHashMap<ConnId, listen::ListenerSlot>>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
     /// Start of the monotonic clock handed to the driver.
@@ -325,6 +328,7 @@ impl<L: RaftLog + 'static> Server<L> {
             conns: RefCell::new(fxhash::FxHashMap::default()),
             parking: Parking::new(),
             handshakes: Cell::new(0),
+            slots: RefCell::new(fxhash::FxHashMap::default()),
             next_id: Cell::new(1),
             last_now: Cell::new(0),
             epoch: Instant::now(),
@@ -710,6 +714,31 @@ impl<L: RaftLog + 'static> Server<L> {
         (ok, v.to_string())
     }
 
+    /// The `/metrics` answer (Prometheus text format): the serving
+    /// broker's counters, the raft status of the group that talks to
+    /// peers (as `/health`), and each raft log's writes.
+    pub fn metrics_text(&self) -> String {
+        use crate::cluster::status::write_store_metrics;
+        let mut e = crate::metrics::Exposition::new();
+        let main = self.driver.borrow();
+        let serving = main.broker().serving();
+        e.gauge(
+            "midge_serving",
+            "1 while this node serves clients (the leader in full_sync; /health answers 200).",
+            u64::from(serving),
+        );
+        main.broker().write_metrics(&mut e);
+        self.peer_driver().borrow().node().write_raft_metrics(&mut e);
+        match &self.group {
+            None => write_store_metrics(&mut e, &[("main", main.node().store_metrics())]),
+            Some(g) => {
+                let cluster = g.driver.borrow().node().store_metrics();
+                write_store_metrics(&mut e, &[("local", main.node().store_metrics()), ("cluster", cluster)]);
+            }
+        }
+        e.into_text()
+    }
+
     /// Give a new connection its id and output side, and tell the broker.
     fn open_conn(&self, peer: SocketAddr, admin: bool, parkable: bool) -> (ConnId, Rc<ConnIo>) {
         let id = self.next_id.get();
@@ -730,6 +759,7 @@ impl<L: RaftLog + 'static> Server<L> {
 
     fn close_conn(&self, id: ConnId) {
         self.conns.borrow_mut().remove(&id);
+        self.slots.borrow_mut().remove(&id);
         self.with_broker(|b, now| b.closed(id, now));
         debug!("Connection {id} finished.");
     }

@@ -184,6 +184,12 @@ pub trait RaftLog: raft::Storage {
     /// snapshot.
     fn log_bytes(&self) -> u64;
 
+    /// Encoded entries and hard states this store has written since it
+    /// was opened (0 for a store in memory).
+    fn written_bytes(&self) -> u64 {
+        0
+    }
+
     /// Whether writes go to disk. An in-memory log makes no group commit
     /// worth waiting for.
     fn on_disk(&self) -> bool {

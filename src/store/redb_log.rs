@@ -73,6 +73,9 @@ struct Cached {
     snapshot_meta: Option<SnapshotMetadata>,
     /// Encoded bytes of the entries after the snapshot index.
     log_bytes: u64,
+    /// Encoded entries and hard states handed to write transactions
+    /// since the store was opened.
+    written_bytes: u64,
 }
 
 fn u64_pair_bytes(a: u64, b: u64) -> [u8; 16] {
@@ -412,7 +415,7 @@ fn load(db: &Database, identity: StoreIdentity, path: &str) -> Result<Cached, St
         )));
     }
 
-    Ok(Cached { index, hard_state, conf_state, snapshot_meta, log_bytes })
+    Ok(Cached { index, hard_state, conf_state, snapshot_meta, log_bytes, written_bytes: 0 })
 }
 
 /// Sum of the stored sizes of the entries in `low..=high`.
@@ -603,6 +606,8 @@ impl RaftLog for RedbLog {
         let last = c.index.last_index();
         let added: u64 = rows.iter().filter(|(i, _)| *i > snap_index).map(|(_, b)| b.len() as u64).sum();
         c.log_bytes += added;
+        c.written_bytes +=
+            rows.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + hs_bytes.as_ref().map_or(0, |b| b.len() as u64);
         c.index.append(entries);
         if let Some(hs) = hard_state {
             c.hard_state = hs.clone();
@@ -730,5 +735,9 @@ impl RaftLog for RedbLog {
 
     fn log_bytes(&self) -> u64 {
         self.cached.borrow().log_bytes
+    }
+
+    fn written_bytes(&self) -> u64 {
+        self.cached.borrow().written_bytes
     }
 }

@@ -21,6 +21,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use super::{PersistJob, RaftLog, StoreError, WriteJobError};
+use crate::metrics::Histogram;
 
 pub struct Staged<L: RaftLog> {
     inner: L,
@@ -36,6 +37,8 @@ pub struct Staged<L: RaftLog> {
     /// (they stay readable here until it is done).
     writing: bool,
     writing_entries: Vec<Entry>,
+    /// Time of each log write to a store on disk (see `write_time`).
+    write_time: Histogram,
     /// A snapshot to write with the next flush: (index, conf state, data,
     /// entries to keep).
     #[allow(clippy::type_complexity)]
@@ -52,18 +55,22 @@ pub struct FlushJob {
 pub struct FlushResult {
     persist: Option<Result<u64, WriteJobError>>,
     snapshot: Option<Result<u64, WriteJobError>>,
+    /// How long the log write (transaction and fsync) took.
+    persist_us: u64,
 }
 
 impl FlushJob {
     pub fn run(self) -> FlushResult {
+        let started = std::time::Instant::now();
         let persist = self.persist.map(|j| j.run());
+        let persist_us = started.elapsed().as_micros() as u64;
         // A failed log write leaves the snapshot unwritten (the store then
         // refuses every write).
         let snapshot = match &persist {
             Some(Err(_)) => None,
             _ => self.snapshot.map(|j| j.run()),
         };
-        FlushResult { persist, snapshot }
+        FlushResult { persist, snapshot, persist_us }
     }
 }
 
@@ -77,6 +84,7 @@ impl<L: RaftLog> Staged<L> {
             flushed_hs,
             writing: false,
             writing_entries: Vec::new(),
+            write_time: Histogram::default(),
             snapshot: None,
         }
     }
@@ -158,6 +166,9 @@ impl<L: RaftLog> Staged<L> {
         self.writing = false;
         let entries = std::mem::take(&mut self.writing_entries).len() as u64;
         if let Some(r) = result.persist {
+            if r.is_ok() && self.inner.on_disk() {
+                self.write_time.record(result.persist_us);
+            }
             self.inner.end_persist(r)?;
         }
         if let Some(r) = result.snapshot {
@@ -242,6 +253,16 @@ impl<L: RaftLog> Staged<L> {
 
     pub fn on_disk(&self) -> bool {
         self.inner.on_disk()
+    }
+
+    /// How long the log writes took (transaction and fsync; a store on
+    /// disk only).
+    pub fn write_time(&self) -> &Histogram {
+        &self.write_time
+    }
+
+    pub fn written_bytes(&self) -> u64 {
+        self.inner.written_bytes()
     }
 }
 
