@@ -29,10 +29,10 @@ impl Broker {
                 info!("Client from {} redirected to the leader at {}.", self.conns[&conn].peer, leader);
                 let mut properties = Properties::default();
                 properties.server_reference = Some(leader);
-                self.actions.push(Action::Send(
+                self.push_send(
                     conn,
                     Packet::ConnAck(ConnAck { session_present: false, code: reason::USE_ANOTHER_SERVER, properties }),
-                ));
+                );
                 self.close(conn, None, now);
                 return;
             }
@@ -294,13 +294,13 @@ impl Broker {
                         let v = oc.version;
                         oc.phase = Phase::Closing;
                         if v == Version::V5 {
-                            self.actions.push(Action::Send(
+                            self.push_send(
                                 old,
                                 Packet::Disconnect(Disconnect {
                                     code: reason::SESSION_TAKEN_OVER,
                                     properties: Default::default(),
                                 }),
-                            ));
+                            );
                         }
                         self.actions.push(Action::Close(old));
                     }

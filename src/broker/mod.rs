@@ -104,10 +104,11 @@ struct Conn {
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
     kind: Kind,
-    /// PUBLISH bytes handed to the runtime for this connection since it
-    /// last reported how much of its output is still unwritten (see
-    /// `set_out_buffered`): what the client makes midge hold, as far as
-    /// the broker knows. QoS 0 deliveries stop above `out_buffer_bytes_max`.
+    /// Bytes of packets handed to the runtime for this connection and
+    /// not yet reported written (`push_send`, `written`): exactly what
+    /// the connection makes midge hold in output. QoS 0 deliveries stop
+    /// above `out_buffer_bytes_max`; the runtime reads no more input from
+    /// a connection above it.
     out_bytes: u32,
 }
 
@@ -129,9 +130,8 @@ pub struct Broker {
     state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
-    /// Connections whose `out_bytes` passed half of `out_buffer_bytes_max`
-    /// since the runtime last reported on them (`take_out_checks`).
-    out_checks: Vec<ConnId>,
+    /// The sum of every connection's `out_bytes` (for `memory_limit`).
+    out_bytes_total: u64,
     actions: Vec<Action>,
     effects: Vec<Effect>,
     /// Commands proposed and not yet applied.
@@ -174,7 +174,7 @@ impl Broker {
             state: State::default(),
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
-            out_checks: Vec::new(),
+            out_bytes_total: 0,
             actions: Vec::new(),
             effects: Vec::new(),
             proposals: Vec::new(),
@@ -303,9 +303,8 @@ impl Broker {
         std::mem::swap(&mut self.actions, spare);
     }
 
-    pub fn count_bytes(&mut self, received: u64, sent: u64) {
+    pub fn count_received(&mut self, received: u64) {
         self.stats.bytes_received += received;
-        self.stats.bytes_sent += sent;
     }
 
     /// A packet decoded from `conn`.
@@ -380,7 +379,7 @@ impl Broker {
             }
             Packet::PingReq => {
                 self.stats.messages_sent += 1;
-                self.actions.push(Action::Send(conn, Packet::PingResp));
+                self.push_send(conn, Packet::PingResp);
             }
             Packet::Disconnect(d) => self.on_disconnect(conn, client, d, now),
             Packet::Auth(_) => {
@@ -448,10 +447,10 @@ impl Broker {
             self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
         } else if allowed.is_empty() {
             let codes = vec![reason::NOT_AUTHORIZED; denied.len()];
-            self.actions.push(Action::Send(
+            self.push_send(
                 conn,
                 Packet::UnsubAck(crate::mqtt::UnsubAck { packet_id, codes, properties: Default::default() }),
-            ));
+            );
         } else {
             self.unsub_denied.insert((client.clone(), packet_id), denied);
             self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
