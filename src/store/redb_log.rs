@@ -101,6 +101,31 @@ fn storage_error(e: StoreError) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(Box::new(e)))
 }
 
+/// How to start fresh, for the errors of a file that exists but cannot be
+/// read as a store.
+const START_FRESH: &str = "To start this node with no data, move the file aside (or delete it); a cluster node \
+                           then receives the state from the leader";
+
+/// A file shorter than this that redb cannot read is reported as too short
+/// to be a store rather than as damage inside one: redb refuses anything
+/// under its minimum layout (4 KiB was refused), and midge's store is
+/// 72 KiB from its first write.
+const STORE_BYTES_SHORT: u64 = 8192;
+
+/// `Corrupt` errors at open say how to start fresh; a short file says so.
+fn refused_file(file: &Path, e: StoreError) -> StoreError {
+    let StoreError::Corrupt { path, reason } = e else { return e };
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(u64::MAX);
+    let reason = if len < STORE_BYTES_SHORT {
+        format!(
+            "the file is too short to be a store ({len} bytes): it was truncated or replaced ({reason}). {START_FRESH}"
+        )
+    } else {
+        format!("{reason}. {START_FRESH}")
+    };
+    StoreError::Corrupt { path, reason }
+}
+
 /// Classifies a redb failure while opening: damage is `Corrupt`, anything
 /// else (permissions, a second process, a full disk) is `Open`.
 fn open_error(path: &str, file_existed: bool, e: redb::Error) -> StoreError {
@@ -150,9 +175,7 @@ impl RedbLog {
             Ok(m) if m.len() == 0 => {
                 return Err(StoreError::Corrupt {
                     path,
-                    reason: "the file is empty (0 bytes): it was truncated or replaced. To start this node with no \
-                             data, delete the file (a cluster node then receives the state from the leader)"
-                        .to_string(),
+                    reason: format!("the file is empty (0 bytes): it was truncated or replaced. {START_FRESH}"),
                 })
             }
             Ok(_) => true,
@@ -166,7 +189,7 @@ impl RedbLog {
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create(&file)
-            .map_err(|e| open_error(&path, file_existed, e.into()))?;
+            .map_err(|e| refused_file(&file, open_error(&path, file_existed, e.into())))?;
 
         // A crash between redb creating the file and our first commit leaves
         // a valid database without tables: still a fresh store.
