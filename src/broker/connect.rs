@@ -44,6 +44,16 @@ impl Broker {
                 now,
             );
         }
+        if self.store_full {
+            // A connection is a durable change (its session).
+            return self.refuse(
+                conn,
+                reason::QUOTA_EXCEEDED,
+                reason::V3_SERVER_UNAVAILABLE,
+                "the data store is full",
+                now,
+            );
+        }
         let mut ack_props = Properties::default();
 
         // Client identifier [MQTT-3.1.3-6..9].

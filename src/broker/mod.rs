@@ -165,6 +165,8 @@ pub struct Broker {
     /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
     /// positions get 0x87 in the UNSUBACK of the command for the others.
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
+    /// The data store's disk is full (`set_store_full`).
+    store_full: bool,
 }
 
 impl Broker {
@@ -195,6 +197,7 @@ impl Broker {
             last_drop_log_ms: 0,
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
+            store_full: false,
         }
     }
 
@@ -280,6 +283,23 @@ impl Broker {
             self.proposals.clear();
             self.proposals_applied = 0;
         }
+    }
+
+    /// The data store found its disk full (true) or has written again
+    /// (false). While it is full, what needs a new durable write is
+    /// refused: a CONNECT (MQTT 5: CONNACK 0x97 Quota exceeded; 3.1.1:
+    /// 0x03 Server unavailable), a QoS 1/2 or retained PUBLISH (MQTT 5:
+    /// PUBACK/PUBREC 0x97; 3.1.1: disconnected without acknowledgement,
+    /// so the client sends it again later) and a SUBSCRIBE (0x97, 3.1.1:
+    /// 0x80). QoS 0 messages, PINGs and deliveries already under way go on.
+    /// What cannot be refused (acknowledgements, disconnects, wills) waits
+    /// in memory for the disk.
+    pub fn set_store_full(&mut self, full: bool) {
+        self.store_full = full;
+    }
+
+    pub fn store_full(&self) -> bool {
+        self.store_full
     }
 
     /// The actions not yet taken.
@@ -476,6 +496,15 @@ impl Broker {
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
+        if self.store_full {
+            // Subscriptions are durable: refused, the connection kept.
+            info!("Denied SUBSCRIBE from {} (the data store is full).", client);
+            let code = if v5 { reason::QUOTA_EXCEEDED } else { reason::V3_SUBACK_FAILURE };
+            let codes = vec![code; s.filters.len()];
+            let ack = crate::mqtt::SubAck { packet_id: s.packet_id, codes, properties: Default::default() };
+            self.push_send(conn, Packet::SubAck(ack));
+            return;
+        }
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let existing = self.state.sessions().get(&client).map_or(0, |s| s.subs.len());
         let mut reqs = Vec::new();

@@ -232,6 +232,8 @@ impl Broker {
             }
             // 0x90: a well-formed topic name this server does not accept.
             Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security", false))
+        } else if (p.qos != QoS::AtMostOnce || p.retain) && self.store_full {
+            Some((reason::QUOTA_EXCEEDED, "the data store is full", true))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
             (self.memory_used() + cost > self.settings.limits.memory_bytes_max).then_some((
