@@ -242,3 +242,40 @@ fn log_dest_syslog_writes_to_dev_log_in_its_facility() {
         assert!(warning.starts_with("<156>"), "{warning:?}");
     }
 }
+
+/// Issue 23: a data file that exists but is empty or too short to be a
+/// store is refused at start (exit code 4), naming the file and how to
+/// start fresh; it is left as it was. A missing file still gives a fresh
+/// store. (Before, a 0-byte file started an empty store, logged only at
+/// INFO, and short files were refused without saying how to start fresh.)
+#[test]
+fn an_empty_or_short_data_file_is_refused_at_start() {
+    if common::is_mosquitto() {
+        return; // midge's own data file
+    }
+    for (len, says) in [(0usize, "the file is empty (0 bytes)"), (1, "too short to be a store (1 bytes)")]
+        .into_iter()
+        .chain([(100, "too short"), (4096, "too short to be a store (4096 bytes)")])
+    {
+        let dir = tempdir();
+        let data = dir.path().join("midge.redb");
+        std::fs::write(&data, vec![0x5a; len]).unwrap();
+        let conf = write_file(
+            dir.path(),
+            "midge.conf",
+            &format!("listener {} 127.0.0.1\npersistence_location {}\n", free_port(), dir.path().display()),
+        );
+        let (code, _out, err) = common::run_with_timeout(Command::new(midge_bin()).arg("-c").arg(&conf), MAX_WAIT);
+        assert_eq!(code, Some(4), "{len} bytes: exit code {code:?}\n{err}");
+        let line = err.lines().find(|l| l.starts_with("midge: ")).unwrap_or_else(|| panic!("no error line:\n{err}"));
+        assert!(line.contains(&data.display().to_string()), "{len} bytes: the file is not named: {line}");
+        assert!(line.contains(says), "{len} bytes: {line}");
+        assert!(line.contains("move the file aside (or delete it)"), "{len} bytes: no way to start fresh: {line}");
+        assert_eq!(std::fs::metadata(&data).unwrap().len(), len as u64, "the file was changed");
+    }
+    // A missing file is a fresh store.
+    let dir = tempdir();
+    let (_out, err) = run_until_listening(&format!("persistence true\npersistence_location {}", dir.path().display()));
+    assert!(err.contains("created raft store"), "{err}");
+    assert!(dir.path().join("midge.redb").exists());
+}

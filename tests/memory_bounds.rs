@@ -104,3 +104,206 @@ fn retained_replay_to_a_stalled_qos0_subscriber_stays_within_the_output_bound() 
     assert!(log.contains("Outgoing messages are being dropped for client stalled"), "{log}");
     drop(publisher);
 }
+
+/// Publishes `n` retained QoS 1 messages of `payload` bytes to `r/NNNNN`
+/// and waits for every PUBACK.
+fn fill_retained(port: u16, n: usize, payload: usize) {
+    let mut publisher = Raw::connect_v311(port, "retainer", true, 60);
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(publish_v311(&format!("r/{i:05}"), 1, true, (i % 65_535 + 1) as u16, &vec![b'x'; payload]));
+        // The broker's Receive Maximum does not bind 3.1.1; still, keep
+        // what is unacknowledged modest.
+        if burst.len() > 256 << 10 || i + 1 == n {
+            publisher.send(&burst);
+            burst.clear();
+        }
+    }
+    let mut acked = 0;
+    while acked < n {
+        let p = publisher.expect_packet(Duration::from_secs(30));
+        if p.kind() == 4 {
+            acked += 1;
+        }
+    }
+}
+
+/// Writes up to `bytes` of PINGREQs without blocking, for at most `for_`:
+/// as much as the broker takes in. Returns the bytes written.
+fn flood_pings(r: &mut Raw, bytes: usize, for_: Duration) -> usize {
+    use std::io::Write;
+    let chunk = [0xC0u8, 0x00].repeat(32 << 10);
+    r.s.set_nonblocking(true).unwrap();
+    let end = std::time::Instant::now() + for_;
+    let mut sent = 0;
+    while sent < bytes && std::time::Instant::now() < end {
+        match r.s.write(&chunk[..chunk.len().min(bytes - sent)]) {
+            Ok(n) => sent += n - n % 2,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    r.s.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Reads until nothing comes for `quiet`: (PUBLISHes, PINGRESPs) seen.
+/// Reads in large chunks: a stalled client has many PINGRESPs coming.
+fn drain(r: &mut Raw, quiet: Duration) -> (usize, usize) {
+    use std::io::Read;
+    r.s.set_read_timeout(Some(quiet)).unwrap();
+    let (mut publishes, mut pings) = (0, 0);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match r.s.read(&mut chunk) {
+            Ok(0) => panic!("the broker closed a subscriber"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                assert!(buf.is_empty(), "{} bytes of a partial packet", buf.len());
+                return (publishes, pings);
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+        let mut pos = 0;
+        while let Some((header, used)) = whole_packet(&buf[pos..]) {
+            match header >> 4 {
+                3 => publishes += 1,
+                13 => pings += 1,
+                _ => {}
+            }
+            pos += used;
+        }
+        buf.drain(..pos);
+    }
+}
+
+/// The first byte and whole length of the packet at the start of `b`, if
+/// all of it is there.
+fn whole_packet(b: &[u8]) -> Option<(u8, usize)> {
+    let (mut len, mut mult) = (0usize, 1usize);
+    for i in 1..5 {
+        let byte = *b.get(i)?;
+        len += (byte & 0x7f) as usize * mult;
+        mult *= 128;
+        if byte & 0x80 == 0 {
+            let total = 1 + i + len;
+            return (b.len() >= total).then_some((b[0], total));
+        }
+    }
+    panic!("bad remaining length")
+}
+
+/// Issue 23: retained replay to subscribers of `#` that never read, who
+/// also flood PINGREQs, is bounded by the configured limits. Every byte a
+/// connection holds unwritten counts (`client_out_buffer_bytes`): QoS 0
+/// replay past it is dropped and counted, and a connection over it is not
+/// read until it drains, so its PINGRESPs (or PUBACKs) cannot pile up
+/// either. Before, the broker counted only PUBLISH bytes (and those only
+/// roughly) and read on, whatever a read brought: each 64 KiB read of
+/// PINGREQs became 32,768 actions at once. A
+/// subscriber that reads gets every retained message at QoS 1; for the
+/// QoS 0 ones, what arrived plus what `$SYS/broker/publish/messages/
+/// dropped` counts is every replay.
+#[test]
+fn retained_replay_and_answers_to_stalled_subscribers_stay_within_the_configured_bounds() {
+    const MESSAGES: usize = 4_000;
+    const PAYLOAD: usize = 1024;
+    const OUT_BYTES: u64 = 65_536;
+    const STALLED: usize = 8;
+    const SUBSCRIBES: usize = 3;
+    const PINGS_BYTES: usize = 256 << 10;
+    // What the runtime reads at once (net::READ_BUFFER_BYTES_BUSY): the
+    // answers to one read may come on top of the bound.
+    const READ_BYTES: u64 = 64 << 10;
+    if is_mosquitto() {
+        // MOSQUITTO: no output byte bound to configure (client_out_buffer_bytes
+        // is midge's) and no $SYS drop count for one client; by hand, a
+        // PINGREQ flood from a client that never reads left Mosquitto
+        // 2.0.11's RSS unchanged (it stops reading such a client too).
+        eprintln!("midge only: uses client_out_buffer_bytes");
+        return;
+    }
+    let config = format!(
+        "memory_limit 67108864\nclient_out_buffer_bytes {OUT_BYTES}\nmax_queued_messages {}\nsys_interval 1\n",
+        MESSAGES * 2
+    );
+    let b = Broker::start(&config);
+    fill_retained(b.port, MESSAGES, PAYLOAD);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_bytes(b.pid());
+
+    let mut stalled: Vec<Raw> =
+        (0..STALLED).map(|i| Raw::connect_v311(b.port, &format!("stalled{i}"), true, 600)).collect();
+    let subscribes: Vec<u8> = (1..=SUBSCRIBES as u16).flat_map(|pid| subscribe_v311(pid, "#", 0)).collect();
+    let mut flooded = 0;
+    for r in &mut stalled {
+        r.send(&subscribes);
+        flooded += flood_pings(r, PINGS_BYTES, Duration::from_secs(2));
+    }
+    // Done when the broker has served them: RSS stops moving.
+    let mut after = rss_bytes(b.pid());
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = rss_bytes(b.pid());
+        if now == after {
+            break;
+        }
+        after = now;
+    }
+    let grown = after.saturating_sub(before);
+    // Per stalled client: the output bound, the answers to one read, its
+    // read buffer; plus allocator slack. (The replays alone are 4 MB per
+    // SUBSCRIBE; the kernel's socket buffers, outside RSS, take some.)
+    let bound = STALLED as u64 * (OUT_BYTES + READ_BYTES + READ_BYTES) + (4 << 20);
+    eprintln!(
+        "RSS {before} -> {after} (+{grown}, bound {bound}); {flooded} bytes of PINGREQ taken from {STALLED} clients"
+    );
+    assert!(grown < bound, "RSS grew by {grown} bytes, over {bound} ({before} -> {after})");
+
+    // A subscriber that reads gets every retained message, at QoS 1.
+    let mut reader = Raw::connect_v311(b.port, "reader", true, 60);
+    reader.send(&subscribe_v311(1, "#", 1));
+    let mut got = std::collections::BTreeSet::new();
+    loop {
+        match reader.read(Duration::from_secs(5)) {
+            ReadOutcome::Packet(p) if p.kind() == 3 => {
+                assert_eq!(p.header & 0x06, 0x02, "QoS 1 expected: {:02x}", p.header);
+                let tlen = u16::from_be_bytes([p.body[0], p.body[1]]) as usize;
+                let topic = String::from_utf8(p.body[2..2 + tlen].to_vec()).unwrap();
+                let pid = [p.body[2 + tlen], p.body[3 + tlen]];
+                reader.send(&[0x40, 0x02, pid[0], pid[1]]);
+                if topic.starts_with("r/") {
+                    got.insert(topic);
+                }
+            }
+            ReadOutcome::Packet(_) => {}
+            ReadOutcome::Timeout => break,
+            ReadOutcome::Closed => panic!("the broker closed the reader"),
+        }
+    }
+    assert_eq!(got.len(), MESSAGES, "the reading QoS 1 subscriber got {} of {MESSAGES}", got.len());
+
+    // The stalled clients read now: what was held for them arrives; with
+    // what the broker dropped, that is every replay.
+    let mut received = 0;
+    for r in &mut stalled {
+        let (publishes, pings) = drain(r, Duration::from_secs(2));
+        eprintln!("stalled: {publishes} PUBLISHes, {pings} PINGRESPs");
+        received += publishes;
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut sys = Raw::connect_v311(b.port, "sys", true, 60);
+    sys.send(&subscribe_v311(1, "$SYS/broker/publish/messages/dropped", 0));
+    let dropped: usize = loop {
+        let p = sys.expect_packet(T);
+        if p.kind() == 3 {
+            let tlen = u16::from_be_bytes([p.body[0], p.body[1]]) as usize;
+            break String::from_utf8(p.body[2 + tlen..].to_vec()).unwrap().parse().unwrap();
+        }
+    };
+    eprintln!("stalled clients received {received} retained PUBLISHes; {dropped} dropped");
+    assert!(received > 0, "nothing was delivered to the stalled clients");
+    assert_eq!(received + dropped, STALLED * SUBSCRIBES * MESSAGES, "received {received}, dropped {dropped}");
+    assert!(b.log().contains("Outgoing messages are being dropped for client stalled"));
+}

@@ -18,7 +18,7 @@
 //! | 7            | UNSUBSCRIBE                                                  |
 //! | 8            | PUBACK / PUBREC / PUBREL / PUBCOMP with a chosen packet id   |
 //! | 9            | PINGREQ or DISCONNECT                                        |
-//! | 10           | `set_out_buffered()` over the output bound or empty          |
+//! | 10           | `written()`: all or half of the connection's output written  |
 //! | 11, 15       | send the acks a well-behaved client owes (PUBACK for QoS 1,  |
 //! |              | PUBREC/PUBREL/PUBCOMP for QoS 2), up to n of them            |
 //!
@@ -118,7 +118,7 @@ pub mod op {
     pub const UNSUBSCRIBE: u8 = 7;
     pub const ACK: u8 = 8;
     pub const PING_OR_DISCONNECT: u8 = 9;
-    pub const CONGESTED: u8 = 10;
+    pub const WRITTEN: u8 = 10;
     pub const AUTO_ACK: u8 = 11;
 
     /// The op byte for `kind` on `slot` with `variant` (0..4).
@@ -455,9 +455,10 @@ impl Harness {
                 };
                 self.send_built(s, p);
             }
-            op::CONGESTED => {
+            op::WRITTEN => {
                 let id = self.ensure_open(s);
-                self.broker.set_out_buffered(id, if variant & 1 != 0 { usize::MAX } else { 0 });
+                let held = self.broker.out_buffered(id);
+                self.broker.written(id, if variant & 1 != 0 { held } else { held / 2 });
             }
             _ => {
                 // 11, 15: owed acks, in order.

@@ -76,10 +76,10 @@ impl Broker {
             c.peer,
             cp.username.as_deref().unwrap_or("")
         );
-        self.actions.push(Action::Send(
+        self.push_send(
             conn,
             Packet::ConnAck(ConnAck { session_present: false, code: 0, properties: Properties::default() }),
-        ));
+        );
     }
 
     pub(super) fn admin_packet(&mut self, conn: ConnId, p: Packet, now: u64) {
@@ -96,25 +96,25 @@ impl Broker {
                         codes.push(reason::NOT_AUTHORIZED.min(if self.is_v5(conn) { 0x87 } else { 0x80 }));
                     }
                 }
-                self.actions.push(Action::Send(
+                self.push_send(
                     conn,
                     Packet::SubAck(SubAck { packet_id: s.packet_id, codes, properties: Properties::default() }),
-                ));
+                );
             }
             Packet::Publish(p) if &*p.topic == ADMIN_TOPIC && p.payload.len() <= ADMIN_REQUEST_BYTES_MAX => {
                 if let Some(pid) = p.packet_id {
                     let ack = crate::mqtt::PubResp { packet_id: pid, code: 0, properties: Properties::default() };
-                    self.actions.push(Action::Send(
+                    self.push_send(
                         conn,
                         if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) },
-                    ));
+                    );
                 }
                 self.control_requests.push((conn, p.payload.to_vec()));
             }
             Packet::PubRel(r) => {
-                self.actions.push(Action::Send(conn, Packet::PubComp(r)));
+                self.push_send(conn, Packet::PubComp(r));
             }
-            Packet::PingReq => self.actions.push(Action::Send(conn, Packet::PingResp)),
+            Packet::PingReq => self.push_send(conn, Packet::PingResp),
             Packet::Disconnect(_) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.phase = Phase::Closing;
@@ -148,7 +148,7 @@ impl Broker {
         if c.kind != (Kind::Admin { subscribed: true }) || c.phase != Phase::Connected {
             return;
         }
-        self.actions.push(Action::Send(
+        self.push_send(
             conn,
             Packet::Publish(Publish {
                 dup: false,
@@ -159,6 +159,6 @@ impl Broker {
                 payload: Rc::from(payload),
                 properties: Properties::default(),
             }),
-        ));
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use log::{info, warn};
 
 use super::{Action, Broker, Command, Conn, ConnId, Kind, Lazy, PeerAddr, Phase};
-use crate::mqtt::codec::DecodeError;
+use crate::mqtt::codec::{encoded_len, DecodeError};
 use crate::mqtt::{reason, Disconnect, Packet, Version};
 
 impl Broker {
@@ -23,23 +23,49 @@ impl Broker {
         self.conns.len()
     }
 
-    /// The runtime's output buffer for `conn` holds `bytes` not yet
-    /// written. The runtime reports it when the buffer goes over
-    /// `out_buffer_bytes_max`, when it drains to half of that, and for each
-    /// connection `take_out_checks` names; in between, the broker adds
-    /// what it delivers, so that one read of many SUBSCRIBEs cannot queue
-    /// more than the bound (QoS 0 above it is dropped).
-    pub fn set_out_buffered(&mut self, conn: ConnId, bytes: usize) {
+    /// The runtime wrote `n` bytes of the connection's output to its
+    /// socket. The broker counts every byte of every packet it hands the
+    /// runtime (`push_send`) and every byte the runtime reports written
+    /// here, so its count of what a connection holds unwritten is exact,
+    /// whatever was sent in between.
+    pub fn written(&mut self, conn: ConnId, n: usize) {
+        self.stats.bytes_sent += n as u64;
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.out_bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+            let n = u32::try_from(n).unwrap_or(u32::MAX).min(c.out_bytes);
+            c.out_bytes -= n;
+            self.out_bytes_total = self.out_bytes_total.saturating_sub(u64::from(n));
         }
     }
 
-    /// Connections whose delivered bytes passed half the output bound since
-    /// the runtime last reported on them: the runtime reports each one's
-    /// buffered bytes (`set_out_buffered`) now, or when it drains to half.
-    pub fn take_out_checks(&mut self, into: &mut Vec<ConnId>) {
-        into.append(&mut self.out_checks);
+    /// Bytes handed to the runtime for `conn` and not yet written.
+    pub fn out_buffered(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.out_bytes as usize)
+    }
+
+    /// Bytes handed to the runtime for all connections and not yet
+    /// written: part of what `memory_limit` bounds.
+    pub fn out_buffered_total(&self) -> u64 {
+        self.out_bytes_total
+    }
+
+    /// Hand `p` to the runtime for `conn`, counting its bytes as held
+    /// until the runtime reports them written (`written`).
+    pub(super) fn push_send(&mut self, conn: ConnId, p: Packet) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        // The version the runtime encodes with: by the time it does, a
+        // connection refused in `Phase::New` is closing, and `version`
+        // gives its CONNECT's version.
+        let len = encoded_len(&p, c.version);
+        self.push_sized(conn, p, len);
+    }
+
+    /// `push_send` of a packet whose encoded length is known.
+    pub(super) fn push_sized(&mut self, conn: ConnId, p: Packet, len: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        c.out_bytes = c.out_bytes.saturating_add(len);
+        self.out_bytes_total += u64::from(len);
+        self.actions.push(Action::Send(conn, p));
     }
 
     pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {
@@ -75,6 +101,8 @@ impl Broker {
         }
         self.end_session_link(conn, true, None, now);
         if let Some(c) = self.conns.remove(&conn) {
+            // Its unwritten output goes with it.
+            self.out_bytes_total = self.out_bytes_total.saturating_sub(u64::from(c.out_bytes));
             if let Some(id) = c.client {
                 if self.by_client.get(&id) == Some(&conn) {
                     self.by_client.remove(&id);
@@ -112,14 +140,14 @@ impl Broker {
             DecodeError::UnsupportedVersion(level) => {
                 info!("Client {} refused: unsupported protocol version {}.", who, level);
                 // Answered in the 3.1.1 form, as a client of any level can read it.
-                self.actions.push(Action::Send(
+                self.push_send(
                     conn,
                     Packet::ConnAck(crate::mqtt::ConnAck {
                         session_present: false,
                         code: reason::V3_UNACCEPTABLE_PROTOCOL_VERSION,
                         properties: Default::default(),
                     }),
-                ));
+                );
                 self.close(conn, None, now);
             }
             DecodeError::TooLarge { size, max } => {
@@ -158,8 +186,7 @@ impl Broker {
         let was_connected = c.phase == Phase::Connected;
         c.phase = Phase::Closing;
         if let (Some(code), Version::V5, true) = (reason_code, c.version, was_connected) {
-            self.actions
-                .push(Action::Send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() })));
+            self.push_send(conn, Packet::Disconnect(Disconnect { code, properties: Default::default() }));
         }
         self.actions.push(Action::Close(conn));
         self.end_session_link(conn, will, None, now);
@@ -172,10 +199,10 @@ impl Broker {
         if self.settings.connection_messages {
             info!("Client {} from {} refused: {}.", c.client.as_deref().unwrap_or("<unknown>"), c.peer, why);
         }
-        self.actions.push(Action::Send(
+        self.push_send(
             conn,
             Packet::ConnAck(crate::mqtt::ConnAck { session_present: false, code, properties: Default::default() }),
-        ));
+        );
         self.close(conn, None, now);
     }
 
@@ -209,7 +236,7 @@ impl Broker {
         if let Some(p) = c.pending.take() {
             let mut ack = p.connack;
             ack.session_present = session_present;
-            self.actions.push(Action::Send(id, Packet::ConnAck(ack)));
+            self.push_send(id, Packet::ConnAck(ack));
         }
     }
 }

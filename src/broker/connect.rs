@@ -28,10 +28,10 @@ impl Broker {
                 // Use another server, naming the leader [MQTT-4.11].
                 info!("Client from {} redirected to the leader at {}.", self.conns[&conn].peer, leader);
                 let properties = Properties { server_reference: Some(leader), ..Default::default() };
-                self.actions.push(Action::Send(
+                self.push_send(
                     conn,
                     Packet::ConnAck(ConnAck { session_present: false, code: reason::USE_ANOTHER_SERVER, properties }),
-                ));
+                );
                 self.close(conn, None, now);
                 return;
             }
@@ -40,6 +40,16 @@ impl Broker {
                 reason::SERVER_UNAVAILABLE,
                 reason::V3_SERVER_UNAVAILABLE,
                 "this node is not the cluster leader",
+                now,
+            );
+        }
+        if self.store_full {
+            // A connection is a durable change (its session).
+            return self.refuse(
+                conn,
+                reason::QUOTA_EXCEEDED,
+                reason::V3_SERVER_UNAVAILABLE,
+                "the data store is full",
                 now,
             );
         }
@@ -325,13 +335,13 @@ impl Broker {
                         let v = oc.version;
                         oc.phase = Phase::Closing;
                         if v == Version::V5 {
-                            self.actions.push(Action::Send(
+                            self.push_send(
                                 old,
                                 Packet::Disconnect(Disconnect {
                                     code: reason::SESSION_TAKEN_OVER,
                                     properties: Default::default(),
                                 }),
-                            ));
+                            );
                         }
                         self.actions.push(Action::Close(old));
                     }

@@ -105,10 +105,11 @@ struct Conn {
     /// Whether the durable session knows this connection ended.
     session_closed: bool,
     kind: Kind,
-    /// PUBLISH bytes handed to the runtime for this connection since it
-    /// last reported how much of its output is still unwritten (see
-    /// `set_out_buffered`): what the client makes midge hold, as far as
-    /// the broker knows. QoS 0 deliveries stop above `out_buffer_bytes_max`.
+    /// Bytes of packets handed to the runtime for this connection and
+    /// not yet reported written (`push_send`, `written`): exactly what
+    /// the connection makes midge hold in output. QoS 0 deliveries stop
+    /// above `out_buffer_bytes_max`; the runtime reads no more input from
+    /// a connection above it.
     out_bytes: u32,
 }
 
@@ -131,9 +132,8 @@ pub struct Broker {
     state: State,
     conns: BTreeMap<ConnId, Box<Conn>>,
     by_client: BTreeMap<Rc<str>, ConnId>,
-    /// Connections whose `out_bytes` passed half of `out_buffer_bytes_max`
-    /// since the runtime last reported on them (`take_out_checks`).
-    out_checks: Vec<ConnId>,
+    /// The sum of every connection's `out_bytes` (for `memory_limit`).
+    out_bytes_total: u64,
     actions: Vec<Action>,
     effects: Vec<Effect>,
     /// Commands proposed and not yet applied.
@@ -171,6 +171,8 @@ pub struct Broker {
     /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
     /// positions get 0x87 in the UNSUBACK of the command for the others.
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
+    /// The data store's disk is full (`set_store_full`).
+    store_full: bool,
 }
 
 impl Broker {
@@ -180,7 +182,7 @@ impl Broker {
             state: State::default(),
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
-            out_checks: Vec::new(),
+            out_bytes_total: 0,
             actions: Vec::new(),
             effects: Vec::new(),
             proposals: Vec::new(),
@@ -203,6 +205,7 @@ impl Broker {
             last_drop_log_ms: 0,
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
+            store_full: false,
         }
     }
 
@@ -301,6 +304,23 @@ impl Broker {
         }
     }
 
+    /// The data store found its disk full (true) or has written again
+    /// (false). While it is full, what needs a new durable write is
+    /// refused: a CONNECT (MQTT 5: CONNACK 0x97 Quota exceeded; 3.1.1:
+    /// 0x03 Server unavailable), a QoS 1/2 or retained PUBLISH (MQTT 5:
+    /// PUBACK/PUBREC 0x97; 3.1.1: disconnected without acknowledgement,
+    /// so the client sends it again later) and a SUBSCRIBE (0x97, 3.1.1:
+    /// 0x80). QoS 0 messages, PINGs and deliveries already under way go on.
+    /// What cannot be refused (acknowledgements, disconnects, wills) waits
+    /// in memory for the disk.
+    pub fn set_store_full(&mut self, full: bool) {
+        self.store_full = full;
+    }
+
+    pub fn store_full(&self) -> bool {
+        self.store_full
+    }
+
     /// The actions not yet taken.
     pub fn actions(&self) -> &[Action] {
         &self.actions
@@ -322,9 +342,8 @@ impl Broker {
         std::mem::swap(&mut self.actions, spare);
     }
 
-    pub fn count_bytes(&mut self, received: u64, sent: u64) {
+    pub fn count_received(&mut self, received: u64) {
         self.stats.bytes_received += received;
-        self.stats.bytes_sent += sent;
     }
 
     /// A packet decoded from `conn`.
@@ -399,7 +418,7 @@ impl Broker {
             }
             Packet::PingReq => {
                 self.stats.messages_sent += 1;
-                self.actions.push(Action::Send(conn, Packet::PingResp));
+                self.push_send(conn, Packet::PingResp);
             }
             Packet::Disconnect(d) => self.on_disconnect(conn, client, d, now),
             Packet::Auth(_) => {
@@ -467,10 +486,10 @@ impl Broker {
             self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
         } else if allowed.is_empty() {
             let codes = vec![reason::NOT_AUTHORIZED; denied.len()];
-            self.actions.push(Action::Send(
+            self.push_send(
                 conn,
                 Packet::UnsubAck(crate::mqtt::UnsubAck { packet_id, codes, properties: Default::default() }),
-            ));
+            );
         } else {
             self.unsub_denied.insert((client.clone(), packet_id), denied);
             self.propose(now, Command::Unsubscribe { client, packet_id, filters: allowed });
@@ -496,6 +515,15 @@ impl Broker {
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
+        if self.store_full {
+            // Subscriptions are durable: refused, the connection kept.
+            info!("Denied SUBSCRIBE from {} (the data store is full).", client);
+            let code = if v5 { reason::QUOTA_EXCEEDED } else { reason::V3_SUBACK_FAILURE };
+            let codes = vec![code; s.filters.len()];
+            let ack = crate::mqtt::SubAck { packet_id: s.packet_id, codes, properties: Default::default() };
+            self.push_send(conn, Packet::SubAck(ack));
+            return;
+        }
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let existing = self.state.sessions().get(&client).map_or(0, |s| s.subs.len());
         let mut reqs = Vec::new();

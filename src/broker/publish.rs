@@ -7,10 +7,19 @@ use std::rc::Rc;
 
 use log::{debug, info, warn};
 
-use super::{dynsec, AckKind, Action, Broker, Command, ConnId, Delivery, Message, MessageProps, Phase};
+use super::{dynsec, AckKind, Broker, Command, ConnId, Delivery, Message, MessageProps, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::codec::encoded_len;
 use crate::mqtt::{reason, topic, Packet, PubResp, Publish, QoS};
+
+/// Why a QoS 0 delivery was dropped.
+#[derive(Clone, Copy)]
+enum Dropped {
+    /// The connection holds `client_out_buffer_bytes` unwritten.
+    OutBuffer,
+    /// Stored messages and unwritten output reach `memory_limit`.
+    Memory,
+}
 
 impl Broker {
     pub(super) fn inbound_done(&mut self, client: &str) {
@@ -25,7 +34,7 @@ impl Broker {
         if let Some(id) = self.conn_of(client) {
             if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
                 self.stats.messages_sent += 1;
-                self.actions.push(Action::Send(id, p));
+                self.push_send(id, p);
             }
         }
     }
@@ -37,12 +46,13 @@ impl Broker {
         if c.phase != Phase::Connected {
             return;
         }
-        // QoS 0 beyond the output bound is dropped (QoS 1/2 wait in the
-        // session's queue instead: their in-flight window bounds them).
-        // Checked here too so that a flood to a stalled client costs little.
+        // QoS 0 beyond the output bound, or beyond memory_limit, is
+        // dropped (QoS 1/2 wait in the session's queue instead: their
+        // in-flight window bounds them). Checked here too so that a flood
+        // to a stalled client costs little.
         let out_max = self.settings.limits.out_buffer_bytes_max;
         if packet_id.is_none() && c.out_bytes >= out_max {
-            self.drop_qos0(client, now);
+            self.drop_qos0(client, Dropped::OutBuffer, now);
             return;
         }
         let mut new_alias = None;
@@ -84,34 +94,44 @@ impl Broker {
         }
         // One message always fits an empty buffer, however large.
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        if packet_id.is_none() && c.out_bytes > 0 && c.out_bytes.saturating_add(len) > out_max {
-            self.drop_qos0(client, now);
-            return;
+        if packet_id.is_none() {
+            if c.out_bytes > 0 && c.out_bytes.saturating_add(len) > out_max {
+                self.drop_qos0(client, Dropped::OutBuffer, now);
+                return;
+            }
+            if self.memory_used() + u64::from(len) > self.settings.limits.memory_bytes_max {
+                self.drop_qos0(client, Dropped::Memory, now);
+                return;
+            }
         }
+        let Some(c) = self.conns.get_mut(&id) else { return };
         if let Some(a) = new_alias {
             c.alias_out.insert(d.msg.topic.clone(), a);
         }
-        let before = c.out_bytes;
-        c.out_bytes = before.saturating_add(len);
-        if before <= out_max / 2 && c.out_bytes > out_max / 2 {
-            // The runtime may have written much of it already: ask it.
-            self.out_checks.push(id);
-        }
         self.stats.messages_sent += 1;
         self.stats.publish_sent[d.qos as usize] += 1;
-        self.actions.push(Action::Send(id, packet));
+        self.push_sized(id, packet, len as usize);
     }
 
-    /// A QoS 0 message to `client` dropped: its connection holds
-    /// `out_buffer_bytes_max` of output already.
-    fn drop_qos0(&mut self, client: &str, now: u64) {
+    /// Bytes that `memory_limit` bounds: stored messages (retained,
+    /// queued, in flight) and every connection's unwritten output.
+    pub(super) fn memory_used(&self) -> u64 {
+        self.state.stored_bytes() + self.out_bytes_total
+    }
+
+    /// A QoS 0 message to `client` dropped, and why.
+    fn drop_qos0(&mut self, client: &str, why: Dropped, now: u64) {
         self.stats.dropped_qos0 += 1;
         // As Mosquitto does, but at most once a second per broker.
         if now >= self.last_drop_log_ms + 1000 {
             self.last_drop_log_ms = now;
+            let why = match why {
+                Dropped::OutBuffer => "QoS 0 over client_out_buffer_bytes: it reads too slowly",
+                Dropped::Memory => "QoS 0 over memory_limit: the broker holds too much",
+            };
             warn!(
-                "Outgoing messages are being dropped for client {} (QoS 0 over client_out_buffer_bytes: it reads too slowly); {} dropped so far.",
-                client, self.stats.dropped_qos0
+                "Outgoing messages are being dropped for client {} ({}); {} dropped so far.",
+                client, why, self.stats.dropped_qos0
             );
         }
     }
@@ -212,9 +232,11 @@ impl Broker {
             }
             // 0x90: a well-formed topic name this server does not accept.
             Some((reason::TOPIC_NAME_INVALID, "reserved for dynamic security", false))
+        } else if (p.qos != QoS::AtMostOnce || p.retain) && self.store_full {
+            Some((reason::QUOTA_EXCEEDED, "the data store is full", true))
         } else if p.qos != QoS::AtMostOnce || p.retain {
             let cost = p.payload.len() as u64 + p.topic.len() as u64 + 64;
-            (self.state.stored_bytes() + cost > self.settings.limits.memory_bytes_max).then_some((
+            (self.memory_used() + cost > self.settings.limits.memory_bytes_max).then_some((
                 reason::QUOTA_EXCEEDED,
                 "memory_limit reached",
                 true,
@@ -268,13 +290,13 @@ impl Broker {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 self.inbound_done(client);
-                self.actions.push(Action::Send(conn, Packet::PubAck(ack)));
+                self.push_send(conn, Packet::PubAck(ack));
             }
             QoS::ExactlyOnce => {
                 // Completes the flow normally, without routing; a later
                 // PUBREL gets its PUBCOMP.
                 self.inbound_done(client);
-                self.actions.push(Action::Send(conn, Packet::PubRec(ack)));
+                self.push_send(conn, Packet::PubRec(ack));
             }
         }
     }

@@ -101,7 +101,7 @@ impl Broker {
         self.stats.clients_maximum = self.stats.clients_maximum.max(connected);
         let total = self.state.sessions().len() as u64;
         let st = self.stats.clone();
-        let values: [(&str, String); 18] = [
+        let values: [(&str, String); 19] = [
             ("version", self.settings.version_string.to_string()),
             ("uptime", format!("{} seconds", now.saturating_sub(self.started_ms) / 1000)),
             ("clients/connected", connected.to_string()),
@@ -120,6 +120,9 @@ impl Broker {
             ("load/bytes/received", st.bytes_received.to_string()),
             ("retained messages/count", self.state.retained().len().to_string()),
             ("subscriptions/count", self.state.tree().len().to_string()),
+            // midge: 1 while the data store's disk is full (see
+            // `Broker::set_store_full`).
+            ("store/full", u8::from(self.store_full).to_string()),
         ];
         let cluster: Vec<(String, String)> =
             self.cluster_sys.iter().map(|(k, v)| (format!("cluster/{k}"), v.clone())).collect();

@@ -24,7 +24,7 @@ use super::{MembershipEvent, Node, NodeError};
 use crate::broker::{Action, Broker, ConnId};
 use crate::config::FollowerMode;
 use crate::mqtt::{Packet, QoS};
-use crate::store::{FlushJob, FlushResult, RaftLog};
+use crate::store::{FlushJob, FlushResult, RaftLog, StoreError};
 
 /// How commands commit: one named mode, chosen once at start from where
 /// the log lives and whether the node has peers.
@@ -70,6 +70,8 @@ const AWAITED_MAX: usize = 64;
 const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 /// Ready passes in one go, at most (the runtime is told to come back).
 const READY_PASSES_MAX: usize = 8;
+/// How often a write that found the disk full is tried again.
+pub const STORE_FULL_RETRY_US: u64 = 1_000_000;
 
 /// What the runtime is to do after a call.
 #[derive(Default)]
@@ -97,6 +99,11 @@ pub struct Driver<L: RaftLog> {
     awaited: Vec<(ConnId, u32)>,
     /// A write job is out (between `begin_write` and `end_write`).
     writing: bool,
+    /// The last write found the disk full: when it was last tried (us; 0
+    /// until the next `step` sets it), and whether the next try is due
+    /// (every `STORE_FULL_RETRY_US`).
+    store_full: Option<u64>,
+    retry_due: bool,
     last_transfer_ms: u64,
     /// (term, time) this node last became leader.
     leader_since: (u64, u64),
@@ -148,6 +155,8 @@ impl<L: RaftLog> Driver<L> {
             last_applied_us: now_us,
             awaited: Vec::new(),
             writing: false,
+            store_full: None,
+            retry_due: false,
             last_transfer_ms: 0,
             leader_since: (0, 0),
             advertised: HashMap::new(),
@@ -299,7 +308,18 @@ impl<L: RaftLog> Driver<L> {
 
     /// When the runtime must call `step` at the latest.
     pub fn next_wake_us(&self) -> u64 {
-        self.hold_until_us.map_or(self.next_tick_us, |t| t.min(self.next_tick_us))
+        let wake = self.hold_until_us.map_or(self.next_tick_us, |t| t.min(self.next_tick_us));
+        match self.store_full {
+            Some(since) if !self.retry_due && !self.writing => wake.min(since + STORE_FULL_RETRY_US),
+            _ => wake,
+        }
+    }
+
+    /// Whether the disk was full at the last write (then the broker
+    /// refuses what needs a new durable write, and the write is tried
+    /// again every `STORE_FULL_RETRY_US`).
+    pub fn store_full(&self) -> bool {
+        self.store_full.is_some()
     }
 
     /// Timers and Ready passes: a raft tick when due (and the upkeep that
@@ -307,6 +327,14 @@ impl<L: RaftLog> Driver<L> {
     /// none is left (bounded). True when more work is ready. `connected`
     /// tells whether the transport's link to a peer is up ($SYS).
     pub fn step(&mut self, now_ms: u64, now_us: u64, connected: &dyn Fn(u64) -> bool) -> Result<bool, NodeError> {
+        match self.store_full {
+            Some(0) => self.store_full = Some(now_us),
+            Some(since) if !self.writing && now_us >= since + STORE_FULL_RETRY_US => {
+                self.retry_due = true;
+                self.store_full = Some(now_us);
+            }
+            _ => {}
+        }
         if now_us >= self.next_tick_us {
             self.node.tick();
             self.upkeep(now_ms, connected);
@@ -329,7 +357,7 @@ impl<L: RaftLog> Driver<L> {
     /// is already committed goes out before the fsync, then calls
     /// `begin_write`.
     pub fn wants_write(&self) -> bool {
-        !self.writing && self.node.needs_flush()
+        !self.writing && if self.store_full.is_some() { self.retry_due } else { self.node.needs_flush() }
     }
 
     /// Stage what arrived meanwhile and hand out the write of everything
@@ -337,6 +365,13 @@ impl<L: RaftLog> Driver<L> {
     /// flush is over at once: call `step` again).
     pub fn begin_write(&mut self, now_ms: u64, now_us: u64) -> Result<Option<FlushJob>, NodeError> {
         self.ready_passes(now_ms, now_us)?;
+        if self.store_full.is_some() {
+            // Only the unfinished write, again: what was staged meanwhile
+            // follows once it is in.
+            self.retry_due = false;
+            self.writing = true;
+            return self.node.begin_retry().map(Some);
+        }
         match self.node.begin_flush()? {
             Some(job) => {
                 self.writing = true;
@@ -352,11 +387,37 @@ impl<L: RaftLog> Driver<L> {
     /// The write handed out by `begin_write` is done: raft learns what is
     /// on disk, and the messages that waited for it may leave. Call `step`
     /// next: the write may have committed entries.
+    ///
+    /// A full disk is not an error: the write stays pending and is tried
+    /// again every `STORE_FULL_RETRY_US`; meanwhile the broker refuses
+    /// what needs a new durable write (see `Broker::set_store_full`).
+    /// Logged once when the disk fills and once when the write succeeds.
     pub fn end_write(&mut self, result: Option<FlushResult>) -> Result<(), NodeError> {
         self.writing = false;
-        let msgs = self.node.end_flush(result)?;
-        self.out.messages.extend(msgs);
-        Ok(())
+        match self.node.end_flush(result) {
+            Ok(msgs) => {
+                self.out.messages.extend(msgs);
+                if self.store_full.take().is_some() {
+                    self.retry_due = false;
+                    log::warn!("The data store has room again: durable changes are accepted again.");
+                    self.node.broker.set_store_full(false);
+                }
+                Ok(())
+            }
+            Err(NodeError::Store(StoreError::Full(why))) => {
+                if self.store_full.is_none() {
+                    log::error!(
+                        "The data store is full ({why}): refusing changes that need a durable write (MQTT 5 \
+                         clients get 0x97 Quota exceeded) and trying the write again every {} s.",
+                        STORE_FULL_RETRY_US / 1_000_000
+                    );
+                    self.node.broker.set_store_full(true);
+                    self.store_full = Some(0);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// After a pass: start the hold that follows a commit, or end it at
@@ -506,6 +567,7 @@ impl<L: RaftLog> Driver<L> {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("lag".into(), lag.into());
+            o.insert("store_full".into(), self.store_full.is_some().into());
             o.insert("batching".into(), serde_json::to_value(self.node.stats).unwrap_or_default());
         }
         (st.serving, v.to_string())

@@ -680,6 +680,14 @@ impl<L: RaftLog> Node<L> {
         Ok(job)
     }
 
+    /// After `end_flush` failed with a full disk
+    /// (`StoreError::Full`): the job that writes the unfinished flush
+    /// again. Its result goes to `end_flush`; until one ends well, raft
+    /// learns nothing of it and the messages that wait for it wait.
+    pub fn begin_retry(&mut self) -> Result<FlushJob, NodeError> {
+        Ok(self.raw.mut_store().begin_retry()?)
+    }
+
     /// Ends a flush begun by `begin_flush`: `result` is the job's result,
     /// `None` if there was no job. Returns the messages that waited.
     pub fn end_flush(&mut self, result: Option<FlushResult>) -> Result<Vec<Message>, NodeError> {

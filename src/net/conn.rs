@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 
 use smol::Async;
 
-use super::{ConnIo, Server, ACTIVE, ANSWERED, CLOSING, PARK_REQUESTED, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN};
+use super::{
+    ConnIo, Intake, Server, ACTIVE, ANSWERED, CLOSING, PARK_REQUESTED, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN,
+};
 use crate::broker::ConnId;
 use crate::store::RaftLog;
 
@@ -79,6 +81,10 @@ impl OutBuf {
         self.done == self.buf.len()
     }
 
+    fn unwritten(&self) -> usize {
+        self.buf.len() - self.done
+    }
+
     /// Write this and then the connection's further output until it is
     /// all out or the socket is full, without waiting. Returns the bytes
     /// written; an error means the socket is broken. The two buffers take
@@ -143,6 +149,9 @@ pub(super) struct TcpConn<L: RaftLog> {
     /// Input may be waiting: the socket was reported readable, or the last
     /// read found data.
     input: bool,
+    /// Whole packets wait in `rb`, held while the output was over the
+    /// bound (`Intake::Held`).
+    held: bool,
 }
 
 /// Turns of one poll of a connection before it lets others run.
@@ -184,6 +193,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             out: OutBuf::default(),
             reading: true,
             input,
+            held: false,
         }
     }
 
@@ -205,7 +215,20 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             if !unsent && self.io.flags.get(CLOSING) && self.io.out_len() == 0 {
                 return Poll::Ready(Stop::End);
             }
-            if self.input && self.reading {
+            // A client that does not read its answers is not read either
+            // until they drain below the bound: what it can make midge hold
+            // is the bound plus the answers to one read (TCP pushes back
+            // on it meanwhile).
+            let held = self.out.unwritten() + self.io.out_len();
+            let stalled = held > self.server.out_buffer_bytes_max;
+            if self.held && self.reading && !stalled {
+                // What was held back goes to the broker before more is read.
+                self.held = false;
+                self.intake(0, usize::MAX);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if self.input && self.reading && !stalled && !self.held {
                 match self.read_input() {
                     Input::End => return Poll::Ready(Stop::End),
                     Input::Taken => {
@@ -234,6 +257,14 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             let Some(sock) = &self.sock else { return Poll::Ready(Stop::End) };
             let rung = self.io.poll_rung(cx).is_ready();
             let writable = unsent && sock.poll_writable(cx).is_ready();
+            if stalled {
+                // Input waits (`input` keeps saying whether some may be
+                // there); the writable socket wakes this task.
+                if !(rung || writable) {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             self.input = self.reading && sock.poll_readable(cx).is_ready();
             if !(rung || writable || self.input) {
                 return Poll::Pending;
@@ -253,7 +284,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 Ok(0) => Input::End,
                 Ok(n) => {
                     self.io.flags.set(ACTIVE, true);
-                    self.reading = self.server.take_input(self.id, &mut self.rb, n, room);
+                    self.intake(n, room);
                     Input::Taken
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -264,6 +295,16 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => Input::End,
             };
+        }
+    }
+
+    /// Hand the input in `rb` to the broker (`n` new bytes read into
+    /// `room`).
+    fn intake(&mut self, n: usize, room: usize) {
+        match self.server.take_input(self.id, &mut self.rb, n, room) {
+            Intake::Done => {}
+            Intake::Held => self.held = true,
+            Intake::Refused => self.reading = false,
         }
     }
 
@@ -279,7 +320,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
                 // park at once rather than after a sweep.
                 self.io.flags.set(PARK_REQUESTED, true);
             }
-            self.server.sent(self.id, &self.io, sent);
+            self.server.sent(self.id, sent);
         }
         Ok(())
     }

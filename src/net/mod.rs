@@ -112,10 +112,6 @@ struct Flags(Cell<u8>);
 
 /// Closed by the broker: write what is pending, then end.
 const CLOSING: u8 = 1;
-/// The broker was told its output is over half of `out_buffer_bytes_max`
-/// (over all of it, the broker drops QoS 0 messages to it): it is told
-/// again when half of that is written (see `Broker::set_out_buffered`).
-const CONGESTED: u8 = 2;
 /// Read or written since the last parking sweep.
 const ACTIVE: u8 = 4;
 /// Park at the next wait: the sweep found it idle, or it has just written
@@ -259,6 +255,22 @@ pub enum Which {
     Main,
     /// dynsec_sync's cluster group.
     Group,
+}
+
+/// Packets of one connection's input handed to the broker in one call
+/// (see `Server::take_input`).
+const PACKETS_PER_CALL: usize = 256;
+
+/// What became of a connection's input (`Server::take_input`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Intake {
+    /// Every whole packet was handed to the broker.
+    Done,
+    /// Whole packets wait in the read buffer: the connection's unwritten
+    /// output is over the bound.
+    Held,
+    /// A decode error: the broker closes the connection; read no more.
+    Refused,
 }
 
 /// `dispatch` keeps a vector for the next call only up to this capacity:
@@ -520,8 +532,6 @@ impl<L: RaftLog + 'static> Server<L> {
         // The broker's actions change places with the spare empty vector.
         let mut actions = self.spare_actions.take();
         b.swap_actions(&mut actions);
-        // Connections whose buffered bytes the broker hears of.
-        let mut report = Vec::new();
         // Connections that had no output pending, in the order they got
         // some (deliveries before acknowledgements, as the broker ordered
         // them): all this dispatch gave each goes out in one send.
@@ -533,19 +543,13 @@ impl<L: RaftLog + 'static> Server<L> {
                     Action::Send(id, p) => {
                         let Some(io) = conns.get(&id) else { continue };
                         let v = b.version(id).unwrap_or(Version::V311);
-                        let (was_empty, len) = io.with_out(|out| {
+                        let was_empty = io.with_out(|out| {
                             let was_empty = out.is_empty();
                             encode(&p, v, out);
-                            (was_empty, out.len())
+                            was_empty
                         });
-                        if was_empty {
-                            io.flags.set(FRESH, true);
+                        if was_empty && !io.flags.replace(FRESH, true) {
                             fresh.push(id);
-                        } else if !io.flags.get(FRESH)
-                            && len > self.out_buffer_bytes_max
-                            && !io.flags.replace(CONGESTED, true)
-                        {
-                            report.push(id);
                         }
                     }
                     Action::Close(id) => {
@@ -562,26 +566,11 @@ impl<L: RaftLog + 'static> Server<L> {
                 io.flags.set(FRESH, false);
                 let (n, len) = io.with_out(|out| (write_direct(io, out), out.len()));
                 if n > 0 {
-                    b.count_bytes(0, n as u64);
+                    b.written(id, n);
                 }
-                if len == 0 {
-                    continue;
+                if len > 0 {
+                    self.ring(id, io);
                 }
-                if len > self.out_buffer_bytes_max && !io.flags.replace(CONGESTED, true) {
-                    report.push(id);
-                }
-                self.ring(id, io);
-            }
-            // Connections the broker has given half the bound since it last
-            // heard of them: much of it may be written already.
-            b.take_out_checks(&mut report);
-            for &id in &report {
-                let Some(io) = conns.get(&id) else { continue };
-                let len = io.out_len();
-                if len > self.out_buffer_bytes_max / 2 {
-                    io.flags.set(CONGESTED, true);
-                }
-                b.set_out_buffered(id, len);
             }
         }
         if actions.capacity() <= SPARE_KEPT {
@@ -764,9 +753,13 @@ impl<L: RaftLog + 'static> Server<L> {
         debug!("Connection {id} finished.");
     }
 
-    /// `n` new bytes are in `rb`: hand every whole packet to the broker.
-    /// False after a decode error (the broker then closes the connection).
-    fn take_input(&self, id: ConnId, rb: &mut ReadBuf, n: usize, room: usize) -> bool {
+    /// `n` new bytes are in `rb` (0: only what is left from before): hand
+    /// the whole packets to the broker, a few hundred per call so that
+    /// the actions of one call stay small however many tiny packets
+    /// (PINGREQs) one read brings. Stops while the connection's unwritten
+    /// output is over `out_buffer_bytes_max` (`Intake::Held`): the rest
+    /// waits in `rb` until it drains.
+    fn take_input(&self, id: ConnId, rb: &mut ReadBuf, n: usize, room: usize) -> Intake {
         if !self.busy_poll.is_zero() {
             self.last_input.set(Some(Instant::now()));
         }
@@ -776,58 +769,78 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         rb.filled += n;
         let (buf, filled) = (&rb.buf, rb.filled);
-        let consumed = self.with_broker(|b, now| {
-            b.count_bytes(n as u64, 0);
-            let mut pos = 0;
-            let mut packets = 0;
-            while pos < filled {
-                match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
-                    Ok(Some((p, used))) => {
-                        pos += used;
-                        packets += 1;
-                        b.packet(id, p, now);
+        let mut pos = 0;
+        let mut packets = 0;
+        let mut counted = false;
+        let intake = loop {
+            let step = self.with_broker(|b, now| {
+                if !counted {
+                    b.count_received(n as u64);
+                    counted = true;
+                }
+                for _ in 0..PACKETS_PER_CALL {
+                    if pos == filled {
+                        return Some(Intake::Done);
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        b.decode_error(id, &e, now);
-                        return None;
+                    if b.out_buffered(id) > self.out_buffer_bytes_max {
+                        return Some(Intake::Held);
+                    }
+                    match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
+                        Ok(Some((p, used))) => {
+                            pos += used;
+                            packets += 1;
+                            b.packet(id, p, now);
+                        }
+                        Ok(None) => return Some(Intake::Done),
+                        Err(e) => {
+                            b.decode_error(id, &e, now);
+                            return Some(Intake::Refused);
+                        }
                     }
                 }
+                None
+            });
+            if let Some(i) = step {
+                break i;
             }
-            Some((pos, packets))
-        });
-        let Some((consumed, packets)) = consumed else { return false };
+        };
+        if intake == Intake::Refused {
+            return intake;
+        }
         self.driver.borrow_mut().heard_from(id, packets);
-        rb.consumed(consumed, n, room);
-        true
+        rb.consumed(pos, n, room);
+        intake
     }
 
     /// `sent` bytes of the connection's output went out.
-    fn sent(&self, id: ConnId, io: &ConnIo, sent: usize) {
-        let len = io.out_len();
-        let uncongest = io.flags.get(CONGESTED) && len <= self.out_buffer_bytes_max / 2;
-        if uncongest {
-            io.flags.set(CONGESTED, false);
-        }
-        self.with_broker(|b, _| {
-            b.count_bytes(0, sent as u64);
-            if uncongest {
-                b.set_out_buffered(id, len);
-            }
-        });
+    fn sent(&self, id: ConnId, sent: usize) {
+        self.with_broker(|b, _| b.written(id, sent));
     }
 
     /// The reading side of a TLS connection.
     async fn read_loop<R: Read>(&self, id: ConnId, mut sock: R) {
         let mut rb = ReadBuf::default();
         loop {
+            // As a plain connection (see TcpConn::poll_turns): not read
+            // while its unwritten output is over the bound. TLS connections
+            // are few; a short sleep is simpler than a second waker.
+            while self.driver.borrow().broker().out_buffered(id) > self.out_buffer_bytes_max {
+                smol::Timer::after(Duration::from_millis(10)).await;
+            }
             let Some(space) = rb.space(self.packet_bytes_max) else { return };
             let room = space.len();
             let n = match sock.read(space).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if !self.take_input(id, &mut rb, n, room) {
+            let mut intake = self.take_input(id, &mut rb, n, room);
+            while intake == Intake::Held {
+                while self.driver.borrow().broker().out_buffered(id) > self.out_buffer_bytes_max {
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+                intake = self.take_input(id, &mut rb, 0, usize::MAX);
+            }
+            if intake == Intake::Refused {
                 // Wait for the writer to flush the refusal, then it ends us.
                 std::future::pending::<()>().await;
                 return;
@@ -859,7 +872,7 @@ impl<L: RaftLog + 'static> Server<L> {
             if pending.capacity() > self.out_buffer_bytes_max {
                 pending = Vec::new();
             }
-            self.sent(id, &io, sent);
+            self.sent(id, sent);
         }
     }
 

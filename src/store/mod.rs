@@ -36,6 +36,11 @@ pub enum StoreError {
     /// before anything is written, with a message starting "write refused".
     /// After a write failed, every later write is refused until reopen.
     Io(String),
+    /// A write job found the disk full (ENOSPC, EDQUOT). Nothing was
+    /// written and nothing is lost: the store keeps the write and runs it
+    /// again (`RaftLog::begin_retry`) until it succeeds; meanwhile no
+    /// other write may begin.
+    Full(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -44,6 +49,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Open { path, reason } => write!(f, "cannot open data store {path}: {reason}"),
             StoreError::Corrupt { path, reason } => write!(f, "data store {path} is damaged or foreign: {reason}"),
             StoreError::Io(r) => write!(f, "data store I/O error: {r}"),
+            StoreError::Full(r) => write!(f, "data store full: {r}"),
         }
     }
 }
@@ -173,6 +179,14 @@ pub trait RaftLog: raft::Storage {
     /// covers)`, or why it failed.
     fn end_save_snapshot(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
         result.map(|_| ()).map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// After a job ended with `StoreError::Full`: one job that writes
+    /// again everything whose write has not succeeded yet. Its result goes
+    /// to `end_persist`, like a log write's. Only a store on disk returns
+    /// `Full`, so the default is never called.
+    fn begin_retry(&self) -> Result<Box<dyn PersistJob>, StoreError> {
+        Err(StoreError::Io("write refused: nothing to write again".to_string()))
     }
 
     /// The latest snapshot: (index, term, conf state, data). `None` if

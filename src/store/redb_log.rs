@@ -53,7 +53,10 @@ const INDEX_MAX: u64 = u64::MAX / 2;
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct RedbLog {
-    db: Arc<Database>,
+    /// None only while the file is being reopened after a full disk.
+    db: RefCell<Option<Arc<Database>>>,
+    /// The file, to reopen it after a full disk.
+    file: std::path::PathBuf,
     path: String,
     durability: Durability,
     cached: RefCell<Cached>,
@@ -63,6 +66,96 @@ pub struct RedbLog {
     /// A snapshot whose write job has not ended: (index, data), served
     /// from here until it is in the file.
     writing_snapshot: RefCell<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The writes handed out as jobs whose jobs have not ended well, in
+    /// order: after a full disk they are written again (`begin_retry`).
+    unwritten: RefCell<Vec<Unwritten>>,
+    /// A job from `begin_retry` is out: its result ends every write in
+    /// `unwritten`.
+    retrying: std::cell::Cell<bool>,
+}
+
+/// What a write job writes, kept (sharing its bytes) until the job ended
+/// well, so that a write that found the disk full can run again.
+#[derive(Clone)]
+enum Unwritten {
+    Log(LogWrite),
+    Snapshot(SnapshotWrite),
+}
+
+/// One `persist`'s transaction.
+#[derive(Clone)]
+struct LogWrite {
+    /// (index, encoded entry)
+    rows: Arc<Vec<(u64, Vec<u8>)>>,
+    hs_bytes: Option<Vec<u8>>,
+    /// The snapshot index and last log index when the write was prepared.
+    snap_index: u64,
+    last: u64,
+}
+
+/// One `save_snapshot`'s transaction: the snapshot, and the deletion of
+/// the log entries it covers (tens of ms for a long log).
+#[derive(Clone)]
+struct SnapshotWrite {
+    index: u64,
+    old_snap_index: u64,
+    compact_to: Option<(u64, u64)>,
+    data: Arc<Vec<u8>>,
+    meta_bytes: Vec<u8>,
+    hs_bytes: Vec<u8>,
+}
+
+impl LogWrite {
+    /// Ok(bytes of log entries the write replaced).
+    fn write(&self, txn: &WriteTransaction) -> Result<u64, redb::Error> {
+        let mut dropped = 0u64;
+        if let Some((first, _)) = self.rows.first() {
+            let mut log = txn.open_table(LOG)?;
+            if *first <= self.last {
+                // raft's conflict rule: the new entries replace the old suffix.
+                dropped = stored_bytes(&log, (*first).max(self.snap_index + 1), self.last)?;
+                log.retain_in(*first.., |_, _| false)?;
+            }
+            for (index, bytes) in self.rows.iter() {
+                log.insert(*index, bytes.as_slice())?;
+            }
+        }
+        if let Some(bytes) = &self.hs_bytes {
+            txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
+        }
+        Ok(dropped)
+    }
+}
+
+impl SnapshotWrite {
+    /// Ok(bytes of log entries the snapshot newly covers).
+    fn write(&self, txn: &WriteTransaction) -> Result<u64, redb::Error> {
+        let mut log = txn.open_table(LOG)?;
+        let newly_covered = stored_bytes(&log, self.old_snap_index + 1, self.index)?;
+        let mut m = txn.open_table(META)?;
+        if let Some((cut, cut_term)) = self.compact_to {
+            log.retain_in(..=cut, |_, _| false)?;
+            m.insert(KEY_LOG_TRUNCATED, u64_pair_bytes(cut, cut_term).as_slice())?;
+        }
+        let mut snapshots = txn.open_table(SNAPSHOT)?;
+        snapshots.retain(|_, _| false)?;
+        snapshots.insert(self.index, self.data.as_slice())?;
+        m.insert(KEY_SNAPSHOT_META, self.meta_bytes.as_slice())?;
+        m.insert(KEY_HARD_STATE, self.hs_bytes.as_slice())?;
+        Ok(newly_covered)
+    }
+}
+
+/// Whether a failed write found the disk (or the user's quota) full.
+fn disk_full(e: &WriteJobError) -> bool {
+    let (WriteJobError::Log { source, .. } | WriteJobError::Snapshot { source, .. }) = e;
+    match source {
+        redb::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        }
+        _ => false,
+    }
 }
 
 /// What the file holds, minus entries and snapshot data.
@@ -102,6 +195,31 @@ fn refused(reason: String) -> StoreError {
 
 fn storage_error(e: StoreError) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}
+
+/// How to start fresh, for the errors of a file that exists but cannot be
+/// read as a store.
+const START_FRESH: &str = "To start this node with no data, move the file aside (or delete it); a cluster node \
+                           then receives the state from the leader";
+
+/// A file shorter than this that redb cannot read is reported as too short
+/// to be a store rather than as damage inside one: redb refuses anything
+/// under its minimum layout (4 KiB was refused), and midge's store is
+/// 72 KiB from its first write.
+const STORE_BYTES_SHORT: u64 = 8192;
+
+/// `Corrupt` errors at open say how to start fresh; a short file says so.
+fn refused_file(file: &Path, e: StoreError) -> StoreError {
+    let StoreError::Corrupt { path, reason } = e else { return e };
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(u64::MAX);
+    let reason = if len < STORE_BYTES_SHORT {
+        format!(
+            "the file is too short to be a store ({len} bytes): it was truncated or replaced ({reason}). {START_FRESH}"
+        )
+    } else {
+        format!("{reason}. {START_FRESH}")
+    };
+    StoreError::Corrupt { path, reason }
 }
 
 /// Classifies a redb failure while opening: damage is `Corrupt`, anything
@@ -153,9 +271,7 @@ impl RedbLog {
             Ok(m) if m.len() == 0 => {
                 return Err(StoreError::Corrupt {
                     path,
-                    reason: "the file is empty (0 bytes): it was truncated or replaced. To start this node with no \
-                             data, delete the file (a cluster node then receives the state from the leader)"
-                        .to_string(),
+                    reason: format!("the file is empty (0 bytes): it was truncated or replaced. {START_FRESH}"),
                 })
             }
             Ok(_) => true,
@@ -169,7 +285,7 @@ impl RedbLog {
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create(&file)
-            .map_err(|e| open_error(&path, file_existed, e.into()))?;
+            .map_err(|e| refused_file(&file, open_error(&path, file_existed, e.into())))?;
 
         // A crash between redb creating the file and our first commit leaves
         // a valid database without tables: still a fresh store.
@@ -187,12 +303,15 @@ impl RedbLog {
             cached.index.snapshot().0
         );
         Ok(RedbLog {
-            db: Arc::new(db),
+            db: RefCell::new(Some(Arc::new(db))),
+            file,
             path,
             durability: if durable { Durability::Immediate } else { Durability::None },
             cached: RefCell::new(cached),
             failed: RefCell::new(None),
             writing_snapshot: RefCell::new(None),
+            unwritten: RefCell::new(Vec::new()),
+            retrying: std::cell::Cell::new(false),
         })
     }
 
@@ -205,7 +324,27 @@ impl RedbLog {
     /// failure, this and every later write are refused.
     fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
         self.check_not_failed()?;
-        transaction(&self.db, self.durability, body).map_err(|e| self.fail(e.to_string()))
+        let db = self.db()?;
+        transaction(&db, self.durability, body).map_err(|e| self.fail(e.to_string()))
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.borrow().clone().ok_or_else(|| StoreError::Io(format!("{} is not open", self.path)))
+    }
+
+    /// After a write failed, redb refuses every further operation on the
+    /// database (reads too) until it is opened again: open it again, at
+    /// its last complete transaction. No job holds it (the failed one has
+    /// ended, and a retry begins only after this).
+    fn reopen(&self) -> Result<(), StoreError> {
+        drop(self.db.borrow_mut().take());
+        let db = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create(&self.file)
+            .map_err(|e| StoreError::Io(format!("cannot open {} again: {e}", self.path)))?;
+        *self.db.borrow_mut() = Some(Arc::new(db));
+        Ok(())
     }
 
     fn check_not_failed(&self) -> Result<(), StoreError> {
@@ -220,11 +359,30 @@ impl RedbLog {
     /// Ends a write job: Ok(log bytes it replaced or covered), or why it
     /// failed.
     fn end_write(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
+        let retried = self.retrying.replace(false);
         match result {
             Ok(bytes) => {
                 let mut c = self.cached.borrow_mut();
                 c.log_bytes = c.log_bytes.saturating_sub(bytes);
+                let mut unwritten = self.unwritten.borrow_mut();
+                if retried {
+                    unwritten.clear();
+                } else if !unwritten.is_empty() {
+                    unwritten.remove(0);
+                }
+                if !unwritten.iter().any(|u| matches!(u, Unwritten::Snapshot(_))) {
+                    *self.writing_snapshot.borrow_mut() = None;
+                }
                 Ok(())
+            }
+            Err(e) if disk_full(&e) => {
+                // Nothing of this write is in the file; it stays in
+                // `unwritten` for `begin_retry`.
+                let why = e.to_string();
+                if let Err(reopen) = self.reopen() {
+                    return Err(self.fail(format!("{why}; {reopen}")));
+                }
+                Err(StoreError::Full(why))
             }
             Err(e) => Err(self.fail(e.to_string())),
         }
@@ -239,7 +397,7 @@ impl RedbLog {
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>, StoreError> {
         let io = |e: redb::Error| StoreError::Io(format!("reading the log of {}: {e}", self.path));
-        let txn = self.db.begin_read().map_err(|e| io(e.into()))?;
+        let txn = self.db()?.begin_read().map_err(|e| io(e.into()))?;
         let table = txn.open_table(LOG).map_err(|e| io(e.into()))?;
         let max_size = max_size.unwrap_or(raft::NO_LIMIT);
         let mut out: Vec<Entry> = Vec::new();
@@ -277,7 +435,7 @@ impl RedbLog {
             }
         }
         let io = |e: redb::Error| StoreError::Io(format!("reading the snapshot of {}: {e}", self.path));
-        let txn = self.db.begin_read().map_err(|e| io(e.into()))?;
+        let txn = self.db()?.begin_read().map_err(|e| io(e.into()))?;
         let table = txn.open_table(SNAPSHOT).map_err(|e| io(e.into()))?;
         let data = table.get(index).map_err(|e| io(e.into()))?;
         match data {
@@ -510,51 +668,23 @@ fn transaction<T>(
 struct RedbWrite {
     db: Arc<Database>,
     durability: Durability,
-    /// (index, encoded entry)
-    rows: Vec<(u64, Vec<u8>)>,
-    hs_bytes: Option<Vec<u8>>,
-    /// The snapshot index and last log index when the write was prepared.
-    snap_index: u64,
-    last: u64,
+    write: LogWrite,
     path: String,
 }
 
 impl PersistJob for RedbWrite {
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         let w = *self;
-        transaction(&w.db, w.durability, |txn| {
-            let mut dropped = 0u64;
-            if let Some((first, _)) = w.rows.first() {
-                let mut log = txn.open_table(LOG)?;
-                if *first <= w.last {
-                    // raft's conflict rule: the new entries replace the old suffix.
-                    dropped = stored_bytes(&log, (*first).max(w.snap_index + 1), w.last)?;
-                    log.retain_in(*first.., |_, _| false)?;
-                }
-                for (index, bytes) in &w.rows {
-                    log.insert(*index, bytes.as_slice())?;
-                }
-            }
-            if let Some(bytes) = &w.hs_bytes {
-                txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
-            }
-            Ok(dropped)
-        })
-        .map_err(|source| WriteJobError::Log { path: w.path, source })
+        transaction(&w.db, w.durability, |txn| w.write.write(txn))
+            .map_err(|source| WriteJobError::Log { path: w.path, source })
     }
 }
 
-/// One `save_snapshot`'s transaction: the snapshot, and the deletion of
-/// the log entries it covers (tens of ms for a long log).
+/// One `save_snapshot`'s transaction, off the event loop's thread.
 struct RedbSnapshotWrite {
     db: Arc<Database>,
     durability: Durability,
-    index: u64,
-    old_snap_index: u64,
-    compact_to: Option<(u64, u64)>,
-    data: Arc<Vec<u8>>,
-    meta_bytes: Vec<u8>,
-    hs_bytes: Vec<u8>,
+    write: SnapshotWrite,
     path: String,
 }
 
@@ -562,22 +692,37 @@ impl PersistJob for RedbSnapshotWrite {
     /// Ok(bytes of log entries the snapshot newly covers).
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         let w = *self;
-        transaction(&w.db, w.durability, |txn| {
-            let mut log = txn.open_table(LOG)?;
-            let newly_covered = stored_bytes(&log, w.old_snap_index + 1, w.index)?;
-            let mut m = txn.open_table(META)?;
-            if let Some((cut, cut_term)) = w.compact_to {
-                log.retain_in(..=cut, |_, _| false)?;
-                m.insert(KEY_LOG_TRUNCATED, u64_pair_bytes(cut, cut_term).as_slice())?;
-            }
-            let mut snapshots = txn.open_table(SNAPSHOT)?;
-            snapshots.retain(|_, _| false)?;
-            snapshots.insert(w.index, w.data.as_slice())?;
-            m.insert(KEY_SNAPSHOT_META, w.meta_bytes.as_slice())?;
-            m.insert(KEY_HARD_STATE, w.hs_bytes.as_slice())?;
-            Ok(newly_covered)
+        transaction(&w.db, w.durability, |txn| w.write.write(txn)).map_err(|source| WriteJobError::Snapshot {
+            index: w.write.index,
+            path: w.path,
+            source,
         })
-        .map_err(|source| WriteJobError::Snapshot { index: w.index, path: w.path, source })
+    }
+}
+
+/// Every write not yet in the file, again, in one transaction (after a
+/// full disk).
+struct RedbRetry {
+    db: Arc<Database>,
+    durability: Durability,
+    writes: Vec<Unwritten>,
+    path: String,
+}
+
+impl PersistJob for RedbRetry {
+    fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
+        let w = *self;
+        transaction(&w.db, w.durability, |txn| {
+            let mut bytes = 0;
+            for u in &w.writes {
+                bytes += match u {
+                    Unwritten::Log(l) => l.write(txn)?,
+                    Unwritten::Snapshot(s) => s.write(txn)?,
+                };
+            }
+            Ok(bytes)
+        })
+        .map_err(|source| WriteJobError::Log { path: w.path, source })
     }
 }
 
@@ -596,6 +741,7 @@ impl RaftLog for RedbLog {
         hard_state: Option<&HardState>,
     ) -> Result<Box<dyn PersistJob>, StoreError> {
         self.check_not_failed()?;
+        let db = self.db()?;
         let mut c = self.cached.borrow_mut();
         let commit = c.hard_state.commit;
         let new_commit = hard_state.map_or(commit, |hs| hs.commit);
@@ -612,15 +758,9 @@ impl RaftLog for RedbLog {
         if let Some(hs) = hard_state {
             c.hard_state = hs.clone();
         }
-        Ok(Box::new(RedbWrite {
-            db: self.db.clone(),
-            durability: self.durability,
-            rows,
-            hs_bytes,
-            snap_index,
-            last,
-            path: self.path.clone(),
-        }))
+        let write = LogWrite { rows: Arc::new(rows), hs_bytes, snap_index, last };
+        self.unwritten.borrow_mut().push(Unwritten::Log(write.clone()));
+        Ok(Box::new(RedbWrite { db, durability: self.durability, write, path: self.path.clone() }))
     }
 
     fn end_persist(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
@@ -690,6 +830,7 @@ impl RaftLog for RedbLog {
         keep_entries: u64,
     ) -> Result<Box<dyn PersistJob>, StoreError> {
         self.check_not_failed()?;
+        let db = self.db()?;
         let mut c = self.cached.borrow_mut();
         let plan = c.index.plan_snapshot(index, keep_entries).map_err(refused)?;
         let meta = SnapshotMetadata {
@@ -706,22 +847,27 @@ impl RaftLog for RedbLog {
         c.snapshot_meta = Some(meta);
         c.hard_state = hs;
         *self.writing_snapshot.borrow_mut() = Some((plan.index, data.clone()));
-        Ok(Box::new(RedbSnapshotWrite {
-            db: self.db.clone(),
-            durability: self.durability,
+        let write = SnapshotWrite {
             index: plan.index,
             old_snap_index,
             compact_to: plan.compact_to,
             data,
             meta_bytes,
             hs_bytes,
-            path: self.path.clone(),
-        }))
+        };
+        self.unwritten.borrow_mut().push(Unwritten::Snapshot(write.clone()));
+        Ok(Box::new(RedbSnapshotWrite { db, durability: self.durability, write, path: self.path.clone() }))
     }
 
     fn end_save_snapshot(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
-        *self.writing_snapshot.borrow_mut() = None;
         self.end_write(result)
+    }
+
+    fn begin_retry(&self) -> Result<Box<dyn PersistJob>, StoreError> {
+        self.check_not_failed()?;
+        let writes = self.unwritten.borrow().clone();
+        self.retrying.set(true);
+        Ok(Box::new(RedbRetry { db: self.db()?, durability: self.durability, writes, path: self.path.clone() }))
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, u64, ConfState, Vec<u8>)>, StoreError> {

@@ -162,9 +162,10 @@ impl<L: RaftLog> Staged<L> {
 
     /// Takes the result of the job `begin_flush` returned; returns the
     /// number of entries written.
+    /// A `StoreError::Full` leaves the flush unfinished: its entries stay
+    /// here (readable) and nothing counts as written until a job from
+    /// `begin_retry` ends well.
     pub fn end_flush(&mut self, result: FlushResult) -> Result<u64, StoreError> {
-        self.writing = false;
-        let entries = std::mem::take(&mut self.writing_entries).len() as u64;
         if let Some(r) = result.persist {
             if r.is_ok() && self.inner.on_disk() {
                 self.write_time.record(result.persist_us);
@@ -174,7 +175,15 @@ impl<L: RaftLog> Staged<L> {
         if let Some(r) = result.snapshot {
             self.inner.end_save_snapshot(r)?;
         }
-        Ok(entries)
+        self.writing = false;
+        Ok(std::mem::take(&mut self.writing_entries).len() as u64)
+    }
+
+    /// After `end_flush` returned `StoreError::Full`: the job that writes
+    /// the unfinished flush again (its result goes to `end_flush`).
+    pub fn begin_retry(&mut self) -> Result<FlushJob, StoreError> {
+        assert!(self.writing, "nothing to write again");
+        Ok(FlushJob { persist: Some(self.inner.begin_retry()?), snapshot: None })
     }
 
     /// Whether a flush's job is running.

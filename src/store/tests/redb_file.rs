@@ -124,7 +124,10 @@ fn empty_file_is_refused() {
     store_with_some_content(dir.path());
     std::fs::write(dir.path().join(STORE_FILE_NAME), b"").unwrap();
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    assert!(reason.contains("the file is empty (0 bytes)") && reason.contains("delete the file"), "{reason}");
+    assert!(
+        reason.contains("the file is empty (0 bytes)") && reason.contains("move the file aside (or delete it)"),
+        "{reason}"
+    );
     // Nothing was written: still empty, still refused.
     assert_eq!(std::fs::metadata(dir.path().join(STORE_FILE_NAME)).unwrap().len(), 0);
     corrupt_reason(RedbLog::open(dir.path(), ID, true));

@@ -1,0 +1,234 @@
+//! Issue 23: a full disk degrades midge, it never stops it. On a small
+//! tmpfs (mounted here; the test needs root, as the harness runs), a
+//! single node is filled with retained QoS 1 messages until it answers
+//! 0x97 Quota exceeded; QoS 0 publish/subscribe and PINGs still work, new
+//! durable changes are refused (CONNECT, SUBSCRIBE, QoS 1 PUBLISH), the
+//! state shows on $SYS and /health; once a file in the tmpfs is deleted,
+//! QoS 1 publishes succeed again without a restart. Before, the node
+//! stopped with exit code 70 ("data store I/O error") at the first write
+//! that found the disk full.
+//!
+//! midge only: Mosquitto writes its persistence file at autosave time
+//! (and at exit) and keeps serving from memory when that fails, so it has
+//! no durable write to refuse.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, is_mosquitto, packet, publish_v311, subscribe_v311, tempdir, Broker, Raw};
+use common::{mqtt_str, ReadOutcome};
+
+const T: Duration = Duration::from_secs(5);
+
+/// A tmpfs mounted for the test, unmounted on drop (after the broker,
+/// declared later, has been killed).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t tmpfs failed: {st} (the test needs root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// v5 PUBLISH, retained, QoS 1, without properties.
+fn publish_retained_v5(topic: &str, pid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = mqtt_str(topic);
+    body.extend(pid.to_be_bytes());
+    body.push(0);
+    body.extend(payload);
+    packet(0x33, &body)
+}
+
+/// The reason code of the PUBACK for `pid` (0 when the body has none), if
+/// it comes within `within`. PUBACKs for other ids go to `others`.
+fn puback_reason(r: &mut Raw, pid: u16, within: Duration, others: &mut Vec<(u16, u8)>) -> Option<u8> {
+    let end = Instant::now() + within;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match r.read(left) {
+            ReadOutcome::Packet(p) if p.kind() == 4 => {
+                let (id, code) = (u16::from_be_bytes([p.body[0], p.body[1]]), p.body.get(2).copied().unwrap_or(0));
+                if id == pid {
+                    return Some(code);
+                }
+                others.push((id, code));
+            }
+            ReadOutcome::Packet(_) => {}
+            ReadOutcome::Timeout => return None,
+            ReadOutcome::Closed => panic!("the broker closed the publisher (stopped?)"),
+        }
+    }
+    None
+}
+
+/// The next PUBLISH to `topic` that `r` receives: its payload.
+fn next_on(r: &mut Raw, topic: &str, within: Duration) -> Option<String> {
+    let end = Instant::now() + within;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match r.read(left) {
+            ReadOutcome::Packet(p) if p.kind() == 3 => {
+                let tlen = u16::from_be_bytes([p.body[0], p.body[1]]) as usize;
+                if &p.body[2..2 + tlen] == topic.as_bytes() {
+                    return Some(String::from_utf8_lossy(&p.body[2 + tlen..]).into_owned());
+                }
+            }
+            ReadOutcome::Packet(_) => {}
+            ReadOutcome::Timeout => return None,
+            ReadOutcome::Closed => panic!("the broker closed the watcher"),
+        }
+    }
+    None
+}
+
+/// Waits until `$SYS/broker/store/full` says `want`.
+fn store_full_becomes(watcher: &mut Raw, want: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if next_on(watcher, "$SYS/broker/store/full", Duration::from_secs(3)).as_deref() == Some(want) {
+            return;
+        }
+    }
+    panic!("$SYS/broker/store/full never said {want}");
+}
+
+fn health_json(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("health connect");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn a_full_disk_refuses_durable_changes_serves_the_rest_and_resumes_by_itself() {
+    if is_mosquitto() {
+        return; // see the top of the file
+    }
+    let tmp = tempdir();
+    let disk = tmp.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, "8m");
+    // Room to give back later.
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; 2 << 20]).unwrap();
+    let health = free_port();
+    let mut b = Broker::start(&format!(
+        "persistence_location {}\nsys_interval 1\nhealth_listener {health} 127.0.0.1\n",
+        disk.display()
+    ));
+
+    // Subscribed before the disk fills: a SUBSCRIBE is a durable change.
+    let mut watcher = Raw::connect_v311(b.port, "watcher", true, 60);
+    watcher.send(&subscribe_v311(1, "live/#", 0));
+    watcher.send(&subscribe_v311(2, "$SYS/broker/store/full", 0));
+    let mut subacks = 0;
+    while subacks < 2 {
+        subacks += usize::from(watcher.expect_packet(T).kind() == 9);
+    }
+    let mut old311 = Raw::connect_v311(b.port, "old311", true, 60);
+
+    // Fill the disk with retained QoS 1 messages until midge says 0x97.
+    // The message whose write found the disk full is not acknowledged
+    // yet (nor lost): its write waits for room; the next is refused.
+    let (mut publisher, _) = Raw::connect_v5(b.port, "publisher", true, 60, &[]);
+    let payload = vec![b'x'; 16 << 10];
+    let mut late_acks = Vec::new();
+    let mut waiting = None;
+    let mut refused_at = None;
+    for i in 1..=2_000u16 {
+        publisher.send(&publish_retained_v5(&format!("fill/{i}"), i, &payload));
+        match puback_reason(&mut publisher, i, Duration::from_secs(2), &mut late_acks) {
+            Some(0x97) => {
+                refused_at = Some(i);
+                break;
+            }
+            Some(code) => assert!(code == 0 || code == 0x10, "PUBACK {i}: reason {code:#04x}"),
+            None => {
+                assert!(waiting.is_none(), "two PUBACKs missing");
+                waiting = Some(i);
+            }
+        }
+    }
+    let refused_at = refused_at.expect("an 8 MiB disk took 2,000 messages of 16 KiB");
+    eprintln!("the disk was full after {} retained messages of 16 KiB; waiting: {waiting:?}", refused_at - 1);
+    assert!(b.alive(), "midge stopped:\n{}", b.log());
+
+    // The state shows on $SYS (published once, when it changes).
+    store_full_becomes(&mut watcher, "1");
+
+    // What needs no durable write still works: QoS 0 both ways, PINGs.
+    publisher.send(&common::publish_v5("live/a", 0, 0, b"still here"));
+    assert_eq!(next_on(&mut watcher, "live/a", T).as_deref(), Some("still here"));
+    publisher.send(&[0xC0, 0x00]);
+    assert_eq!(publisher.expect_packet(T).header, 0xD0, "PINGRESP");
+    // The state shows on /health.
+    let h = health_json(health);
+    assert!(h.contains("\"store_full\":true"), "{h}");
+    // New durable changes are refused, and the connections stay.
+    let mut late = Raw::connect(b.port);
+    late.send(&common::connect_v5("late", true, 60, &[]));
+    let ack = late.expect_packet(T);
+    assert_eq!((ack.header, ack.body[1]), (0x20, 0x97), "CONNACK of a new session: {ack:02x?}");
+    let mut late311 = Raw::connect(b.port);
+    late311.send(&common::connect_v311("late311", true, 60));
+    let ack = late311.expect_packet(T);
+    assert_eq!((ack.header, ack.body[1]), (0x20, 0x03), "3.1.1 CONNACK: {ack:02x?}");
+    watcher.send(&subscribe_v311(3, "more/#", 0));
+    let suback = loop {
+        let p = watcher.expect_packet(T);
+        if p.kind() == 9 {
+            break p;
+        }
+    };
+    assert_eq!(suback.body, vec![0x00, 0x03, 0x80], "SUBACK while full");
+    // A 3.1.1 client's QoS 1 publish is not acknowledged: it is
+    // disconnected and keeps the message to send again.
+    old311.send(&publish_v311("fill/old", 1, true, 9, b"later"));
+    old311.expect_closed(T);
+    assert!(b.alive(), "midge stopped:\n{}", b.log());
+
+    // Room again: QoS 1 publishes succeed, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut pid = 3000u16;
+    loop {
+        pid += 1;
+        publisher.send(&publish_retained_v5("fill/after", pid, b"room again"));
+        let code = puback_reason(&mut publisher, pid, T, &mut late_acks).expect("a PUBACK");
+        if code < 0x80 {
+            break;
+        }
+        assert!(Instant::now() < end, "QoS 1 still refused ({code:#04x}) 15 s after space returned");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The message whose write waited is acknowledged now.
+    if let Some(w) = waiting {
+        assert!(late_acks.iter().any(|&(id, code)| id == w && code < 0x80), "no PUBACK for {w}: {late_acks:?}");
+    }
+    store_full_becomes(&mut watcher, "0");
+    assert!(health_json(health).contains("\"store_full\":false"));
+    // A new session again, and the retained message it stored.
+    let mut reader = Raw::connect_v311(b.port, "reader", true, 60);
+    reader.send(&subscribe_v311(1, "fill/after", 0));
+    assert_eq!(next_on(&mut reader, "fill/after", T).as_deref(), Some("room again"));
+    assert!(b.alive(), "midge stopped");
+    let log = b.log();
+    assert_eq!(log.matches("The data store is full").count(), 1, "logged once per change:\n{log}");
+    assert_eq!(log.matches("The data store has room again").count(), 1, "{log}");
+}
