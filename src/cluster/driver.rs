@@ -72,6 +72,8 @@ const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 const READY_PASSES_MAX: usize = 8;
 /// How often a write that found the disk full is tried again.
 pub const STORE_FULL_RETRY_US: u64 = 1_000_000;
+/// The raft tick of a node that is its cluster's only member.
+const LONE_TICK_US: u64 = 1_000_000;
 
 /// What the runtime is to do after a call.
 #[derive(Default)]
@@ -338,9 +340,13 @@ impl<L: RaftLog> Driver<L> {
         if now_us >= self.next_tick_us {
             self.node.tick();
             self.upkeep(now_ms, connected);
-            self.next_tick_us += self.tick_us;
+            // A node that is its cluster's only member has no election to
+            // time and no one to send heartbeats: it ticks once a second
+            // (its $SYS values), so that an idle broker sleeps.
+            let tick_us = if self.node.is_alone() { self.tick_us.max(LONE_TICK_US) } else { self.tick_us };
+            self.next_tick_us += tick_us;
             if self.next_tick_us < now_us {
-                self.next_tick_us = now_us + self.tick_us;
+                self.next_tick_us = now_us + tick_us;
             }
         }
         // The hold ends at its time, or once every client the commit
@@ -515,12 +521,16 @@ impl<L: RaftLog> Driver<L> {
             ("voting_nodes/online", online.to_string()),
             ("commit_index", st.commit_index.to_string()),
             ("applied_index", st.applied_index.to_string()),
-            ("id", st.cluster_id.clone()),
             ("batch/proposals", node.stats.proposals.to_string()),
             ("batch/commands", node.stats.commands.to_string()),
             ("batch/persists", node.stats.persists.to_string()),
             ("batch/persisted_entries", node.stats.persisted_entries.to_string()),
         ];
+        if !st.cluster_id.is_empty() {
+            // Until the first leader drew it, nothing (an empty retained
+            // value would read as a deletion).
+            sys.push(("id", st.cluster_id.clone()));
+        }
         for (id, lag) in &st.peer_lag {
             let name: &'static str = match id {
                 1 => "peers/1/lag",

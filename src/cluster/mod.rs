@@ -288,6 +288,11 @@ impl<L: RaftLog> Node<L> {
     pub fn applied(&self) -> u64 {
         self.applied
     }
+    /// Whether this node is the only member (one voter, no learners).
+    pub fn is_alone(&self) -> bool {
+        self.conf_state.voters == [self.cfg.id] && self.conf_state.learners.is_empty()
+    }
+
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }
