@@ -72,8 +72,10 @@ const PREFERRED_LEADER_GRACE_MS: u64 = 5_000;
 const READY_PASSES_MAX: usize = 8;
 /// How often a write that found the disk full is tried again.
 pub const STORE_FULL_RETRY_US: u64 = 1_000_000;
-/// The raft tick of a node that is its cluster's only member.
-const LONE_TICK_US: u64 = 1_000_000;
+/// The raft tick of a node that is its cluster's only member, at least
+/// (the runtime steps every driver once a second; a little less, so that
+/// its jitter never skips one).
+const LONE_TICK_US: u64 = 900_000;
 
 /// What the runtime is to do after a call.
 #[derive(Default)]
@@ -310,7 +312,9 @@ impl<L: RaftLog> Driver<L> {
 
     /// When the runtime must call `step` at the latest.
     pub fn next_wake_us(&self) -> u64 {
-        let wake = self.hold_until_us.map_or(self.next_tick_us, |t| t.min(self.next_tick_us));
+        // A lone node's tick waits for a step that comes anyway.
+        let tick = if self.node.is_alone() { u64::MAX } else { self.next_tick_us };
+        let wake = self.hold_until_us.map_or(tick, |t| t.min(tick));
         match self.store_full {
             Some(since) if !self.retry_due && !self.writing => wake.min(since + STORE_FULL_RETRY_US),
             _ => wake,
@@ -341,8 +345,10 @@ impl<L: RaftLog> Driver<L> {
             self.node.tick();
             self.upkeep(now_ms, connected);
             // A node that is its cluster's only member has no election to
-            // time and no one to send heartbeats: it ticks once a second
-            // (its $SYS values), so that an idle broker sleeps.
+            // time and no one to send heartbeats: it ticks when the
+            // runtime's once-a-second timer calls anyway (its $SYS
+            // values), and sets no timer of its own, so that an idle
+            // broker sleeps.
             let tick_us = if self.node.is_alone() { self.tick_us.max(LONE_TICK_US) } else { self.tick_us };
             self.next_tick_us += tick_us;
             if self.next_tick_us < now_us {

@@ -897,6 +897,12 @@ impl<L: RaftLog + 'static> Server<L> {
         loop {
             smol::Timer::after(Duration::from_millis(1000)).await;
             self.with_broker(|b, now| b.tick(now));
+            // A lone node's raft tick rides on this wake-up (see
+            // `Driver::next_wake_us`): no timer of its own.
+            self.driver_bell.ring();
+            if let Some(g) = &self.group {
+                g.bell.ring();
+            }
             // A connection parks after one to two seconds without I/O.
             self.park_sweep();
             ticks += 1;
