@@ -88,7 +88,7 @@ const TLS: &str = "midge's TLS (rustls) takes certfile, keyfile, cafile, require
 const PLUGINS: &str =
     "plugins are not supported (dynamic security is built in: plugin .../mosquitto_dynamic_security.so)";
 const BRIDGES: &str = "bridges are not supported";
-const WEBSOCKETS: &str = "websockets are not supported";
+const WEBSOCKETS: &str = "a WebSockets listener (protocol websockets) serves MQTT only, with fixed settings";
 
 /// Mosquitto keys midge recognises but rejects, with the reason.
 pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[

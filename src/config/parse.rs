@@ -178,6 +178,9 @@ struct Parser {
     /// or of the default listener, was an error.
     tls_line_failed: Vec<bool>,
     default_tls_line_failed: bool,
+    /// The line of `protocol websockets` before any `listener` line (the
+    /// default listener's).
+    default_websockets: Option<u32>,
     /// Set when the last `listener` line was an error: TLS lines after it
     /// go here, to be checked but belong to no listener.
     orphan_tls: Option<TlsOptions>,
@@ -216,6 +219,7 @@ impl Parser {
             failed_keys: HashSet::new(),
             tls_line_failed: Vec::new(),
             default_tls_line_failed: false,
+            default_websockets: None,
             orphan_tls: None,
             admin_tls: TlsOptions::default(),
             tls_to_admin: false,
@@ -350,9 +354,18 @@ impl Parser {
                 self.default_line = self.line;
             }
             "protocol" => {
-                let v = self.one(key, rest)?;
-                if v != "mqtt" {
-                    return Err(self.err(format!("protocol: \"{v}\" is not supported by midge (only mqtt)")));
+                // The listener above (as Mosquitto), else the default one.
+                let ws = match self.one(key, rest)? {
+                    "mqtt" => false,
+                    "websockets" => true,
+                    v => return Err(self.err(format!("protocol: \"{v}\" is not one of mqtt, websockets"))),
+                };
+                if self.tls_to_admin {
+                    return Err(self.err("protocol: the admin_listener speaks MQTT only"));
+                }
+                match self.listeners.last_mut() {
+                    Some((l, _)) => l.websockets = ws,
+                    None => self.default_websockets = ws.then_some(self.line),
                 }
             }
             "allow_anonymous" => self.allow_anonymous = Some(self.bool_opt(key, rest)?),
@@ -698,7 +711,7 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None, connections_max: None })
+        Ok(Listener { port, address, tls: None, connections_max: None, websockets: false })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -716,7 +729,8 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((Listener { port, address, tls: None, connections_max: None }, self.line));
+        self.listeners
+            .push((Listener { port, address, tls: None, connections_max: None, websockets: false }, self.line));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -909,6 +923,7 @@ impl Parser {
                 address: self.default_address.take(),
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
                 connections_max: None,
+                websockets: self.default_websockets.is_some(),
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));
@@ -917,6 +932,8 @@ impl Parser {
                 self.default_tls.first_line(),
                 "TLS options must follow a listener line (or a port line) they apply to".into(),
             );
+        } else if let Some(line) = self.default_websockets {
+            err(line, "protocol websockets must follow a listener line (or a port line) it applies to".into());
         }
         for (((l, _), o), failed) in self.listeners.iter_mut().zip(&self.listener_tls).zip(&self.tls_line_failed) {
             let mut tls_errors = Vec::new();

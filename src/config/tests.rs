@@ -444,7 +444,6 @@ fn unsupported_mosquitto_keys_are_errors() {
     );
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
     assert!(err("connection bridge-01").contains("bridges are not supported"));
-    assert!(err("protocol websockets").contains("only mqtt"));
     assert_eq!(
         err("mount_point x/"),
         "midge.conf:1: \"mount_point\" is a Mosquitto option that midge does not support"
@@ -683,6 +682,27 @@ fn cluster_and_admin_tls_files_are_checked_at_their_lines() {
     assert_eq!(
         err("password_file /p\nadmin_listener 8880\ncafile /x/ca.pem"),
         "midge.conf:3: a TLS listener needs certfile and keyfile (PEM files)"
+    );
+}
+
+/// `protocol websockets` belongs to the listener above it, or to the
+/// default listener; other values and misplaced lines are errors.
+#[test]
+fn protocol_websockets_belongs_to_its_listener() {
+    let c =
+        Config::parse_str("listener 1883\nlistener 8080\nprotocol websockets\nlistener 8081\n", "midge.conf").unwrap();
+    let ws: Vec<bool> = c.listeners.iter().map(|l| l.websockets).collect();
+    assert_eq!(ws, [false, true, false]);
+    let c = Config::parse_str("port 9001\nprotocol websockets\n", "midge.conf").unwrap();
+    assert!(c.listeners[0].websockets && c.listeners[0].port == 9001);
+    assert_eq!(err("listener 1883\nprotocol http"), "midge.conf:2: protocol: \"http\" is not one of mqtt, websockets");
+    assert_eq!(
+        err("protocol websockets\n"),
+        "midge.conf:1: protocol websockets must follow a listener line (or a port line) it applies to"
+    );
+    assert_eq!(
+        err("password_file /p\nadmin_listener 1880\nprotocol websockets\n"),
+        "midge.conf:3: protocol: the admin_listener speaks MQTT only"
     );
 }
 

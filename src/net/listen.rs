@@ -197,6 +197,15 @@ impl<L: RaftLog + 'static> Server<L> {
             }
         }
         let server = self.clone();
+        if l.websockets {
+            let tls = l.tls.as_ref().map(|t| t.server());
+            ex.spawn(async move {
+                server.serve_ws(stream, peer, tls).await;
+                drop(slot);
+            })
+            .detach();
+            return;
+        }
         match &l.tls {
             None => {
                 if let Some(id) = self.clone().spawn_tcp(ex, stream, peer, false) {

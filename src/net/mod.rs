@@ -14,6 +14,7 @@ mod listen;
 pub use listen::bind;
 mod park;
 pub mod proxy_header;
+mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

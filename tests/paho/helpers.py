@@ -59,11 +59,15 @@ def reason(packet_type, code):
 class Client:
     """A paho client with a network thread and recorded events."""
 
-    def __init__(self, client_id, v5=True, manual_ack=False, will=None, clean_session=True):
+    def __init__(self, client_id, v5=True, manual_ack=False, will=None, clean_session=True,
+                 port=None, transport="tcp", ca=None):
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
                              clean_session=None if v5 else clean_session,
-                             manual_ack=manual_ack, reconnect_on_failure=False)
+                             manual_ack=manual_ack, reconnect_on_failure=False, transport=transport)
+        if ca:
+            self.c.tls_set(ca_certs=ca)
+        self.port = port or PORT
         self.id = client_id
         self.cond = threading.Condition()
         self.connack = None  # (flags, reason_code, properties)
@@ -116,9 +120,9 @@ class Client:
 
     def connect(self, clean_start=True, properties=None, keepalive=60, expect_ok=True):
         if self.c._protocol == mqtt.MQTTv5:
-            self.c.connect(HOST, PORT, keepalive, clean_start=clean_start, properties=properties)
+            self.c.connect(HOST, self.port, keepalive, clean_start=clean_start, properties=properties)
         else:
-            self.c.connect(HOST, PORT, keepalive)
+            self.c.connect(HOST, self.port, keepalive)
         self.c.loop_start()
         self.wait(lambda: self.connack is not None or self.disconnected is not None, "CONNACK")
         if expect_ok and (self.connack is None or self.connack[1].is_failure):
