@@ -307,3 +307,53 @@ fn retained_replay_and_answers_to_stalled_subscribers_stay_within_the_configured
     assert_eq!(received + dropped, STALLED * SUBSCRIBES * MESSAGES, "received {received}, dropped {dropped}");
     assert!(b.log().contains("Outgoing messages are being dropped for client stalled"));
 }
+
+/// Issue 23: `memory_limit` covers what connections hold unwritten. Two
+/// subscribers that stop reading hold up to `client_out_buffer_bytes`
+/// each (beyond what the kernel's socket buffers take); with both over
+/// `memory_limit` together, an MQTT 5 QoS 1 PUBLISH is refused with 0x97
+/// although no message is stored. Once they read, it is accepted again.
+/// (Before, only stored messages counted: accepted.)
+#[test]
+fn memory_limit_counts_what_stalled_connections_hold() {
+    if is_mosquitto() {
+        return; // client_out_buffer_bytes is midge's
+    }
+    const OUT_BYTES: usize = 768 << 10;
+    let b =
+        Broker::start(&format!("persistence false\nmemory_limit {}\nclient_out_buffer_bytes {OUT_BYTES}\n", 1 << 20));
+    let mut stalled: Vec<Raw> = (0..2)
+        .map(|i| {
+            let mut r = Raw::connect_v311(b.port, &format!("stalled{i}"), true, 600);
+            r.send(&subscribe_v311(1, "t/#", 0));
+            assert_eq!(r.expect_packet(T).kind(), 9, "SUBACK");
+            r
+        })
+        .collect();
+    let (mut publisher, _) = Raw::connect_v5(b.port, "publisher", true, 60, &[]);
+    // 12 MiB to each: more than the kernel's buffers take, so both
+    // connections fill their output bound.
+    let burst: Vec<u8> = (0..1_024).flat_map(|_| common::publish_v5("t/x", 0, 0, &[b'x'; 1024])).collect();
+    for _ in 0..12 {
+        publisher.send(&burst);
+        ping(&mut publisher);
+    }
+    let code = |publisher: &mut Raw, pid: u16| {
+        // Larger than the room QoS 0 deliveries leave below the limit.
+        publisher.send(&common::publish_v5("other", 1, pid, &[b'q'; 8192]));
+        loop {
+            let p = publisher.expect_packet(T);
+            if p.kind() == 4 {
+                assert_eq!(p.body[..2], pid.to_be_bytes());
+                return p.body.get(2).copied().unwrap_or(0);
+            }
+        }
+    };
+    assert_eq!(code(&mut publisher, 1), 0x97, "QoS 1 PUBLISH over memory_limit");
+    let log = b.log();
+    assert!(log.contains("Denied PUBLISH from publisher to other (memory_limit reached)"), "{log}");
+    for r in &mut stalled {
+        drain(r, Duration::from_secs(1));
+    }
+    assert!(code(&mut publisher, 2) < 0x80, "refused after the subscribers read");
+}
