@@ -542,6 +542,19 @@ impl<L: RaftLog> Driver<L> {
         if node.is_leader() && self.leader_since.0 != node.term() {
             self.leader_since = (node.term(), now_ms);
         }
+        if self.store_full.is_some() && node.is_leader() && now_ms.saturating_sub(self.last_transfer_ms) > 3_000 {
+            // A leader whose disk is full refuses every durable change its
+            // clients ask for, although the others could commit them: it
+            // hands the lead to a caught-up follower (one whose disk takes
+            // writes: a full one cannot acknowledge, so is never caught up).
+            let me = node.id();
+            let to = node.conf_state().voters.iter().copied().find(|&id| id != me && node.caught_up(id));
+            if let Some(to) = to {
+                log::warn!("The data store is full: handing leadership to node {to}.");
+                self.last_transfer_ms = now_ms;
+                node.transfer_leader(to);
+            }
+        }
         if let Some(p) = self.preferred_leader {
             // A leader keeps the lead for a while first, so that a manual
             // transfer (midge ctl) is not undone at once.
