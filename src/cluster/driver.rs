@@ -349,7 +349,12 @@ impl<L: RaftLog> Driver<L> {
             self.hold_until_us = None;
             self.node.release_hold();
         }
-        self.ready_passes(now_ms, now_us)
+        let more = self.ready_passes(now_ms, now_us)?;
+        // While the disk is full, a Ready that installs a snapshot waits
+        // for the unfinished write (see `Node::ready`): not work to run
+        // again at once, or the driver would spin until there is room. New
+        // peer messages, proposals and the retry's timer still wake it.
+        Ok(more && self.store_full.is_none())
     }
 
     /// Whether a write should begin now (none is out and something is
