@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::{free_port, is_mosquitto, packet, publish_v311, subscribe_v311, tempdir, Broker, Raw};
 use common::{mqtt_str, ReadOutcome};
 
@@ -43,7 +44,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        // Lazy: detached at once even while a broker still has it open
+        // (a panicking test drops this before the brokers).
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
@@ -231,4 +234,81 @@ fn a_full_disk_refuses_durable_changes_serves_the_rest_and_resumes_by_itself() {
     let log = b.log();
     assert_eq!(log.matches("The data store is full").count(), 1, "logged once per change:\n{log}");
     assert_eq!(log.matches("The data store has room again").count(), 1, "{log}");
+}
+
+/// Stretch of issue 23, in a cluster: the leader whose disk fills hands
+/// the lead to a caught-up follower (the others go on committing), stays
+/// up as a follower, and takes writes again once there is room.
+#[test]
+fn a_leader_whose_disk_fills_hands_the_lead_to_a_follower() {
+    if is_mosquitto() {
+        return; // a midge cluster
+    }
+    let mut c = Cluster::prepare("redirect", "cluster_preferred_leader 1\n");
+    let disk = c.dir.path().join("node1");
+    let _tmpfs = Tmpfs::mount(&disk, "8m");
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; 2 << 20]).unwrap();
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let end = Instant::now() + Duration::from_secs(20);
+    while c.leader(Duration::from_secs(1)) != Some(0) {
+        assert!(Instant::now() < end, "node 1 never led\n{}", c.logs());
+    }
+    let (mut publisher, _) = Raw::connect_v5(c.mqtt[0], "publisher", true, 60, &[]);
+    let payload = vec![b'x'; 16 << 10];
+    let mut others = Vec::new();
+    let mut ended = false;
+    for i in 1..=2_000u16 {
+        publisher.send(&publish_retained_v5(&format!("fill/{i}"), i, &payload));
+        match publisher.read(Duration::from_secs(3)) {
+            ReadOutcome::Packet(p) if p.kind() == 4 => {
+                let code = p.body.get(2).copied().unwrap_or(0);
+                others.push(code);
+                if code == 0x97 {
+                    ended = true;
+                    break;
+                }
+            }
+            // DISCONNECT 0x9C (use another server) or the close: the lead moved.
+            ReadOutcome::Packet(p) if p.kind() == 14 => {
+                ended = true;
+                break;
+            }
+            ReadOutcome::Packet(_) => {}
+            ReadOutcome::Closed | ReadOutcome::Timeout => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "node 1's 8 MiB disk took 2,000 messages of 16 KiB");
+    eprintln!("{} PUBACKs from node 1, the last {:#04x?}", others.len(), others.last());
+    let end = Instant::now() + Duration::from_secs(15);
+    let leader = loop {
+        match c.leader(Duration::from_secs(1)) {
+            Some(l) if l != 0 => break l,
+            _ => assert!(Instant::now() < end, "node 1 kept the lead with a full disk\n{}", c.logs()),
+        }
+    };
+    eprintln!("node {} leads now", leader + 1);
+    let alive = |c: &Cluster| c.pid(0).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+    assert!(alive(&c), "node 1 stopped\n{}", c.log(0));
+    assert!(c.log(0).contains("The data store is full: handing leadership to node"), "{}", c.logs());
+    // The new leader commits without node 1.
+    let (mut p2, _) = Raw::connect_v5(c.mqtt[leader], "publisher2", true, 60, &[]);
+    p2.send(&publish_retained_v5("after/lead", 1, b"moved"));
+    let mut none = Vec::new();
+    let code = puback_reason(&mut p2, 1, T, &mut none).expect("a PUBACK from the new leader");
+    assert!(code < 0x80, "new leader refused: {code:#04x}");
+    // Room again on node 1: it writes again (and catches up).
+    std::fs::remove_file(&filler).unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    while !health_json(c.health[0]).contains("\"store_full\":false") {
+        assert!(Instant::now() < end, "node 1 still full\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(alive(&c), "node 1 stopped\n{}", c.log(0));
+    assert!(c.log(0).contains("The data store has room again"), "{}", c.logs());
 }

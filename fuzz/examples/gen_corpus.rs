@@ -435,7 +435,7 @@ fn scripts() -> Vec<(String, Vec<u8>)> {
                 .tick(1, 11)
                 .op(op::CONNECT, 3, 0, &[v | (4 << 2) | (2 << 6), 0]) // keep alive 1 s
                 .tick(1, 2)
-                .op(op::CONGESTED, 0, 1, &[])
+                .op(op::WRITTEN, 0, 1, &[])
                 .publish(2, 1, 0, false, 0);
             if all {
                 out.push((format!("shared-keepalive-sys-{vn}-{cname}"), s.0));

@@ -458,7 +458,7 @@ impl Harness {
             op::WRITTEN => {
                 let id = self.ensure_open(s);
                 let held = self.broker.out_buffered(id);
-                self.broker.written(id, if variant & 1 != 0 { held } else { held / 2 });
+                self.broker.written(id, if variant & 1 != 0 { held } else { held / 2 }, self.now);
             }
             _ => {
                 // 11, 15: owed acks, in order.

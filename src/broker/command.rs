@@ -15,6 +15,7 @@ use super::message::Message;
 use super::state::Delivery;
 use super::tree::SubEntry;
 use crate::dynsec::{CommandError, DynsecChange, DynsecRead, DynsecState, Json, Kick};
+use crate::mqtt::QoS;
 
 /// Format version of `Command` and of the state snapshot. Bump on any
 /// change to their serialised shape, and keep reading the older ones.
@@ -205,6 +206,19 @@ pub enum Effect {
         client: Rc<str>,
         packet_id: u16,
         codes: Vec<u8>,
+    },
+    /// Send the retained messages matching `filter` whose QoS, capped by
+    /// `sub_qos`, is 0, to an online session that just subscribed. The
+    /// serving broker paces them by the connection's output bound
+    /// (`Broker::pump_replays`); as they change no durable state, no
+    /// other node has anything to do.
+    RetainedReplay {
+        client: Rc<str>,
+        /// The topic filter (without any `$share/` prefix: shared
+        /// subscriptions get no retained messages).
+        filter: String,
+        sub_qos: QoS,
+        sub_ids: Vec<u32>,
     },
     /// A message was dropped because a session's queue was full.
     QueueFull {

@@ -28,12 +28,16 @@ impl Broker {
     /// runtime (`push_send`) and every byte the runtime reports written
     /// here, so its count of what a connection holds unwritten is exact,
     /// whatever was sent in between.
-    pub fn written(&mut self, conn: ConnId, n: usize) {
+    /// A retained replay waiting for room goes on (`replay.rs`).
+    pub fn written(&mut self, conn: ConnId, n: usize, now: u64) {
         self.stats.bytes_sent += n as u64;
         if let Some(c) = self.conns.get_mut(&conn) {
             let n = u32::try_from(n).unwrap_or(u32::MAX).min(c.out_bytes);
             c.out_bytes -= n;
             self.out_bytes_total = self.out_bytes_total.saturating_sub(u64::from(n));
+        }
+        if self.replays.contains_key(&conn) {
+            self.pump_replays(conn, now);
         }
     }
 
@@ -100,6 +104,7 @@ impl Broker {
             }
         }
         self.end_session_link(conn, true, None, now);
+        self.replays.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
             // Its unwritten output goes with it.
             self.out_bytes_total = self.out_bytes_total.saturating_sub(u64::from(c.out_bytes));

@@ -23,6 +23,7 @@ pub mod message;
 mod peer;
 mod proposals;
 mod publish;
+mod replay;
 pub mod settings;
 pub mod state;
 mod sys;
@@ -173,6 +174,8 @@ pub struct Broker {
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
     /// The data store's disk is full (`set_store_full`).
     store_full: bool,
+    /// Retained replays at QoS 0 in progress, per connection (`replay.rs`).
+    replays: BTreeMap<ConnId, std::collections::VecDeque<replay::Replay>>,
 }
 
 impl Broker {
@@ -206,6 +209,7 @@ impl Broker {
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
             store_full: false,
+            replays: BTreeMap::new(),
         }
     }
 

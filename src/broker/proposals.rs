@@ -163,6 +163,9 @@ impl Broker {
                     Packet::UnsubAck(UnsubAck { packet_id, codes, properties: Default::default() }),
                 );
             }
+            Effect::RetainedReplay { client, filter, sub_qos, sub_ids } => {
+                self.start_replay(&client, filter, sub_qos, sub_ids, now)
+            }
             Effect::QueueFull { client } => {
                 self.stats.dropped_queue_full += 1;
                 // As Mosquitto does, but at most once a second per broker.

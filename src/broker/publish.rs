@@ -41,10 +41,26 @@ impl Broker {
 
     /// Turn a delivery into a PUBLISH for the client's connection.
     pub(super) fn deliver(&mut self, client: &Rc<str>, packet_id: Option<u16>, d: &Delivery, dup: bool, now: u64) {
-        let Some(id) = self.conn_of(client) else { return };
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        self.try_deliver(client, packet_id, d, dup, now, true);
+    }
+
+    /// `deliver`; with `drop_when_full` false, a QoS 0 message that does
+    /// not fit the output bound (or memory_limit) is neither sent nor
+    /// counted as dropped, and the result is false (a paced replay tries
+    /// it again later). True when the delivery is dealt with.
+    pub(super) fn try_deliver(
+        &mut self,
+        client: &Rc<str>,
+        packet_id: Option<u16>,
+        d: &Delivery,
+        dup: bool,
+        now: u64,
+        drop_when_full: bool,
+    ) -> bool {
+        let Some(id) = self.conn_of(client) else { return true };
+        let Some(c) = self.conns.get_mut(&id) else { return true };
         if c.phase != Phase::Connected {
-            return;
+            return true;
         }
         // QoS 0 beyond the output bound, or beyond memory_limit, is
         // dropped (QoS 1/2 wait in the session's queue instead: their
@@ -52,8 +68,7 @@ impl Broker {
         // to a stalled client costs little.
         let out_max = self.settings.limits.out_buffer_bytes_max;
         if packet_id.is_none() && c.out_bytes >= out_max {
-            self.drop_qos0(client, Dropped::OutBuffer, now);
-            return;
+            return self.drop_qos0(client, Dropped::OutBuffer, drop_when_full, now);
         }
         let mut new_alias = None;
         let mut p = Publish {
@@ -90,27 +105,26 @@ impl Broker {
             if let Some(pid) = packet_id {
                 self.propose(now, Command::Acked { client: client.clone(), acks: vec![(pid, AckKind::Discard)] });
             }
-            return;
+            return true;
         }
         // One message always fits an empty buffer, however large.
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         if packet_id.is_none() {
             if c.out_bytes > 0 && c.out_bytes.saturating_add(len) > out_max {
-                self.drop_qos0(client, Dropped::OutBuffer, now);
-                return;
+                return self.drop_qos0(client, Dropped::OutBuffer, drop_when_full, now);
             }
             if self.memory_used() + u64::from(len) > self.settings.limits.memory_bytes_max {
-                self.drop_qos0(client, Dropped::Memory, now);
-                return;
+                return self.drop_qos0(client, Dropped::Memory, drop_when_full, now);
             }
         }
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return true };
         if let Some(a) = new_alias {
             c.alias_out.insert(d.msg.topic.clone(), a);
         }
         self.stats.messages_sent += 1;
         self.stats.publish_sent[d.qos as usize] += 1;
         self.push_sized(id, packet, len as usize);
+        true
     }
 
     /// Bytes that `memory_limit` bounds: stored messages (retained,
@@ -119,8 +133,12 @@ impl Broker {
         self.state.stored_bytes() + self.out_bytes_total
     }
 
-    /// A QoS 0 message to `client` dropped, and why.
-    fn drop_qos0(&mut self, client: &str, why: Dropped, now: u64) {
+    /// A QoS 0 message to `client` does not fit, and why: dropped and
+    /// counted if `drop`, else left to the caller. Returns `drop`.
+    fn drop_qos0(&mut self, client: &str, why: Dropped, drop: bool, now: u64) -> bool {
+        if !drop {
+            return false;
+        }
         self.stats.dropped_qos0 += 1;
         // As Mosquitto does, but at most once a second per broker.
         if now >= self.last_drop_log_ms + 1000 {
@@ -134,6 +152,7 @@ impl Broker {
                 client, why, self.stats.dropped_qos0
             );
         }
+        true
     }
 
     pub(super) fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {

@@ -447,15 +447,33 @@ impl State {
         if share.is_some() || rh == 2 || (rh == 1 && existed) {
             return;
         }
+        let sub_qos = r.entry.opts.qos();
+        // To an online session, the messages that go at QoS 0 are a replay
+        // the serving broker paces by the client's reading (nothing durable
+        // changes); those at QoS 1/2 go into the session's window and
+        // queue here, bounded by max_queued_*.
+        let paced = s.online;
+        if paced {
+            out.push(Effect::RetainedReplay {
+                client: client.clone(),
+                filter: tf.to_string(),
+                sub_qos,
+                sub_ids: r.entry.sub_id.into_iter().collect(),
+            });
+            if sub_qos == QoS::AtMostOnce {
+                return;
+            }
+        }
+        let wanted = |m: &Message| !(m.expired(now) || paced && m.qos == QoS::AtMostOnce);
         let mut matches: Vec<Message> = Vec::new();
         if tf.contains(['+', '#']) {
             for (t, m) in &self.retained {
-                if topic::matches(tf, t) && !m.expired(now) {
+                if topic::matches(tf, t) && wanted(m) {
                     matches.push(m.clone());
                 }
             }
         } else if let Some(m) = self.retained.get(tf) {
-            if !m.expired(now) {
+            if wanted(m) {
                 matches.push(m.clone());
             }
         }

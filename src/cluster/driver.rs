@@ -361,7 +361,12 @@ impl<L: RaftLog> Driver<L> {
             self.hold_until_us = None;
             self.node.release_hold();
         }
-        self.ready_passes(now_ms, now_us)
+        let more = self.ready_passes(now_ms, now_us)?;
+        // While the disk is full, a Ready that installs a snapshot waits
+        // for the unfinished write (see `Node::ready`): not work to run
+        // again at once, or the driver would spin until there is room. New
+        // peer messages, proposals and the retry's timer still wake it.
+        Ok(more && self.store_full.is_none())
     }
 
     /// Whether a write should begin now (none is out and something is
@@ -558,6 +563,19 @@ impl<L: RaftLog> Driver<L> {
         node.broker.set_cluster_sys(sys);
         if node.is_leader() && self.leader_since.0 != node.term() {
             self.leader_since = (node.term(), now_ms);
+        }
+        if self.store_full.is_some() && node.is_leader() && now_ms.saturating_sub(self.last_transfer_ms) > 3_000 {
+            // A leader whose disk is full refuses every durable change its
+            // clients ask for, although the others could commit them: it
+            // hands the lead to a caught-up follower (one whose disk takes
+            // writes: a full one cannot acknowledge, so is never caught up).
+            let me = node.id();
+            let to = node.conf_state().voters.iter().copied().find(|&id| id != me && node.caught_up(id));
+            if let Some(to) = to {
+                log::warn!("The data store is full: handing leadership to node {to}.");
+                self.last_transfer_ms = now_ms;
+                node.transfer_leader(to);
+            }
         }
         if let Some(p) = self.preferred_leader {
             // A leader keeps the lead for a while first, so that a manual

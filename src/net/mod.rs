@@ -274,6 +274,9 @@ enum Intake {
     Refused,
 }
 
+/// Rounds of one `dispatch` (see there); far more than a burst needs.
+const DISPATCH_ROUNDS_MAX: usize = 1_000;
+
 /// `dispatch` keeps a vector for the next call only up to this capacity:
 /// a burst's (one read fanned out to many subscribers) is freed.
 const SPARE_KEPT: usize = 64;
@@ -528,8 +531,29 @@ impl<L: RaftLog + 'static> Server<L> {
         .await
     }
 
-    /// Encode the broker's actions into the connections' buffers.
+    /// Encode the broker's actions into the connections' buffers. Bytes
+    /// written straight to a socket here may let the broker hand out more
+    /// (a paced retained replay goes on): those actions are taken in the
+    /// next round, until none are left (the sockets' room bounds it).
     fn dispatch(&self, b: &mut Broker) {
+        let now = self.last_now.get();
+        for _ in 0..DISPATCH_ROUNDS_MAX {
+            if b.actions().is_empty() {
+                return;
+            }
+            self.dispatch_round(b, now);
+        }
+        // Left for the next call (any event: a write, a tick).
+        let conns = self.conns.borrow();
+        for a in b.actions() {
+            let (Action::Send(id, _) | Action::Close(id)) = a;
+            if let Some(io) = conns.get(id) {
+                self.ring(*id, io);
+            }
+        }
+    }
+
+    fn dispatch_round(&self, b: &mut Broker, now: u64) {
         // The broker's actions change places with the spare empty vector.
         let mut actions = self.spare_actions.take();
         b.swap_actions(&mut actions);
@@ -567,7 +591,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 io.flags.set(FRESH, false);
                 let (n, len) = io.with_out(|out| (write_direct(io, out), out.len()));
                 if n > 0 {
-                    b.written(id, n);
+                    b.written(id, n, now);
                 }
                 if len > 0 {
                     self.ring(id, io);
@@ -815,7 +839,7 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// `sent` bytes of the connection's output went out.
     fn sent(&self, id: ConnId, sent: usize) {
-        self.with_broker(|b, _| b.written(id, sent));
+        self.with_broker(|b, now| b.written(id, sent, now));
     }
 
     /// The reading side of a TLS connection.

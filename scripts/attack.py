@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""One hostile-client case against a broker on 127.0.0.1 (see attack.sh).
+
+    attack.py PORT PID CASE
+
+Prints one line `RESULT case=... key=value ...`. Cases: slowloris,
+big_claim, subscribe_10k, retained_flood, ping_flood. Only loopback; every
+wait is bounded; plain sockets (no client library), so that the bytes are
+exactly the attack's.
+"""
+
+import socket
+import struct
+import sys
+import time
+
+HOST = "127.0.0.1"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def settle(pid, most=6.0):
+    """RSS once it stops moving (checked every 0.5 s, at most `most` s)."""
+    last, end = rss_kib(pid), time.time() + most
+    while time.time() < end:
+        time.sleep(0.5)
+        now = rss_kib(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n % 128, n // 128
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def s(b):
+    return struct.pack(">H", len(b)) + b
+
+
+def pkt(h, body):
+    return bytes([h]) + varint(len(body)) + body
+
+
+def connect_pkt(cid):
+    return pkt(0x10, s(b"MQTT") + bytes([4, 2]) + struct.pack(">H", 600) + s(cid.encode()))
+
+
+def connect(port, cid, rcvbuf=None):
+    c = socket.socket()
+    if rcvbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    c.settimeout(5)
+    c.connect((HOST, port))
+    c.sendall(connect_pkt(cid))
+    ack = c.recv(4)
+    assert ack[:1] == b"\x20" and ack[3:4] == b"\x00", ack
+    return c
+
+
+def closed_within(c, seconds):
+    """Seconds until the peer closed c (reading and discarding), or None."""
+    start = time.time()
+    c.settimeout(0.2)
+    while time.time() - start < seconds:
+        try:
+            if not c.recv(65536):
+                return time.time() - start
+        except socket.timeout:
+            pass
+        except OSError:
+            return time.time() - start
+    return None
+
+
+def slowloris(port, pid):
+    """50 connections trickle a CONNECT, one byte every 0.5 s, for 15 s."""
+    body = connect_pkt("slow")
+    conns = []
+    for _ in range(50):
+        c = socket.create_connection((HOST, port), timeout=5)
+        c.setblocking(False)
+        conns.append([c, 0, None])
+    start = time.time()
+    while time.time() - start < 15 and any(x[2] is None for x in conns):
+        for x in conns:
+            if x[2] is not None:
+                continue
+            try:
+                if x[1] < len(body) - 1:  # never the last byte
+                    x[0].send(body[x[1]:x[1] + 1])
+                    x[1] += 1
+                if x[0].recv(64) == b"":
+                    x[2] = time.time() - start
+            except BlockingIOError:
+                pass
+            except OSError:
+                x[2] = time.time() - start
+        time.sleep(0.5)
+    closed = [x[2] for x in conns if x[2] is not None]
+    for x in conns:
+        x[0].close()
+    worst = f"{max(closed):.1f}" if closed else "-"
+    return f"closed={len(closed)}/50 after_s={worst} (15 s watched)"
+
+
+def big_claim(port, pid):
+    """A PUBLISH header claiming 268,435,455 bytes, then a few bytes."""
+    before = rss_kib(pid)
+    c = connect(port, "claim")
+    c.sendall(bytes([0x30]) + varint(268_435_455) + b"\x00\x01t" + b"x" * 1000)
+    t = closed_within(c, 5)
+    grew = rss_kib(pid) - before
+    return f"closed_after_ms={'%.0f' % (t * 1000) if t is not None else 'never(5s)'} rss_grew_kib={grew}"
+
+
+def subscribe_10k(port, pid):
+    """One SUBSCRIBE with 10,000 filters."""
+    before = rss_kib(pid)
+    c = connect(port, "wide")
+    body = struct.pack(">H", 1) + b"".join(s(f"f/{i}/+".encode()) + b"\x00" for i in range(10_000))
+    start = time.time()
+    c.sendall(pkt(0x82, body))
+    buf = b""
+    c.settimeout(10)
+    try:
+        while True:
+            buf += c.recv(65536)
+            if len(buf) >= 2:
+                n, i, mult = 0, 1, 1
+                while buf[i] & 0x80:
+                    n += (buf[i] & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                n += buf[i] * mult
+                if len(buf) >= 1 + i + n:
+                    break
+    except (socket.timeout, OSError):
+        return f"suback=none rss_grew_kib={rss_kib(pid) - before}"
+    codes = buf[1 + i + 2:1 + i + n]
+    granted = sum(1 for x in codes if x < 0x80)
+    ms = (time.time() - start) * 1000
+    return f"suback_ms={ms:.0f} granted={granted} refused={len(codes) - granted} rss_grew_kib={settle(pid) - before}"
+
+
+def retained_flood(port, pid):
+    """20,000 retained 1 KiB messages, then 10 subscribers to # that never read."""
+    p = connect(port, "retainer")
+    buf = b""
+    for i in range(20_000):
+        buf += pkt(0x31, s(f"r/{i:05d}".encode()) + b"x" * 1024)
+        if len(buf) > 1 << 20:
+            p.sendall(buf)
+            buf = b""
+    p.sendall(buf + b"\xc0\x00")
+    got, end = b"", time.time() + 30
+    while not got.endswith(b"\xd0\x00") and time.time() < end:
+        got += p.recv(65536)
+    before = settle(pid)
+    subs = []
+    for k in range(10):
+        c = connect(port, f"stalled{k}", rcvbuf=4096)
+        c.sendall(pkt(0x82, struct.pack(">H", 1) + s(b"#") + b"\x00"))
+        subs.append(c)
+    after = settle(pid)
+    for c in subs:
+        c.close()
+    return f"rss_before_mib={before / 1024:.1f} rss_after_mib={after / 1024:.1f}"
+
+
+def ping_flood(port, pid):
+    """A client that never reads sends PINGREQs for 3 s (8 MiB at most)."""
+    before = rss_kib(pid)
+    c = connect(port, "pinger", rcvbuf=4096)
+    c.setblocking(False)
+    chunk, sent, start = b"\xc0\x00" * 32768, 0, time.time()
+    while sent < 8 << 20 and time.time() - start < 3:
+        try:
+            sent += c.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    after = settle(pid, 3)
+    c.close()
+    return f"pingreq_taken_kib={sent // 1024} rss_grew_kib={after - before}"
+
+
+CASES = {
+    "slowloris": slowloris,
+    "big_claim": big_claim,
+    "subscribe_10k": subscribe_10k,
+    "retained_flood": retained_flood,
+    "ping_flood": ping_flood,
+}
+
+if __name__ == "__main__":
+    port, pid, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    try:
+        out = CASES[case](port, pid)
+    except Exception as e:  # report, do not hide: the broker may have died
+        out = f"error={type(e).__name__}:{e}".replace(" ", "_")
+    print(f"RESULT case={case} {out}", flush=True)
