@@ -421,7 +421,9 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
 
 async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: Receiver<()>) {
     let mut backoff = BACKOFF_MIN_MS;
-    let mut logged_down = false;
+    // What was last logged about a failed dial: a new reason is logged
+    // again (refused, then a certificate problem), the same one not.
+    let mut logged_down: Option<String> = None;
     let mut logged_refused = false;
     loop {
         if bell.is_closed() && bell.is_empty() && Rc::strong_count(&p) == 1 {
@@ -429,7 +431,7 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
         }
         match connect(&peers, &addr).await {
             Ok(link) => {
-                logged_down = false;
+                logged_down = None;
                 p.connected.set(true);
                 let opened = Instant::now();
                 if !logged_refused {
@@ -468,9 +470,10 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
             }
             Err(e) => {
                 p.connected.set(false);
-                if !logged_down {
-                    warn!("Cannot reach peer node {id} at {addr}: {e}; retrying.");
-                    logged_down = true;
+                let why = e.to_string();
+                if logged_down.as_deref() != Some(why.as_str()) {
+                    warn!("Cannot reach peer node {id} at {addr}: {why}; retrying.");
+                    logged_down = Some(why);
                 }
                 // Messages queued while the peer is down are stale by the
                 // time it is back; raft resends what matters.
