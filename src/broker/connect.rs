@@ -15,7 +15,15 @@ use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Propertie
 const V31_CLIENT_ID_CHARS_MAX: usize = 23;
 
 impl Broker {
-    pub(super) fn on_connect(&mut self, conn: ConnId, cp: Connect, now: u64) {
+    /// A connection of a listener whose clients log in with their
+    /// certificate's name (`use_identity_as_username`,
+    /// `use_subject_as_username`): the name, or why the certificate gives
+    /// none. Its CONNECT's username and password are then ignored.
+    pub fn set_certificate_name(&mut self, conn: ConnId, name: Result<String, String>) {
+        self.cert_names.insert(conn, name.map(|n| Rc::from(n.as_str())));
+    }
+
+    pub(super) fn on_connect(&mut self, conn: ConnId, mut cp: Connect, now: u64) {
         let settings = self.settings.clone();
         let lim = &settings.limits;
         {
@@ -91,6 +99,25 @@ impl Broker {
             }
             Rc::from(cp.client_id.as_str())
         };
+        // Mosquitto 2.0's order: the certificate's name replaces the
+        // CONNECT's username and password and stands for the login.
+        let cert_login = match self.cert_names.get(&conn).cloned() {
+            None => false,
+            Some(Ok(name)) => {
+                cp.username = Some(name.to_string());
+                cp.password = None;
+                true
+            }
+            Some(Err(why)) => {
+                return self.refuse(
+                    conn,
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                    reason::V3_BAD_USER_NAME_OR_PASSWORD,
+                    &why,
+                    now,
+                );
+            }
+        };
         let client = match (settings.use_username_as_clientid, cp.username.as_deref()) {
             (false, _) => client,
             (true, Some(user)) => Rc::from(user),
@@ -121,7 +148,9 @@ impl Broker {
                 now,
             );
         }
-        if settings.dynsec {
+        if cert_login {
+            // The TLS handshake checked the certificate against cafile.
+        } else if settings.dynsec {
             // Mosquitto 2.0's order: the plugin first; when it defers (no
             // such client, or no credentials), the password_file; when that
             // is absent too, only an anonymous client with allow_anonymous.

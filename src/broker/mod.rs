@@ -168,6 +168,10 @@ pub struct Broker {
     /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
     /// positions get 0x87 in the UNSUBACK of the command for the others.
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
+    /// Connections of listeners with `use_identity_as_username` or
+    /// `use_subject_as_username`: the name from the client certificate, or
+    /// why there is none (see `set_certificate_name`).
+    cert_names: BTreeMap<ConnId, Result<Rc<str>, String>>,
 }
 
 impl Broker {
@@ -199,6 +203,7 @@ impl Broker {
             last_drop_log_ms: 0,
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
+            cert_names: BTreeMap::new(),
         }
     }
 

@@ -305,7 +305,13 @@ impl Parser {
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
             "listener" => self.listener(rest)?,
-            "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => {
+            "certfile"
+            | "keyfile"
+            | "cafile"
+            | "require_certificate"
+            | "tls_version"
+            | "use_identity_as_username"
+            | "use_subject_as_username" => {
                 if let Err(e) = self.tls_option(key, rest) {
                     if self.orphan_tls.is_none() {
                         match self.tls_line_failed.last_mut() {
@@ -729,6 +735,14 @@ impl Parser {
             "require_certificate" => {
                 let v = self.bool_value(key, rest)?;
                 self.tls_target().require_certificate.replace((v, line)).map(|x| x.1)
+            }
+            "use_identity_as_username" => {
+                let v = self.bool_value(key, rest)?;
+                self.tls_target().use_identity_as_username.replace((v, line)).map(|x| x.1)
+            }
+            "use_subject_as_username" => {
+                let v = self.bool_value(key, rest)?;
+                self.tls_target().use_subject_as_username.replace((v, line)).map(|x| x.1)
             }
             _ => {
                 let v = self.one(key, rest)?;

@@ -440,7 +440,8 @@ fn unsupported_mosquitto_keys_are_errors() {
     assert_eq!(
         err("listener 8883\ncapath /etc/ssl/certs"),
         "midge.conf:2: \"capath\" is a Mosquitto option that midge does not support \
-         (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version)"
+         (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate, tls_version, \
+         use_identity_as_username and use_subject_as_username)"
     );
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
     assert!(err("connection bridge-01").contains("bridges are not supported"));
@@ -633,6 +634,54 @@ fn tls_file_errors_name_the_file_and_the_config_line() {
     assert!(lines[0].starts_with("midge.conf:2: certfile /nonexistent/c.pem: No such file"), "{errors}");
     assert!(lines[1].starts_with("midge.conf:4: cafile /nonexistent/ca.pem: No such file"), "{errors}");
     assert!(lines[2].starts_with("midge.conf:7: keyfile /nonexistent/k.pem: no usable private key"), "{errors}");
+}
+
+/// `use_identity_as_username` / `use_subject_as_username` belong to their
+/// TLS listener and need `require_certificate true` (midge asks for no
+/// certificate otherwise).
+#[test]
+fn certificate_names_as_usernames_belong_to_a_listener_that_asks_for_certificates() {
+    use super::tls::CertIdentity;
+    let tls = format!(
+        "certfile {}\nkeyfile {}\ncafile {}\n",
+        tls_fixture("server.pem"),
+        tls_fixture("server.key"),
+        tls_fixture("ca.pem")
+    );
+    let identity = |text: &str| -> Vec<CertIdentity> {
+        parse(text).listeners.iter().map(|l| l.tls.as_ref().map_or(CertIdentity::Connect, |t| t.identity)).collect()
+    };
+    let text = format!(
+        "listener 1883\nlistener 8883\n{tls}require_certificate true\nuse_identity_as_username true\n\
+         listener 8884\n{tls}require_certificate true\nuse_subject_as_username true\n\
+         listener 8885\n{tls}require_certificate true\nuse_subject_as_username true\nuse_identity_as_username true\n\
+         listener 8886\n{tls}require_certificate true\nuse_identity_as_username false\n"
+    );
+    assert_eq!(
+        identity(&text),
+        [
+            CertIdentity::Connect,
+            CertIdentity::CommonName,
+            CertIdentity::Subject,
+            CertIdentity::CommonName, // both: the identity wins, as in Mosquitto
+            CertIdentity::Connect,
+        ]
+    );
+    assert_eq!(
+        err(&format!("listener 8883\n{tls}use_identity_as_username true\n")),
+        "midge.conf:5: use_identity_as_username true needs require_certificate true (and cafile): \
+         midge asks clients for a certificate only then"
+    );
+    assert!(err(&format!("listener 8883\n{tls}require_certificate false\nuse_subject_as_username true\n"))
+        .starts_with("midge.conf:6: use_subject_as_username true needs require_certificate true"));
+    assert_eq!(
+        err("use_identity_as_username true"),
+        "midge.conf:1: TLS options must follow a listener line (or a port line) they apply to"
+    );
+    assert_eq!(
+        err("listener 8883\nuse_subject_as_username 1"),
+        "midge.conf:2: use_subject_as_username: \"1\" is not true or false"
+    );
 }
 
 /// Writes `midge.conf` (with `{dir}` replaced) and `files` into a new
@@ -920,11 +969,9 @@ fn max_connections_after_a_listener_is_that_listeners_own() {
 
 #[test]
 fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
-    for (key, why) in [
-        ("mount_point", "mount_point"),
-        ("clientid_prefixes", "clientid_prefixes"),
-        ("use_identity_as_username", "certfile, keyfile"),
-    ] {
+    for (key, why) in
+        [("mount_point", "mount_point"), ("clientid_prefixes", "clientid_prefixes"), ("capath", "certfile, keyfile")]
+    {
         let e = err(&format!("listener 1883\n{key} x"));
         assert!(e.starts_with("midge.conf:2: "), "{e}");
         assert!(e.contains(why), "{e}");

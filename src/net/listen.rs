@@ -16,6 +16,7 @@ use super::conn::TcpConn;
 use super::io::{SmolIo, Tcp};
 use super::{proxy_header, steer, Server, FIRST_BYTES_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 use crate::broker::ConnId;
+use crate::config::tls::CertIdentity;
 use crate::config::{FollowerMode, Listener};
 use crate::store::RaftLog;
 
@@ -206,9 +207,9 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             }
             Some(t) => {
-                let cfg = t.server.clone();
+                let (cfg, identity) = (t.server.clone(), t.identity);
                 ex.spawn(async move {
-                    server.serve_tls(stream, peer, cfg).await;
+                    server.serve_tls(stream, peer, cfg, identity).await;
                     drop(slot);
                 })
                 .detach()
@@ -253,7 +254,13 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// A client on a TLS listener: handshake (bounded in time), then the
     /// same MQTT connection over the TLS stream.
-    async fn serve_tls(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<rustls::ServerConfig>) {
+    async fn serve_tls(
+        self: Rc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cfg: Arc<rustls::ServerConfig>,
+        identity: CertIdentity,
+    ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
         let accept = futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone());
@@ -265,11 +272,15 @@ impl<L: RaftLog + 'static> Server<L> {
         self.handshakes.set(self.handshakes.get() - 1);
         match done {
             Some(Ok(tls)) => {
+                let name = certificate_name(identity, tls.get_ref().1.peer_certificates());
                 // rustls holds records in its own buffers: a readable socket
                 // is not a readable stream, so TLS keeps a reader and a
                 // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
                 let (id, io) = self.open_conn(peer, false, false);
+                if let Some(name) = name {
+                    self.with_broker(|b, _| b.set_certificate_name(id, name));
+                }
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
                 futures_lite::future::or(reader, writer).await;
@@ -282,6 +293,22 @@ impl<L: RaftLog + 'static> Server<L> {
             ),
         }
         tcp.shutdown();
+    }
+}
+
+/// The login name a listener takes from its clients' certificates (None:
+/// it takes the CONNECT's), or why the certificate gives none.
+fn certificate_name(
+    identity: CertIdentity,
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<Result<String, String>> {
+    use crate::auth::cert_name::{common_name, subject_rfc2253};
+    let leaf = certs.and_then(|c| c.first());
+    match (identity, leaf) {
+        (CertIdentity::Connect, _) => None,
+        (_, None) => Some(Err("no client certificate".into())),
+        (CertIdentity::CommonName, Some(c)) => Some(common_name(c)),
+        (CertIdentity::Subject, Some(c)) => Some(subject_rfc2253(c)),
     }
 }
 
