@@ -137,6 +137,10 @@ fn metrics_scrape_follows_the_traffic() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
 }
 
+/// One sample as prometheus_client reads it: family, type, sample name,
+/// labels, value.
+type ParsedSample = (String, String, String, BTreeMap<String, String>, f64);
+
 /// Prometheus' own parser of the text format (prometheus_client, Python)
 /// reads a scrape without error, finds the same samples with the same
 /// values, and the family types the TYPE lines give.
@@ -176,8 +180,7 @@ print(json.dumps(out))
          (MIDGE_TEST_PYTHON=~/.cache/midge-venv/bin/python): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let parsed: Vec<(String, String, String, BTreeMap<String, String>, f64)> =
-        serde_json::from_slice(&out.stdout).expect("the parser's JSON");
+    let parsed: Vec<ParsedSample> = serde_json::from_slice(&out.stdout).expect("the parser's JSON");
     // Every sample of our own reading is there, with its value.
     let ours = parse(&text);
     let theirs: BTreeMap<String, f64> = parsed
