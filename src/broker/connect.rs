@@ -222,7 +222,10 @@ impl Broker {
             ack_props.server_keep_alive = Some(max_ka);
         }
 
-        // Will.
+        // Will, under the mount point.
+        if let (Some(m), Some(w)) = (self.mounts.get(&conn), cp.will.as_mut()) {
+            w.topic = format!("{m}{}", w.topic);
+        }
         let mut will = None;
         if let Some(w) = &cp.will {
             if !topic::valid_topic_name(&w.topic) {

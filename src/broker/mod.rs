@@ -172,6 +172,10 @@ pub struct Broker {
     /// `use_subject_as_username`: the name from the client certificate, or
     /// why there is none (see `set_certificate_name`).
     cert_names: BTreeMap<ConnId, Result<Rc<str>, String>>,
+    /// Connections of listeners with a `mount_point`: the prefix of every
+    /// topic they publish, subscribe to or leave as a will, taken off the
+    /// topics delivered to them.
+    mounts: BTreeMap<ConnId, Rc<str>>,
 }
 
 impl Broker {
@@ -204,6 +208,7 @@ impl Broker {
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
             cert_names: BTreeMap::new(),
+            mounts: BTreeMap::new(),
         }
     }
 
@@ -443,6 +448,9 @@ impl Broker {
     /// unsubscribe ACLs) stay subscribed and get 0x87 in the UNSUBACK, as
     /// in Mosquitto 2.0; the others go through the log.
     fn on_unsubscribe(&mut self, conn: ConnId, client: Rc<str>, packet_id: u16, filters: Vec<String>, now: u64) {
+        // (Mosquitto 2.0.11 forgets the mount point here, so its clients
+        // cannot unsubscribe.)
+        let filters: Vec<String> = filters.into_iter().map(|f| self.mounted_filter(conn, f)).collect();
         let mut denied = Vec::new();
         let mut allowed = Vec::with_capacity(filters.len());
         for (i, f) in filters.into_iter().enumerate() {
@@ -483,7 +491,28 @@ impl Broker {
         out
     }
 
-    fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
+    /// A connection of a listener with `mount_point`: its topics are
+    /// prefixed with `mount` (see `mounts`).
+    pub fn set_mount_point(&mut self, conn: ConnId, mount: Rc<str>) {
+        self.mounts.insert(conn, mount);
+    }
+
+    /// `filter` under the connection's mount point, if it has one (a shared
+    /// subscription's filter after its group).
+    fn mounted_filter(&self, conn: ConnId, filter: String) -> String {
+        let Some(m) = self.mounts.get(&conn) else { return filter };
+        match filter.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
+            Some((group, f)) => format!("$share/{group}/{m}{f}"),
+            None if filter.starts_with("$share/") => filter,
+            None => format!("{m}{filter}"),
+        }
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, mut s: crate::mqtt::Subscribe, now: u64) {
+        if self.mounts.contains_key(&conn) {
+            let filters = std::mem::take(&mut s.filters);
+            s.filters = filters.into_iter().map(|(f, o)| (self.mounted_filter(conn, f), o)).collect();
+        }
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();

@@ -46,11 +46,16 @@ impl Broker {
             return;
         }
         let mut new_alias = None;
+        // A mounted client sees its topics without the mount point.
+        let topic = match self.mounts.get(&id).and_then(|m| d.msg.topic.strip_prefix(&**m)) {
+            Some(t) => Rc::from(t),
+            None => d.msg.topic.clone(),
+        };
         let mut p = Publish {
             dup,
             qos: d.qos,
             retain: d.retain,
-            topic: d.msg.topic.clone(),
+            topic,
             packet_id,
             payload: d.msg.payload.clone(),
             properties: Default::default(),
@@ -154,6 +159,9 @@ impl Broker {
             warn!("Client {} published to an invalid topic; disconnecting.", client);
             self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
             return;
+        }
+        if let Some(m) = self.mounts.get(&conn) {
+            p.topic = Rc::from(format!("{m}{}", p.topic));
         }
         if topic::level_count(&p.topic) > self.settings.limits.topic_levels_max as usize {
             warn!(

@@ -54,17 +54,20 @@ pub struct Listener {
     /// `max_connections` after this listener's line (Mosquitto's
     /// per-listener limit); `None`: only the broker-wide bound.
     pub connections_max: Option<u32>,
+    /// `mount_point` after this listener's line: the prefix of its
+    /// clients' topics.
+    pub mount_point: Option<String>,
 }
 
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None, tls: None, connections_max: None }
+        Listener { port, address: None, tls: None, connections_max: None, mount_point: None }
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
-        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None }
+        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None, mount_point: None }
     }
 }
 

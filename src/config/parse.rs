@@ -430,6 +430,24 @@ impl Parser {
                 self.cfg.limits.memory_bytes_max = if v == 0 { u64::MAX } else { v };
             }
             "max_keepalive" => self.cfg.limits.keepalive_secs_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "mount_point" => {
+                // The rest of the line, as Mosquitto reads it; a topic name.
+                if rest.is_empty() {
+                    return Err(self.err("mount_point: missing value"));
+                }
+                if !crate::mqtt::topic::valid_topic_name(rest) {
+                    return Err(self.err(format!(
+                        "mount_point: \"{rest}\" is not a valid topic name (no + or #), which every topic of the listener's clients starts with"
+                    )));
+                }
+                let Some((l, _)) = self.listeners.last_mut() else {
+                    return Err(self.err("mount_point must follow the listener line it applies to"));
+                };
+                let again = l.mount_point.replace(rest.to_string()).is_some();
+                if again {
+                    self.warn("mount_point overrides the value set before for the same listener");
+                }
+            }
             "max_connections" => {
                 let v = self.one(key, rest)?;
                 let n = if v == "-1" {
@@ -690,7 +708,7 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None, connections_max: None })
+        Ok(Listener { port, address, tls: None, connections_max: None, mount_point: None })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -708,7 +726,8 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((Listener { port, address, tls: None, connections_max: None }, self.line));
+        self.listeners
+            .push((Listener { port, address, tls: None, connections_max: None, mount_point: None }, self.line));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -892,6 +911,7 @@ impl Parser {
                 address: self.default_address.take(),
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
                 connections_max: None,
+                mount_point: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

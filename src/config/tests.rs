@@ -447,8 +447,8 @@ fn unsupported_mosquitto_keys_are_errors() {
     assert!(err("connection bridge-01").contains("bridges are not supported"));
     assert!(err("protocol websockets").contains("only mqtt"));
     assert_eq!(
-        err("mount_point x/"),
-        "midge.conf:1: \"mount_point\" is a Mosquitto option that midge does not support"
+        err("clientid_prefixes x/"),
+        "midge.conf:1: \"clientid_prefixes\" is a Mosquitto option that midge does not support"
     );
 }
 
@@ -970,11 +970,23 @@ fn max_connections_after_a_listener_is_that_listeners_own() {
 #[test]
 fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
     for (key, why) in
-        [("mount_point", "mount_point"), ("clientid_prefixes", "clientid_prefixes"), ("capath", "certfile, keyfile")]
+        [("clientid_prefixes", "clientid_prefixes"), ("capath", "certfile, keyfile"), ("bind_interface", "listener")]
     {
         let e = err(&format!("listener 1883\n{key} x"));
         assert!(e.starts_with("midge.conf:2: "), "{e}");
         assert!(e.contains(why), "{e}");
     }
     assert!(err("\nlog_dest topic").starts_with("midge.conf:2: log_dest topic is not supported"));
+}
+
+#[test]
+fn mount_point_belongs_to_its_listener() {
+    let c = parse("listener 1883\nlistener 1884\nmount_point site 1/\nlistener 1885\n");
+    let m: Vec<Option<&str>> = c.listeners.iter().map(|l| l.mount_point.as_deref()).collect();
+    assert_eq!(m, [None, Some("site 1/"), None], "the rest of the line, for the listener above");
+    assert_eq!(err("mount_point site1/"), "midge.conf:1: mount_point must follow the listener line it applies to");
+    assert!(err("listener 1883\nmount_point a/#/")
+        .starts_with("midge.conf:2: mount_point: \"a/#/\" is not a valid topic name"));
+    assert!(err("listener 1883\nmount_point +/").contains("is not a valid topic name"));
+    assert_eq!(err("listener 1883\nmount_point"), "midge.conf:2: mount_point: missing value");
 }

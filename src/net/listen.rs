@@ -204,12 +204,17 @@ impl<L: RaftLog + 'static> Server<L> {
                     if let Some(slot) = slot {
                         self.slots.borrow_mut().insert(id, slot);
                     }
+                    if let Some(m) = &l.mount_point {
+                        let m: Rc<str> = Rc::from(m.as_str());
+                        self.with_broker(|b, _| b.set_mount_point(id, m));
+                    }
                 }
             }
             Some(t) => {
                 let (cfg, identity) = (t.server.clone(), t.identity);
+                let mount: Option<Rc<str>> = l.mount_point.as_deref().map(Rc::from);
                 ex.spawn(async move {
-                    server.serve_tls(stream, peer, cfg, identity).await;
+                    server.serve_tls(stream, peer, cfg, identity, mount).await;
                     drop(slot);
                 })
                 .detach()
@@ -260,6 +265,7 @@ impl<L: RaftLog + 'static> Server<L> {
         peer: SocketAddr,
         cfg: Arc<rustls::ServerConfig>,
         identity: CertIdentity,
+        mount: Option<Rc<str>>,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
@@ -280,6 +286,9 @@ impl<L: RaftLog + 'static> Server<L> {
                 let (id, io) = self.open_conn(peer, false, false);
                 if let Some(name) = name {
                     self.with_broker(|b, _| b.set_certificate_name(id, name));
+                }
+                if let Some(m) = mount {
+                    self.with_broker(|b, _| b.set_mount_point(id, m));
                 }
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
