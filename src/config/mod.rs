@@ -257,6 +257,9 @@ pub struct Config {
     pub log_dest: LogDest,
     /// `log_facility N`: syslog's LOG_LOCALN; `None`: LOG_DAEMON.
     pub log_facility: Option<u8>,
+    /// `log_dest topic`: log lines are also published on
+    /// `$SYS/broker/log/...`.
+    pub log_topic: bool,
     /// `pid_file`: written once the listeners are open, removed at exit.
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
@@ -329,6 +332,7 @@ impl Default for Config {
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
             log_facility: None,
+            log_topic: false,
             pid_file: None,
             connection_messages: true,
             allow_zero_length_clientid: true,

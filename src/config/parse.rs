@@ -797,7 +797,11 @@ impl Parser {
         }
         let dest = match kind {
             "" => return Err(self.err("log_dest: missing value")),
-            "none" => LogDest::None,
+            "none" => {
+                // Forgets every destination before it, topic included.
+                self.cfg.log_topic = false;
+                LogDest::None
+            }
             "stdout" => LogDest::Stdout,
             "stderr" => LogDest::Stderr,
             "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
@@ -805,18 +809,19 @@ impl Parser {
             "syslog" => LogDest::Syslog,
             "dlt" => {
                 return Err(self.err(
-                    "log_dest dlt is not supported by midge: use log_dest syslog or file, or run under systemd, \
-                     whose journal takes stderr",
+                    "log_dest dlt is not supported by midge: use log_dest syslog, file or topic, or run under \
+                     systemd, whose journal takes stderr",
                 ))
             }
             "topic" => {
-                return Err(self.err(
-                    "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
-                     use stdout, stderr, file or syslog",
-                ))
+                // Besides the one destination, as in Mosquitto.
+                self.cfg.log_topic = true;
+                return Ok(());
             }
             other => {
-                return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, none")))
+                return Err(
+                    self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, topic, none"))
+                )
             }
         };
         let same = |a: &LogDest, b: &LogDest| match (a, b) {

@@ -343,8 +343,14 @@ fn log_types_and_dest() {
     assert_eq!(parse("log_dest syslog").log_facility, None, "LOG_DAEMON, as Mosquitto");
     assert_eq!(err("log_facility 8"), "midge.conf:1: log_facility: \"8\" is not a number between 0 and 7");
     assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
-    assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
-    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, none"));
+    // topic goes besides the one destination; none forgets it.
+    let c = parse("log_dest file /a.log\nlog_dest topic\n");
+    assert!(c.log_topic && matches!(c.log_dest, LogDest::File(..)));
+    assert!(parse("log_dest topic\nlog_dest syslog").log_topic);
+    assert!(!parse("log_dest topic\nlog_dest none").log_topic);
+    let c = parse("log_dest none\nlog_dest topic");
+    assert!(c.log_topic && c.log_dest == LogDest::None);
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, topic, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
@@ -976,7 +982,7 @@ fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
         assert!(e.starts_with("midge.conf:2: "), "{e}");
         assert!(e.contains(why), "{e}");
     }
-    assert!(err("\nlog_dest topic").starts_with("midge.conf:2: log_dest topic is not supported"));
+    assert!(err("\nlog_dest dlt").starts_with("midge.conf:2: log_dest dlt is not supported"));
 }
 
 #[test]
