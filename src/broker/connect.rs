@@ -118,7 +118,8 @@ impl Broker {
                 );
             }
         };
-        let client = match (settings.use_username_as_clientid, cp.username.as_deref()) {
+        let username_as_id = self.username_as_clientid.get(&conn).copied().unwrap_or(settings.use_username_as_clientid);
+        let client = match (username_as_id, cp.username.as_deref()) {
             (false, _) => client,
             (true, Some(user)) => Rc::from(user),
             (true, None) => {

@@ -176,6 +176,8 @@ pub struct Broker {
     /// topic they publish, subscribe to or leave as a will, taken off the
     /// topics delivered to them.
     mounts: BTreeMap<ConnId, Rc<str>>,
+    /// Connections whose listener sets `use_username_as_clientid` itself.
+    username_as_clientid: BTreeMap<ConnId, bool>,
 }
 
 impl Broker {
@@ -209,6 +211,7 @@ impl Broker {
             unsub_denied: BTreeMap::new(),
             cert_names: BTreeMap::new(),
             mounts: BTreeMap::new(),
+            username_as_clientid: BTreeMap::new(),
         }
     }
 
@@ -495,6 +498,11 @@ impl Broker {
     /// prefixed with `mount` (see `mounts`).
     pub fn set_mount_point(&mut self, conn: ConnId, mount: Rc<str>) {
         self.mounts.insert(conn, mount);
+    }
+
+    /// A connection of a listener with its own `use_username_as_clientid`.
+    pub fn set_username_as_clientid(&mut self, conn: ConnId, on: bool) {
+        self.username_as_clientid.insert(conn, on);
     }
 
     /// `filter` under the connection's mount point, if it has one (a shared

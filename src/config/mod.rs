@@ -57,17 +57,34 @@ pub struct Listener {
     /// `mount_point` after this listener's line: the prefix of its
     /// clients' topics.
     pub mount_point: Option<String>,
+    /// `use_username_as_clientid` after this listener's line (Mosquitto's
+    /// per-listener option); `None`: the broker-wide setting.
+    pub use_username_as_clientid: Option<bool>,
 }
 
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None, tls: None, connections_max: None, mount_point: None }
+        Listener {
+            port,
+            address: None,
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+        }
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
-        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None, mount_point: None }
+        Listener {
+            port,
+            address: Some(address.to_string()),
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+        }
     }
 }
 

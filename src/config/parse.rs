@@ -371,7 +371,22 @@ impl Parser {
             }
             "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
             "allow_zero_length_clientid" => self.cfg.allow_zero_length_clientid = self.bool_opt(key, rest)?,
-            "use_username_as_clientid" => self.cfg.use_username_as_clientid = self.bool_opt(key, rest)?,
+            "use_username_as_clientid" => {
+                // After a listener line: that listener's, as in Mosquitto;
+                // before any: every listener's.
+                let on = self.bool_value(key, rest)?;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.use_username_as_clientid.replace(on).is_some() {
+                            self.warn("use_username_as_clientid overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.use_username_as_clientid = on;
+                    }
+                }
+            }
             "auto_id_prefix" => {
                 // The rest of the line, as Mosquitto reads it.
                 self.once(key);
@@ -708,7 +723,14 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None, connections_max: None, mount_point: None })
+        Ok(Listener {
+            port,
+            address,
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+        })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -726,8 +748,17 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners
-            .push((Listener { port, address, tls: None, connections_max: None, mount_point: None }, self.line));
+        self.listeners.push((
+            Listener {
+                port,
+                address,
+                tls: None,
+                connections_max: None,
+                mount_point: None,
+                use_username_as_clientid: None,
+            },
+            self.line,
+        ));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -917,6 +948,7 @@ impl Parser {
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
                 connections_max: None,
                 mount_point: None,
+                use_username_as_clientid: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

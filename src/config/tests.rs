@@ -996,3 +996,14 @@ fn mount_point_belongs_to_its_listener() {
     assert!(err("listener 1883\nmount_point +/").contains("is not a valid topic name"));
     assert_eq!(err("listener 1883\nmount_point"), "midge.conf:2: mount_point: missing value");
 }
+
+#[test]
+fn use_username_as_clientid_after_a_listener_is_that_listeners() {
+    let c = parse("listener 1883\nuse_username_as_clientid true\nlistener 1884\n");
+    assert!(!c.use_username_as_clientid, "not every listener's");
+    let own: Vec<Option<bool>> = c.listeners.iter().map(|l| l.use_username_as_clientid).collect();
+    assert_eq!(own, [Some(true), None]);
+    let c = parse("use_username_as_clientid true\nlistener 1883\nuse_username_as_clientid false\n");
+    assert!(c.use_username_as_clientid);
+    assert_eq!(c.listeners[0].use_username_as_clientid, Some(false));
+}

@@ -204,22 +204,35 @@ impl<L: RaftLog + 'static> Server<L> {
                     if let Some(slot) = slot {
                         self.slots.borrow_mut().insert(id, slot);
                     }
-                    if let Some(m) = &l.mount_point {
-                        let m: Rc<str> = Rc::from(m.as_str());
-                        self.with_broker(|b, _| b.set_mount_point(id, m));
-                    }
+                    self.listener_options(id, ListenerOptions::of(l));
                 }
             }
             Some(t) => {
                 let (cfg, identity) = (t.server.clone(), t.identity);
-                let mount: Option<Rc<str>> = l.mount_point.as_deref().map(Rc::from);
+                let options = ListenerOptions::of(l);
                 ex.spawn(async move {
-                    server.serve_tls(stream, peer, cfg, identity, mount).await;
+                    server.serve_tls(stream, peer, cfg, identity, options).await;
                     drop(slot);
                 })
                 .detach()
             }
         }
+    }
+
+    /// Tells the broker what the connection's listener sets for its
+    /// clients (nothing when it sets nothing of its own).
+    fn listener_options(&self, id: ConnId, o: ListenerOptions) {
+        if o.mount_point.is_none() && o.use_username_as_clientid.is_none() {
+            return;
+        }
+        self.with_broker(|b, _| {
+            if let Some(m) = o.mount_point {
+                b.set_mount_point(id, m);
+            }
+            if let Some(on) = o.use_username_as_clientid {
+                b.set_username_as_clientid(id, on);
+            }
+        });
     }
 
     /// Accept management clients on the admin listener (every node).
@@ -265,7 +278,7 @@ impl<L: RaftLog + 'static> Server<L> {
         peer: SocketAddr,
         cfg: Arc<rustls::ServerConfig>,
         identity: CertIdentity,
-        mount: Option<Rc<str>>,
+        options: ListenerOptions,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
@@ -287,9 +300,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 if let Some(name) = name {
                     self.with_broker(|b, _| b.set_certificate_name(id, name));
                 }
-                if let Some(m) = mount {
-                    self.with_broker(|b, _| b.set_mount_point(id, m));
-                }
+                self.listener_options(id, options);
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
                 futures_lite::future::or(reader, writer).await;
@@ -318,6 +329,21 @@ fn certificate_name(
         (_, None) => Some(Err("no client certificate".into())),
         (CertIdentity::CommonName, Some(c)) => Some(common_name(c)),
         (CertIdentity::Subject, Some(c)) => Some(subject_rfc2253(c)),
+    }
+}
+
+/// What a listener sets for its clients' MQTT sessions, for the broker.
+pub(super) struct ListenerOptions {
+    mount_point: Option<Rc<str>>,
+    use_username_as_clientid: Option<bool>,
+}
+
+impl ListenerOptions {
+    fn of(l: &Listener) -> ListenerOptions {
+        ListenerOptions {
+            mount_point: l.mount_point.as_deref().map(Rc::from),
+            use_username_as_clientid: l.use_username_as_clientid,
+        }
     }
 }
 
