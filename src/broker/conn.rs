@@ -75,8 +75,7 @@ impl Broker {
         }
         self.end_session_link(conn, true, None, now);
         self.cert_names.remove(&conn);
-        self.mounts.remove(&conn);
-        self.username_as_clientid.remove(&conn);
+        self.conn_options.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
             if let Some(id) = c.client {
                 if self.by_client.get(&id) == Some(&conn) {

@@ -118,7 +118,11 @@ impl Broker {
                 );
             }
         };
-        let username_as_id = self.username_as_clientid.get(&conn).copied().unwrap_or(settings.use_username_as_clientid);
+        let username_as_id = self
+            .conn_options
+            .get(&conn)
+            .and_then(|o| o.use_username_as_clientid)
+            .unwrap_or(settings.use_username_as_clientid);
         let client = match (username_as_id, cp.username.as_deref()) {
             (false, _) => client,
             (true, Some(user)) => Rc::from(user),
@@ -224,7 +228,7 @@ impl Broker {
         }
 
         // Will, under the mount point.
-        if let (Some(m), Some(w)) = (self.mounts.get(&conn), cp.will.as_mut()) {
+        if let (Some(m), Some(w)) = (self.mount_of(conn), cp.will.as_mut()) {
             w.topic = format!("{m}{}", w.topic);
         }
         let mut will = None;
@@ -238,7 +242,7 @@ impl Broker {
                     now,
                 );
             }
-            if w.qos as u8 > settings.max_qos {
+            if w.qos as u8 > self.max_qos_for(conn) {
                 return self.refuse(
                     conn,
                     reason::QOS_NOT_SUPPORTED,
@@ -304,6 +308,7 @@ impl Broker {
             ack_props.session_expiry_interval = Some(expiry);
         }
 
+        let (alias_max, max_qos) = (self.topic_alias_max_for(conn), self.max_qos_for(conn));
         let c = self.conns.get_mut(&conn).expect("connection checked above");
         c.keep_alive_secs = keep_alive;
         c.session_expiry_secs = expiry;
@@ -329,10 +334,10 @@ impl Broker {
             if lim.inflight_messages_max < u16::MAX {
                 ack_props.receive_maximum = Some(lim.inflight_messages_max);
             }
-            ack_props.topic_alias_maximum = (lim.topic_alias_max > 0).then_some(lim.topic_alias_max);
+            ack_props.topic_alias_maximum = (alias_max > 0).then_some(alias_max);
             ack_props.maximum_packet_size = Some(lim.packet_bytes_max);
-            if settings.max_qos < 2 {
-                ack_props.maximum_qos = Some(settings.max_qos);
+            if max_qos < 2 {
+                ack_props.maximum_qos = Some(max_qos);
             }
             if !settings.retain_available {
                 ack_props.retain_available = Some(0);

@@ -175,9 +175,19 @@ pub struct Broker {
     /// Connections of listeners with a `mount_point`: the prefix of every
     /// topic they publish, subscribe to or leave as a will, taken off the
     /// topics delivered to them.
-    mounts: BTreeMap<ConnId, Rc<str>>,
-    /// Connections whose listener sets `use_username_as_clientid` itself.
-    username_as_clientid: BTreeMap<ConnId, bool>,
+    /// Connections of listeners that set options of their own.
+    conn_options: BTreeMap<ConnId, ConnOptions>,
+}
+
+/// What a connection's listener sets for it (Mosquitto's per-listener
+/// options); `None`: the broker-wide setting.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// `mount_point`: the prefix of its topics (see `Broker::mounted_filter`).
+    pub mount_point: Option<Rc<str>>,
+    pub use_username_as_clientid: Option<bool>,
+    pub max_qos: Option<u8>,
+    pub topic_alias_max: Option<u16>,
 }
 
 impl Broker {
@@ -210,8 +220,7 @@ impl Broker {
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
             cert_names: BTreeMap::new(),
-            mounts: BTreeMap::new(),
-            username_as_clientid: BTreeMap::new(),
+            conn_options: BTreeMap::new(),
         }
     }
 
@@ -494,21 +503,31 @@ impl Broker {
         out
     }
 
-    /// A connection of a listener with `mount_point`: its topics are
-    /// prefixed with `mount` (see `mounts`).
-    pub fn set_mount_point(&mut self, conn: ConnId, mount: Rc<str>) {
-        self.mounts.insert(conn, mount);
+    /// A connection of a listener that sets options of its own (before
+    /// its CONNECT).
+    pub fn set_conn_options(&mut self, conn: ConnId, o: ConnOptions) {
+        self.conn_options.insert(conn, o);
     }
 
-    /// A connection of a listener with its own `use_username_as_clientid`.
-    pub fn set_username_as_clientid(&mut self, conn: ConnId, on: bool) {
-        self.username_as_clientid.insert(conn, on);
+    /// The connection's mount point, if its listener has one.
+    fn mount_of(&self, conn: ConnId) -> Option<&Rc<str>> {
+        self.conn_options.get(&conn).and_then(|o| o.mount_point.as_ref())
+    }
+
+    /// `max_qos` for the connection: its listener's, else the broker's.
+    fn max_qos_for(&self, conn: ConnId) -> u8 {
+        self.conn_options.get(&conn).and_then(|o| o.max_qos).unwrap_or(self.settings.max_qos)
+    }
+
+    /// `max_topic_alias` for the connection: its listener's, else the broker's.
+    fn topic_alias_max_for(&self, conn: ConnId) -> u16 {
+        self.conn_options.get(&conn).and_then(|o| o.topic_alias_max).unwrap_or(self.settings.limits.topic_alias_max)
     }
 
     /// `filter` under the connection's mount point, if it has one (a shared
     /// subscription's filter after its group).
     fn mounted_filter(&self, conn: ConnId, filter: String) -> String {
-        let Some(m) = self.mounts.get(&conn) else { return filter };
+        let Some(m) = self.mount_of(conn) else { return filter };
         match filter.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
             Some((group, f)) => format!("$share/{group}/{m}{f}"),
             None if filter.starts_with("$share/") => filter,
@@ -517,7 +536,7 @@ impl Broker {
     }
 
     fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, mut s: crate::mqtt::Subscribe, now: u64) {
-        if self.mounts.contains_key(&conn) {
+        if self.mount_of(conn).is_some() {
             let filters = std::mem::take(&mut s.filters);
             s.filters = filters.into_iter().map(|(f, o)| (self.mounted_filter(conn, f), o)).collect();
         }
@@ -563,7 +582,7 @@ impl Broker {
                     reason::V3_SUBACK_FAILURE
                 }
             } else {
-                let granted = QoS::from_u8((opts.qos as u8).min(self.settings.max_qos)).unwrap_or_default();
+                let granted = QoS::from_u8((opts.qos as u8).min(self.max_qos_for(conn))).unwrap_or_default();
                 let o = SubOptions { qos: granted, ..opts };
                 reqs.push(SubscribeReq {
                     filter: filter.clone(),

@@ -570,7 +570,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
 fn a_mounted_connection_lives_under_its_prefix() {
     let mut b = broker();
     b.open(1, "127.0.0.1:1".parse().unwrap(), 1000);
-    b.set_mount_point(1, Rc::from("site1/"));
+    b.set_conn_options(1, ConnOptions { mount_point: Some(Rc::from("site1/")), ..Default::default() });
     b.packet(1, connect_packet("inside", Version::V311, true), 1000);
     assert_eq!(connack(&sent(&mut b)[0].1).code, 0);
     connect(&mut b, 2, "outside", Version::V311, true, 1000);

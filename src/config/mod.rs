@@ -60,6 +60,9 @@ pub struct Listener {
     /// `use_username_as_clientid` after this listener's line (Mosquitto's
     /// per-listener option); `None`: the broker-wide setting.
     pub use_username_as_clientid: Option<bool>,
+    /// `max_qos` / `max_topic_alias` after this listener's line.
+    pub max_qos: Option<u8>,
+    pub max_topic_alias: Option<u16>,
 }
 
 impl Listener {
@@ -72,6 +75,8 @@ impl Listener {
             connections_max: None,
             mount_point: None,
             use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
         }
     }
 
@@ -84,6 +89,8 @@ impl Listener {
             connections_max: None,
             mount_point: None,
             use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
         }
     }
 }

@@ -407,7 +407,22 @@ impl Parser {
             "upgrade_outgoing_qos" => self.cfg.upgrade_outgoing_qos = self.bool_opt(key, rest)?,
             "persistence" => self.cfg.persistence = self.bool_opt(key, rest)?,
             "sys_interval" => self.cfg.sys_interval_secs = self.num_opt(key, rest, 0, u32::MAX.into())? as u32,
-            "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
+            "max_qos" => {
+                // After a listener line: that listener's, as in Mosquitto;
+                // before any: every listener's.
+                let v = self.num(key, self.one(key, rest)?, 0, 2)? as u8;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.max_qos.replace(v).is_some() {
+                            self.warn("max_qos overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.max_qos = v;
+                    }
+                }
+            }
             "log_type" => self.log_type(rest)?,
             "log_dest" => self.log_dest(rest)?,
             "log_facility" => self.cfg.log_facility = Some(self.num_opt(key, rest, 0, 7)? as u8),
@@ -510,7 +525,21 @@ impl Parser {
                 }
                 self.cfg.limits.retained_messages_max = v;
             }
-            "max_topic_alias" => self.cfg.limits.topic_alias_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "max_topic_alias" => {
+                // As max_qos.
+                let v = self.num(key, self.one(key, rest)?, 0, 65535)? as u16;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.max_topic_alias.replace(v).is_some() {
+                            self.warn("max_topic_alias overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.limits.topic_alias_max = v;
+                    }
+                }
+            }
             "cluster_node_id" => {
                 self.cfg.cluster_node_id = Some(self.num_opt(key, rest, 1, u64::MAX)?);
                 self.node_id_line = self.line;
@@ -730,6 +759,8 @@ impl Parser {
             connections_max: None,
             mount_point: None,
             use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
         })
     }
 
@@ -756,6 +787,8 @@ impl Parser {
                 connections_max: None,
                 mount_point: None,
                 use_username_as_clientid: None,
+                max_qos: None,
+                max_topic_alias: None,
             },
             self.line,
         ));
@@ -949,6 +982,8 @@ impl Parser {
                 connections_max: None,
                 mount_point: None,
                 use_username_as_clientid: None,
+                max_qos: None,
+                max_topic_alias: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

@@ -47,6 +47,8 @@ fn full_config() {
     let c = parse(
         "\u{feff}# midge\r\n\
          max_connections 50\n\
+         max_qos 1\n\
+         max_topic_alias 0\n\
          listener 1883\r\n\
          listener 8883 127.0.0.1\n\
          listener 1884 ::1\n\
@@ -65,7 +67,6 @@ fn full_config() {
          log_type warning subscribe\n\
          log_dest stdout\n\
          connection_messages false\n\
-         max_qos 1\n\
          upgrade_outgoing_qos true\n\
          persistence false\n\
          persistence_location /var/lib/midge/\n\
@@ -80,7 +81,6 @@ fn full_config() {
          max_topic_levels 8\n\
          max_subscriptions_per_client 9\n\
          max_retained_messages 11\n\
-         max_topic_alias 0\n\
          protocol mqtt\n\
          cluster_node_id 2\n\
          cluster_peer 1 10.0.0.1:7000\n\
@@ -854,10 +854,10 @@ fn load_tree(conf: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Result<C
 #[test]
 fn include_dir_reads_the_conf_files_in_name_order_at_its_line() {
     let (dir, r) = load_tree(
-        "max_qos 1\nlistener 1885\ninclude_dir {dir}/conf.d\nallow_anonymous false\n",
+        "max_keepalive 60\nlistener 1885\ninclude_dir {dir}/conf.d\nallow_anonymous false\n",
         &[
             ("conf.d/b.conf", "listener 1884\n"),
-            ("conf.d/a.conf", "# first\nlistener 1883 127.0.0.1\nmax_qos 2\n"),
+            ("conf.d/a.conf", "# first\nlistener 1883 127.0.0.1\nmax_keepalive 120\n"),
             ("conf.d/B.conf", "sys_interval 5\n"),
             ("conf.d/c.txt", "bogus 1\n"),
             ("conf.d/.conf", "bogus 1\n"),
@@ -870,12 +870,12 @@ fn include_dir_reads_the_conf_files_in_name_order_at_its_line() {
     assert_eq!(c.included_files, vec![d.join("B.conf"), d.join("a.conf"), d.join("b.conf")]);
     // A key set again in an included file: the later line wins, and the
     // warning names the earlier line with its file.
-    assert_eq!(c.max_qos, 2);
+    assert_eq!(c.limits.keepalive_secs_max, 120);
     assert_eq!(c.sys_interval_secs, 5);
     assert!(!c.allow_anonymous);
     let w: Vec<String> =
         c.warnings.iter().map(|w| w.to_string().replace(&dir.path().display().to_string(), "DIR")).collect();
-    assert_eq!(w, ["DIR/conf.d/a.conf:3: max_qos overrides the value set on DIR/midge.conf:1"]);
+    assert_eq!(w, ["DIR/conf.d/a.conf:3: max_keepalive overrides the value set on DIR/midge.conf:1"]);
     // An empty directory adds nothing.
     let (_dir, r) = load_tree("include_dir {dir}/conf.d\n", &[("conf.d/README", "x")]);
     assert_eq!(r.unwrap().listeners, vec![Listener::any(1883)]);
@@ -1006,4 +1006,16 @@ fn use_username_as_clientid_after_a_listener_is_that_listeners() {
     let c = parse("use_username_as_clientid true\nlistener 1883\nuse_username_as_clientid false\n");
     assert!(c.use_username_as_clientid);
     assert_eq!(c.listeners[0].use_username_as_clientid, Some(false));
+}
+
+#[test]
+fn max_qos_and_max_topic_alias_after_a_listener_are_that_listeners() {
+    let c = parse("max_qos 1\nmax_topic_alias 5\nlistener 1883\nlistener 1884\nmax_qos 0\nmax_topic_alias 0\n");
+    assert_eq!((c.max_qos, c.limits.topic_alias_max), (1, 5), "before any listener: every listener's");
+    let own: Vec<(Option<u8>, Option<u16>)> = c.listeners.iter().map(|l| (l.max_qos, l.max_topic_alias)).collect();
+    assert_eq!(own, [(None, None), (Some(0), Some(0))]);
+    assert_eq!(err("listener 1883\nmax_qos 3"), "midge.conf:2: max_qos: \"3\" is not a number between 0 and 2");
+    let c = parse("listener 1883\nmax_qos 1\nmax_qos 2\n");
+    assert_eq!(c.listeners[0].max_qos, Some(2));
+    assert!(c.warnings[0].to_string().starts_with("midge.conf:3: max_qos overrides"));
 }

@@ -15,7 +15,7 @@ use smol::{Async, LocalExecutor};
 use super::conn::TcpConn;
 use super::io::{SmolIo, Tcp};
 use super::{proxy_header, steer, Server, FIRST_BYTES_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
-use crate::broker::ConnId;
+use crate::broker::{ConnId, ConnOptions};
 use crate::config::tls::CertIdentity;
 use crate::config::{FollowerMode, Listener};
 use crate::store::RaftLog;
@@ -204,12 +204,12 @@ impl<L: RaftLog + 'static> Server<L> {
                     if let Some(slot) = slot {
                         self.slots.borrow_mut().insert(id, slot);
                     }
-                    self.listener_options(id, ListenerOptions::of(l));
+                    self.listener_options(id, listener_conn_options(l));
                 }
             }
             Some(t) => {
                 let (cfg, identity) = (t.server.clone(), t.identity);
-                let options = ListenerOptions::of(l);
+                let options = listener_conn_options(l);
                 ex.spawn(async move {
                     server.serve_tls(stream, peer, cfg, identity, options).await;
                     drop(slot);
@@ -221,18 +221,10 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// Tells the broker what the connection's listener sets for its
     /// clients (nothing when it sets nothing of its own).
-    fn listener_options(&self, id: ConnId, o: ListenerOptions) {
-        if o.mount_point.is_none() && o.use_username_as_clientid.is_none() {
-            return;
+    fn listener_options(&self, id: ConnId, o: ConnOptions) {
+        if o != ConnOptions::default() {
+            self.with_broker(|b, _| b.set_conn_options(id, o));
         }
-        self.with_broker(|b, _| {
-            if let Some(m) = o.mount_point {
-                b.set_mount_point(id, m);
-            }
-            if let Some(on) = o.use_username_as_clientid {
-                b.set_username_as_clientid(id, on);
-            }
-        });
     }
 
     /// Accept management clients on the admin listener (every node).
@@ -278,7 +270,7 @@ impl<L: RaftLog + 'static> Server<L> {
         peer: SocketAddr,
         cfg: Arc<rustls::ServerConfig>,
         identity: CertIdentity,
-        options: ListenerOptions,
+        options: ConnOptions,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
@@ -332,18 +324,13 @@ fn certificate_name(
     }
 }
 
-/// What a listener sets for its clients' MQTT sessions, for the broker.
-pub(super) struct ListenerOptions {
-    mount_point: Option<Rc<str>>,
-    use_username_as_clientid: Option<bool>,
-}
-
-impl ListenerOptions {
-    fn of(l: &Listener) -> ListenerOptions {
-        ListenerOptions {
-            mount_point: l.mount_point.as_deref().map(Rc::from),
-            use_username_as_clientid: l.use_username_as_clientid,
-        }
+/// What a listener sets for its clients, for the broker.
+fn listener_conn_options(l: &Listener) -> ConnOptions {
+    ConnOptions {
+        mount_point: l.mount_point.as_deref().map(Rc::from),
+        use_username_as_clientid: l.use_username_as_clientid,
+        max_qos: l.max_qos,
+        topic_alias_max: l.max_topic_alias,
     }
 }
 
