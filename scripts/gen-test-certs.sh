@@ -6,6 +6,11 @@
 #   client.pem/.key        client certificate (CN midge-test-client) by ca.pem
 #   other-ca.pem           an unrelated CA
 #   other-client.pem/.key  a client certificate by other-ca.pem (must be refused)
+#   subject.pem            self-signed, with a subject that needs RFC 2253
+#                          escapes (use_subject_as_username; key not kept)
+#   id-ca.pem              a CA for the certificate-name logins
+#   id-client.pem/.key     by id-ca.pem: /C=DE/O=plant, north/CN=sensor-1
+#   id-nocn.pem/.key       by id-ca.pem: a subject without CN (/O=midge test)
 # Usage: scripts/gen-test-certs.sh [OUT_DIR]
 set -euo pipefail
 OUT=${1:-$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/tls}
@@ -36,5 +41,23 @@ leaf client ca midge-test-client "extendedKeyUsage=clientAuth
 basicConstraints=CA:FALSE"
 leaf other-client other-ca midge-test-other "extendedKeyUsage=clientAuth
 basicConstraints=CA:FALSE"
+subject() { # the subject.pem fixture alone
+  key "$tmp/subject.key"
+  openssl req -x509 -new -utf8 -multivalue-rdn -key "$tmp/subject.key" -days $days \
+    -subj "/C=DE/L=Köln/O=Acme \\+ Co/OU=line, north/CN=sensor 7+UID=s7/emailAddress=ops@example.com" \
+    -out "$OUT/subject.pem"
+}
+subject
+identity() { # id-ca and its clients alone
+  ca id-ca
+  for c in "id-client:/C=DE/O=plant, north/CN=sensor-1" "id-nocn:/O=midge test"; do
+    key "$OUT/${c%%:*}.key"
+    openssl req -new -key "$OUT/${c%%:*}.key" -subj "${c#*:}" -out "$tmp/${c%%:*}.csr"
+    printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > "$tmp/${c%%:*}.ext"
+    openssl x509 -req -in "$tmp/${c%%:*}.csr" -CA "$OUT/id-ca.pem" -CAkey "$tmp/id-ca.key" -CAcreateserial \
+      -CAserial "$tmp/id-ca.srl" -days $days -extfile "$tmp/${c%%:*}.ext" -out "$OUT/${c%%:*}.pem" 2>/dev/null
+  done
+}
+identity
 chmod 0644 "$OUT"/*
 echo "wrote $(ls "$OUT" | wc -l) files to $OUT"

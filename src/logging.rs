@@ -2,13 +2,17 @@
 //! `log_dest` only chooses what standard error is: standard output
 //! (`dup2(1, 2)`) or a file (`dup2(file, 2)`, redone on SIGHUP so that
 //! logrotate's renamed file is left behind). `log_dest syslog` instead
-//! hands each record to libc's syslog(3), as Mosquitto does.
+//! hands each record to libc's syslog(3), as Mosquitto does. `log_dest
+//! topic`, besides either, keeps each line (but debug ones) in a bounded
+//! queue that the runtime publishes on `$SYS/broker/log/...`.
 
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::LevelFilter;
@@ -16,16 +20,96 @@ use log::LevelFilter;
 /// The log file, for [`reopen`].
 static LOG_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Installs the logger (on standard error) at `level`.
-pub fn init(level: LevelFilter) {
-    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+/// Installs the logger (on standard error) at `level`; with `topic`, its
+/// lines are also kept for `$SYS/broker/log/...` (see [`take_topic_lines`]).
+pub fn init(level: LevelFilter, topic: bool) {
+    let logger = simple_logger::SimpleLogger::new().with_level(level);
+    if !topic {
+        let _ = logger.init();
+        return;
+    }
+    install(Box::new(logger), level, true);
+}
+
+/// `log_dest none`: no destination but, with `topic`, `$SYS/broker/log/...`.
+pub fn init_topic_only(level: LevelFilter, topic: bool) {
+    if topic {
+        install(Box::new(Nowhere(level)), level, true);
+    }
+}
+
+/// The logger of no destination (`log_dest none` with `log_dest topic`).
+struct Nowhere(LevelFilter);
+
+impl log::Log for Nowhere {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.0
+    }
+
+    fn log(&self, _: &log::Record) {}
+
+    fn flush(&self) {}
+}
+
+fn install(inner: Box<dyn log::Log>, level: LevelFilter, topic: bool) {
+    TOPIC_ON.store(topic, Ordering::Relaxed);
+    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// `log_dest topic`: lines waiting for the runtime to publish them, oldest
+/// first, at most [`TOPIC_LINES_MAX`] (the oldest are dropped, counted in
+/// [`TOPIC_LINES_DROPPED`]).
+static TOPIC_LINES: Mutex<VecDeque<(log::Level, String)>> = Mutex::new(VecDeque::new());
+static TOPIC_ON: AtomicBool = AtomicBool::new(false);
+static TOPIC_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+const TOPIC_LINES_MAX: usize = 1000;
+
+/// Lines `log_dest topic` dropped because [`TOPIC_LINES_MAX`] were waiting.
+pub fn topic_lines_dropped() -> u64 {
+    TOPIC_LINES_DROPPED.load(Ordering::Relaxed)
+}
+
+/// The log lines kept for `$SYS/broker/log/...` since the last call.
+pub fn take_topic_lines() -> Vec<(log::Level, String)> {
+    TOPIC_LINES.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+}
+
+/// Writes through to the logger of the destination and, with `log_dest
+/// topic`, keeps the line for `$SYS/broker/log/...` (not debug lines, as
+/// Mosquitto).
+struct Tee {
+    inner: Box<dyn log::Log>,
+}
+
+impl log::Log for Tee {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.inner.log(record);
+        if TOPIC_ON.load(Ordering::Relaxed) && record.level() <= log::Level::Info && self.enabled(record.metadata()) {
+            let mut q = TOPIC_LINES.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= TOPIC_LINES_MAX {
+                q.pop_front();
+                TOPIC_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            q.push_back((record.level(), record.args().to_string()));
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 /// `log_dest syslog`: every record goes to syslog(3) with the priority
 /// of its level, as Mosquitto's (error, warning, info, debug), under the
 /// name `midge` with its pid, in `facility` (LOG_DAEMON, or LOG_LOCALn
 /// from `log_facility n`).
-pub fn init_syslog(level: LevelFilter, local: Option<u8>) {
+pub fn init_syslog(level: LevelFilter, local: Option<u8>, topic: bool) {
     const LOCAL: [libc::c_int; 8] = [
         libc::LOG_LOCAL0,
         libc::LOG_LOCAL1,
@@ -39,10 +123,7 @@ pub fn init_syslog(level: LevelFilter, local: Option<u8>) {
     let facility = local.and_then(|n| LOCAL.get(n as usize).copied()).unwrap_or(libc::LOG_DAEMON);
     // SAFETY: openlog keeps the ident pointer: a 'static C string.
     unsafe { libc::openlog(c"midge".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, facility) };
-    static SYSLOG: Syslog = Syslog;
-    if log::set_logger(&SYSLOG).is_ok() {
-        log::set_max_level(level);
-    }
+    install(Box::new(Syslog), level, topic);
 }
 
 struct Syslog;

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         config.override_port(p);
     }
     let level = match config.log_dest {
-        LogDest::None => LevelFilter::Off,
+        LogDest::None if !config.log_topic => LevelFilter::Off,
         _ if cli.verbose => LevelFilter::Debug,
         _ => config.log_level(),
     };
@@ -134,9 +134,12 @@ fn main() -> ExitCode {
         LogDest::Stderr | LogDest::None | LogDest::Syslog => {}
     }
     if config.log_dest == LogDest::Syslog {
-        logging::init_syslog(level, config.log_facility);
+        logging::init_syslog(level, config.log_facility, config.log_topic);
+    } else if config.log_dest == LogDest::None {
+        // `log_dest none` then `log_dest topic`: the topic only.
+        logging::init_topic_only(level, config.log_topic);
     } else {
-        logging::init(level);
+        logging::init(level, config.log_topic);
     }
     for w in &config.warnings {
         log::warn!("{w}");
@@ -481,6 +484,9 @@ fn run<L: RaftLog + 'static>(
             ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
         }
         server.start_peers(&ex, &config.cluster_peers);
+        if config.log_topic {
+            ex.spawn(server.clone().publish_log()).detach();
+        }
         if let (Some(a), Some(l)) = (admin_listener, &config.admin_listener) {
             ex.spawn(server.clone().listen_admin(ex.clone(), l.clone(), a)).detach();
         }

@@ -138,8 +138,8 @@ fn dlt_and_a_second_log_destination_are_config_errors() {
     assert_eq!(
         err,
         format!(
-            "midge: config error: {c}:2: log_dest dlt is not supported by midge: use log_dest syslog or file, \
-             or run under systemd, whose journal takes stderr\n"
+            "midge: config error: {c}:2: log_dest dlt is not supported by midge: use log_dest syslog, file or \
+             topic, or run under systemd, whose journal takes stderr\n"
         )
     );
     let (code, err, c) = run("persistence false\nlog_dest syslog\nlog_dest stdout\n");
@@ -278,4 +278,25 @@ fn an_empty_or_short_data_file_is_refused_at_start() {
     let (_out, err) = run_until_listening(&format!("persistence true\npersistence_location {}", dir.path().display()));
     assert!(err.contains("created raft store"), "{err}");
     assert!(dir.path().join("midge.redb").exists());
+}
+
+/// `log_dest topic` (besides the log on stderr): log lines go to the
+/// subscribers of `$SYS/broker/log/...`; a client's connection is a line on
+/// `$SYS/broker/log/N` (a notice in Mosquitto, whose line starts with a
+/// timestamp).
+#[test]
+fn log_dest_topic_publishes_log_lines_on_sys() {
+    use common::mosquitto_sub::{publish_ok, Sub};
+    let b = common::Broker::start("log_dest stderr\nlog_dest topic\n");
+    let sub = Sub::start(b.port, "mqttv311", &["-t", "$SYS/broker/log/#", "-v", "-C", "50", "-W", "3"]);
+    publish_ok(b.port, "mqttv311", &["-t", "a", "-m", "x"]);
+    // (midge hands the lines over every 100 ms: lines from just before the
+    // subscription may come first.)
+    let out = sub.finish();
+    let connected =
+        |l: &&String| l.contains("New connection from 127.0.0.1") || l.contains("New client connected from");
+    let line = out.messages.iter().find(connected).unwrap_or_else(|| panic!("no connection line: {out:?}"));
+    assert!(line.starts_with("$SYS/broker/log/N "), "{line:?}");
+    // The log on stderr goes on as before.
+    assert!(b.log().contains("New connection from 127.0.0.1"), "{}", b.log());
 }

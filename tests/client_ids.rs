@@ -136,6 +136,25 @@ fn use_username_as_clientid_makes_one_session_per_user() {
     r.expect_closed(MAX_WAIT);
 }
 
+/// `use_username_as_clientid` after a listener line is that listener's
+/// (Mosquitto's rule): on another listener two connections of one user with
+/// different client ids are two sessions.
+#[test]
+fn use_username_as_clientid_belongs_to_its_listener() {
+    let other = free_port();
+    let b = Broker::start(&format!("use_username_as_clientid true\nlistener {other} 127.0.0.1\n"));
+    let (mut phone, code, _) = connack(other, &connect_with_user(false, "phone", "alice"));
+    assert_eq!(code, 0);
+    let (mut laptop, code, _) = connack(other, &connect_with_user(false, "laptop", "alice"));
+    assert_eq!(code, 0);
+    phone.expect_silence(Duration::from_millis(300));
+    laptop.expect_silence(Duration::from_millis(10));
+    // On the listener that has it, the second takes the first over.
+    let (mut first, _, _) = connack(b.port, &connect_with_user(false, "phone", "bob"));
+    let (_second, _, _) = connack(b.port, &connect_with_user(false, "laptop", "bob"));
+    first.expect_closed(MAX_WAIT);
+}
+
 /// `max_connections` after a listener line is that listener's: over it a
 /// connection is closed before any byte; another listener is not limited;
 /// a freed place is taken again.

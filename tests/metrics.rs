@@ -2,7 +2,9 @@
 //! Prometheus text format (every family with HELP and TYPE, counters
 //! ending in `_total`), and its values move with the traffic: PUBLISHes by
 //! QoS, bytes, retained and queued messages, raft indexes, log writes and
-//! their time. The scrape is the `curl` command in docs/CONFIG.md.
+//! their time. The scrape is the `curl` command in docs/CONFIG.md, and
+//! Prometheus' own Python client (`prometheus_client.parser`, in the test
+//! virtual environment of scripts/python-env.sh) reads the same text.
 //!
 //! midge only: Mosquitto has no health listener (it reports through
 //! `$SYS` alone), so under MIDGE_TEST_BROKER=mosquitto this test returns
@@ -27,11 +29,19 @@ fn doc_curl_command(port: u16) -> String {
     line.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
 }
 
-/// A scrape: every sample by `name{labels}`, after checking the format.
-fn scrape(port: u16) -> BTreeMap<String, f64> {
+/// The documented scrape's text.
+fn scrape_text(port: u16) -> String {
     let out = Command::new("sh").arg("-c").arg(doc_curl_command(port)).output().expect("run curl");
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A scrape: every sample by `name{labels}`, after checking the format.
+fn scrape(port: u16) -> BTreeMap<String, f64> {
+    parse(&scrape_text(port))
+}
+
+fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helps = 0;
     let mut samples = BTreeMap::new();
@@ -125,4 +135,77 @@ fn metrics_scrape_follows_the_traffic() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+/// One sample as prometheus_client reads it: family, type, sample name,
+/// labels, value.
+type ParsedSample = (String, String, String, BTreeMap<String, String>, f64);
+
+/// Prometheus' own parser of the text format (prometheus_client, Python)
+/// reads a scrape without error, finds the same samples with the same
+/// values, and the family types the TYPE lines give.
+#[test]
+fn prometheus_client_parses_the_scrape() {
+    if is_mosquitto() {
+        eprintln!("skipped: Mosquitto has no health listener and no /metrics");
+        return;
+    }
+    const PARSE: &str = "
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    for s in f.samples:
+        out.append([f.name, f.type, s.name, s.labels, s.value])
+print(json.dumps(out))
+";
+    let python = std::env::var("MIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let health = free_port();
+    let b = Broker::start(&format!("health_listener {health} 127.0.0.1\npersistence true\n"));
+    mosquitto_sub::publish_ok(b.port, "mqttv311", &["-t", "r/x", "-q", "1", "-r", "-m", "kept"]);
+    let text = scrape_text(health);
+    let mut child = Command::new(&python)
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client ({python}) refused the scrape; install it with `bash scripts/python-env.sh` \
+         (MIDGE_TEST_PYTHON=~/.cache/midge-venv/bin/python): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Vec<ParsedSample> = serde_json::from_slice(&out.stdout).expect("the parser's JSON");
+    // Every sample of our own reading is there, with its value.
+    let ours = parse(&text);
+    let theirs: BTreeMap<String, f64> = parsed
+        .iter()
+        .map(|(_, _, name, labels, v)| {
+            // Our series names keep the labels in the order written; the
+            // parser's labels are a map: compare as sorted.
+            let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            l.sort();
+            (format!("{name}{{{}}}", l.join(",")), *v)
+        })
+        .collect();
+    assert_eq!(theirs.len(), ours.len(), "sample count");
+    for (series, v) in &ours {
+        let (name, labels) = series.split_once('{').map_or((series.as_str(), ""), |(n, l)| (n, &l[..l.len() - 1]));
+        let mut l: Vec<&str> = if labels.is_empty() { vec![] } else { labels.split(',').collect() };
+        l.sort();
+        let key = format!("{name}{{{}}}", l.join(","));
+        assert_eq!(theirs.get(&key), Some(v), "{key} in prometheus_client's reading");
+    }
+    // The types: a counter family is read as a counter (its name without
+    // _total), the histogram as a histogram.
+    let kind = |family: &str| parsed.iter().find(|p| p.0 == family).map(|p| p.1.clone());
+    assert_eq!(kind("midge_publish_received").as_deref(), Some("counter"));
+    assert_eq!(kind("midge_store_write_seconds").as_deref(), Some("histogram"));
+    assert_eq!(kind("midge_retained_messages").as_deref(), Some("gauge"));
+    assert_eq!(theirs.get("midge_retained_messages{}"), Some(&1.0));
 }

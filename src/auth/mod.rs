@@ -1,2 +1,3 @@
 pub mod acl;
+pub mod cert_name;
 pub mod password;

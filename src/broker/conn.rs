@@ -105,6 +105,8 @@ impl Broker {
         }
         self.end_session_link(conn, true, None, now);
         self.replays.remove(&conn);
+        self.cert_names.remove(&conn);
+        self.conn_options.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
             // Its unwritten output goes with it.
             self.out_bytes_total = self.out_bytes_total.saturating_sub(u64::from(c.out_bytes));

@@ -15,7 +15,15 @@ use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Propertie
 const V31_CLIENT_ID_CHARS_MAX: usize = 23;
 
 impl Broker {
-    pub(super) fn on_connect(&mut self, conn: ConnId, cp: Connect, now: u64) {
+    /// A connection of a listener whose clients log in with their
+    /// certificate's name (`use_identity_as_username`,
+    /// `use_subject_as_username`): the name, or why the certificate gives
+    /// none. Its CONNECT's username and password are then ignored.
+    pub fn set_certificate_name(&mut self, conn: ConnId, name: Result<String, String>) {
+        self.cert_names.insert(conn, name.map(|n| Rc::from(n.as_str())));
+    }
+
+    pub(super) fn on_connect(&mut self, conn: ConnId, mut cp: Connect, now: u64) {
         let settings = self.settings.clone();
         let lim = &settings.limits;
         {
@@ -101,7 +109,31 @@ impl Broker {
             }
             Rc::from(cp.client_id.as_str())
         };
-        let client = match (settings.use_username_as_clientid, cp.username.as_deref()) {
+        // Mosquitto 2.0's order: the certificate's name replaces the
+        // CONNECT's username and password and stands for the login.
+        let cert_login = match self.cert_names.get(&conn).cloned() {
+            None => false,
+            Some(Ok(name)) => {
+                cp.username = Some(name.to_string());
+                cp.password = None;
+                true
+            }
+            Some(Err(why)) => {
+                return self.refuse(
+                    conn,
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                    reason::V3_BAD_USER_NAME_OR_PASSWORD,
+                    &why,
+                    now,
+                );
+            }
+        };
+        let username_as_id = self
+            .conn_options
+            .get(&conn)
+            .and_then(|o| o.use_username_as_clientid)
+            .unwrap_or(settings.use_username_as_clientid);
+        let client = match (username_as_id, cp.username.as_deref()) {
             (false, _) => client,
             (true, Some(user)) => Rc::from(user),
             (true, None) => {
@@ -131,7 +163,9 @@ impl Broker {
                 now,
             );
         }
-        if settings.dynsec {
+        if cert_login {
+            // The TLS handshake checked the certificate against cafile.
+        } else if settings.dynsec {
             // Mosquitto 2.0's order: the plugin first; when it defers (no
             // such client, or no credentials), the password_file; when that
             // is absent too, only an anonymous client with allow_anonymous.
@@ -203,7 +237,10 @@ impl Broker {
             ack_props.server_keep_alive = Some(max_ka);
         }
 
-        // Will.
+        // Will, under the mount point.
+        if let (Some(m), Some(w)) = (self.mount_of(conn), cp.will.as_mut()) {
+            w.topic = format!("{m}{}", w.topic);
+        }
         let mut will = None;
         if let Some(w) = &cp.will {
             if !topic::valid_topic_name(&w.topic) {
@@ -215,7 +252,7 @@ impl Broker {
                     now,
                 );
             }
-            if w.qos as u8 > settings.max_qos {
+            if w.qos as u8 > self.max_qos_for(conn) {
                 return self.refuse(
                     conn,
                     reason::QOS_NOT_SUPPORTED,
@@ -281,6 +318,7 @@ impl Broker {
             ack_props.session_expiry_interval = Some(expiry);
         }
 
+        let (alias_max, max_qos) = (self.topic_alias_max_for(conn), self.max_qos_for(conn));
         let c = self.conns.get_mut(&conn).expect("connection checked above");
         c.keep_alive_secs = keep_alive;
         c.session_expiry_secs = expiry;
@@ -306,10 +344,10 @@ impl Broker {
             if lim.inflight_messages_max < u16::MAX {
                 ack_props.receive_maximum = Some(lim.inflight_messages_max);
             }
-            ack_props.topic_alias_maximum = (lim.topic_alias_max > 0).then_some(lim.topic_alias_max);
+            ack_props.topic_alias_maximum = (alias_max > 0).then_some(alias_max);
             ack_props.maximum_packet_size = Some(lim.packet_bytes_max);
-            if settings.max_qos < 2 {
-                ack_props.maximum_qos = Some(settings.max_qos);
+            if max_qos < 2 {
+                ack_props.maximum_qos = Some(max_qos);
             }
             if !settings.retain_available {
                 ack_props.retain_available = Some(0);

@@ -176,6 +176,26 @@ pub struct Broker {
     store_full: bool,
     /// Retained replays at QoS 0 in progress, per connection (`replay.rs`).
     replays: BTreeMap<ConnId, std::collections::VecDeque<replay::Replay>>,
+    /// Connections of listeners with `use_identity_as_username` or
+    /// `use_subject_as_username`: the name from the client certificate, or
+    /// why there is none (see `set_certificate_name`).
+    cert_names: BTreeMap<ConnId, Result<Rc<str>, String>>,
+    /// Connections of listeners with a `mount_point`: the prefix of every
+    /// topic they publish, subscribe to or leave as a will, taken off the
+    /// topics delivered to them.
+    /// Connections of listeners that set options of their own.
+    conn_options: BTreeMap<ConnId, ConnOptions>,
+}
+
+/// What a connection's listener sets for it (Mosquitto's per-listener
+/// options); `None`: the broker-wide setting.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// `mount_point`: the prefix of its topics (see `Broker::mounted_filter`).
+    pub mount_point: Option<Rc<str>>,
+    pub use_username_as_clientid: Option<bool>,
+    pub max_qos: Option<u8>,
+    pub topic_alias_max: Option<u16>,
 }
 
 impl Broker {
@@ -210,6 +230,8 @@ impl Broker {
             unsub_denied: BTreeMap::new(),
             store_full: false,
             replays: BTreeMap::new(),
+            cert_names: BTreeMap::new(),
+            conn_options: BTreeMap::new(),
         }
     }
 
@@ -476,6 +498,9 @@ impl Broker {
     /// unsubscribe ACLs) stay subscribed and get 0x87 in the UNSUBACK, as
     /// in Mosquitto 2.0; the others go through the log.
     fn on_unsubscribe(&mut self, conn: ConnId, client: Rc<str>, packet_id: u16, filters: Vec<String>, now: u64) {
+        // (Mosquitto 2.0.11 forgets the mount point here, so its clients
+        // cannot unsubscribe.)
+        let filters: Vec<String> = filters.into_iter().map(|f| self.mounted_filter(conn, f)).collect();
         let mut denied = Vec::new();
         let mut allowed = Vec::with_capacity(filters.len());
         for (i, f) in filters.into_iter().enumerate() {
@@ -516,7 +541,43 @@ impl Broker {
         out
     }
 
-    fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, s: crate::mqtt::Subscribe, now: u64) {
+    /// A connection of a listener that sets options of its own (before
+    /// its CONNECT).
+    pub fn set_conn_options(&mut self, conn: ConnId, o: ConnOptions) {
+        self.conn_options.insert(conn, o);
+    }
+
+    /// The connection's mount point, if its listener has one.
+    fn mount_of(&self, conn: ConnId) -> Option<&Rc<str>> {
+        self.conn_options.get(&conn).and_then(|o| o.mount_point.as_ref())
+    }
+
+    /// `max_qos` for the connection: its listener's, else the broker's.
+    fn max_qos_for(&self, conn: ConnId) -> u8 {
+        self.conn_options.get(&conn).and_then(|o| o.max_qos).unwrap_or(self.settings.max_qos)
+    }
+
+    /// `max_topic_alias` for the connection: its listener's, else the broker's.
+    fn topic_alias_max_for(&self, conn: ConnId) -> u16 {
+        self.conn_options.get(&conn).and_then(|o| o.topic_alias_max).unwrap_or(self.settings.limits.topic_alias_max)
+    }
+
+    /// `filter` under the connection's mount point, if it has one (a shared
+    /// subscription's filter after its group).
+    fn mounted_filter(&self, conn: ConnId, filter: String) -> String {
+        let Some(m) = self.mount_of(conn) else { return filter };
+        match filter.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
+            Some((group, f)) => format!("$share/{group}/{m}{f}"),
+            None if filter.starts_with("$share/") => filter,
+            None => format!("{m}{filter}"),
+        }
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, client: Rc<str>, mut s: crate::mqtt::Subscribe, now: u64) {
+        if self.mount_of(conn).is_some() {
+            let filters = std::mem::take(&mut s.filters);
+            s.filters = filters.into_iter().map(|(f, o)| (self.mounted_filter(conn, f), o)).collect();
+        }
         let Some(c) = self.conns.get(&conn) else { return };
         let v5 = c.version.is_v5();
         if self.store_full {
@@ -568,7 +629,7 @@ impl Broker {
                     reason::V3_SUBACK_FAILURE
                 }
             } else {
-                let granted = QoS::from_u8((opts.qos as u8).min(self.settings.max_qos)).unwrap_or_default();
+                let granted = QoS::from_u8((opts.qos as u8).min(self.max_qos_for(conn))).unwrap_or_default();
                 let o = SubOptions { qos: granted, ..opts };
                 reqs.push(SubscribeReq {
                     filter: filter.clone(),

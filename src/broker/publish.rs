@@ -71,11 +71,17 @@ impl Broker {
             return self.drop_qos0(client, Dropped::OutBuffer, drop_when_full, now);
         }
         let mut new_alias = None;
+        // A mounted client sees its topics without the mount point.
+        let mount = self.conn_options.get(&id).and_then(|o| o.mount_point.as_ref());
+        let topic = match mount.and_then(|m| d.msg.topic.strip_prefix(&**m)) {
+            Some(t) => Rc::from(t),
+            None => d.msg.topic.clone(),
+        };
         let mut p = Publish {
             dup,
             qos: d.qos,
             retain: d.retain,
-            topic: d.msg.topic.clone(),
+            topic,
             packet_id,
             payload: d.msg.payload.clone(),
             properties: Default::default(),
@@ -157,6 +163,7 @@ impl Broker {
 
     pub(super) fn on_publish(&mut self, conn: ConnId, client: Rc<str>, mut p: Publish, now: u64) {
         self.stats.publish_received[p.qos as usize] += 1;
+        let (alias_max, max_qos) = (self.topic_alias_max_for(conn), self.max_qos_for(conn));
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let v5 = c.version.is_v5();
         if !p.properties.subscription_identifiers.is_empty() {
@@ -168,11 +175,8 @@ impl Broker {
         }
         // Topic Alias (v5 §3.3.2.3.4).
         if let Some(a) = p.properties.topic_alias {
-            if a == 0 || a > self.settings.limits.topic_alias_max {
-                warn!(
-                    "Client {} used topic alias {} outside 1..={}; disconnecting.",
-                    client, a, self.settings.limits.topic_alias_max
-                );
+            if a == 0 || a > alias_max {
+                warn!("Client {} used topic alias {} outside 1..={}; disconnecting.", client, a, alias_max);
                 self.close(conn, Some(reason::TOPIC_ALIAS_INVALID), now);
                 return;
             }
@@ -194,6 +198,9 @@ impl Broker {
             self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
             return;
         }
+        if let Some(m) = self.conn_options.get(&conn).and_then(|o| o.mount_point.as_ref()) {
+            p.topic = Rc::from(format!("{m}{}", p.topic));
+        }
         if topic::level_count(&p.topic) > self.settings.limits.topic_levels_max as usize {
             warn!(
                 "Client {} published to a topic with more than {} levels; disconnecting.",
@@ -202,11 +209,8 @@ impl Broker {
             self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
             return;
         }
-        if p.qos as u8 > self.settings.max_qos {
-            warn!(
-                "Client {} published at QoS {} above max_qos {}; disconnecting.",
-                client, p.qos as u8, self.settings.max_qos
-            );
+        if p.qos as u8 > max_qos {
+            warn!("Client {} published at QoS {} above max_qos {}; disconnecting.", client, p.qos as u8, max_qos);
             self.close(conn, Some(reason::QOS_NOT_SUPPORTED), now);
             return;
         }

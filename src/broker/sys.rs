@@ -152,6 +152,39 @@ impl Broker {
         }
     }
 
+    /// `log_dest topic`: log lines to the online subscribers of
+    /// `$SYS/broker/log/E`, `W` and `N` (errors, warnings, and the
+    /// information lines, which Mosquitto logs as notices: connections and
+    /// the like), QoS 0, not retained, not queued for offline sessions.
+    pub fn publish_log(&mut self, lines: Vec<(log::Level, String)>, now: u64) {
+        let settings = self.settings.clone();
+        let ds = self.dynsec_data().cloned();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+        for (level, text) in lines {
+            let topic = match level {
+                log::Level::Error => "$SYS/broker/log/E",
+                log::Level::Warn => "$SYS/broker/log/W",
+                _ => "$SYS/broker/log/N",
+            };
+            let msg = Message {
+                topic: Rc::from(topic),
+                payload: Rc::from(text.into_bytes()),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                props: None,
+                expires_at_ms: None,
+                origin: None,
+            };
+            for (client, mut d) in self.state.route(&msg, false, &acl) {
+                if self.conn_of(&client).is_none() {
+                    continue;
+                }
+                d.qos = QoS::AtMostOnce;
+                self.deliver(&client, None, &d, false, now);
+            }
+        }
+    }
+
     /// Retained $SYS values matching a new subscription.
     pub(super) fn send_sys_retained(&mut self, client: &Rc<str>, filter: &str, now: u64) {
         if !filter.starts_with('$') || filter.starts_with("$share/") {

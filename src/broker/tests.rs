@@ -629,3 +629,40 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
     assert_eq!(b.reload_auth(None, None, 3_000), 0);
     assert_eq!(login(&mut b, 6, "carol smith", "pässwörd ünïcode"), reason::SUCCESS);
 }
+
+/// `mount_point`: a mounted connection's topics live under the prefix
+/// (publish, subscribe, shared subscribe, unsubscribe) and lose it on the
+/// way out; other connections see the whole topic.
+#[test]
+fn a_mounted_connection_lives_under_its_prefix() {
+    let mut b = broker();
+    b.open(1, "127.0.0.1:1".parse().unwrap(), 1000);
+    b.set_conn_options(1, ConnOptions { mount_point: Some(Rc::from("site1/")), ..Default::default() });
+    b.packet(1, connect_packet("inside", Version::V311, true), 1000);
+    assert_eq!(connack(&sent(&mut b)[0].1).code, 0);
+    connect(&mut b, 2, "outside", Version::V311, true, 1000);
+    subscribe(&mut b, 1, "a/#", QoS::AtMostOnce, 1000);
+    subscribe(&mut b, 1, "$share/g/b", QoS::AtMostOnce, 1000);
+    subscribe(&mut b, 2, "site1/#", QoS::AtMostOnce, 1000);
+    let subs: Vec<String> = b.state.sessions()[&Rc::from("inside")].subs.keys().cloned().collect();
+    assert_eq!(subs, ["$share/g/site1/b", "site1/a/#"]);
+    b.packet(1, publish("a/x", b"in", QoS::AtMostOnce, None, false), 1000);
+    let out = sent(&mut b);
+    let topics = |to: ConnId| publishes(&out, to).iter().map(|p| p.topic.to_string()).collect::<Vec<_>>();
+    assert_eq!(topics(1), ["a/x"], "the prefix is taken off");
+    assert_eq!(topics(2), ["site1/a/x"]);
+    b.packet(2, publish("a/y", b"out", QoS::AtMostOnce, None, false), 1000);
+    assert!(publishes(&sent(&mut b), 1).is_empty(), "outside the mount point");
+    b.packet(
+        1,
+        Packet::Unsubscribe(crate::mqtt::Unsubscribe {
+            packet_id: 2,
+            filters: vec!["a/#".into()],
+            properties: Properties::default(),
+        }),
+        1000,
+    );
+    sent(&mut b);
+    let subs: Vec<String> = b.state.sessions()[&Rc::from("inside")].subs.keys().cloned().collect();
+    assert_eq!(subs, ["$share/g/site1/b"], "unsubscribed under the mount point");
+}

@@ -51,6 +51,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "max_topic_levels",
     "memory_limit",
     "message_size_limit",
+    "mount_point",
     "password_file",
     "persistence",
     "persistence_fsync",
@@ -68,6 +69,8 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "sys_interval",
     "tls_version",
     "upgrade_outgoing_qos",
+    "use_identity_as_username",
+    "use_subject_as_username",
     "use_username_as_clientid",
 ];
 
@@ -84,7 +87,7 @@ pub(super) const IGNORED_KEYS: &[&str] = &[
     "user",
 ];
 
-const TLS: &str = "midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version";
+const TLS: &str = "midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate, tls_version, use_identity_as_username and use_subject_as_username";
 const PLUGINS: &str =
     "plugins are not supported (dynamic security is built in: plugin .../mosquitto_dynamic_security.so)";
 const BRIDGES: &str = "bridges are not supported";
@@ -100,8 +103,6 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("tls_engine", TLS),
     ("tls_engine_kpass_sha1", TLS),
     ("tls_keyform", TLS),
-    ("use_identity_as_username", TLS),
-    ("use_subject_as_username", TLS),
     ("psk_hint", TLS),
     ("psk_file", TLS),
     ("auth_plugin", PLUGINS),
@@ -125,7 +126,6 @@ pub(super) const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("http_dir", WEBSOCKETS),
     ("websockets_log_level", WEBSOCKETS),
     ("websockets_headers_size", WEBSOCKETS),
-    ("mount_point", ""),
     ("bind_interface", "use listener PORT ADDRESS"),
     ("socket_domain", "use listener PORT ADDRESS with an IPv4 or IPv6 address"),
     ("max_inflight_bytes", "max_inflight_messages bounds the in-flight window"),

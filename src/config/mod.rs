@@ -57,17 +57,46 @@ pub struct Listener {
     /// `protocol websockets` after this listener's line: MQTT over
     /// WebSockets (the `mqtt` subprotocol), over TLS when it has TLS.
     pub websockets: bool,
+    /// `mount_point` after this listener's line: the prefix of its
+    /// clients' topics.
+    pub mount_point: Option<String>,
+    /// `use_username_as_clientid` after this listener's line (Mosquitto's
+    /// per-listener option); `None`: the broker-wide setting.
+    pub use_username_as_clientid: Option<bool>,
+    /// `max_qos` / `max_topic_alias` after this listener's line.
+    pub max_qos: Option<u8>,
+    pub max_topic_alias: Option<u16>,
 }
 
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener { port, address: None, tls: None, connections_max: None, websockets: false }
+        Listener {
+            port,
+            address: None,
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
+            websockets: false,
+        }
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
-        Listener { port, address: Some(address.to_string()), tls: None, connections_max: None, websockets: false }
+        Listener {
+            port,
+            address: Some(address.to_string()),
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
+            websockets: false,
+        }
     }
 }
 
@@ -257,6 +286,9 @@ pub struct Config {
     pub log_dest: LogDest,
     /// `log_facility N`: syslog's LOG_LOCALN; `None`: LOG_DAEMON.
     pub log_facility: Option<u8>,
+    /// `log_dest topic`: log lines are also published on
+    /// `$SYS/broker/log/...`.
+    pub log_topic: bool,
     /// `pid_file`: written once the listeners are open, removed at exit.
     pub pid_file: Option<(PathBuf, Origin)>,
     /// Default `true`.
@@ -332,6 +364,7 @@ impl Default for Config {
             log_types: LogType::DEFAULT.to_vec(),
             log_dest: LogDest::Stderr,
             log_facility: None,
+            log_topic: false,
             pid_file: None,
             connection_messages: true,
             allow_zero_length_clientid: true,

@@ -319,7 +319,13 @@ impl Parser {
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
             "listener" => self.listener(rest)?,
-            "certfile" | "keyfile" | "cafile" | "require_certificate" | "tls_version" => {
+            "certfile"
+            | "keyfile"
+            | "cafile"
+            | "require_certificate"
+            | "tls_version"
+            | "use_identity_as_username"
+            | "use_subject_as_username" => {
                 if let Err(e) = self.tls_option(key, rest) {
                     if self.tls_to_admin && self.orphan_tls.is_none() {
                         self.admin_tls_line_failed = true;
@@ -391,7 +397,22 @@ impl Parser {
             }
             "retain_available" => self.cfg.retain_available = self.bool_opt(key, rest)?,
             "allow_zero_length_clientid" => self.cfg.allow_zero_length_clientid = self.bool_opt(key, rest)?,
-            "use_username_as_clientid" => self.cfg.use_username_as_clientid = self.bool_opt(key, rest)?,
+            "use_username_as_clientid" => {
+                // After a listener line: that listener's, as in Mosquitto;
+                // before any: every listener's.
+                let on = self.bool_value(key, rest)?;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.use_username_as_clientid.replace(on).is_some() {
+                            self.warn("use_username_as_clientid overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.use_username_as_clientid = on;
+                    }
+                }
+            }
             "auto_id_prefix" => {
                 // The rest of the line, as Mosquitto reads it.
                 self.once(key);
@@ -412,7 +433,22 @@ impl Parser {
             "upgrade_outgoing_qos" => self.cfg.upgrade_outgoing_qos = self.bool_opt(key, rest)?,
             "persistence" => self.cfg.persistence = self.bool_opt(key, rest)?,
             "sys_interval" => self.cfg.sys_interval_secs = self.num_opt(key, rest, 0, u32::MAX.into())? as u32,
-            "max_qos" => self.cfg.max_qos = self.num_opt(key, rest, 0, 2)? as u8,
+            "max_qos" => {
+                // After a listener line: that listener's, as in Mosquitto;
+                // before any: every listener's.
+                let v = self.num(key, self.one(key, rest)?, 0, 2)? as u8;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.max_qos.replace(v).is_some() {
+                            self.warn("max_qos overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.max_qos = v;
+                    }
+                }
+            }
             "log_type" => self.log_type(rest)?,
             "log_dest" => self.log_dest(rest)?,
             "log_facility" => self.cfg.log_facility = Some(self.num_opt(key, rest, 0, 7)? as u8),
@@ -450,6 +486,24 @@ impl Parser {
                 self.cfg.limits.memory_bytes_max = if v == 0 { u64::MAX } else { v };
             }
             "max_keepalive" => self.cfg.limits.keepalive_secs_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "mount_point" => {
+                // The rest of the line, as Mosquitto reads it; a topic name.
+                if rest.is_empty() {
+                    return Err(self.err("mount_point: missing value"));
+                }
+                if !crate::mqtt::topic::valid_topic_name(rest) {
+                    return Err(self.err(format!(
+                        "mount_point: \"{rest}\" is not a valid topic name (no + or #), which every topic of the listener's clients starts with"
+                    )));
+                }
+                let Some((l, _)) = self.listeners.last_mut() else {
+                    return Err(self.err("mount_point must follow the listener line it applies to"));
+                };
+                let again = l.mount_point.replace(rest.to_string()).is_some();
+                if again {
+                    self.warn("mount_point overrides the value set before for the same listener");
+                }
+            }
             "max_connections" => {
                 let v = self.one(key, rest)?;
                 let n = if v == "-1" {
@@ -497,7 +551,21 @@ impl Parser {
                 }
                 self.cfg.limits.retained_messages_max = v;
             }
-            "max_topic_alias" => self.cfg.limits.topic_alias_max = self.num_opt(key, rest, 0, 65535)? as u16,
+            "max_topic_alias" => {
+                // As max_qos.
+                let v = self.num(key, self.one(key, rest)?, 0, 65535)? as u16;
+                match self.listeners.last_mut() {
+                    Some((l, _)) => {
+                        if l.max_topic_alias.replace(v).is_some() {
+                            self.warn("max_topic_alias overrides the value set before for the same listener");
+                        }
+                    }
+                    None => {
+                        self.once(key);
+                        self.cfg.limits.topic_alias_max = v;
+                    }
+                }
+            }
             "cluster_node_id" => {
                 self.cfg.cluster_node_id = Some(self.num_opt(key, rest, 1, u64::MAX)?);
                 self.node_id_line = self.line;
@@ -711,7 +779,17 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener { port, address, tls: None, connections_max: None, websockets: false })
+        Ok(Listener {
+            port,
+            address,
+            tls: None,
+            connections_max: None,
+            mount_point: None,
+            use_username_as_clientid: None,
+            max_qos: None,
+            max_topic_alias: None,
+            websockets: false,
+        })
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -729,8 +807,20 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners
-            .push((Listener { port, address, tls: None, connections_max: None, websockets: false }, self.line));
+        self.listeners.push((
+            Listener {
+                port,
+                address,
+                tls: None,
+                connections_max: None,
+                mount_point: None,
+                use_username_as_clientid: None,
+                max_qos: None,
+                max_topic_alias: None,
+                websockets: false,
+            },
+            self.line,
+        ));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -758,6 +848,14 @@ impl Parser {
             "require_certificate" => {
                 let v = self.bool_value(key, rest)?;
                 self.tls_target().require_certificate.replace((v, line)).map(|x| x.1)
+            }
+            "use_identity_as_username" => {
+                let v = self.bool_value(key, rest)?;
+                self.tls_target().use_identity_as_username.replace((v, line)).map(|x| x.1)
+            }
+            "use_subject_as_username" => {
+                let v = self.bool_value(key, rest)?;
+                self.tls_target().use_subject_as_username.replace((v, line)).map(|x| x.1)
             }
             _ => {
                 let v = self.one(key, rest)?;
@@ -809,7 +907,11 @@ impl Parser {
         }
         let dest = match kind {
             "" => return Err(self.err("log_dest: missing value")),
-            "none" => LogDest::None,
+            "none" => {
+                // Forgets every destination before it, topic included.
+                self.cfg.log_topic = false;
+                LogDest::None
+            }
             "stdout" => LogDest::Stdout,
             "stderr" => LogDest::Stderr,
             "file" if arg.is_empty() => return Err(self.err("log_dest file: missing file name")),
@@ -817,18 +919,19 @@ impl Parser {
             "syslog" => LogDest::Syslog,
             "dlt" => {
                 return Err(self.err(
-                    "log_dest dlt is not supported by midge: use log_dest syslog or file, or run under systemd, \
-                     whose journal takes stderr",
+                    "log_dest dlt is not supported by midge: use log_dest syslog, file or topic, or run under \
+                     systemd, whose journal takes stderr",
                 ))
             }
             "topic" => {
-                return Err(self.err(
-                    "log_dest topic is not supported by midge (the log is not published on $SYS/broker/log/...); \
-                     use stdout, stderr, file or syslog",
-                ))
+                // Besides the one destination, as in Mosquitto.
+                self.cfg.log_topic = true;
+                return Ok(());
             }
             other => {
-                return Err(self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, none")))
+                return Err(
+                    self.err(format!("log_dest: \"{other}\" is not one of stdout, stderr, file, syslog, topic, none"))
+                )
             }
         };
         let same = |a: &LogDest, b: &LogDest| match (a, b) {
@@ -924,6 +1027,10 @@ impl Parser {
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
                 connections_max: None,
                 websockets: self.default_websockets.is_some(),
+                mount_point: None,
+                use_username_as_clientid: None,
+                max_qos: None,
+                max_topic_alias: None,
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));

@@ -47,6 +47,8 @@ fn full_config() {
     let c = parse(
         "\u{feff}# midge\r\n\
          max_connections 50\n\
+         max_qos 1\n\
+         max_topic_alias 0\n\
          listener 1883\r\n\
          listener 8883 127.0.0.1\n\
          listener 1884 ::1\n\
@@ -65,7 +67,6 @@ fn full_config() {
          log_type warning subscribe\n\
          log_dest stdout\n\
          connection_messages false\n\
-         max_qos 1\n\
          upgrade_outgoing_qos true\n\
          persistence false\n\
          persistence_location /var/lib/midge/\n\
@@ -80,7 +81,6 @@ fn full_config() {
          max_topic_levels 8\n\
          max_subscriptions_per_client 9\n\
          max_retained_messages 11\n\
-         max_topic_alias 0\n\
          protocol mqtt\n\
          cluster_node_id 2\n\
          cluster_peer 1 10.0.0.1:7000\n\
@@ -343,8 +343,14 @@ fn log_types_and_dest() {
     assert_eq!(parse("log_dest syslog").log_facility, None, "LOG_DAEMON, as Mosquitto");
     assert_eq!(err("log_facility 8"), "midge.conf:1: log_facility: \"8\" is not a number between 0 and 7");
     assert!(err("log_dest dlt").starts_with("midge.conf:1: log_dest dlt is not supported by midge"));
-    assert!(err("log_dest topic").contains("log_dest topic is not supported by midge"));
-    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, none"));
+    // topic goes besides the one destination; none forgets it.
+    let c = parse("log_dest file /a.log\nlog_dest topic\n");
+    assert!(c.log_topic && matches!(c.log_dest, LogDest::File(..)));
+    assert!(parse("log_dest topic\nlog_dest syslog").log_topic);
+    assert!(!parse("log_dest topic\nlog_dest none").log_topic);
+    let c = parse("log_dest none\nlog_dest topic");
+    assert!(c.log_topic && c.log_dest == LogDest::None);
+    assert!(err("log_dest kafka").contains("\"kafka\" is not one of stdout, stderr, file, syslog, topic, none"));
     assert!(err("log_dest stdout stderr").contains("unexpected extra value"));
 
     let level = |t: &str| parse(t).log_level();
@@ -440,13 +446,14 @@ fn unsupported_mosquitto_keys_are_errors() {
     assert_eq!(
         err("listener 8883\ncapath /etc/ssl/certs"),
         "midge.conf:2: \"capath\" is a Mosquitto option that midge does not support \
-         (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate and tls_version)"
+         (midge's TLS (rustls) takes certfile, keyfile, cafile, require_certificate, tls_version, \
+         use_identity_as_username and use_subject_as_username)"
     );
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
     assert!(err("connection bridge-01").contains("bridges are not supported"));
     assert_eq!(
-        err("mount_point x/"),
-        "midge.conf:1: \"mount_point\" is a Mosquitto option that midge does not support"
+        err("clientid_prefixes x/"),
+        "midge.conf:1: \"clientid_prefixes\" is a Mosquitto option that midge does not support"
     );
 }
 
@@ -706,6 +713,54 @@ fn protocol_websockets_belongs_to_its_listener() {
     );
 }
 
+/// `use_identity_as_username` / `use_subject_as_username` belong to their
+/// TLS listener and need `require_certificate true` (midge asks for no
+/// certificate otherwise).
+#[test]
+fn certificate_names_as_usernames_belong_to_a_listener_that_asks_for_certificates() {
+    use super::tls::CertIdentity;
+    let tls = format!(
+        "certfile {}\nkeyfile {}\ncafile {}\n",
+        tls_fixture("server.pem"),
+        tls_fixture("server.key"),
+        tls_fixture("ca.pem")
+    );
+    let identity = |text: &str| -> Vec<CertIdentity> {
+        parse(text).listeners.iter().map(|l| l.tls.as_ref().map_or(CertIdentity::Connect, |t| t.identity)).collect()
+    };
+    let text = format!(
+        "listener 1883\nlistener 8883\n{tls}require_certificate true\nuse_identity_as_username true\n\
+         listener 8884\n{tls}require_certificate true\nuse_subject_as_username true\n\
+         listener 8885\n{tls}require_certificate true\nuse_subject_as_username true\nuse_identity_as_username true\n\
+         listener 8886\n{tls}require_certificate true\nuse_identity_as_username false\n"
+    );
+    assert_eq!(
+        identity(&text),
+        [
+            CertIdentity::Connect,
+            CertIdentity::CommonName,
+            CertIdentity::Subject,
+            CertIdentity::CommonName, // both: the identity wins, as in Mosquitto
+            CertIdentity::Connect,
+        ]
+    );
+    assert_eq!(
+        err(&format!("listener 8883\n{tls}use_identity_as_username true\n")),
+        "midge.conf:5: use_identity_as_username true needs require_certificate true (and cafile): \
+         midge asks clients for a certificate only then"
+    );
+    assert!(err(&format!("listener 8883\n{tls}require_certificate false\nuse_subject_as_username true\n"))
+        .starts_with("midge.conf:6: use_subject_as_username true needs require_certificate true"));
+    assert_eq!(
+        err("use_identity_as_username true"),
+        "midge.conf:1: TLS options must follow a listener line (or a port line) they apply to"
+    );
+    assert_eq!(
+        err("listener 8883\nuse_subject_as_username 1"),
+        "midge.conf:2: use_subject_as_username: \"1\" is not true or false"
+    );
+}
+
 /// Writes `midge.conf` (with `{dir}` replaced) and `files` into a new
 /// directory; returns it and the loader's errors, one string per error,
 /// with the directory shown as `DIR`.
@@ -870,10 +925,10 @@ fn load_tree(conf: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Result<C
 #[test]
 fn include_dir_reads_the_conf_files_in_name_order_at_its_line() {
     let (dir, r) = load_tree(
-        "max_qos 1\nlistener 1885\ninclude_dir {dir}/conf.d\nallow_anonymous false\n",
+        "max_keepalive 60\nlistener 1885\ninclude_dir {dir}/conf.d\nallow_anonymous false\n",
         &[
             ("conf.d/b.conf", "listener 1884\n"),
-            ("conf.d/a.conf", "# first\nlistener 1883 127.0.0.1\nmax_qos 2\n"),
+            ("conf.d/a.conf", "# first\nlistener 1883 127.0.0.1\nmax_keepalive 120\n"),
             ("conf.d/B.conf", "sys_interval 5\n"),
             ("conf.d/c.txt", "bogus 1\n"),
             ("conf.d/.conf", "bogus 1\n"),
@@ -886,12 +941,12 @@ fn include_dir_reads_the_conf_files_in_name_order_at_its_line() {
     assert_eq!(c.included_files, vec![d.join("B.conf"), d.join("a.conf"), d.join("b.conf")]);
     // A key set again in an included file: the later line wins, and the
     // warning names the earlier line with its file.
-    assert_eq!(c.max_qos, 2);
+    assert_eq!(c.limits.keepalive_secs_max, 120);
     assert_eq!(c.sys_interval_secs, 5);
     assert!(!c.allow_anonymous);
     let w: Vec<String> =
         c.warnings.iter().map(|w| w.to_string().replace(&dir.path().display().to_string(), "DIR")).collect();
-    assert_eq!(w, ["DIR/conf.d/a.conf:3: max_qos overrides the value set on DIR/midge.conf:1"]);
+    assert_eq!(w, ["DIR/conf.d/a.conf:3: max_keepalive overrides the value set on DIR/midge.conf:1"]);
     // An empty directory adds nothing.
     let (_dir, r) = load_tree("include_dir {dir}/conf.d\n", &[("conf.d/README", "x")]);
     assert_eq!(r.unwrap().listeners, vec![Listener::any(1883)]);
@@ -991,14 +1046,47 @@ fn max_connections_after_a_listener_is_that_listeners_own() {
 
 #[test]
 fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
-    for (key, why) in [
-        ("mount_point", "mount_point"),
-        ("clientid_prefixes", "clientid_prefixes"),
-        ("use_identity_as_username", "certfile, keyfile"),
-    ] {
+    for (key, why) in
+        [("clientid_prefixes", "clientid_prefixes"), ("capath", "certfile, keyfile"), ("bind_interface", "listener")]
+    {
         let e = err(&format!("listener 1883\n{key} x"));
         assert!(e.starts_with("midge.conf:2: "), "{e}");
         assert!(e.contains(why), "{e}");
     }
-    assert!(err("\nlog_dest topic").starts_with("midge.conf:2: log_dest topic is not supported"));
+    assert!(err("\nlog_dest dlt").starts_with("midge.conf:2: log_dest dlt is not supported"));
+}
+
+#[test]
+fn mount_point_belongs_to_its_listener() {
+    let c = parse("listener 1883\nlistener 1884\nmount_point site 1/\nlistener 1885\n");
+    let m: Vec<Option<&str>> = c.listeners.iter().map(|l| l.mount_point.as_deref()).collect();
+    assert_eq!(m, [None, Some("site 1/"), None], "the rest of the line, for the listener above");
+    assert_eq!(err("mount_point site1/"), "midge.conf:1: mount_point must follow the listener line it applies to");
+    assert!(err("listener 1883\nmount_point a/#/")
+        .starts_with("midge.conf:2: mount_point: \"a/#/\" is not a valid topic name"));
+    assert!(err("listener 1883\nmount_point +/").contains("is not a valid topic name"));
+    assert_eq!(err("listener 1883\nmount_point"), "midge.conf:2: mount_point: missing value");
+}
+
+#[test]
+fn use_username_as_clientid_after_a_listener_is_that_listeners() {
+    let c = parse("listener 1883\nuse_username_as_clientid true\nlistener 1884\n");
+    assert!(!c.use_username_as_clientid, "not every listener's");
+    let own: Vec<Option<bool>> = c.listeners.iter().map(|l| l.use_username_as_clientid).collect();
+    assert_eq!(own, [Some(true), None]);
+    let c = parse("use_username_as_clientid true\nlistener 1883\nuse_username_as_clientid false\n");
+    assert!(c.use_username_as_clientid);
+    assert_eq!(c.listeners[0].use_username_as_clientid, Some(false));
+}
+
+#[test]
+fn max_qos_and_max_topic_alias_after_a_listener_are_that_listeners() {
+    let c = parse("max_qos 1\nmax_topic_alias 5\nlistener 1883\nlistener 1884\nmax_qos 0\nmax_topic_alias 0\n");
+    assert_eq!((c.max_qos, c.limits.topic_alias_max), (1, 5), "before any listener: every listener's");
+    let own: Vec<(Option<u8>, Option<u16>)> = c.listeners.iter().map(|l| (l.max_qos, l.max_topic_alias)).collect();
+    assert_eq!(own, [(None, None), (Some(0), Some(0))]);
+    assert_eq!(err("listener 1883\nmax_qos 3"), "midge.conf:2: max_qos: \"3\" is not a number between 0 and 2");
+    let c = parse("listener 1883\nmax_qos 1\nmax_qos 2\n");
+    assert_eq!(c.listeners[0].max_qos, Some(2));
+    assert!(c.warnings[0].to_string().starts_with("midge.conf:3: max_qos overrides"));
 }

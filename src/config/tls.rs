@@ -1,5 +1,6 @@
 //! TLS on client listeners, with Mosquitto's per-listener keys: `certfile`,
-//! `keyfile`, `cafile`, `require_certificate`, `tls_version`. They apply to
+//! `keyfile`, `cafile`, `require_certificate`, `tls_version`,
+//! `use_identity_as_username`, `use_subject_as_username`. They apply to
 //! the `listener` line above them (or to the default listener when no
 //! `listener` line came first, as in Mosquitto).
 //!
@@ -45,6 +46,22 @@ pub struct TlsOptions {
     pub cafile: Option<(PathBuf, u32)>,
     pub require_certificate: Option<(bool, u32)>,
     pub tls_version: Option<(TlsVersion, u32)>,
+    pub use_identity_as_username: Option<(bool, u32)>,
+    pub use_subject_as_username: Option<(bool, u32)>,
+}
+
+/// Whose name a client of the listener logs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertIdentity {
+    /// The CONNECT's username and password, checked as on any listener.
+    #[default]
+    Connect,
+    /// `use_identity_as_username`: the client certificate's subject
+    /// common name (CN); the CONNECT's username and password are ignored.
+    CommonName,
+    /// `use_subject_as_username`: the whole subject, written as RFC 2253
+    /// (OpenSSL's and so Mosquitto's form: `CN=a,O=b,C=DE`).
+    Subject,
 }
 
 impl TlsOptions {
@@ -60,6 +77,8 @@ impl TlsOptions {
             self.cafile.as_ref().map(|x| x.1),
             self.require_certificate.map(|x| x.1),
             self.tls_version.map(|x| x.1),
+            self.use_identity_as_username.map(|x| x.1),
+            self.use_subject_as_username.map(|x| x.1),
         ]
         .into_iter()
         .flatten()
@@ -75,6 +94,7 @@ impl TlsOptions {
 pub struct ListenerTls {
     pub options: TlsOptions,
     current: Arc<Mutex<Arc<ServerConfig>>>,
+    pub identity: CertIdentity,
 }
 
 impl ListenerTls {
@@ -144,6 +164,22 @@ pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigErrors> {
         }
         (None, false) => None,
     };
+    // As in Mosquitto, use_identity_as_username wins when both are on.
+    let identity = match (o.use_identity_as_username, o.use_subject_as_username) {
+        (Some((true, line)), _) | (_, Some((true, line))) if !required => {
+            let key = if o.use_identity_as_username.is_some_and(|(on, _)| on) {
+                "use_identity_as_username"
+            } else {
+                "use_subject_as_username"
+            };
+            let m = format!("{key} true needs require_certificate true (and cafile): midge asks clients for a certificate only then");
+            errors.push(err(line, m));
+            CertIdentity::Connect
+        }
+        (Some((true, _)), _) => CertIdentity::CommonName,
+        (_, Some((true, _))) => CertIdentity::Subject,
+        _ => CertIdentity::Connect,
+    };
     let (Some(chain), Some(key), true) = (chain, key, errors.is_empty()) else {
         return Err(ConfigErrors(errors));
     };
@@ -173,7 +209,7 @@ pub fn build(o: &TlsOptions, file: &str) -> Result<ListenerTls, ConfigErrors> {
     let server = builder.with_single_cert(chain, key).map_err(|e| {
         err(*key_line, format!("keyfile {} does not fit certfile {}: {e}", keyfile.display(), certfile.display()))
     })?;
-    Ok(ListenerTls { options: o.clone(), current: Arc::new(Mutex::new(Arc::new(server))) })
+    Ok(ListenerTls { options: o.clone(), current: Arc::new(Mutex::new(Arc::new(server))), identity })
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -15,7 +15,8 @@ use smol::{Async, LocalExecutor};
 use super::conn::TcpConn;
 use super::io::{SmolIo, Tcp};
 use super::{proxy_header, steer, Server, FIRST_BYTES_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
-use crate::broker::ConnId;
+use crate::broker::{ConnId, ConnOptions};
+use crate::config::tls::CertIdentity;
 use crate::config::{FollowerMode, Listener};
 use crate::store::RaftLog;
 
@@ -199,8 +200,9 @@ impl<L: RaftLog + 'static> Server<L> {
         let server = self.clone();
         if l.websockets {
             let tls = l.tls.as_ref().map(|t| t.server());
+            let options = listener_conn_options(l);
             ex.spawn(async move {
-                server.serve_ws(stream, peer, tls).await;
+                server.serve_ws(stream, peer, tls, options).await;
                 drop(slot);
             })
             .detach();
@@ -212,16 +214,26 @@ impl<L: RaftLog + 'static> Server<L> {
                     if let Some(slot) = slot {
                         self.slots.borrow_mut().insert(id, slot);
                     }
+                    self.listener_options(id, listener_conn_options(l));
                 }
             }
             Some(t) => {
-                let cfg = t.server();
+                let (cfg, identity) = (t.server(), t.identity);
+                let options = listener_conn_options(l);
                 ex.spawn(async move {
-                    server.serve_tls(stream, peer, cfg, false).await;
+                    server.serve_tls(stream, peer, cfg, false, identity, options).await;
                     drop(slot);
                 })
                 .detach()
             }
+        }
+    }
+
+    /// Tells the broker what the connection's listener sets for its
+    /// clients (nothing when it sets nothing of its own).
+    pub(super) fn listener_options(&self, id: ConnId, o: ConnOptions) {
+        if o != ConnOptions::default() {
+            self.with_broker(|b, _| b.set_conn_options(id, o));
         }
     }
 
@@ -240,8 +252,11 @@ impl<L: RaftLog + 'static> Server<L> {
                     self.clone().spawn_tcp(&ex, stream, peer, true);
                 }
                 Some(t) => {
-                    let (server, cfg) = (self.clone(), t.server());
-                    ex.spawn(async move { server.serve_tls(stream, peer, cfg, true).await }).detach()
+                    let (server, cfg, identity) = (self.clone(), t.server(), t.identity);
+                    ex.spawn(async move {
+                        server.serve_tls(stream, peer, cfg, true, identity, ConnOptions::default()).await
+                    })
+                    .detach()
                 }
             }
         }
@@ -277,6 +292,8 @@ impl<L: RaftLog + 'static> Server<L> {
         peer: SocketAddr,
         cfg: Arc<rustls::ServerConfig>,
         admin: bool,
+        identity: CertIdentity,
+        options: ConnOptions,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
@@ -289,11 +306,16 @@ impl<L: RaftLog + 'static> Server<L> {
         self.handshakes.set(self.handshakes.get() - 1);
         match done {
             Some(Ok(tls)) => {
+                let name = certificate_name(identity, tls.get_ref().1.peer_certificates());
                 // rustls holds records in its own buffers: a readable socket
                 // is not a readable stream, so TLS keeps a reader and a
                 // writer future, each with its buffer.
                 let (r, w) = futures_lite::io::split(tls);
                 let (id, io) = self.open_conn(peer, admin, false);
+                if let Some(name) = name {
+                    self.with_broker(|b, _| b.set_certificate_name(id, name));
+                }
+                self.listener_options(id, options);
                 let reader = self.read_loop(id, SmolIo(r));
                 let writer = self.write_loop(id, io.clone(), SmolIo(w));
                 futures_lite::future::or(reader, writer).await;
@@ -306,6 +328,32 @@ impl<L: RaftLog + 'static> Server<L> {
             ),
         }
         tcp.shutdown();
+    }
+}
+
+/// The login name a listener takes from its clients' certificates (None:
+/// it takes the CONNECT's), or why the certificate gives none.
+fn certificate_name(
+    identity: CertIdentity,
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<Result<String, String>> {
+    use crate::auth::cert_name::{common_name, subject_rfc2253};
+    let leaf = certs.and_then(|c| c.first());
+    match (identity, leaf) {
+        (CertIdentity::Connect, _) => None,
+        (_, None) => Some(Err("no client certificate".into())),
+        (CertIdentity::CommonName, Some(c)) => Some(common_name(c)),
+        (CertIdentity::Subject, Some(c)) => Some(subject_rfc2253(c)),
+    }
+}
+
+/// What a listener sets for its clients, for the broker.
+pub(super) fn listener_conn_options(l: &Listener) -> ConnOptions {
+    ConnOptions {
+        mount_point: l.mount_point.as_deref().map(Rc::from),
+        use_username_as_clientid: l.use_username_as_clientid,
+        max_qos: l.max_qos,
+        topic_alias_max: l.max_topic_alias,
     }
 }
 

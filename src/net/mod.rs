@@ -742,6 +742,11 @@ impl<L: RaftLog + 'static> Server<L> {
             u64::from(serving),
         );
         main.broker().write_metrics(&mut e);
+        e.counter(
+            "midge_log_topic_lines_dropped_total",
+            "log_dest topic: log lines dropped because 1,000 were waiting for $SYS/broker/log/...",
+            crate::logging::topic_lines_dropped(),
+        );
         self.peer_driver().borrow().node().write_raft_metrics(&mut e);
         match &self.group {
             None => write_store_metrics(&mut e, &[("main", main.node().store_metrics())]),
@@ -751,6 +756,18 @@ impl<L: RaftLog + 'static> Server<L> {
             }
         }
         e.into_text()
+    }
+
+    /// `log_dest topic`: every 100 ms, the log lines kept since go to the
+    /// subscribers of `$SYS/broker/log/...`.
+    pub async fn publish_log(self: Rc<Self>) {
+        loop {
+            smol::Timer::after(Duration::from_millis(100)).await;
+            let lines = crate::logging::take_topic_lines();
+            if !lines.is_empty() {
+                self.with_broker(|b, now| b.publish_log(lines, now));
+            }
+        }
     }
 
     /// Give a new connection its id and output side, and tell the broker.

@@ -24,6 +24,7 @@ use smol::net::TcpStream;
 
 use super::io::{SmolIo, Tcp};
 use super::{Server, TLS_HANDSHAKE_TIMEOUT};
+use crate::broker::ConnOptions;
 use crate::store::RaftLog;
 
 /// The longest HTTP request head taken.
@@ -173,15 +174,16 @@ impl<L: RaftLog + 'static> Server<L> {
         stream: TcpStream,
         peer: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
+        options: ConnOptions,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let tcp = Tcp::from(stream);
         let done = futures_lite::future::or(
             async {
                 match tls {
-                    None => Some(self.clone().ws_upgrade(tcp.clone(), peer).await),
+                    None => Some(self.clone().ws_upgrade(tcp.clone(), peer, options).await),
                     Some(cfg) => match futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone()).await {
-                        Ok(t) => Some(self.clone().ws_upgrade(t, peer).await),
+                        Ok(t) => Some(self.clone().ws_upgrade(t, peer, options).await),
                         Err(e) => {
                             info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}.");
                             Some(None)
@@ -212,6 +214,7 @@ impl<L: RaftLog + 'static> Server<L> {
         self: Rc<Self>,
         mut s: S,
         peer: SocketAddr,
+        options: ConnOptions,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
         use futures_lite::AsyncWriteExt;
         let mut head = Vec::new();
@@ -237,6 +240,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 let reader = ByteReader::new(rx.filter_map(binary_only));
                 let writer = ByteWriter::new(tx);
                 let (id, io) = self.open_conn(peer, false, false);
+                self.listener_options(id, options);
                 let r = self.read_loop(id, SmolIo(reader));
                 let w = self.write_loop(id, io.clone(), SmolIo(writer));
                 futures_lite::future::or(r, w).await;

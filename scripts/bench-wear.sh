@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# What persistence costs an SD card: bytes written to disk per QoS 1
+# message (64-byte payload), midge one node, midge three nodes (per node)
+# and Mosquitto with `persistence true`, side by side:
+#
+#   scripts/bench-wear.sh [--secs S] [--no-build] [--midge-bin PATH] [--out FILE]
+#
+# Rates 10, 100 and 1,000 msg/s (loadgen latency with --interval-us: one
+# message in flight, paced) and unthrottled (loadgen throughput, window 20),
+# each for S seconds (default 10). Bytes: /proc/PID/io write_bytes of each
+# broker process over the run (what reached the block layer, page cache
+# writeback included: each run waits for the dirty pages first). Writes
+# benches/results/wear.md with a table "msg/s -> GB a day -> years of a
+# card rated 100 TBW". Loopback only; stops what it started, by PID.
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/lib.sh"
+SECS=10 BUILD=1 MIDGE_BIN="" OUT="$ROOT/benches/results/wear.md"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --secs) SECS=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        --midge-bin) MIDGE_BIN=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $1" ;;
+    esac
+    shift
+done
+command -v mosquitto >/dev/null || die "mosquitto is not installed"
+LOADGEN="$ROOT/benches/loadgen/target/release/loadgen"
+if [ "$BUILD" = 1 ]; then
+    cargo build --release --quiet --manifest-path "$ROOT/benches/loadgen/Cargo.toml" || die "loadgen build failed"
+fi
+[ -x "$LOADGEN" ] || die "no loadgen at $LOADGEN (run without --no-build)"
+if [ -z "$MIDGE_BIN" ]; then
+    MIDGE_BIN="$ROOT/target/release/midge"
+    [ "$BUILD" = 1 ] && { (cd "$ROOT" && cargo build --release --quiet) || die "midge does not build"; }
+fi
+[ -x "$MIDGE_BIN" ] || die "no midge binary at $MIDGE_BIN"
+WORK=$(mktemp -d /tmp/midge-bench-wear.XXXXXX)
+chmod 755 "$WORK"
+cp "$MIDGE_BIN" "$WORK/midge"
+PIDS=()
+cleanup() { local p; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+wb_of() { awk '/^write_bytes/ {print $2}' /proc/"$1"/io; }
+
+declare -A PIDOF=() PORTOF=()
+declare -A RAFT=([1]=$(port) [2]=$(port) [3]=$(port))
+start_midge() { # name [node-id]
+    local n=$1 d="$WORK/$1" p; mkdir -p "$d"; p=$(port); PORTOF[$n]=$p
+    {
+        echo "listener $p 127.0.0.1"
+        echo "allow_anonymous true"
+        echo "persistence_location $d"
+        echo "connection_messages false"
+        echo "max_inflight_messages 20"
+        if [ -n "${2:-}" ]; then
+            echo "cluster_node_id $2"
+            echo "cluster_follower_mode redirect"
+            for i in 1 2 3; do echo "cluster_peer $i 127.0.0.1:${RAFT[$i]}"; done
+        fi
+    } > "$d/midge.conf"
+    "$WORK/midge" -c "$d/midge.conf" > "$d/log" 2>&1 &
+    PIDS+=("$!"); PIDOF[$n]=$!
+}
+start_midge m1
+for i in 1 2 3; do start_midge "c$i" "$i"; done
+mkdir -p "$WORK/mq"; chown mosquitto "$WORK/mq" 2>/dev/null || true
+PORTOF[mq]=$(port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_inflight_messages 20\nlog_dest none\n' \
+    "${PORTOF[mq]}" "$WORK/mq" > "$WORK/mq.conf"
+mosquitto -c "$WORK/mq.conf" > "$WORK/mq.log" 2>&1 &
+PIDS+=("$!"); PIDOF[mq]=$!
+wait_port "${PORTOF[m1]}" && wait_port "${PORTOF[mq]}" || die "a broker did not start"
+LEADER=""
+for _ in $(seq 1 100); do
+    for i in 1 2 3; do
+        ans=$(python3 -c '
+import socket,sys
+s=socket.create_connection(("127.0.0.1",int(sys.argv[1])),timeout=1)
+s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ld"); print(s.recv(4).hex())' "${PORTOF[c$i]}" 2>/dev/null)
+        [ "$ans" = 20020000 ] && { LEADER=c$i; break 2; }
+    done
+    sleep 0.2
+done
+[ -n "$LEADER" ] || die "the three nodes elected no leader"
+PORTOF[c]=${PORTOF[$LEADER]}
+log "work dir $WORK; three-node leader $LEADER"
+
+declare -A RES=()
+# run SETUP RATE: messages sent and bytes written per process
+run() {
+    local s=$1 r=$2 procs n out sent w0 w1 bytes=0 maxnode=0 p b
+    case "$s" in m1) procs="m1" ;; mq) procs="mq" ;; c) procs="c1 c2 c3" ;; esac
+    sync; sleep 1   # older dirty pages are not this run's
+    declare -A start=()
+    for p in $procs; do start[$p]=$(wb_of "${PIDOF[$p]}"); done
+    if [ "$r" = max ]; then
+        out=$(timeout 120 "$LOADGEN" throughput --port "${PORTOF[$s]}" --qos 1 --publishers 1 --subscribers 1 \
+            --payload 64 --duration-secs "$SECS" --window 20 --max-lead 4000 --timeout-secs 60 2>/dev/null | grep '^RESULT')
+        sent=$(kv published "$out")
+    else
+        n=$((r * SECS))
+        out=$(timeout 120 "$LOADGEN" latency --port "${PORTOF[$s]}" --qos 1 --count "$n" --warmup 0 --payload 64 \
+            --interval-us $((1000000 / r)) --timeout-secs 60 2>/dev/null | grep '^RESULT')
+        sent=$n
+    fi
+    sync; sleep 1   # the run's page-cache writes reach the disk
+    for p in $procs; do
+        b=$(( $(wb_of "${PIDOF[$p]}") - start[$p] ))
+        bytes=$((bytes + b)); [ "$b" -gt "$maxnode" ] && maxnode=$b
+    done
+    RES[$s.$r.sent]=${sent:-0}; RES[$s.$r.bytes]=$bytes; RES[$s.$r.maxnode]=$maxnode
+    log "$s at $r msg/s: ${sent:-0} messages, $bytes bytes written (busiest process $maxnode)"
+}
+kv() { tr ' ' '\n' <<< "$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
+RATES=(10 100 1000 max)
+for r in "${RATES[@]}"; do for s in m1 mq c; do run "$s" "$r"; done; done
+
+per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "—"}'; }
+gbday() { awk -v bpm="$1" -v r="$2" 'BEGIN {if (bpm == "—") print "—"; else printf "%.1f", bpm * r * 86400 / 1e9}'; }
+years() { awk -v g="$1" 'BEGIN {if (g == "—" || g + 0 == 0) print "—"; else printf "%.1f", 100000 / g / 365}'; }
+{
+    echo "# Bytes written per QoS 1 message (64 B payload)"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); midge $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null); mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/mosquitto version //'); disk: $(df -T "$WORK" | awk 'NR==2 {print $2}')"
+    echo "- \`scripts/bench-wear.sh --secs $SECS\`: write_bytes of each broker process (/proc/PID/io) over each run; paced rates send one message at a time (loadgen latency --interval-us), \"max\" is loadgen throughput (window 20)"
+    echo "- midge: persistence on (default: raft log in redb, fsync per write batch, PUBACK after the write); Mosquitto: persistence true (writes its database every autosave_interval, 1800 s, and at exit: PUBACK does not wait for the disk, and a crash loses what came since)"
+    echo
+    echo "| rate (msg/s) | midge 1 node B/msg | midge 3 nodes B/msg, busiest node | mosquitto B/msg | midge 1 node GB/day | years of a 100 TBW card |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    for r in "${RATES[@]}"; do
+        a=$(per "${RES[m1.$r.bytes]}" "${RES[m1.$r.sent]}")
+        c=$(per "${RES[c.$r.maxnode]}" "${RES[c.$r.sent]}")
+        z=$(per "${RES[mq.$r.bytes]}" "${RES[mq.$r.sent]}")
+        rate=$r; [ "$r" = max ] && rate=$(awk -v n="${RES[m1.$r.sent]}" -v s="$SECS" 'BEGIN {printf "%.0f", n / s}')
+        g=$(gbday "$a" "$rate")
+        echo "| $r$([ "$r" = max ] && echo " (~$rate)") | $a | $c | $z | $g | $(years "$g") |"
+    done
+} > "$WORK/table.md"
+cat "$WORK/table.md"
+cp "$WORK/table.md" "$OUT"
+log "wrote $OUT"
