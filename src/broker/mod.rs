@@ -13,6 +13,7 @@
 //! `proposals.rs`, CONNECT in `connect.rs`.
 
 pub mod admin;
+pub mod bridge;
 pub mod command;
 mod conn;
 mod connect;
@@ -168,6 +169,10 @@ pub struct Broker {
     /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
     /// positions get 0x87 in the UNSUBACK of the command for the others.
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
+    /// A bridge's queue grew since the runtime last looked.
+    bridge_wake: bool,
+    /// Committed inbound messages of bridges, to acknowledge upstream.
+    bridge_acks: Vec<bridge::BridgeAck>,
 }
 
 impl Broker {
@@ -199,6 +204,8 @@ impl Broker {
             last_drop_log_ms: 0,
             dynsec: dynsec::Side::default(),
             unsub_denied: BTreeMap::new(),
+            bridge_wake: false,
+            bridge_acks: Vec::new(),
         }
     }
 
@@ -294,6 +301,7 @@ impl Broker {
             }
             self.proposals.clear();
             self.proposals_applied = 0;
+            self.bridge_acks.clear();
         }
     }
 
