@@ -1,0 +1,399 @@
+//! Bridges (issue 19) against a real Mosquitto 2.0 as the upstream broker:
+//! both directions at QoS 0/1/2 with prefixes, MQTT 3.1.1 and 5.0, TLS with
+//! a client certificate, the upstream down under load (the queue fills to
+//! its bound and everything queued arrives when it is back), and three
+//! midge nodes whose leader is SIGKILLed while QoS 1 publishers run:
+//! every message midge acknowledged reaches the upstream.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::cluster::{health_json, Cluster};
+use common::mosquitto_sub::publish_ok;
+use common::upstream::{Upstream, Watch};
+use common::{free_port, Broker};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+/// Polls `f` until it is true or `within` passed.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The `/health` entry of bridge `name`.
+fn bridge_health(port: u16, name: &str) -> Option<serde_json::Value> {
+    let j = health_json(port)?;
+    j["bridges"].as_array()?.iter().find(|b| b["name"] == name).cloned()
+}
+
+fn count(lines: &[String], line: &str) -> usize {
+    lines.iter().filter(|l| *l == line).count()
+}
+
+/// Both directions, QoS 0/1/2, prefixes, a `both` line that must not echo,
+/// the local state notification and the upstream's will/birth.
+fn both_directions(version: &str) {
+    let up = Upstream::start("");
+    let up_watch =
+        Watch::start(up.port, &["-t", "site7/#", "-t", "echo/#", "-t", "$SYS/broker/connection/#", "-q", "2"]);
+    let health = free_port();
+    let midge = Broker::start(&format!(
+        "health_listener {health} 127.0.0.1\n\
+         connection cloud\n\
+         address 127.0.0.1:{}\n\
+         bridge_protocol_version {version}\n\
+         restart_timeout 1\n\
+         topic sensors/# out 2 \"\" site7/\n\
+         topic cmd/# in 2 plant/ hq/\n\
+         topic echo/# both 1\n",
+        up.port
+    ));
+    let local =
+        Watch::start(midge.port, &["-t", "plant/#", "-t", "echo/#", "-t", "$SYS/broker/connection/#", "-q", "2"]);
+    // Connected: the local state (QoS 1; retained, or live if it came
+    // after the subscription), the upstream's birth.
+    let up_state = |x: &String| x.starts_with("$SYS/broker/connection/cloud/state 1 ") && x.ends_with(" 1");
+    let l = local.wait(Duration::from_secs(10), |l| l.iter().any(up_state));
+    assert!(l.iter().any(up_state), "local state: {l:?}\n{}", midge.log());
+    let u = up_watch
+        .wait(Duration::from_secs(5), |l| l.iter().any(|x| x.starts_with("$SYS/broker/connection/cloud/state")));
+    assert!(u.iter().any(up_state), "{u:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || up.log().contains("hq/cmd/#")),
+        "no upstream SUBSCRIBE:\n{}",
+        up.log()
+    );
+    if version == "mqttv311" {
+        assert!(up.log().contains("New bridge connected"), "try_private: {}", up.log());
+    }
+    let h = bridge_health(health, "cloud").expect("bridge in /health");
+    assert_eq!(h["connected"], true, "{h}");
+
+    // Out: the message's QoS capped by the line's (2), topic remapped.
+    for q in 0..=2 {
+        publish_ok(
+            midge.port,
+            "mqttv311",
+            &["-t", &format!("sensors/q{q}"), "-m", &format!("out{q}"), "-q", &q.to_string()],
+        );
+    }
+    let want: Vec<String> = (0..=2).map(|q| format!("site7/sensors/q{q} {q} 0 out{q}")).collect();
+    let u = up_watch.wait(Duration::from_secs(10), |l| want.iter().all(|w| l.contains(w)));
+    for w in &want {
+        assert_eq!(count(&u, w), 1, "{w} upstream: {u:?}\n{}", midge.log());
+    }
+    // In: upstream hq/cmd/x -> local plant/cmd/x, at the QoS it arrived with.
+    for q in 0..=2 {
+        publish_ok(
+            up.port,
+            "mqttv311",
+            &["-t", &format!("hq/cmd/q{q}"), "-m", &format!("in{q}"), "-q", &q.to_string()],
+        );
+    }
+    let want: Vec<String> = (0..=2).map(|q| format!("plant/cmd/q{q} {q} 0 in{q}")).collect();
+    let l = local.wait(Duration::from_secs(10), |l| want.iter().all(|w| l.contains(w)));
+    for w in &want {
+        assert_eq!(count(&l, w), 1, "{w} locally: {l:?}\n{}", midge.log());
+    }
+    // Both: each side's message reaches the other once and is not echoed.
+    publish_ok(midge.port, "mqttv311", &["-t", "echo/local", "-m", "L", "-q", "1"]);
+    publish_ok(up.port, "mqttv311", &["-t", "echo/remote", "-m", "R", "-q", "1"]);
+    let u = up_watch.wait(Duration::from_secs(10), |l| l.iter().any(|x| x == "echo/local 1 0 L"));
+    let l = local.wait(Duration::from_secs(10), |l| l.iter().any(|x| x == "echo/remote 1 0 R"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (u, l) = (up_watch.lines().len().max(u.len()), local.lines().len().max(l.len()));
+    let (u_lines, l_lines) = (up_watch.lines(), local.lines());
+    assert_eq!((count(&u_lines, "echo/local 1 0 L"), count(&u_lines, "echo/remote 1 0 R")), (1, 1), "{u} {u_lines:?}");
+    assert_eq!((count(&l_lines, "echo/local 1 0 L"), count(&l_lines, "echo/remote 1 0 R")), (1, 1), "{l} {l_lines:?}");
+    // A retained local message is retained upstream.
+    publish_ok(midge.port, "mqttv311", &["-t", "sensors/kept", "-m", "R1", "-q", "1", "-r"]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (_, out, _) = common::run_with_timeout(
+                std::process::Command::new("mosquitto_sub").args([
+                    "-p",
+                    &up.port.to_string(),
+                    "-t",
+                    "site7/sensors/kept",
+                    "-C",
+                    "1",
+                    "-W",
+                    "2",
+                    "-F",
+                    "%t %r %p",
+                ]),
+                Duration::from_secs(5),
+            );
+            out.trim() == "site7/sensors/kept 1 R1"
+        }),
+        "retained upstream"
+    );
+    // Nothing left in the queue, nothing dropped.
+    assert!(eventually(Duration::from_secs(5), || bridge_health(health, "cloud").is_some_and(|h| h["queued"] == 0)));
+    assert_eq!(bridge_health(health, "cloud").unwrap()["dropped"], 0);
+}
+
+#[test]
+fn both_directions_qos_0_1_2_with_prefixes_mqtt311() {
+    both_directions("mqttv311");
+}
+
+#[test]
+fn both_directions_qos_0_1_2_with_prefixes_mqtt5() {
+    both_directions("mqttv50");
+}
+
+/// TLS with a client certificate (the upstream requires one); a bridge
+/// with the wrong CA does not connect, says so once, and local clients
+/// are unaffected.
+#[test]
+fn tls_upstream_with_client_certificate() {
+    let tls_port = free_port();
+    let up = Upstream::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {{dir}}/ca.pem\ncertfile {{dir}}/server.pem\nkeyfile {{dir}}/server.key\nrequire_certificate true\n"
+    ));
+    let up_watch = Watch::start(up.port, &["-t", "site7/#", "-q", "1"]);
+    let midge = Broker::start(&format!(
+        "connection cloud\naddress 127.0.0.1:{tls_port}\ntopic sensors/# out 1 \"\" site7/\nrestart_timeout 1\n\
+         bridge_cafile {FIXTURES}/ca.pem\nbridge_certfile {FIXTURES}/client.pem\nbridge_keyfile {FIXTURES}/client.key\n\
+         connection wrongca\naddress 127.0.0.1:{tls_port}\ntopic sensors/# out 1 \"\" other/\nrestart_timeout 1\n\
+         bridge_cafile {FIXTURES}/other-ca.pem\n"
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || midge.log().contains("Bridge cloud connected to 127.0.0.1:")),
+        "{}\n{}",
+        midge.log(),
+        up.log()
+    );
+    assert!(midge.log().contains("(TLS)"));
+    publish_ok(midge.port, "mqttv311", &["-t", "sensors/t", "-m", "over-tls", "-q", "1"]);
+    let u = up_watch.wait(Duration::from_secs(10), |l| l.iter().any(|x| x == "site7/sensors/t 1 0 over-tls"));
+    assert_eq!(count(&u, "site7/sensors/t 1 0 over-tls"), 1, "{u:?}\n{}", midge.log());
+    // Several restart_timeouts later: one line for the failing bridge.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = midge.log();
+    let failures = log.matches("Bridge wrongca: cannot connect").count();
+    assert_eq!(failures, 1, "logged once per state change:\n{log}");
+    assert!(log.contains("TLS"), "{log}");
+    assert!(!log.contains("Bridge wrongca connected"), "{log}");
+    // Its local state is 0; the good bridge's is 1.
+    let (_, out, _) = common::run_with_timeout(
+        std::process::Command::new("mosquitto_sub").args([
+            "-p",
+            &midge.port.to_string(),
+            "-t",
+            "$SYS/broker/connection/+/state",
+            "-C",
+            "2",
+            "-W",
+            "3",
+            "-v",
+        ]),
+        Duration::from_secs(5),
+    );
+    let mut states: Vec<&str> = out.lines().collect();
+    states.sort();
+    assert_eq!(states, ["$SYS/broker/connection/cloud/state 1", "$SYS/broker/connection/wrongca/state 0"]);
+}
+
+/// A QoS 1 publisher that counts what midge acknowledged: connects to the
+/// first of `ports` that answers, publishes `payload` and waits for its
+/// PUBACK; on any failure it reconnects (rotating through `ports`) and
+/// sends the same message again.
+struct Publisher {
+    ports: Vec<u16>,
+    next: usize,
+    conn: Option<TcpStream>,
+    pid: u16,
+    id: String,
+    reconnects: u32,
+}
+
+impl Publisher {
+    fn new(ports: Vec<u16>, id: &str) -> Publisher {
+        Publisher { ports, next: 0, conn: None, pid: 0, id: id.into(), reconnects: 0 }
+    }
+
+    fn connect(&mut self) -> Option<TcpStream> {
+        let port = self.ports[self.next % self.ports.len()];
+        self.next += 1;
+        let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.set_nodelay(true).ok()?;
+        s.write_all(&common::connect_v311(&self.id, true, 30)).ok()?;
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).ok()?;
+        (ack[0] == 0x20 && ack[3] == 0).then_some(s)
+    }
+
+    /// Sends until acknowledged or `deadline`; true when acknowledged.
+    fn publish(&mut self, topic: &str, payload: &str, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.conn.is_none() {
+                self.conn = self.connect();
+                if self.conn.is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                self.reconnects += 1;
+            }
+            self.pid = self.pid.wrapping_add(1).max(1);
+            let s = self.conn.as_mut().unwrap();
+            let mut ack = [0u8; 4];
+            let ok = s.write_all(&common::publish_v311(topic, 1, false, self.pid, payload.as_bytes())).is_ok()
+                && s.read_exact(&mut ack).is_ok()
+                && ack == [0x40, 0x02, (self.pid >> 8) as u8, self.pid as u8];
+            if ok {
+                return true;
+            }
+            self.conn = None;
+        }
+        false
+    }
+}
+
+/// The upstream is down while messages arrive: the queue fills to
+/// bridge_max_queued_messages and no further, the drops are counted, the
+/// failure is logged once, and everything queued arrives when the upstream
+/// is back (its persistent subscriber finds them, in order).
+#[test]
+fn upstream_down_queue_bounded_then_delivered() {
+    let down = Duration::from_secs(std::env::var("BRIDGE_DOWN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5));
+    let mut up = Upstream::start("persistence true\npersistence_location {dir}/\n");
+    // The persistent session that will collect the messages.
+    drop(Watch::start(up.port, &["-t", "site/#", "-q", "1", "-c", "-i", "collector"]).stop());
+    let health = free_port();
+    let midge = Broker::start(&format!(
+        "health_listener {health} 127.0.0.1\nconnection cloud\naddress 127.0.0.1:{}\ntopic load/# out 1 \"\" site/\n\
+         restart_timeout 1\nbridge_max_queued_messages 50\n",
+        up.port
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || bridge_health(health, "cloud").is_some_and(|h| h["connected"] == true))
+    );
+    up.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || bridge_health(health, "cloud").is_some_and(|h| h["connected"] == false))
+    );
+    let started = Instant::now();
+    let mut p = Publisher::new(vec![midge.port], "loader");
+    for i in 0..80 {
+        assert!(p.publish("load/x", &format!("m{i:03}"), Instant::now() + Duration::from_secs(10)), "message {i}");
+    }
+    let h = bridge_health(health, "cloud").unwrap();
+    assert_eq!((h["queued"].as_u64(), h["dropped"].as_u64()), (Some(50), Some(30)), "{h}");
+    // $SYS says the same.
+    let (_, out, _) = common::run_with_timeout(
+        std::process::Command::new("mosquitto_sub").args([
+            "-p",
+            &midge.port.to_string(),
+            "-t",
+            "$SYS/broker/bridge/cloud/+",
+            "-C",
+            "2",
+            "-W",
+            "15",
+            "-v",
+        ]),
+        Duration::from_secs(20),
+    );
+    let mut sys: Vec<&str> = out.lines().collect();
+    sys.sort();
+    assert_eq!(sys, ["$SYS/broker/bridge/cloud/dropped 30", "$SYS/broker/bridge/cloud/queued 50"]);
+    std::thread::sleep(down.saturating_sub(started.elapsed()));
+    assert!(midge.log().contains("Outgoing messages are being dropped for bridge cloud"), "{}", midge.log());
+    assert_eq!(midge.log().matches("Bridge cloud: cannot connect").count(), 1, "{}", midge.log());
+    up.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || bridge_health(health, "cloud").is_some_and(|h| h["queued"] == 0)),
+        "{}",
+        midge.log()
+    );
+    let w = Watch::start(up.port, &["-t", "site/#", "-q", "1", "-c", "-i", "collector"]);
+    let got = w.wait(Duration::from_secs(10), |l| l.len() >= 50);
+    let want: Vec<String> = (0..50).map(|i| format!("site/load/x 1 0 m{i:03}")).collect();
+    assert_eq!(got, want, "the first 50, in order, once each");
+    println!("upstream down {:?}: 80 published, 50 queued and delivered, 30 dropped", down.max(started.elapsed()));
+}
+
+/// Three nodes bridge to Mosquitto; a QoS 1 publisher runs on the cluster
+/// and a persistent subscriber on the upstream; the leader is SIGKILLed
+/// three times. Every message midge acknowledged reaches the upstream.
+#[test]
+fn failover_loses_no_acknowledged_message() {
+    let up = Upstream::start("");
+    let watch = Watch::start(up.port, &["-t", "site/#", "-q", "1", "-c", "-i", "collector"]);
+    let mut c = Cluster::start_mode(
+        "proxy",
+        &format!("connection cloud\naddress 127.0.0.1:{}\ntopic load/# out 1 \"\" site/\nrestart_timeout 1\n", up.port),
+    );
+    let leader = c.leader(Duration::from_secs(30)).expect("a leader");
+    assert!(eventually(Duration::from_secs(10), || bridge_health(c.health[leader], "cloud")
+        .is_some_and(|h| h["connected"] == true)));
+    let ports = c.mqtt.clone();
+    let total = 600usize;
+    let kills = 3;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::new(ports, "loader");
+        let mut acked = Vec::new();
+        for i in 0..total {
+            if p.publish("load/x", &format!("m{i:04}"), Instant::now() + Duration::from_secs(30)) {
+                acked.push(i);
+            }
+            let _ = tx.send(i);
+        }
+        (acked, p.reconnects)
+    });
+    let started = Instant::now();
+    let mut failovers = Vec::new();
+    for k in 0..kills {
+        // Let a share of the messages through, then kill the leader.
+        let at = total * (k + 1) / (kills + 1);
+        while rx.recv_timeout(Duration::from_secs(60)).expect("publisher progress") < at {}
+        let l = c.leader(Duration::from_secs(30)).expect("a leader");
+        let t = Instant::now();
+        c.kill(l);
+        let next = c.leader(Duration::from_secs(30)).expect("a new leader");
+        failovers.push(t.elapsed());
+        assert_ne!(next, l);
+        c.spawn(l);
+    }
+    let (acked, reconnects) = publisher.join().unwrap();
+    let elapsed = started.elapsed();
+    let want: Vec<String> = acked.iter().map(|i| format!("m{i:04}")).collect();
+    let payloads = |lines: &[String]| -> Vec<String> {
+        lines.iter().filter_map(|l| l.strip_prefix("site/load/x 1 0 ").map(str::to_string)).collect()
+    };
+    let got = watch.wait(Duration::from_secs(60), |l| {
+        let p = payloads(l);
+        want.iter().all(|w| p.contains(w))
+    });
+    let got = payloads(&got);
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for g in &got {
+        *seen.entry(g.as_str()).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "failover: {total} published, {} acknowledged by midge, {} received upstream, {} duplicates, {} missing; \
+         {kills} leader kills (new leader after {failovers:?}), {reconnects} publisher connections, {elapsed:?}",
+        acked.len(),
+        got.len(),
+        duplicates,
+        missing.len()
+    );
+    assert!(acked.len() >= total * 9 / 10, "most messages acknowledged: {}\n{}", acked.len(), c.logs());
+    assert!(missing.is_empty(), "acknowledged but never upstream: {missing:?}\n{}", c.logs());
+}
