@@ -282,17 +282,24 @@ async fn session<L: RaftLog + 'static>(
     io.connected.set(true);
     io.acks.borrow_mut().clear();
     let window = ack.properties.receive_maximum.map_or(INFLIGHT_MAX, |m| (m as usize).min(INFLIGHT_MAX));
+    // An MQTT 5 upstream may take less than QoS 2 or no retained messages.
+    let qos_max = ack.properties.maximum_qos.and_then(QoS::from_u8).unwrap_or(QoS::ExactlyOnce);
+    let retain_ok = ack.properties.retain_available != Some(0);
     let mut og = Outgoing { next_pid: 0, inflight: BTreeMap::new(), last_sent: None, window };
     out.clear();
     if cfg.notifications {
-        let pid = og.pid();
-        og.inflight.insert(pid, (None, QoS::AtLeastOnce, false));
+        // As Mosquitto: QoS 1 unless the upstream takes only QoS 0.
+        let qos = QoS::AtLeastOnce.min(qos_max);
+        let packet_id = (qos != QoS::AtMostOnce).then(|| og.pid());
+        if let Some(pid) = packet_id {
+            og.inflight.insert(pid, (None, qos, false));
+        }
         let p = Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: true,
+            qos,
+            retain: retain_ok,
             topic: Rc::from(cfg.notification_topic()),
-            packet_id: Some(pid),
+            packet_id,
             payload: Rc::from(&b"1"[..]),
             properties: Properties::default(),
         };
@@ -340,7 +347,8 @@ async fn session<L: RaftLog + 'static>(
                     acked.push(m.seq);
                     continue;
                 }
-                let packet_id = match m.msg.qos {
+                let qos = m.msg.qos.min(qos_max);
+                let packet_id = match qos {
                     QoS::AtMostOnce => {
                         acked.push(m.seq);
                         None
@@ -360,8 +368,8 @@ async fn session<L: RaftLog + 'static>(
                 }
                 let p = Publish {
                     dup: false,
-                    qos: m.msg.qos,
-                    retain: m.msg.retain,
+                    qos,
+                    retain: m.msg.retain && retain_ok,
                     topic: m.msg.topic.clone(),
                     packet_id,
                     payload: m.msg.payload.clone(),
