@@ -326,11 +326,14 @@ fn upstream_down_queue_bounded_then_delivered() {
     println!("upstream down {:?}: 80 published, 50 queued and delivered, 30 dropped", down.max(started.elapsed()));
 }
 
-/// Three nodes bridge to Mosquitto; a QoS 1 publisher runs on the cluster
-/// and a persistent subscriber on the upstream; the leader is SIGKILLed
-/// three times. Every message midge acknowledged reaches the upstream.
+/// Three nodes bridge to Mosquitto; three QoS 1 publishers run on the
+/// cluster and a persistent subscriber on the upstream; the leader is
+/// SIGKILLed three times (and started again). Every message midge
+/// acknowledged reaches the upstream; duplicates are counted.
 #[test]
 fn failover_loses_no_acknowledged_message() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     let up = Upstream::start("");
     let watch = Watch::start(up.port, &["-t", "site/#", "-q", "1", "-c", "-i", "collector"]);
     let mut c = Cluster::start_mode(
@@ -340,28 +343,39 @@ fn failover_loses_no_acknowledged_message() {
     let leader = c.leader(Duration::from_secs(30)).expect("a leader");
     assert!(eventually(Duration::from_secs(10), || bridge_health(c.health[leader], "cloud")
         .is_some_and(|h| h["connected"] == true)));
-    let ports = c.mqtt.clone();
-    let total = 600usize;
+    let per_publisher = 400usize;
+    let publishers = 3usize;
+    let total = per_publisher * publishers;
     let kills = 3;
-    let (tx, rx) = std::sync::mpsc::channel::<usize>();
-    let publisher = std::thread::spawn(move || {
-        let mut p = Publisher::new(ports, "loader");
-        let mut acked = Vec::new();
-        for i in 0..total {
-            if p.publish("load/x", &format!("m{i:04}"), Instant::now() + Duration::from_secs(30)) {
-                acked.push(i);
-            }
-            let _ = tx.send(i);
-        }
-        (acked, p.reconnects)
-    });
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..publishers)
+        .map(|k| {
+            let ports = c.mqtt.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut p = Publisher::new(ports, &format!("loader{k}"));
+                p.next = k;
+                let mut acked = Vec::new();
+                for i in 0..per_publisher {
+                    let payload = format!("p{k}-{i:04}");
+                    if p.publish(&format!("load/{k}"), &payload, Instant::now() + Duration::from_secs(30)) {
+                        acked.push(payload);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (acked, p.reconnects)
+            })
+        })
+        .collect();
     let started = Instant::now();
     let mut failovers = Vec::new();
+    let mut queued_at_kill = Vec::new();
     for k in 0..kills {
         // Let a share of the messages through, then kill the leader.
         let at = total * (k + 1) / (kills + 1);
-        while rx.recv_timeout(Duration::from_secs(60)).expect("publisher progress") < at {}
+        assert!(eventually(Duration::from_secs(60), || done.load(Ordering::Relaxed) >= at), "publishers stalled");
         let l = c.leader(Duration::from_secs(30)).expect("a leader");
+        queued_at_kill.push(bridge_health(c.health[l], "cloud").map_or(-1, |h| h["queued"].as_i64().unwrap_or(-1)));
         let t = Instant::now();
         c.kill(l);
         let next = c.leader(Duration::from_secs(30)).expect("a new leader");
@@ -369,31 +383,42 @@ fn failover_loses_no_acknowledged_message() {
         assert_ne!(next, l);
         c.spawn(l);
     }
-    let (acked, reconnects) = publisher.join().unwrap();
+    let mut acked = Vec::new();
+    let mut reconnects = 0;
+    for t in threads {
+        let (a, r) = t.join().unwrap();
+        acked.extend(a);
+        reconnects += r;
+    }
     let elapsed = started.elapsed();
-    let want: Vec<String> = acked.iter().map(|i| format!("m{i:04}")).collect();
     let payloads = |lines: &[String]| -> Vec<String> {
-        lines.iter().filter_map(|l| l.strip_prefix("site/load/x 1 0 ").map(str::to_string)).collect()
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("site/load/").and_then(|r| r.split(' ').nth(3)).map(str::to_string))
+            .collect()
     };
     let got = watch.wait(Duration::from_secs(60), |l| {
-        let p = payloads(l);
-        want.iter().all(|w| p.contains(w))
+        let p: std::collections::BTreeSet<String> = payloads(l).into_iter().collect();
+        acked.iter().all(|w| p.contains(w))
     });
     let got = payloads(&got);
-    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
-    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
-    for g in &got {
-        *seen.entry(g.as_str()).or_default() += 1;
-    }
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let set: std::collections::BTreeSet<&String> = got.iter().collect();
+    let missing: Vec<&String> = acked.iter().filter(|w| !set.contains(w)).collect();
+    let duplicates = got.len() - set.len();
     println!(
-        "failover: {total} published, {} acknowledged by midge, {} received upstream, {} duplicates, {} missing; \
-         {kills} leader kills (new leader after {failovers:?}), {reconnects} publisher connections, {elapsed:?}",
+        "failover: {total} published by {publishers} QoS 1 publishers, {} acknowledged by midge, {} received upstream \
+         ({} distinct), {duplicates} duplicates, {} missing; {kills} leader kills, new leader after {failovers:?}, \
+         bridge queue at each kill {queued_at_kill:?}, {reconnects} publisher connections, {elapsed:?}",
         acked.len(),
         got.len(),
-        duplicates,
+        set.len(),
         missing.len()
     );
     assert!(acked.len() >= total * 9 / 10, "most messages acknowledged: {}\n{}", acked.len(), c.logs());
     assert!(missing.is_empty(), "acknowledged but never upstream: {missing:?}\n{}", c.logs());
+    // Nothing left behind on the last leader.
+    let l = c.leader(Duration::from_secs(30)).expect("a leader");
+    assert!(
+        eventually(Duration::from_secs(10), || bridge_health(c.health[l], "cloud").is_some_and(|h| h["queued"] == 0))
+    );
 }
