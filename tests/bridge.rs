@@ -422,3 +422,134 @@ fn failover_loses_no_acknowledged_message() {
         eventually(Duration::from_secs(10), || bridge_health(c.health[l], "cloud").is_some_and(|h| h["queued"] == 0))
     );
 }
+
+/// Counts the PUBLISH packets that reach a QoS 0 subscription to `filter`
+/// on `port` (a thread reading raw MQTT 3.1.1).
+fn counter(port: u16, filter: &str) -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, std::thread::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&common::connect_v311("bench-counter", true, 60)).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    s.write_all(&common::subscribe_v311(1, filter, 0)).unwrap();
+    let mut suback = [0u8; 5];
+    s.read_exact(&mut suback).unwrap();
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let t = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let Ok(k) = s.read(&mut buf) else { return };
+            if k == 0 {
+                return;
+            }
+            pending.extend_from_slice(&buf[..k]);
+            let mut at = 0;
+            loop {
+                let Some(&h) = pending.get(at) else { break };
+                let (mut len, mut mult, mut i) = (0usize, 1usize, at + 1);
+                let mut complete = false;
+                while let Some(&b) = pending.get(i) {
+                    len += (b & 0x7f) as usize * mult;
+                    mult *= 128;
+                    i += 1;
+                    if b & 0x80 == 0 {
+                        complete = true;
+                        break;
+                    }
+                }
+                if !complete || pending.len() < i + len {
+                    break;
+                }
+                if h >> 4 == 3 {
+                    n2.fetch_add(1, Ordering::Relaxed);
+                }
+                at = i + len;
+            }
+            pending.drain(..at);
+        }
+    });
+    (n, t)
+}
+
+/// Publishes `n` QoS 1 messages to `port`, up to `window` unacknowledged.
+fn publish_windowed(port: u16, topic: &str, n: usize, window: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&common::connect_v311("bench-pub", true, 60)).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while acked < n {
+        let mut out = Vec::new();
+        while sent < n && sent - acked < window {
+            let pid = (sent % 65535 + 1) as u16;
+            out.extend(common::publish_v311(topic, 1, false, pid, format!("{sent:016}").as_bytes()));
+            sent += 1;
+        }
+        s.write_all(&out).unwrap();
+        s.read_exact(&mut ack).unwrap();
+        assert_eq!(ack[0], 0x40);
+        acked += 1;
+    }
+}
+
+/// Bridged throughput, midge -> Mosquitto against Mosquitto -> Mosquitto:
+/// QoS 1 messages (16 bytes, a publisher with 64 in flight) published on
+/// the bridging broker until the upstream's subscriber has them all.
+/// `BENCH_MESSAGES` (default 20000); MIDGE_BIN for a release build.
+/// `MIDGE_BIN=target/release/midge cargo test --test bridge bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_bridged_throughput_vs_mosquitto() {
+    use std::sync::atomic::Ordering;
+    let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let mut rates = Vec::new();
+    for who in ["mosquitto", "midge persistence true", "midge persistence false"] {
+        let up = Upstream::start("max_queued_messages 0\n");
+        let (count, _t) = counter(up.port, "site/#");
+        let bridge = format!(
+            "connection bench\naddress 127.0.0.1:{}\ntopic load/# out 1 \"\" site/\nrestart_timeout 1\n",
+            up.port
+        );
+        // Mosquitto's bridge gets the window midge's has (100) and no
+        // queue bound; midge a queue bound above the run.
+        let (port, _mosq, _midge) = if who == "mosquitto" {
+            let m = Upstream::start(&format!("max_inflight_messages 100\nmax_queued_messages 0\n{bridge}"));
+            (m.port, Some(m), None)
+        } else {
+            let persistence = if who.ends_with("true") { "true" } else { "false" };
+            let m =
+                Broker::start(&format!("persistence {persistence}\n{bridge}bridge_max_queued_messages {}\n", n * 2));
+            (m.port, None, Some(m))
+        };
+        // Wait until a probe goes through.
+        assert!(eventually(Duration::from_secs(15), || {
+            publish_ok(port, "mqttv311", &["-t", "load/probe", "-m", "p", "-q", "1"]);
+            std::thread::sleep(Duration::from_millis(200));
+            count.load(Ordering::Relaxed) > 0
+        }));
+        std::thread::sleep(Duration::from_millis(500));
+        let base = count.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        publish_windowed(port, "load/x", n, 64);
+        let acked = t0.elapsed();
+        assert!(
+            eventually(Duration::from_secs(120), || count.load(Ordering::Relaxed) >= base + n),
+            "{who}: {} of {n} arrived",
+            count.load(Ordering::Relaxed) - base
+        );
+        let all = t0.elapsed();
+        let rate = n as f64 / all.as_secs_f64();
+        println!(
+            "RESULT bridge={who:?} messages={n} publisher_acked_s={:.3} upstream_all_s={:.3} rate={rate:.0}/s",
+            acked.as_secs_f64(),
+            all.as_secs_f64()
+        );
+        rates.push((who, rate));
+    }
+    for (who, r) in &rates[1..] {
+        println!("RATIO {who} / mosquitto = {:.2}", r / rates[0].1);
+    }
+}

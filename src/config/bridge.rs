@@ -228,6 +228,12 @@ pub(super) fn finish_bridge(b: &mut BridgeConfig, l: &BridgeLines, queued_defaul
     if b.topics.is_empty() {
         errors.push(err(l.connection, format!("connection {name}: no topic line (topic PATTERN [out|in|both] [QOS])")));
     }
+    if b.remote_password.is_some() && b.remote_username.is_none() && b.version == Version::V311 {
+        errors.push(err(
+            l.connection,
+            format!("connection {name}: remote_password needs remote_username with MQTT 3.1.1"),
+        ));
+    }
     let tls_lines = [&l.certfile, &l.keyfile].into_iter().flatten().map(|x| x.1);
     match &l.cafile {
         None => {
