@@ -569,10 +569,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
 /// bridged topic goes through the log into the bridge's queue.
 #[test]
 fn bridge_inbound_outbound_and_no_echo() {
-    let mut c = Config::default();
-    c.bridges = crate::config::Config::parse_str("connection up\naddress 127.0.0.1:1\ntopic echo/# both 1\n", "t.conf")
-        .unwrap()
-        .bridges;
+    let c = Config::parse_str("connection up\naddress 127.0.0.1:1\ntopic echo/# both 1\n", "t.conf").unwrap();
     let mut b = Broker::new(Rc::new(c.broker_settings(None, None)), 1_000);
     connect(&mut b, 1, "sub", Version::V311, true, 1_000);
     subscribe(&mut b, 1, "echo/#", QoS::AtLeastOnce, 1_000);
