@@ -206,6 +206,63 @@ fn tls_upstream_with_client_certificate() {
     assert_eq!(states, ["$SYS/broker/connection/cloud/state 1", "$SYS/broker/connection/wrongca/state 0"]);
 }
 
+/// An upstream that refuses the bridge (wrong password) and an address
+/// where nothing listens: retried, each logged once however many attempts,
+/// the local state "0", local clients unaffected and the message kept in
+/// the queue; a bridge whose first address is down connects to its second.
+#[test]
+fn refusing_or_unreachable_upstream_is_retried_and_logged_once() {
+    let pw_dir = common::tempdir();
+    let passwd = common::password_file(pw_dir.path(), &[("gw", "right")]);
+    let up = Upstream::start(&format!("allow_anonymous false\npassword_file {}\n", passwd.display()));
+    let up_watch_port = up.port;
+    let dead = free_port();
+    let health = free_port();
+    let midge = Broker::start(&format!(
+        "health_listener {health} 127.0.0.1\n\
+         connection refused\naddress 127.0.0.1:{dead} 127.0.0.1:{up}\ntopic a/# out 1\nrestart_timeout 1\n\
+         remote_username gw\nremote_password wrong\n\
+         connection second\naddress 127.0.0.1:{dead} 127.0.0.1:{up}\ntopic b/# out 1\nrestart_timeout 1\n\
+         remote_username gw\nremote_password right\n",
+        up = up.port
+    ));
+    let watch = Watch::start(up_watch_port, &["-t", "b/#", "-q", "1", "-u", "gw", "-P", "right"]);
+    assert!(
+        eventually(Duration::from_secs(15), || bridge_health(health, "second").is_some_and(|h| h["connected"] == true)),
+        "{}",
+        midge.log()
+    );
+    // Local clients are unaffected; the refused bridge keeps its message.
+    let local = Watch::start(midge.port, &["-t", "a/#", "-q", "1"]);
+    publish_ok(midge.port, "mqttv311", &["-t", "a/1", "-m", "kept", "-q", "1"]);
+    publish_ok(midge.port, "mqttv311", &["-t", "b/1", "-m", "sent", "-q", "1"]);
+    assert_eq!(local.wait(Duration::from_secs(5), |l| !l.is_empty()), ["a/1 1 0 kept"]);
+    assert_eq!(watch.wait(Duration::from_secs(10), |l| !l.is_empty()), ["b/1 1 0 sent"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let log = midge.log();
+    let refused = format!("Bridge refused: cannot connect to 127.0.0.1:{}: refused (CONNACK code 0x05)", up.port);
+    let unreachable = format!("Bridge refused: cannot connect to 127.0.0.1:{dead}: Connection refused");
+    assert_eq!(log.matches(&refused).count(), 1, "{log}");
+    assert_eq!(log.matches(&unreachable).count(), 1, "{log}");
+    assert!(up.log().matches("Sending CONNACK to 127.0.0.1 (0, 5)").count() >= 2, "retried: {}", up.log());
+    let h = bridge_health(health, "refused").unwrap();
+    assert_eq!((h["connected"].as_bool(), h["queued"].as_u64()), (Some(false), Some(1)), "{h}");
+    let (_, out, _) = common::run_with_timeout(
+        std::process::Command::new("mosquitto_sub").args([
+            "-p",
+            &midge.port.to_string(),
+            "-t",
+            "$SYS/broker/connection/refused/state",
+            "-C",
+            "1",
+            "-W",
+            "3",
+        ]),
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.trim(), "0");
+}
+
 /// A QoS 1 publisher that counts what midge acknowledged: connects to the
 /// first of `ports` that answers, publishes `payload` and waits for its
 /// PUBACK; on any failure it reconnects (rotating through `ports`) and

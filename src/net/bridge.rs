@@ -94,22 +94,26 @@ pub async fn run<L: RaftLog + 'static>(server: Rc<Server<L>>, io: Rc<BridgeIo>) 
     let mut address = 0usize;
     let mut attempt = 0u32;
     let mut private = cfg.try_private && cfg.version == Version::V311;
-    // What was last logged: a state is logged once, not per attempt.
-    let mut logged = String::new();
+    // What was last logged of each address: a state is logged once, not
+    // per attempt; and whether the local state says "0" already.
+    let mut logged = vec![String::new(); cfg.addresses.len()];
+    let mut down_announced = false;
     loop {
         while !server.serving_clients() {
             io.connected.set(false);
             futures_lite::future::or(io.bell.wait(), sleep(POLL * 2)).await;
         }
-        let (host, port) = cfg.addresses[address % cfg.addresses.len()].clone();
+        let at = address % cfg.addresses.len();
+        let (host, port) = cfg.addresses[at].clone();
         let end = session(&server, &io, &host, port, private).await;
         io.connected.set(false);
-        // One log line (and one local "0") per change of state, not per
-        // attempt: the key leaves out the address, which rotates.
+        // One log line per address and change of state, not per attempt;
+        // one local "0" per time the bridge goes down.
         let (key, state) = match &end {
             End::NotServing => {
                 info!("Bridge {}: this node no longer serves; the new leader runs the bridge.", cfg.name);
-                logged.clear();
+                logged.iter_mut().for_each(String::clear);
+                down_announced = false;
                 continue;
             }
             End::Failed(why, refused_private) => {
@@ -127,13 +131,17 @@ pub async fn run<L: RaftLog + 'static>(server: Rc<Server<L>>, io: Rc<BridgeIo>) 
             End::Lost(why) => {
                 attempt = 0;
                 address = if cfg.round_robin { address + 1 } else { 0 };
-                logged.clear();
+                logged.iter_mut().for_each(String::clear);
+                down_announced = false;
                 (format!("lost: {why}"), format!("connection to {host}:{port} lost: {why}"))
             }
         };
-        if key != logged {
+        if key != logged[at] {
             warn!("Bridge {}: {state}; retrying (restart_timeout {} s).", cfg.name, cfg.restart_delay_secs(attempt));
-            logged = key;
+            logged[at] = key;
+        }
+        if !down_announced {
+            down_announced = true;
             server.with_broker(|b, now| b.bridge_notify(&io.origin, &cfg.notification_topic(), b"0", now));
         }
         smol::Timer::after(Duration::from_secs(cfg.restart_delay_secs(attempt).into())).await;

@@ -27,8 +27,9 @@ impl Upstream {
             write_file(dir.path(), f, &text);
         }
         let port = free_port();
+        let anonymous = if extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" };
         let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nlog_type all\n{}\n",
+            "listener {port} 127.0.0.1\n{anonymous}user root\nlog_type all\n{}\n",
             extra.replace("{dir}", &dir.path().display().to_string())
         );
         let conf = write_file(dir.path(), "mosquitto.conf", &text);
