@@ -605,3 +605,197 @@ fn bench_bridged_throughput_vs_mosquitto() {
         println!("RATIO {who} / mosquitto = {:.2}", r / rates[0].1);
     }
 }
+
+/// A persistent QoS 1 subscriber (MQTT 3.1.1, clean session false) that
+/// reconnects by itself, through each of `ports` in turn, until stopped:
+/// mosquitto_sub gives up when a reconnect meets CONNACK 3 (no leader yet).
+/// Returns the payloads it received, in order, duplicates included.
+struct ResilientSub {
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl ResilientSub {
+    fn start(ports: Vec<u16>, id: &str, filter: &str) -> ResilientSub {
+        use std::sync::atomic::Ordering;
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, st, id, filter) = (got.clone(), stop.clone(), id.to_string(), filter.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut sessions = 0u32;
+            let mut next = 0usize;
+            while !st.load(Ordering::Relaxed) {
+                let port = ports[next % ports.len()];
+                next += 1;
+                let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
+                else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut ack = [0u8; 4];
+                let ok = s.write_all(&common::connect_v311(&id, false, 30)).is_ok()
+                    && s.read_exact(&mut ack).is_ok()
+                    && ack[0] == 0x20
+                    && ack[3] == 0
+                    && s.write_all(&common::subscribe_v311(1, &filter, 1)).is_ok();
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                sessions += 1;
+                let _ = ready_tx.send(());
+                let mut pending: Vec<u8> = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                'conn: while !st.load(Ordering::Relaxed) {
+                    let k = match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => k,
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            continue
+                        }
+                        Err(_) => break,
+                    };
+                    pending.extend_from_slice(&buf[..k]);
+                    let mut at = 0;
+                    while let Some(&h) = pending.get(at) {
+                        let (mut len, mut mult, mut i, mut complete) = (0usize, 1usize, at + 1, false);
+                        while let Some(&b) = pending.get(i) {
+                            len += (b & 0x7f) as usize * mult;
+                            mult *= 128;
+                            i += 1;
+                            if b & 0x80 == 0 {
+                                complete = true;
+                                break;
+                            }
+                        }
+                        if !complete || pending.len() < i + len {
+                            break;
+                        }
+                        let body = &pending[i..i + len];
+                        if h >> 4 == 3 {
+                            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                            let qos = (h >> 1) & 3;
+                            let mut off = 2 + tl;
+                            if qos > 0 {
+                                let pid = [body[off], body[off + 1]];
+                                off += 2;
+                                if s.write_all(&[0x40, 0x02, pid[0], pid[1]]).is_err() {
+                                    break 'conn;
+                                }
+                            }
+                            g.lock().unwrap().push(String::from_utf8_lossy(&body[off..]).into_owned());
+                        }
+                        at = i + len;
+                    }
+                    pending.drain(..at);
+                }
+            }
+            sessions
+        });
+        ready_rx.recv_timeout(Duration::from_secs(15)).expect("subscriber connected");
+        ResilientSub { got, stop, thread: Some(thread) }
+    }
+
+    fn got(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Stops it; returns how many connections it made.
+    fn stop(mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for ResilientSub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Inbound across failovers: a QoS 1 publisher on the upstream, a
+/// persistent QoS 1 subscriber on the cluster (it reconnects by itself),
+/// the leader SIGKILLed three times. The bridge acknowledges upstream only
+/// after the local commit, and the upstream keeps the bridge's session
+/// (`cleansession false`): every message the upstream acknowledged to its
+/// publisher reaches the local subscriber.
+#[test]
+fn failover_inbound_loses_no_upstream_message() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let up = Upstream::start("");
+    let mut c = Cluster::start_mode(
+        "proxy",
+        &format!("connection cloud\naddress 127.0.0.1:{}\ntopic cmd/# in 1 plant/ hq/\nrestart_timeout 1\n", up.port),
+    );
+    let leader = c.leader(Duration::from_secs(30)).expect("a leader");
+    assert!(eventually(Duration::from_secs(10), || bridge_health(c.health[leader], "cloud")
+        .is_some_and(|h| h["connected"] == true)));
+    assert!(eventually(Duration::from_secs(5), || up.log().contains("hq/cmd/#")), "{}", up.log());
+    // A persistent subscriber on the cluster that reconnects by itself.
+    let local = ResilientSub::start(c.mqtt.clone(), "local-sub", "plant/#");
+    std::thread::sleep(Duration::from_millis(300));
+    let total = 600usize;
+    let kills = 3;
+    let done = Arc::new(AtomicUsize::new(0));
+    let d2 = done.clone();
+    let up_port = up.port;
+    let publisher = std::thread::spawn(move || {
+        let mut p = Publisher::new(vec![up_port], "upstream-pub");
+        let mut acked = Vec::new();
+        for i in 0..total {
+            let payload = format!("c{i:04}");
+            if p.publish("hq/cmd/x", &payload, Instant::now() + Duration::from_secs(30)) {
+                acked.push(payload);
+            }
+            d2.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        acked
+    });
+    let mut failovers = Vec::new();
+    for k in 0..kills {
+        let at = total * (k + 1) / (kills + 1);
+        assert!(eventually(Duration::from_secs(60), || done.load(Ordering::Relaxed) >= at), "publisher stalled");
+        let l = c.leader(Duration::from_secs(30)).expect("a leader");
+        let t = Instant::now();
+        c.kill(l);
+        let next = c.leader(Duration::from_secs(30)).expect("a new leader");
+        failovers.push(t.elapsed());
+        assert_ne!(next, l);
+        c.spawn(l);
+    }
+    let acked = publisher.join().unwrap();
+    eventually(Duration::from_secs(60), || {
+        let p: std::collections::BTreeSet<String> = local.got().into_iter().collect();
+        acked.iter().all(|w| p.contains(w))
+    });
+    let got = local.got();
+    let set: std::collections::BTreeSet<&String> = got.iter().collect();
+    let missing: Vec<&String> = acked.iter().filter(|w| !set.contains(w)).collect();
+    println!(
+        "failover inbound: {total} published upstream, {} acknowledged by Mosquitto, {} received on the cluster \
+         ({} distinct), {} duplicates, {} missing; new leader after {failovers:?}; the subscriber connected {} times",
+        acked.len(),
+        got.len(),
+        set.len(),
+        got.len() - set.len(),
+        missing.len(),
+        local.stop()
+    );
+    assert_eq!(acked.len(), total, "Mosquitto acknowledges everything");
+    assert!(
+        missing.is_empty(),
+        "upstream messages never delivered: {} from {:?}\n--- upstream\n{}\n{}",
+        missing.len(),
+        missing.first(),
+        up.log().lines().rev().take(40).collect::<Vec<_>>().join("\n"),
+        c.logs()
+    );
+}

@@ -121,6 +121,13 @@ impl Watch {
         w
     }
 
+    /// The last lines of its output, debug lines included.
+    pub fn tail(&self, n: usize) -> String {
+        let raw = self.raw();
+        let lines: Vec<&str> = raw.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     fn raw(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
