@@ -20,9 +20,10 @@ use smol::net::TcpStream;
 use super::{Doorbell, Server};
 use crate::bridge::{map_in, origin_id, BridgeConfig};
 use crate::broker::bridge::{BridgeAck, BridgeRefusal};
+use crate::broker::state::BridgeMsg;
 use crate::mqtt::codec::{decode, encode};
 use crate::mqtt::{
-    Connect, Packet, Properties, PubResp, Publish, QoS, RetainHandling, SubOptions, Subscribe, Version, Will,
+    ConnAck, Connect, Packet, Properties, PubResp, Publish, QoS, RetainHandling, SubOptions, Subscribe, Version, Will,
 };
 use crate::store::RaftLog;
 
@@ -173,41 +174,10 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Re
     .await
 }
 
-/// One packet id space per connection, for the bridge's own PUBLISHes.
-struct Outgoing {
-    next_pid: u16,
-    /// packet id -> (queue sequence number, None for the notification;
-    /// QoS; PUBREC received).
-    inflight: BTreeMap<u16, (Option<u64>, QoS, bool)>,
-    /// The last queued message sent on this connection.
-    last_sent: Option<u64>,
-    window: usize,
-}
-
-impl Outgoing {
-    fn pid(&mut self) -> u16 {
-        loop {
-            self.next_pid = self.next_pid.wrapping_add(1).max(1);
-            if !self.inflight.contains_key(&self.next_pid) {
-                return self.next_pid;
-            }
-        }
-    }
-}
-
-async fn session<L: RaftLog + 'static>(
-    server: &Rc<Server<L>>,
-    io: &Rc<BridgeIo>,
-    host: &str,
-    port: u16,
-    private: bool,
-) -> End {
-    let cfg = &io.cfg;
+/// The CONNECT of a bridge. `private`: Mosquitto's bridge convention, the
+/// protocol level's top bit set (0x84 for 3.1.1).
+fn connect_packet(cfg: &BridgeConfig, private: bool) -> Vec<u8> {
     let v = cfg.version;
-    let mut s = match timed(open(io, host, port)).await {
-        Ok(s) => s,
-        Err(e) => return End::Failed(e, false),
-    };
     let mut properties = Properties::default();
     if v.is_v5() && !cfg.clean_session {
         properties.session_expiry_interval = Some(u32::MAX);
@@ -232,40 +202,237 @@ async fn session<L: RaftLog + 'static>(
     let mut out = Vec::new();
     encode(&Packet::Connect(Box::new(connect)), v, &mut out);
     if private {
-        // Mosquitto's bridge convention: the protocol level's top bit
-        // says "bridge". The level follows the fixed header (1 byte and
-        // a one-byte remaining length: a CONNECT under 128 bytes) or two
-        // length bytes, then the protocol name "MQTT" with its length.
-        let header = if out[1] & 0x80 == 0 {
-            2
-        } else if out[2] & 0x80 == 0 {
-            3
-        } else {
-            4
-        };
-        out[header + 6] |= 0x80;
+        // The level follows the fixed header (its first byte and the
+        // remaining length, 1 to 3 bytes for a CONNECT of at most a few
+        // 64 KiB strings) and the protocol name ("MQTT", 6 bytes).
+        let length_bytes = out[1..].iter().take_while(|b| **b & 0x80 != 0).count() + 1;
+        out[1 + length_bytes + 6] |= 0x80;
     }
+    out
+}
+
+/// One connection's state besides its socket: the bridge's own packet ids,
+/// what the upstream acknowledged, and the bytes to write.
+struct Link {
+    v: Version,
+    next_pid: u16,
+    /// packet id -> queue sequence number (None for the notification).
+    inflight: BTreeMap<u16, Option<u64>>,
+    /// The last queued message sent on this connection.
+    last_sent: Option<u64>,
+    window: usize,
+    /// An MQTT 5 upstream may take less than QoS 2, or no retained messages.
+    qos_max: QoS,
+    retain_ok: bool,
+    /// Queue sequence numbers the upstream acknowledged, to propose.
+    acked: Vec<u64>,
+    out: Vec<u8>,
+}
+
+impl Link {
+    fn new(v: Version, ack: &ConnAck) -> Link {
+        let p = &ack.properties;
+        Link {
+            v,
+            next_pid: 0,
+            inflight: BTreeMap::new(),
+            last_sent: None,
+            window: p.receive_maximum.map_or(INFLIGHT_MAX, |m| (m as usize).min(INFLIGHT_MAX)),
+            qos_max: p.maximum_qos.and_then(QoS::from_u8).unwrap_or(QoS::ExactlyOnce),
+            retain_ok: p.retain_available != Some(0),
+            acked: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pid) {
+                return self.next_pid;
+            }
+        }
+    }
+
+    fn send(&mut self, p: Packet) {
+        encode(&p, self.v, &mut self.out);
+    }
+
+    /// The notification "1" (as Mosquitto: QoS 1 unless the upstream
+    /// takes only QoS 0; retained if it can) and the SUBSCRIBE of the
+    /// `in`/`both` lines (MQTT 5: No Local, Retain As Published).
+    fn greet(&mut self, cfg: &BridgeConfig) {
+        if cfg.notifications {
+            let qos = QoS::AtLeastOnce.min(self.qos_max);
+            let packet_id = (qos != QoS::AtMostOnce).then(|| self.pid());
+            if let Some(pid) = packet_id {
+                self.inflight.insert(pid, None);
+            }
+            self.send(Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: self.retain_ok,
+                topic: Rc::from(cfg.notification_topic()),
+                packet_id,
+                payload: Rc::from(&b"1"[..]),
+                properties: Properties::default(),
+            }));
+        }
+        let v5 = self.v.is_v5();
+        let filters: Vec<(String, SubOptions)> = cfg
+            .topics
+            .iter()
+            .filter(|l| l.direction.inward())
+            .map(|l| {
+                let opts = SubOptions {
+                    qos: l.qos,
+                    no_local: v5,
+                    retain_as_published: v5,
+                    retain_handling: RetainHandling::SendAtSubscribe,
+                };
+                (l.remote_topic.clone(), opts)
+            })
+            .collect();
+        if !filters.is_empty() {
+            let packet_id = self.pid();
+            self.send(Packet::Subscribe(Subscribe { packet_id, filters, properties: Properties::default() }));
+        }
+    }
+
+    /// Queued messages into the free window (QoS 0 and expired ones count
+    /// as acknowledged once written or skipped).
+    fn send_queued(&mut self, batch: Vec<BridgeMsg>, now: u64) {
+        for m in batch {
+            self.last_sent = Some(m.seq);
+            if m.msg.expired(now) {
+                self.acked.push(m.seq);
+                continue;
+            }
+            let qos = m.msg.qos.min(self.qos_max);
+            let packet_id = if qos == QoS::AtMostOnce {
+                self.acked.push(m.seq);
+                None
+            } else {
+                let pid = self.pid();
+                self.inflight.insert(pid, Some(m.seq));
+                Some(pid)
+            };
+            let mut properties = Properties::default();
+            if self.v.is_v5() {
+                if let Some(props) = &m.msg.props {
+                    props.write_into(&mut properties);
+                }
+                properties.message_expiry_interval = m.msg.remaining_expiry_secs(now);
+            }
+            self.send(Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: m.msg.retain && self.retain_ok,
+                topic: m.msg.topic.clone(),
+                packet_id,
+                payload: m.msg.payload.clone(),
+                properties,
+            }));
+        }
+    }
+
+    /// A packet from the upstream broker; Some when the connection ends.
+    fn on_packet<L: RaftLog + 'static>(&mut self, p: Packet, server: &Server<L>, io: &BridgeIo) -> Option<End> {
+        let name = &io.cfg.name;
+        match p {
+            Packet::PubAck(r) | Packet::PubComp(r) => {
+                if let Some(seq) = self.inflight.remove(&r.packet_id) {
+                    self.acked.extend(seq);
+                }
+            }
+            Packet::PubRec(r) if r.code >= 0x80 => {
+                // Refused upstream: it will not take it later either.
+                if let Some(seq) = self.inflight.remove(&r.packet_id) {
+                    warn!("Bridge {name}: the upstream refused a message (PUBREC 0x{:02x}).", r.code);
+                    self.acked.extend(seq);
+                }
+            }
+            Packet::PubRec(r) => {
+                if self.inflight.contains_key(&r.packet_id) {
+                    self.send(Packet::PubRel(PubResp {
+                        packet_id: r.packet_id,
+                        code: 0,
+                        properties: Properties::default(),
+                    }));
+                }
+            }
+            Packet::Publish(mut p) => {
+                p.topic = Rc::from(map_in(&io.cfg.topics, &p.topic));
+                match server.with_broker(|b, now| b.bridge_publish(&io.origin, &p, now)) {
+                    Ok(()) => {}
+                    Err(BridgeRefusal::NotServing) => return Some(End::NotServing),
+                    Err(why) => {
+                        warn!("Bridge {name}: dropping a message on {} from upstream ({why:?}).", p.topic);
+                        if let Some(packet_id) = p.packet_id {
+                            io.acks.borrow_mut().push(BridgeAck { origin: io.origin.clone(), packet_id, qos: p.qos });
+                        }
+                    }
+                }
+            }
+            Packet::PubRel(r) => {
+                // PUBREC went out after the commit: the message is the cluster's.
+                self.send(Packet::PubComp(PubResp {
+                    packet_id: r.packet_id,
+                    code: 0,
+                    properties: Properties::default(),
+                }));
+            }
+            Packet::SubAck(a) if a.codes.iter().any(|c| *c >= 0x80) => {
+                warn!("Bridge {name}: the upstream refused a subscription (SUBACK {:02x?}).", a.codes);
+            }
+            Packet::SubAck(a) => debug!("Bridge {name}: subscribed upstream ({:?}).", a.codes),
+            Packet::PingResp | Packet::UnsubAck(_) => {}
+            Packet::Disconnect(d) => return Some(End::Lost(format!("DISCONNECT 0x{:02x}", d.code))),
+            other => return Some(End::Lost(format!("unexpected {}", other.name()))),
+        }
+        None
+    }
+}
+
+/// Reads until one whole packet is decoded (the CONNACK).
+async fn read_packet(s: &mut Box<dyn Stream>, rbuf: &mut Vec<u8>, v: Version, max: u32) -> Result<Packet, String> {
+    let mut chunk = [0u8; 512];
+    loop {
+        match decode(rbuf, Some(v), max) {
+            Ok(Some((p, n))) => {
+                rbuf.drain(..n);
+                return Ok(p);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad packet: {e:?}")),
+        }
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed by the upstream broker".into());
+        }
+        rbuf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn session<L: RaftLog + 'static>(
+    server: &Rc<Server<L>>,
+    io: &Rc<BridgeIo>,
+    host: &str,
+    port: u16,
+    private: bool,
+) -> End {
+    let cfg = &io.cfg;
+    let v = cfg.version;
+    let mut s = match timed(open(io, host, port)).await {
+        Ok(s) => s,
+        Err(e) => return End::Failed(e, false),
+    };
     let packet_bytes_max = server.packet_bytes_max;
     let mut rbuf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
     let connack = timed(async {
-        s.write_all(&out).await.map_err(|e| e.to_string())?;
+        s.write_all(&connect_packet(cfg, private)).await.map_err(|e| e.to_string())?;
         s.flush().await.map_err(|e| e.to_string())?;
-        loop {
-            match decode(&rbuf, Some(v), packet_bytes_max) {
-                Ok(Some((p, n))) => {
-                    rbuf.drain(..n);
-                    return Ok(p);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad packet: {e:?}")),
-            }
-            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed by the upstream broker".into());
-            }
-            rbuf.extend_from_slice(&chunk[..n]);
-        }
+        read_packet(&mut s, &mut rbuf, v, packet_bytes_max).await
     })
     .await;
     let ack = match connack {
@@ -289,125 +456,47 @@ async fn session<L: RaftLog + 'static>(
     );
     io.connected.set(true);
     io.acks.borrow_mut().clear();
-    let window = ack.properties.receive_maximum.map_or(INFLIGHT_MAX, |m| (m as usize).min(INFLIGHT_MAX));
-    // An MQTT 5 upstream may take less than QoS 2 or no retained messages.
-    let qos_max = ack.properties.maximum_qos.and_then(QoS::from_u8).unwrap_or(QoS::ExactlyOnce);
-    let retain_ok = ack.properties.retain_available != Some(0);
-    let mut og = Outgoing { next_pid: 0, inflight: BTreeMap::new(), last_sent: None, window };
-    out.clear();
-    if cfg.notifications {
-        // As Mosquitto: QoS 1 unless the upstream takes only QoS 0.
-        let qos = QoS::AtLeastOnce.min(qos_max);
-        let packet_id = (qos != QoS::AtMostOnce).then(|| og.pid());
-        if let Some(pid) = packet_id {
-            og.inflight.insert(pid, (None, qos, false));
-        }
-        let p = Publish {
-            dup: false,
-            qos,
-            retain: retain_ok,
-            topic: Rc::from(cfg.notification_topic()),
-            packet_id,
-            payload: Rc::from(&b"1"[..]),
-            properties: Properties::default(),
-        };
-        encode(&Packet::Publish(p), v, &mut out);
-    }
+    let mut link = Link::new(v, &ack);
+    link.greet(cfg);
     server.with_broker(|b, now| b.bridge_notify(&io.origin, &cfg.notification_topic(), b"1", now));
-    let filters: Vec<(String, SubOptions)> = cfg
-        .topics
-        .iter()
-        .filter(|l| l.direction.inward())
-        .map(|l| {
-            let opts = SubOptions {
-                qos: l.qos,
-                no_local: v.is_v5(),
-                retain_as_published: v.is_v5(),
-                retain_handling: RetainHandling::SendAtSubscribe,
-            };
-            (l.remote_topic.clone(), opts)
-        })
-        .collect();
-    if !filters.is_empty() {
-        let sub = Subscribe { packet_id: og.pid(), filters, properties: Properties::default() };
-        encode(&Packet::Subscribe(sub), v, &mut out);
-    }
     let keepalive = Duration::from_secs(cfg.keepalive_secs.into());
     let mut last_in = Instant::now();
     let mut last_out = Instant::now();
-    let mut acked: Vec<u64> = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         if !server.serving_clients() {
             return End::NotServing;
         }
-        // Queued messages into the free window.
-        let free = og.window.saturating_sub(og.inflight.len());
+        let free = link.window.saturating_sub(link.inflight.len());
         if free > 0 {
-            let now = server.now();
-            let batch: Vec<crate::broker::state::BridgeMsg> = server.broker_read(|b| {
+            let batch: Vec<BridgeMsg> = server.broker_read(|b| {
                 b.state()
                     .bridge_queue(&cfg.name)
-                    .map_or_else(Vec::new, |q| q.after(og.last_sent, free).cloned().collect())
+                    .map_or_else(Vec::new, |q| q.after(link.last_sent, free).cloned().collect())
             });
-            for m in batch {
-                og.last_sent = Some(m.seq);
-                if m.msg.expired(now) {
-                    acked.push(m.seq);
-                    continue;
-                }
-                let qos = m.msg.qos.min(qos_max);
-                let packet_id = match qos {
-                    QoS::AtMostOnce => {
-                        acked.push(m.seq);
-                        None
-                    }
-                    q => {
-                        let pid = og.pid();
-                        og.inflight.insert(pid, (Some(m.seq), q, false));
-                        Some(pid)
-                    }
-                };
-                let mut properties = Properties::default();
-                if v.is_v5() {
-                    if let Some(props) = &m.msg.props {
-                        props.write_into(&mut properties);
-                    }
-                    properties.message_expiry_interval = m.msg.remaining_expiry_secs(now);
-                }
-                let p = Publish {
-                    dup: false,
-                    qos,
-                    retain: m.msg.retain && retain_ok,
-                    topic: m.msg.topic.clone(),
-                    packet_id,
-                    payload: m.msg.payload.clone(),
-                    properties,
-                };
-                encode(&Packet::Publish(p), v, &mut out);
-            }
+            link.send_queued(batch, server.now());
         }
         // Inbound messages the cluster committed.
         for a in io.acks.borrow_mut().drain(..) {
             let r = PubResp { packet_id: a.packet_id, code: 0, properties: Properties::default() };
-            let p = if a.qos == QoS::ExactlyOnce { Packet::PubRec(r) } else { Packet::PubAck(r) };
-            encode(&p, v, &mut out);
+            link.send(if a.qos == QoS::ExactlyOnce { Packet::PubRec(r) } else { Packet::PubAck(r) });
         }
-        if last_out.elapsed() >= keepalive && out.is_empty() {
-            encode(&Packet::PingReq, v, &mut out);
+        if last_out.elapsed() >= keepalive && link.out.is_empty() {
+            link.send(Packet::PingReq);
         }
-        if !out.is_empty() {
+        if !link.out.is_empty() {
             let w = async {
-                s.write_all(&out).await?;
+                s.write_all(&link.out).await?;
                 s.flush().await
             };
             if let Err(e) = w.await {
                 return End::Lost(e.to_string());
             }
-            out.clear();
+            link.out.clear();
             last_out = Instant::now();
         }
-        if !acked.is_empty() {
-            let seqs = std::mem::take(&mut acked);
+        if !link.acked.is_empty() {
+            let seqs = std::mem::take(&mut link.acked);
             server.with_broker(|b, now| b.bridge_acked(&cfg.name, seqs, now));
         }
         if last_in.elapsed() > keepalive + keepalive / 2 {
@@ -434,63 +523,34 @@ async fn session<L: RaftLog + 'static>(
                 Err(e) => return End::Lost(format!("bad packet: {e:?}")),
             };
             rbuf.drain(..used);
-            match p {
-                Packet::PubAck(r) => {
-                    if let Some((seq, _, _)) = og.inflight.remove(&r.packet_id) {
-                        acked.extend(seq);
-                    }
-                }
-                Packet::PubRec(r) => {
-                    if let Some(e) = og.inflight.get_mut(&r.packet_id) {
-                        if r.code >= 0x80 {
-                            // Refused upstream: it will not take it later either.
-                            warn!("Bridge {}: the upstream refused a message (PUBREC 0x{:02x}).", cfg.name, r.code);
-                            acked.extend(e.0);
-                            og.inflight.remove(&r.packet_id);
-                        } else {
-                            e.2 = true;
-                            let rel = PubResp { packet_id: r.packet_id, code: 0, properties: Properties::default() };
-                            encode(&Packet::PubRel(rel), v, &mut out);
-                        }
-                    }
-                }
-                Packet::PubComp(r) => {
-                    if let Some((seq, _, _)) = og.inflight.remove(&r.packet_id) {
-                        acked.extend(seq);
-                    }
-                }
-                Packet::Publish(mut p) => {
-                    let local = map_in(&cfg.topics, &p.topic);
-                    p.topic = Rc::from(local);
-                    let r = server.with_broker(|b, now| b.bridge_publish(&io.origin, &p, now));
-                    match r {
-                        Ok(()) => {}
-                        Err(BridgeRefusal::NotServing) => return End::NotServing,
-                        Err(why) => {
-                            warn!("Bridge {}: dropping a message on {} from upstream ({why:?}).", cfg.name, p.topic);
-                            if let Some(pid) = p.packet_id {
-                                let qos = p.qos;
-                                io.acks.borrow_mut().push(BridgeAck { origin: io.origin.clone(), packet_id: pid, qos });
-                            }
-                        }
-                    }
-                }
-                Packet::PubRel(r) => {
-                    // PUBREC went out after the commit: the message is the cluster's.
-                    let comp = PubResp { packet_id: r.packet_id, code: 0, properties: Properties::default() };
-                    encode(&Packet::PubComp(comp), v, &mut out);
-                }
-                Packet::SubAck(a) => {
-                    if a.codes.iter().any(|c| *c >= 0x80) {
-                        warn!("Bridge {}: the upstream refused a subscription (SUBACK {:02x?}).", cfg.name, a.codes);
-                    } else {
-                        debug!("Bridge {}: subscribed upstream ({:?}).", cfg.name, a.codes);
-                    }
-                }
-                Packet::PingResp | Packet::UnsubAck(_) => {}
-                Packet::Disconnect(d) => return End::Lost(format!("DISCONNECT 0x{:02x}", d.code)),
-                other => return End::Lost(format!("unexpected {}", other.name())),
+            if let Some(end) = link.on_packet(p, server, io) {
+                return end;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_private_sets_the_bridge_bit_of_the_protocol_level() {
+        let mut cfg = BridgeConfig::new("b", 10);
+        let plain = connect_packet(&cfg, false);
+        assert_eq!(&plain[2..9], b"\x00\x04MQTT\x04");
+        assert_eq!(&connect_packet(&cfg, true)[2..9], b"\x00\x04MQTT\x84");
+        // A CONNECT over 127 bytes: two length bytes.
+        cfg.remote_clientid = "c".repeat(200);
+        let long = connect_packet(&cfg, true);
+        assert!(long[1] & 0x80 != 0 && long[2] & 0x80 == 0);
+        assert_eq!(&long[3..10], b"\x00\x04MQTT\x84");
+        // The rest is the plain CONNECT: it decodes, with the will "0".
+        let Ok(Some((Packet::Connect(c), _))) = decode(&connect_packet(&cfg, false), None, 1 << 20) else {
+            panic!("CONNECT decodes")
+        };
+        let will = c.will.expect("notification will");
+        assert_eq!(will.topic, format!("$SYS/broker/connection/{}/state", cfg.remote_clientid));
+        assert_eq!((&will.payload[..], will.retain, will.qos), (&b"0"[..], true, QoS::AtLeastOnce));
     }
 }
