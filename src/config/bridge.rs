@@ -41,6 +41,9 @@ pub(super) fn is_bridge_key(key: &str) -> bool {
             | "remote_clientid"
             | "remote_username"
             | "remote_password"
+            | "clientid"
+            | "username"
+            | "password"
             | "bridge_cafile"
             | "bridge_certfile"
             | "bridge_keyfile"
@@ -148,15 +151,15 @@ pub(super) fn bridge_key(
             }
         }
         "cleansession" => b.clean_session = bool_value(key, rest)?,
-        "remote_clientid" => {
+        "remote_clientid" | "clientid" => {
             let v = one(key, rest)?;
             if v.len() > 65535 {
                 return Err("remote_clientid: longer than 65535 bytes".into());
             }
             b.remote_clientid = v.to_string();
         }
-        "remote_username" => b.remote_username = Some(one(key, rest)?.to_string()),
-        "remote_password" => b.remote_password = Some(one(key, rest)?.to_string()),
+        "remote_username" | "username" => b.remote_username = Some(one(key, rest)?.to_string()),
+        "remote_password" | "password" => b.remote_password = Some(one(key, rest)?.to_string()),
         "bridge_cafile" => lines.cafile = Some((path(key, rest)?, line)),
         "bridge_certfile" => lines.certfile = Some((path(key, rest)?, line)),
         "bridge_keyfile" => lines.keyfile = Some((path(key, rest)?, line)),

@@ -23,6 +23,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "certfile",
     "cleansession",
     "client_out_buffer_bytes",
+    "clientid",
     "cluster_allow_two_nodes",
     "cluster_cafile",
     "cluster_certfile",
@@ -61,6 +62,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "message_size_limit",
     "notification_topic",
     "notifications",
+    "password",
     "password_file",
     "persistence",
     "persistence_fsync",
@@ -86,6 +88,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "topic",
     "try_private",
     "upgrade_outgoing_qos",
+    "username",
 ];
 
 /// Mosquitto keys midge accepts and ignores with a warning.

@@ -984,6 +984,14 @@ fn bridges_in_mosquitto_syntax() {
     assert_eq!(d.notification_topic(), "$SYS/broker/connection/second/state");
     assert_eq!((d.keepalive_secs, d.restart_base_secs, d.restart_cap_secs), (60, 5, None));
     assert_eq!(d.queued_messages_max, 50);
+    // Mosquitto's older names.
+    let old = parse("connection a\naddress h\ntopic #\nclientid gw\nusername u\npassword p\n");
+    let o = &old.bridges[0];
+    assert_eq!(
+        (o.remote_clientid.as_str(), o.remote_username.as_deref(), o.remote_password.as_deref()),
+        ("gw", Some("u"), Some("p"))
+    );
+    assert!(err("username u").contains("username: a bridge key must follow a connection line"));
     // A listener after a connection block is still a listener.
     assert_eq!(c.listeners.len(), 1);
     // The broker's apply limits carry the out routes.
