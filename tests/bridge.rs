@@ -263,6 +263,36 @@ fn refusing_or_unreachable_upstream_is_retried_and_logged_once() {
     assert_eq!(out.trim(), "0");
 }
 
+/// `notifications false` with a `notification_topic`: nothing about the
+/// bridge's state upstream (no will, no birth), the local state on that
+/// topic: "1" when connected, "0" when the upstream goes away.
+#[test]
+fn notifications_false_keeps_the_state_local() {
+    let mut up = Upstream::start("");
+    let up_watch = Watch::start(up.port, &["-t", "#", "-t", "$SYS/broker/connection/#", "-q", "1"]);
+    let midge = Broker::start(&format!(
+        "connection cloud\naddress 127.0.0.1:{}\ntopic up/# out 1\nrestart_timeout 1\nnotifications false\n\
+         notification_topic bridges/gw7/state\n",
+        up.port
+    ));
+    let local = Watch::start(midge.port, &["-t", "bridges/#", "-q", "1"]);
+    let state = |l: &[String]| {
+        l.iter()
+            .rev()
+            .find(|x| x.starts_with("bridges/gw7/state "))
+            .and_then(|x| x.rsplit(' ').next().map(str::to_string))
+    };
+    let l = local.wait(Duration::from_secs(10), |l| state(l).as_deref() == Some("1"));
+    assert_eq!(state(&l).as_deref(), Some("1"), "{l:?}\n{}", midge.log());
+    publish_ok(midge.port, "mqttv311", &["-t", "up/x", "-m", "hello", "-q", "1"]);
+    let u = up_watch.wait(Duration::from_secs(10), |l| l.iter().any(|x| x == "up/x 1 0 hello"));
+    assert_eq!(u, ["up/x 1 0 hello"], "only the message upstream, no state");
+    up.stop();
+    let l = local.wait(Duration::from_secs(10), |l| state(l).as_deref() == Some("0"));
+    assert_eq!(state(&l).as_deref(), Some("0"), "{l:?}\n{}", midge.log());
+    assert!(!up_watch.stop().iter().any(|x| x.contains("state")));
+}
+
 /// A QoS 1 publisher that counts what midge acknowledged: connects to the
 /// first of `ports` that answers, publishes `payload` and waits for its
 /// PUBACK; on any failure it reconnects (rotating through `ports`) and
