@@ -293,6 +293,35 @@ fn notifications_false_keeps_the_state_local() {
     assert!(!up_watch.stop().iter().any(|x| x.contains("state")));
 }
 
+/// An upstream that stops answering with its connection open (SIGSTOP)
+/// is found out by the keep alive (`keepalive_interval 5`: within 1.5
+/// times it), and the message sent into the silence arrives after it
+/// answers again.
+#[test]
+fn silent_upstream_found_by_keepalive() {
+    let up = Upstream::start("");
+    let up_watch = Watch::start(up.port, &["-t", "up/#", "-q", "1"]);
+    let midge = Broker::start(&format!(
+        "connection cloud\naddress 127.0.0.1:{}\ntopic up/# out 1\nrestart_timeout 1\nkeepalive_interval 5\n",
+        up.port
+    ));
+    assert!(eventually(Duration::from_secs(10), || midge.log().contains("Bridge cloud connected")));
+    up.signal("-STOP");
+    let t = Instant::now();
+    publish_ok(midge.port, "mqttv311", &["-t", "up/x", "-m", "into-the-silence", "-q", "1"]);
+    assert!(
+        eventually(Duration::from_secs(12), || midge.log().contains("lost: no answer within the keep alive")),
+        "{}",
+        midge.log()
+    );
+    let found = t.elapsed();
+    assert!(found < Duration::from_secs(9), "found out after {found:?}");
+    up.signal("-CONT");
+    let u = up_watch.wait(Duration::from_secs(20), |l| l.iter().any(|x| x == "up/x 1 0 into-the-silence"));
+    assert!(u.iter().any(|x| x == "up/x 1 0 into-the-silence"), "{u:?}\n{}", midge.log());
+    println!("silent upstream found out after {found:?}");
+}
+
 /// A QoS 1 publisher that counts what midge acknowledged: connects to the
 /// first of `ports` that answers, publishes `payload` and waits for its
 /// PUBACK; on any failure it reconnects (rotating through `ports`) and

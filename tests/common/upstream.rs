@@ -76,6 +76,12 @@ impl Upstream {
         }
     }
 
+    /// SIGSTOP / SIGCONT: a broker that stops answering, its sockets open.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
@@ -84,6 +90,7 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
             let _ = c.kill();
             let _ = c.wait();
         }
