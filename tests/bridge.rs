@@ -617,7 +617,7 @@ fn bench_bridged_throughput_vs_mosquitto() {
     use std::sync::atomic::Ordering;
     let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let mut rates = Vec::new();
-    for who in ["mosquitto", "midge persistence true", "midge persistence false"] {
+    for who in ["mosquitto", "midge persistence true", "midge persistence false", "midge three nodes"] {
         let up = Upstream::start("max_queued_messages 0\n");
         let (count, _t) = counter(up.port, "site/#");
         let bridge = format!(
@@ -626,14 +626,18 @@ fn bench_bridged_throughput_vs_mosquitto() {
         );
         // Mosquitto's bridge gets the window midge's has (100) and no
         // queue bound; midge a queue bound above the run.
-        let (port, _mosq, _midge) = if who == "mosquitto" {
+        let (port, _mosq, _midge, _cluster) = if who == "mosquitto" {
             let m = Upstream::start(&format!("max_inflight_messages 100\nmax_queued_messages 0\n{bridge}"));
-            (m.port, Some(m), None)
+            (m.port, Some(m), None, None)
+        } else if who == "midge three nodes" {
+            let c = Cluster::start_mode("proxy", &format!("{bridge}bridge_max_queued_messages {}\n", n * 2));
+            let l = c.leader(Duration::from_secs(30)).expect("a leader");
+            (c.mqtt[l], None, None, Some(c))
         } else {
             let persistence = if who.ends_with("true") { "true" } else { "false" };
             let m =
                 Broker::start(&format!("persistence {persistence}\n{bridge}bridge_max_queued_messages {}\n", n * 2));
-            (m.port, None, Some(m))
+            (m.port, None, Some(m), None)
         };
         // Wait until a probe goes through.
         assert!(eventually(Duration::from_secs(15), || {
