@@ -43,7 +43,7 @@ fn count(lines: &[String], line: &str) -> usize {
 /// Both directions, QoS 0/1/2, prefixes, a `both` line that must not echo,
 /// the local state notification and the upstream's will/birth.
 fn both_directions(version: &str) {
-    let up = Upstream::start("");
+    let mut up = Upstream::start("");
     let up_watch =
         Watch::start(up.port, &["-t", "site7/#", "-t", "echo/#", "-t", "$SYS/broker/connection/#", "-q", "2"]);
     let health = free_port();
@@ -141,6 +141,32 @@ fn both_directions(version: &str) {
     // Nothing left in the queue, nothing dropped.
     assert!(eventually(Duration::from_secs(5), || bridge_health(health, "cloud").is_some_and(|h| h["queued"] == 0)));
     assert_eq!(bridge_health(health, "cloud").unwrap()["dropped"], 0);
+    // An upstream that restarts without its retained store gets the
+    // retained message again when the bridge reconnects (as Mosquitto's).
+    up.stop();
+    up.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let (_, out, _) = common::run_with_timeout(
+                std::process::Command::new("mosquitto_sub").args([
+                    "-p",
+                    &up.port.to_string(),
+                    "-t",
+                    "site7/sensors/kept",
+                    "-C",
+                    "1",
+                    "-W",
+                    "1",
+                    "-F",
+                    "%t %r %p",
+                ]),
+                Duration::from_secs(5),
+            );
+            out.trim() == "site7/sensors/kept 1 R1"
+        }),
+        "retained again after the upstream restarted:\n{}",
+        midge.log()
+    );
 }
 
 #[test]

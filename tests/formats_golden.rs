@@ -198,7 +198,8 @@ fn state_snapshot_v2_still_restores() {
 
 /// Format 3: format 2's entries and the cluster id (twice: the second,
 /// from a later leader, is ignored), three messages queued for a bridge
-/// and the first two of them acknowledged upstream.
+/// and the first two of them acknowledged upstream, a retained one, and the
+/// bridge connecting (which queues the retained one again).
 fn entries_v3() -> Vec<Entry> {
     let mut es = entries_v2();
     es.push(Entry { now_ms: 1_700_000_002_000, cmd: Command::ClusterId { id: CLUSTER_ID } });
@@ -217,6 +218,15 @@ fn entries_v3() -> Vec<Entry> {
         now_ms: 1_700_000_002_010,
         cmd: Command::BridgeAcked { bridge: Rc::from("cloud"), seqs: vec![0, 1] },
     });
+    es.push(Entry {
+        now_ms: 1_700_000_002_011,
+        cmd: Command::Publish {
+            msg: msg("bridge/level", b"kept", QoS::AtLeastOnce, true),
+            from: Some((Rc::from("pub"), 30)),
+            offline_only: false,
+        },
+    });
+    es.push(Entry { now_ms: 1_700_000_002_012, cmd: Command::BridgeConnected { bridge: Rc::from("cloud") } });
     es
 }
 
@@ -244,9 +254,18 @@ fn state_snapshot_v3_still_restores() {
     assert_eq!(restored.cluster_id(), CLUSTER_ID);
     assert!(restored.dynsec().is_some_and(|d| d.clients.contains_key("dave")));
     let q = restored.bridge_queue("cloud").expect("the bridge's queue");
-    assert_eq!(q.items.len(), 1, "two of three acknowledged upstream");
-    assert_eq!((q.items[0].seq, &*q.items[0].msg.topic, q.items[0].msg.qos), (2, "site7/temp", QoS::AtLeastOnce));
-    assert_eq!(q.next_seq, 3);
+    let items: Vec<(u64, &str, QoS, bool)> =
+        q.items.iter().map(|m| (m.seq, &*m.msg.topic, m.msg.qos, m.msg.retain)).collect();
+    assert_eq!(
+        items,
+        [
+            (2, "site7/temp", QoS::AtLeastOnce, false),
+            (3, "site7/level", QoS::AtLeastOnce, true),
+            (4, "site7/level", QoS::AtLeastOnce, true),
+        ],
+        "two of three acknowledged upstream; the retained one, and again on connect"
+    );
+    assert_eq!(q.next_seq, 5);
     assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v3");
 }
 

@@ -85,6 +85,15 @@ impl Broker {
         self.commit(now);
     }
 
+    /// Bridge `name` connected upstream: its retained messages are queued
+    /// for it (`Command::BridgeConnected`).
+    pub fn bridge_connected(&mut self, name: &str, now: u64) {
+        if self.serving {
+            self.propose(now, Command::BridgeConnected { bridge: Rc::from(name) });
+            self.commit(now);
+        }
+    }
+
     /// A bridge's local notification: `payload` ("1" up, "0" down),
     /// retained, at QoS 1, published as the bridge (so it does not go back
     /// out over it).

@@ -24,7 +24,8 @@ use crate::dynsec::{CommandError, DynsecChange, DynsecRead, DynsecState, Json, K
 /// still decode (a v1 `Command` is a v2 one; a v1 snapshot has no
 /// dynamic-security data).
 ///
-/// 3: `Command::ClusterId` and `Command::BridgeAcked` appended; the
+/// 3: `Command::ClusterId`, `Command::BridgeAcked` and
+/// `Command::BridgeConnected` appended; the
 /// snapshot ends with the cluster id (u128) and the bridges' queues.
 /// Version 2 entries and snapshots still decode (cluster id 0, no queues).
 pub const STATE_FORMAT_VERSION: u16 = 3;
@@ -127,6 +128,12 @@ pub enum Command {
     BridgeAcked {
         bridge: Rc<str>,
         seqs: Vec<u64>,
+    },
+    /// Bridge `bridge` connected to its upstream broker: the retained
+    /// messages of its `out`/`both` topics join its queue (as Mosquitto
+    /// sends them to a bridge that connects). Since format 3.
+    BridgeConnected {
+        bridge: Rc<str>,
     },
 }
 

@@ -396,6 +396,7 @@ impl State {
                 }
             }
             Command::BridgeAcked { bridge, seqs } => self.bridge_acked(bridge, seqs),
+            Command::BridgeConnected { bridge } => self.bridge_retained(bridge, now, lim, out),
         }
     }
 

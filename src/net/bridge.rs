@@ -458,7 +458,10 @@ async fn session<L: RaftLog + 'static>(
     io.acks.borrow_mut().clear();
     let mut link = Link::new(v, &ack);
     link.greet(cfg);
-    server.with_broker(|b, now| b.bridge_notify(&io.origin, &cfg.notification_topic(), b"1", now));
+    server.with_broker(|b, now| {
+        b.bridge_notify(&io.origin, &cfg.notification_topic(), b"1", now);
+        b.bridge_connected(&cfg.name, now);
+    });
     let keepalive = Duration::from_secs(cfg.keepalive_secs.into());
     let mut last_in = Instant::now();
     let mut last_out = Instant::now();

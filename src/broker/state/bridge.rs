@@ -12,7 +12,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::{ApplyLimits, Effect, State};
-use crate::bridge::map_out;
+use crate::bridge::{map_out, OutRoute};
 use crate::broker::message::Message;
 
 /// One message for the upstream broker: its topic there (remapped) and
@@ -64,23 +64,38 @@ impl State {
             if msg.origin.as_deref() == Some(&*r.origin) {
                 continue; // it came in over this bridge
             }
-            let Some((topic, qos)) = map_out(&r.lines, &msg.topic, msg.qos, lim.upgrade_outgoing_qos) else {
-                continue;
-            };
-            any = true;
-            let q = self.bridges.entry(r.name.clone()).or_default();
-            if q.items.len() >= r.queued_messages_max as usize {
-                q.dropped += 1;
-                out.push(Effect::BridgeQueueFull { bridge: r.name.clone(), dropped: q.dropped });
-                continue;
-            }
-            let m = Message { topic: Rc::from(topic), qos, ..msg.clone() };
-            self.stored_bytes = self.stored_bytes.saturating_add(m.cost_bytes());
-            q.items.push_back(BridgeMsg { seq: q.next_seq, msg: m });
-            q.next_seq += 1;
-            out.push(Effect::BridgeQueued { bridge: r.name.clone() });
+            any |= self.bridge_enqueue(r, msg, lim, out);
         }
         any
+    }
+
+    /// `msg` into the queue of bridge `r` if it goes out over it (bounded).
+    fn bridge_enqueue(&mut self, r: &OutRoute, msg: &Message, lim: &ApplyLimits, out: &mut Vec<Effect>) -> bool {
+        let Some((topic, qos)) = map_out(&r.lines, &msg.topic, msg.qos, lim.upgrade_outgoing_qos) else {
+            return false;
+        };
+        let q = self.bridges.entry(r.name.clone()).or_default();
+        if q.items.len() >= r.queued_messages_max as usize {
+            q.dropped += 1;
+            out.push(Effect::BridgeQueueFull { bridge: r.name.clone(), dropped: q.dropped });
+            return true;
+        }
+        let m = Message { topic: Rc::from(topic), qos, ..msg.clone() };
+        self.stored_bytes = self.stored_bytes.saturating_add(m.cost_bytes());
+        q.items.push_back(BridgeMsg { seq: q.next_seq, msg: m });
+        q.next_seq += 1;
+        out.push(Effect::BridgeQueued { bridge: r.name.clone() });
+        true
+    }
+
+    /// Bridge `name` connected: the retained messages that go out over it
+    /// join its queue, in topic order (Mosquitto sends them on connect).
+    pub(super) fn bridge_retained(&mut self, name: &str, now: u64, lim: &ApplyLimits, out: &mut Vec<Effect>) {
+        let Some(r) = lim.bridges.iter().find(|r| &*r.name == name) else { return };
+        let retained: Vec<Message> = self.retained.values().filter(|m| !m.expired(now)).cloned().collect();
+        for m in retained {
+            self.bridge_enqueue(r, &m, lim, out);
+        }
     }
 
     /// The upstream broker acknowledged these messages of bridge `name`
@@ -192,5 +207,21 @@ mod tests {
         let left: Vec<u64> = st.bridge_queue("up").unwrap().items.iter().map(|m| m.seq).collect();
         assert_eq!(left, [2]);
         assert_eq!(st.stored_bytes(), back.stored_bytes());
+        // On connect, the retained messages of its out topics join the queue.
+        let mut kept = match publish("plant/kept", QoS::AtLeastOnce, "c").cmd {
+            Command::Publish { msg, .. } => msg,
+            _ => unreachable!(),
+        };
+        kept.retain = true;
+        let retain = Entry { now_ms: 4, cmd: Command::Publish { msg: kept, from: None, offline_only: false } };
+        st.apply(&retain, &lim, &acl, &mut out);
+        let acked = Entry { now_ms: 5, cmd: Command::BridgeAcked { bridge: Rc::from("up"), seqs: vec![2, 4] } };
+        st.apply(&acked, &lim, &acl, &mut out);
+        assert!(st.bridge_queue("up").unwrap().items.is_empty());
+        let connected = Entry { now_ms: 6, cmd: Command::BridgeConnected { bridge: Rc::from("up") } };
+        st.apply(&connected, &lim, &acl, &mut out);
+        let q = st.bridge_queue("up").unwrap();
+        let topics: Vec<(&str, bool)> = q.items.iter().map(|m| (&*m.msg.topic, m.msg.retain)).collect();
+        assert_eq!(topics, [("site/kept", true)]);
     }
 }
