@@ -348,6 +348,25 @@ fn silent_upstream_found_by_keepalive() {
     println!("silent upstream found out after {found:?}");
 }
 
+/// midge bridging to midge: the upstream midge refuses Mosquitto's bridge
+/// protocol level (0x84) with CONNACK 1, and the bridge tries again with
+/// plain MQTT 3.1.1 (try_private's fallback), once.
+#[test]
+fn try_private_falls_back_when_the_upstream_refuses_it() {
+    let upstream = Broker::start("persistence false\n");
+    let up_watch = Watch::start(upstream.port, &["-t", "up/#", "-q", "1"]);
+    let midge = Broker::start(&format!(
+        "connection peer\naddress 127.0.0.1:{}\ntopic up/# out 1\nrestart_timeout 1\n",
+        upstream.port
+    ));
+    publish_ok(midge.port, "mqttv311", &["-t", "up/x", "-m", "to-midge", "-q", "1"]);
+    let u = up_watch.wait(Duration::from_secs(10), |l| !l.is_empty());
+    assert_eq!(u, ["up/x 1 0 to-midge"], "{}\n{}", midge.log(), upstream.log());
+    let log = midge.log();
+    assert_eq!(log.matches("refused the bridge protocol level; trying plain MQTT 3.1.1").count(), 1, "{log}");
+    assert_eq!(log.matches("Bridge peer connected").count(), 1, "{log}");
+}
+
 /// A QoS 1 publisher that counts what midge acknowledged: connects to the
 /// first of `ports` that answers, publishes `payload` and waits for its
 /// PUBACK; on any failure it reconnects (rotating through `ports`) and
