@@ -5,6 +5,7 @@
 //! no I/O and read no clock.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod cluster;
 pub mod config;

@@ -502,6 +502,7 @@ fn run<L: RaftLog + 'static>(
             };
             ex.spawn(transport::accept_loop(ex.clone(), l, peers.clone(), inbox)).detach();
         }
+        server.start_bridges(&ex, &config.bridges);
         ex.spawn(server.clone().ticker()).detach();
         ex.spawn(server.clone().keep_reactor()).detach();
         ex.spawn(server.clone().parker(ex.clone())).detach();

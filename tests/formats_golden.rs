@@ -2,7 +2,7 @@
 //! entry's command batch and a state snapshot, in every version this
 //! release reads (tests/golden/state-v1: batch and state format 1;
 //! state-v2: batch and state format 2, with dynamic security; state-v3:
-//! batch and state format 3, with the cluster id). A later
+//! batch and state format 3, with the cluster id and a bridge's queue). A later
 //! release must still decode these bytes to the same values. Regenerate
 //! only the current version's files, only when its format version is
 //! bumped — and then keep the old files and a reader for them:
@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::rc::Rc;
 
+use midge::bridge::{Direction, OutRoute, TopicLine};
 use midge::broker::state::{
     AckKind, ApplyLimits, Command, DynsecStep, DynsecTag, Entry, State, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
 };
@@ -101,6 +102,13 @@ fn applied_state(es: &[Entry]) -> State {
         retained_messages_max: 100,
         queue_qos0_messages: false,
         upgrade_outgoing_qos: false,
+        // Only format 3's entries publish on bridge/#.
+        bridges: Rc::from(vec![OutRoute {
+            name: Rc::from("cloud"),
+            origin: Rc::from("$bridge/cloud"),
+            lines: vec![TopicLine::new("#", Direction::Out, QoS::AtLeastOnce, Some("bridge/"), Some("site7/")).unwrap()],
+            queued_messages_max: 10,
+        }]),
     };
     let mut st = State::default();
     let mut out = Vec::new();
@@ -189,11 +197,36 @@ fn state_snapshot_v2_still_restores() {
 }
 
 /// Format 3: format 2's entries and the cluster id (twice: the second,
-/// from a later leader, is ignored).
+/// from a later leader, is ignored), three messages queued for a bridge
+/// and the first two of them acknowledged upstream, a retained one, and the
+/// bridge connecting (which queues the retained one again).
 fn entries_v3() -> Vec<Entry> {
     let mut es = entries_v2();
     es.push(Entry { now_ms: 1_700_000_002_000, cmd: Command::ClusterId { id: CLUSTER_ID } });
     es.push(Entry { now_ms: 1_700_000_002_001, cmd: Command::ClusterId { id: 5 } });
+    for (i, payload) in [&b"b1"[..], b"b2", b"b3"].into_iter().enumerate() {
+        es.push(Entry {
+            now_ms: 1_700_000_002_002 + i as u64,
+            cmd: Command::Publish {
+                msg: msg("bridge/temp", payload, QoS::ExactlyOnce, false),
+                from: Some((Rc::from("pub"), 20 + i as u16)),
+                offline_only: false,
+            },
+        });
+    }
+    es.push(Entry {
+        now_ms: 1_700_000_002_010,
+        cmd: Command::BridgeAcked { bridge: Rc::from("cloud"), seqs: vec![0, 1] },
+    });
+    es.push(Entry {
+        now_ms: 1_700_000_002_011,
+        cmd: Command::Publish {
+            msg: msg("bridge/level", b"kept", QoS::AtLeastOnce, true),
+            from: Some((Rc::from("pub"), 30)),
+            offline_only: false,
+        },
+    });
+    es.push(Entry { now_ms: 1_700_000_002_012, cmd: Command::BridgeConnected { bridge: Rc::from("cloud") } });
     es
 }
 
@@ -220,6 +253,19 @@ fn state_snapshot_v3_still_restores() {
     assert_eq!(restored.snapshot(), gold);
     assert_eq!(restored.cluster_id(), CLUSTER_ID);
     assert!(restored.dynsec().is_some_and(|d| d.clients.contains_key("dave")));
+    let q = restored.bridge_queue("cloud").expect("the bridge's queue");
+    let items: Vec<(u64, &str, QoS, bool)> =
+        q.items.iter().map(|m| (m.seq, &*m.msg.topic, m.msg.qos, m.msg.retain)).collect();
+    assert_eq!(
+        items,
+        [
+            (2, "site7/temp", QoS::AtLeastOnce, false),
+            (3, "site7/level", QoS::AtLeastOnce, true),
+            (4, "site7/level", QoS::AtLeastOnce, true),
+        ],
+        "two of three acknowledged upstream; the retained one, and again on connect"
+    );
+    assert_eq!(q.next_seq, 5);
     assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v3");
 }
 

@@ -13,7 +13,13 @@
 //!   4. no two nodes served clients in the same term;
 //!   5. every dynamic-security change the cluster answered as done (an
 //!      admin client creates users now and then, through whichever node
-//!      serves) is in every node's state.
+//!      serves) is in every node's state;
+//!   6. every message the cluster acknowledged reached the upstream broker
+//!      of a bridge (`topic t out 1 "" up/`): a simulated upstream takes
+//!      the serving node's bridge queue from its start now and then (a
+//!      new connection after any failover), and acknowledges some of what
+//!      it got, which the serving node proposes as `BridgeAcked` (the run
+//!      settles only once every node's bridge queue is empty).
 //! Dynamic security is on: the nodes start from Mosquitto's `init` file
 //! (tests/fixtures/dynsec/init.json) with publish and subscribe allowed by
 //! default, the first leader imports it, and invariant 3 covers its data.
@@ -23,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
+use midge::bridge::{BridgeConfig, Direction, TopicLine};
 use midge::broker::{Action, Broker, ConnId, Settings};
 use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::{raft_logger, Node, NodeConfig};
@@ -98,12 +105,17 @@ struct Sim {
     acked: BTreeSet<u64>,
     received: BTreeSet<u64>,
     serving_terms: BTreeMap<u64, usize>,
+    /// What the bridge's upstream received (message numbers).
+    upstream: BTreeSet<u64>,
     faults: bool,
     log: Vec<String>,
 }
 
 fn settings() -> Rc<Settings> {
-    let c = Config { dynsec_plugin: true, allow_anonymous: true, ..Config::default() };
+    let mut bridge = BridgeConfig::new("up", 100_000);
+    bridge.addresses.push(("127.0.0.1".into(), 1));
+    bridge.topics.push(TopicLine::new("t", Direction::Out, QoS::AtLeastOnce, Some("\"\""), Some("up/")).unwrap());
+    let c = Config { dynsec_plugin: true, allow_anonymous: true, bridges: vec![bridge], ..Config::default() };
     Rc::new(c.broker_settings(None, None))
 }
 
@@ -170,6 +182,7 @@ impl Sim {
             in_flight: BTreeMap::new(),
             acked: BTreeSet::new(),
             received: BTreeSet::new(),
+            upstream: BTreeSet::new(),
             serving_terms: BTreeMap::new(),
             faults: true,
             log: Vec::new(),
@@ -240,6 +253,7 @@ impl Sim {
             }
         }
         self.clients();
+        self.upstream_bridge();
         for i in 0..NODES {
             self.run_ready(i);
         }
@@ -514,6 +528,38 @@ impl Sim {
         }
     }
 
+    /// The bridge's upstream broker: now and then it receives the first
+    /// messages of the serving node's bridge queue (as a bridge resends
+    /// its queue from the start on each new connection), and acknowledges
+    /// some of them, which that node proposes as `BridgeAcked`.
+    fn upstream_bridge(&mut self) {
+        if !self.rng.chance(500_000) {
+            return;
+        }
+        let Some(i) = self.serving_node() else { return };
+        if self.isolated.is_some_and(|(iso, _)| iso == i) {
+            return;
+        }
+        let now = self.now;
+        let n = self.nodes[i].node.as_mut().unwrap();
+        let sent: Vec<(u64, u64)> = n.broker().state().bridge_queue("up").map_or_else(Vec::new, |q| {
+            q.after(None, 64).map(|m| (m.seq, u64::from_be_bytes(m.msg.payload[..8].try_into().unwrap()))).collect()
+        });
+        if sent.is_empty() {
+            return;
+        }
+        self.upstream.extend(sent.iter().map(|(_, msg)| *msg));
+        // Now and then acknowledgements are lost with the connection.
+        let keep = if self.rng.chance(200_000) { self.rng.below(sent.len() as u64) as usize } else { sent.len() };
+        let seqs: Vec<u64> = sent[..keep].iter().map(|(seq, _)| *seq).collect();
+        if let Err(e) = n.with_broker(now, |b, now| b.bridge_acked("up", seqs, now)) {
+            self.fail(&format!("node {} failed: {e}", i + 1));
+        }
+        let n = self.nodes[i].node.as_mut().unwrap();
+        let actions: Vec<Action> = n.broker_mut().take_actions().collect();
+        self.handle_actions(i, actions);
+    }
+
     fn handle_actions(&mut self, node: usize, actions: Vec<Action>) {
         let now = self.now;
         for a in actions {
@@ -634,6 +680,13 @@ impl Sim {
                 break;
             }
         }
+        // Then no new messages: what is in flight and queued drains (the
+        // bridge's upstream takes only committed, acknowledged ones).
+        self.total_msgs = self.total_msgs.min(self.next_seq);
+        let drain_until = self.now + 20_000;
+        while self.now < drain_until && !self.settled() {
+            self.step();
+        }
         // Invariant 1.
         let lost: Vec<u64> = self.acked.difference(&self.received).copied().collect();
         if !lost.is_empty() {
@@ -664,6 +717,27 @@ impl Sim {
         if snaps.iter().any(|s| *s != snaps[0]) {
             self.fail(&format!("applied state differs between nodes at index {}", applied[0]));
         }
+        // Invariant 6.
+        let lost: Vec<u64> = self.acked.difference(&self.upstream).copied().collect();
+        if !lost.is_empty() {
+            let queues: Vec<Vec<(u64, u64)>> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    n.node.as_ref().unwrap().broker().state().bridge_queue("up").map_or_else(Vec::new, |q| {
+                        q.items
+                            .iter()
+                            .map(|m| (m.seq, u64::from_be_bytes(m.msg.payload[..8].try_into().unwrap())))
+                            .collect()
+                    })
+                })
+                .collect();
+            self.fail(&format!(
+                "{} acknowledged messages never reached the bridge's upstream: {:?}; queues (seq, message) {queues:?}",
+                lost.len(),
+                &lost[..lost.len().min(20)]
+            ));
+        }
         // Invariant 5.
         for (i, n) in self.nodes.iter().enumerate() {
             let st = n.node.as_ref().unwrap().broker().state();
@@ -684,6 +758,11 @@ impl Sim {
             && self.in_flight.is_empty()
             && self.acked.is_subset(&self.received)
             && self.net.is_empty()
+            && self.nodes.iter().all(|n| {
+                n.node
+                    .as_ref()
+                    .is_some_and(|n| n.broker().state().bridge_queue("up").is_none_or(|q| q.items.is_empty()))
+            })
     }
 }
 
@@ -712,9 +791,10 @@ fn simulated_three_node_cluster_loses_nothing() {
         let partitions = sim.log.iter().filter(|l| l.contains("isolated")).count();
         let connects = sim.log.iter().filter(|l| l.contains("connects")).count();
         println!(
-            "seed {seed}: {} acked, {} received, {} users created, {crashes} crashes, {partitions} partitions, {connects} client connects, {} serving terms, applied index {}",
+            "seed {seed}: {} acked, {} received, {} upstream, {} users created, {crashes} crashes, {partitions} partitions, {connects} client connects, {} serving terms, applied index {}",
             sim.acked.len(),
             sim.received.len(),
+            sim.upstream.len(),
             sim.created.len(),
             sim.serving_terms.len(),
             sim.nodes[0].node.as_ref().unwrap().node().applied()

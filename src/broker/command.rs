@@ -25,8 +25,10 @@ use crate::mqtt::QoS;
 /// still decode (a v1 `Command` is a v2 one; a v1 snapshot has no
 /// dynamic-security data).
 ///
-/// 3: `Command::ClusterId` appended; the snapshot ends with the cluster id
-/// (u128). Version 2 entries and snapshots still decode (cluster id 0).
+/// 3: `Command::ClusterId`, `Command::BridgeAcked` and
+/// `Command::BridgeConnected` appended; the
+/// snapshot ends with the cluster id (u128) and the bridges' queues.
+/// Version 2 entries and snapshots still decode (cluster id 0, no queues).
 pub const STATE_FORMAT_VERSION: u16 = 3;
 
 /// Oldest snapshot format this midge reads.
@@ -120,6 +122,19 @@ pub enum Command {
     /// the state holds one. Since format 3.
     ClusterId {
         id: u128,
+    },
+    /// The upstream broker of bridge `bridge` acknowledged these queued
+    /// messages (PUBACK, PUBCOMP; QoS 0 ones once written): they leave its
+    /// queue. Since format 3.
+    BridgeAcked {
+        bridge: Rc<str>,
+        seqs: Vec<u64>,
+    },
+    /// Bridge `bridge` connected to its upstream broker: the retained
+    /// messages of its `out`/`both` topics join its queue (as Mosquitto
+    /// sends them to a bridge that connects). Since format 3.
+    BridgeConnected {
+        bridge: Rc<str>,
     },
 }
 
@@ -246,4 +261,13 @@ pub enum Effect {
     },
     /// The dynamic-security data changed (the file is to be rewritten).
     DynsecChanged,
+    /// A message joined the queue of bridge `bridge`.
+    BridgeQueued {
+        bridge: Rc<str>,
+    },
+    /// A message for bridge `bridge` was dropped: its queue was full.
+    BridgeQueueFull {
+        bridge: Rc<str>,
+        dropped: u64,
+    },
 }

@@ -13,6 +13,7 @@
 //! `proposals.rs`, CONNECT in `connect.rs`.
 
 pub mod admin;
+pub mod bridge;
 pub mod command;
 mod conn;
 mod connect;
@@ -172,6 +173,10 @@ pub struct Broker {
     /// UNSUBSCRIBE filters the ACL denied, by (client, packet id): their
     /// positions get 0x87 in the UNSUBACK of the command for the others.
     unsub_denied: BTreeMap<(Rc<str>, u16), Vec<usize>>,
+    /// A bridge's queue grew since the runtime last looked.
+    bridge_wake: bool,
+    /// Committed inbound messages of bridges, to acknowledge upstream.
+    bridge_acks: Vec<bridge::BridgeAck>,
     /// The data store's disk is full (`set_store_full`).
     store_full: bool,
     /// Retained replays at QoS 0 in progress, per connection (`replay.rs`).
@@ -232,6 +237,8 @@ impl Broker {
             replays: BTreeMap::new(),
             cert_names: BTreeMap::new(),
             conn_options: BTreeMap::new(),
+            bridge_wake: false,
+            bridge_acks: Vec::new(),
         }
     }
 
@@ -327,6 +334,7 @@ impl Broker {
             }
             self.proposals.clear();
             self.proposals_applied = 0;
+            self.bridge_acks.clear();
         }
     }
 

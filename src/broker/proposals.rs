@@ -130,6 +130,12 @@ impl Broker {
                     Packet::PubRel(PubResp { packet_id, code: 0, properties: Default::default() }),
                 );
             }
+            Effect::PubAck { client, packet_id, .. } if self.is_bridge_origin(&client) => {
+                self.bridge_ack_effect(client, packet_id, crate::mqtt::QoS::AtLeastOnce)
+            }
+            Effect::PubRec { client, packet_id, .. } if self.is_bridge_origin(&client) => {
+                self.bridge_ack_effect(client, packet_id, crate::mqtt::QoS::ExactlyOnce)
+            }
             Effect::PubAck { client, packet_id, code } => {
                 self.inbound_done(&client);
                 self.send_to_client(
@@ -187,6 +193,8 @@ impl Broker {
             Effect::DynsecAnswered { tag, results } => self.on_dynsec_answered(tag, results, now),
             Effect::DynsecKick { kick } => self.on_dynsec_kick(&kick, now),
             Effect::DynsecChanged => self.on_dynsec_changed(),
+            Effect::BridgeQueued { .. } => self.bridge_wake = true,
+            Effect::BridgeQueueFull { bridge, dropped } => self.bridge_queue_full(&bridge, dropped, now),
         }
     }
 }

@@ -283,7 +283,7 @@ impl Broker {
         }
         let msg = self.message_from(&client, &p, now);
         match p.qos {
-            QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos => {
+            QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos && !self.bridged(&msg.topic) => {
                 // QoS 0 to online subscribers does not wait for a commit.
                 let settings = self.settings.clone();
                 let ds = self.dynsec_data().cloned();

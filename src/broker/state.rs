@@ -25,7 +25,10 @@ use super::message::Message;
 use super::tree::{SubEntry, TopicTree};
 use crate::mqtt::{topic, QoS};
 
+mod bridge;
 mod snapshot;
+
+pub use bridge::{BridgeMsg, BridgeQueue};
 
 pub use super::command::{
     AckKind, Command, DynsecStep, DynsecTag, Effect, Entry, StepResult, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
@@ -158,6 +161,9 @@ pub struct ApplyLimits {
     pub queue_qos0_messages: bool,
     /// upgrade_outgoing_qos: deliver at the subscription's QoS.
     pub upgrade_outgoing_qos: bool,
+    /// The bridges' `out`/`both` topics and queue bounds (`connection`
+    /// blocks), in file order.
+    pub bridges: Rc<[crate::bridge::OutRoute]>,
 }
 
 pub type AclCheck<'a> = &'a dyn Fn(&str, Option<&str>, &str) -> bool;
@@ -182,6 +188,9 @@ pub struct State {
     /// every peer hello carries it, and a node of another cluster is
     /// refused. Since format 3.
     cluster_id: u128,
+    /// Each bridge's messages for its upstream broker, by connection name.
+    /// Since format 3.
+    bridges: BTreeMap<Rc<str>, BridgeQueue>,
 }
 
 /// Split a subscribed filter into (share group, topic filter).
@@ -386,6 +395,8 @@ impl State {
                     self.cluster_id = *id;
                 }
             }
+            Command::BridgeAcked { bridge, seqs } => self.bridge_acked(bridge, seqs),
+            Command::BridgeConnected { bridge } => self.bridge_retained(bridge, now, lim, out),
         }
     }
 
@@ -514,7 +525,10 @@ impl State {
             self.set_retained(msg, lim);
         }
         let targets = self.route(msg, lim.upgrade_outgoing_qos, acl);
-        let matched = !targets.is_empty();
+        let mut matched = !targets.is_empty();
+        if !offline_only && !lim.bridges.is_empty() {
+            matched |= self.bridge_out(msg, lim, out);
+        }
         for (client, d) in targets {
             let online = self.sessions.get(&client).is_some_and(|s| s.online);
             if offline_only && online {

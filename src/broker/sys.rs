@@ -126,7 +126,20 @@ impl Broker {
         ];
         let cluster: Vec<(String, String)> =
             self.cluster_sys.iter().map(|(k, v)| (format!("cluster/{k}"), v.clone())).collect();
-        let all = values.into_iter().map(|(k, v)| (k.to_string(), v)).chain(cluster);
+        let bridges: Vec<(String, String)> = self
+            .settings
+            .apply
+            .bridges
+            .iter()
+            .flat_map(|r| {
+                let q = self.state.bridge_queue(&r.name);
+                [
+                    (format!("bridge/{}/queued", r.name), q.map_or(0, |q| q.items.len()).to_string()),
+                    (format!("bridge/{}/dropped", r.name), q.map_or(0, |q| q.dropped).to_string()),
+                ]
+            })
+            .collect();
+        let all = values.into_iter().map(|(k, v)| (k.to_string(), v)).chain(cluster).chain(bridges);
         for (name, value) in all {
             let topic: Rc<str> = Rc::from(format!("$SYS/broker/{name}"));
             if self.sys_retained.get(&topic).is_some_and(|m| *m.payload == *value.as_bytes()) {

@@ -666,3 +666,36 @@ fn a_mounted_connection_lives_under_its_prefix() {
     let subs: Vec<String> = b.state.sessions()[&Rc::from("inside")].subs.keys().cloned().collect();
     assert_eq!(subs, ["$share/g/site1/b"], "unsubscribed under the mount point");
 }
+
+/// A bridge's inbound message reaches local subscribers, is acknowledged
+/// upstream only after its commit (here: at once, one node in memory),
+/// and does not go back out over the bridge; a local QoS 0 message on a
+/// bridged topic goes through the log into the bridge's queue.
+#[test]
+fn bridge_inbound_outbound_and_no_echo() {
+    let c = Config::parse_str("connection up\naddress 127.0.0.1:1\ntopic echo/# both 1\n", "t.conf").unwrap();
+    let mut b = Broker::new(Rc::new(c.broker_settings(None, None)), 1_000);
+    connect(&mut b, 1, "sub", Version::V311, true, 1_000);
+    subscribe(&mut b, 1, "echo/#", QoS::AtLeastOnce, 1_000);
+    let origin: Rc<str> = Rc::from("$bridge/up");
+    let Packet::Publish(p) = publish("echo/in", b"x", QoS::AtLeastOnce, Some(9), false) else { unreachable!() };
+    b.bridge_publish(&origin, &p, 1_001).unwrap();
+    let out = sent(&mut b);
+    assert_eq!(publishes(&out, 1).len(), 1, "delivered locally: {out:?}");
+    let (_, acks) = b.take_bridge_events();
+    assert_eq!(acks, [bridge::BridgeAck { origin: origin.clone(), packet_id: 9, qos: QoS::AtLeastOnce }]);
+    assert!(b.state().bridge_queue("up").is_none_or(|q| q.items.is_empty()), "not sent back out");
+    // A local QoS 0 message on a bridged topic is queued for the bridge.
+    b.packet(1, publish("echo/local", b"y", QoS::AtMostOnce, None, false), 1_002);
+    let (wake, _) = b.take_bridge_events();
+    assert!(wake);
+    let q = b.state().bridge_queue("up").expect("queued");
+    assert_eq!(q.items.len(), 1);
+    assert_eq!((&*q.items[0].msg.topic, q.items[0].msg.qos), ("echo/local", QoS::AtMostOnce));
+    // The upstream acknowledged it: it leaves the queue.
+    b.bridge_acked("up", vec![q.items[0].seq], 1_003);
+    assert!(b.state().bridge_queue("up").unwrap().items.is_empty());
+    // A node that does not serve takes nothing from the bridge.
+    b.set_serving(false, 1_004);
+    assert_eq!(b.bridge_publish(&origin, &p, 1_005), Err(bridge::BridgeRefusal::NotServing));
+}

@@ -37,6 +37,7 @@ impl Config {
                 retained_messages_max: c.limits.retained_messages_max,
                 queue_qos0_messages: c.queue_qos0_messages,
                 upgrade_outgoing_qos: c.upgrade_outgoing_qos,
+                bridges: c.bridges.iter().map(|b| b.out_route()).collect(),
             },
         }
     }

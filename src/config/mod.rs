@@ -17,6 +17,7 @@
 //! max_inflight_messages 10
 //! ```
 
+mod bridge;
 mod broker_settings;
 mod keys;
 mod parse;
@@ -335,6 +336,8 @@ pub struct Config {
     pub cluster_join: bool,
     /// `persistence_fsync`: fsync every raft Ready (default `true`).
     pub persistence_fsync: bool,
+    /// `connection NAME` blocks: bridges to upstream brokers, in file order.
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// The file this configuration was read from.
     pub source: Option<PathBuf>,
     /// The files `include_dir` read, in order.
@@ -385,6 +388,7 @@ impl Default for Config {
             admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
+            bridges: Vec::new(),
             cluster_tls: None,
             cluster_join: false,
             source: None,

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use super::bridge::{bridge_key, finish_bridge, is_bridge_key, BridgeLines};
 use super::keys::{suggest, UNSUPPORTED_KEYS, UNSUPPORTED_PREFIXES};
 use super::tls::{ClusterTlsFiles, ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
@@ -190,6 +191,8 @@ struct Parser {
     tls_to_admin: bool,
     admin_tls_line_failed: bool,
     cluster_tls: ClusterTlsFiles,
+    /// One per `connection` line (same order as `cfg.bridges`).
+    bridge_lines: Vec<BridgeLines>,
 }
 
 impl Parser {
@@ -225,6 +228,7 @@ impl Parser {
             tls_to_admin: false,
             admin_tls_line_failed: false,
             cluster_tls: ClusterTlsFiles::default(),
+            bridge_lines: Vec::new(),
         }
     }
 
@@ -318,6 +322,28 @@ impl Parser {
 
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
         match key {
+            "connection" => {
+                let name = self.one(key, rest)?;
+                if name.contains(['/', '+', '#']) {
+                    return Err(self.err(format!("connection: \"{name}\" may not contain /, + or #")));
+                }
+                if let Some(i) = self.cfg.bridges.iter().position(|b| b.name == name) {
+                    let prev = self.places.describe(self.bridge_lines[i].connection, self.line);
+                    return Err(self.err(format!("connection {name}: already defined on {prev}")));
+                }
+                let queued = self.cfg.limits.queued_messages_max;
+                self.cfg.bridges.push(crate::bridge::BridgeConfig::new(name, queued));
+                self.bridge_lines.push(BridgeLines { connection: self.line, ..BridgeLines::default() });
+            }
+            k if is_bridge_key(k) => {
+                let line = self.line;
+                let (Some(b), Some(l)) = (self.cfg.bridges.last_mut(), self.bridge_lines.last_mut()) else {
+                    return Err(
+                        self.err(format!("{key}: a bridge key must follow a connection line (connection NAME)"))
+                    );
+                };
+                bridge_key(b, l, key, rest, line).map_err(|m| ConfigError::new("", line, m))?;
+            }
             "listener" => self.listener(rest)?,
             "certfile"
             | "keyfile"
@@ -1117,6 +1143,18 @@ impl Parser {
                 line_of("cluster_mode"),
                 format!("cluster_mode dynsec_sync synchronizes dynamic security: it needs plugin .../{DYNSEC_PLUGIN} and plugin_opt_config_file"),
             );
+        }
+        for (b, l) in cfg.bridges.iter_mut().zip(&self.bridge_lines) {
+            let queued = cfg.limits.queued_messages_max;
+            for e in finish_bridge(b, l, queued) {
+                err(e.line, e.message);
+            }
+            if cfg.cluster_mode == ClusterMode::DynsecSync && !failed(&["cluster_mode"]) {
+                err(
+                    l.connection,
+                    format!("connection {}: bridges need cluster_mode full_sync (in dynsec_sync every node serves its own clients, and no node holds the others' messages)", b.name),
+                );
+            }
         }
         if cfg.dynsec_plugin && cfg.dynsec_file.is_none() && !failed(&["plugin_opt_config_file"]) {
             err(

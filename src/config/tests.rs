@@ -450,7 +450,14 @@ fn unsupported_mosquitto_keys_are_errors() {
          use_identity_as_username and use_subject_as_username)"
     );
     assert!(err("auth_opt_db_host x").contains("plugins are not supported"));
-    assert!(err("connection bridge-01").contains("bridges are not supported"));
+    assert_eq!(
+        err("connection b\naddress 127.0.0.1:1883\ntopic # out\nlocal_clientid x"),
+        "midge.conf:4: \"local_clientid\" is a Mosquitto option that midge does not support \
+         (a bridge takes the keys listed in docs/CONFIG.md, \"Bridges\")"
+    );
+    assert!(
+        err("connection b\naddress h:1\ntopic #\nbridge_alpn mqtt").contains("\"bridge_alpn\" is a Mosquitto option")
+    );
     assert_eq!(
         err("clientid_prefixes x/"),
         "midge.conf:1: \"clientid_prefixes\" is a Mosquitto option that midge does not support"
@@ -1045,6 +1052,125 @@ fn max_connections_after_a_listener_is_that_listeners_own() {
 }
 
 #[test]
+fn bridges_in_mosquitto_syntax() {
+    use crate::bridge::{Direction, TopicLine};
+    use crate::mqtt::{QoS, Version};
+    let c = parse(
+        "max_queued_messages 50\n\
+         connection cloud\n\
+         address 127.0.0.1:1884 [::1]:1885 broker.example\n\
+         topic sensors/# out 1\n\
+         topic cmd/# in 2 plant/ site7/\n\
+         topic \"\" both 0 local/one remote/one\n\
+         bridge_protocol_version mqttv50\n\
+         cleansession true\n\
+         remote_clientid gw7\n\
+         remote_username u\n\
+         remote_password p\n\
+         try_private false\n\
+         notifications false\n\
+         notification_topic bridges/gw7\n\
+         keepalive_interval 30\n\
+         restart_timeout 2 20\n\
+         round_robin true\n\
+         start_type automatic\n\
+         bridge_max_queued_messages 7\n\
+         connection second\n\
+         address 10.0.0.1\n\
+         topic #\n\
+         listener 1883\n",
+    );
+    assert_eq!(c.bridges.len(), 2);
+    let b = &c.bridges[0];
+    assert_eq!(b.name, "cloud");
+    assert_eq!(
+        b.addresses,
+        [("127.0.0.1".to_string(), 1884), ("::1".to_string(), 1885), ("broker.example".to_string(), 1883)]
+    );
+    assert_eq!(b.topics[0], TopicLine::new("sensors/#", Direction::Out, QoS::AtLeastOnce, None, None).unwrap());
+    assert_eq!(b.topics[1].local_topic, "plant/cmd/#");
+    assert_eq!(b.topics[1].remote_topic, "site7/cmd/#");
+    assert_eq!((b.topics[2].direction, b.topics[2].local_topic.as_str()), (Direction::Both, "local/one"));
+    assert_eq!(b.version, Version::V5);
+    assert!(b.clean_session && !b.try_private && !b.notifications && b.round_robin);
+    assert_eq!(
+        (b.remote_clientid.as_str(), b.remote_username.as_deref(), b.remote_password.as_deref()),
+        ("gw7", Some("u"), Some("p"))
+    );
+    assert_eq!(b.notification_topic(), "bridges/gw7");
+    assert_eq!((b.keepalive_secs, b.restart_base_secs, b.restart_cap_secs), (30, 2, Some(20)));
+    assert_eq!(b.queued_messages_max, 7);
+    // Mosquitto's defaults; the queue bound defaults to max_queued_messages.
+    let d = &c.bridges[1];
+    assert_eq!(d.addresses, [("10.0.0.1".to_string(), 1883)]);
+    assert_eq!(d.topics[0].direction, Direction::Out);
+    assert_eq!(d.topics[0].qos, QoS::AtMostOnce);
+    assert!(!d.clean_session && d.try_private && d.notifications && !d.round_robin);
+    assert_eq!(d.version, Version::V311);
+    assert_eq!(d.remote_clientid, "second");
+    assert_eq!(d.notification_topic(), "$SYS/broker/connection/second/state");
+    assert_eq!((d.keepalive_secs, d.restart_base_secs, d.restart_cap_secs), (60, 5, None));
+    assert_eq!(d.queued_messages_max, 50);
+    // Mosquitto's older names.
+    let old = parse("connection a\naddress h\ntopic #\nclientid gw\nusername u\npassword p\n");
+    let o = &old.bridges[0];
+    assert_eq!(
+        (o.remote_clientid.as_str(), o.remote_username.as_deref(), o.remote_password.as_deref()),
+        ("gw", Some("u"), Some("p"))
+    );
+    assert!(err("username u").contains("username: a bridge key must follow a connection line"));
+    // A listener after a connection block is still a listener.
+    assert_eq!(c.listeners.len(), 1);
+    // The broker's apply limits carry the out routes.
+    let s = c.broker_settings(None, None);
+    assert_eq!(s.apply.bridges.len(), 2);
+    assert_eq!(s.apply.bridges[0].lines.len(), 2, "the in-only line does not go out");
+}
+
+#[test]
+fn bridge_errors_name_the_line() {
+    assert_eq!(err("topic # out"), "midge.conf:1: topic: a bridge key must follow a connection line (connection NAME)");
+    assert_eq!(err("connection a\ntopic #"), "midge.conf:1: connection a: no address line (address HOST:PORT)");
+    assert_eq!(
+        err("connection a\naddress h\n"),
+        "midge.conf:1: connection a: no topic line (topic PATTERN [out|in|both] [QOS])"
+    );
+    let base = "connection a\naddress 127.0.0.1:1883\ntopic #\n";
+    assert_eq!(
+        err(&format!("{base}topic # sideways")),
+        "midge.conf:4: topic: direction \"sideways\" is not out, in or both"
+    );
+    assert_eq!(err(&format!("{base}topic # out 3")), "midge.conf:4: topic: QoS \"3\" is not 0, 1 or 2");
+    assert!(err(&format!("{base}topic \"\" out 1")).starts_with("midge.conf:4: topic: pattern \"\" needs both"));
+    assert!(err(&format!("{base}topic # out 1 a/+/ b/")).contains("local prefix \"a/+/\" is not a valid topic"));
+    assert_eq!(err(&format!("{base}start_type lazy")), "midge.conf:4: start_type lazy is not supported by midge: a bridge starts automatically on the leader (start_type automatic)");
+    assert_eq!(
+        err(&format!("{base}bridge_protocol_version mqttv31")),
+        "midge.conf:4: bridge_protocol_version: \"mqttv31\" is not supported (mqttv311 or mqttv50)"
+    );
+    assert_eq!(
+        err(&format!("{base}connection a\naddress h\ntopic #")),
+        "midge.conf:4: connection a: already defined on line 1"
+    );
+    assert_eq!(err(&format!("{base}address h:99999")), "midge.conf:4: address: \"h:99999\" is not HOST:PORT");
+    assert_eq!(
+        err(&format!("{base}bridge_certfile /x.pem")),
+        "midge.conf:1: connection a: bridge TLS needs bridge_cafile (the CA that signed the upstream's certificate)"
+            .replace(":1:", ":4:")
+    );
+    assert!(err(&format!("{base}bridge_cafile /nonexistent.pem"))
+        .starts_with("midge.conf:4: bridge_cafile /nonexistent.pem"));
+    assert_eq!(
+        err(&format!("{base}restart_timeout 10 5")),
+        "midge.conf:4: restart_timeout: the cap 5 is below the base 10"
+    );
+    let dynsec = "plugin /x/mosquitto_dynamic_security.so\nplugin_opt_config_file /x.json\ncluster_mode dynsec_sync\n";
+    assert!(
+        err(&format!("{dynsec}{base}")).starts_with("midge.conf:4: connection a: bridges need cluster_mode full_sync")
+    );
+}
+
+#[test]
 fn mosquitto_keys_midge_still_refuses_name_file_and_line() {
     for (key, why) in
         [("clientid_prefixes", "clientid_prefixes"), ("capath", "certfile, keyfile"), ("bind_interface", "listener")]
@@ -1089,4 +1215,18 @@ fn max_qos_and_max_topic_alias_after_a_listener_are_that_listeners() {
     let c = parse("listener 1883\nmax_qos 1\nmax_qos 2\n");
     assert_eq!(c.listeners[0].max_qos, Some(2));
     assert!(c.warnings[0].to_string().starts_with("midge.conf:3: max_qos overrides"));
+}
+
+#[test]
+fn bridge_tls_files_are_read() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let c = parse(&format!(
+        "connection a\naddress 127.0.0.1:8883\ntopic #\nbridge_cafile {dir}/ca.pem\nbridge_certfile {dir}/client.pem\nbridge_keyfile {dir}/client.key\nbridge_insecure true\n"
+    ));
+    let t = c.bridges[0].tls.as_ref().expect("TLS");
+    assert!(t.insecure && t.certfile.is_some());
+    assert!(err(&format!(
+        "connection a\naddress h\ntopic #\nbridge_cafile {dir}/ca.pem\nbridge_certfile {dir}/client.pem\n"
+    ))
+    .starts_with("midge.conf:5: bridge_certfile needs bridge_keyfile"));
 }

@@ -5,6 +5,7 @@
 //! the connection drains. Idle plain TCP connections are parked without a
 //! task (`park.rs`). No borrow of the broker lives across an `.await`.
 
+pub mod bridge;
 mod conn;
 mod health;
 mod steer;
@@ -240,6 +241,8 @@ pub struct Server<L: RaftLog> {
     /// `plugin_opt_config_file`: rewritten after each dynamic-security
     /// change (dynamic security on).
     dynsec_file: RefCell<Option<std::path::PathBuf>>,
+    /// The bridges (`connection` blocks), each with its task.
+    bridges: RefCell<Vec<Rc<bridge::BridgeIo>>>,
 }
 
 /// The cluster group of `cluster_mode dynsec_sync`, with its own bell and
@@ -364,12 +367,52 @@ impl<L: RaftLog + 'static> Server<L> {
             spare_actions: Cell::default(),
             spare_ids: Cell::default(),
             dynsec_file: RefCell::new(None),
+            bridges: RefCell::new(Vec::new()),
         })
     }
 
     /// The dynamic security file to keep in step with the replicated data.
     pub fn set_dynsec_file(&self, path: std::path::PathBuf) {
         *self.dynsec_file.borrow_mut() = Some(path);
+    }
+
+    /// Start a task for each bridge; each connects while this node serves.
+    pub fn start_bridges(self: &Rc<Self>, ex: &Rc<LocalExecutor<'static>>, configs: &[crate::bridge::BridgeConfig]) {
+        for c in configs {
+            let io = bridge::BridgeIo::new(c.clone());
+            self.bridges.borrow_mut().push(io.clone());
+            ex.spawn(bridge::run(self.clone(), io)).detach();
+        }
+    }
+
+    /// Whether this node's broker serves clients (and runs the bridges).
+    fn serving_clients(&self) -> bool {
+        self.driver.borrow().broker().serving()
+    }
+
+    /// Read the broker's state (nothing to carry out afterwards).
+    fn broker_read<R>(&self, f: impl FnOnce(&Broker) -> R) -> R {
+        f(self.driver.borrow().broker())
+    }
+
+    /// What the broker's applied commands ask of the bridges: wake them
+    /// (a queue grew), and the acknowledgements of their inbound messages.
+    fn to_bridges(&self, b: &mut Broker) {
+        let bridges = self.bridges.borrow();
+        if bridges.is_empty() {
+            return;
+        }
+        let (wake, acks) = b.take_bridge_events();
+        for a in acks {
+            if let Some(io) = bridges.iter().find(|io| io.origin == a.origin) {
+                io.push_ack(a);
+            }
+        }
+        if wake {
+            for io in bridges.iter() {
+                io.ring();
+            }
+        }
     }
 
     /// The driver's monotonic clock, in microseconds.
@@ -536,6 +579,7 @@ impl<L: RaftLog + 'static> Server<L> {
     /// (a paced retained replay goes on): those actions are taken in the
     /// next round, until none are left (the sockets' room bounds it).
     fn dispatch(&self, b: &mut Broker) {
+        self.to_bridges(b);
         let now = self.last_now.get();
         for _ in 0..DISPATCH_ROUNDS_MAX {
             if b.actions().is_empty() {
@@ -724,6 +768,23 @@ impl<L: RaftLog + 'static> Server<L> {
         if let Some(o) = v.as_object_mut() {
             o.insert("mode".into(), mode.into());
             o.insert("serving".into(), serving.into());
+            let bridges = self.bridges.borrow();
+            if !bridges.is_empty() {
+                let d = self.driver.borrow();
+                let list: Vec<serde_json::Value> = bridges
+                    .iter()
+                    .map(|io| {
+                        let q = d.broker().state().bridge_queue(&io.cfg.name);
+                        serde_json::json!({
+                            "name": io.cfg.name,
+                            "connected": io.connected(),
+                            "queued": q.map_or(0, |q| q.items.len()),
+                            "dropped": q.map_or(0, |q| q.dropped),
+                        })
+                    })
+                    .collect();
+                o.insert("bridges".into(), list.into());
+            }
         }
         (ok, v.to_string())
     }

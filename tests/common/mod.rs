@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod cluster_tls;
 pub mod dynsec;
 pub mod mosquitto_sub;
+pub mod upstream;
 pub mod v4;
 pub mod v5;
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    split_share, Delivery, Outbound, Queue, Session, SessionWill, State, WillMsg, STATE_FORMAT_VERSION,
+    split_share, BridgeQueue, Delivery, Outbound, Queue, Session, SessionWill, State, WillMsg, STATE_FORMAT_VERSION,
     STATE_FORMAT_VERSION_MIN,
 };
 use crate::broker::lazy::Lazy;
@@ -106,6 +106,8 @@ struct SnapshotOut<'a> {
     dynsec: Option<&'a DynsecState>,
     /// Since format 3.
     cluster_id: u128,
+    /// Since format 3.
+    bridges: &'a BTreeMap<Rc<str>, BridgeQueue>,
 }
 
 /// Format 1: format 2 without `dynsec`.
@@ -141,6 +143,7 @@ struct SnapshotIn {
     peer_addrs: BTreeMap<u64, String>,
     dynsec: Option<DynsecState>,
     cluster_id: u128,
+    bridges: BTreeMap<Rc<str>, BridgeQueue>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -174,6 +177,7 @@ impl State {
             peer_addrs: &self.peer_addrs,
             dynsec: self.dynsec.as_deref(),
             cluster_id: self.cluster_id,
+            bridges: &self.bridges,
         };
         postcard::to_allocvec(&out).unwrap_or_default()
     }
@@ -199,6 +203,7 @@ impl State {
                     peer_addrs: v1.peer_addrs,
                     dynsec: None,
                     cluster_id: 0,
+                    bridges: BTreeMap::new(),
                 }
             }
             2 => {
@@ -211,6 +216,7 @@ impl State {
                     peer_addrs: v2.peer_addrs,
                     dynsec: v2.dynsec,
                     cluster_id: 0,
+                    bridges: BTreeMap::new(),
                 }
             }
             STATE_FORMAT_VERSION => postcard::from_bytes(bytes).map_err(decode_err)?,
@@ -233,6 +239,8 @@ impl State {
             }
         }
         st.stored_bytes = s.retained.values().fold(st.stored_bytes, |a, m| a.saturating_add(m.cost_bytes()));
+        st.stored_bytes = s.bridges.values().fold(st.stored_bytes, |a, q| a.saturating_add(q.bytes()));
+        st.bridges = s.bridges;
         st.sessions = sessions;
         st.retained = s.retained;
         st.peer_addrs = s.peer_addrs;

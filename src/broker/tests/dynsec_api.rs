@@ -244,6 +244,7 @@ fn a_change_before_the_import_is_refused_and_the_import_still_applies() {
         retained_messages_max: 10,
         queue_qos0_messages: false,
         upgrade_outgoing_qos: false,
+        bridges: Rc::from(vec![]),
     };
     let mut out = Vec::new();
     let tag = DynsecTag { node: 2, client: Rc::from("ctrl"), seq: 1 };
