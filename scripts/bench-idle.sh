@@ -11,7 +11,7 @@
 # every process it starts is stopped by PID.
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/scripts/lib.sh"
+. "$ROOT/scripts/lib-bench.sh"
 CLIENTS=100 SECS=60 BUILD=1 MIDGE_BIN="" OUT="$ROOT/benches/results/idle.md"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,8 +38,6 @@ PIDS=()
 cleanup() { local p; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # N raw MQTT 3.1.1 clients (CONNECT, wait for CONNACK, then nothing) on a
 # port, held open until this process is killed. A cheap client: one Python
@@ -74,7 +72,7 @@ wb_of() { awk '/^write_bytes/ {print $2}' /proc/"$1"/io; }
 declare -A PIDOF=()
 start_midge() { # name [cluster-node-id]
     local n=$1 p d="$WORK/$1"; mkdir -p "$d"
-    p=$(port); echo "$p" > "$d/port"
+    p=$(free_port); echo "$p" > "$d/port"
     {
         echo "listener $p 127.0.0.1"
         echo "allow_anonymous true"
@@ -92,27 +90,17 @@ start_midge() { # name [cluster-node-id]
 
 # One node, and Mosquitto with persistence as midge has it by default.
 start_midge m1
-MQP=$(port); mkdir -p "$WORK/mq"; chown mosquitto "$WORK/mq" 2>/dev/null || true
+MQP=$(free_port); mkdir -p "$WORK/mq"; chown mosquitto "$WORK/mq" 2>/dev/null || true
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nconnection_messages false\nlog_dest none\n' "$MQP" "$WORK/mq" > "$WORK/mq.conf"
 mosquitto -c "$WORK/mq.conf" > "$WORK/mq.log" 2>&1 &
 PIDS+=("$!"); PIDOF[mq]=$!
 # Three nodes: clients on the leader (found by a CONNECT answered 0).
-declare -A RAFT=([1]=$(port) [2]=$(port) [3]=$(port))
+declare -A RAFT=([1]=$(free_port) [2]=$(free_port) [3]=$(free_port))
 for i in 1 2 3; do start_midge "c$i" "$i"; done
-wait_port "$(cat "$WORK/m1/port")" || die "midge did not start: $(tail -3 "$WORK/m1/log")"
-wait_port "$MQP" || die "mosquitto did not start: $(tail -3 "$WORK/mq.log")"
-LEADER=""
-for _ in $(seq 1 100); do
-    for i in 1 2 3; do
-        ans=$(python3 -c '
-import socket,sys
-s=socket.create_connection(("127.0.0.1",int(sys.argv[1])),timeout=1)
-s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ld"); print(s.recv(4).hex())' "$(cat "$WORK/c$i/port")" 2>/dev/null)
-        [ "$ans" = 20020000 ] && { LEADER=c$i; break 2; }
-    done
-    sleep 0.2
-done
-[ -n "$LEADER" ] || die "the three nodes elected no leader"
+wait_listening "${PIDOF[m1]}" "$(cat "$WORK/m1/port")" || die "midge did not start: $(tail -3 "$WORK/m1/log")"
+wait_listening "${PIDOF[mq]}" "$MQP" || die "mosquitto did not start: $(tail -3 "$WORK/mq.log")"
+LEADER=$(mqtt_leader c1="$(cat "$WORK/c1/port")" c2="$(cat "$WORK/c2/port")" c3="$(cat "$WORK/c3/port")") ||
+    die "the three nodes elected no leader"
 log "clients: $CLIENTS each on midge 1 node, mosquitto, midge 3 nodes (leader $LEADER)"
 hold_clients "$(cat "$WORK/m1/port")" m1
 hold_clients "$MQP" mq

@@ -14,7 +14,7 @@
 # card rated 100 TBW". Loopback only; stops what it started, by PID.
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/scripts/lib.sh"
+. "$ROOT/scripts/lib-bench.sh"
 SECS=10 BUILD=1 MIDGE_BIN="" OUT="$ROOT/benches/results/wear.md"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,14 +45,12 @@ PIDS=()
 cleanup() { local p; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 wb_of() { awk '/^write_bytes/ {print $2}' /proc/"$1"/io; }
 
 declare -A PIDOF=() PORTOF=()
-declare -A RAFT=([1]=$(port) [2]=$(port) [3]=$(port))
+declare -A RAFT=([1]=$(free_port) [2]=$(free_port) [3]=$(free_port))
 start_midge() { # name [node-id]
-    local n=$1 d="$WORK/$1" p; mkdir -p "$d"; p=$(port); PORTOF[$n]=$p
+    local n=$1 d="$WORK/$1" p; mkdir -p "$d"; p=$(free_port); PORTOF[$n]=$p
     {
         echo "listener $p 127.0.0.1"
         echo "allow_anonymous true"
@@ -71,24 +69,13 @@ start_midge() { # name [node-id]
 start_midge m1
 for i in 1 2 3; do start_midge "c$i" "$i"; done
 mkdir -p "$WORK/mq"; chown mosquitto "$WORK/mq" 2>/dev/null || true
-PORTOF[mq]=$(port)
+PORTOF[mq]=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_inflight_messages 20\nlog_dest none\n' \
     "${PORTOF[mq]}" "$WORK/mq" > "$WORK/mq.conf"
 mosquitto -c "$WORK/mq.conf" > "$WORK/mq.log" 2>&1 &
 PIDS+=("$!"); PIDOF[mq]=$!
-wait_port "${PORTOF[m1]}" && wait_port "${PORTOF[mq]}" || die "a broker did not start"
-LEADER=""
-for _ in $(seq 1 100); do
-    for i in 1 2 3; do
-        ans=$(python3 -c '
-import socket,sys
-s=socket.create_connection(("127.0.0.1",int(sys.argv[1])),timeout=1)
-s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ld"); print(s.recv(4).hex())' "${PORTOF[c$i]}" 2>/dev/null)
-        [ "$ans" = 20020000 ] && { LEADER=c$i; break 2; }
-    done
-    sleep 0.2
-done
-[ -n "$LEADER" ] || die "the three nodes elected no leader"
+wait_listening "${PIDOF[m1]}" "${PORTOF[m1]}" && wait_listening "${PIDOF[mq]}" "${PORTOF[mq]}" || die "a broker did not start"
+LEADER=$(mqtt_leader c1="${PORTOF[c1]}" c2="${PORTOF[c2]}" c3="${PORTOF[c3]}") || die "the three nodes elected no leader"
 PORTOF[c]=${PORTOF[$LEADER]}
 log "work dir $WORK; three-node leader $LEADER"
 
@@ -118,7 +105,6 @@ run() {
     RES[$s.$r.sent]=${sent:-0}; RES[$s.$r.bytes]=$bytes; RES[$s.$r.maxnode]=$maxnode
     log "$s at $r msg/s: ${sent:-0} messages, $bytes bytes written (busiest process $maxnode)"
 }
-kv() { tr ' ' '\n' <<< "$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
 RATES=(10 100 1000 max)
 for r in "${RATES[@]}"; do for s in m1 mq c; do run "$s" "$r"; done; done
 

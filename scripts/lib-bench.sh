@@ -56,6 +56,24 @@ wait_listening() { # pid port -> 0 when listening (5 s at most)
     return 1
 }
 
+# mqtt_leader NAME=PORT... -> the NAME whose broker answers an MQTT 3.1.1
+# CONNECT with CONNACK 0 (a cluster's serving leader; followers in
+# redirect mode answer 3); tries for 20 s; 1 if none.
+mqtt_leader() {
+    local _ nv ans
+    for _ in $(seq 1 100); do
+        for nv in "$@"; do
+            ans=$(python3 -c '
+import socket,sys
+s=socket.create_connection(("127.0.0.1",int(sys.argv[1])),timeout=1)
+s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ld"); print(s.recv(4).hex())' "${nv#*=}" 2>/dev/null)
+            [ "$ans" = 20020000 ] && { echo "${nv%%=*}"; return 0; }
+        done
+        sleep 0.2
+    done
+    return 1
+}
+
 # SIGTERM, up to 5 s, then SIGKILL; returns 2 if SIGKILL was needed.
 stop_pid() {
     local p=$1

@@ -72,24 +72,20 @@ pub struct Listener {
 impl Listener {
     /// A plain listener on `port` on all interfaces.
     pub fn any(port: u16) -> Listener {
-        Listener {
-            port,
-            address: None,
-            tls: None,
-            connections_max: None,
-            mount_point: None,
-            use_username_as_clientid: None,
-            max_qos: None,
-            max_topic_alias: None,
-            websockets: false,
-        }
+        Listener::new(port, None)
     }
 
     /// A plain listener on `port` at `address`.
     pub fn at(port: u16, address: &str) -> Listener {
+        Listener::new(port, Some(address.to_string()))
+    }
+
+    /// A plain MQTT listener without options of its own (`None` address:
+    /// all interfaces).
+    pub fn new(port: u16, address: Option<String>) -> Listener {
         Listener {
             port,
-            address: Some(address.to_string()),
+            address,
             tls: None,
             connections_max: None,
             mount_point: None,

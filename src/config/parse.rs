@@ -805,17 +805,7 @@ impl Parser {
             Some(a) => Some(self.address(key, a)?),
             None => None,
         };
-        Ok(Listener {
-            port,
-            address,
-            tls: None,
-            connections_max: None,
-            mount_point: None,
-            use_username_as_clientid: None,
-            max_qos: None,
-            max_topic_alias: None,
-            websockets: false,
-        })
+        Ok(Listener::new(port, address))
     }
 
     fn listener(&mut self, rest: &str) -> Result<(), ConfigError> {
@@ -833,20 +823,7 @@ impl Parser {
             Some(a) => Some(self.address("listener", a)?),
             None => None,
         };
-        self.listeners.push((
-            Listener {
-                port,
-                address,
-                tls: None,
-                connections_max: None,
-                mount_point: None,
-                use_username_as_clientid: None,
-                max_qos: None,
-                max_topic_alias: None,
-                websockets: false,
-            },
-            self.line,
-        ));
+        self.listeners.push((Listener::new(port, address), self.line));
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
@@ -1048,15 +1025,9 @@ impl Parser {
         if self.default_port.is_some() || self.default_address.is_some() {
             let mut tls_errors = Vec::new();
             let l = Listener {
-                port: self.default_port.unwrap_or(DEFAULT_PORT),
-                address: self.default_address.take(),
                 tls: build_tls(&self.default_tls, self.default_tls_line_failed, file, &mut tls_errors),
-                connections_max: None,
                 websockets: self.default_websockets.is_some(),
-                mount_point: None,
-                use_username_as_clientid: None,
-                max_qos: None,
-                max_topic_alias: None,
+                ..Listener::new(self.default_port.unwrap_or(DEFAULT_PORT), self.default_address.take())
             };
             tls_errors.into_iter().for_each(|e| err(e.line, e.message));
             listeners.push((l, self.default_line));
