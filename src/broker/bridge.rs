@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use log::{info, warn};
 
-use super::{Broker, Command, Message, MessageProps};
+use super::{Broker, Command, Message};
 use crate::bridge::map_out;
 use crate::mqtt::{topic, Publish, QoS};
 
@@ -59,15 +59,7 @@ impl Broker {
         if p.payload.len() > self.settings.limits.message_bytes_max as usize {
             return Err(BridgeRefusal::TooLarge);
         }
-        let msg = Message {
-            topic: p.topic.clone(),
-            payload: p.payload.clone(),
-            qos: p.qos,
-            retain: p.retain,
-            props: MessageProps::from_properties(&p.properties),
-            expires_at_ms: p.properties.message_expiry_interval.map(|s| now + s as u64 * 1000),
-            origin: Some(origin.clone()),
-        };
+        let msg = self.message_from(origin, p, now);
         let from = p.packet_id.filter(|_| p.qos != QoS::AtMostOnce).map(|pid| (origin.clone(), pid));
         self.propose(now, Command::Publish { msg, from, offline_only: false });
         self.commit(now);
