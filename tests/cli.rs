@@ -270,7 +270,7 @@ fn an_empty_or_short_data_file_is_refused_at_start() {
         let line = err.lines().find(|l| l.starts_with("midge: ")).unwrap_or_else(|| panic!("no error line:\n{err}"));
         assert!(line.contains(&data.display().to_string()), "{len} bytes: the file is not named: {line}");
         assert!(line.contains(says), "{len} bytes: {line}");
-        assert!(line.contains("move the file aside (or delete it)"), "{len} bytes: no way to start fresh: {line}");
+        assert!(line.contains("(or delete them)"), "{len} bytes: no way to start fresh: {line}");
         assert_eq!(std::fs::metadata(&data).unwrap().len(), len as u64, "the file was changed");
     }
     // A missing file is a fresh store.

@@ -9,6 +9,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 mod log_index;
 pub mod mem;
 pub mod redb_log;
+pub mod segments;
 pub mod staged;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,7 @@ pub use staged::{FlushJob, FlushResult, Staged};
 /// On-disk format version of the redb file (tables and record encodings,
 /// see docs/FORMATS.md). Bump on any change; `RedbLog::open` refuses a
 /// file with another version.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -66,6 +67,8 @@ pub enum WriteJobError {
     /// The transaction with the snapshot taken at `index` and the log
     /// compaction that goes with it.
     Snapshot { index: u64, path: String, source: redb::Error },
+    /// The append of a Ready's entries and hard state to a log segment.
+    Segment { path: String, source: std::io::Error },
 }
 
 impl std::fmt::Display for WriteJobError {
@@ -75,6 +78,7 @@ impl std::fmt::Display for WriteJobError {
             WriteJobError::Snapshot { index, path, source } => {
                 write!(f, "{source} (writing the snapshot at {index} to {path})")
             }
+            WriteJobError::Segment { path, source } => write!(f, "{source} (appending to the log segment {path})"),
         }
     }
 }
@@ -83,6 +87,7 @@ impl std::error::Error for WriteJobError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             WriteJobError::Log { source, .. } | WriteJobError::Snapshot { source, .. } => Some(source),
+            WriteJobError::Segment { source, .. } => Some(source),
         }
     }
 }

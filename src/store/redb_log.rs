@@ -1,19 +1,31 @@
-//! `RedbLog`: the raft log, hard state, conf state and latest snapshot of
-//! one node in one redb file, `<persistence_location>/midge.redb`. The
-//! layout (format version 1) is documented in docs/FORMATS.md; change it
-//! only together with `STORE_FORMAT_VERSION`, that document and a new
-//! golden file.
+//! `RedbLog`: the durable raft storage of one node in its data directory
+//! (format version 2, documented in docs/FORMATS.md; change it only
+//! together with `STORE_FORMAT_VERSION`, that document and a new golden
+//! directory):
+//! - `midge.redb` holds what changes rarely: the format version, the
+//!   identity, the conf state, the latest snapshot (metadata and data), the
+//!   hard state as of that snapshot, where the log was truncated and the
+//!   first segment that belongs to the log;
+//! - `log/<seq>.seg` hold the log entries and hard states as they are
+//!   written: append-only segment files (`segments`), one `write` and one
+//!   `fdatasync` per persist. A redb commit cost about eight 4 KiB pages
+//!   per persist; an append costs the page or two it touches.
 //!
-//! Every write is one redb transaction, durable when it returns (unless
-//! the store was opened with `durable = false`). The shape of the log
-//! (first and last index, terms, snapshot index) is cached in a `LogIndex`
-//! so raft's frequent `term()` / `last_index()` calls never touch disk;
-//! the cache changes only after a commit succeeded. This module must never
-//! panic on what it reads from disk: a damaged or foreign file is a
-//! `StoreError::Corrupt` at open.
+//! Every write is durable when it returns (unless the store was opened with
+//! `durable = false`). The shape of the log (first and last index, terms,
+//! snapshot index) is cached in a `LogIndex`, and where each entry is in
+//! the segments in `Segs`, so raft's frequent `term()` / `last_index()`
+//! calls never touch disk. This module must never panic on what it reads
+//! from disk: a damaged or foreign store is a `StoreError::Corrupt` at
+//! open. A torn write at the end of the last segment (a crash or power
+//! loss during an append, never acknowledged) is cut off at open, with a
+//! warning naming the bytes.
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -24,12 +36,15 @@ use redb::{
 };
 
 use super::log_index::{hard_state_covering, LogIndex, TermGap};
+use super::segments::{self, Record, KIND_ENTRY, KIND_HARD_STATE, RECORD_HEADER_BYTES, SEGMENT_BYTES, SEGMENT_DIR};
 use super::{PersistJob, RaftLog, StoreError, StoreIdentity, WriteJobError, STORE_FORMAT_VERSION};
 
-/// The store's file inside the data directory.
+/// The store's redb file inside the data directory.
 pub const STORE_FILE_NAME: &str = "midge.redb";
 
-/// Log index -> one protobuf-encoded `eraftpb::Entry`.
+/// Format version 1 kept the log here (log index -> one protobuf-encoded
+/// `eraftpb::Entry`); version 2 keeps the table, empty, and reads it only
+/// to move a version 1 log into segments.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Small records, keyed by the `KEY_*` names below.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -43,23 +58,36 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_LOG_TRUNCATED: &str = "log_truncated";
+/// Since format 2: segments with a lower sequence number are not part of
+/// the log (an installed snapshot replaced it); u64 LE.
+const KEY_LOG_BASE: &str = "log_base";
 
 /// Larger log indexes in a file are damage: raft never gets near them, and
 /// refusing them keeps `index + 1` from overflowing.
 const INDEX_MAX: u64 = u64::MAX / 2;
 
 /// redb's page cache. Its default (1 GiB) does not suit a 512 MiB gateway;
-/// the hot part of the file is the log's tail and the meta table.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// the file now holds only the snapshot and a few small records.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A snapshot keeps at most this many bytes of entries before it (besides
+/// `keep_entries`), so that the log's files stay bounded when entries are
+/// large.
+const KEEP_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 pub struct RedbLog {
     /// None only while the file is being reopened after a full disk.
     db: RefCell<Option<Arc<Database>>>,
     /// The file, to reopen it after a full disk.
-    file: std::path::PathBuf,
+    file: PathBuf,
     path: String,
+    /// The segments' directory.
+    log_dir: PathBuf,
     durability: Durability,
     cached: RefCell<Cached>,
+    /// Open segment files, by sequence number, oldest first (opened when
+    /// first read or appended to).
+    handles: RefCell<Vec<(u64, Arc<File>)>>,
     /// Why a write failed, once one has: the file may no longer match
     /// `cached`, so later writes are refused until the store is reopened.
     failed: RefCell<Option<String>>,
@@ -74,6 +102,73 @@ pub struct RedbLog {
     retrying: std::cell::Cell<bool>,
 }
 
+/// Where an entry is: its segment and its payload's offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// The segments as the main thread sees them (writes included as soon as
+/// they are handed out).
+#[derive(Debug, Default)]
+struct Segs {
+    /// Sequence numbers of the segments in the log, oldest first.
+    seqs: VecDeque<u64>,
+    /// Bytes in the newest one: the next append's offset.
+    active_len: u64,
+    /// The sequence number of the next new segment.
+    next_seq: u64,
+    /// Where each entry from `first` on is.
+    locs: VecDeque<Loc>,
+    first: u64,
+}
+
+impl Segs {
+    fn loc(&self, index: u64) -> Option<Loc> {
+        let i = index.checked_sub(self.first)?;
+        self.locs.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Entries from `index` on are replaced: returns the payload bytes of
+    /// those after `snap_index` that go.
+    fn cut_from(&mut self, index: u64, snap_index: u64) -> u64 {
+        let mut dropped = 0;
+        while self.first + (self.locs.len() as u64) > index {
+            let i = self.first + self.locs.len() as u64 - 1;
+            let Some(loc) = self.locs.pop_back() else { break };
+            if i > snap_index {
+                dropped += loc.len as u64;
+            }
+        }
+        if self.locs.is_empty() {
+            self.first = index;
+        }
+        dropped
+    }
+
+    /// Forget entries up to `cut`; returns the segments that now hold
+    /// nothing of the log (never the newest one).
+    fn compact_to(&mut self, cut: u64) -> Vec<u64> {
+        while self.first <= cut {
+            if self.locs.pop_front().is_none() {
+                break;
+            }
+            self.first += 1;
+        }
+        if self.locs.is_empty() {
+            self.first = self.first.max(cut + 1);
+        }
+        let keep_from = self.locs.front().map_or(self.seqs.back().copied().unwrap_or(0), |l| l.seq);
+        let mut gone = Vec::new();
+        while self.seqs.len() > 1 && self.seqs.front().is_some_and(|&s| s < keep_from) {
+            gone.extend(self.seqs.pop_front());
+        }
+        gone
+    }
+}
+
 /// What a write job writes, kept (sharing its bytes) until the job ended
 /// well, so that a write that found the disk full can run again.
 #[derive(Clone)]
@@ -82,59 +177,60 @@ enum Unwritten {
     Snapshot(SnapshotWrite),
 }
 
-/// One `persist`'s transaction.
+/// One `persist`: records appended to a segment at a known offset, so
+/// that writing it again after a full disk writes the same bytes to the
+/// same place.
 #[derive(Clone)]
 struct LogWrite {
-    /// (index, encoded entry)
-    rows: Arc<Vec<(u64, Vec<u8>)>>,
-    hs_bytes: Option<Vec<u8>>,
-    /// The snapshot index and last log index when the write was prepared.
-    snap_index: u64,
-    last: u64,
+    /// The segment file.
+    seg: PathBuf,
+    /// An open handle, unless this write creates the segment.
+    file: Option<Arc<File>>,
+    offset: u64,
+    bytes: Arc<Vec<u8>>,
+    durable: bool,
+    /// The directory to fsync when this write creates the segment.
+    log_dir: PathBuf,
 }
 
-/// One `save_snapshot`'s transaction: the snapshot, and the deletion of
-/// the log entries it covers (tens of ms for a long log).
+impl LogWrite {
+    fn write(&self) -> std::io::Result<()> {
+        let opened;
+        let file = match &self.file {
+            Some(f) => f.as_ref(),
+            None => {
+                opened = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.seg)?;
+                &opened
+            }
+        };
+        file.write_all_at(&self.bytes, self.offset)?;
+        if self.durable {
+            file.sync_data()?;
+            if self.file.is_none() {
+                File::open(&self.log_dir)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `save_snapshot`: the snapshot and where the log is truncated, in one
+/// redb transaction; then the segments that hold only compacted entries
+/// are deleted.
 #[derive(Clone)]
 struct SnapshotWrite {
     index: u64,
-    old_snap_index: u64,
     compact_to: Option<(u64, u64)>,
     data: Arc<Vec<u8>>,
     meta_bytes: Vec<u8>,
     hs_bytes: Vec<u8>,
-}
-
-impl LogWrite {
-    /// Ok(bytes of log entries the write replaced).
-    fn write(&self, txn: &WriteTransaction) -> Result<u64, redb::Error> {
-        let mut dropped = 0u64;
-        if let Some((first, _)) = self.rows.first() {
-            let mut log = txn.open_table(LOG)?;
-            if *first <= self.last {
-                // raft's conflict rule: the new entries replace the old suffix.
-                dropped = stored_bytes(&log, (*first).max(self.snap_index + 1), self.last)?;
-                log.retain_in(*first.., |_, _| false)?;
-            }
-            for (index, bytes) in self.rows.iter() {
-                log.insert(*index, bytes.as_slice())?;
-            }
-        }
-        if let Some(bytes) = &self.hs_bytes {
-            txn.open_table(META)?.insert(KEY_HARD_STATE, bytes.as_slice())?;
-        }
-        Ok(dropped)
-    }
+    delete: Vec<PathBuf>,
 }
 
 impl SnapshotWrite {
-    /// Ok(bytes of log entries the snapshot newly covers).
-    fn write(&self, txn: &WriteTransaction) -> Result<u64, redb::Error> {
-        let mut log = txn.open_table(LOG)?;
-        let newly_covered = stored_bytes(&log, self.old_snap_index + 1, self.index)?;
+    fn write(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {
         let mut m = txn.open_table(META)?;
         if let Some((cut, cut_term)) = self.compact_to {
-            log.retain_in(..=cut, |_, _| false)?;
             m.insert(KEY_LOG_TRUNCATED, u64_pair_bytes(cut, cut_term).as_slice())?;
         }
         let mut snapshots = txn.open_table(SNAPSHOT)?;
@@ -142,32 +238,46 @@ impl SnapshotWrite {
         snapshots.insert(self.index, self.data.as_slice())?;
         m.insert(KEY_SNAPSHOT_META, self.meta_bytes.as_slice())?;
         m.insert(KEY_HARD_STATE, self.hs_bytes.as_slice())?;
-        Ok(newly_covered)
+        Ok(())
+    }
+
+    /// After the transaction: the segments it made useless. A file that
+    /// stays (an error) is deleted at the next open.
+    fn delete_segments(&self) {
+        for seg in &self.delete {
+            if let Err(e) = std::fs::remove_file(seg) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot delete the compacted log segment {}: {e}", seg.display());
+                }
+            }
+        }
     }
 }
 
 /// Whether a failed write found the disk (or the user's quota) full.
 fn disk_full(e: &WriteJobError) -> bool {
-    let (WriteJobError::Log { source, .. } | WriteJobError::Snapshot { source, .. }) = e;
-    match source {
-        redb::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::StorageFull
-                || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-        }
+    let io_full = |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::StorageFull
+            || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    };
+    match e {
+        WriteJobError::Log { source: redb::Error::Io(io), .. }
+        | WriteJobError::Snapshot { source: redb::Error::Io(io), .. } => io_full(io),
+        WriteJobError::Segment { source, .. } => io_full(source),
         _ => false,
     }
 }
 
-/// What the file holds, minus entries and snapshot data.
+/// What the store holds, minus entry payloads and snapshot data.
 struct Cached {
     index: LogIndex,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_meta: Option<SnapshotMetadata>,
+    segs: Segs,
     /// Encoded bytes of the entries after the snapshot index.
     log_bytes: u64,
-    /// Encoded entries and hard states handed to write transactions
-    /// since the store was opened.
+    /// Record bytes handed to write jobs since the store was opened.
     written_bytes: u64,
 }
 
@@ -199,8 +309,8 @@ fn storage_error(e: StoreError) -> raft::Error {
 
 /// How to start fresh, for the errors of a file that exists but cannot be
 /// read as a store.
-const START_FRESH: &str = "To start this node with no data, move the file aside (or delete it); a cluster node \
-                           then receives the state from the leader";
+const START_FRESH: &str = "To start this node with no data, move the file and the log directory beside it aside \
+                           (or delete them); a cluster node then receives the state from the leader";
 
 /// A file shorter than this that redb cannot read is reported as too short
 /// to be a store rather than as damage inside one: redb refuses anything
@@ -252,16 +362,18 @@ fn open_error(path: &str, file_existed: bool, e: redb::Error) -> StoreError {
 }
 
 impl RedbLog {
-    /// Opens `dir/midge.redb`, creating `dir` and the file if needed. A new
-    /// file gets the format version and `identity`; an existing one must
-    /// carry the same ones and pass the integrity checks listed in
-    /// docs/FORMATS.md. `durable = false` commits without fsync: a crash
-    /// or power loss may then lose every write since the last clean close.
+    /// Opens the store in `dir`, creating `dir`, `midge.redb` and `log/` if
+    /// needed. A new store gets the format version and `identity`; an
+    /// existing one must carry the same ones and pass the integrity checks
+    /// listed in docs/FORMATS.md (a format 1 store has its log moved into
+    /// segments first). `durable = false` writes without fsync: a crash or
+    /// power loss may then lose every write since the last clean close.
     pub fn open(dir: &Path, identity: StoreIdentity, durable: bool) -> Result<RedbLog, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open { path: dir.display().to_string(), reason: e.to_string() })?;
         let file = dir.join(STORE_FILE_NAME);
         let path = file.display().to_string();
+        let log_dir = dir.join(SEGMENT_DIR);
         let file_existed = match std::fs::metadata(&file) {
             // An empty file is not a store that was never written: redb
             // writes its header when it creates the file, so 0 bytes means
@@ -279,8 +391,8 @@ impl RedbLog {
             Err(e) => return Err(StoreError::Open { path, reason: e.to_string() }),
         };
         // Verifying every page at open turns a file damaged outside redb
-        // into an error instead of a panic; the file is small (the log is
-        // bounded by snapshots), so this costs little.
+        // into an error instead of a panic; the file holds one snapshot
+        // and a few records, so this costs little.
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
@@ -291,14 +403,33 @@ impl RedbLog {
         // a valid database without tables: still a fresh store.
         let fresh = !file_existed || has_no_tables(&db).map_err(|e| open_error(&path, true, e))?;
         if fresh {
+            if segments_in(&log_dir).map_err(|reason| StoreError::Open { path: path.clone(), reason })?.next().is_some()
+            {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!(
+                        "{} holds log segments but the store file is new: the file was deleted or replaced. \
+                         {START_FRESH}",
+                        log_dir.display()
+                    ),
+                });
+            }
             initialize(&db, identity).map_err(|e| open_error(&path, file_existed, e))?;
             log::info!("created raft store {path} for cluster {} node {}", identity.cluster_id, identity.node_id);
         }
-        let cached = load(&db, identity, &path)?;
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| StoreError::Open { path: log_dir.display().to_string(), reason: e.to_string() })?;
+        let meta = load_meta(&db, identity, &path)?;
+        if meta.version == 1 {
+            migrate_v1(&db, &path, &log_dir, durable)?;
+        }
+        let meta = load_meta(&db, identity, &path)?;
+        let cached = load(meta, &path, &log_dir, durable).map_err(|e| refused_file(&file, e))?;
         log::info!(
-            "opened raft store {path}: log {}..={}, commit {}, snapshot at {}",
+            "opened raft store {path}: log {}..={} in {} segment(s), commit {}, snapshot at {}",
             cached.index.first_index(),
             cached.index.last_index(),
+            cached.segs.seqs.len(),
             cached.hard_state.commit,
             cached.index.snapshot().0
         );
@@ -306,8 +437,10 @@ impl RedbLog {
             db: RefCell::new(Some(Arc::new(db))),
             file,
             path,
+            log_dir,
             durability: if durable { Durability::Immediate } else { Durability::None },
             cached: RefCell::new(cached),
+            handles: RefCell::new(Vec::new()),
             failed: RefCell::new(None),
             writing_snapshot: RefCell::new(None),
             unwritten: RefCell::new(Vec::new()),
@@ -318,6 +451,32 @@ impl RedbLog {
     /// The store's file, for log and error messages.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    fn durable(&self) -> bool {
+        !matches!(self.durability, Durability::None)
+    }
+
+    fn seg_path(&self, seq: u64) -> PathBuf {
+        self.log_dir.join(segments::segment_name(seq))
+    }
+
+    /// An open handle of segment `seq` (opened now if need be).
+    fn handle(&self, seq: u64) -> std::io::Result<Arc<File>> {
+        let mut handles = self.handles.borrow_mut();
+        let at = handles.partition_point(|(s, _)| *s < seq);
+        if let Some((s, f)) = handles.get(at) {
+            if *s == seq {
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(std::fs::OpenOptions::new().read(true).write(true).open(self.seg_path(seq))?);
+        handles.insert(at, (seq, f.clone()));
+        Ok(f)
+    }
+
+    fn forget_handles(&self, below: u64) {
+        self.handles.borrow_mut().retain(|(s, _)| *s >= below);
     }
 
     /// Runs `body` in one write transaction and commits it. After any
@@ -356,14 +515,11 @@ impl RedbLog {
         }
     }
 
-    /// Ends a write job: Ok(log bytes it replaced or covered), or why it
-    /// failed.
+    /// Ends a write job: Ok, or why it failed.
     fn end_write(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
         let retried = self.retrying.replace(false);
         match result {
-            Ok(bytes) => {
-                let mut c = self.cached.borrow_mut();
-                c.log_bytes = c.log_bytes.saturating_sub(bytes);
+            Ok(_) => {
                 let mut unwritten = self.unwritten.borrow_mut();
                 if retried {
                     unwritten.clear();
@@ -376,11 +532,13 @@ impl RedbLog {
                 Ok(())
             }
             Err(e) if disk_full(&e) => {
-                // Nothing of this write is in the file; it stays in
-                // `unwritten` for `begin_retry`.
+                // What the job wrote is written again, to the same place,
+                // by `begin_retry`: it stays in `unwritten`.
                 let why = e.to_string();
-                if let Err(reopen) = self.reopen() {
-                    return Err(self.fail(format!("{why}; {reopen}")));
+                if matches!(e, WriteJobError::Snapshot { .. } | WriteJobError::Log { .. }) {
+                    if let Err(reopen) = self.reopen() {
+                        return Err(self.fail(format!("{why}; {reopen}")));
+                    }
                 }
                 Err(StoreError::Full(why))
             }
@@ -396,34 +554,60 @@ impl RedbLog {
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>, StoreError> {
-        let io = |e: redb::Error| StoreError::Io(format!("reading the log of {}: {e}", self.path));
-        let txn = self.db()?.begin_read().map_err(|e| io(e.into()))?;
-        let table = txn.open_table(LOG).map_err(|e| io(e.into()))?;
         let max_size = max_size.unwrap_or(raft::NO_LIMIT);
-        let mut out: Vec<Entry> = Vec::new();
-        let mut size = 0u64;
-        for row in table.range(low..high).map_err(|e| io(e.into()))? {
-            let (key, value) = row.map_err(|e| io(e.into()))?;
-            let expected = low + out.len() as u64;
-            if key.value() != expected {
-                return Err(StoreError::Io(format!("log entry {expected} is missing from {}", self.path)));
+        let locs: Vec<Loc> = {
+            let c = self.cached.borrow();
+            let mut locs = Vec::new();
+            let mut size = 0u64;
+            for index in low..high {
+                let loc = c.segs.loc(index).ok_or_else(|| {
+                    StoreError::Io(format!("log entry {index} is missing from {}", self.log_dir.display()))
+                })?;
+                // The same rule as raft's `limit_size`: the first entry
+                // always, then entries while the total stays within max_size.
+                size = size.saturating_add(loc.len as u64);
+                if !locs.is_empty() && size > max_size {
+                    break;
+                }
+                locs.push(loc);
             }
-            let bytes = value.value();
-            // The same rule as raft's `limit_size`: the first entry always,
-            // then entries while the running total stays within max_size.
-            size = size.saturating_add(bytes.len() as u64);
-            if !out.is_empty() && size > max_size {
-                return Ok(out);
+            locs
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < locs.len() {
+            // Entries next to each other in one segment: one read.
+            let first = locs[i];
+            let mut j = i + 1;
+            let mut end = first.offset + first.len as u64;
+            while j < locs.len()
+                && locs[j].seq == first.seq
+                && locs[j].offset == end + RECORD_HEADER_BYTES as u64
+                && end - first.offset < 1024 * 1024
+            {
+                end = locs[j].offset + locs[j].len as u64;
+                j += 1;
             }
-            let entry = Entry::parse_from_bytes(bytes)
-                .map_err(|e| StoreError::Io(format!("log entry {expected} does not decode: {e}")))?;
-            if entry.index != expected {
-                return Err(StoreError::Io(format!("log entry {expected} holds index {}", entry.index)));
+            let start = first.offset - RECORD_HEADER_BYTES as u64;
+            buf.resize((end - start) as usize, 0);
+            let io = |e: std::io::Error| {
+                StoreError::Io(format!("reading log segment {}: {e}", self.seg_path(first.seq).display()))
+            };
+            self.handle(first.seq).and_then(|f| f.read_exact_at(&mut buf, start)).map_err(io)?;
+            for (k, loc) in locs[i..j].iter().enumerate() {
+                let index = low + (i + k) as u64;
+                let at = (loc.offset - RECORD_HEADER_BYTES as u64 - start) as usize;
+                let payload = segments::check_record(&buf[at..], KIND_ENTRY)
+                    .map_err(|e| StoreError::Io(format!("log entry {index} reads back damaged: {e}")))?;
+                let entry = Entry::parse_from_bytes(payload)
+                    .map_err(|e| StoreError::Io(format!("log entry {index} does not decode: {e}")))?;
+                if entry.index != index {
+                    return Err(StoreError::Io(format!("log entry {index} holds index {}", entry.index)));
+                }
+                out.push(entry);
             }
-            out.push(entry);
-        }
-        if (out.len() as u64) < high - low {
-            return Err(StoreError::Io(format!("log entry {} is missing from {}", low + out.len() as u64, self.path)));
+            i = j;
         }
         Ok(out)
     }
@@ -445,6 +629,24 @@ impl RedbLog {
     }
 }
 
+/// The segment files in `log_dir` (sequence number, path), in no order;
+/// none when the directory does not exist. Other files are left alone.
+fn segments_in(log_dir: &Path) -> Result<impl Iterator<Item = (u64, PathBuf)>, String> {
+    let read = match std::fs::read_dir(log_dir) {
+        Ok(r) => Some(r),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot list {}: {e}", log_dir.display())),
+    };
+    let mut found = Vec::new();
+    for item in read.into_iter().flatten() {
+        let item = item.map_err(|e| format!("cannot list {}: {e}", log_dir.display()))?;
+        if let Some(seq) = item.file_name().to_str().and_then(segments::parse_segment_name) {
+            found.push((seq, item.path()));
+        }
+    }
+    Ok(found.into_iter())
+}
+
 fn has_no_tables(db: &Database) -> Result<bool, redb::Error> {
     let txn = db.begin_read()?;
     let none = txn.list_tables()?.next().is_none();
@@ -457,6 +659,7 @@ fn initialize(db: &Database, identity: StoreIdentity) -> Result<(), redb::Error>
         let mut meta = txn.open_table(META)?;
         meta.insert(KEY_FORMAT_VERSION, STORE_FORMAT_VERSION.to_le_bytes().as_slice())?;
         meta.insert(KEY_IDENTITY, u64_pair_bytes(identity.cluster_id, identity.node_id).as_slice())?;
+        meta.insert(KEY_LOG_BASE, 1u64.to_le_bytes().as_slice())?;
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
     }
@@ -464,8 +667,18 @@ fn initialize(db: &Database, identity: StoreIdentity) -> Result<(), redb::Error>
     Ok(())
 }
 
-/// Reads and checks everything but entry payloads and snapshot data.
-fn load(db: &Database, identity: StoreIdentity, path: &str) -> Result<Cached, StoreError> {
+/// The records of `midge.redb`, checked.
+struct Meta {
+    version: u32,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: Option<SnapshotMetadata>,
+    truncated: (u64, u64),
+    log_base: u64,
+}
+
+/// Reads and checks the small records and the snapshot table.
+fn load_meta(db: &Database, identity: StoreIdentity, path: &str) -> Result<Meta, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { path: path.to_string(), reason };
     let redb_failed = |e: redb::Error| open_error(path, true, e);
     let txn = db.begin_read().map_err(|e| redb_failed(e.into()))?;
@@ -489,9 +702,10 @@ fn load(db: &Database, identity: StoreIdentity, path: &str) -> Result<Cached, St
             Err(_) => return Err(corrupt(format!("the format version record is {} bytes, not 4", bytes.len()))),
         },
     };
-    if version != STORE_FORMAT_VERSION {
+    if version != STORE_FORMAT_VERSION && version != 1 {
         return Err(corrupt(format!(
-            "the file has store format version {version}; this midge reads format version {STORE_FORMAT_VERSION}"
+            "the file has store format version {version}; this midge reads format versions 1 and \
+             {STORE_FORMAT_VERSION}"
         )));
     }
 
@@ -517,44 +731,26 @@ fn load(db: &Database, identity: StoreIdentity, path: &str) -> Result<Cached, St
     let conf_state: ConfState = decoded(KEY_CONF_STATE, get(KEY_CONF_STATE)?).map_err(corrupt)?.unwrap_or_default();
     let snapshot_meta: Option<SnapshotMetadata> =
         decoded(KEY_SNAPSHOT_META, get(KEY_SNAPSHOT_META)?).map_err(corrupt)?;
-    let (truncated_index, truncated_term) = match get(KEY_LOG_TRUNCATED)? {
+    let truncated = match get(KEY_LOG_TRUNCATED)? {
         None => (0, 0),
         Some(bytes) => {
             u64_pair_from(&bytes).ok_or_else(|| corrupt("the log_truncated record is not 16 bytes".into()))?
         }
     };
-    let (snap_index, snap_term) = snapshot_meta.as_ref().map_or((0, 0), |m| (m.index, m.term));
-    for (what, value) in [("log_truncated", truncated_index), ("snapshot", snap_index), ("commit", hard_state.commit)] {
+    let log_base = match get(KEY_LOG_BASE)? {
+        None if version == 1 => 1,
+        None => return Err(corrupt("the log_base record is missing".to_string())),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(le) => u64::from_le_bytes(le),
+            Err(_) => return Err(corrupt(format!("the log_base record is {} bytes, not 8", bytes.len()))),
+        },
+    };
+    let snap_index = snapshot_meta.as_ref().map_or(0, |m| m.index);
+    for (what, value) in [("log_truncated", truncated.0), ("snapshot", snap_index), ("commit", hard_state.commit)] {
         if value > INDEX_MAX {
             return Err(corrupt(format!("the {what} index {value} is out of range")));
         }
     }
-
-    let mut index = LogIndex::starting_after(truncated_index, truncated_term);
-    let mut log_bytes = 0u64;
-    let log = match txn.open_table(LOG) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Err(corrupt("the log table is missing".to_string())),
-        Err(e) => return Err(redb_failed(e.into())),
-    };
-    for row in log.iter().map_err(|e| redb_failed(e.into()))? {
-        let (key, value) = row.map_err(|e| redb_failed(e.into()))?;
-        let (key, bytes) = (key.value(), value.value());
-        if key > INDEX_MAX {
-            return Err(corrupt(format!("the log index {key} is out of range")));
-        }
-        let entry =
-            Entry::parse_from_bytes(bytes).map_err(|e| corrupt(format!("log entry {key} does not decode: {e}")))?;
-        if entry.index != key {
-            return Err(corrupt(format!("log entry {key} holds index {}", entry.index)));
-        }
-        index.push_loaded(key, entry.term).map_err(corrupt)?;
-        if key > snap_index {
-            log_bytes += bytes.len() as u64;
-        }
-    }
-    index.set_loaded_snapshot(snap_index, snap_term);
-    index.verify(hard_state.commit).map_err(corrupt)?;
 
     let snapshots = match txn.open_table(SNAPSHOT) {
         Ok(t) => t,
@@ -572,21 +768,201 @@ fn load(db: &Database, identity: StoreIdentity, path: &str) -> Result<Cached, St
             "the snapshot table holds data for indexes {rows:?}, but the snapshot metadata names {expected:?}"
         )));
     }
-
-    Ok(Cached { index, hard_state, conf_state, snapshot_meta, log_bytes, written_bytes: 0 })
+    match txn.open_table(LOG) {
+        Ok(_) => {}
+        Err(TableError::TableDoesNotExist(_)) => return Err(corrupt("the log table is missing".to_string())),
+        Err(e) => return Err(redb_failed(e.into())),
+    }
+    Ok(Meta { version, hard_state, conf_state, snapshot_meta, truncated, log_base })
 }
 
-/// Sum of the stored sizes of the entries in `low..=high`.
-fn stored_bytes(log: &impl ReadableTable<u64, &'static [u8]>, low: u64, high: u64) -> Result<u64, redb::Error> {
-    let mut total = 0u64;
-    if low > high {
-        return Ok(0);
+/// Format 1 kept the log in redb's `log` table: write it to segment 1
+/// (after deleting segments an earlier, interrupted move left), make that
+/// durable, then empty the table and set format 2 in one transaction. A
+/// crash in between leaves a format 1 store, moved again at the next open.
+fn migrate_v1(db: &Database, path: &str, log_dir: &Path, durable: bool) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_string(), reason };
+    let redb_failed = |e: redb::Error| open_error(path, true, e);
+    let io = |what: &str, e: std::io::Error| StoreError::Open { path: path.to_string(), reason: format!("{what}: {e}") };
+    let mut bytes = segments::header(1).to_vec();
+    let mut count = 0u64;
+    {
+        let txn = db.begin_read().map_err(|e| redb_failed(e.into()))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_failed(e.into()))?;
+        for row in log.iter().map_err(|e| redb_failed(e.into()))? {
+            let (key, value) = row.map_err(|e| redb_failed(e.into()))?;
+            let (key, payload) = (key.value(), value.value());
+            let entry = Entry::parse_from_bytes(payload)
+                .map_err(|e| corrupt(format!("log entry {key} does not decode: {e}")))?;
+            if entry.index != key {
+                return Err(corrupt(format!("log entry {key} holds index {}", entry.index)));
+            }
+            segments::encode_record(KIND_ENTRY, payload, &mut bytes);
+            count += 1;
+        }
+        let meta = txn.open_table(META).map_err(|e| redb_failed(e.into()))?;
+        if let Some(hs) = meta.get(KEY_HARD_STATE).map_err(|e| redb_failed(e.into()))? {
+            segments::encode_record(KIND_HARD_STATE, hs.value(), &mut bytes);
+        }
     }
-    for row in log.range(low..=high)? {
-        let (_, value) = row?;
-        total += value.value().len() as u64;
+    for (_, old) in segments_in(log_dir).map_err(|reason| StoreError::Open { path: path.to_string(), reason })? {
+        std::fs::remove_file(&old).map_err(|e| io("removing a segment of an interrupted upgrade", e))?;
     }
-    Ok(total)
+    let seg = log_dir.join(segments::segment_name(1));
+    let write = LogWrite { seg: seg.clone(), file: None, offset: 0, bytes: Arc::new(bytes), durable, log_dir: log_dir.into() };
+    write.write().map_err(|e| io(&format!("writing {}", seg.display()), e))?;
+    let txn = db.begin_write().map_err(|e| redb_failed(e.into()))?;
+    {
+        txn.open_table(LOG).and_then(|mut t| t.retain(|_, _| false).map_err(Into::into)).map_err(|e| redb_failed(e.into()))?;
+        let mut meta = txn.open_table(META).map_err(|e| redb_failed(e.into()))?;
+        meta.insert(KEY_FORMAT_VERSION, STORE_FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| redb_failed(e.into()))?;
+        meta.insert(KEY_LOG_BASE, 1u64.to_le_bytes().as_slice()).map_err(|e| redb_failed(e.into()))?;
+    }
+    txn.commit().map_err(|e| redb_failed(e.into()))?;
+    log::warn!("upgraded raft store {path} from format 1 to {STORE_FORMAT_VERSION}: {count} log entries moved to {}", seg.display());
+    Ok(())
+}
+
+/// Reads the segments of the log and puts the store's shape together.
+fn load(meta: Meta, path: &str, log_dir: &Path, durable: bool) -> Result<Cached, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_string(), reason };
+    let open_failed = |reason: String| StoreError::Open { path: path.to_string(), reason };
+    let mut found: Vec<(u64, PathBuf)> = segments_in(log_dir).map_err(open_failed)?.collect();
+    found.sort();
+    // Segments before the base were replaced by an installed snapshot
+    // (deleting them was cut short).
+    for (_, old) in found.iter().filter(|(s, _)| *s < meta.log_base) {
+        if let Err(e) = std::fs::remove_file(old) {
+            log::warn!("cannot delete the replaced log segment {}: {e}", old.display());
+        }
+    }
+    found.retain(|(s, _)| *s >= meta.log_base);
+
+    // Every entry record in write order, with raft's conflict rule: a
+    // record at or below the last index replaces the entries from there.
+    let mut loaded: VecDeque<(u64, u64, Loc)> = VecDeque::new();
+    let mut hs_log: Option<HardState> = None;
+    let mut seqs = VecDeque::new();
+    let mut active_len = 0u64;
+    let count = found.len();
+    for (n, (seq, seg)) in found.iter().enumerate() {
+        let last_segment = n + 1 == count;
+        let name = seg.display().to_string();
+        let bytes = std::fs::read(seg).map_err(|e| open_failed(format!("cannot read {name}: {e}")))?;
+        if let Err(why) = segments::check_header(&bytes, *seq) {
+            let never_written = bytes.len() < segments::HEADER_BYTES
+                || bytes[..segments::HEADER_BYTES].iter().all(|&b| b == 0);
+            if last_segment && never_written {
+                // Created, never written: the write that made it did not
+                // finish, and nothing in it was acknowledged.
+                log::warn!("removing the log segment {name}: its first write did not finish ({} bytes)", bytes.len());
+                std::fs::remove_file(seg).map_err(|e| open_failed(format!("cannot remove {name}: {e}")))?;
+                continue;
+            }
+            return Err(corrupt(format!("the log segment {name} is not readable: {why}")));
+        }
+        let (records, torn) = segments::scan(&bytes);
+        let mut len = bytes.len() as u64;
+        if let Some(torn) = torn {
+            if !last_segment {
+                return Err(corrupt(format!(
+                    "the log segment {name} is damaged at byte {}: {} (only the newest segment can end in an \
+                     unfinished write)",
+                    torn.at, torn.reason
+                )));
+            }
+            log::warn!(
+                "the log segment {name} ends in a write that did not finish (at byte {}: {}): cutting off its last \
+                 {} bytes, which were never acknowledged",
+                torn.at,
+                torn.reason,
+                len - torn.at
+            );
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(seg)
+                .map_err(|e| open_failed(format!("cannot open {name} to cut it: {e}")))?;
+            f.set_len(torn.at).map_err(|e| open_failed(format!("cannot cut {name}: {e}")))?;
+            if durable {
+                f.sync_all().map_err(|e| open_failed(format!("cannot sync {name}: {e}")))?;
+            }
+            len = torn.at;
+        }
+        for Record { kind, offset, len } in records {
+            let payload = &bytes[offset as usize..(offset + len as u64) as usize];
+            if kind == KIND_HARD_STATE {
+                hs_log = Some(HardState::parse_from_bytes(payload).map_err(|e| {
+                    corrupt(format!("a hard state in {name} at byte {offset} does not decode: {e}"))
+                })?);
+                continue;
+            }
+            let entry = Entry::parse_from_bytes(payload)
+                .map_err(|e| corrupt(format!("a log entry in {name} at byte {offset} does not decode: {e}")))?;
+            let index = entry.index;
+            if index > INDEX_MAX || index == 0 {
+                return Err(corrupt(format!("the log index {index} is out of range ({name} at byte {offset})")));
+            }
+            if let Some(&(last, _, _)) = loaded.back() {
+                if index > last + 1 {
+                    return Err(corrupt(format!(
+                        "log entry {} is missing (the log jumps from {last} to {index} in {name})",
+                        last + 1
+                    )));
+                }
+                while loaded.back().is_some_and(|(i, _, _)| *i >= index) {
+                    loaded.pop_back();
+                }
+            }
+            loaded.push_back((index, entry.term, Loc { seq: *seq, offset, len }));
+        }
+        seqs.push_back(*seq);
+        active_len = len;
+    }
+
+    let (truncated_index, truncated_term) = meta.truncated;
+    let (snap_index, snap_term) = meta.snapshot_meta.as_ref().map_or((0, 0), |m| (m.index, m.term));
+    while loaded.front().is_some_and(|(i, _, _)| *i <= truncated_index) {
+        loaded.pop_front();
+    }
+    let mut index = LogIndex::starting_after(truncated_index, truncated_term);
+    let mut segs = Segs {
+        seqs,
+        active_len,
+        next_seq: found.last().map_or(meta.log_base, |(s, _)| s + 1).max(meta.log_base),
+        locs: VecDeque::with_capacity(loaded.len()),
+        first: truncated_index + 1,
+    };
+    let mut log_bytes = 0u64;
+    for (i, term, loc) in loaded {
+        index.push_loaded(i, term).map_err(corrupt)?;
+        if i > snap_index {
+            log_bytes += loc.len as u64;
+        }
+        segs.locs.push_back(loc);
+    }
+    index.set_loaded_snapshot(snap_index, snap_term);
+
+    // The hard state: the newest of the one stored with the snapshot and
+    // the last one appended to the log (terms only grow, a vote is cast
+    // once per term, commits only grow).
+    let mut hard_state = meta.hard_state;
+    if let Some(hs) = hs_log {
+        let commit = hard_state.commit.max(hs.commit);
+        if hs.term > hard_state.term || (hs.term == hard_state.term && hs.vote != 0) {
+            hard_state = hs;
+        }
+        hard_state.commit = commit;
+    }
+    index.verify(hard_state.commit).map_err(corrupt)?;
+    Ok(Cached {
+        index,
+        hard_state,
+        conf_state: meta.conf_state,
+        snapshot_meta: meta.snapshot_meta,
+        segs,
+        log_bytes,
+        written_bytes: 0,
+    })
 }
 
 impl raft::Storage for RedbLog {
@@ -664,19 +1040,15 @@ fn transaction<T>(
     Ok(out)
 }
 
-/// One `persist`'s transaction, carried out off the event loop's thread.
-struct RedbWrite {
-    db: Arc<Database>,
-    durability: Durability,
+/// One `persist`'s append, carried out off the event loop's thread.
+struct SegmentWrite {
     write: LogWrite,
-    path: String,
 }
 
-impl PersistJob for RedbWrite {
+impl PersistJob for SegmentWrite {
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
-        let w = *self;
-        transaction(&w.db, w.durability, |txn| w.write.write(txn))
-            .map_err(|source| WriteJobError::Log { path: w.path, source })
+        self.write.write().map_err(|source| WriteJobError::Segment { path: self.write.seg.display().to_string(), source })?;
+        Ok(0)
     }
 }
 
@@ -689,40 +1061,41 @@ struct RedbSnapshotWrite {
 }
 
 impl PersistJob for RedbSnapshotWrite {
-    /// Ok(bytes of log entries the snapshot newly covers).
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
         let w = *self;
         transaction(&w.db, w.durability, |txn| w.write.write(txn)).map_err(|source| WriteJobError::Snapshot {
             index: w.write.index,
             path: w.path,
             source,
-        })
+        })?;
+        w.write.delete_segments();
+        Ok(0)
     }
 }
 
-/// Every write not yet in the file, again, in one transaction (after a
-/// full disk).
-struct RedbRetry {
+/// Every write not yet done, again, in order (after a full disk).
+struct Retry {
     db: Arc<Database>,
     durability: Durability,
     writes: Vec<Unwritten>,
     path: String,
 }
 
-impl PersistJob for RedbRetry {
+impl PersistJob for Retry {
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
-        let w = *self;
-        transaction(&w.db, w.durability, |txn| {
-            let mut bytes = 0;
-            for u in &w.writes {
-                bytes += match u {
-                    Unwritten::Log(l) => l.write(txn)?,
-                    Unwritten::Snapshot(s) => s.write(txn)?,
-                };
-            }
-            Ok(bytes)
-        })
-        .map_err(|source| WriteJobError::Log { path: w.path, source })
+        for u in self.writes {
+            match u {
+                Unwritten::Log(write) => Box::new(SegmentWrite { write }).run()?,
+                Unwritten::Snapshot(write) => Box::new(RedbSnapshotWrite {
+                    db: self.db.clone(),
+                    durability: self.durability,
+                    write,
+                    path: self.path.clone(),
+                })
+                .run()?,
+            };
+        }
+        Ok(0)
     }
 }
 
@@ -733,34 +1106,76 @@ impl RaftLog for RedbLog {
     }
 
     /// Checks and encodes the write and updates what this store reports
-    /// (last index, terms, hard state) as if it were done; the job does
-    /// the transaction, on any thread.
+    /// (last index, terms, hard state) as if it were done; the job appends
+    /// it, on any thread.
     fn begin_persist(
         &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<Box<dyn PersistJob>, StoreError> {
         self.check_not_failed()?;
-        let db = self.db()?;
         let mut c = self.cached.borrow_mut();
         let commit = c.hard_state.commit;
         let new_commit = hard_state.map_or(commit, |hs| hs.commit);
         c.index.check_persist(entries, commit, new_commit).map_err(refused)?;
-        let rows = entries.iter().map(|e| Ok((e.index, encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
-        let hs_bytes = hard_state.map(encode).transpose()?;
+
+        // A new segment when there is none or the newest one is full.
+        let roll = c.segs.seqs.is_empty() || c.segs.active_len >= SEGMENT_BYTES;
+        let (seq, offset, file) = if roll {
+            (c.segs.next_seq, 0, None)
+        } else {
+            let seq = *c.segs.seqs.back().expect("a segment");
+            let file = self
+                .handle(seq)
+                .map_err(|e| StoreError::Io(format!("cannot open log segment {}: {e}", self.seg_path(seq).display())))?;
+            (seq, c.segs.active_len, Some(file))
+        };
+        let mut bytes = Vec::new();
+        if roll {
+            bytes.extend_from_slice(&segments::header(seq));
+        }
+        let mut locs = Vec::with_capacity(entries.len());
+        for e in entries {
+            let payload = encode(e)?;
+            let at = offset + (bytes.len() + RECORD_HEADER_BYTES) as u64;
+            locs.push(Loc { seq, offset: at, len: payload.len() as u32 });
+            segments::encode_record(KIND_ENTRY, &payload, &mut bytes);
+        }
+        if let Some(hs) = hard_state {
+            segments::encode_record(KIND_HARD_STATE, &encode(hs)?, &mut bytes);
+        }
+
         let (snap_index, _) = c.index.snapshot();
-        let last = c.index.last_index();
-        let added: u64 = rows.iter().filter(|(i, _)| *i > snap_index).map(|(_, b)| b.len() as u64).sum();
-        c.log_bytes += added;
-        c.written_bytes +=
-            rows.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + hs_bytes.as_ref().map_or(0, |b| b.len() as u64);
+        if let Some(first) = entries.first() {
+            let dropped = c.segs.cut_from(first.index, snap_index);
+            c.log_bytes = c.log_bytes.saturating_sub(dropped);
+        }
+        for (e, loc) in entries.iter().zip(&locs) {
+            if e.index > snap_index {
+                c.log_bytes += loc.len as u64;
+            }
+        }
+        c.segs.locs.extend(locs);
+        if roll {
+            c.segs.seqs.push_back(seq);
+            c.segs.next_seq = seq + 1;
+        }
+        c.segs.active_len = offset + bytes.len() as u64;
+        c.written_bytes += bytes.len() as u64;
         c.index.append(entries);
         if let Some(hs) = hard_state {
             c.hard_state = hs.clone();
         }
-        let write = LogWrite { rows: Arc::new(rows), hs_bytes, snap_index, last };
+        let write = LogWrite {
+            seg: self.seg_path(seq),
+            file,
+            offset,
+            bytes: Arc::new(bytes),
+            durable: self.durable(),
+            log_dir: self.log_dir.clone(),
+        };
         self.unwritten.borrow_mut().push(Unwritten::Log(write.clone()));
-        Ok(Box::new(RedbWrite { db, durability: self.durability, write, path: self.path.clone() }))
+        Ok(Box::new(SegmentWrite { write }))
     }
 
     fn end_persist(&self, result: Result<u64, WriteJobError>) -> Result<(), StoreError> {
@@ -778,6 +1193,9 @@ impl RaftLog for RedbLog {
         Ok(())
     }
 
+    /// The snapshot replaces the whole log: one transaction stores it and
+    /// moves the log's base past every segment there is; then they are
+    /// deleted (at the next open, if this is cut short).
     fn install_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let mut c = self.cached.borrow_mut();
         let meta = snap.get_metadata();
@@ -786,21 +1204,30 @@ impl RaftLog for RedbLog {
         let conf_state = meta.get_conf_state().clone();
         let (meta_bytes, hs_bytes, cs_bytes) = (encode(meta)?, encode(&hs)?, encode(&conf_state)?);
         let truncated = u64_pair_bytes(meta.index, meta.term);
+        let base = c.segs.next_seq;
 
         self.write(|txn| {
-            txn.open_table(LOG)?.retain(|_, _| false)?;
             let mut snapshots = txn.open_table(SNAPSHOT)?;
             snapshots.retain(|_, _| false)?;
             snapshots.insert(meta.index, &snap.data[..])?;
             let mut m = txn.open_table(META)?;
             m.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
             m.insert(KEY_LOG_TRUNCATED, truncated.as_slice())?;
+            m.insert(KEY_LOG_BASE, base.to_le_bytes().as_slice())?;
             m.insert(KEY_CONF_STATE, cs_bytes.as_slice())?;
             m.insert(KEY_HARD_STATE, hs_bytes.as_slice())?;
             Ok(())
         })?;
+        self.forget_handles(u64::MAX);
+        for seq in c.segs.seqs.drain(..) {
+            let seg = self.seg_path(seq);
+            if let Err(e) = std::fs::remove_file(&seg) {
+                log::warn!("cannot delete the replaced log segment {}: {e}", seg.display());
+            }
+        }
 
         c.index.reset_to_snapshot(meta.index, meta.term);
+        c.segs = Segs { next_seq: base, first: meta.index + 1, ..Segs::default() };
         c.hard_state = hs;
         c.conf_state = conf_state;
         c.snapshot_meta = Some(meta.clone());
@@ -821,7 +1248,8 @@ impl RaftLog for RedbLog {
 
     /// Plans the snapshot and makes the store report it (first index,
     /// snapshot, hard state) at once; the job writes it and deletes the
-    /// compacted entries, which raft no longer reads.
+    /// segments that hold only compacted entries, which raft no longer
+    /// reads.
     fn begin_save_snapshot(
         &self,
         index: u64,
@@ -832,7 +1260,17 @@ impl RaftLog for RedbLog {
         self.check_not_failed()?;
         let db = self.db()?;
         let mut c = self.cached.borrow_mut();
-        let plan = c.index.plan_snapshot(index, keep_entries).map_err(refused)?;
+        // Keep at most KEEP_BYTES_MAX of entries before the snapshot.
+        let mut keep = 0u64;
+        let mut kept_bytes = 0u64;
+        while keep < keep_entries && index > keep {
+            match c.segs.loc(index - keep) {
+                Some(loc) if kept_bytes + loc.len as u64 <= KEEP_BYTES_MAX => kept_bytes += loc.len as u64,
+                _ => break,
+            }
+            keep += 1;
+        }
+        let plan = c.index.plan_snapshot(index, keep).map_err(refused)?;
         let meta = SnapshotMetadata {
             index: plan.index,
             term: plan.term,
@@ -842,6 +1280,19 @@ impl RaftLog for RedbLog {
         let hs = hard_state_covering(&c.hard_state, plan.index, plan.term);
         let (meta_bytes, hs_bytes) = (encode(&meta)?, encode(&hs)?);
         let (old_snap_index, _) = c.index.snapshot();
+        // The entries the snapshot newly covers no longer count as log.
+        let mut covered = 0u64;
+        for i in old_snap_index + 1..=plan.index {
+            covered += c.segs.loc(i).map_or(0, |l| l.len as u64);
+        }
+        c.log_bytes = c.log_bytes.saturating_sub(covered);
+        let delete = match plan.compact_to {
+            Some((cut, _)) => c.segs.compact_to(cut),
+            None => Vec::new(),
+        };
+        if let Some(&newest_gone) = delete.last() {
+            self.forget_handles(newest_gone + 1);
+        }
         let data = Arc::new(data);
         c.index.apply_snapshot(&plan);
         c.snapshot_meta = Some(meta);
@@ -849,11 +1300,11 @@ impl RaftLog for RedbLog {
         *self.writing_snapshot.borrow_mut() = Some((plan.index, data.clone()));
         let write = SnapshotWrite {
             index: plan.index,
-            old_snap_index,
             compact_to: plan.compact_to,
             data,
             meta_bytes,
             hs_bytes,
+            delete: delete.into_iter().map(|s| self.seg_path(s)).collect(),
         };
         self.unwritten.borrow_mut().push(Unwritten::Snapshot(write.clone()));
         Ok(Box::new(RedbSnapshotWrite { db, durability: self.durability, write, path: self.path.clone() }))
@@ -867,7 +1318,7 @@ impl RaftLog for RedbLog {
         self.check_not_failed()?;
         let writes = self.unwritten.borrow().clone();
         self.retrying.set(true);
-        Ok(Box::new(RedbRetry { db: self.db()?, durability: self.durability, writes, path: self.path.clone() }))
+        Ok(Box::new(Retry { db: self.db()?, durability: self.durability, writes, path: self.path.clone() }))
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, u64, ConfState, Vec<u8>)>, StoreError> {

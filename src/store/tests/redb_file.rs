@@ -11,6 +11,7 @@ use redb::{ReadableDatabase, TableDefinition};
 
 use super::{conf_state, ctx, entries, entry, hard_state, is_compacted, size, XorShift, ID, LOG, META, SNAPSHOT};
 use crate::store::redb_log::STORE_FILE_NAME;
+use crate::store::segments::{self, SEGMENT_DIR};
 use crate::store::{RaftLog, RedbLog, StoreError, StoreIdentity};
 
 fn corrupt_reason(result: Result<RedbLog, StoreError>) -> String {
@@ -59,10 +60,10 @@ fn another_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(RedbLog::open(dir.path(), ID, true).unwrap());
     with_raw_db(dir.path(), |txn| {
-        txn.open_table(META).unwrap().insert("format_version", 2u32.to_le_bytes().as_slice()).unwrap();
+        txn.open_table(META).unwrap().insert("format_version", 3u32.to_le_bytes().as_slice()).unwrap();
     });
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    assert!(reason.contains("format version 2") && reason.contains("format version 1"), "{reason}");
+    assert!(reason.contains("format version 3") && reason.contains("format versions 1 and 2"), "{reason}");
 }
 
 #[test]
@@ -125,14 +126,18 @@ fn empty_file_is_refused() {
     std::fs::write(dir.path().join(STORE_FILE_NAME), b"").unwrap();
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
     assert!(
-        reason.contains("the file is empty (0 bytes)") && reason.contains("move the file aside (or delete it)"),
+        reason.contains("the file is empty (0 bytes)") && reason.contains("(or delete them)"),
         "{reason}"
     );
     // Nothing was written: still empty, still refused.
     assert_eq!(std::fs::metadata(dir.path().join(STORE_FILE_NAME)).unwrap().len(), 0);
     corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    // Deleted, as the message says: a fresh store.
+    // The file alone deleted: the log's segments without it are refused.
     std::fs::remove_file(dir.path().join(STORE_FILE_NAME)).unwrap();
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("holds log segments but the store file is new"), "{reason}");
+    // Both deleted, as the message says: a fresh store.
+    std::fs::remove_dir_all(dir.path().join(SEGMENT_DIR)).unwrap();
     let log = RedbLog::open(dir.path(), ID, true).unwrap();
     assert_eq!(log.last_index().unwrap(), 0);
 }
@@ -190,27 +195,59 @@ fn foreign_redb_file_is_refused() {
     assert!(reason.contains("meta"), "{reason}");
 }
 
+/// Appends records to the newest segment, as a write of midge would.
+fn append_raw(dir: &Path, records: &[(u8, Vec<u8>)]) {
+    let newest = newest_segment(dir);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    for (kind, payload) in records {
+        segments::encode_record(*kind, payload, &mut bytes);
+    }
+    std::fs::write(&newest, bytes).unwrap();
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> =
+        std::fs::read_dir(dir.join(SEGMENT_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+    all.sort();
+    all
+}
+
+fn newest_segment(dir: &Path) -> PathBuf {
+    segment_files(dir).pop().expect("a segment")
+}
+
+fn entry_bytes(index: u64, term: u64) -> Vec<u8> {
+    let mut e = entry(index, term);
+    e.index = index;
+    e.write_to_bytes().unwrap()
+}
+
 #[test]
 fn a_hole_in_the_log_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     store_with_some_content(dir.path());
-    with_raw_db(dir.path(), |txn| {
-        txn.open_table(LOG).unwrap().remove(33).unwrap();
-    });
+    append_raw(dir.path(), &[(segments::KIND_ENTRY, entry_bytes(42, 5))]);
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    assert!(reason.contains("log entry 33 is missing"), "{reason}");
+    assert!(reason.contains("log entry 41 is missing"), "{reason}");
 }
 
 #[test]
 fn a_commit_past_the_log_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     store_with_some_content(dir.path());
+    // In the snapshot's record, and in a hard state appended to the log.
     with_raw_db(dir.path(), |txn| {
         let hs = hard_state(5, 1, 41).write_to_bytes().unwrap();
         txn.open_table(META).unwrap().insert("hard_state", hs.as_slice()).unwrap();
     });
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
     assert!(reason.contains("commit 41 is past the last log index 40"), "{reason}");
+
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    append_raw(dir.path(), &[(segments::KIND_HARD_STATE, hard_state(5, 1, 45).write_to_bytes().unwrap())]);
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("commit 45 is past the last log index 40"), "{reason}");
 }
 
 #[test]
@@ -219,10 +256,6 @@ fn a_snapshot_that_does_not_meet_the_log_is_corrupt() {
     store_with_some_content(dir.path());
     // Truncated at 25, snapshot at 30; claim the log was truncated at 31.
     with_raw_db(dir.path(), |txn| {
-        let mut log = txn.open_table(LOG).unwrap();
-        for i in 26..=31 {
-            log.remove(i).unwrap();
-        }
         let mut truncated = 31u64.to_le_bytes().to_vec();
         truncated.extend(4u64.to_le_bytes());
         txn.open_table(META).unwrap().insert("log_truncated", truncated.as_slice()).unwrap();
@@ -235,11 +268,7 @@ fn a_snapshot_that_does_not_meet_the_log_is_corrupt() {
 fn absurd_indexes_are_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     store_with_some_content(dir.path());
-    with_raw_db(dir.path(), |txn| {
-        let mut e = entry(u64::MAX, 9);
-        e.index = u64::MAX;
-        txn.open_table(LOG).unwrap().insert(u64::MAX, e.write_to_bytes().unwrap().as_slice()).unwrap();
-    });
+    append_raw(dir.path(), &[(segments::KIND_ENTRY, entry_bytes(u64::MAX, 9))]);
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
     assert!(reason.contains("out of range"), "{reason}");
 
@@ -256,13 +285,119 @@ fn absurd_indexes_are_corrupt() {
 
 #[test]
 fn undecodable_records_are_corrupt() {
+    // Whole records (their checksums match) that do not decode: not a torn
+    // write but a bad store.
     let dir = tempfile::tempdir().unwrap();
     store_with_some_content(dir.path());
-    with_raw_db(dir.path(), |txn| {
-        txn.open_table(LOG).unwrap().insert(35, [0xffu8, 0xff, 0xff].as_slice()).unwrap();
-    });
+    append_raw(dir.path(), &[(segments::KIND_ENTRY, vec![0xff, 0xff, 0xff])]);
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    assert!(reason.contains("log entry 35 does not decode"), "{reason}");
+    assert!(reason.contains("does not decode"), "{reason}");
+
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    append_raw(dir.path(), &[(segments::KIND_HARD_STATE, vec![0xff, 0xff, 0xff])]);
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("hard state") && reason.contains("does not decode"), "{reason}");
+}
+
+#[test]
+fn a_torn_write_at_the_end_is_cut_off_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_some_content(dir.path());
+    let seg = newest_segment(dir.path());
+    let whole = std::fs::metadata(&seg).unwrap().len();
+    // A write of entry 41 that did not finish: cut anywhere inside it, or
+    // complete but with a damaged byte, or followed by zeros.
+    let mut e41 = entry(41, 5);
+    e41.data = vec![41u8; 500].into();
+    let mut record = Vec::new();
+    segments::encode_record(segments::KIND_ENTRY, &e41.write_to_bytes().unwrap(), &mut record);
+    let mut cases: Vec<Vec<u8>> = vec![record[..1].to_vec(), record[..9].to_vec(), record[..300].to_vec()];
+    cases.push(record[..record.len() - 1].to_vec());
+    let mut flipped = record.clone();
+    flipped[200] ^= 0x01;
+    cases.push(flipped);
+    let mut zeros = vec![0u8; 4096];
+    zeros[..10].copy_from_slice(&[0; 10]);
+    cases.push(zeros);
+    let clean = std::fs::read(&seg).unwrap();
+    for (n, tail) in cases.iter().enumerate() {
+        let mut bytes = clean.clone();
+        bytes.extend_from_slice(tail);
+        std::fs::write(&seg, &bytes).unwrap();
+        let log = RedbLog::open(dir.path(), ID, true).unwrap_or_else(|e| panic!("case {n}: {e}"));
+        assert_eq!(log.last_index().unwrap(), 40, "case {n}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole, "case {n}: the torn tail is cut off");
+        assert_eq!(log.entries(26, 41, None, ctx()).unwrap().len(), 15, "case {n}");
+    }
+    // After the cut, appends go on where it was, and survive a reopen.
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    log.persist(&[e41.clone()], Some(&hard_state(5, 1, 40))).unwrap();
+    drop(log);
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!(log.last_index().unwrap(), 41);
+    assert_eq!(log.entries(41, 42, None, ctx()).unwrap(), vec![e41]);
+    assert_eq!(log.initial_state().unwrap().hard_state, hard_state(5, 1, 40));
+}
+
+#[test]
+fn damage_before_the_newest_segment_is_corrupt() {
+    // Enough entries for a second segment.
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    let big = segments::SEGMENT_BYTES / 4;
+    for i in 1..=6u64 {
+        let mut e = entry(i, 1);
+        e.data = vec![i as u8; big as usize].into();
+        log.persist(&[e], Some(&hard_state(1, 1, i - 1))).unwrap();
+    }
+    drop(log);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
+    assert!(reason.contains("is damaged at byte") && reason.contains("only the newest segment"), "{reason}");
+}
+
+#[test]
+fn snapshots_delete_the_segments_they_cover() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    let payload = (segments::SEGMENT_BYTES / 8) as usize;
+    let mut most = 0;
+    for i in 1..=200u64 {
+        let mut e = entry(i, 1);
+        e.data = vec![i as u8; payload].into();
+        log.persist(&[e], Some(&hard_state(1, 1, i - 1))).unwrap();
+        if i % 20 == 0 {
+            log.save_snapshot(i - 1, &conf_state(&[1], &[]), vec![1; 100], 2).unwrap();
+        }
+        most = most.max(segment_files(dir.path()).len());
+    }
+    // 200 entries of half a MiB: 25 segments written, never more than a
+    // few on disk at once (20 entries between snapshots, 2 kept).
+    assert!(most <= 5, "{most} segments at once");
+    drop(log);
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!(log.last_index().unwrap(), 200);
+    assert_eq!(log.first_index().unwrap(), 198);
+    assert_eq!(log.entries(198, 201, None, ctx()).unwrap().len(), 3);
+    // An installed snapshot replaces them all.
+    let mut snap = raft::eraftpb::Snapshot::default();
+    snap.mut_metadata().index = 500;
+    snap.mut_metadata().term = 3;
+    snap.mut_metadata().set_conf_state(conf_state(&[1], &[]));
+    snap.data = vec![5; 10].into();
+    log.install_snapshot(&snap).unwrap();
+    assert!(segment_files(dir.path()).is_empty());
+    log.persist(&[entry(501, 3)], Some(&hard_state(3, 1, 500))).unwrap();
+    drop(log);
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (501, 501));
+    assert_eq!(segment_files(dir.path()).len(), 1);
 }
 
 #[test]
