@@ -5,8 +5,10 @@
 #
 #   scripts/bench-wear.sh [--secs S] [--no-build] [--midge-bin PATH] [--out FILE]
 #
-# Rates 10, 100 and 1,000 msg/s (loadgen latency with --interval-us: one
-# message in flight, paced) and unthrottled (loadgen throughput, window 20),
+# Rates 10, 100 and 1,000 msg/s from one client (loadgen latency with
+# --interval-us: one message in flight, paced), 1,000 msg/s from 20 clients
+# (20 such clients at 50 msg/s each, as many devices publish) and
+# unthrottled (loadgen throughput, window 20),
 # each for S seconds (default 10). Bytes: /proc/PID/io write_bytes of each
 # broker process over the run (what reached the block layer, page cache
 # writeback included: each run waits for the dirty pages first). Writes
@@ -92,10 +94,21 @@ run() {
             --payload 64 --duration-secs "$SECS" --window 20 --max-lead 4000 --timeout-secs 60 2>/dev/null | grep '^RESULT')
         sent=$(kv published "$out")
     else
-        n=$((r * SECS))
-        out=$(timeout 120 "$LOADGEN" latency --port "${PORTOF[$s]}" --qos 1 --count "$n" --warmup 0 --payload 64 \
-            --interval-us $((1000000 / r)) --timeout-secs 60 2>/dev/null | grep '^RESULT')
-        sent=$n
+        # RATE or RATExCLIENTS: CLIENTS publishers (each one message in
+        # flight, paced at RATE/CLIENTS) in parallel, as many devices are.
+        local rate=${r%x*} clients=1 c cpids=()
+        [ "$r" != "$rate" ] && clients=${r#*x}
+        n=$((rate * SECS / clients))
+        for c in $(seq 1 "$clients"); do
+            timeout 120 "$LOADGEN" latency --port "${PORTOF[$s]}" --qos 1 --count "$n" --warmup 0 --payload 64 \
+                --interval-us $((1000000 * clients / rate)) --timeout-secs 60 > "$WORK/lat.$c" 2>/dev/null &
+            cpids+=("$!")
+        done
+        sent=0
+        for c in $(seq 1 "$clients"); do
+            wait "${cpids[$((c - 1))]}"
+            grep -q '^RESULT' "$WORK/lat.$c" && sent=$((sent + n))
+        done
     fi
     sync; sleep 1   # the run's page-cache writes reach the disk
     for p in $procs; do
@@ -105,7 +118,7 @@ run() {
     RES[$s.$r.sent]=${sent:-0}; RES[$s.$r.bytes]=$bytes; RES[$s.$r.maxnode]=$maxnode
     log "$s at $r msg/s: ${sent:-0} messages, $bytes bytes written (busiest process $maxnode)"
 }
-RATES=(10 100 1000 max)
+RATES=(10 100 1000 1000x20 max)
 for r in "${RATES[@]}"; do for s in m1 mq c; do run "$s" "$r"; done; done
 
 per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "—"}'; }
@@ -115,7 +128,7 @@ years() { awk -v g="$1" 'BEGIN {if (g == "—" || g + 0 == 0) print "—"; else 
     echo "# Bytes written per QoS 1 message (64 B payload)"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); midge $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null); mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/mosquitto version //'); disk: $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-    echo "- \`scripts/bench-wear.sh --secs $SECS\`: write_bytes of each broker process (/proc/PID/io) over each run; paced rates send one message at a time (loadgen latency --interval-us), \"max\" is loadgen throughput (window 20)"
+    echo "- \`scripts/bench-wear.sh --secs $SECS\`: write_bytes of each broker process (/proc/PID/io) over each run; paced rates: each client sends one message at a time (loadgen latency --interval-us), \"from 20 clients\" runs 20 of them in parallel, \"max\" is loadgen throughput (window 20)"
     echo "- midge: persistence on (default: raft log in redb, fsync per write batch, PUBACK after the write); Mosquitto: persistence true (writes its database every autosave_interval, 1800 s, and at exit: PUBACK does not wait for the disk, and a crash loses what came since)"
     echo
     echo "| rate (msg/s) | midge 1 node B/msg | midge 3 nodes B/msg, busiest node | mosquitto B/msg | midge 1 node GB/day | years of a 100 TBW card |"
@@ -124,9 +137,15 @@ years() { awk -v g="$1" 'BEGIN {if (g == "—" || g + 0 == 0) print "—"; else 
         a=$(per "${RES[m1.$r.bytes]}" "${RES[m1.$r.sent]}")
         c=$(per "${RES[c.$r.maxnode]}" "${RES[c.$r.sent]}")
         z=$(per "${RES[mq.$r.bytes]}" "${RES[mq.$r.sent]}")
-        rate=$r; [ "$r" = max ] && rate=$(awk -v n="${RES[m1.$r.sent]}" -v s="$SECS" 'BEGIN {printf "%.0f", n / s}')
+        rate=${r%x*}; [ "$r" = max ] && rate=$(awk -v n="${RES[m1.$r.sent]}" -v s="$SECS" 'BEGIN {printf "%.0f", n / s}')
         g=$(gbday "$a" "$rate")
-        echo "| $r$([ "$r" = max ] && echo " (~$rate)") | $a | $c | $z | $g | $(years "$g") |"
+        label=$r
+        case "$r" in
+            max) label="max (~$rate)" ;;
+            *x*) label="$rate from ${r#*x} clients" ;;
+            *) label="$r from 1 client" ;;
+        esac
+        echo "| $label | $a | $c | $z | $g | $(years "$g") |"
     done
 } > "$WORK/table.md"
 cat "$WORK/table.md"

@@ -360,6 +360,7 @@ fn run<L: RaftLog + 'static>(
         config.cluster.tick_ms,
         0,
     );
+    driver.set_batch_window_us(config.persistence_batch_window_ms * 1000);
     let group = match group {
         None => None,
         Some((gcfg, glog, gbroker)) => {

@@ -22,6 +22,30 @@ impl Broker {
         self.proposals.iter().all(|e| matches!(e.cmd, Command::Acked { .. }))
     }
 
+    /// Whether the pending commands are only final acknowledgements
+    /// (PUBACK, PUBCOMP, a discarded delivery), none of which the broker
+    /// waits for to send anything: they may wait for the next write (see
+    /// `Node::lazy_deferred`). PUBREC is not: the PUBREL waits for it; nor
+    /// is the acknowledgement of a client with messages queued.
+    /// Returns when the oldest of them arrived (wall ms).
+    pub fn proposals_deferrable(&self) -> Option<u64> {
+        let deferrable = self.proposals_applied == 0
+            && self.proposals.iter().all(|e| match &e.cmd {
+                // Not when messages queue for the client: they wait for
+                // the room in its window that the acknowledgement makes.
+                Command::Acked { client, acks } => {
+                    acks.iter().all(|(_, k)| !matches!(k, super::AckKind::PubRec))
+                        && self.state.sessions().get(client).is_none_or(|s| s.queue.is_empty())
+                }
+                _ => false,
+            });
+        if deferrable {
+            self.proposals.first().map(|e| e.now_ms)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn propose(&mut self, now_ms: u64, cmd: Command) {
         // An applied entry is final: acknowledgements join only one that
         // is not applied yet.

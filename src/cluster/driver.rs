@@ -93,8 +93,12 @@ pub struct Driver<L: RaftLog> {
     preferred_leader: Option<u64>,
     tick_us: u64,
     next_tick_us: u64,
+    /// When acknowledgements held back for the next write go alone.
+    lazy_wake_us: Option<u64>,
     /// When held proposals go (see `Node::is_held`).
     hold_until_us: Option<u64>,
+    /// How long a hold after a commit lasts at most.
+    hold_us: u64,
     /// When the last Ready pass applied entries.
     last_applied_us: u64,
     /// Connections the last commit sent packets that call for an answer
@@ -155,7 +159,9 @@ impl<L: RaftLog> Driver<L> {
             preferred_leader,
             tick_us: tick_ms * 1000,
             next_tick_us: now_us + tick_ms * 1000,
+            lazy_wake_us: None,
             hold_until_us: None,
+            hold_us: COMMIT_HOLD_US,
             last_applied_us: now_us,
             awaited: Vec::new(),
             writing: false,
@@ -232,6 +238,21 @@ impl<L: RaftLog> Driver<L> {
             }
         }
         Ok((r, wake))
+    }
+
+    /// The batch window (`persistence_batch_window_ms`), for a log on
+    /// disk: every commit then holds the next entry until each client it
+    /// answered has sent again, or `window_us` after it. A client that
+    /// answers at once (a PUBLISH after its PUBACK) ends the hold at once;
+    /// clients that publish now and then (sensors) are quiet, and what
+    /// others send meanwhile goes into one entry and one write, on every
+    /// node: an fsync costs a page or two of the medium whatever it
+    /// carries. The cost is at most `window_us` of latency for a message
+    /// that arrives during a hold.
+    pub fn set_batch_window_us(&mut self, window_us: u64) {
+        let on = window_us > 0 && self.mode == CommitMode::AtCommitDurable;
+        self.hold_us = if on { window_us.max(COMMIT_HOLD_US) } else { COMMIT_HOLD_US };
+        self.node.set_hold_every_commit(on);
     }
 
     /// dynsec_sync's serving driver: management requests are left for the
@@ -315,6 +336,7 @@ impl<L: RaftLog> Driver<L> {
         // A lone node's tick waits for a step that comes anyway.
         let tick = if self.node.is_alone() { u64::MAX } else { self.next_tick_us };
         let wake = self.hold_until_us.map_or(tick, |t| t.min(tick));
+        let wake = self.lazy_wake_us.map_or(wake, |t| t.min(wake));
         match self.store_full {
             Some(since) if !self.retry_due && !self.writing => wake.min(since + STORE_FULL_RETRY_US),
             _ => wake,
@@ -362,6 +384,9 @@ impl<L: RaftLog> Driver<L> {
             self.node.release_hold();
         }
         let more = self.ready_passes(now_ms, now_us)?;
+        // Acknowledgements waiting for the next write (`Node::lazy_deferred`)
+        // go alone once their wait is over.
+        self.lazy_wake_us = self.node.lazy_deferred().map(|until| now_us + until.saturating_sub(now_ms) * 1000);
         // While the disk is full, a Ready that installs a snapshot waits
         // for the unfinished write (see `Node::ready`): not work to run
         // again at once, or the driver would spin until there is room. New
@@ -441,9 +466,10 @@ impl<L: RaftLog> Driver<L> {
     /// once if the commit is long past. True when more work is ready.
     pub fn settle(&mut self, now_us: u64) -> bool {
         if self.hold_until_us.is_none() && self.node.is_held() {
-            let until = self.last_applied_us + COMMIT_HOLD_US;
-            if until <= now_us {
-                // Nobody the commit answered is still about to send.
+            let until = self.last_applied_us + self.hold_us;
+            if until <= now_us || self.awaited.is_empty() {
+                // Nobody the commit answered is still about to send (or
+                // everyone has already sent again).
                 self.node.release_hold();
                 return true;
             }

@@ -35,6 +35,11 @@ use crate::store::{FlushJob, FlushResult, RaftLog, Staged};
 /// holds new commands back for the next one (see `propose_pending`).
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
+/// How long subscribers' final acknowledgements alone may wait for a
+/// command that needs a write anyway, when the log is on disk (see
+/// `Node::lazy_deferred`).
+pub const LAZY_WAIT_MS: u64 = 250;
+
 /// Batches this leader proposed and keeps decoded until they are applied
 /// (see `Node::proposed`).
 const PROPOSED_KEPT: usize = 16;
@@ -81,6 +86,9 @@ pub struct Node<L: RaftLog> {
     /// Writes are worth batching (a log on disk or peers): see `is_held`.
     /// From the commit mode.
     hold_after_commit: bool,
+    /// Hold after every commit, not only one that commands waited for
+    /// (`Driver::set_batch_window_us`).
+    hold_every_commit: bool,
     /// New proposals wait until the runtime calls `release_hold`.
     held: bool,
     /// The commands of this leader's latest proposals, by (index, term),
@@ -214,6 +222,7 @@ impl<L: RaftLog> Node<L> {
             writing_msgs: Vec::new(),
             in_flight: Default::default(),
             hold_after_commit: false,
+            hold_every_commit: false,
             held: false,
             proposed: Default::default(),
             apply_at_propose_allowed: false,
@@ -428,10 +437,27 @@ impl<L: RaftLog> Node<L> {
         }
     }
 
+    /// Until when (wall ms) the pending commands wait, when they are only
+    /// subscribers' final acknowledgements (PUBACK, PUBCOMP) and the log
+    /// is on disk: alone, each entry of them costs a write and its fsync
+    /// (a page or two on the medium) where nobody waits for it. They go
+    /// with the next command that needs a write, or after `LAZY_WAIT_MS`.
+    /// A crash may then lose acknowledgements of the last `LAZY_WAIT_MS`:
+    /// those messages are delivered again (QoS 1 and 2 allow it; no
+    /// acknowledged PUBLISH is lost).
+    pub fn lazy_deferred(&self) -> Option<u64> {
+        if !self.raw.store().on_disk() || self.broker.applies_at_propose() {
+            return None;
+        }
+        let since = self.broker.proposals_deferrable()?;
+        let until = since + LAZY_WAIT_MS;
+        (self.now_ms < until).then_some(until)
+    }
+
     pub fn propose_pending(&mut self) -> Result<(), NodeError> {
         // Apply at propose: those proposed without applying yet first.
         self.broker.apply_proposals(self.now_ms);
-        if !self.broker.has_proposals() || !self.can_propose() {
+        if !self.broker.has_proposals() || self.lazy_deferred().is_some() || !self.can_propose() {
             return Ok(());
         }
         let lazy = self.broker.proposals_lazy();
@@ -541,7 +567,10 @@ impl<L: RaftLog> Node<L> {
         let counted_before = self.in_flight.iter().filter(|e| !e.lazy).count();
         self.in_flight.retain(|e| e.term == term && e.index > committed && e.index <= last);
         let counted_after = self.in_flight.iter().filter(|e| !e.lazy).count();
-        if self.hold_after_commit && counted_after < counted_before && self.broker.has_proposals() {
+        if self.hold_after_commit
+            && counted_after < counted_before
+            && (self.broker.has_proposals() || self.hold_every_commit)
+        {
             // Commands waited for the entry just committed: the clients
             // it answers are about to send more. Let the runtime hold
             // the next entry briefly so they join it (see `is_held`).
@@ -574,6 +603,11 @@ impl<L: RaftLog> Node<L> {
         self.held
     }
 
+    /// See `Driver::set_batch_window_us`.
+    pub fn set_hold_every_commit(&mut self, on: bool) {
+        self.hold_every_commit = on;
+    }
+
     pub fn release_hold(&mut self) {
         self.held = false;
     }
@@ -581,7 +615,8 @@ impl<L: RaftLog> Node<L> {
     /// Whether a Ready pass has work: raft is ready, or commands wait and
     /// may be proposed.
     pub fn has_work(&mut self) -> bool {
-        self.raw.has_ready() || (self.broker.has_proposals() && self.can_propose())
+        self.raw.has_ready()
+            || (self.broker.has_proposals() && self.lazy_deferred().is_none() && self.can_propose())
     }
 
     /// One pass of the Ready loop, in raft-rs's documented order, with the

@@ -70,6 +70,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "password_file",
     "persistence",
     "persistence_fsync",
+    "persistence_batch_window_ms",
     "persistence_location",
     "persistent_client_expiration",
     "pid_file",

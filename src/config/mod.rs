@@ -332,6 +332,10 @@ pub struct Config {
     pub cluster_join: bool,
     /// `persistence_fsync`: fsync every raft Ready (default `true`).
     pub persistence_fsync: bool,
+    /// `persistence_batch_window_ms`: how long after a write the next one
+    /// may wait for more messages while the clients it answered are quiet
+    /// (default 5; 0 = never wait).
+    pub persistence_batch_window_ms: u64,
     /// `connection NAME` blocks: bridges to upstream brokers, in file order.
     pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// The file this configuration was read from.
@@ -384,6 +388,7 @@ impl Default for Config {
             admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
+            persistence_batch_window_ms: 5,
             bridges: Vec::new(),
             cluster_tls: None,
             cluster_join: false,

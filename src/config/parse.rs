@@ -632,6 +632,9 @@ impl Parser {
                 self.cfg.cluster.snapshot_entries = self.num_opt(key, rest, 100, u32::MAX.into())?
             }
             "persistence_fsync" => self.cfg.persistence_fsync = self.bool_opt(key, rest)?,
+            "persistence_batch_window_ms" => {
+                self.cfg.persistence_batch_window_ms = self.num_opt(key, rest, 0, 100)?
+            }
             "cluster_join" => self.cfg.cluster_join = self.bool_opt(key, rest)?,
             // Harmless Mosquitto options: checked, then ignored with a warning.
             "autosave_interval" | "autosave_on_changes" => {

@@ -6,7 +6,7 @@
 //!   identity, the conf state, the latest snapshot (metadata and data), the
 //!   hard state as of that snapshot, where the log was truncated and the
 //!   first segment that belongs to the log;
-//! - `log/<seq>.seg` hold the log entries and hard states as they are
+//! - `raft-log/<seq>.seg` hold the log entries and hard states as they are
 //!   written: append-only segment files (`segments`), one `write` and one
 //!   `fdatasync` per persist. A redb commit cost about eight 4 KiB pages
 //!   per persist; an append costs the page or two it touches.

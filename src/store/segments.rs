@@ -1,4 +1,4 @@
-//! The raft log's segment files: `<persistence_location>/log/<seq>.seg`,
+//! The raft log's segment files: `<persistence_location>/raft-log/<seq>.seg`,
 //! append-only, each a header and then records (format in
 //! docs/FORMATS.md, "Log segments"; change it only together with
 //! `SEGMENT_FORMAT_VERSION`, that document and the golden directory).
@@ -13,7 +13,7 @@
 //! or torn file does is tested and fuzzed without a disk.
 
 /// The directory of the segments inside the data directory.
-pub const SEGMENT_DIR: &str = "log";
+pub const SEGMENT_DIR: &str = "raft-log";
 /// The segment file format (header and records).
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"MIDGELOG";
