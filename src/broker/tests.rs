@@ -609,7 +609,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
     let legacy_changed = line("bob").replacen("bob:", "legacy:", 1);
     let new_pw = pw(&[line("alice"), legacy_changed, line("carol smith")]);
     let new_acl = AclFile::parse_str("user alice\ntopic readwrite b/#\n", "acl").unwrap();
-    assert_eq!(b.reload_auth(Some(new_pw), Some(new_acl), 2_000), 2);
+    assert_eq!(b.reload_auth(Some(new_pw), Some(new_acl), Vec::new(), 2_000), 2);
     let out = b.take_actions().collect::<Vec<_>>();
     for conn in [2, 3] {
         let kicked = out.iter().any(
@@ -626,7 +626,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
     assert!(refused, "a/# is no longer alice's: the new ACL applies");
 
     // None keeps what is in force.
-    assert_eq!(b.reload_auth(None, None, 3_000), 0);
+    assert_eq!(b.reload_auth(None, None, Vec::new(), 3_000), 0);
     assert_eq!(login(&mut b, 6, "carol smith", "pässwörd ünïcode"), reason::SUCCESS);
 }
 
