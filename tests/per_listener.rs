@@ -15,9 +15,10 @@ use std::time::Duration;
 use common::mosquitto_sub::{publish, publish_ok, Sub};
 use common::{free_port, password_file, write_file, Broker};
 
-/// The ACL of the secure listener: alice reads and writes `secure/#`; bob
-/// has a login and no topics.
-const ACL: &str = "user alice\ntopic readwrite secure/#\n\nuser bob\n";
+/// The ACL of the secure listener: alice reads and writes `secure/#` but
+/// `secure/hidden` (the deny first: Mosquitto takes a user's first
+/// matching rule, midge lets every deny win); bob has a login and no topics.
+const ACL: &str = "user alice\ntopic deny secure/hidden\ntopic readwrite secure/#\n\nuser bob\n";
 
 fn start() -> (Broker, u16) {
     let dir = common::tempdir();
@@ -96,6 +97,33 @@ fn each_listener_authenticates_and_authorises_by_its_own_rules() {
     assert_eq!(o.messages, vec!["secure/x from-open", "secure/z from-alice"], "{o:?}\n{}", b.log());
     let bo = bob.finish();
     assert!(bo.messages.is_empty(), "bob has no read grant: {bo:?}");
+}
+
+/// Messages for a session whose client is offline are queued by the rules
+/// of the listener it last connected on: alice's (secure) session does not
+/// get secure/hidden; an anonymous session of the open listener does.
+#[test]
+fn an_offline_session_is_routed_to_by_its_listeners_rules() {
+    let (b, secure) = start();
+    let open = b.port;
+    let alice = ["-u", "alice", "-P", "secret", "-i", "alice-offline", "-c", "-q", "1", "-t", "secure/#", "-v"];
+    let anon = ["-i", "anon-offline", "-c", "-q", "1", "-t", "secure/#", "-v"];
+    // Subscribe, then leave at once (-E): two persistent sessions.
+    for (port, args) in [(secure, &alice[..]), (open, &anon[..])] {
+        let s = Sub::start(port, "mqttv311", &[args, &["-E"]].concat());
+        assert!(s.granted().ends_with(": 1"), "{}", s.granted());
+        assert_eq!(s.finish().code, Some(0));
+    }
+    for topic in ["secure/hidden", "secure/seen"] {
+        publish_ok(open, "mqttv311", &["-q", "1", "-t", topic, "-m", "queued"]);
+    }
+    let back = |port, args: &[&str]| {
+        // The queued messages may come before the SUBACK.
+        let s = Sub::start_until(port, "mqttv311", &[args, &["-C", "2", "-W", "3"]].concat(), "received CONNACK");
+        s.finish().messages
+    };
+    assert_eq!(back(secure, &alice), vec!["secure/seen queued"], "{}", b.log());
+    assert_eq!(back(open, &anon), vec!["secure/hidden queued", "secure/seen queued"], "{}", b.log());
 }
 
 #[test]
