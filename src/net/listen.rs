@@ -181,7 +181,10 @@ impl<L: RaftLog + 'static> Server<L> {
     }
 
     /// Serve a client here (plain or TLS). `via`: the follower that
-    /// forwarded the connection of `peer`.
+    /// forwarded the connection of `peer`. `index`: the listener's place
+    /// in the configuration, whose security options apply with
+    /// `per_listener_settings true`.
+    #[allow(clippy::too_many_arguments)] // one accepted connection and where it came in
     fn serve(
         self: Rc<Self>,
         ex: &LocalExecutor<'static>,
