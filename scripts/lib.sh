@@ -8,6 +8,7 @@
 # free_port       an unused TCP port on 127.0.0.1
 # stop_pid PID    SIGTERM, up to 5 s, then SIGKILL; reaps it; only that PID
 # midge_venv_dir  where scripts/python-env.sh keeps its virtual environment
+# midge_node_dir  where scripts/node-env.sh keeps the npm packages of tests/browser
 
 LOG_NAME=${LOG_NAME:-$(basename "$0" .sh)}
 log() { echo "[$LOG_NAME $(date +%H:%M:%S)] $*" >&2; }
@@ -40,3 +41,4 @@ stop_pid() {
 }
 
 midge_venv_dir() { echo "${MIDGE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/midge-venv}"; }
+midge_node_dir() { echo "${MIDGE_NODE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/midge-node}"; }

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # What `bash scripts/test.sh` needs besides Rust, installed when missing:
 # Debian packages mosquitto (mosquitto_passwd, the broker the tests compare
-# against), mosquitto-clients, haproxy, iproute2, openssl, curl, tcpdump, python3-venv, and
-# a Python virtual environment with paho-mqtt 2 (scripts/python-env.sh).
+# against), mosquitto-clients, haproxy, iproute2, openssl, curl, tcpdump, python3-venv,
+# chromium (tests/browser.rs), nodejs and npm when there is no node or npm
+# (this machine's kind ships Node.js 20, which playwright-core needs;
+# Debian 12's own nodejs is 18), a Python virtual environment with
+# paho-mqtt 2 (scripts/python-env.sh) and the browser test's npm packages
+# (scripts/node-env.sh).
 #
 #   bash scripts/setup-test-deps.sh     (as root when a package is missing)
 #
@@ -18,6 +22,7 @@ set -euo pipefail
 declare -A NEED=(
     [mosquitto]=mosquitto [mosquitto_passwd]=mosquitto [mosquitto_sub]=mosquitto-clients
     [mosquitto_pub]=mosquitto-clients [haproxy]=haproxy [ip]=iproute2 [openssl]=openssl [curl]=curl [tcpdump]=tcpdump
+    [chromium]=chromium [node]=nodejs [npm]=npm
 )
 missing=()
 for t in "${!NEED[@]}"; do
@@ -41,3 +46,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 bash "$(dirname "$0")/python-env.sh" >/dev/null
+bash "$(dirname "$0")/node-env.sh" >/dev/null

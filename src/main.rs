@@ -11,7 +11,7 @@ use smol::LocalExecutor;
 use midge::auth::acl::AclFile;
 use midge::auth::password::PasswordFile;
 use midge::broker::dynsec::DynsecRole;
-use midge::broker::Broker;
+use midge::broker::{Broker, ListenerReload};
 use midge::cluster::driver::{CommitMode, Driver};
 use midge::cluster::transport::{self, Advertised, ClientListener, Peers};
 use midge::cluster::{raft_logger, Node, NodeConfig};
@@ -97,9 +97,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (mut config, passwords, acl, dynsec) = match &cli.config {
+    let (mut config, passwords, acl, dynsec, listener_files) = match &cli.config {
         Some(p) => match Config::load(p) {
-            Ok(l) => (l.config, l.passwords, l.acl, l.dynsec),
+            Ok(l) => (l.config, l.passwords, l.acl, l.dynsec, l.listener_files),
             Err(errors) => {
                 for e in errors.iter() {
                     eprintln!("midge: config error: {e}");
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(3);
             }
         },
-        None => (Config::default(), None, None, None),
+        None => (Config::default(), None, None, None, Vec::new()),
     };
     if let Some(p) = cli.port {
         config.override_port(p);
@@ -145,7 +145,9 @@ fn main() -> ExitCode {
         log::warn!("{w}");
     }
 
-    let settings = Rc::new(config.broker_settings(passwords, acl));
+    let mut settings = config.broker_settings(passwords, acl);
+    settings.listener_rules = config.listener_rules(listener_files);
+    let settings = Rc::new(settings);
     info!("midge version {} starting", env!("CARGO_PKG_VERSION"));
     if let Some(src) = &config.source {
         info!("Config loaded from {}.", src.display());
@@ -524,7 +526,8 @@ fn run<L: RaftLog + 'static>(
         // main future they would be polled, a read of their pipe, on every
         // turn of the event loop.
         let (tx, rx) = smol::channel::bounded(1);
-        let (server, password_file, acl_file) = (server.clone(), config.password_file.clone(), config.acl_file.clone());
+        let auth_files = AuthFiles::of(config);
+        let server = server.clone();
         let certs = Certificates::of(config);
         ex.spawn(async move {
             use futures_lite::StreamExt;
@@ -532,7 +535,7 @@ fn run<L: RaftLog + 'static>(
             loop {
                 match signals.next().await.and_then(|r| r.ok()) {
                     Some(async_signal::Signal::Hup) => {
-                        reload(&server, password_file.as_deref(), acl_file.as_deref());
+                        reload(&server, &auth_files);
                         certs.reload();
                     }
                     s => {
@@ -560,17 +563,49 @@ fn run<L: RaftLog + 'static>(
     code
 }
 
+/// The password and ACL files SIGHUP reads again: the broker-wide ones and
+/// each listener's own (`per_listener_settings true`), by listener index.
+struct AuthFiles {
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    listeners: Vec<(usize, Option<PathBuf>, Option<PathBuf>)>,
+}
+
+impl AuthFiles {
+    fn of(config: &Config) -> AuthFiles {
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let a = l.auth.as_ref()?;
+                Some((i, a.password_file.as_ref().map(|p| p.0.clone()), a.acl_file.as_ref().map(|p| p.0.clone())))
+            })
+            .collect();
+        AuthFiles { password_file: config.password_file.clone(), acl_file: config.acl_file.clone(), listeners }
+    }
+}
+
 /// SIGHUP, as Mosquitto: reopen the log file (logrotate), reread the
 /// password and ACL files. A file that no longer reads keeps the rules in
 /// force, and the log says why.
-fn reload<L: RaftLog + 'static>(server: &Server<L>, password_file: Option<&Path>, acl_file: Option<&Path>) {
+fn reload<L: RaftLog + 'static>(server: &Server<L>, files: &AuthFiles) {
     if let Err(e) = logging::reopen() {
         error!("Cannot reopen the log file {e}; still writing to the file open before.");
     }
     info!("midge received SIGHUP: reloading the password and ACL files and the TLS certificates.");
-    let passwords = password_file.and_then(|p| reread("password_file", p, PasswordFile::load));
-    let acl = acl_file.and_then(|p| reread("acl_file", p, AclFile::load));
-    let kicked = server.reload_auth(passwords, acl);
+    let passwords = files.password_file.as_deref().and_then(|p| reread("password_file", p, PasswordFile::load));
+    let acl = files.acl_file.as_deref().and_then(|p| reread("acl_file", p, AclFile::load));
+    let listeners = files
+        .listeners
+        .iter()
+        .map(|(index, pw, acl)| ListenerReload {
+            index: *index,
+            passwords: pw.as_deref().and_then(|p| reread("password_file", p, PasswordFile::load)),
+            acl: acl.as_deref().and_then(|p| reread("acl_file", p, AclFile::load)),
+        })
+        .collect();
+    let kicked = server.reload_auth(passwords, acl, listeners);
     if kicked > 0 {
         info!("Reload: {kicked} client(s) disconnected.");
     }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use log::{info, warn};
 
-use super::{Action, Broker, ConnId, Kind, Phase};
+use super::{Action, AuthScope, Broker, ConnId, Kind, Phase};
 use crate::auth::acl::Access;
 use crate::mqtt::{reason, ConnAck, Connect, Packet, Properties, Publish, QoS, SubAck};
 
@@ -45,10 +45,10 @@ impl Broker {
                 Ok(false) => user.is_some() && password_file(),
                 Err(_) => false,
             };
-            authed && settings.allowed(ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
+            authed && settings.allowed(AuthScope::Broker, ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
         } else {
             // With an acl_file, the user also needs its grant.
-            password_file() && settings.allowed(None, &cp.client_id, cp.username.as_deref(), ADMIN_TOPIC, Access::Write)
+            password_file() && settings.allowed(AuthScope::Broker, None, &cp.client_id, cp.username.as_deref(), ADMIN_TOPIC, Access::Write)
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.version = cp.version;
@@ -59,7 +59,7 @@ impl Broker {
                 conn,
                 reason::NOT_AUTHORIZED,
                 reason::V3_NOT_AUTHORIZED,
-                if settings.has_acl() {
+                if settings.has_acl(AuthScope::Broker) {
                     "admin listener needs a user allowed to publish to $CONTROL/midge/cluster/v1"
                 } else {
                     "admin listener needs a user from password_file"

@@ -228,10 +228,13 @@ impl Broker {
     /// The Connect command of `client` applied: CONNACK may go out.
     pub(super) fn connected(&mut self, client: &str, session_present: bool) {
         let Some(id) = self.conn_of(client) else { return };
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        if c.phase != Phase::Connecting {
+        if self.conns.get(&id).is_none_or(|c| c.phase != Phase::Connecting) {
             return;
         }
+        if let Some(key) = self.state.sessions().get_key_value(client).map(|(k, _)| k.clone()) {
+            self.remember_scope(&key, id);
+        }
+        let Some(c) = self.conns.get_mut(&id) else { return };
         c.phase = Phase::Connected;
         c.session_closed = false;
         // Hold the session's copy of the client id, not a second one.

@@ -163,6 +163,10 @@ impl Broker {
                 now,
             );
         }
+        // The listener's rules (per_listener_settings true), else the
+        // broker-wide ones.
+        let scope = self.conn_scope(conn);
+        let (allow_anonymous, passwords) = settings.login_rules(scope);
         if cert_login {
             // The TLS handshake checked the certificate against cafile.
         } else if settings.dynsec {
@@ -176,8 +180,8 @@ impl Broker {
                     return self.refuse(conn, reason::NOT_AUTHORIZED, reason::V3_NOT_AUTHORIZED, why, now);
                 }
                 Ok(false) => {
-                    let ok = match (&settings.passwords, cp.username.as_deref()) {
-                        (_, None) => settings.allow_anonymous,
+                    let ok = match (passwords, cp.username.as_deref()) {
+                        (_, None) => allow_anonymous,
                         (Some(pw), Some(user)) => pw.check(user, cp.password.as_deref().unwrap_or(&[])),
                         (None, Some(_)) => false,
                     };
@@ -192,8 +196,8 @@ impl Broker {
                 }
             }
         } else {
-            match (&settings.passwords, cp.username.as_deref()) {
-                (_, None) if !settings.allow_anonymous => {
+            match (passwords, cp.username.as_deref()) {
+                (_, None) if !allow_anonymous => {
                     return self.refuse(
                         conn,
                         reason::NOT_AUTHORIZED,
@@ -213,7 +217,7 @@ impl Broker {
                         now,
                     );
                 }
-                (None, Some(_)) if !settings.allow_anonymous => {
+                (None, Some(_)) if !allow_anonymous => {
                     return self.refuse(
                         conn,
                         reason::NOT_AUTHORIZED,
@@ -280,7 +284,7 @@ impl Broker {
                 );
             }
             let ds = self.dynsec_data().cloned();
-            if !settings.allowed(ds.as_deref(), &client, cp.username.as_deref(), &w.topic, Access::Write) {
+            if !settings.allowed(scope, ds.as_deref(), &client, cp.username.as_deref(), &w.topic, Access::Write) {
                 return self.refuse(
                     conn,
                     reason::NOT_AUTHORIZED,

@@ -29,7 +29,6 @@ use serde_json::{json, Map, Value};
 use super::command::Command;
 pub use super::command::{DynsecStep, DynsecTag, StepResult};
 use super::{Broker, ConnId, Message, Phase};
-use crate::auth::acl::Access;
 use crate::dynsec::{
     self, export_json, parse_request, Action as ItemAction, CommandError, DynsecLimits, DynsecState, Kick,
     PasswordHash, RequestItem, Responses, SALT_BYTES,
@@ -447,7 +446,8 @@ impl Broker {
         };
         let settings = self.settings.clone();
         let ds = self.dynsec_data().cloned();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+        let scopes = self.client_scopes.clone();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
         let targets = self.state.route(&msg, false, &acl);
         for (target, mut d) in targets {
             if self.state.sessions().get(&target).is_some_and(|s| s.online) {

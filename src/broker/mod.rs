@@ -41,7 +41,7 @@ use command::{AckKind, Command, Effect, Entry, SubscribeReq};
 use lazy::Lazy;
 pub use message::{Message, MessageProps};
 pub use peer::PeerAddr;
-pub use settings::Settings;
+pub use settings::{AuthScope, ListenerRules, ListenerReload, Settings};
 use state::{Delivery, State};
 use tree::{SubEntry, SubOptionsRepr};
 
@@ -190,6 +190,10 @@ pub struct Broker {
     /// topics delivered to them.
     /// Connections of listeners that set options of their own.
     conn_options: BTreeMap<ConnId, ConnOptions>,
+    /// `per_listener_settings true`: whose rules each client's deliveries
+    /// are checked by, the listener it last connected on (in memory only;
+    /// see `AuthScope::Unknown`). Shared with the ACL closures of routing.
+    client_scopes: Rc<settings::ClientScopes>,
 }
 
 /// What a connection's listener sets for it (Mosquitto's per-listener
@@ -201,6 +205,9 @@ pub struct ConnOptions {
     pub use_username_as_clientid: Option<bool>,
     pub max_qos: Option<u8>,
     pub topic_alias_max: Option<u16>,
+    /// The listener's index in the configuration, when it has security
+    /// options of its own (`per_listener_settings true`).
+    pub listener: Option<usize>,
 }
 
 impl Broker {
@@ -237,6 +244,7 @@ impl Broker {
             replays: BTreeMap::new(),
             cert_names: BTreeMap::new(),
             conn_options: BTreeMap::new(),
+            client_scopes: Rc::default(),
             bridge_wake: false,
             bridge_acks: Vec::new(),
         }
@@ -413,7 +421,8 @@ impl Broker {
     /// `topic`. The user name is its CONNECT's: held by the connection
     /// until the Connect command applies, then by the session.
     fn conn_allowed(&self, conn: ConnId, client: &str, topic: &str, access: Access) -> bool {
-        if !self.settings.has_acl() {
+        let scope = self.conn_scope(conn);
+        if !self.settings.has_acl(scope) {
             return true;
         }
         let pending = self.conns.get(&conn).and_then(|c| c.pending.as_ref());
@@ -421,7 +430,29 @@ impl Broker {
             Some(p) => p.username.as_deref(),
             None => self.state.sessions().get(client).and_then(|s| s.username.as_deref()),
         };
-        self.settings.allowed(self.dynsec_data().map(|d| &**d), client, username, topic, access)
+        self.settings.allowed(scope, self.dynsec_data().map(|d| &**d), client, username, topic, access)
+    }
+
+    /// Whose security rules apply to connection `conn`: its listener's.
+    fn conn_scope(&self, conn: ConnId) -> AuthScope {
+        self.settings.listener_scope(self.conn_options.get(&conn).and_then(|o| o.listener))
+    }
+
+    /// `client` connected on connection `conn`: its deliveries are checked
+    /// by that listener's rules from now on (`per_listener_settings true`).
+    fn remember_scope(&mut self, client: &Rc<str>, conn: ConnId) {
+        if !self.settings.per_listener() {
+            return;
+        }
+        let scope = self.conn_scope(conn);
+        let sessions = self.state.sessions();
+        let scopes = Rc::make_mut(&mut self.client_scopes);
+        // Entries of sessions that ended go, at most as many again as there
+        // are sessions: the map stays bounded by the session limits.
+        if scopes.len() > 2 * sessions.len() + 64 {
+            scopes.retain(|c, _| sessions.contains_key(c));
+        }
+        scopes.insert(client.clone(), scope);
     }
 
     fn packet_connected(&mut self, conn: ConnId, p: Packet, now: u64) {

@@ -7,7 +7,6 @@
 use log::{debug, info, warn};
 
 use super::{Broker, Command, Effect, Entry};
-use crate::auth::acl::Access;
 use crate::mqtt::{Packet, PubResp, SubAck, UnsubAck};
 
 impl Broker {
@@ -117,7 +116,8 @@ impl Broker {
             Command::Dynsec { .. } | Command::DynsecImport { .. } => None,
             _ => self.dynsec_data().cloned(),
         };
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+        let scopes = self.client_scopes.clone();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
         let mut effects = std::mem::take(&mut self.effects);
         self.state.apply(e, &settings.apply, &acl, &mut effects);
         for eff in effects.drain(..) {

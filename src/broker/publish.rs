@@ -287,7 +287,8 @@ impl Broker {
                 // QoS 0 to online subscribers does not wait for a commit.
                 let settings = self.settings.clone();
                 let ds = self.dynsec_data().cloned();
-                let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+                let scopes = self.client_scopes.clone();
+                let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
                 let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl);
                 let mut offline = false;
                 for (target, d) in targets {

@@ -17,9 +17,18 @@ use crate::mqtt::reason;
 #[derive(Clone)]
 pub struct Settings {
     pub limits: Limits,
+    /// The broker-wide security options (`allow_anonymous`,
+    /// `password_file`, `acl_file`): every listener's without
+    /// `per_listener_settings true`; with it, those of the listeners that
+    /// have none of their own (a default listener, `-p`) and of the admin
+    /// listener.
     pub allow_anonymous: bool,
     pub passwords: Option<PasswordFile>,
     pub acl: Option<AclFile>,
+    /// `per_listener_settings true`: one per configured listener (same
+    /// index), its own rules or `None` for the broker-wide ones. Empty
+    /// without `per_listener_settings true`.
+    pub listener_rules: Vec<Option<ListenerRules>>,
     /// Dynamic security is on (`plugin .../mosquitto_dynamic_security.so`):
     /// its data, in the replicated state, is asked first.
     pub dynsec: bool,
@@ -41,19 +50,114 @@ pub struct Settings {
     pub apply: ApplyLimits,
 }
 
+/// A listener's own security options (`per_listener_settings true`).
+#[derive(Clone)]
+pub struct ListenerRules {
+    pub allow_anonymous: bool,
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<AclFile>,
+}
+
+/// Whose security rules apply to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthScope {
+    /// The broker-wide ones.
+    Broker,
+    /// Those of listener `i` (its index in the configuration), which has
+    /// its own (`per_listener_settings true`).
+    Listener(usize),
+    /// With `per_listener_settings true`, a session whose client has not
+    /// connected since this process started: which listener it used is
+    /// kept in memory only. It gets only what the rules of every client
+    /// listener allow (never more than those of the one it used).
+    Unknown,
+}
+
+/// A new password and ACL file for listener `index`
+/// (`Broker::reload_auth`); `None` keeps the one in force.
+pub struct ListenerReload {
+    pub index: usize,
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<AclFile>,
+}
+
 impl Settings {
+    /// Whether `per_listener_settings true` is in force.
+    pub fn per_listener(&self) -> bool {
+        !self.listener_rules.is_empty()
+    }
+
+    /// The scope of a client of listener `listener` (its index; `None`: a
+    /// listener not in the configuration, such as `-p`'s).
+    pub fn listener_scope(&self, listener: Option<usize>) -> AuthScope {
+        match listener {
+            Some(i) if matches!(self.listener_rules.get(i), Some(Some(_))) => AuthScope::Listener(i),
+            _ => AuthScope::Broker,
+        }
+    }
+
+    /// `allow_anonymous` and the password file of `scope` (Broker or
+    /// Listener; Unknown never logs in).
+    pub fn login_rules(&self, scope: AuthScope) -> (bool, Option<&PasswordFile>) {
+        match self.own_rules(scope) {
+            Some(r) => (r.allow_anonymous, r.passwords.as_ref()),
+            None => (self.allow_anonymous, self.passwords.as_ref()),
+        }
+    }
+
+    fn own_rules(&self, scope: AuthScope) -> Option<&ListenerRules> {
+        match scope {
+            AuthScope::Listener(i) => self.listener_rules.get(i).and_then(|r| r.as_ref()),
+            _ => None,
+        }
+    }
+
+    fn acl_of(&self, scope: AuthScope) -> Option<&AclFile> {
+        match self.own_rules(scope) {
+            Some(r) => r.acl.as_ref(),
+            None => self.acl.as_ref(),
+        }
+    }
+
+    /// The scope of every client listener, for `AuthScope::Unknown`.
+    fn every_scope(&self) -> impl Iterator<Item = AuthScope> + '_ {
+        (0..self.listener_rules.len()).map(|i| self.listener_scope(Some(i)))
+    }
+
+    /// A delivery's check: `client`'s scope from `scopes` (the listener
+    /// each client last connected on; see `AuthScope::Unknown`).
+    pub fn read_allowed(
+        &self,
+        scopes: &ClientScopes,
+        dynsec: Option<&DynsecState>,
+        client: &str,
+        user: Option<&str>,
+        topic: &str,
+    ) -> bool {
+        let scope = match self.per_listener() {
+            false => AuthScope::Broker,
+            true => scopes.get(client).copied().unwrap_or(AuthScope::Unknown),
+        };
+        self.allowed(scope, dynsec, client, user, topic, Access::Read)
+    }
+
     /// ACL check, in Mosquitto 2.0's order: dynamic security first (when
-    /// on), then the acl_file. Dynamic security without a decision defers
-    /// to the acl_file, and without one denies. Without either everything
-    /// is allowed. `dynsec` is the data (None: none imported yet).
+    /// on), then the acl_file of `scope`. Dynamic security without a
+    /// decision defers to the acl_file, and without one denies. Without
+    /// either everything is allowed. `dynsec` is the data (None: none
+    /// imported yet).
     pub fn allowed(
         &self,
+        scope: AuthScope,
         dynsec: Option<&DynsecState>,
         client: &str,
         user: Option<&str>,
         topic: &str,
         access: Access,
     ) -> bool {
+        if scope == AuthScope::Unknown {
+            return self.every_scope().all(|s| self.allowed(s, dynsec, client, user, topic, access));
+        }
         if self.dynsec {
             let kind = match access {
                 Access::Read => dynsec::Access::PublishClientReceive,
@@ -74,22 +178,31 @@ impl Settings {
                 Decision::Deny => return false,
                 Decision::Defer => {}
             }
-            return match &self.acl {
+            return match self.acl_of(scope) {
                 None => false,
                 Some(a) => a.check(client, user, topic, access),
             };
         }
-        match &self.acl {
+        match self.acl_of(scope) {
             None => true,
             Some(a) => a.check(client, user, topic, access),
         }
     }
 
-    /// Whether any ACL source is configured (else every check allows).
-    pub fn has_acl(&self) -> bool {
-        self.dynsec || self.acl.is_some()
+    /// Whether any ACL source applies to `scope` (else every check allows).
+    pub fn has_acl(&self, scope: AuthScope) -> bool {
+        self.dynsec
+            || match scope {
+                AuthScope::Unknown => self.every_scope().any(|s| self.acl_of(s).is_some()),
+                s => self.acl_of(s).is_some(),
+            }
     }
 }
+
+/// The scope of each client by its id: the listener it last connected on
+/// (`per_listener_settings true` only). In memory: after a restart a
+/// session is `AuthScope::Unknown` until its client connects again.
+pub type ClientScopes = std::collections::BTreeMap<Rc<str>, AuthScope>;
 
 impl Broker {
     /// SIGHUP: new password and ACL files, as Mosquitto reloads them.
@@ -102,7 +215,17 @@ impl Broker {
     /// from the password file, or its entry (the password hash) changed.
     /// With dynamic security, which is asked first, its own clients are
     /// left to it; the others logged in through the password file.
-    pub fn reload_auth(&mut self, passwords: Option<PasswordFile>, acl: Option<AclFile>, now: u64) -> usize {
+    ///
+    /// `listeners`: the same for listeners with their own files
+    /// (`per_listener_settings true`); a client is judged by the file of
+    /// the listener it connected on.
+    pub fn reload_auth(
+        &mut self,
+        passwords: Option<PasswordFile>,
+        acl: Option<AclFile>,
+        listeners: Vec<ListenerReload>,
+        now: u64,
+    ) -> usize {
         let before = self.settings.clone();
         let mut next = (*before).clone();
         if let Some(p) = passwords {
@@ -111,14 +234,26 @@ impl Broker {
         if let Some(a) = acl {
             next.acl = Some(a);
         }
+        for l in listeners {
+            let Some(Some(r)) = next.listener_rules.get_mut(l.index) else { continue };
+            if let Some(p) = l.passwords {
+                r.passwords = Some(p);
+            }
+            if let Some(a) = l.acl {
+                r.acl = Some(a);
+            }
+        }
         self.settings = Rc::new(next);
-        let (Some(old), Some(new)) = (&before.passwords, &self.settings.passwords) else { return 0 };
         let ds = self.dynsec_data().cloned();
         let targets: Vec<(ConnId, String)> = self
             .conns
             .iter()
             .filter(|(_, c)| matches!(c.phase, Phase::Connected | Phase::Connecting) && c.kind == Kind::Client)
             .filter_map(|(id, c)| {
+                let scope = self.conn_scope(*id);
+                let (Some(old), Some(new)) = (before.login_rules(scope).1, self.settings.login_rules(scope).1) else {
+                    return None;
+                };
                 let user = c.client.as_deref().and_then(|cl| self.conn_username(*id, cl))?;
                 let dynsec_client =
                     self.settings.dynsec && ds.as_deref().is_some_and(|d| d.clients.contains_key(&user));

@@ -7,7 +7,6 @@ use std::rc::Rc;
 
 use super::state::Delivery;
 use super::{Broker, Message};
-use crate::auth::acl::Access;
 use crate::metrics::Exposition;
 use crate::mqtt::{topic, QoS};
 
@@ -156,7 +155,8 @@ impl Broker {
             };
             let settings = self.settings.clone();
             let ds = self.dynsec_data().cloned();
-            let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+            let scopes = self.client_scopes.clone();
+            let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
             for (client, mut d) in self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl) {
                 d.qos = QoS::AtMostOnce;
                 self.deliver(&client, None, &d, false, now);
@@ -172,7 +172,8 @@ impl Broker {
     pub fn publish_log(&mut self, lines: Vec<(log::Level, String)>, now: u64) {
         let settings = self.settings.clone();
         let ds = self.dynsec_data().cloned();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.allowed(ds.as_deref(), c, u, t, Access::Read);
+        let scopes = self.client_scopes.clone();
+        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
         for (level, text) in lines {
             let topic = match level {
                 log::Level::Error => "$SYS/broker/log/E",
@@ -205,12 +206,13 @@ impl Broker {
         }
         let user = self.state.sessions().get(client).and_then(|s| s.username.clone());
         let settings = self.settings.clone();
+        let scopes = self.client_scopes.clone();
         let ds = self.dynsec_data().cloned();
         let msgs: Vec<Message> = self
             .sys_retained
             .values()
             .filter(|m| topic::matches(filter, &m.topic))
-            .filter(|m| settings.allowed(ds.as_deref(), client, user.as_deref(), &m.topic, Access::Read))
+            .filter(|m| settings.read_allowed(&scopes, ds.as_deref(), client, user.as_deref(), &m.topic))
             .cloned()
             .collect();
         for m in msgs {

@@ -609,7 +609,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
     let legacy_changed = line("bob").replacen("bob:", "legacy:", 1);
     let new_pw = pw(&[line("alice"), legacy_changed, line("carol smith")]);
     let new_acl = AclFile::parse_str("user alice\ntopic readwrite b/#\n", "acl").unwrap();
-    assert_eq!(b.reload_auth(Some(new_pw), Some(new_acl), 2_000), 2);
+    assert_eq!(b.reload_auth(Some(new_pw), Some(new_acl), Vec::new(), 2_000), 2);
     let out = b.take_actions().collect::<Vec<_>>();
     for conn in [2, 3] {
         let kicked = out.iter().any(
@@ -626,7 +626,7 @@ fn reload_auth_disconnects_users_whose_entry_went_and_applies_new_rules() {
     assert!(refused, "a/# is no longer alice's: the new ACL applies");
 
     // None keeps what is in force.
-    assert_eq!(b.reload_auth(None, None, 3_000), 0);
+    assert_eq!(b.reload_auth(None, None, Vec::new(), 3_000), 0);
     assert_eq!(login(&mut b, 6, "carol smith", "pässwörd ünïcode"), reason::SUCCESS);
 }
 
@@ -698,4 +698,46 @@ fn bridge_inbound_outbound_and_no_echo() {
     // A node that does not serve takes nothing from the bridge.
     b.set_serving(false, 1_004);
     assert_eq!(b.bridge_publish(&origin, &p, 1_005), Err(bridge::BridgeRefusal::NotServing));
+}
+
+/// `per_listener_settings true`: a session offline is routed to by the
+/// rules of the listener its client last connected on; a session whose
+/// listener is unknown (after a restart) by the strictest rules of all.
+#[test]
+fn offline_sessions_get_what_their_listeners_rules_allow() {
+    use crate::auth::acl::AclFile;
+    let mut settings = Config::default().broker_settings(None, None);
+    let rules = |acl: Option<&str>| ListenerRules {
+        allow_anonymous: true,
+        passwords: None,
+        acl: acl.map(|a| AclFile::parse_str(a, "acl").unwrap()),
+    };
+    // Listener 0: no ACL. Listener 1: a/secret is not for its clients.
+    settings.listener_rules = vec![Some(rules(None)), Some(rules(Some("topic readwrite a/#\ntopic deny a/secret\n")))];
+    let mut b = Broker::new(Rc::new(settings), 1_000);
+    let on = |b: &mut Broker, conn: ConnId, listener: usize, id: &str| {
+        b.open(conn, "127.0.0.1:1".parse().unwrap(), 1_000);
+        b.set_conn_options(conn, ConnOptions { listener: Some(listener), ..Default::default() });
+        b.packet(conn, connect_packet(id, Version::V311, false), 1_000);
+        assert_eq!(connack(&sent(b)[0].1).code, 0);
+    };
+    on(&mut b, 1, 0, "s0");
+    subscribe(&mut b, 1, "a/#", QoS::AtLeastOnce, 1_000);
+    on(&mut b, 2, 1, "s1");
+    subscribe(&mut b, 2, "a/#", QoS::AtLeastOnce, 1_000);
+    b.closed(1, 1_001);
+    b.closed(2, 1_001);
+    on(&mut b, 3, 0, "pub");
+    b.packet(3, publish("a/secret", b"s", QoS::AtLeastOnce, Some(1), false), 1_002);
+    b.packet(3, publish("a/open", b"o", QoS::AtLeastOnce, Some(2), false), 1_002);
+    sent(&mut b);
+    let queued = |b: &Broker, id: &str| b.state.sessions()[&Rc::from(id)].queue.len();
+    assert_eq!((queued(&b, "s0"), queued(&b, "s1")), (2, 1), "s1's listener denies a/secret");
+
+    // Unknown (no client connected since start): both listeners' rules.
+    let s = b.settings().clone();
+    let unknown = settings::ClientScopes::new();
+    assert!(s.read_allowed(&unknown, None, "s9", None, "a/open"));
+    assert!(!s.read_allowed(&unknown, None, "s9", None, "a/secret"));
+    assert!(s.read_allowed(&b.client_scopes, None, "s0", None, "a/secret"));
 }

@@ -8,7 +8,8 @@ use super::Config;
 use crate::auth::acl::AclFile;
 use crate::auth::password::PasswordFile;
 use crate::broker::state::ApplyLimits;
-use crate::broker::Settings;
+use crate::broker::{ListenerRules, Settings};
+use super::ListenerFiles;
 
 impl Config {
     /// The broker's settings from this configuration, with the password
@@ -20,6 +21,7 @@ impl Config {
             allow_anonymous: c.allow_anonymous,
             passwords,
             acl,
+            listener_rules: Vec::new(),
             dynsec: c.dynsec_plugin,
             retain_available: c.retain_available,
             max_qos: c.max_qos,
@@ -40,5 +42,26 @@ impl Config {
                 bridges: c.bridges.iter().map(|b| b.out_route()).collect(),
             },
         }
+    }
+
+    /// With `per_listener_settings true`: each listener's own rules, with
+    /// its files already read (`Loaded::listener_files`, one per listener),
+    /// for `Settings::listener_rules`. Empty without it.
+    pub fn listener_rules(&self, files: Vec<ListenerFiles>) -> Vec<Option<ListenerRules>> {
+        if !self.per_listener_settings {
+            return Vec::new();
+        }
+        let mut files = files.into_iter();
+        self.listeners
+            .iter()
+            .map(|l| {
+                let f = files.next().unwrap_or_default();
+                l.auth.as_ref().map(|a| ListenerRules {
+                    allow_anonymous: a.allow_anonymous,
+                    passwords: f.passwords,
+                    acl: f.acl,
+                })
+            })
+            .collect()
     }
 }

@@ -28,7 +28,7 @@ pub mod tls;
 mod values;
 
 pub use crate::limits::{Limits, DEFAULT_CONNECTIONS_MAX, PROTOCOL_MAX_BYTES};
-pub use referenced::Loaded;
+pub use referenced::{ListenerFiles, Loaded};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,23 @@ pub struct Listener {
     /// `max_qos` / `max_topic_alias` after this listener's line.
     pub max_qos: Option<u8>,
     pub max_topic_alias: Option<u16>,
+    /// With `per_listener_settings true`: the `allow_anonymous`,
+    /// `password_file` and `acl_file` after this listener's line, which
+    /// apply to its clients instead of the broker-wide ones. `None`: the
+    /// broker-wide ones (`per_listener_settings false`, or a default
+    /// listener from `port` or `-p`).
+    pub auth: Option<ListenerAuth>,
+}
+
+/// A listener's own security options (`per_listener_settings true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerAuth {
+    /// Default, as broker-wide: `true` when this listener has no
+    /// `password_file`.
+    pub allow_anonymous: bool,
+    /// With the line that set it, for errors in the file.
+    pub password_file: Option<(PathBuf, Origin)>,
+    pub acl_file: Option<(PathBuf, Origin)>,
 }
 
 impl Listener {
@@ -93,6 +110,7 @@ impl Listener {
             max_qos: None,
             max_topic_alias: None,
             websockets: false,
+            auth: None,
         }
     }
 }
@@ -261,6 +279,10 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
+    /// `per_listener_settings true`: a listener's `allow_anonymous`,
+    /// `password_file` and `acl_file` are its own ([`Listener::auth`]);
+    /// those before the first `listener` line are the broker-wide ones.
+    pub per_listener_settings: bool,
     /// `plugin .../mosquitto_dynamic_security.so`: dynamic security on.
     pub dynsec_plugin: bool,
     /// `plugin_opt_config_file`: the plugin's JSON file.
@@ -356,6 +378,7 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            per_listener_settings: false,
             dynsec_plugin: false,
             dynsec_file: None,
             persistent_client_expiration_secs: None,

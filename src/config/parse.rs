@@ -10,7 +10,7 @@ use super::tls::{ClusterTlsFiles, ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
-    LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    ListenerAuth, LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
 };
 
 /// The files of an `include_dir`, in Mosquitto's order: names longer than
@@ -47,6 +47,28 @@ fn read_included(path: &Path, name: &str) -> Result<String, ConfigError> {
 const BUSY_POLL_US_MAX: u64 = 1_000;
 /// The file name of Mosquitto's dynamic security plugin, built into midge.
 pub const DYNSEC_PLUGIN: &str = "mosquitto_dynamic_security.so";
+
+/// Mosquitto's security options: with `per_listener_settings true` they
+/// belong to the listener above them, and `per_listener_settings` must come
+/// before all of them.
+const SECURITY_KEYS: [&str; 7] = [
+    "allow_anonymous",
+    "password_file",
+    "acl_file",
+    "plugin",
+    "plugin_opt_config_file",
+    "allow_zero_length_clientid",
+    "auto_id_prefix",
+];
+
+/// A listener's security lines (`per_listener_settings true`), with the
+/// line of each.
+#[derive(Default)]
+struct AuthLines {
+    allow_anonymous: Option<bool>,
+    password_file: Option<(PathBuf, Origin)>,
+    acl_file: Option<(PathBuf, Origin)>,
+}
 
 /// The TLS settings of one listener. None when there are none, or when a
 /// TLS line of this listener was itself an error (already reported: building
@@ -193,6 +215,12 @@ struct Parser {
     cluster_tls: ClusterTlsFiles,
     /// One per `connection` line (same order as `cfg.bridges`).
     bridge_lines: Vec<BridgeLines>,
+    /// The position of `per_listener_settings true`.
+    per_listener: Option<u32>,
+    /// The first security option (see [`SECURITY_KEYS`]) and its position.
+    first_security: Option<(String, u32)>,
+    /// Security lines of each `listener` line (same order as `listeners`).
+    listener_auth: Vec<AuthLines>,
 }
 
 impl Parser {
@@ -229,6 +257,9 @@ impl Parser {
             admin_tls_line_failed: false,
             cluster_tls: ClusterTlsFiles::default(),
             bridge_lines: Vec::new(),
+            per_listener: None,
+            first_security: None,
+            listener_auth: Vec::new(),
         }
     }
 
@@ -321,6 +352,14 @@ impl Parser {
     }
 
     fn option(&mut self, key: &str, rest: &str) -> Result<(), ConfigError> {
+        if SECURITY_KEYS.contains(&key) {
+            if self.first_security.is_none() {
+                self.first_security = Some((key.to_string(), self.line));
+            }
+            if self.per_listener.is_some() && self.listener_security(key, rest)? {
+                return Ok(());
+            }
+        }
         match key {
             "connection" => {
                 let name = self.one(key, rest)?;
@@ -674,12 +713,28 @@ impl Parser {
                 self.warn("persistence_file is ignored: midge names its own files inside persistence_location");
             }
             "per_listener_settings" => {
-                if self.bool_opt(key, rest)? {
-                    return Err(self.err(
-                        "per_listener_settings true is not supported by midge: authentication and access control apply to all listeners",
-                    ));
+                let on = self.bool_opt(key, rest)?;
+                if let Some(at) = self.per_listener {
+                    if !on {
+                        let at = self.places.describe(at, self.line);
+                        return Err(self.err(format!(
+                            "per_listener_settings false after per_listener_settings true on {at}: set it once"
+                        )));
+                    }
+                } else if on {
+                    if let Some((first, pos)) = &self.first_security {
+                        // Mosquitto: "per_listener_settings must be set
+                        // before any other security settings."
+                        let at = self.places.describe(*pos, self.line);
+                        return Err(self.err(format!(
+                            "per_listener_settings must be set before any other security option ({first} on {at})"
+                        )));
+                    }
+                    self.per_listener = Some(self.line);
+                    self.cfg.per_listener_settings = true;
+                } else {
+                    self.warn("per_listener_settings false is ignored: it is what midge does by default");
                 }
-                self.warn("per_listener_settings false is ignored: it is what midge always does");
             }
             _ => return Err(self.unknown(key)),
         }
@@ -827,11 +882,61 @@ impl Parser {
             None => None,
         };
         self.listeners.push((Listener::new(port, address), self.line));
+        self.listener_auth.push(AuthLines::default());
         self.listener_tls.push(TlsOptions::default());
         self.tls_line_failed.push(false);
         self.orphan_tls = None;
         self.tls_to_admin = false;
         Ok(())
+    }
+
+    /// With `per_listener_settings true`, a security option after a
+    /// `listener` line: that listener's (Mosquitto's rule). `Ok(false)`:
+    /// before the first listener line, a broker-wide option, read as
+    /// without `per_listener_settings`.
+    fn listener_security(&mut self, key: &str, rest: &str) -> Result<bool, ConfigError> {
+        if matches!(key, "plugin" | "plugin_opt_config_file") {
+            return Err(self.err(format!(
+                "{key}: dynamic security with per_listener_settings true is not supported by midge \
+                 (its clients and roles would apply to every listener); use password_file and acl_file per listener"
+            )));
+        }
+        if self.tls_to_admin && self.orphan_tls.is_none() {
+            return Err(self.err(format!(
+                "{key} after admin_listener: with per_listener_settings true the admin listener uses the \
+                 broker-wide security options, those before the first listener line"
+            )));
+        }
+        if self.listeners.is_empty() && self.orphan_tls.is_none() {
+            return Ok(false);
+        }
+        if matches!(key, "allow_zero_length_clientid" | "auto_id_prefix") {
+            return Err(self.err(format!(
+                "{key} after a listener line with per_listener_settings true: midge applies it to every \
+                 listener; put it before the first listener line"
+            )));
+        }
+        let origin = self.origin();
+        let (allow_anonymous, path) = match key {
+            "allow_anonymous" => (Some(self.bool_value(key, rest)?), None),
+            _ => (None, Some(self.path_value(key, rest)?)),
+        };
+        // The listener line was an error: the value is checked, and
+        // belongs to no listener.
+        if self.orphan_tls.is_some() {
+            return Ok(true);
+        }
+        let a = self.listener_auth.last_mut().expect("one per listener");
+        let prev = match (allow_anonymous, path) {
+            (Some(v), _) => a.allow_anonymous.replace(v).map(|_| ()),
+            (None, Some(p)) if key == "password_file" => a.password_file.replace((p, origin)).map(|_| ()),
+            (None, Some(p)) => a.acl_file.replace((p, origin)).map(|_| ()),
+            (None, None) => None,
+        };
+        if prev.is_some() {
+            self.warn(&format!("{key} overrides the value set before for the same listener"));
+        }
+        Ok(true)
     }
 
     /// A TLS key: it belongs to the last `listener` line, or to the default
@@ -1042,6 +1147,15 @@ impl Parser {
         } else if let Some(line) = self.default_websockets {
             err(line, "protocol websockets must follow a listener line (or a port line) it applies to".into());
         }
+        if self.per_listener.is_some() {
+            for ((l, _), a) in self.listeners.iter_mut().zip(std::mem::take(&mut self.listener_auth)) {
+                l.auth = Some(ListenerAuth {
+                    allow_anonymous: a.allow_anonymous.unwrap_or(a.password_file.is_none()),
+                    password_file: a.password_file,
+                    acl_file: a.acl_file,
+                });
+            }
+        }
         for (((l, _), o), failed) in self.listeners.iter_mut().zip(&self.listener_tls).zip(&self.tls_line_failed) {
             let mut tls_errors = Vec::new();
             l.tls = build_tls(o, *failed, file, &mut tls_errors);
@@ -1108,6 +1222,17 @@ impl Parser {
                     self.peer_lines[1],
                     "a two-node cluster has no fault tolerance: a majority of 2 is 2, so losing \
                      either node stops it; add a third peer or set cluster_allow_two_nodes true"
+                        .into(),
+                );
+            }
+        }
+        if let Some(at) = self.per_listener {
+            if !ids.is_empty() && cfg.cluster_mode == ClusterMode::FullSync && !failed(&["cluster_mode"]) {
+                err(
+                    at,
+                    "per_listener_settings true in a cluster is not supported by midge: which listener a \
+                     session last connected on is kept in memory, not replicated, and every node must route \
+                     messages to offline sessions by the same rules"
                         .into(),
                 );
             }

@@ -8,7 +8,7 @@
 //! read by the parser itself ([`super::tls`]): their errors are already at
 //! the configuration line of their key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{read_text, Config, ConfigError, ConfigErrors, Origin};
 use crate::auth::acl::AclFile;
@@ -23,6 +23,16 @@ pub struct Loaded {
     pub acl: Option<AclFile>,
     /// The dynamic security file (`plugin_opt_config_file`), read.
     pub dynsec: Option<Imported>,
+    /// Each listener's own password and ACL files (`per_listener_settings
+    /// true`), read; one per `config.listeners`, in its order.
+    pub listener_files: Vec<ListenerFiles>,
+}
+
+/// A listener's own password and ACL files, read (`None`: it names none).
+#[derive(Debug, Default)]
+pub struct ListenerFiles {
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<AclFile>,
 }
 
 /// A configuration line that names another file.
@@ -80,7 +90,28 @@ pub(super) fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         let r = Reference { key: "plugin_opt_config_file", path, config_file: &at.file, line: at.line };
         r.load(&mut errors, load_dynsec)
     });
-    ConfigErrors::check(Loaded { config, passwords, acl, dynsec }, errors)
+    let listener_files = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let Some(a) = &l.auth else { return ListenerFiles::default() };
+            ListenerFiles {
+                passwords: a.password_file.as_ref().and_then(|p| load_at("password_file", p, &mut errors, PasswordFile::load)),
+                acl: a.acl_file.as_ref().and_then(|p| load_at("acl_file", p, &mut errors, AclFile::load)),
+            }
+        })
+        .collect();
+    ConfigErrors::check(Loaded { config, passwords, acl, dynsec, listener_files }, errors)
+}
+
+/// A file a listener's line names, read; its errors point at that line.
+fn load_at<T>(
+    key: &str,
+    (path, at): &(PathBuf, Origin),
+    errors: &mut Vec<ConfigError>,
+    load: fn(&Path) -> Result<T, ConfigErrors>,
+) -> Option<T> {
+    Reference { key, path, config_file: &at.file, line: at.line }.load(errors, load)
 }
 
 /// The dynamic security file, as the plugin reads it at start: it must

@@ -400,10 +400,96 @@ store_clean_interval 10
         parse("\npid_file /run/mosquitto/mosquitto.pid").pid_file,
         Some(("/run/mosquitto/mosquitto.pid".into(), Origin { file: "midge.conf".into(), line: 2 }))
     );
+}
+
+#[test]
+fn per_listener_settings_gives_each_listener_its_security_options() {
+    let c = parse(
+        "per_listener_settings true\nallow_anonymous false\npassword_file /etc/p0\n\
+         listener 1883 127.0.0.1\n\
+         listener 1884\npassword_file /etc/p1\nacl_file /etc/a1\n\
+         listener 1885\nallow_anonymous true\npassword_file /etc/p2\n",
+    );
+    assert!(c.per_listener_settings);
+    // Before the first listener line: the broker-wide options.
+    assert!(!c.allow_anonymous);
+    assert_eq!(c.password_file, Some("/etc/p0".into()));
+    let at = |line| Origin { file: "midge.conf".into(), line };
+    let auth: Vec<_> = c.listeners.iter().map(|l| l.auth.clone()).collect();
     assert_eq!(
-        err("per_listener_settings true"),
-        "midge.conf:1: per_listener_settings true is not supported by midge: \
-         authentication and access control apply to all listeners"
+        auth,
+        vec![
+            // A listener without lines of its own: open, as midge's
+            // broker-wide default without a password_file.
+            Some(ListenerAuth { allow_anonymous: true, password_file: None, acl_file: None }),
+            Some(ListenerAuth {
+                allow_anonymous: false,
+                password_file: Some(("/etc/p1".into(), at(6))),
+                acl_file: Some(("/etc/a1".into(), at(7))),
+            }),
+            Some(ListenerAuth {
+                allow_anonymous: true,
+                password_file: Some(("/etc/p2".into(), at(10))),
+                acl_file: None,
+            }),
+        ]
+    );
+    // A default listener (port) keeps the broker-wide options.
+    let c = parse("per_listener_settings true\nport 1883\nlistener 1884\nallow_anonymous false\n");
+    assert_eq!(c.listeners[0].auth, None);
+    assert_eq!(c.listeners[1].auth.as_ref().map(|a| a.allow_anonymous), Some(false));
+    // Without it, the same lines are broker-wide, as before.
+    let c = parse("listener 1884\npassword_file /etc/p1\n");
+    assert_eq!((c.listeners[0].auth.clone(), c.password_file), (None, Some("/etc/p1".into())));
+    // Set twice for one listener: a warning naming the line.
+    let c = parse("per_listener_settings true\nlistener 1884\nacl_file /a\nacl_file /b\n");
+    assert_eq!(c.listeners[0].auth.as_ref().unwrap().acl_file.as_ref().unwrap().0, PathBuf::from("/b"));
+    assert_eq!(c.warnings[0].to_string(), "midge.conf:4: acl_file overrides the value set before for the same listener");
+}
+
+#[test]
+fn per_listener_settings_refusals_name_file_and_line() {
+    // Mosquitto's rule: it comes before every security option.
+    assert_eq!(
+        err("listener 1883\nallow_anonymous true\nper_listener_settings true\n"),
+        "midge.conf:3: per_listener_settings must be set before any other security option \
+         (allow_anonymous on line 2)"
+    );
+    assert_eq!(
+        err("per_listener_settings true\nper_listener_settings false\n"),
+        "midge.conf:2: per_listener_settings false after per_listener_settings true on line 1: set it once"
+    );
+    let e = err("per_listener_settings true\nlistener 1883\nplugin /usr/lib/mosquitto_dynamic_security.so\n");
+    assert!(e.starts_with("midge.conf:3: plugin: dynamic security with per_listener_settings true is not supported"), "{e}");
+    let e = err("per_listener_settings true\nlistener 1883\nauto_id_prefix x-\n");
+    assert!(e.starts_with("midge.conf:3: auto_id_prefix after a listener line with per_listener_settings true"), "{e}");
+    let e = err("per_listener_settings true\npassword_file /p\nadmin_listener 1900\nacl_file /a\n");
+    assert!(e.starts_with("midge.conf:4: acl_file after admin_listener"), "{e}");
+    let e = err(
+        "per_listener_settings true\ncluster_node_id 1\ncluster_peer 1 127.0.0.1:7001\n\
+         cluster_peer 2 127.0.0.1:7002\ncluster_peer 3 127.0.0.1:7003\n",
+    );
+    assert!(e.starts_with("midge.conf:1: per_listener_settings true in a cluster is not supported"), "{e}");
+    // Values are still checked after a listener line.
+    assert_eq!(
+        err("per_listener_settings true\nlistener 1883\nallow_anonymous maybe\n"),
+        "midge.conf:3: allow_anonymous: \"maybe\" is not true or false"
+    );
+}
+
+#[test]
+fn per_listener_files_are_read_and_their_errors_name_the_listener_line() {
+    let errors = load_errors(
+        "per_listener_settings true\nlistener 1883\nlistener 1884\npassword_file {dir}/passwd\nacl_file {dir}/acl\n",
+        &[("passwd", b"alice\n"), ("acl", b"topics read a\n")],
+    );
+    assert_eq!(
+        errors,
+        vec![
+            "DIR/passwd:1: expected username:hash (create entries with mosquitto_passwd) \
+             (password_file at DIR/midge.conf:4)",
+            "DIR/acl:1: unknown keyword \"topics\" (expected user, topic or pattern) (acl_file at DIR/midge.conf:5)",
+        ]
     );
 }
 

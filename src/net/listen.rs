@@ -110,7 +110,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 ex.spawn(async move { server.steer(ex2, index, l2, stream, peer, slot).await }).detach();
                 continue;
             }
-            self.clone().serve(&ex, &l, stream, peer, None, slot);
+            self.clone().serve(&ex, index, &l, stream, peer, None, slot);
         }
     }
 
@@ -138,7 +138,7 @@ impl<L: RaftLog + 'static> Server<L> {
         .await;
         self.handshakes.set(self.handshakes.get() - 1);
         match first {
-            Ok(Some(client)) => return self.serve(&ex, &l, stream, client, Some(peer), slot),
+            Ok(Some(client)) => return self.serve(&ex, index, &l, stream, client, Some(peer), slot),
             Ok(None) => {}
             // A TCP health check (connect, close) lands here every few
             // seconds: not worth an SD card's log line.
@@ -177,14 +177,18 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             }
         }
-        self.serve(&ex, &l, stream, peer, None, slot)
+        self.serve(&ex, index, &l, stream, peer, None, slot)
     }
 
     /// Serve a client here (plain or TLS). `via`: the follower that
-    /// forwarded the connection of `peer`.
+    /// forwarded the connection of `peer`. `index`: the listener's place
+    /// in the configuration, whose security options apply with
+    /// `per_listener_settings true`.
+    #[allow(clippy::too_many_arguments)] // one accepted connection and where it came in
     fn serve(
         self: Rc<Self>,
         ex: &LocalExecutor<'static>,
+        index: usize,
         l: &Listener,
         stream: TcpStream,
         peer: SocketAddr,
@@ -200,7 +204,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let server = self.clone();
         if l.websockets {
             let tls = l.tls.as_ref().map(|t| t.server());
-            let options = listener_conn_options(l);
+            let options = listener_conn_options(l, index);
             ex.spawn(async move {
                 server.serve_ws(stream, peer, tls, options).await;
                 drop(slot);
@@ -214,12 +218,12 @@ impl<L: RaftLog + 'static> Server<L> {
                     if let Some(slot) = slot {
                         self.slots.borrow_mut().insert(id, slot);
                     }
-                    self.listener_options(id, listener_conn_options(l));
+                    self.listener_options(id, listener_conn_options(l, index));
                 }
             }
             Some(t) => {
                 let (cfg, identity) = (t.server(), t.identity);
-                let options = listener_conn_options(l);
+                let options = listener_conn_options(l, index);
                 ex.spawn(async move {
                     server.serve_tls(stream, peer, cfg, false, identity, options).await;
                     drop(slot);
@@ -348,12 +352,13 @@ fn certificate_name(
 }
 
 /// What a listener sets for its clients, for the broker.
-pub(super) fn listener_conn_options(l: &Listener) -> ConnOptions {
+pub(super) fn listener_conn_options(l: &Listener, index: usize) -> ConnOptions {
     ConnOptions {
         mount_point: l.mount_point.as_deref().map(Rc::from),
         use_username_as_clientid: l.use_username_as_clientid,
         max_qos: l.max_qos,
         topic_alias_max: l.max_topic_alias,
+        listener: l.auth.is_some().then_some(index),
     }
 }
 

@@ -430,8 +430,13 @@ impl<L: RaftLog + 'static> Server<L> {
     /// `Broker::reload_auth`; in dynsec_sync the cluster group's broker
     /// serves no clients and is left alone). Returns how many clients were
     /// disconnected.
-    pub fn reload_auth(&self, passwords: Option<PasswordFile>, acl: Option<AclFile>) -> usize {
-        self.with_broker(|b, now| b.reload_auth(passwords, acl, now))
+    pub fn reload_auth(
+        &self,
+        passwords: Option<PasswordFile>,
+        acl: Option<AclFile>,
+        listeners: Vec<crate::broker::ListenerReload>,
+    ) -> usize {
+        self.with_broker(|b, now| b.reload_auth(passwords, acl, listeners, now))
     }
 
     /// Run `f` on the broker, then carry out the actions it produced.
