@@ -224,6 +224,7 @@ fn main() -> ExitCode {
     if !dynsec_sync {
         main_broker.set_cluster_id_source(cluster_id_source());
     }
+    main_broker.set_disk_written_source(midge::metrics::process_disk_written_bytes);
     if config.persistence {
         let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
         let identity = StoreIdentity { cluster_id: 0, node_id };

@@ -145,6 +145,14 @@ impl Exposition {
     }
 }
 
+/// Bytes this process has caused to be written to storage
+/// (`write_bytes` of /proc/self/io: page-cache writeback and fsyncs,
+/// whole pages): what wears an SD card. None where /proc does not say.
+pub fn process_disk_written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,6 +124,12 @@ fn metrics_scrape_follows_the_traffic() {
     assert!(grew("midge_store_write_seconds_sum{log=\"main\"}") > 0.0);
     assert!(grew("midge_store_written_bytes_total{log=\"main\"}") > 0.0);
     assert!(grew("midge_store_written_entries_total{log=\"main\"}") > 0.0);
+    // What reached the disk: every fsynced write costs at least a page
+    // (nothing on a tmpfs, which has no disk).
+    let fs = Command::new("stat").args(["-f", "-c", "%T"]).arg(b.dir()).output().unwrap();
+    if String::from_utf8_lossy(&fs.stdout).trim() != "tmpfs" {
+        assert!(grew("midge_process_disk_written_bytes_total") >= 4096.0);
+    }
     // Histogram buckets are cumulative and end with +Inf = count.
     let inf = get(&after, "midge_store_write_seconds_bucket{log=\"main\",le=\"+Inf\"}");
     assert_eq!(inf, get(&after, "midge_store_write_seconds_count{log=\"main\"}"));

@@ -164,6 +164,9 @@ pub struct Broker {
     redirect: Option<String>,
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
     cluster_sys: Vec<(&'static str, String)>,
+    /// Bytes the process wrote to disk so far (`$SYS/broker/store/
+    /// disk_written_bytes`); None in tests and the simulation.
+    disk_written_source: Option<fn() -> Option<u64>>,
     /// Draws the cluster's id when this node is its first leader; None
     /// (tests, the simulation, dynsec_sync's per-node group): no id.
     cluster_id_source: Option<Box<dyn FnMut() -> u128>>,
@@ -235,6 +238,7 @@ impl Broker {
             leader_ready: None,
             redirect: None,
             cluster_sys: Vec::new(),
+            disk_written_source: None,
             cluster_id_source: None,
             control_requests: Vec::new(),
             last_drop_log_ms: 0,
@@ -302,6 +306,12 @@ impl Broker {
     }
 
     /// `$SYS/broker/cluster/<name>` values, set by the cluster runtime.
+    /// Where `$SYS/broker/store/disk_written_bytes` comes from (the
+    /// runtime reads it from the OS).
+    pub fn set_disk_written_source(&mut self, f: fn() -> Option<u64>) {
+        self.disk_written_source = Some(f);
+    }
+
     pub fn set_cluster_sys(&mut self, sys: Vec<(&'static str, String)>) {
         self.cluster_sys = sys;
     }

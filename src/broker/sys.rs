@@ -123,8 +123,12 @@ impl Broker {
             // `Broker::set_store_full`).
             ("store/full", u8::from(self.store_full).to_string()),
         ];
-        let cluster: Vec<(String, String)> =
+        let mut cluster: Vec<(String, String)> =
             self.cluster_sys.iter().map(|(k, v)| (format!("cluster/{k}"), v.clone())).collect();
+        // midge: what the process wrote to disk, as the medium counts wear.
+        if let Some(written) = self.disk_written_source.and_then(|f| f()) {
+            cluster.push(("store/disk_written_bytes".to_string(), written.to_string()));
+        }
         let bridges: Vec<(String, String)> = self
             .settings
             .apply

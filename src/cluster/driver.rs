@@ -562,6 +562,7 @@ impl<L: RaftLog> Driver<L> {
             ("batch/commands", node.stats.commands.to_string()),
             ("batch/persists", node.stats.persists.to_string()),
             ("batch/persisted_entries", node.stats.persisted_entries.to_string()),
+            ("batch/written_bytes", node.raw.store().written_bytes().to_string()),
         ];
         if !st.cluster_id.is_empty() {
             // Until the first leader drew it, nothing (an empty retained

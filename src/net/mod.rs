@@ -814,6 +814,14 @@ impl<L: RaftLog + 'static> Server<L> {
             crate::logging::topic_lines_dropped(),
         );
         self.peer_driver().borrow().node().write_raft_metrics(&mut e);
+        if let Some(written) = crate::metrics::process_disk_written_bytes() {
+            e.counter(
+                "midge_process_disk_written_bytes_total",
+                "Bytes this process wrote to storage, in whole pages (write_bytes of /proc/self/io; \
+                 $SYS/broker/store/disk_written_bytes): what wears an SD card.",
+                written,
+            );
+        }
         match &self.group {
             None => write_store_metrics(&mut e, &[("main", main.node().store_metrics())]),
             Some(g) => {
