@@ -89,8 +89,9 @@ run() {
     sync; sleep 1   # older dirty pages are not this run's
     declare -A start=()
     for p in $procs; do start[$p]=$(wb_of "${PIDOF[$p]}"); done
-    if [ "$r" = max ]; then
-        out=$(timeout 120 "$LOADGEN" throughput --port "${PORTOF[$s]}" --qos 1 --publishers 1 --subscribers 1 \
+    if [ "${r#max}" != "$r" ]; then
+        # max: one publisher, 20 in flight; max4: four of them.
+        out=$(timeout 120 "$LOADGEN" throughput --port "${PORTOF[$s]}" --qos 1 --publishers "${r#max}" --subscribers 1 \
             --payload 64 --duration-secs "$SECS" --window 20 --max-lead 4000 --timeout-secs 60 2>/dev/null | grep '^RESULT')
         sent=$(kv published "$out")
     else
@@ -118,8 +119,23 @@ run() {
     RES[$s.$r.sent]=${sent:-0}; RES[$s.$r.bytes]=$bytes; RES[$s.$r.maxnode]=$maxnode
     log "$s at $r msg/s: ${sent:-0} messages, $bytes bytes written (busiest process $maxnode)"
 }
-RATES=(10 100 1000 1000x20 max)
+RATES=(10 100 1000 1000x20 max1 max4)
 for r in "${RATES[@]}"; do for s in m1 mq c; do run "$s" "$r"; done; done
+
+# The data directories after all that (the store only: midge.redb and raft-log/).
+store_bytes() { du -sb "$WORK/$1/midge.redb" "$WORK/$1/raft-log" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+DIR_M1=$(store_bytes m1); DIR_C=0
+for i in 1 2 3; do b=$(store_bytes "c$i"); [ "$b" -gt "$DIR_C" ] && DIR_C=$b; done
+# RSS after a restart on that data directory, next to a fresh node's.
+rss_of() { awk '/^VmRSS/ {print $2}' /proc/"$1"/status; }
+kill -TERM "${PIDOF[m1]}"; wait "${PIDOF[m1]}" 2>/dev/null
+"$WORK/midge" -c "$WORK/m1/midge.conf" >> "$WORK/m1/log" 2>&1 &
+PIDS+=("$!"); PIDOF[m1]=$!
+start_midge fresh
+wait_listening "${PIDOF[m1]}" "${PORTOF[m1]}" && wait_listening "${PIDOF[fresh]}" "${PORTOF[fresh]}" || die "a restart failed"
+sleep 12   # past the first return of freed heap (every 10 s)
+RSS_RESTART=$(rss_of "${PIDOF[m1]}"); RSS_FRESH=$(rss_of "${PIDOF[fresh]}")
+log "store after the runs: 1 node $DIR_M1 B, 3 nodes (largest) $DIR_C B; RSS restarted $RSS_RESTART KiB, fresh $RSS_FRESH KiB"
 
 per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "—"}'; }
 gbday() { awk -v bpm="$1" -v r="$2" 'BEGIN {if (bpm == "—") print "—"; else printf "%.1f", bpm * r * 86400 / 1e9}'; }
@@ -128,8 +144,8 @@ years() { awk -v g="$1" 'BEGIN {if (g == "—" || g + 0 == 0) print "—"; else 
     echo "# Bytes written per QoS 1 message (64 B payload)"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); midge $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null); mosquitto $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/mosquitto version //'); disk: $(df -T "$WORK" | awk 'NR==2 {print $2}')"
-    echo "- \`scripts/bench-wear.sh --secs $SECS\`: write_bytes of each broker process (/proc/PID/io) over each run; paced rates: each client sends one message at a time (loadgen latency --interval-us), \"from 20 clients\" runs 20 of them in parallel, \"max\" is loadgen throughput (window 20)"
-    echo "- midge: persistence on (default: raft log in redb, fsync per write batch, PUBACK after the write); Mosquitto: persistence true (writes its database every autosave_interval, 1800 s, and at exit: PUBACK does not wait for the disk, and a crash loses what came since)"
+    echo "- \`scripts/bench-wear.sh --secs $SECS\`: write_bytes of each broker process (/proc/PID/io) over each run; paced rates: each client sends one message at a time (loadgen latency --interval-us), \"from 20 clients\" runs 20 of them in parallel, \"unthrottled\" is loadgen throughput with 1 or 4 publishers (window 20 each) and 1 subscriber"
+    echo "- midge: persistence on (defaults: raft log appended to segment files, one fdatasync per write batch, PUBACK after the write, persistence_batch_window_ms 5); Mosquitto: persistence true (writes its database every autosave_interval, 1800 s, and at exit: PUBACK does not wait for the disk, and a crash loses what came since)"
     echo
     echo "| rate (msg/s) | midge 1 node B/msg | midge 3 nodes B/msg, busiest node | mosquitto B/msg | midge 1 node GB/day | years of a 100 TBW card |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
@@ -137,16 +153,20 @@ years() { awk -v g="$1" 'BEGIN {if (g == "—" || g + 0 == 0) print "—"; else 
         a=$(per "${RES[m1.$r.bytes]}" "${RES[m1.$r.sent]}")
         c=$(per "${RES[c.$r.maxnode]}" "${RES[c.$r.sent]}")
         z=$(per "${RES[mq.$r.bytes]}" "${RES[mq.$r.sent]}")
-        rate=${r%x*}; [ "$r" = max ] && rate=$(awk -v n="${RES[m1.$r.sent]}" -v s="$SECS" 'BEGIN {printf "%.0f", n / s}')
+        rate=${r%x*}; [ "${r#max}" != "$r" ] && rate=$(awk -v n="${RES[m1.$r.sent]}" -v s="$SECS" 'BEGIN {printf "%.0f", n / s}')
         g=$(gbday "$a" "$rate")
         label=$r
         case "$r" in
-            max) label="max (~$rate)" ;;
+            max1) label="unthrottled, 1 publisher (~$rate)" ;;
+            max4) label="unthrottled, 4 publishers (~$rate)" ;;
             *x*) label="$rate from ${r#*x} clients" ;;
             *) label="$r from 1 client" ;;
         esac
         echo "| $label | $a | $c | $z | $g | $(years "$g") |"
     done
+    echo
+    echo "- the store (midge.redb and raft-log/) after these runs: $(awk -v b="$DIR_M1" 'BEGIN {printf "%.1f", b / 1048576}') MiB on the one node, $(awk -v b="$DIR_C" 'BEGIN {printf "%.1f", b / 1048576}') MiB on the largest of the three"
+    echo "- RSS of the one node restarted on that store: $RSS_RESTART KiB; of a fresh node: $RSS_FRESH KiB (both idle, 12 s after start)"
 } > "$WORK/table.md"
 cat "$WORK/table.md"
 cp "$WORK/table.md" "$OUT"

@@ -564,6 +564,98 @@ fn golden_store_v1_still_reads() {
 }
 
 // ---------------------------------------------------------------------------
+// Golden directory of format version 2 (midge.redb and raft-log/).
+
+fn golden_dir_v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v2")
+}
+
+#[test]
+#[ignore = "writes tests/golden/store-v2/; run once per format version and commit the files"]
+fn write_golden_store_v2() {
+    let dir = golden_dir_v2();
+    let _ = std::fs::remove_file(dir.join(STORE_FILE_NAME));
+    let _ = std::fs::remove_dir_all(dir.join(SEGMENT_DIR));
+    let log = RedbLog::open(&dir, GOLDEN_ID, true).unwrap();
+    let all = golden_entries();
+    log.persist(&all[..2], Some(&hard_state(1, 3, 1))).unwrap();
+    log.persist(&all[2..], Some(&hard_state(3, 2, 5))).unwrap();
+    log.set_conf_state(&conf_state(&[1, 2, 3], &[4])).unwrap();
+    log.save_snapshot(4, &conf_state(&[1, 2, 3], &[]), b"golden snapshot v2".to_vec(), 2).unwrap();
+    drop(log);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        if item.file_type().unwrap().is_dir() {
+            copy_dir(&item.path(), &to.join(item.file_name()));
+        } else {
+            std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn golden_store_v2_still_reads() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&golden_dir_v2(), copy.path());
+
+    // The bytes we encode ourselves.
+    {
+        let db = redb::Database::open(copy.path().join(STORE_FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let raw = |k: &str| meta.get(k).unwrap().map(|v| v.value().to_vec());
+        assert_eq!(raw("format_version"), Some(vec![2, 0, 0, 0]));
+        assert_eq!(raw("log_base"), Some(1u64.to_le_bytes().to_vec()));
+        let mut truncated = 2u64.to_le_bytes().to_vec();
+        truncated.extend(1u64.to_le_bytes());
+        assert_eq!(raw("log_truncated"), Some(truncated));
+        let log = txn.open_table(LOG).unwrap();
+        assert_eq!(redb::ReadableTable::iter(&log).unwrap().count(), 0, "format 2 keeps no entries in redb");
+    }
+    let seg = std::fs::read(copy.path().join(SEGMENT_DIR).join("00000000000000000001.seg")).unwrap();
+    assert_eq!(&seg[..8], b"MIDGELOG");
+    assert_eq!(&seg[8..12], &1u32.to_le_bytes());
+    assert_eq!(&seg[16..24], &1u64.to_le_bytes());
+    let (records, torn) = segments::scan(&seg);
+    assert_eq!(torn, None);
+    let kinds: Vec<u8> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, vec![1, 1, 2, 1, 1, 1, 1, 2], "entries 1-2, a hard state, entries 3-6, a hard state");
+
+    let log = RedbLog::open(copy.path(), GOLDEN_ID, true).expect("format v2 still opens");
+    let all = golden_entries();
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (3, 6));
+    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), all[2..].to_vec());
+    assert_eq!((2..=6).map(|i| log.term(i).unwrap()).collect::<Vec<_>>(), vec![1, 2, 2, 2, 3]);
+    assert!(is_compacted(log.term(1)));
+    let state = log.initial_state().unwrap();
+    assert_eq!(state.hard_state, hard_state(3, 2, 5));
+    assert_eq!(state.conf_state, conf_state(&[1, 2, 3], &[4]));
+    assert_eq!(
+        log.latest_snapshot().unwrap(),
+        Some((4, 2, conf_state(&[1, 2, 3], &[]), b"golden snapshot v2".to_vec()))
+    );
+    assert_eq!(log.log_bytes(), all[4..].iter().map(size).sum::<u64>());
+    log.persist(&entries(7..=7, 3), Some(&hard_state(3, 2, 6))).unwrap();
+}
+
+#[test]
+fn a_format_1_store_moves_its_log_into_a_segment_once() {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(golden_dir().join(STORE_FILE_NAME), copy.path().join(STORE_FILE_NAME)).unwrap();
+    drop(RedbLog::open(copy.path(), GOLDEN_ID, true).unwrap());
+    assert_eq!(segment_files(copy.path()).len(), 1);
+    // Opened again: format 2 now, nothing moved again.
+    let log = RedbLog::open(copy.path(), GOLDEN_ID, true).unwrap();
+    assert_eq!(segment_files(copy.path()).len(), 1);
+    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), golden_entries()[2..].to_vec());
+    assert_eq!(log.initial_state().unwrap().hard_state, hard_state(3, 2, 5));
+}
+
+// ---------------------------------------------------------------------------
 // Measurement, not a test: `cargo test persist_latency -- --ignored --nocapture`.
 
 #[test]
