@@ -22,6 +22,9 @@ pub struct MessageProps {
 
 impl MessageProps {
     pub fn from_properties(p: &Properties) -> Option<Rc<MessageProps>> {
+        if p.is_empty() {
+            return None;
+        }
         let m = MessageProps {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.clone(),

@@ -90,8 +90,14 @@ impl Broker {
             if let Some(props) = &d.msg.props {
                 props.write_into(&mut p.properties);
             }
-            p.properties.message_expiry_interval = d.msg.remaining_expiry_secs(now);
-            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            // (Written only when there is something: writing makes the
+            // properties' box.)
+            if let Some(secs) = d.msg.remaining_expiry_secs(now) {
+                p.properties.message_expiry_interval = Some(secs);
+            }
+            if !d.sub_ids.is_empty() {
+                p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            }
             if c.alias_out_max > 0 {
                 if let Some(a) = c.alias_out.get(&d.msg.topic) {
                     p.properties.topic_alias = Some(*a);
