@@ -20,7 +20,7 @@ mod ws;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use embedded_io_async::{Read, Write};
 use log::debug;
@@ -214,8 +214,10 @@ pub struct Server<L: RaftLog> {
     slots: RefCell<fxhash::FxHashMap<ConnId, listen::ListenerSlot>>,
     next_id: Cell<ConnId>,
     last_now: Cell<u64>,
-    /// Start of the monotonic clock handed to the driver.
+    /// Start of the monotonic clock handed to the driver (for timers), and
+    /// the same in microseconds of CLOCK_MONOTONIC (see `now_us`).
     epoch: Instant,
+    epoch_us: u64,
     out_buffer_bytes_max: usize,
     packet_bytes_max: u32,
     connections_max: usize,
@@ -323,7 +325,20 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 /// Wall-clock milliseconds, never going backwards within this process.
 /// Commands carry this time so that every node of a cluster sees the same.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    clock_us(libc::CLOCK_REALTIME) / 1000
+}
+
+/// Microseconds on `clock` (0 before its zero). Read directly rather than
+/// through `SystemTime`/`Instant`, whose subtraction and conversion cost
+/// more than the reading itself (checked `timespec` arithmetic, `u128`):
+/// the clocks are read a few times per message.
+fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid `timespec` for the call to fill.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 || ts.tv_sec < 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
 
 impl<L: RaftLog + 'static> Server<L> {
@@ -351,6 +366,7 @@ impl<L: RaftLog + 'static> Server<L> {
             next_id: Cell::new(1),
             last_now: Cell::new(0),
             epoch: Instant::now(),
+            epoch_us: clock_us(libc::CLOCK_MONOTONIC),
             out_buffer_bytes_max: lim.out_buffer_bytes_max as usize,
             packet_bytes_max: lim.packet_bytes_max,
             connections_max: lim.connections_max as usize,
@@ -417,7 +433,8 @@ impl<L: RaftLog + 'static> Server<L> {
 
     /// The driver's monotonic clock, in microseconds.
     fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        // `Instant` is CLOCK_MONOTONIC on Linux: the same clock as `epoch`.
+        clock_us(libc::CLOCK_MONOTONIC).saturating_sub(self.epoch_us)
     }
 
     pub fn now(&self) -> u64 {
