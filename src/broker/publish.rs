@@ -24,18 +24,28 @@ enum Dropped {
 impl Broker {
     pub(super) fn inbound_done(&mut self, client: &str) {
         if let Some(id) = self.conn_of(client) {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
-            }
+            self.inbound_done_on(id);
+        }
+    }
+
+    /// `inbound_done` on the client's connection `id`.
+    pub(super) fn inbound_done_on(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
         }
     }
 
     pub(super) fn send_to_client(&mut self, client: &str, p: Packet) {
         if let Some(id) = self.conn_of(client) {
-            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
-                self.stats.messages_sent += 1;
-                self.push_send(id, p);
-            }
+            self.send_to_conn(id, p);
+        }
+    }
+
+    /// `send_to_client` to the client's connection `id`.
+    pub(super) fn send_to_conn(&mut self, id: ConnId, p: Packet) {
+        if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
+            self.stats.messages_sent += 1;
+            self.push_send(id, p);
         }
     }
 

@@ -530,8 +530,7 @@ impl State {
             matched |= self.bridge_out(msg, lim, out);
         }
         for (client, d) in targets {
-            let online = self.sessions.get(&client).is_some_and(|s| s.online);
-            if offline_only && online {
+            if offline_only && self.sessions.get(&client).is_some_and(|s| s.online) {
                 continue;
             }
             self.enqueue(&client, d, now, lim, out);

@@ -239,7 +239,7 @@ pub struct Server<L: RaftLog> {
     /// Empty vectors that `dispatch` keeps for its next call, so that it
     /// does not allocate them again for every message (`SPARE_KEPT`).
     spare_actions: Cell<Vec<Action>>,
-    spare_ids: Cell<Vec<ConnId>>,
+    spare_fresh: Cell<Vec<(ConnId, Rc<ConnIo>)>>,
     /// `plugin_opt_config_file`: rewritten after each dynamic-security
     /// change (dynamic security on).
     dynsec_file: RefCell<Option<std::path::PathBuf>>,
@@ -381,7 +381,7 @@ impl<L: RaftLog + 'static> Server<L> {
             keeper_resting: Cell::new(false),
             keeper_bell: Doorbell::default(),
             spare_actions: Cell::default(),
-            spare_ids: Cell::default(),
+            spare_fresh: Cell::default(),
             dynsec_file: RefCell::new(None),
             bridges: RefCell::new(Vec::new()),
         })
@@ -620,8 +620,9 @@ impl<L: RaftLog + 'static> Server<L> {
         b.swap_actions(&mut actions);
         // Connections that had no output pending, in the order they got
         // some (deliveries before acknowledgements, as the broker ordered
-        // them): all this dispatch gave each goes out in one send.
-        let mut fresh = self.spare_ids.take();
+        // them): all this dispatch gave each goes out in one send. (With
+        // their `ConnIo`: one map lookup less each.)
+        let mut fresh = self.spare_fresh.take();
         {
             let conns = self.conns.borrow();
             for a in actions.drain(..) {
@@ -635,7 +636,7 @@ impl<L: RaftLog + 'static> Server<L> {
                             was_empty
                         });
                         if was_empty && !io.flags.replace(FRESH, true) {
-                            fresh.push(id);
+                            fresh.push((id, io.clone()));
                         }
                     }
                     Action::Close(id) => {
@@ -647,15 +648,14 @@ impl<L: RaftLog + 'static> Server<L> {
                     }
                 }
             }
-            for id in fresh.drain(..) {
-                let Some(io) = conns.get(&id) else { continue };
+            for (id, io) in fresh.drain(..) {
                 io.flags.set(FRESH, false);
-                let (n, len) = io.with_out(|out| (write_direct(io, out), out.len()));
+                let (n, len) = io.with_out(|out| (write_direct(&io, out), out.len()));
                 if n > 0 {
                     b.written(id, n, now);
                 }
                 if len > 0 {
-                    self.ring(id, io);
+                    self.ring(id, &io);
                 }
             }
         }
@@ -663,7 +663,7 @@ impl<L: RaftLog + 'static> Server<L> {
             self.spare_actions.set(actions);
         }
         if fresh.capacity() <= SPARE_KEPT {
-            self.spare_ids.set(fresh);
+            self.spare_fresh.set(fresh);
         }
     }
 
