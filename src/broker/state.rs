@@ -191,7 +191,14 @@ pub struct State {
     /// Each bridge's messages for its upstream broker, by connection name.
     /// Since format 3.
     bridges: BTreeMap<Rc<str>, BridgeQueue>,
+    /// An empty vector kept for `publish`'s routing (not state: always
+    /// empty between calls).
+    route_scratch: Vec<(Rc<str>, Delivery)>,
 }
+
+/// `State::route_scratch` is kept only up to this capacity (a message that
+/// fanned out to many sessions frees its vector).
+const ROUTE_SCRATCH_KEPT: usize = 64;
 
 /// Split a subscribed filter into (share group, topic filter).
 pub fn split_share(filter: &str) -> (Option<&str>, &str) {
@@ -524,16 +531,21 @@ impl State {
         if msg.retain && !offline_only {
             self.set_retained(msg, lim);
         }
-        let targets = self.route(msg, lim.upgrade_outgoing_qos, acl);
+        // (Into the kept vector: no allocation per message.)
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.route_into(msg, lim.upgrade_outgoing_qos, acl, &mut targets);
         let mut matched = !targets.is_empty();
         if !offline_only && !lim.bridges.is_empty() {
             matched |= self.bridge_out(msg, lim, out);
         }
-        for (client, d) in targets {
+        for (client, d) in targets.drain(..) {
             if offline_only && self.sessions.get(&client).is_some_and(|s| s.online) {
                 continue;
             }
             self.enqueue(&client, d, now, lim, out);
+        }
+        if targets.capacity() <= ROUTE_SCRATCH_KEPT {
+            self.route_scratch = targets;
         }
         matched
     }
@@ -561,6 +573,14 @@ impl State {
     /// QoS of its matching subscriptions and all their identifiers
     /// [MQTT-3.3.4-2..5]; one member of each matching shared group.
     pub fn route(&self, msg: &Message, upgrade_qos: bool, acl: AclCheck) -> Vec<(Rc<str>, Delivery)> {
+        let mut out = Vec::new();
+        self.route_into(msg, upgrade_qos, acl, &mut out);
+        out
+    }
+
+    /// `route` into `out`, which must be empty.
+    fn route_into(&self, msg: &Message, upgrade_qos: bool, acl: AclCheck, out: &mut Vec<(Rc<str>, Delivery)>) {
+        debug_assert!(out.is_empty());
         // Each match becomes a delivery at once, in one vector (a message
         // usually matches once per session; a second vector of matches
         // cost an allocation per message). Shared groups' picks follow the
@@ -571,7 +591,6 @@ impl State {
             retain: msg.retain && e.opts.retain_as_published(),
             sub_ids: e.sub_id.into_iter().collect(),
         };
-        let mut out: Vec<(Rc<str>, Delivery)> = Vec::new();
         let mut shared_hits: Vec<(Rc<str>, Delivery)> = Vec::new();
         let origin = msg.origin.as_deref();
         self.tree.for_each_match(
@@ -625,7 +644,6 @@ impl State {
             });
         }
         out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl(c, s.username.as_deref(), &msg.topic)));
-        out
     }
 
     /// Give a delivery to a session: straight into a free window slot when
