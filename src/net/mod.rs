@@ -33,7 +33,7 @@ use crate::cluster::driver::Driver;
 use crate::cluster::transport::{Advertised, Peers};
 use crate::cluster::{MembershipEvent, PeerMessage};
 use crate::config::FollowerMode;
-use crate::mqtt::codec::{decode, encode};
+use crate::mqtt::codec::{decode_with, encode};
 use crate::mqtt::Version;
 use crate::store::{FlushResult, RaftLog};
 use conn::ReadBuf;
@@ -888,7 +888,7 @@ impl<L: RaftLog + 'static> Server<L> {
             self.keeper_bell.ring();
         }
         rb.filled += n;
-        let (buf, filled) = (&rb.buf, rb.filled);
+        let (buf, filled, topics) = (&rb.buf, rb.filled, &mut rb.topics);
         let mut pos = 0;
         let mut packets = 0;
         let mut counted = false;
@@ -905,7 +905,7 @@ impl<L: RaftLog + 'static> Server<L> {
                     if b.out_buffered(id) > self.out_buffer_bytes_max {
                         return Some(Intake::Held);
                     }
-                    match decode(&buf[pos..filled], b.version(id), self.packet_bytes_max) {
+                    match decode_with(&buf[pos..filled], b.version(id), self.packet_bytes_max, topics) {
                         Ok(Some((p, used))) => {
                             pos += used;
                             packets += 1;
