@@ -727,24 +727,28 @@ impl<L: RaftLog + 'static> Server<L> {
             // One reading of the clocks per pass (each costs a system
             // clock read); the yield below takes a new one.
             let (mut now, mut now_us) = (self.now(), self.now_us());
-            let mut d = cell.borrow_mut();
-            if let Some(result) = written {
-                write = None;
-                or_exit(d.end_write(Some(result)));
-                // The write may have committed entries (the leader counts
-                // itself once its own write is done).
-                again = true;
-            }
-            again |= or_exit(d.step(now, now_us, &|id| self.peers.connected(id)));
-            self.perform(which, &mut d);
-            if write.is_none() && d.wants_write() {
+            // (The borrow ends before the yield below: one borrow per
+            // stretch without an `.await`.)
+            let wants_write = {
+                let mut d = cell.borrow_mut();
+                if let Some(result) = written {
+                    write = None;
+                    or_exit(d.end_write(Some(result)));
+                    // The write may have committed entries (the leader
+                    // counts itself once its own write is done).
+                    again = true;
+                }
+                again |= or_exit(d.step(now, now_us, &|id| self.peers.connected(id)));
+                self.perform(which, &mut d);
+                write.is_none() && d.wants_write()
+            };
+            let mut d = if wants_write {
                 // Group commit: let the connections run before the write,
                 // so that what is already committed (PUBACKs, deliveries)
                 // goes out now rather than after the fsync; then stage
                 // what arrived meanwhile and write it all at once.
-                drop(d);
                 futures_lite::future::yield_now().await;
-                d = cell.borrow_mut();
+                let mut d = cell.borrow_mut();
                 (now, now_us) = (self.now(), self.now_us());
                 // The write and its fsync run on a blocking thread; the
                 // event loop serves clients and peers meanwhile.
@@ -753,7 +757,10 @@ impl<L: RaftLog + 'static> Server<L> {
                     None => again = true,
                 }
                 self.perform(which, &mut d);
-            }
+                d
+            } else {
+                cell.borrow_mut()
+            };
             again |= d.settle(now_us);
             drop(d);
             if again {
