@@ -3,7 +3,11 @@
 one publisher on 127.0.0.1:PORT; the publisher sends RATE messages per second
 (16-byte payload, QoS 1, topic cpu/t) for DURATION seconds, then the
 subscriber gets up to GRACE seconds to receive the rest. Prints one line:
-`sent=N received=M`. Exit 1 if a client cannot connect.
+`sent=N received=M client_cpu_us_per_msg=C`, C being this process's CPU
+time (both clients, all threads, user + system) from the first publish to
+the end, per message sent: the load generator's own cost, so that a
+ratio of brokers is not read as the client's. Exit 1 if a client cannot
+connect.
 
     paced_qos1.py PORT RATE DURATION [GRACE]
 """
@@ -35,6 +39,7 @@ def main():
     pub.loop_start()
     time.sleep(0.3)
     start = time.monotonic()
+    cpu0 = time.process_time()
     sent = 0
     while time.monotonic() - start < duration:
         delay = start + sent / rate - time.monotonic()
@@ -45,7 +50,8 @@ def main():
     deadline = time.monotonic() + grace
     while received[0] < sent and time.monotonic() < deadline:
         time.sleep(0.05)
-    print(f"sent={sent} received={received[0]}")
+    cpu_us = (time.process_time() - cpu0) * 1e6 / max(sent, 1)
+    print(f"sent={sent} received={received[0]} client_cpu_us_per_msg={cpu_us:.0f}")
     pub.loop_stop()
     sub.loop_stop()
     return 0

@@ -20,6 +20,7 @@
 //!      new connection after any failover), and acknowledges some of what
 //!      it got, which the serving node proposes as `BridgeAcked` (the run
 //!      settles only once every node's bridge queue is empty).
+//!
 //! Dynamic security is on: the nodes start from Mosquitto's `init` file
 //! (tests/fixtures/dynsec/init.json) with publish and subscribe allowed by
 //! default, the first leader imports it, and invariant 3 covers its data.
@@ -304,16 +305,13 @@ impl Sim {
                 };
                 let sn = &mut self.nodes[i];
                 let Some(n) = sn.node.as_mut() else { return };
-                match job {
-                    Some(job) => {
-                        let result = Some(job.run());
-                        if self.rng.chance(500_000) {
-                            sn.writing = Some(result);
-                        } else if let Err(e) = n.end_write(result) {
-                            self.fail(&format!("node {} flush failed: {e}", i + 1));
-                        }
+                if let Some(job) = job {
+                    let result = Some(job.run());
+                    if self.rng.chance(500_000) {
+                        sn.writing = Some(result);
+                    } else if let Err(e) = n.end_write(result) {
+                        self.fail(&format!("node {} flush failed: {e}", i + 1));
                     }
-                    None => {}
                 }
                 more = true;
             }

@@ -25,7 +25,7 @@ use midge_fuzz::packet_reader::{self, selector};
 use midge_fuzz::{state_snapshot, Input};
 
 fn props_full_connect() -> Properties {
-    Properties {
+    PropertyValues {
         session_expiry_interval: Some(3600),
         receive_maximum: Some(10),
         maximum_packet_size: Some(4096),
@@ -34,12 +34,12 @@ fn props_full_connect() -> Properties {
         request_problem_information: Some(0),
         user_properties: vec![("k".into(), "v".into())],
         ..Default::default()
-    }
+    }.into()
 }
 
 fn ack(id: u16, code: u8, v5: bool) -> PubResp {
     let properties = if v5 && code != 0 {
-        Properties { reason_string: Some("why".into()), ..Default::default() }
+        PropertyValues { reason_string: Some("why".into()), ..Default::default() }.into()
     } else {
         Default::default()
     };
@@ -48,7 +48,7 @@ fn ack(id: u16, code: u8, v5: bool) -> PubResp {
 
 fn publish(topic: &str, qos: QoS, retain: bool, dup: bool, v5: bool) -> Publish {
     let properties = if v5 {
-        Properties {
+        PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(60),
             content_type: Some("text/plain".into()),
@@ -58,7 +58,7 @@ fn publish(topic: &str, qos: QoS, retain: bool, dup: bool, v5: bool) -> Publish 
             topic_alias: Some(2),
             user_properties: vec![("a".into(), "b".into()), ("a".into(), "c".into())],
             ..Default::default()
-        }
+        }.into()
     } else {
         Default::default()
     };
@@ -88,7 +88,7 @@ fn connect(v: Version, will: bool) -> Connect {
             qos: QoS::AtLeastOnce,
             retain: true,
             properties: if v5 {
-                Properties { will_delay_interval: Some(5), content_type: Some("t".into()), ..Default::default() }
+                PropertyValues { will_delay_interval: Some(5), content_type: Some("t".into()), ..Default::default() }.into()
             } else {
                 Default::default()
             },
@@ -109,7 +109,7 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
                 session_present: v != Version::V31,
                 code: 0,
                 properties: if v5 {
-                    Properties {
+                    PropertyValues {
                         assigned_client_identifier: Some("x".into()),
                         server_keep_alive: Some(10),
                         maximum_qos: Some(1),
@@ -120,7 +120,7 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
                         subscription_identifier_available: Some(1),
                         shared_subscription_available: Some(0),
                         ..Default::default()
-                    }
+                    }.into()
                 } else {
                     Default::default()
                 },
@@ -155,7 +155,7 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
                     ("$share/g/x".into(), SubOptions::default()),
                 ],
                 properties: if v5 {
-                    Properties { subscription_identifiers: vec![5], ..Default::default() }
+                    PropertyValues { subscription_identifiers: vec![5], ..Default::default() }.into()
                 } else {
                     Default::default()
                 },
@@ -194,12 +194,12 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
             "disconnect-props",
             Packet::Disconnect(Disconnect {
                 code: 0x04,
-                properties: Properties {
+                properties: PropertyValues {
                     session_expiry_interval: Some(0),
                     reason_string: Some("bye".into()),
                     server_reference: Some("other".into()),
                     ..Default::default()
-                },
+                }.into(),
             }),
         ));
         ps.push(("auth-empty", Packet::Auth(Auth { code: 0, properties: Default::default() })));
@@ -207,11 +207,11 @@ fn all_packets(v: Version) -> Vec<(&'static str, Packet)> {
             "auth",
             Packet::Auth(Auth {
                 code: 0x18,
-                properties: Properties {
+                properties: PropertyValues {
                     authentication_method: Some("SCRAM-SHA-1".into()),
                     authentication_data: Some(vec![9, 9]),
                     ..Default::default()
-                },
+                }.into(),
             }),
         ));
     }

@@ -62,7 +62,7 @@ use midge::broker::{Action, Broker, ConnId, Settings};
 use midge::config::Config;
 use midge::mqtt::codec::{decode, encode, encoded_len};
 use midge::mqtt::{
-    Connect, Disconnect, Packet, Properties, PubResp, Publish, QoS, RetainHandling, SubOptions, Subscribe, Unsubscribe,
+    Connect, Disconnect, Packet, Properties, PropertyValues, PubResp, Publish, QoS, RetainHandling, SubOptions, Subscribe, Unsubscribe,
     Version, Will,
 };
 
@@ -449,7 +449,7 @@ impl Harness {
                     2 => Packet::Disconnect(Disconnect { code: 0x04, properties: Properties::default() }),
                     _ => {
                         let e = [0u32, 5, 3600, u32::MAX][usize::from(input.u8() & 3)];
-                        let properties = Properties { session_expiry_interval: Some(e), ..Default::default() };
+                        let properties = PropertyValues { session_expiry_interval: Some(e), ..Default::default() }.into();
                         Packet::Disconnect(Disconnect { code: 0, properties })
                     }
                 };

@@ -55,21 +55,27 @@ impl Broker {
     /// Hand `p` to the runtime for `conn`, counting its bytes as held
     /// until the runtime reports them written (`written`).
     pub(super) fn push_send(&mut self, conn: ConnId, p: Packet) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         // The version the runtime encodes with: by the time it does, a
         // connection refused in `Phase::New` is closing, and `version`
         // gives its CONNECT's version.
         let len = encoded_len(&p, c.version);
-        self.push_sized(conn, p, len);
+        Self::count_out(c, &mut self.out_bytes_total, len);
+        self.actions.push(Action::Send(conn, p));
     }
 
     /// `push_send` of a packet whose encoded length is known.
     pub(super) fn push_sized(&mut self, conn: ConnId, p: Packet, len: usize) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
+        Self::count_out(c, &mut self.out_bytes_total, len);
+        self.actions.push(Action::Send(conn, p));
+    }
+
+    /// `len` bytes more held for `c` (and in all).
+    fn count_out(c: &mut Conn, total: &mut u64, len: usize) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         c.out_bytes = c.out_bytes.saturating_add(len);
-        self.out_bytes_total += u64::from(len);
-        self.actions.push(Action::Send(conn, p));
+        *total += u64::from(len);
     }
 
     pub fn open(&mut self, conn: ConnId, peer: SocketAddr, now: u64) {

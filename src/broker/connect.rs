@@ -9,7 +9,7 @@ use super::command::{Command, WillMsg};
 use super::state::EXPIRY_NEVER;
 use super::{dynsec, Action, Broker, ConnId, Message, MessageProps, PendingConnect, Phase};
 use crate::auth::acl::Access;
-use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, Version};
+use crate::mqtt::{reason, topic, ConnAck, Connect, Disconnect, Packet, Properties, PropertyValues, Version};
 
 /// Mosquitto's limit for 3.1 client ids (MQTT 3.1 §3.1).
 const V31_CLIENT_ID_CHARS_MAX: usize = 23;
@@ -35,7 +35,7 @@ impl Broker {
             if let (true, Some(leader)) = (v5, self.redirect.clone()) {
                 // Use another server, naming the leader [MQTT-4.11].
                 info!("Client from {} redirected to the leader at {}.", self.conns[&conn].peer, leader);
-                let properties = Properties { server_reference: Some(leader), ..Default::default() };
+                let properties = PropertyValues { server_reference: Some(leader), ..Default::default() }.into();
                 self.push_send(
                     conn,
                     Packet::ConnAck(ConnAck { session_present: false, code: reason::USE_ANOTHER_SERVER, properties }),

@@ -22,6 +22,9 @@ pub struct MessageProps {
 
 impl MessageProps {
     pub fn from_properties(p: &Properties) -> Option<Rc<MessageProps>> {
+        if p.is_empty() {
+            return None;
+        }
         let m = MessageProps {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.clone(),
@@ -55,6 +58,7 @@ impl MessageProps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub topic: Rc<str>,
+    #[serde(with = "payload_bytes")]
     pub payload: Rc<[u8]>,
     pub qos: QoS,
     pub retain: bool,
@@ -94,5 +98,48 @@ impl<'de> Deserialize<'de> for QoS {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = u8::deserialize(d)?;
         QoS::from_u8(v).ok_or_else(|| serde::de::Error::custom("QoS out of range"))
+    }
+}
+
+/// `Message::payload` as serde bytes rather than serde's default for
+/// `Rc<[u8]>`, a sequence of `u8`. postcard writes both alike (a varint
+/// length, then the bytes: tests/formats_golden.rs checks the stored
+/// formats did not change), but a sequence costs a serializer call per
+/// byte, a few instructions each, on every message a node logs and
+/// applies.
+mod payload_bytes {
+    use std::rc::Rc;
+
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(payload: &Rc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(payload)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Rc<[u8]>, D::Error> {
+        d.deserialize_bytes(PayloadVisitor)
+    }
+
+    struct PayloadVisitor;
+
+    impl<'de> de::Visitor<'de> for PayloadVisitor {
+        type Value = Rc<[u8]>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a message payload (bytes)")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Rc<[u8]>, E> {
+            Ok(Rc::from(v))
+        }
+
+        /// A format that writes bytes as a sequence hands them back so.
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Rc<[u8]>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(Rc::from(v))
+        }
     }
 }

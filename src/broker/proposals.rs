@@ -161,11 +161,11 @@ impl Broker {
                 self.bridge_ack_effect(client, packet_id, crate::mqtt::QoS::ExactlyOnce)
             }
             Effect::PubAck { client, packet_id, code } => {
-                self.inbound_done(&client);
-                self.send_to_client(
-                    &client,
-                    Packet::PubAck(PubResp { packet_id, code, properties: Default::default() }),
-                );
+                // (The client's connection looked up once for both.)
+                if let Some(id) = self.conn_of(&client) {
+                    self.inbound_done_on(id);
+                    self.send_to_conn(id, Packet::PubAck(PubResp { packet_id, code, properties: Default::default() }));
+                }
             }
             Effect::PubRec { client, packet_id, code } => {
                 self.send_to_client(

@@ -24,18 +24,28 @@ enum Dropped {
 impl Broker {
     pub(super) fn inbound_done(&mut self, client: &str) {
         if let Some(id) = self.conn_of(client) {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
-            }
+            self.inbound_done_on(id);
+        }
+    }
+
+    /// `inbound_done` on the client's connection `id`.
+    pub(super) fn inbound_done_on(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.inbound_unacked = c.inbound_unacked.saturating_sub(1);
         }
     }
 
     pub(super) fn send_to_client(&mut self, client: &str, p: Packet) {
         if let Some(id) = self.conn_of(client) {
-            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
-                self.stats.messages_sent += 1;
-                self.push_send(id, p);
-            }
+            self.send_to_conn(id, p);
+        }
+    }
+
+    /// `send_to_client` to the client's connection `id`.
+    pub(super) fn send_to_conn(&mut self, id: ConnId, p: Packet) {
+        if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Connected) {
+            self.stats.messages_sent += 1;
+            self.push_send(id, p);
         }
     }
 
@@ -90,8 +100,14 @@ impl Broker {
             if let Some(props) = &d.msg.props {
                 props.write_into(&mut p.properties);
             }
-            p.properties.message_expiry_interval = d.msg.remaining_expiry_secs(now);
-            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            // (Written only when there is something: writing makes the
+            // properties' box.)
+            if let Some(secs) = d.msg.remaining_expiry_secs(now) {
+                p.properties.message_expiry_interval = Some(secs);
+            }
+            if !d.sub_ids.is_empty() {
+                p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            }
             if c.alias_out_max > 0 {
                 if let Some(a) = c.alias_out.get(&d.msg.topic) {
                     p.properties.topic_alias = Some(*a);

@@ -191,7 +191,14 @@ pub struct State {
     /// Each bridge's messages for its upstream broker, by connection name.
     /// Since format 3.
     bridges: BTreeMap<Rc<str>, BridgeQueue>,
+    /// An empty vector kept for `publish`'s routing (not state: always
+    /// empty between calls).
+    route_scratch: Vec<(Rc<str>, Delivery)>,
 }
+
+/// `State::route_scratch` is kept only up to this capacity (a message that
+/// fanned out to many sessions frees its vector).
+const ROUTE_SCRATCH_KEPT: usize = 64;
 
 /// Split a subscribed filter into (share group, topic filter).
 pub fn split_share(filter: &str) -> (Option<&str>, &str) {
@@ -524,17 +531,21 @@ impl State {
         if msg.retain && !offline_only {
             self.set_retained(msg, lim);
         }
-        let targets = self.route(msg, lim.upgrade_outgoing_qos, acl);
+        // (Into the kept vector: no allocation per message.)
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.route_into(msg, lim.upgrade_outgoing_qos, acl, &mut targets);
         let mut matched = !targets.is_empty();
         if !offline_only && !lim.bridges.is_empty() {
             matched |= self.bridge_out(msg, lim, out);
         }
-        for (client, d) in targets {
-            let online = self.sessions.get(&client).is_some_and(|s| s.online);
-            if offline_only && online {
+        for (client, d) in targets.drain(..) {
+            if offline_only && self.sessions.get(&client).is_some_and(|s| s.online) {
                 continue;
             }
             self.enqueue(&client, d, now, lim, out);
+        }
+        if targets.capacity() <= ROUTE_SCRATCH_KEPT {
+            self.route_scratch = targets;
         }
         matched
     }
@@ -562,15 +573,32 @@ impl State {
     /// QoS of its matching subscriptions and all their identifiers
     /// [MQTT-3.3.4-2..5]; one member of each matching shared group.
     pub fn route(&self, msg: &Message, upgrade_qos: bool, acl: AclCheck) -> Vec<(Rc<str>, Delivery)> {
-        let mut hits: Vec<(Rc<str>, SubEntry)> = Vec::new();
-        let mut shared_hits: Vec<(Rc<str>, SubEntry)> = Vec::new();
+        let mut out = Vec::new();
+        self.route_into(msg, upgrade_qos, acl, &mut out);
+        out
+    }
+
+    /// `route` into `out`, which must be empty.
+    fn route_into(&self, msg: &Message, upgrade_qos: bool, acl: AclCheck, out: &mut Vec<(Rc<str>, Delivery)>) {
+        debug_assert!(out.is_empty());
+        // Each match becomes a delivery at once, in one vector (a message
+        // usually matches once per session; a second vector of matches
+        // cost an allocation per message). Shared groups' picks follow the
+        // plain matches, as the merge below keeps their order.
+        let delivery = |e: &SubEntry| Delivery {
+            msg: msg.clone(),
+            qos: if upgrade_qos { e.opts.qos() } else { msg.qos.min(e.opts.qos()) },
+            retain: msg.retain && e.opts.retain_as_published(),
+            sub_ids: e.sub_id.into_iter().collect(),
+        };
+        let mut shared_hits: Vec<(Rc<str>, Delivery)> = Vec::new();
         let origin = msg.origin.as_deref();
         self.tree.for_each_match(
             &msg.topic,
             &mut |c, e| {
                 // No Local: not to the publisher's own session [MQTT-3.8.3-3].
                 if !(e.opts.no_local() && Some(&**c) == origin) {
-                    hits.push((c.clone(), *e));
+                    out.push((c.clone(), delivery(e)));
                 }
             },
             &mut |g| {
@@ -595,33 +623,27 @@ impl State {
                 }
                 if let Some((idx, c, e)) = pick {
                     g.cursor.set(idx as u64 + 1);
-                    shared_hits.push((c, e));
+                    shared_hits.push((c, delivery(&e)));
                 }
             },
         );
-        hits.append(&mut shared_hits);
-        if hits.len() > 1 {
-            hits.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        let mut out: Vec<(Rc<str>, Delivery)> = Vec::with_capacity(hits.len());
-        for (c, e) in hits {
-            let qos = if upgrade_qos { e.opts.qos() } else { msg.qos.min(e.opts.qos()) };
-            let retain = msg.retain && e.opts.retain_as_published();
-            if let Some((last, d)) = out.last_mut() {
-                if *last == c {
-                    d.qos = d.qos.max(qos);
-                    d.retain |= retain;
-                    d.sub_ids.extend(e.sub_id);
-                    continue;
+        out.append(&mut shared_hits);
+        if out.len() > 1 {
+            // Stable: one session's matches keep their order (and so do
+            // its Subscription Identifiers).
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            // One delivery per session: the highest QoS, all identifiers.
+            out.dedup_by(|(c, d), (first_c, first)| {
+                if c != first_c {
+                    return false;
                 }
-            }
-            let Some(s) = self.sessions.get(&c) else { continue };
-            if !acl(&c, s.username.as_deref(), &msg.topic) {
-                continue;
-            }
-            out.push((c, Delivery { msg: msg.clone(), qos, retain, sub_ids: e.sub_id.into_iter().collect() }));
+                first.qos = first.qos.max(d.qos);
+                first.retain |= d.retain;
+                first.sub_ids.append(&mut d.sub_ids);
+                true
+            });
         }
-        out
+        out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl(c, s.username.as_deref(), &msg.topic)));
     }
 
     /// Give a delivery to a session: straight into a free window slot when

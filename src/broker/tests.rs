@@ -125,7 +125,7 @@ fn v5_empty_client_id_gets_assigned_identifier() {
     let mut b = broker();
     let ack = connect(&mut b, 1, "", Version::V5, true, 1000);
     assert_eq!(ack.code, 0);
-    let id = ack.properties.assigned_client_identifier.expect("assigned id");
+    let id = ack.properties.assigned_client_identifier.clone().expect("assigned id");
     assert!(!id.is_empty());
     assert_eq!(ack.properties.receive_maximum, Some(20));
 }

@@ -48,11 +48,20 @@ impl QoS {
     }
 }
 
+/// A packet's MQTT 5 properties (`PropertyValues`), held in a box only when
+/// there are any. Reading goes through `Deref` (an empty set reads as
+/// `PropertyValues::EMPTY`); writing through `DerefMut` makes the box. Most
+/// packets carry none (every packet of 3.1.1): the packet types stay small,
+/// so moving one copies a word instead of some 400 bytes, and an empty set
+/// costs no allocation.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
 /// Every MQTT 5 property. A packet carries only those the spec allows for
 /// it; the decoder rejects the rest as a Malformed Packet. Fields that may
 /// repeat are vectors. For protocol levels 3 and 4 this is always empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyValues {
     pub payload_format_indicator: Option<u8>,          // 0x01
     pub message_expiry_interval: Option<u32>,          // 0x02
     pub content_type: Option<String>,                  // 0x03
@@ -82,9 +91,81 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,     // 0x2A
 }
 
+impl PropertyValues {
+    /// No property at all.
+    pub const EMPTY: PropertyValues = PropertyValues {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+}
+
+/// What an empty `Properties` reads as.
+static NO_PROPERTIES: PropertyValues = PropertyValues::EMPTY;
+
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.0.as_deref().is_none_or(|v| *v == PropertyValues::EMPTY)
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    /// Makes the box if there is none (so write only what is there).
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(v: PropertyValues) -> Properties {
+        Properties(Some(Box::new(v)))
+    }
+}
+
+/// Equal when they hold the same properties, boxed or not.
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 

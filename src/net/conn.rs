@@ -15,6 +15,7 @@ use super::{
     ConnIo, Intake, Server, ACTIVE, ANSWERED, CLOSING, PARK_REQUESTED, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN,
 };
 use crate::broker::ConnId;
+use crate::mqtt::codec::TopicCache;
 use crate::store::RaftLog;
 
 /// A connection's read buffer. An idle connection holds none; reading
@@ -27,6 +28,9 @@ pub(super) struct ReadBuf {
     pub(super) buf: Vec<u8>,
     /// Bytes read and not yet decoded, at the start of `buf`.
     pub(super) filled: usize,
+    /// The topic of the last PUBLISH read (kept while the connection has
+    /// a task; see `TopicCache`).
+    pub(super) topics: TopicCache,
 }
 
 impl ReadBuf {

@@ -379,7 +379,7 @@ fn golden_v3() {
 #[test]
 fn v3_encode_drops_v5_fields() {
     // Reason codes and properties do not exist before v5.
-    let props = Properties { reason_string: Some("why".into()), ..Properties::default() };
+    let props: Properties = PropertyValues { reason_string: Some("why".into()), ..Default::default() }.into();
     let ack = Packet::PubAck(PubResp { packet_id: 5, code: 0x80, properties: props.clone() });
     let mut out = Vec::new();
     encode(&ack, V311, &mut out);

@@ -7,8 +7,8 @@ use super::*;
 
 use Version::V5;
 
-fn props() -> Properties {
-    Properties::default()
+fn props() -> PropertyValues {
+    PropertyValues::default()
 }
 
 fn up(k: &str, v: &str) -> (String, String) {
@@ -23,7 +23,7 @@ pub(super) fn goldens() -> Vec<Golden> {
     full.keep_alive = 30;
     full.username = Some("u".into());
     full.password = Some(vec![0x00, 0x01]);
-    full.properties = Properties {
+    full.properties = PropertyValues {
         session_expiry_interval: Some(3600),
         authentication_method: Some("SCRAM".into()),
         authentication_data: Some(vec![1, 2, 3]),
@@ -34,13 +34,14 @@ pub(super) fn goldens() -> Vec<Golden> {
         user_properties: vec![up("k", "v")],
         maximum_packet_size: Some(1_048_576),
         ..props()
-    };
+    }
+    .into();
     full.will = Some(Will {
         topic: "will/t".into(),
         payload: b"bye".to_vec(),
         qos: QoS::ExactlyOnce,
         retain: false,
-        properties: Properties {
+        properties: PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(120),
             content_type: Some("text/plain".into()),
@@ -49,7 +50,8 @@ pub(super) fn goldens() -> Vec<Golden> {
             will_delay_interval: Some(30),
             user_properties: vec![up("a", "b")],
             ..props()
-        },
+        }
+        .into(),
     });
 
     let mut password_only = connect(V5, "p");
@@ -57,10 +59,15 @@ pub(super) fn goldens() -> Vec<Golden> {
     password_only.password = Some(b"secret".to_vec());
 
     let mut retained_will = connect(V5, "w");
-    retained_will.will =
-        Some(Will { topic: "t".into(), payload: Vec::new(), qos: QoS::AtMostOnce, retain: true, properties: props() });
+    retained_will.will = Some(Will {
+        topic: "t".into(),
+        payload: Vec::new(),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Properties::default(),
+    });
 
-    let connack_props = Properties {
+    let connack_props = PropertyValues {
         session_expiry_interval: Some(0),
         assigned_client_identifier: Some("auto-1".into()),
         server_keep_alive: Some(60),
@@ -76,11 +83,12 @@ pub(super) fn goldens() -> Vec<Golden> {
         subscription_identifier_available: Some(0),
         shared_subscription_available: Some(1),
         ..props()
-    };
+    }
+    .into();
 
     let mut pub_full = publish(QoS::AtLeastOnce, "a/b", Some(1), b"hello");
     pub_full.retain = true;
-    pub_full.properties = Properties {
+    pub_full.properties = PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(3600),
         content_type: Some("json".into()),
@@ -90,7 +98,8 @@ pub(super) fn goldens() -> Vec<Golden> {
         topic_alias: Some(5),
         user_properties: vec![up("k1", "v1"), up("k1", "v2")],
         ..props()
-    };
+    }
+    .into();
 
     let mut pub_alias = publish(QoS::AtMostOnce, "", None, b"x");
     pub_alias.properties.topic_alias = Some(5);
@@ -202,7 +211,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             "CONNACK 5 not authorized",
             V5,
             &[0x20, 0x03, 0x00, 0x87, 0x00],
-            Packet::ConnAck(ConnAck { session_present: false, code: 0x87, properties: props() }),
+            Packet::ConnAck(ConnAck { session_present: false, code: 0x87, properties: Properties::default() }),
         ),
         g(
             "CONNACK 5 use another server",
@@ -214,7 +223,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::ConnAck(ConnAck {
                 session_present: false,
                 code: 0x9C,
-                properties: Properties { server_reference: Some("srv2:1883".into()), ..props() },
+                properties: PropertyValues { server_reference: Some("srv2:1883".into()), ..props() }.into(),
             }),
         ),
         g(
@@ -262,7 +271,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             "PUBACK 5 reason code only",
             V5,
             &[0x40, 0x03, 0x00, 0x01, 0x10],
-            Packet::PubAck(PubResp { packet_id: 1, code: 0x10, properties: props() }),
+            Packet::PubAck(PubResp { packet_id: 1, code: 0x10, properties: Properties::default() }),
         ),
         g(
             "PUBREC 5 reason string",
@@ -271,7 +280,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::PubRec(PubResp {
                 packet_id: 2,
                 code: 0x80,
-                properties: Properties { reason_string: Some("fail".into()), ..props() },
+                properties: PropertyValues { reason_string: Some("fail".into()), ..props() }.into(),
             }),
         ),
         g(
@@ -281,7 +290,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::PubRel(PubResp {
                 packet_id: 3,
                 code: 0x92,
-                properties: Properties { user_properties: vec![up("a", "b")], ..props() },
+                properties: PropertyValues { user_properties: vec![up("a", "b")], ..props() }.into(),
             }),
         ),
         g("PUBREL 5 short form", V5, &[0x62, 0x02, 0x00, 0x03], Packet::PubRel(resp(3))),
@@ -290,7 +299,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             "PUBCOMP 5 packet identifier not found",
             V5,
             &[0x70, 0x03, 0x00, 0x04, 0x92],
-            Packet::PubComp(PubResp { packet_id: 4, code: 0x92, properties: props() }),
+            Packet::PubComp(PubResp { packet_id: 4, code: 0x92, properties: Properties::default() }),
         ),
         g(
             "SUBSCRIBE 5 with Subscription Identifier",
@@ -320,11 +329,12 @@ pub(super) fn goldens() -> Vec<Golden> {
                     ("#".into(), SubOptions { retain_handling: RetainHandling::DoNotSend, ..opts(QoS::AtMostOnce) }),
                     ("$share/g/x".into(), SubOptions { retain_as_published: true, ..opts(QoS::AtLeastOnce) }),
                 ],
-                properties: Properties {
+                properties: PropertyValues {
                     subscription_identifiers: vec![150],
                     user_properties: vec![up("k", "v")],
                     ..props()
-                },
+                }
+                .into(),
             }),
         ),
         g(
@@ -334,7 +344,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::Subscribe(Subscribe {
                 packet_id: 0x1234,
                 filters: vec![("a".into(), opts(QoS::AtLeastOnce))],
-                properties: props(),
+                properties: Properties::default(),
             }),
         ),
         g(
@@ -344,7 +354,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::SubAck(SubAck {
                 packet_id: 1,
                 codes: vec![0x02, 0x00, 0x8F, 0xA2],
-                properties: Properties { reason_string: Some("ok".into()), ..props() },
+                properties: PropertyValues { reason_string: Some("ok".into()), ..props() }.into(),
             }),
         ),
         g(
@@ -359,14 +369,14 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: 2,
                 filters: vec!["a/b".into(), "#".into()],
-                properties: Properties { user_properties: vec![up("k", "v")], ..props() },
+                properties: PropertyValues { user_properties: vec![up("k", "v")], ..props() }.into(),
             }),
         ),
         g(
             "UNSUBACK 5",
             V5,
             &[0xB0, 0x05, 0x00, 0x02, 0x00, 0x00, 0x11],
-            Packet::UnsubAck(UnsubAck { packet_id: 2, codes: vec![0x00, 0x11], properties: props() }),
+            Packet::UnsubAck(UnsubAck { packet_id: 2, codes: vec![0x00, 0x11], properties: Properties::default() }),
         ),
         g(
             "UNSUBACK 5 reason string",
@@ -375,7 +385,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             Packet::UnsubAck(UnsubAck {
                 packet_id: 2,
                 codes: vec![0x87],
-                properties: Properties { reason_string: Some("no".into()), ..props() },
+                properties: PropertyValues { reason_string: Some("no".into()), ..props() }.into(),
             }),
         ),
         g("PINGREQ 5", V5, &[0xC0, 0x00], Packet::PingReq),
@@ -384,13 +394,13 @@ pub(super) fn goldens() -> Vec<Golden> {
             "DISCONNECT 5 short form",
             V5,
             &[0xE0, 0x00],
-            Packet::Disconnect(Disconnect { code: 0, properties: props() }),
+            Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }),
         ),
         g(
             "DISCONNECT 5 with will",
             V5,
             &[0xE0, 0x01, 0x04],
-            Packet::Disconnect(Disconnect { code: 0x04, properties: props() }),
+            Packet::Disconnect(Disconnect { code: 0x04, properties: Properties::default() }),
         ),
         g(
             "DISCONNECT 5 reason and reason string",
@@ -403,11 +413,12 @@ pub(super) fn goldens() -> Vec<Golden> {
             ],
             Packet::Disconnect(Disconnect {
                 code: 0x98,
-                properties: Properties {
+                properties: PropertyValues {
                     server_reference: Some("host2".into()),
                     reason_string: Some("shutdown".into()),
                     ..props()
-                },
+                }
+                .into(),
             }),
         ),
         g(
@@ -416,10 +427,10 @@ pub(super) fn goldens() -> Vec<Golden> {
             &[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x3C],
             Packet::Disconnect(Disconnect {
                 code: 0,
-                properties: Properties { session_expiry_interval: Some(60), ..props() },
+                properties: PropertyValues { session_expiry_interval: Some(60), ..props() }.into(),
             }),
         ),
-        g("AUTH 5 short form", V5, &[0xF0, 0x00], Packet::Auth(Auth { code: 0, properties: props() })),
+        g("AUTH 5 short form", V5, &[0xF0, 0x00], Packet::Auth(Auth { code: 0, properties: Properties::default() })),
         g(
             "AUTH 5 continue",
             V5,
@@ -432,12 +443,13 @@ pub(super) fn goldens() -> Vec<Golden> {
             ],
             Packet::Auth(Auth {
                 code: 0x18,
-                properties: Properties {
+                properties: PropertyValues {
                     authentication_method: Some("SCRAM".into()),
                     authentication_data: Some(vec![1, 2, 3, 4]),
                     reason_string: Some("hi".into()),
                     ..props()
-                },
+                }
+                .into(),
             }),
         ),
         g(
@@ -446,7 +458,7 @@ pub(super) fn goldens() -> Vec<Golden> {
             &[0xF0, 0x0A, 0x00, 0x08, 0x15, 0x00, 0x05, b'S', b'C', b'R', b'A', b'M'],
             Packet::Auth(Auth {
                 code: 0,
-                properties: Properties { authentication_method: Some("SCRAM".into()), ..props() },
+                properties: PropertyValues { authentication_method: Some("SCRAM".into()), ..props() }.into(),
             }),
         ),
     ]
@@ -466,10 +478,10 @@ fn v5_long_forms_decode() {
     // Remaining length 4: code 0 + empty property length.
     check_decode_only(V5, &[0x40, 0x04, 0x00, 0x01, 0x00, 0x00], Packet::PubAck(resp(1)));
     check_decode_only(V5, &[0x62, 0x04, 0x00, 0x01, 0x92, 0x00], {
-        Packet::PubRel(PubResp { packet_id: 1, code: 0x92, properties: props() })
+        Packet::PubRel(PubResp { packet_id: 1, code: 0x92, properties: Properties::default() })
     });
     // DISCONNECT: remaining length 1 and 2 with code 0 (§3.14.2.1).
-    let normal = Packet::Disconnect(Disconnect { code: 0, properties: props() });
+    let normal = Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() });
     check_decode_only(V5, &[0xE0, 0x01, 0x00], normal.clone());
     check_decode_only(V5, &[0xE0, 0x02, 0x00, 0x00], normal);
     // Non-minimal property length.
@@ -485,7 +497,7 @@ fn v5_long_forms_decode() {
         Packet::ConnAck(ConnAck {
             session_present: false,
             code: 0,
-            properties: Properties { maximum_qos: Some(0), session_expiry_interval: Some(5), ..props() },
+            properties: PropertyValues { maximum_qos: Some(0), session_expiry_interval: Some(5), ..props() }.into(),
         }),
     );
     // Non-minimal Subscription Identifier varint (value 1 in two bytes).
@@ -498,14 +510,14 @@ fn v5_long_forms_decode() {
 fn v5_encode_forms() {
     // Non-zero code, no properties: id + code (3); DISCONNECT: code (1).
     let mut out = Vec::new();
-    encode(&Packet::PubRec(PubResp { packet_id: 9, code: 0x97, properties: props() }), V5, &mut out);
+    encode(&Packet::PubRec(PubResp { packet_id: 9, code: 0x97, properties: Properties::default() }), V5, &mut out);
     assert_eq!(out, [0x50, 0x03, 0x00, 0x09, 0x97]);
     out.clear();
-    encode(&Packet::Disconnect(Disconnect { code: 0x8E, properties: props() }), V5, &mut out);
+    encode(&Packet::Disconnect(Disconnect { code: 0x8E, properties: Properties::default() }), V5, &mut out);
     assert_eq!(out, [0xE0, 0x01, 0x8E]);
     // AUTH with a code is always code + property length.
     out.clear();
-    encode(&Packet::Auth(Auth { code: 0x19, properties: props() }), V5, &mut out);
+    encode(&Packet::Auth(Auth { code: 0x19, properties: Properties::default() }), V5, &mut out);
     assert_eq!(out, [0xF0, 0x02, 0x19, 0x00]);
     // A CONNECT keeps its own layout whatever the session version says.
     let c = Packet::Connect(Box::new(connect(V5, "abc")));
