@@ -68,7 +68,7 @@ const INDEX_MAX: u64 = u64::MAX / 2;
 
 /// redb's page cache. Its default (1 GiB) does not suit a 512 MiB gateway;
 /// the file now holds only the snapshot and a few small records.
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
+const CACHE_BYTES: usize = 1024 * 1024;
 
 /// A snapshot keeps at most this many bytes of entries before it (besides
 /// `keep_entries`), so that the log's files stay bounded when entries are
