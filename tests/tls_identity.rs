@@ -25,6 +25,8 @@ struct Setup {
     identity_port: u16,
     /// Logs in with the certificate's subject.
     subject_port: u16,
+    /// MQTT over TLS WebSockets, logging in with the common name.
+    wss_port: u16,
 }
 
 fn start() -> Setup {
@@ -43,15 +45,16 @@ fn start() -> Setup {
         "acl",
         &format!("user sensor-1\ntopic readwrite plant/#\n\nuser {ID_CLIENT_SUBJECT}\ntopic readwrite subject/#\n"),
     );
-    let (identity_port, subject_port) = (free_port(), free_port());
+    let (identity_port, subject_port, wss_port) = (free_port(), free_port(), free_port());
     let tls = "certfile {dir}/server.pem\nkeyfile {dir}/server.key\ncafile {dir}/id-ca.pem\nrequire_certificate true\n";
     let config = format!(
         "acl_file {{dir}}/acl\n\
          listener {identity_port} 127.0.0.1\n{tls}use_identity_as_username true\n\
-         listener {subject_port} 127.0.0.1\n{tls}use_subject_as_username true\n"
+         listener {subject_port} 127.0.0.1\n{tls}use_subject_as_username true\n\
+         listener {wss_port} 127.0.0.1\nprotocol websockets\n{tls}use_identity_as_username true\n"
     );
     let broker = Broker::start_in(dir, &config);
-    Setup { broker, identity_port, subject_port }
+    Setup { broker, identity_port, subject_port, wss_port }
 }
 
 /// A Mosquitto client over TLS with `cert` (id-client or id-nocn): (exit
@@ -137,4 +140,37 @@ fn the_whole_subject_is_the_username_on_a_subject_listener() {
     let (code, _, err) =
         tls_client("mosquitto_pub", &s, s.subject_port, "id-nocn", &["-t", "subject/t", "-m", "x", "-q", "1"]);
     assert_eq!(code, Some(0), "a login as O=midge test: {err}");
+}
+
+/// paho over TLS WebSockets with id-client's certificate: the ACL applies
+/// to its common name there too (the CONNECT's username is ignored).
+#[test]
+fn the_common_name_is_the_username_over_tls_websockets() {
+    let s = start();
+    let dir = s.broker.dir();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let script = format!(
+        "import sys, paho.mqtt.client as mqtt\n\
+         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id='wss-id', protocol=mqtt.MQTTv311, transport='websockets')\n\
+         c.tls_set(ca_certs={ca:?}, certfile={cert:?}, keyfile={key:?})\n\
+         c.username_pw_set('intruder', 'nope')\n\
+         c.connect('localhost', {port})\n\
+         c.loop_start()\n\
+         info = c.publish('plant/wss', b'from the browser side', qos=1, retain=True)\n\
+         info.wait_for_publish(10)\n\
+         print('published', info.is_published())\n\
+         c.disconnect(); c.loop_stop()\n",
+        ca = f("ca.pem"),
+        cert = f("id-client.pem"),
+        key = f("id-client.key"),
+        port = s.wss_port
+    );
+    let python = std::env::var("MIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (code, out, err) = run_with_timeout(Command::new(&python).args(["-c", &script]), MAX_WAIT);
+    assert_eq!(code, Some(0), "paho over wss: {out}\n{err}\n{}", s.broker.log());
+    assert!(out.contains("published True"), "{out}{err}");
+    // Only sensor-1 may write plant/#: the retained message is there.
+    let (code, out, err) =
+        tls_client("mosquitto_sub", &s, s.identity_port, "id-client", &["-t", "plant/wss", "-C", "1", "-W", "5"]);
+    assert_eq!((code, out.trim()), (Some(0), "from the browser side"), "{err}\n{}", s.broker.log());
 }

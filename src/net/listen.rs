@@ -203,7 +203,7 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         let server = self.clone();
         if l.websockets {
-            let tls = l.tls.as_ref().map(|t| t.server());
+            let tls = l.tls.as_ref().map(|t| (t.server(), t.identity));
             let options = listener_conn_options(l, index);
             ex.spawn(async move {
                 server.serve_ws(stream, peer, tls, options).await;
@@ -337,7 +337,7 @@ impl<L: RaftLog + 'static> Server<L> {
 
 /// The login name a listener takes from its clients' certificates (None:
 /// it takes the CONNECT's), or why the certificate gives none.
-fn certificate_name(
+pub(super) fn certificate_name(
     identity: CertIdentity,
     certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
 ) -> Option<Result<String, String>> {

@@ -25,6 +25,7 @@ use smol::net::TcpStream;
 use super::io::{SmolIo, Tcp};
 use super::{Server, TLS_HANDSHAKE_TIMEOUT};
 use crate::broker::ConnOptions;
+use crate::config::tls::CertIdentity;
 use crate::store::RaftLog;
 
 /// The longest HTTP request head taken.
@@ -173,7 +174,7 @@ impl<L: RaftLog + 'static> Server<L> {
         self: Rc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<(Arc<rustls::ServerConfig>, CertIdentity)>,
         options: ConnOptions,
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
@@ -181,9 +182,14 @@ impl<L: RaftLog + 'static> Server<L> {
         let done = futures_lite::future::or(
             async {
                 match tls {
-                    None => Some(self.clone().ws_upgrade(tcp.clone(), peer, options).await),
-                    Some(cfg) => match futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone()).await {
-                        Ok(t) => Some(self.clone().ws_upgrade(t, peer, options).await),
+                    None => Some(self.clone().ws_upgrade(tcp.clone(), peer, options, None).await),
+                    Some((cfg, identity)) => match futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone()).await {
+                        Ok(t) => {
+                            // use_identity_as_username / use_subject_as_username,
+                            // as on a plain TLS listener.
+                            let name = super::listen::certificate_name(identity, t.get_ref().1.peer_certificates());
+                            Some(self.clone().ws_upgrade(t, peer, options, name).await)
+                        }
                         Err(e) => {
                             info!("Client <unknown> from {peer} disconnected: TLS handshake failed: {e}.");
                             Some(None)
@@ -215,6 +221,7 @@ impl<L: RaftLog + 'static> Server<L> {
         mut s: S,
         peer: SocketAddr,
         options: ConnOptions,
+        certificate_name: Option<Result<String, String>>,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
         use futures_lite::AsyncWriteExt;
         let mut head = Vec::new();
@@ -240,6 +247,9 @@ impl<L: RaftLog + 'static> Server<L> {
                 let reader = ByteReader::new(rx.filter_map(binary_only));
                 let writer = ByteWriter::new(tx);
                 let (id, io) = self.open_conn(peer, false, false);
+                if let Some(name) = certificate_name {
+                    self.with_broker(|b, _| b.set_certificate_name(id, name));
+                }
                 self.listener_options(id, options);
                 let r = self.read_loop(id, SmolIo(reader));
                 let w = self.write_loop(id, io.clone(), SmolIo(writer));
