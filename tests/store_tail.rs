@@ -124,3 +124,39 @@ fn damage_inside_the_log_refuses_to_start_and_names_the_file() {
         "{err}"
     );
 }
+
+/// After a burst the store shrinks back by itself: a node whose log holds
+/// megabytes and that has been idle for 10 s takes a snapshot, and the
+/// segments it covers are deleted.
+#[test]
+fn the_log_shrinks_back_after_a_burst() {
+    if is_mosquitto() {
+        eprintln!("skipped: midge's own log segments");
+        return;
+    }
+    let data = tempdir();
+    let b = Broker::start(&format!("persistence true\npersistence_location {}\n", data.path().display()));
+    // 6,000 lines of 1 KiB, each a QoS 1 PUBLISH (6 MiB of log).
+    let lines: String = (0..6000).map(|i| format!("{i:04}{}\n", "x".repeat(1020))).collect();
+    let input = data.path().join("lines");
+    std::fs::write(&input, lines).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("mosquitto_pub -h 127.0.0.1 -p {} -q 1 -t burst -l < {}", b.port, input.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let size = || -> u64 {
+        std::fs::read_dir(data.path().join("raft-log")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    };
+    let after_burst = size();
+    assert!(after_burst > 6_000_000, "the burst is in the log: {after_burst} bytes");
+    // Idle: within 10 s and a tick the snapshot frees the segments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() > after_burst / 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let now = size();
+    assert!(now <= after_burst / 2, "still {now} of {after_burst} bytes after 20 s idle\n{}", b.log());
+    assert!(b.log().contains("older log segment(s): snapshot at index"), "{}", b.log());
+}

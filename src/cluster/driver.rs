@@ -544,6 +544,9 @@ impl<L: RaftLog> Driver<L> {
     /// Per tick: redirect target, $SYS cluster values, preferred leader.
     fn upkeep(&mut self, now_ms: u64, connected: &dyn Fn(u64) -> bool) {
         self.node.retry_forward(now_ms);
+        if let Err(e) = self.node.snapshot_if_idle(now_ms) {
+            log::warn!("Snapshot after a quiet spell not taken: {e}.");
+        }
         let redirect = if self.steering == FollowerMode::Redirect { self.leader_client_addr() } else { None };
         let node = &mut self.node;
         node.broker.set_redirect(redirect);

@@ -40,6 +40,9 @@ const PROPOSALS_IN_FLIGHT: usize = 1;
 /// `Node::lazy_deferred`).
 pub const LAZY_WAIT_MS: u64 = 250;
 
+/// See `Node::snapshot_if_idle`.
+const IDLE_SNAPSHOT_MS: u64 = 10_000;
+
 /// Batches this leader proposed and keeps decoded until they are applied
 /// (see `Node::proposed`).
 const PROPOSED_KEPT: usize = 16;
@@ -89,6 +92,8 @@ pub struct Node<L: RaftLog> {
     /// Hold after every commit, not only one that commands waited for
     /// (`Driver::set_batch_window_us`).
     hold_every_commit: bool,
+    /// When an entry was last applied (wall ms), for `snapshot_if_idle`.
+    last_apply_ms: u64,
     /// New proposals wait until the runtime calls `release_hold`.
     held: bool,
     /// The commands of this leader's latest proposals, by (index, term),
@@ -223,6 +228,7 @@ impl<L: RaftLog> Node<L> {
             in_flight: Default::default(),
             hold_after_commit: false,
             hold_every_commit: false,
+            last_apply_ms: 0,
             held: false,
             proposed: Default::default(),
             apply_at_propose_allowed: false,
@@ -806,6 +812,7 @@ impl<L: RaftLog> Node<L> {
                 }
             }
             self.applied = e.index;
+            self.last_apply_ms = self.now_ms;
         }
         Ok(n)
     }
@@ -823,6 +830,36 @@ impl<L: RaftLog> Node<L> {
             }
         }
         None
+    }
+
+    /// After a burst: a node to which nothing was applied for
+    /// `IDLE_SNAPSHOT_MS`, whose log spans more than one segment file,
+    /// takes a snapshot that keeps no entries, so that every segment but
+    /// the newest is deleted and the store shrinks back, instead of
+    /// staying until traffic brings the next snapshot. A follower that
+    /// lags then catches up by snapshot. Called per tick.
+    pub fn snapshot_if_idle(&mut self, now_ms: u64) -> Result<(), NodeError> {
+        let store = self.raw.store();
+        if now_ms.saturating_sub(self.last_apply_ms) < IDLE_SNAPSHOT_MS
+            || store.older_segments() == 0
+            || store.writing()
+            || !self.applied_early.is_empty()
+            || self.broker.proposals_applied() > 0
+            || self.applied < self.snapshot_index
+        {
+            return Ok(());
+        }
+        let data = self.broker.state().snapshot();
+        info!(
+            "Idle for {} s with {} older log segment(s): snapshot at index {} ({} bytes of state) to free them.",
+            IDLE_SNAPSHOT_MS / 1000,
+            store.older_segments(),
+            self.applied,
+            data.len()
+        );
+        self.raw.mut_store().save_snapshot(self.applied, &self.conf_state, data, 0);
+        self.snapshot_index = self.applied;
+        Ok(())
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {

@@ -356,7 +356,7 @@ pub struct Config {
     pub persistence_fsync: bool,
     /// `persistence_batch_window_ms`: how long after a write the next one
     /// may wait for more messages while the clients it answered are quiet
-    /// (default 5; 0 = never wait).
+    /// (default 0: never; 5 for SD cards with many low-rate devices).
     pub persistence_batch_window_ms: u64,
     /// `connection NAME` blocks: bridges to upstream brokers, in file order.
     pub bridges: Vec<crate::bridge::BridgeConfig>,
@@ -411,7 +411,7 @@ impl Default for Config {
             admin_listener: None,
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
-            persistence_batch_window_ms: 5,
+            persistence_batch_window_ms: 0,
             bridges: Vec::new(),
             cluster_tls: None,
             cluster_join: false,

@@ -209,6 +209,12 @@ pub trait RaftLog: raft::Storage {
         0
     }
 
+    /// Log files besides the one being appended to (what a snapshot that
+    /// keeps no entries would delete); 0 for a store in memory.
+    fn older_segments(&self) -> usize {
+        0
+    }
+
     /// Whether writes go to disk. An in-memory log makes no group commit
     /// worth waiting for.
     fn on_disk(&self) -> bool {

@@ -1337,4 +1337,8 @@ impl RaftLog for RedbLog {
     fn written_bytes(&self) -> u64 {
         self.cached.borrow().written_bytes
     }
+
+    fn older_segments(&self) -> usize {
+        self.cached.borrow().segs.seqs.len().saturating_sub(1)
+    }
 }

@@ -270,6 +270,10 @@ impl<L: RaftLog> Staged<L> {
         &self.write_time
     }
 
+    pub fn older_segments(&self) -> usize {
+        self.inner.older_segments()
+    }
+
     pub fn written_bytes(&self) -> u64 {
         self.inner.written_bytes()
     }
