@@ -48,10 +48,8 @@ fn chromium() -> Result<PathBuf, String> {
     if path.exists() {
         return Ok(path);
     }
-    let (code, out, err) = run_with_timeout(
-        Command::new("bash").arg(repo("scripts/setup-test-deps.sh")),
-        Duration::from_secs(900),
-    );
+    let (code, out, err) =
+        run_with_timeout(Command::new("bash").arg(repo("scripts/setup-test-deps.sh")), Duration::from_secs(900));
     if path.exists() {
         return Ok(path);
     }
@@ -189,10 +187,7 @@ fn chromium_page_with_mqtt_js_over_websockets_receives_mosquitto_pub() {
     assert!(status.success(), "driver: {status}\n{stderr}\n{}", b.log());
 
     let dom = std::fs::read_to_string(dom_line.strip_prefix("DOM ").expect("DOM <file>")).unwrap();
-    assert!(
-        dom.contains(&format!("<li>{TOPIC} {PAYLOAD}</li>")),
-        "the page lists the message: {dom}"
-    );
+    assert!(dom.contains(&format!("<li>{TOPIC} {PAYLOAD}</li>")), "the page lists the message: {dom}");
     assert!(dom.contains(r#"data-state="received""#), "{dom}");
 
     let png = Path::new(png_line.strip_prefix("SCREENSHOT ").expect("SCREENSHOT <file>"));

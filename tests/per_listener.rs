@@ -72,7 +72,8 @@ fn each_listener_authenticates_and_authorises_by_its_own_rules() {
     // ACL of the secure listener: alice may subscribe to secure/#, bob may
     // not. midge refuses his filter (SUBACK 0x80); Mosquitto grants it and
     // filters what it delivers (CONFIG.md, ACL file: differences).
-    let alice = Sub::start(secure, "mqttv311", &["-u", "alice", "-P", "secret", "-t", "secure/#", "-q", "1", "-v", "-C", "1"]);
+    let alice =
+        Sub::start(secure, "mqttv311", &["-u", "alice", "-P", "secret", "-t", "secure/#", "-q", "1", "-v", "-C", "1"]);
     assert!(alice.granted().ends_with(": 1"), "{}", alice.granted());
     let bob = Sub::start(secure, "mqttv311", &["-u", "bob", "-P", "pw2", "-t", "secure/#", "-q", "1", "-v", "-W", "3"]);
     let bob_suback = if common::is_mosquitto() { ": 1" } else { ": 128" };

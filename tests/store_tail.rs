@@ -15,8 +15,7 @@ use common::{is_mosquitto, tempdir, Broker};
 const MESSAGES: usize = 40;
 
 fn newest_segment(data: &Path) -> PathBuf {
-    let mut all: Vec<PathBuf> =
-        std::fs::read_dir(data.join("raft-log")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut all: Vec<PathBuf> = std::fs::read_dir(data.join("raft-log")).unwrap().map(|e| e.unwrap().path()).collect();
     all.sort();
     all.pop().expect("a log segment")
 }
@@ -27,7 +26,11 @@ fn newest_segment(data: &Path) -> PathBuf {
 fn publish_then_kill(data: &Path) -> Broker {
     let b = Broker::start(&format!("persistence true\npersistence_location {}\n", data.display()));
     for i in 0..MESSAGES {
-        mosquitto_sub::publish_ok(b.port, "mqttv311", &["-t", &format!("t/{i}"), "-q", "1", "-r", "-m", &format!("m{i}")]);
+        mosquitto_sub::publish_ok(
+            b.port,
+            "mqttv311",
+            &["-t", &format!("t/{i}"), "-q", "1", "-r", "-m", &format!("m{i}")],
+        );
     }
     let st = Command::new("kill").args(["-KILL", &b.pid().to_string()]).status().unwrap();
     assert!(st.success());
@@ -114,8 +117,11 @@ fn damage_inside_the_log_refuses_to_start_and_names_the_file() {
     std::fs::write(data.path().join("raft-log").join(format!("{:020}.seg", seq + 1)), &newer).unwrap();
 
     let conf = data.path().join("midge.conf");
-    std::fs::write(&conf, format!("listener {} 127.0.0.1\npersistence_location {}\n", common::free_port(), data.path().display()))
-        .unwrap();
+    std::fs::write(
+        &conf,
+        format!("listener {} 127.0.0.1\npersistence_location {}\n", common::free_port(), data.path().display()),
+    )
+    .unwrap();
     let out = Command::new(common::midge_bin()).arg("-c").arg(&conf).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

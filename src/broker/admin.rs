@@ -45,10 +45,19 @@ impl Broker {
                 Ok(false) => user.is_some() && password_file(),
                 Err(_) => false,
             };
-            authed && settings.allowed(AuthScope::Broker, ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
+            authed
+                && settings.allowed(AuthScope::Broker, ds.as_deref(), &cp.client_id, user, ADMIN_TOPIC, Access::Write)
         } else {
             // With an acl_file, the user also needs its grant.
-            password_file() && settings.allowed(AuthScope::Broker, None, &cp.client_id, cp.username.as_deref(), ADMIN_TOPIC, Access::Write)
+            password_file()
+                && settings.allowed(
+                    AuthScope::Broker,
+                    None,
+                    &cp.client_id,
+                    cp.username.as_deref(),
+                    ADMIN_TOPIC,
+                    Access::Write,
+                )
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.version = cp.version;

@@ -41,7 +41,7 @@ use command::{AckKind, Command, Effect, Entry, SubscribeReq};
 use lazy::Lazy;
 pub use message::{Message, MessageProps};
 pub use peer::PeerAddr;
-pub use settings::{AuthScope, ListenerRules, ListenerReload, Settings};
+pub use settings::{AuthScope, ListenerReload, ListenerRules, Settings};
 use state::{Delivery, State};
 use tree::{SubEntry, SubOptionsRepr};
 

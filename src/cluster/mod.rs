@@ -621,8 +621,7 @@ impl<L: RaftLog> Node<L> {
     /// Whether a Ready pass has work: raft is ready, or commands wait and
     /// may be proposed.
     pub fn has_work(&mut self) -> bool {
-        self.raw.has_ready()
-            || (self.broker.has_proposals() && self.lazy_deferred().is_none() && self.can_propose())
+        self.raw.has_ready() || (self.broker.has_proposals() && self.lazy_deferred().is_none() && self.can_propose())
     }
 
     /// One pass of the Ready loop, in raft-rs's documented order, with the

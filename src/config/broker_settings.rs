@@ -5,11 +5,11 @@
 use std::rc::Rc;
 
 use super::Config;
+use super::ListenerFiles;
 use crate::auth::acl::AclFile;
 use crate::auth::password::PasswordFile;
 use crate::broker::state::ApplyLimits;
 use crate::broker::{ListenerRules, Settings};
-use super::ListenerFiles;
 
 impl Config {
     /// The broker's settings from this configuration, with the password

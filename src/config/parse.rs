@@ -10,7 +10,8 @@ use super::tls::{ClusterTlsFiles, ListenerTls, TlsOptions, TlsVersion};
 use super::values::{is_hostname, join, parse_u64, peer_key, same_listener};
 use super::{
     numbered_lines, read_text, split_first, ClusterMode, Config, ConfigError, ConfigErrors, FollowerMode, Listener,
-    ListenerAuth, LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT, PROTOCOL_MAX_BYTES,
+    ListenerAuth, LogDest, LogType, Origin, AUTO_ID_PREFIX_BYTES_MAX, DEFAULT_CONNECTIONS_MAX, DEFAULT_PORT,
+    PROTOCOL_MAX_BYTES,
 };
 
 /// The files of an `include_dir`, in Mosquitto's order: names longer than
@@ -671,9 +672,7 @@ impl Parser {
                 self.cfg.cluster.snapshot_entries = self.num_opt(key, rest, 100, u32::MAX.into())?
             }
             "persistence_fsync" => self.cfg.persistence_fsync = self.bool_opt(key, rest)?,
-            "persistence_batch_window_ms" => {
-                self.cfg.persistence_batch_window_ms = self.num_opt(key, rest, 0, 100)?
-            }
+            "persistence_batch_window_ms" => self.cfg.persistence_batch_window_ms = self.num_opt(key, rest, 0, 100)?,
             "cluster_join" => self.cfg.cluster_join = self.bool_opt(key, rest)?,
             // Harmless Mosquitto options: checked, then ignored with a warning.
             "autosave_interval" | "autosave_on_changes" => {

@@ -96,7 +96,10 @@ pub(super) fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         .map(|l| {
             let Some(a) = &l.auth else { return ListenerFiles::default() };
             ListenerFiles {
-                passwords: a.password_file.as_ref().and_then(|p| load_at("password_file", p, &mut errors, PasswordFile::load)),
+                passwords: a
+                    .password_file
+                    .as_ref()
+                    .and_then(|p| load_at("password_file", p, &mut errors, PasswordFile::load)),
                 acl: a.acl_file.as_ref().and_then(|p| load_at("acl_file", p, &mut errors, AclFile::load)),
             }
         })

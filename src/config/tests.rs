@@ -444,7 +444,10 @@ fn per_listener_settings_gives_each_listener_its_security_options() {
     // Set twice for one listener: a warning naming the line.
     let c = parse("per_listener_settings true\nlistener 1884\nacl_file /a\nacl_file /b\n");
     assert_eq!(c.listeners[0].auth.as_ref().unwrap().acl_file.as_ref().unwrap().0, PathBuf::from("/b"));
-    assert_eq!(c.warnings[0].to_string(), "midge.conf:4: acl_file overrides the value set before for the same listener");
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "midge.conf:4: acl_file overrides the value set before for the same listener"
+    );
 }
 
 #[test]
@@ -460,15 +463,16 @@ fn per_listener_settings_refusals_name_file_and_line() {
         "midge.conf:2: per_listener_settings false after per_listener_settings true on line 1: set it once"
     );
     let e = err("per_listener_settings true\nlistener 1883\nplugin /usr/lib/mosquitto_dynamic_security.so\n");
-    assert!(e.starts_with("midge.conf:3: plugin: dynamic security with per_listener_settings true is not supported"), "{e}");
+    assert!(
+        e.starts_with("midge.conf:3: plugin: dynamic security with per_listener_settings true is not supported"),
+        "{e}"
+    );
     let e = err("per_listener_settings true\nlistener 1883\nauto_id_prefix x-\n");
     assert!(e.starts_with("midge.conf:3: auto_id_prefix after a listener line with per_listener_settings true"), "{e}");
     let e = err("per_listener_settings true\npassword_file /p\nadmin_listener 1900\nacl_file /a\n");
     assert!(e.starts_with("midge.conf:4: acl_file after admin_listener"), "{e}");
-    let e = err(
-        "per_listener_settings true\ncluster_node_id 1\ncluster_peer 1 127.0.0.1:7001\n\
-         cluster_peer 2 127.0.0.1:7002\ncluster_peer 3 127.0.0.1:7003\n",
-    );
+    let e = err("per_listener_settings true\ncluster_node_id 1\ncluster_peer 1 127.0.0.1:7001\n\
+         cluster_peer 2 127.0.0.1:7002\ncluster_peer 3 127.0.0.1:7003\n");
     assert!(e.starts_with("midge.conf:1: per_listener_settings true in a cluster is not supported"), "{e}");
     // Values are still checked after a listener line.
     assert_eq!(

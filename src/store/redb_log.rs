@@ -199,7 +199,8 @@ impl LogWrite {
         let file = match &self.file {
             Some(f) => f.as_ref(),
             None => {
-                opened = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.seg)?;
+                opened =
+                    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.seg)?;
                 &opened
             }
         };
@@ -783,7 +784,8 @@ fn load_meta(db: &Database, identity: StoreIdentity, path: &str) -> Result<Meta,
 fn migrate_v1(db: &Database, path: &str, log_dir: &Path, durable: bool) -> Result<(), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { path: path.to_string(), reason };
     let redb_failed = |e: redb::Error| open_error(path, true, e);
-    let io = |what: &str, e: std::io::Error| StoreError::Open { path: path.to_string(), reason: format!("{what}: {e}") };
+    let io =
+        |what: &str, e: std::io::Error| StoreError::Open { path: path.to_string(), reason: format!("{what}: {e}") };
     let mut bytes = segments::header(1).to_vec();
     let mut count = 0u64;
     {
@@ -809,17 +811,24 @@ fn migrate_v1(db: &Database, path: &str, log_dir: &Path, durable: bool) -> Resul
         std::fs::remove_file(&old).map_err(|e| io("removing a segment of an interrupted upgrade", e))?;
     }
     let seg = log_dir.join(segments::segment_name(1));
-    let write = LogWrite { seg: seg.clone(), file: None, offset: 0, bytes: Arc::new(bytes), durable, log_dir: log_dir.into() };
+    let write =
+        LogWrite { seg: seg.clone(), file: None, offset: 0, bytes: Arc::new(bytes), durable, log_dir: log_dir.into() };
     write.write().map_err(|e| io(&format!("writing {}", seg.display()), e))?;
     let txn = db.begin_write().map_err(|e| redb_failed(e.into()))?;
     {
-        txn.open_table(LOG).and_then(|mut t| t.retain(|_, _| false).map_err(Into::into)).map_err(|e| redb_failed(e.into()))?;
+        txn.open_table(LOG)
+            .and_then(|mut t| t.retain(|_, _| false).map_err(Into::into))
+            .map_err(|e| redb_failed(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| redb_failed(e.into()))?;
-        meta.insert(KEY_FORMAT_VERSION, STORE_FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| redb_failed(e.into()))?;
+        meta.insert(KEY_FORMAT_VERSION, STORE_FORMAT_VERSION.to_le_bytes().as_slice())
+            .map_err(|e| redb_failed(e.into()))?;
         meta.insert(KEY_LOG_BASE, 1u64.to_le_bytes().as_slice()).map_err(|e| redb_failed(e.into()))?;
     }
     txn.commit().map_err(|e| redb_failed(e.into()))?;
-    log::warn!("upgraded raft store {path} from format 1 to {STORE_FORMAT_VERSION}: {count} log entries moved to {}", seg.display());
+    log::warn!(
+        "upgraded raft store {path} from format 1 to {STORE_FORMAT_VERSION}: {count} log entries moved to {}",
+        seg.display()
+    );
     Ok(())
 }
 
@@ -850,8 +859,8 @@ fn load(meta: Meta, path: &str, log_dir: &Path, durable: bool) -> Result<Cached,
         let name = seg.display().to_string();
         let bytes = std::fs::read(seg).map_err(|e| open_failed(format!("cannot read {name}: {e}")))?;
         if let Err(why) = segments::check_header(&bytes, *seq) {
-            let never_written = bytes.len() < segments::HEADER_BYTES
-                || bytes[..segments::HEADER_BYTES].iter().all(|&b| b == 0);
+            let never_written =
+                bytes.len() < segments::HEADER_BYTES || bytes[..segments::HEADER_BYTES].iter().all(|&b| b == 0);
             if last_segment && never_written {
                 // Created, never written: the write that made it did not
                 // finish, and nothing in it was acknowledged.
@@ -891,9 +900,10 @@ fn load(meta: Meta, path: &str, log_dir: &Path, durable: bool) -> Result<Cached,
         for Record { kind, offset, len } in records {
             let payload = &bytes[offset as usize..(offset + len as u64) as usize];
             if kind == KIND_HARD_STATE {
-                hs_log = Some(HardState::parse_from_bytes(payload).map_err(|e| {
-                    corrupt(format!("a hard state in {name} at byte {offset} does not decode: {e}"))
-                })?);
+                hs_log =
+                    Some(HardState::parse_from_bytes(payload).map_err(|e| {
+                        corrupt(format!("a hard state in {name} at byte {offset} does not decode: {e}"))
+                    })?);
                 continue;
             }
             let entry = Entry::parse_from_bytes(payload)
@@ -1047,7 +1057,9 @@ struct SegmentWrite {
 
 impl PersistJob for SegmentWrite {
     fn run(self: Box<Self>) -> Result<u64, WriteJobError> {
-        self.write.write().map_err(|source| WriteJobError::Segment { path: self.write.seg.display().to_string(), source })?;
+        self.write
+            .write()
+            .map_err(|source| WriteJobError::Segment { path: self.write.seg.display().to_string(), source })?;
         Ok(0)
     }
 }
@@ -1125,9 +1137,9 @@ impl RaftLog for RedbLog {
             (c.segs.next_seq, 0, None)
         } else {
             let seq = *c.segs.seqs.back().expect("a segment");
-            let file = self
-                .handle(seq)
-                .map_err(|e| StoreError::Io(format!("cannot open log segment {}: {e}", self.seg_path(seq).display())))?;
+            let file = self.handle(seq).map_err(|e| {
+                StoreError::Io(format!("cannot open log segment {}: {e}", self.seg_path(seq).display()))
+            })?;
             (seq, c.segs.active_len, Some(file))
         };
         let mut bytes = Vec::new();

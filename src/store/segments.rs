@@ -129,10 +129,7 @@ pub fn scan(bytes: &[u8]) -> (Vec<Record>, Option<Torn>) {
         let kind = head[8];
         let start = at + RECORD_HEADER_BYTES;
         let Some(payload) = start.checked_add(len as usize).and_then(|end| bytes.get(start..end)) else {
-            return (
-                records,
-                torn(format!("a record of {len} bytes, but only {} follow", bytes.len() - start)),
-            );
+            return (records, torn(format!("a record of {len} bytes, but only {} follow", bytes.len() - start)));
         };
         if crc(kind, payload) != sum {
             return (records, torn("a record whose checksum does not match".to_string()));

@@ -125,10 +125,7 @@ fn empty_file_is_refused() {
     store_with_some_content(dir.path());
     std::fs::write(dir.path().join(STORE_FILE_NAME), b"").unwrap();
     let reason = corrupt_reason(RedbLog::open(dir.path(), ID, true));
-    assert!(
-        reason.contains("the file is empty (0 bytes)") && reason.contains("(or delete them)"),
-        "{reason}"
-    );
+    assert!(reason.contains("the file is empty (0 bytes)") && reason.contains("(or delete them)"), "{reason}");
     // Nothing was written: still empty, still refused.
     assert_eq!(std::fs::metadata(dir.path().join(STORE_FILE_NAME)).unwrap().len(), 0);
     corrupt_reason(RedbLog::open(dir.path(), ID, true));
@@ -206,8 +203,7 @@ fn append_raw(dir: &Path, records: &[(u8, Vec<u8>)]) {
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> =
-        std::fs::read_dir(dir.join(SEGMENT_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir.join(SEGMENT_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
     all.sort();
     all
 }
