@@ -184,8 +184,10 @@ fn failover_loses_nothing(extra: &str) -> Cluster {
     std::fs::remove_dir_all(c.dir.path().join(format!("node{}", follower + 1))).unwrap();
     c.spawn(follower);
     // It catches up from the log or, past a snapshot (cluster_snapshot_entries
-    // 100 here), from a snapshot.
-    std::thread::sleep(Duration::from_millis(1000));
+    // 100 here), from a snapshot. The leader must reach it first: its
+    // dialer backs off while the node is down (3 s, not 1: an armv7 build
+    // under qemu-user once took longer than 1 s to be reached).
+    std::thread::sleep(Duration::from_millis(3000));
     c.kill(leader);
     let last = c.leader(Duration::from_secs(10)).unwrap_or_else(|| panic!("no leader after wipe\n{}", c.logs()));
     assert!(retained_present(c.mqtt[last]), "retained message missing after a wiped node rejoined\n{}", c.logs());
