@@ -503,6 +503,23 @@ fn golden_entries() -> Vec<Entry> {
     all
 }
 
+/// What the golden stores of every format hold, read through `RedbLog`;
+/// then it keeps working as a store.
+fn check_golden_store(dir: &Path, snapshot_data: &[u8]) {
+    let log = RedbLog::open(dir, GOLDEN_ID, true).expect("the golden store still opens");
+    let all = golden_entries();
+    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (3, 6));
+    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), all[2..].to_vec());
+    assert_eq!((2..=6).map(|i| log.term(i).unwrap()).collect::<Vec<_>>(), vec![1, 2, 2, 2, 3]);
+    assert!(is_compacted(log.term(1)));
+    let state = log.initial_state().unwrap();
+    assert_eq!(state.hard_state, hard_state(3, 2, 5));
+    assert_eq!(state.conf_state, conf_state(&[1, 2, 3], &[4]));
+    assert_eq!(log.latest_snapshot().unwrap(), Some((4, 2, conf_state(&[1, 2, 3], &[]), snapshot_data.to_vec())));
+    assert_eq!(log.log_bytes(), all[4..].iter().map(size).sum::<u64>());
+    log.persist(&entries(7..=7, 3), Some(&hard_state(3, 2, 6))).unwrap();
+}
+
 #[test]
 #[ignore = "writes tests/golden/store-v1/midge.redb; run once per format version and commit the file"]
 fn write_golden_store_v1() {
@@ -541,22 +558,7 @@ fn golden_store_v1_still_reads() {
         assert_eq!(keys, vec![3, 4, 5, 6]);
     }
 
-    let log = RedbLog::open(copy.path(), GOLDEN_ID, true).expect("format v1 still opens");
-    let all = golden_entries();
-    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (3, 6));
-    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), all[2..].to_vec());
-    assert_eq!((2..=6).map(|i| log.term(i).unwrap()).collect::<Vec<_>>(), vec![1, 2, 2, 2, 3]);
-    assert!(is_compacted(log.term(1)));
-    let state = log.initial_state().unwrap();
-    assert_eq!(state.hard_state, hard_state(3, 2, 5));
-    assert_eq!(state.conf_state, conf_state(&[1, 2, 3], &[4]));
-    assert_eq!(
-        log.latest_snapshot().unwrap(),
-        Some((4, 2, conf_state(&[1, 2, 3], &[]), b"golden snapshot v1".to_vec()))
-    );
-    assert_eq!(log.log_bytes(), all[4..].iter().map(size).sum::<u64>());
-    // And it keeps working as a store.
-    log.persist(&entries(7..=7, 3), Some(&hard_state(3, 2, 6))).unwrap();
+    check_golden_store(copy.path(), b"golden snapshot v1");
 }
 
 // ---------------------------------------------------------------------------
@@ -621,21 +623,7 @@ fn golden_store_v2_still_reads() {
     let kinds: Vec<u8> = records.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, vec![1, 1, 2, 1, 1, 1, 1, 2], "entries 1-2, a hard state, entries 3-6, a hard state");
 
-    let log = RedbLog::open(copy.path(), GOLDEN_ID, true).expect("format v2 still opens");
-    let all = golden_entries();
-    assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (3, 6));
-    assert_eq!(log.entries(3, 7, None, ctx()).unwrap(), all[2..].to_vec());
-    assert_eq!((2..=6).map(|i| log.term(i).unwrap()).collect::<Vec<_>>(), vec![1, 2, 2, 2, 3]);
-    assert!(is_compacted(log.term(1)));
-    let state = log.initial_state().unwrap();
-    assert_eq!(state.hard_state, hard_state(3, 2, 5));
-    assert_eq!(state.conf_state, conf_state(&[1, 2, 3], &[4]));
-    assert_eq!(
-        log.latest_snapshot().unwrap(),
-        Some((4, 2, conf_state(&[1, 2, 3], &[]), b"golden snapshot v2".to_vec()))
-    );
-    assert_eq!(log.log_bytes(), all[4..].iter().map(size).sum::<u64>());
-    log.persist(&entries(7..=7, 3), Some(&hard_state(3, 2, 6))).unwrap();
+    check_golden_store(copy.path(), b"golden snapshot v2");
 }
 
 #[test]
