@@ -431,6 +431,10 @@ fn run<L: RaftLog + 'static>(
     if let (true, Some(f)) = (config.dynsec_plugin, &config.dynsec_file) {
         server.set_dynsec_file(f.clone());
     }
+    if config.persistence && config.persistence_min_free > 0 {
+        let dir = config.persistence_location.clone().unwrap_or_else(|| PathBuf::from("."));
+        server.set_min_free(&dir, config.persistence_min_free);
+    }
     if config.busy_poll_us > 0 {
         info!("Busy polling for {} us after each client packet (busy_poll_us).", config.busy_poll_us);
     }

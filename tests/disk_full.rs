@@ -312,3 +312,73 @@ fn a_leader_whose_disk_fills_hands_the_lead_to_a_follower() {
     assert!(alive(&c), "node 1 stopped\n{}", c.log(0));
     assert!(c.log(0).contains("The data store has room again"), "{}", c.logs());
 }
+
+/// `persistence_min_free`: a reserve. Below it midge refuses durable
+/// changes as on a full disk, from the start too, while the disk still has
+/// room; above it again, it takes them without a restart.
+#[test]
+fn persistence_min_free_keeps_a_reserve_from_the_start() {
+    if is_mosquitto() {
+        return; // a midge key
+    }
+    let tmp = tempdir();
+    let disk = tmp.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, "16m");
+    // 10 MiB taken: about 6 MiB free, below the 8 MiB reserve.
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; 10 << 20]).unwrap();
+    let health = free_port();
+    // Not waiting for a CONNECT to be accepted: none is, at first.
+    let mut b = Broker::start_opts(
+        tempdir(),
+        &format!(
+            "persistence_location {}\npersistence_min_free 8388608\nsys_interval 1\nhealth_listener {health} 127.0.0.1\n",
+            disk.display()
+        ),
+        false,
+    );
+    // Started below the reserve: clients are told why at once.
+    let mut early = Raw::connect(b.port);
+    early.send(&common::connect_v5("early", true, 60, &[]));
+    let ack = early.expect_packet(T);
+    assert_eq!((ack.header, ack.body[1]), (0x20, 0x97), "CONNACK below the reserve: {ack:02x?}");
+    assert!(health_json(health).contains("\"store_full\":true"));
+    assert!(b.log().contains("below persistence_min_free (8388608)"), "{}", b.log());
+
+    // Room again: new sessions within a few seconds (checked once a second).
+    std::fs::remove_file(&filler).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let (mut publisher, mut watcher) = loop {
+        let mut r = Raw::connect(b.port);
+        r.send(&common::connect_v5("publisher", true, 60, &[]));
+        let ack = r.expect_packet(T);
+        if ack.body[1] == 0 {
+            break (r, Raw::connect_v311(b.port, "watcher", true, 60));
+        }
+        assert!(Instant::now() < end, "still refused ({:#04x}) 10 s after space returned", ack.body[1]);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    watcher.send(&subscribe_v311(1, "live/#", 0));
+    watcher.send(&subscribe_v311(2, "$SYS/broker/store/full", 0));
+    store_full_becomes(&mut watcher, "0");
+
+    // Below the reserve again while clients are connected: QoS 1 refused
+    // (0x97), QoS 0 still delivered.
+    std::fs::write(&filler, vec![0u8; 10 << 20]).unwrap();
+    store_full_becomes(&mut watcher, "1");
+    let mut others = Vec::new();
+    publisher.send(&publish_retained_v5("kept/a", 1, b"refused"));
+    assert_eq!(puback_reason(&mut publisher, 1, T, &mut others), Some(0x97));
+    publisher.send(&common::publish_v5("live/a", 0, 0, b"qos 0 goes on"));
+    assert_eq!(next_on(&mut watcher, "live/a", T).as_deref(), Some("qos 0 goes on"));
+
+    std::fs::remove_file(&filler).unwrap();
+    store_full_becomes(&mut watcher, "0");
+    publisher.send(&publish_retained_v5("kept/a", 2, b"accepted"));
+    // 0x10: accepted, no subscriber matched.
+    assert_eq!(puback_reason(&mut publisher, 2, T, &mut others), Some(0x10));
+    assert!(b.alive(), "midge stopped:\n{}", b.log());
+    let log = b.log();
+    assert_eq!(log.matches("below persistence_min_free").count(), 2, "logged once per change:\n{log}");
+    assert_eq!(log.matches("free again (persistence_min_free").count(), 2, "{log}");
+}

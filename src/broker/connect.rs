@@ -43,6 +43,18 @@ impl Broker {
                 self.close(conn, None, now);
                 return;
             }
+            if self.store_full {
+                // Started on a full disk: the write that makes this node
+                // serve (its election) waits for room, and so does every
+                // client, with the reason a serving node gives.
+                return self.refuse(
+                    conn,
+                    reason::QUOTA_EXCEEDED,
+                    reason::V3_SERVER_UNAVAILABLE,
+                    "the data store is full",
+                    now,
+                );
+            }
             return self.refuse(
                 conn,
                 reason::SERVER_UNAVAILABLE,

@@ -741,3 +741,16 @@ fn offline_sessions_get_what_their_listeners_rules_allow() {
     assert!(!s.read_allowed(&unknown, None, "s9", None, "a/secret"));
     assert!(s.read_allowed(&b.client_scopes, None, "s0", None, "a/secret"));
 }
+
+/// A node that cannot serve because its disk is full (its election write
+/// waits for room) refuses clients with the full disk's reason, not with
+/// "not the leader": MQTT 5 0x97 Quota exceeded, 3.1.1 code 3.
+#[test]
+fn a_node_not_serving_for_a_full_disk_says_so() {
+    let mut b = broker();
+    b.set_serving(false, 1_000);
+    assert_eq!(connect(&mut b, 1, "a", Version::V5, true, 1_000).code, reason::SERVER_UNAVAILABLE);
+    b.set_store_full(true);
+    assert_eq!(connect(&mut b, 2, "b", Version::V5, true, 1_001).code, reason::QUOTA_EXCEEDED);
+    assert_eq!(connect(&mut b, 3, "c", Version::V311, true, 1_002).code, reason::V3_SERVER_UNAVAILABLE);
+}

@@ -112,6 +112,9 @@ pub struct Driver<L: RaftLog> {
     /// (every `STORE_FULL_RETRY_US`).
     store_full: Option<u64>,
     retry_due: bool,
+    /// The data store's file system has less free than
+    /// `persistence_min_free` (see `set_free_space`).
+    below_min_free: bool,
     last_transfer_ms: u64,
     /// (term, time) this node last became leader.
     leader_since: (u64, u64),
@@ -167,6 +170,7 @@ impl<L: RaftLog> Driver<L> {
             writing: false,
             store_full: None,
             retry_due: false,
+            below_min_free: false,
             last_transfer_ms: 0,
             leader_since: (0, 0),
             advertised: HashMap::new(),
@@ -347,7 +351,35 @@ impl<L: RaftLog> Driver<L> {
     /// refuses what needs a new durable write, and the write is tried
     /// again every `STORE_FULL_RETRY_US`).
     pub fn store_full(&self) -> bool {
-        self.store_full.is_some()
+        self.store_full.is_some() || self.below_min_free
+    }
+
+    /// The runtime's look at the data store's file system (once a second,
+    /// with `persistence_min_free` set): `free` bytes are free to this
+    /// process, `min_free` must stay. Below it the broker refuses durable
+    /// changes as on a full disk (0x97), and a leader hands the lead to a
+    /// caught-up follower; raft's own writes go on, into the reserve.
+    /// Logged once per change.
+    pub fn set_free_space(&mut self, free: u64, min_free: u64) {
+        let below = free < min_free;
+        if below == self.below_min_free {
+            return;
+        }
+        self.below_min_free = below;
+        if below {
+            log::error!(
+                "The data store's file system has {free} bytes free, below persistence_min_free ({min_free}): \
+                 refusing changes that need a durable write (MQTT 5 clients get 0x97 Quota exceeded) until there \
+                 is room."
+            );
+        } else {
+            log::warn!(
+                "The data store's file system has {free} bytes free again (persistence_min_free {min_free}): \
+                 durable changes are accepted again."
+            );
+        }
+        let refusing = self.store_full();
+        self.node.broker.set_store_full(refusing);
     }
 
     /// Timers and Ready passes: a raft tick when due (and the upkeep that
@@ -442,7 +474,7 @@ impl<L: RaftLog> Driver<L> {
                 if self.store_full.take().is_some() {
                     self.retry_due = false;
                     log::warn!("The data store has room again: durable changes are accepted again.");
-                    self.node.broker.set_store_full(false);
+                    self.node.broker.set_store_full(self.below_min_free);
                 }
                 Ok(())
             }
@@ -594,7 +626,8 @@ impl<L: RaftLog> Driver<L> {
         if node.is_leader() && self.leader_since.0 != node.term() {
             self.leader_since = (node.term(), now_ms);
         }
-        if self.store_full.is_some() && node.is_leader() && now_ms.saturating_sub(self.last_transfer_ms) > 3_000 {
+        let refusing = self.store_full.is_some() || self.below_min_free;
+        if refusing && node.is_leader() && now_ms.saturating_sub(self.last_transfer_ms) > 3_000 {
             // A leader whose disk is full refuses every durable change its
             // clients ask for, although the others could commit them: it
             // hands the lead to a caught-up follower (one whose disk takes
@@ -602,7 +635,8 @@ impl<L: RaftLog> Driver<L> {
             let me = node.id();
             let to = node.conf_state().voters.iter().copied().find(|&id| id != me && node.caught_up(id));
             if let Some(to) = to {
-                log::warn!("The data store is full: handing leadership to node {to}.");
+                let why = if self.store_full.is_some() { "is full" } else { "is below persistence_min_free" };
+                log::warn!("The data store {why}: handing leadership to node {to}.");
                 self.last_transfer_ms = now_ms;
                 node.transfer_leader(to);
             }
@@ -631,7 +665,8 @@ impl<L: RaftLog> Driver<L> {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("lag".into(), lag.into());
-            o.insert("store_full".into(), self.store_full.is_some().into());
+            o.insert("store_full".into(), self.store_full().into());
+            o.insert("below_min_free".into(), self.below_min_free.into());
             o.insert("batching".into(), serde_json::to_value(self.node.stats).unwrap_or_default());
         }
         (st.serving, v.to_string())

@@ -838,8 +838,16 @@ impl<L: RaftLog> Node<L> {
     /// staying until traffic brings the next snapshot. A follower that
     /// lags then catches up by snapshot. Called per tick.
     pub fn snapshot_if_idle(&mut self, now_ms: u64) -> Result<(), NodeError> {
+        if self.last_apply_ms == 0 {
+            // Just started: idle from now on, not since 1970 (a snapshot
+            // of the state before the log's replay would free nothing and
+            // write at once, on a full disk too).
+            self.last_apply_ms = now_ms.max(1);
+            return Ok(());
+        }
         let store = self.raw.store();
         if now_ms.saturating_sub(self.last_apply_ms) < IDLE_SNAPSHOT_MS
+            || self.applied < self.raw.raft.raft_log.committed
             || store.older_segments() == 0
             || store.writing()
             || !self.applied_early.is_empty()

@@ -73,6 +73,7 @@ pub(super) const SUPPORTED_KEYS: &[&str] = &[
     "persistence_fsync",
     "persistence_batch_window_ms",
     "persistence_location",
+    "persistence_min_free",
     "persistent_client_expiration",
     "pid_file",
     "plugin",

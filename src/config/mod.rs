@@ -358,6 +358,10 @@ pub struct Config {
     /// may wait for more messages while the clients it answered are quiet
     /// (default 0: never; 5 for SD cards with many low-rate devices).
     pub persistence_batch_window_ms: u64,
+    /// `persistence_min_free`: bytes the data store's file system keeps
+    /// free; below them the node refuses durable changes as on a full disk
+    /// (0: off, the default).
+    pub persistence_min_free: u64,
     /// `connection NAME` blocks: bridges to upstream brokers, in file order.
     pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// The file this configuration was read from.
@@ -412,6 +416,7 @@ impl Default for Config {
             cluster: ClusterTiming::default(),
             persistence_fsync: true,
             persistence_batch_window_ms: 0,
+            persistence_min_free: 0,
             bridges: Vec::new(),
             cluster_tls: None,
             cluster_join: false,

@@ -673,6 +673,7 @@ impl Parser {
             }
             "persistence_fsync" => self.cfg.persistence_fsync = self.bool_opt(key, rest)?,
             "persistence_batch_window_ms" => self.cfg.persistence_batch_window_ms = self.num_opt(key, rest, 0, 100)?,
+            "persistence_min_free" => self.cfg.persistence_min_free = self.num_opt(key, rest, 0, u64::MAX)?,
             "cluster_join" => self.cfg.cluster_join = self.bool_opt(key, rest)?,
             // Harmless Mosquitto options: checked, then ignored with a warning.
             "autosave_interval" | "autosave_on_changes" => {

@@ -31,9 +31,10 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut sock = Some(first);
         let closed_mode = self.clustered && self.mode == FollowerMode::Closed;
         // A single node accepts clients once it serves (a few ms after
-        // start), so the first CONNECT is never refused.
+        // start), so the first CONNECT is never refused; or at once when
+        // its disk is full (then its clients learn why: 0x97).
         if !self.clustered {
-            while !self.driver.borrow().broker().serving() {
+            while !self.driver.borrow().broker().serving() && !self.driver.borrow().store_full() {
                 smol::Timer::after(Duration::from_millis(5)).await;
             }
         }

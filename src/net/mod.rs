@@ -245,6 +245,9 @@ pub struct Server<L: RaftLog> {
     dynsec_file: RefCell<Option<std::path::PathBuf>>,
     /// The bridges (`connection` blocks), each with its task.
     bridges: RefCell<Vec<Rc<bridge::BridgeIo>>>,
+    /// `persistence_min_free`: the data store's directory and the bytes
+    /// its file system keeps free (see `check_free_space`).
+    min_free: RefCell<Option<(std::ffi::CString, u64)>>,
 }
 
 /// The cluster group of `cluster_mode dynsec_sync`, with its own bell and
@@ -384,12 +387,40 @@ impl<L: RaftLog + 'static> Server<L> {
             spare_fresh: Cell::default(),
             dynsec_file: RefCell::new(None),
             bridges: RefCell::new(Vec::new()),
+            min_free: RefCell::new(None),
         })
     }
 
     /// The dynamic security file to keep in step with the replicated data.
     pub fn set_dynsec_file(&self, path: std::path::PathBuf) {
         *self.dynsec_file.borrow_mut() = Some(path);
+    }
+
+    /// `persistence_min_free`: from now on, and once a second, the free
+    /// space of `dir`'s file system is compared with `bytes`
+    /// (`Driver::set_free_space`).
+    pub fn set_min_free(&self, dir: &std::path::Path, bytes: u64) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return };
+        *self.min_free.borrow_mut() = Some((path, bytes));
+        self.check_free_space();
+    }
+
+    fn check_free_space(&self) {
+        let guard = self.min_free.borrow();
+        let Some((path, min_free)) = guard.as_ref() else { return };
+        // SAFETY: `path` is a NUL-terminated string; `st` is written by
+        // the call before it is read.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            // Not measurable now (the directory moved?): no change.
+            return;
+        }
+        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        self.driver.borrow_mut().set_free_space(free, *min_free);
+        if let Some(g) = &self.group {
+            g.driver.borrow_mut().set_free_space(free, *min_free);
+        }
     }
 
     /// Start a task for each bridge; each connects while this node serves.
@@ -1036,6 +1067,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let mut ticks = 0u64;
         loop {
             smol::Timer::after(Duration::from_millis(1000)).await;
+            self.check_free_space();
             self.with_broker(|b, now| b.tick(now));
             // A lone node's raft tick rides on this wake-up (see
             // `Driver::next_wake_us`): no timer of its own.
