@@ -30,8 +30,8 @@ mod retained_replay;
 mod snapshot;
 
 pub use bridge::{BridgeMsg, BridgeQueue};
+use retained_replay::window_free;
 pub use retained_replay::RetainedCursor;
-use retained_replay::{queue_room, window_free};
 
 pub use super::command::{
     AckKind, Command, DynsecStep, DynsecTag, Effect, Entry, StepResult, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
@@ -483,9 +483,9 @@ impl State {
         let sub_ids: Vec<u32> = r.entry.sub_id.into_iter().collect();
         // To an online session, the messages that go at QoS 0 are a replay
         // the serving broker paces by the client's reading (nothing durable
-        // changes); those at QoS 1/2 a replay that fills the session's
-        // window and queue up to max_queued_* and goes on as the client
-        // acknowledges (`state/retained_replay.rs`).
+        // changes); those at QoS 1/2 a replay into the session's free
+        // window slots that goes on as the client acknowledges
+        // (`state/retained_replay.rs`).
         if self.sessions.get(client).is_some_and(|s| s.online) {
             out.push(Effect::RetainedReplay {
                 client: client.clone(),
@@ -685,7 +685,7 @@ impl State {
             out.push(Effect::Deliver { client: client.clone(), packet_id: Some(pid), delivery: d, dup: false });
             return;
         }
-        if !queue_room(s, cost, lim) {
+        if s.queue.len() >= lim.queued_messages_max as usize || s.queue.bytes + cost > lim.queued_bytes_max {
             out.push(Effect::QueueFull { client: client.clone() });
             return;
         }

@@ -1,17 +1,21 @@
 //! Retained messages replayed at QoS 1/2 on SUBSCRIBE, resumable: a
 //! cursor per subscription over the retained store hands messages to the
-//! session's window and queue while they fit under `max_queued_messages` /
-//! `max_queued_bytes`, and goes on as the client's acknowledgements free
-//! room. So a client that subscribes at QoS 1 to `#` over 100,000 retained
-//! messages gets all of them, as fast as it acknowledges, and midge holds
-//! at most the queue bound for it meanwhile. (The QoS 0 part of a replay is
-//! the serving broker's, paced by output bytes: `broker/replay.rs`.)
+//! session's free window slots, and goes on as the client's
+//! acknowledgements free more. So a client that subscribes at QoS 1 to `#`
+//! over 100,000 retained messages gets all of them, as fast as it
+//! acknowledges, and midge holds at most its window for it meanwhile. (The
+//! QoS 0 part of a replay is the serving broker's, paced by output bytes:
+//! `broker/replay.rs`.)
+//!
+//! The replay never takes room in the session's queue: there, bounded by
+//! max_queued_*, live messages wait, and they go first (a replay that kept
+//! the queue full would have them dropped for as long as it lasts).
 //!
 //! The cursors are durable state, applied on every node and carried by the
-//! snapshot (since format 4), as the queue and window they feed are: a
-//! replay survives a failover and a reconnect of a persistent session.
-//! Nothing here reads a clock or does I/O; retained topics are visited in
-//! their (BTreeMap) order, so every node hands out the same messages.
+//! snapshot (since format 4), as the window they feed is: a replay
+//! survives a failover and a reconnect of a persistent session. Nothing
+//! here reads a clock or does I/O; retained topics are visited in their
+//! (BTreeMap) order, so every node hands out the same messages.
 //!
 //! A retained message that changes during the replay is sent as it is
 //! when the cursor reaches it. The ACL is checked as each message is
@@ -59,11 +63,6 @@ pub(super) fn window_free(s: &Session) -> bool {
     s.online && s.queue.is_empty() && s.unsent.is_empty() && s.inflight.len() < s.window as usize
 }
 
-/// Whether a delivery of `cost` bytes fits the session's queue.
-pub(super) fn queue_room(s: &Session, cost: u64, lim: &ApplyLimits) -> bool {
-    s.queue.len() < lim.queued_messages_max as usize && s.queue.bytes + cost <= lim.queued_bytes_max
-}
-
 impl State {
     /// The retained replays at QoS 1/2 in progress, by client id.
     pub fn retained_replays(&self) -> &std::collections::BTreeMap<Rc<str>, Vec<RetainedCursor>> {
@@ -94,10 +93,10 @@ impl State {
         }
     }
 
-    /// Hand `client`'s replays on to its window and queue while the next
-    /// message fits (`window_free` or `queue_room`). Call after the window
-    /// was filled from the queue. Only for an online session with nothing
-    /// left to resend: an offline one goes on when it reconnects.
+    /// Hand `client`'s replays on to its free window slots (`window_free`:
+    /// nothing queued, nothing to resend). Call after the window was
+    /// filled from the queue. Only for an online session: an offline one
+    /// goes on when it reconnects.
     pub(super) fn pull_retained(
         &mut self,
         client: &Rc<str>,
@@ -110,7 +109,7 @@ impl State {
             self.retained_replays.remove(client);
             return;
         };
-        if !s.online || !s.unsent.is_empty() || !self.retained_replays.contains_key(client) {
+        if !window_free(s) || !self.retained_replays.contains_key(client) {
             return;
         }
         let username = s.username.clone();
@@ -152,8 +151,7 @@ impl State {
                 }
                 break; // the scan bound: an acknowledgement resumes it
             };
-            let Some(s) = self.sessions.get(client) else { break };
-            if !window_free(s) && !queue_room(s, m.cost_bytes(), lim) {
+            if !self.sessions.get(client).is_some_and(|s| window_free(s)) {
                 break; // no room: an acknowledgement resumes it
             }
             c.after = Some(m.topic.clone());
