@@ -116,12 +116,16 @@ impl State {
         let Some(mut list) = self.retained_replays.remove(client) else { return };
         let mut scanned = 0usize;
         while let Some(c) = list.first_mut() {
+            let Some(s) = self.sessions.get(client) else { break };
+            if !window_free(s) {
+                break; // no room: an acknowledgement resumes it
+            }
+            let bounded = !s.inflight.is_empty();
             let prefix = literal_prefix(&c.filter);
             let exact = prefix.len() == c.filter.len();
             // Look for the next message to hand out.
             let mut next: Option<Message> = None;
             let mut done = true;
-            let bounded = self.sessions.get(client).is_some_and(|s| !s.inflight.is_empty());
             let start = match &c.after {
                 Some(t) => Bound::Excluded(&**t),
                 None => Bound::Included(prefix),
@@ -151,9 +155,6 @@ impl State {
                 }
                 break; // the scan bound: an acknowledgement resumes it
             };
-            if !self.sessions.get(client).is_some_and(|s| window_free(s)) {
-                break; // no room: an acknowledgement resumes it
-            }
             c.after = Some(m.topic.clone());
             // Retained messages sent on subscribe carry retain = 1
             // [MQTT-3.3.1-8].
