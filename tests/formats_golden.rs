@@ -2,10 +2,12 @@
 //! entry's command batch and a state snapshot, in every version this
 //! release reads (tests/golden/state-v1: batch and state format 1;
 //! state-v2: batch and state format 2, with dynamic security; state-v3:
-//! batch and state format 3, with the cluster id and a bridge's queue). A later
-//! release must still decode these bytes to the same values. Regenerate
-//! only the current version's files, only when its format version is
-//! bumped — and then keep the old files and a reader for them:
+//! batch and state format 3, with the cluster id and a bridge's queue;
+//! state-v4: state format 4, with a retained replay in progress — the
+//! commands did not change in format 4, and batches stay at version 3). A
+//! later release must still decode these bytes to the same values.
+//! Regenerate only the current version's files, only when its format
+//! version is bumped — and then keep the old files and a reader for them:
 //! `MIDGE_WRITE_GOLDEN=1 cargo test --test formats_golden`.
 
 use std::path::Path;
@@ -147,15 +149,18 @@ fn entries_v2() -> Vec<Entry> {
 
 fn golden(dir: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(dir).join(name);
-    if std::env::var("MIDGE_WRITE_GOLDEN").is_ok() && dir == CURRENT {
+    let current = (dir, name) == (CURRENT_BATCH, "batch.bin") || (dir, name) == (CURRENT_SNAPSHOT, "snapshot.bin");
+    if std::env::var("MIDGE_WRITE_GOLDEN").is_ok() && current {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
     }
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The directory of the formats this release writes.
-const CURRENT: &str = "state-v3";
+/// The directories of the formats this release writes: command batches
+/// (`BATCH_FORMAT_VERSION`) and state snapshots (`STATE_FORMAT_VERSION`).
+const CURRENT_BATCH: &str = "state-v3";
+const CURRENT_SNAPSHOT: &str = "state-v4";
 
 #[test]
 fn command_batch_v1_still_decodes() {
@@ -237,20 +242,17 @@ fn command_batch_v3_still_decodes() {
     assert_eq!(BATCH_FORMAT_VERSION, 3);
     let es = entries_v3();
     let bytes = encode_batch(&es);
-    let gold = golden(CURRENT, "batch.bin", &bytes);
+    let gold = golden(CURRENT_BATCH, "batch.bin", &bytes);
     assert_eq!(decode_batch(&gold).expect("golden batch decodes"), es);
     assert_eq!(bytes, gold, "the batch encoding changed: bump BATCH_FORMAT_VERSION and keep a reader for v3");
 }
 
 #[test]
 fn state_snapshot_v3_still_restores() {
-    assert_eq!(STATE_FORMAT_VERSION, 3);
-    let st = applied_state(&entries_v3());
-    assert_eq!(st.cluster_id(), CLUSTER_ID, "the first cluster id applied wins");
-    let bytes = st.snapshot();
-    let gold = golden(CURRENT, "snapshot.bin", &bytes);
+    let gold = golden("state-v3", "snapshot.bin", &[]);
+    assert_eq!(gold[0], 3, "format 3");
     let restored = State::restore(&gold).expect("golden snapshot restores");
-    assert_eq!(restored.snapshot(), gold);
+    assert_eq!(restored.snapshot(), applied_state(&entries_v3()).snapshot(), "the same state as format 3 held");
     assert_eq!(restored.cluster_id(), CLUSTER_ID);
     assert!(restored.dynsec().is_some_and(|d| d.clients.contains_key("dave")));
     let q = restored.bridge_queue("cloud").expect("the bridge's queue");
@@ -266,7 +268,82 @@ fn state_snapshot_v3_still_restores() {
         "two of three acknowledged upstream; the retained one, and again on connect"
     );
     assert_eq!(q.next_seq, 5);
-    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v3");
+    assert!(restored.retained_replays().is_empty(), "format 3 has no retained replays");
+}
+
+/// Retained messages `c/0`.. (QoS 1, no properties) in format 4's entries.
+const REPLAYED: usize = 5;
+
+/// Format 4: format 3's entries, then `REPLAYED` retained QoS 1 messages
+/// and a persistent session with a window of 1 that subscribes to `c/#`
+/// at QoS 1 and acknowledges its first message: the second in flight, the
+/// rest behind a cursor after `c/1`.
+fn entries_v4() -> Vec<Entry> {
+    let mut es = entries_v3();
+    let t = 1_700_000_003_000;
+    for i in 0..REPLAYED {
+        let mut m = msg(&format!("c/{i}"), b"c", QoS::AtLeastOnce, true);
+        m.props = None;
+        m.expires_at_ms = None;
+        es.push(Entry { now_ms: t + i as u64, cmd: Command::Publish { msg: m, from: None, offline_only: false } });
+    }
+    let t = t + 1_000;
+    es.push(Entry {
+        now_ms: t,
+        cmd: Command::Connect {
+            client: Rc::from("slow"),
+            username: None,
+            clean_start: true,
+            expiry_secs: 600,
+            window: 1,
+            will: None,
+        },
+    });
+    let opts = SubOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    };
+    es.push(Entry {
+        now_ms: t + 1,
+        cmd: Command::Subscribe {
+            client: Rc::from("slow"),
+            packet_id: 1,
+            reqs: vec![SubscribeReq {
+                filter: "c/#".into(),
+                entry: SubEntry { opts: SubOptionsRepr::from_opts(opts), sub_id: Some(11) },
+            }],
+            codes: vec![1],
+        },
+    });
+    es.push(Entry {
+        now_ms: t + 2,
+        cmd: Command::Acked { client: Rc::from("slow"), acks: vec![(1, AckKind::PubAck)] },
+    });
+    es
+}
+
+#[test]
+fn state_snapshot_v4_still_restores() {
+    assert_eq!(STATE_FORMAT_VERSION, 4);
+    let st = applied_state(&entries_v4());
+    let bytes = st.snapshot();
+    let gold = golden(CURRENT_SNAPSHOT, "snapshot.bin", &bytes);
+    assert_eq!(gold[0], 4, "format 4");
+    let restored = State::restore(&gold).expect("golden snapshot restores");
+    assert_eq!(restored.snapshot(), gold);
+    assert_eq!(restored.cluster_id(), CLUSTER_ID);
+    assert!(restored.bridge_queue("cloud").is_some());
+    let slow = &restored.sessions()["slow"];
+    assert_eq!(slow.inflight.len(), 1);
+    assert!(slow.queue.is_empty(), "a replay takes no queue room");
+    let replays = &restored.retained_replays()["slow"];
+    assert_eq!(replays.len(), 1);
+    let c = &replays[0];
+    assert_eq!((c.filter.as_str(), c.sub_qos, c.sub_ids.as_slice()), ("c/#", QoS::AtLeastOnce, &[11][..]));
+    assert_eq!(c.after.as_deref(), Some("c/1"), "c/0 acknowledged, c/1 in flight");
+    assert_eq!(bytes, gold, "the snapshot encoding changed: bump STATE_FORMAT_VERSION and keep a reader for v4");
 }
 
 #[test]

@@ -29,7 +29,12 @@ use crate::mqtt::QoS;
 /// `Command::BridgeConnected` appended; the
 /// snapshot ends with the cluster id (u128) and the bridges' queues.
 /// Version 2 entries and snapshots still decode (cluster id 0, no queues).
-pub const STATE_FORMAT_VERSION: u16 = 3;
+///
+/// 4: the snapshot ends with the retained replays at QoS 1/2 in progress
+/// (`RetainedCursor`s by client id). `Command` is unchanged (its batches
+/// stay at `BATCH_FORMAT_VERSION` 3). Version 3 snapshots still decode (no
+/// replays in progress).
+pub const STATE_FORMAT_VERSION: u16 = 4;
 
 /// Oldest snapshot format this midge reads.
 pub const STATE_FORMAT_VERSION_MIN: u16 = 1;

@@ -25,16 +25,19 @@ impl Broker {
     /// (PUBACK, PUBCOMP, a discarded delivery), none of which the broker
     /// waits for to send anything: they may wait for the next write (see
     /// `Node::lazy_deferred`). PUBREC is not: the PUBREL waits for it; nor
-    /// is the acknowledgement of a client with messages queued.
+    /// is the acknowledgement of a client with messages queued or a
+    /// retained replay at QoS 1/2 in progress.
     /// Returns when the oldest of them arrived (wall ms).
     pub fn proposals_deferrable(&self) -> Option<u64> {
         let deferrable = self.proposals_applied == 0
             && self.proposals.iter().all(|e| match &e.cmd {
-                // Not when messages queue for the client: they wait for
-                // the room in its window that the acknowledgement makes.
+                // Not when messages queue for the client, or its retained
+                // replay goes on: they wait for the room in its window
+                // that the acknowledgement makes.
                 Command::Acked { client, acks } => {
                     acks.iter().all(|(_, k)| !matches!(k, super::AckKind::PubRec))
                         && self.state.sessions().get(client).is_none_or(|s| s.queue.is_empty())
+                        && !self.state.retained_replays().contains_key(client)
                 }
                 _ => false,
             });

@@ -5,8 +5,9 @@
 //! (`Broker::written`). So a client that subscribes to `#` over 100,000
 //! retained messages gets all of them, as fast as it reads, and midge
 //! holds at most the output bound for it meanwhile. Nothing durable
-//! changes here: the replay at QoS 1/2 goes through the session's window
-//! and queue in `State::apply`.
+//! changes here: the replay at QoS 1/2 is a durable cursor that feeds the
+//! session's window as the client acknowledges
+//! (`state/retained_replay.rs`).
 //!
 //! A retained message that changes during the replay is sent as it is
 //! when the cursor reaches it (a client may then see a new value live and

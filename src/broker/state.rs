@@ -26,9 +26,12 @@ use super::tree::{SubEntry, TopicTree};
 use crate::mqtt::{topic, QoS};
 
 mod bridge;
+mod retained_replay;
 mod snapshot;
 
 pub use bridge::{BridgeMsg, BridgeQueue};
+use retained_replay::window_free;
+pub use retained_replay::RetainedCursor;
 
 pub use super::command::{
     AckKind, Command, DynsecStep, DynsecTag, Effect, Entry, StepResult, SubscribeReq, WillMsg, STATE_FORMAT_VERSION,
@@ -191,6 +194,10 @@ pub struct State {
     /// Each bridge's messages for its upstream broker, by connection name.
     /// Since format 3.
     bridges: BTreeMap<Rc<str>, BridgeQueue>,
+    /// Retained replays at QoS 1/2 in progress, by client id, in
+    /// SUBSCRIBE order: at most one per subscription of the session
+    /// (`state/retained_replay.rs`). Since format 4.
+    retained_replays: BTreeMap<Rc<str>, Vec<RetainedCursor>>,
     /// An empty vector kept for `publish`'s routing (not state: always
     /// empty between calls).
     route_scratch: Vec<(Rc<str>, Delivery)>,
@@ -290,6 +297,7 @@ impl State {
                 out.push(Effect::Connected { client: client.clone(), session_present: present });
                 if present {
                     self.resend(client, now, out);
+                    self.pull_retained(client, now, lim, acl, out);
                 }
             }
             Command::Disconnect { client, will, expiry_secs } => {
@@ -314,6 +322,7 @@ impl State {
                     if existed {
                         let (share, tf) = split_share(f);
                         self.tree.remove(tf, share, client);
+                        self.stop_retained_replay(client, f);
                     }
                     codes.push(if existed { 0x00 } else { 0x11 });
                 }
@@ -378,6 +387,7 @@ impl State {
                     }
                 }
                 self.fill_window(client, now, out);
+                self.pull_retained(client, now, lim, acl, out);
             }
             Command::Tick => self.tick(now, lim, acl, out),
             Command::LeaderStart { node, term } => {
@@ -459,6 +469,10 @@ impl State {
         let existed = s.subs.insert(r.filter.clone(), r.entry).is_some();
         let (share, tf) = split_share(&r.filter);
         self.tree.insert(tf, share, client, r.entry);
+        // A replay of the subscription this one replaces ends with it.
+        if existed {
+            self.stop_retained_replay(client, &r.filter);
+        }
         // Retained messages are not sent for shared subscriptions
         // [MQTT-3.8.4-4 v5: "Retain Handling ... shared"]; per Retain Handling otherwise.
         let rh = r.entry.opts.retain_handling();
@@ -466,44 +480,48 @@ impl State {
             return;
         }
         let sub_qos = r.entry.opts.qos();
+        let sub_ids: Vec<u32> = r.entry.sub_id.into_iter().collect();
         // To an online session, the messages that go at QoS 0 are a replay
         // the serving broker paces by the client's reading (nothing durable
-        // changes); those at QoS 1/2 go into the session's window and
-        // queue here, bounded by max_queued_*.
-        let paced = s.online;
-        if paced {
+        // changes); those at QoS 1/2 a replay into the session's free
+        // window slots that goes on as the client acknowledges
+        // (`state/retained_replay.rs`).
+        if self.sessions.get(client).is_some_and(|s| s.online) {
             out.push(Effect::RetainedReplay {
                 client: client.clone(),
                 filter: tf.to_string(),
                 sub_qos,
-                sub_ids: r.entry.sub_id.into_iter().collect(),
+                sub_ids: sub_ids.clone(),
             });
-            if sub_qos == QoS::AtMostOnce {
-                return;
+            if sub_qos != QoS::AtMostOnce {
+                let c = RetainedCursor { filter: r.filter.clone(), sub_qos, sub_ids, after: None };
+                self.start_retained_replay(client, c, now, lim, acl, out);
             }
+            return;
         }
-        let wanted = |m: &Message| !(m.expired(now) || paced && m.qos == QoS::AtMostOnce);
+        // An offline session (a SUBSCRIBE applied after its connection
+        // ended): queued now, bounded by max_queued_*.
         let mut matches: Vec<Message> = Vec::new();
         if tf.contains(['+', '#']) {
             for (t, m) in &self.retained {
-                if topic::matches(tf, t) && wanted(m) {
+                if topic::matches(tf, t) && !m.expired(now) {
                     matches.push(m.clone());
                 }
             }
         } else if let Some(m) = self.retained.get(tf) {
-            if wanted(m) {
+            if !m.expired(now) {
                 matches.push(m.clone());
             }
         }
-        let username = s.username.clone();
+        let username = self.sessions.get(client).and_then(|s| s.username.clone());
         for m in matches {
             if !acl(client, username.as_deref(), &m.topic) {
                 continue;
             }
             // Retained messages sent on subscribe carry retain = 1
             // [MQTT-3.3.1-8].
-            let qos = m.qos.min(r.entry.opts.qos());
-            let d = Delivery { qos, retain: true, sub_ids: r.entry.sub_id.into_iter().collect(), msg: m };
+            let qos = m.qos.min(sub_qos);
+            let d = Delivery { qos, retain: true, sub_ids: sub_ids.clone(), msg: m };
             self.enqueue(client, d, now, lim, out);
         }
     }
@@ -660,12 +678,7 @@ impl State {
             }
         }
         let cost = d.msg.cost_bytes();
-        if s.online
-            && s.queue.is_empty()
-            && s.unsent.is_empty()
-            && d.qos != QoS::AtMostOnce
-            && s.inflight.len() < s.window as usize
-        {
+        if d.qos != QoS::AtMostOnce && window_free(s) {
             let pid = next_pid(s);
             s.inflight.insert(pid, Outbound::Publish(d.clone()));
             self.stored_bytes += cost;
@@ -778,6 +791,7 @@ impl State {
     fn end_session(&mut self, client: &Rc<str>, now: u64, lim: &ApplyLimits, acl: AclCheck, out: &mut Vec<Effect>) {
         self.publish_will(client, now, lim, acl, out);
         let Some(s) = self.sessions.remove(client) else { return };
+        self.retained_replays.remove(client);
         for f in s.subs.keys() {
             let (share, tf) = split_share(f);
             self.tree.remove(tf, share, client);

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    split_share, BridgeQueue, Delivery, Outbound, Queue, Session, SessionWill, State, WillMsg, STATE_FORMAT_VERSION,
-    STATE_FORMAT_VERSION_MIN,
+    split_share, BridgeQueue, Delivery, Outbound, Queue, RetainedCursor, Session, SessionWill, State, WillMsg,
+    STATE_FORMAT_VERSION, STATE_FORMAT_VERSION_MIN,
 };
 use crate::broker::lazy::Lazy;
 use crate::broker::message::Message;
@@ -108,6 +108,8 @@ struct SnapshotOut<'a> {
     cluster_id: u128,
     /// Since format 3.
     bridges: &'a BTreeMap<Rc<str>, BridgeQueue>,
+    /// Since format 4.
+    retained_replays: &'a BTreeMap<Rc<str>, Vec<RetainedCursor>>,
 }
 
 /// Format 1: format 2 without `dynsec`.
@@ -133,6 +135,20 @@ struct SnapshotInV2 {
     dynsec: Option<DynsecState>,
 }
 
+/// Format 3: format 4 without `retained_replays`.
+#[derive(Deserialize)]
+struct SnapshotInV3 {
+    #[allow(dead_code)] // checked before decoding the rest
+    version: u16,
+    applied_commands: u64,
+    sessions: BTreeMap<Rc<str>, Box<Session>>,
+    retained: BTreeMap<Rc<str>, Message>,
+    peer_addrs: BTreeMap<u64, String>,
+    dynsec: Option<DynsecState>,
+    cluster_id: u128,
+    bridges: BTreeMap<Rc<str>, BridgeQueue>,
+}
+
 #[derive(Deserialize)]
 struct SnapshotIn {
     #[allow(dead_code)] // checked before decoding the rest
@@ -144,6 +160,7 @@ struct SnapshotIn {
     dynsec: Option<DynsecState>,
     cluster_id: u128,
     bridges: BTreeMap<Rc<str>, BridgeQueue>,
+    retained_replays: BTreeMap<Rc<str>, Vec<RetainedCursor>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -178,6 +195,7 @@ impl State {
             dynsec: self.dynsec.as_deref(),
             cluster_id: self.cluster_id,
             bridges: &self.bridges,
+            retained_replays: &self.retained_replays,
         };
         postcard::to_allocvec(&out).unwrap_or_default()
     }
@@ -204,6 +222,7 @@ impl State {
                     dynsec: None,
                     cluster_id: 0,
                     bridges: BTreeMap::new(),
+                    retained_replays: BTreeMap::new(),
                 }
             }
             2 => {
@@ -217,6 +236,21 @@ impl State {
                     dynsec: v2.dynsec,
                     cluster_id: 0,
                     bridges: BTreeMap::new(),
+                    retained_replays: BTreeMap::new(),
+                }
+            }
+            3 => {
+                let v3: SnapshotInV3 = postcard::from_bytes(bytes).map_err(decode_err)?;
+                SnapshotIn {
+                    version: 3,
+                    applied_commands: v3.applied_commands,
+                    sessions: v3.sessions,
+                    retained: v3.retained,
+                    peer_addrs: v3.peer_addrs,
+                    dynsec: v3.dynsec,
+                    cluster_id: v3.cluster_id,
+                    bridges: v3.bridges,
+                    retained_replays: BTreeMap::new(),
                 }
             }
             STATE_FORMAT_VERSION => postcard::from_bytes(bytes).map_err(decode_err)?,
@@ -241,6 +275,10 @@ impl State {
         st.stored_bytes = s.retained.values().fold(st.stored_bytes, |a, m| a.saturating_add(m.cost_bytes()));
         st.stored_bytes = s.bridges.values().fold(st.stored_bytes, |a, q| a.saturating_add(q.bytes()));
         st.bridges = s.bridges;
+        // (A replay of no session, or an empty list, is never written; one
+        // read is dropped rather than trusted.)
+        st.retained_replays = s.retained_replays;
+        st.retained_replays.retain(|c, list| !list.is_empty() && sessions.contains_key(c));
         st.sessions = sessions;
         st.retained = s.retained;
         st.peer_addrs = s.peer_addrs;
