@@ -382,3 +382,66 @@ fn persistence_min_free_keeps_a_reserve_from_the_start() {
     assert_eq!(log.matches("below persistence_min_free").count(), 2, "logged once per change:\n{log}");
     assert_eq!(log.matches("free again (persistence_min_free").count(), 2, "{log}");
 }
+
+/// Fills `path` until the file system refuses (ENOSPC).
+fn fill_up(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "filling {}: {e}", path.display());
+            return;
+        }
+    }
+}
+
+/// The store's writes outside the log (a leader's snapshot installed by a
+/// follower, a membership change's conf state) meet a full disk as the
+/// log's appends do: `StoreError::Full`, nothing half written, and the
+/// store takes the same write once there is room (before, the store
+/// refused every later write and the node stopped with exit status 70).
+#[test]
+fn snapshot_and_membership_writes_wait_for_room() {
+    use midge::store::{RaftLog, RedbLog, StoreError, StoreIdentity};
+    use raft::eraftpb::{ConfState, Snapshot};
+    use raft::Storage;
+    if is_mosquitto() {
+        return; // midge's store
+    }
+    let tmp = tempdir();
+    let disk = tmp.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, "4m");
+    let id = StoreIdentity { cluster_id: 0, node_id: 1 };
+    let cs = |voters: &[u64]| ConfState { voters: voters.to_vec(), ..Default::default() };
+    let log = RedbLog::open(&disk, id, true).unwrap();
+    log.set_conf_state(&cs(&[1])).unwrap();
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = 20;
+    snap.mut_metadata().term = 2;
+    snap.mut_metadata().set_conf_state(cs(&[1, 2]));
+    snap.data = vec![7u8; 1 << 20].into();
+
+    let filler = disk.join("filler");
+    fill_up(&filler);
+    match log.install_snapshot(&snap) {
+        Err(StoreError::Full(why)) => assert!(why.contains("No space left"), "{why}"),
+        other => panic!("install_snapshot on a full disk: {other:?}"),
+    }
+    // A small write may fit in the file's free pages, or not: either way
+    // the store is not broken by it.
+    match log.set_conf_state(&cs(&[1, 2, 3])) {
+        Ok(()) | Err(StoreError::Full(_)) => {}
+        Err(e) => panic!("set_conf_state on a full disk: {e}"),
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    log.install_snapshot(&snap).unwrap();
+    log.set_conf_state(&cs(&[1, 2, 3])).unwrap();
+    drop(log);
+    let log = RedbLog::open(&disk, id, true).unwrap();
+    let st = log.initial_state().unwrap();
+    assert_eq!(st.conf_state, cs(&[1, 2, 3]));
+    assert_eq!(st.hard_state.commit, 20);
+    let (index, term, _, data) = log.latest_snapshot().unwrap().expect("a snapshot");
+    assert_eq!((index, term, data.len()), (20, 2, 1 << 20));
+}

@@ -112,6 +112,9 @@ pub struct Driver<L: RaftLog> {
     /// (every `STORE_FULL_RETRY_US`).
     store_full: Option<u64>,
     retry_due: bool,
+    /// The full disk was found by a write within a Ready pass (a conf
+    /// state, a leader's snapshot): passes wait for the retry's time.
+    full_in_pass: bool,
     /// The data store's file system has less free than
     /// `persistence_min_free` (see `set_free_space`).
     below_min_free: bool,
@@ -170,6 +173,7 @@ impl<L: RaftLog> Driver<L> {
             writing: false,
             store_full: None,
             retry_due: false,
+            full_in_pass: false,
             below_min_free: false,
             last_transfer_ms: 0,
             leader_since: (0, 0),
@@ -415,7 +419,23 @@ impl<L: RaftLog> Driver<L> {
             self.hold_until_us = None;
             self.node.release_hold();
         }
+        if self.full_in_pass && self.retry_due {
+            // Try the pass's write again (`ready_pass` sets this again if
+            // the disk is still full).
+            self.full_in_pass = false;
+            if !self.node.raw_writing() {
+                self.retry_due = false;
+            }
+        }
         let more = self.ready_passes(now_ms, now_us)?;
+        if !self.full_in_pass && !self.writing && self.store_full.is_some() && !self.node.raw_writing() {
+            // The pass's write went in and no flush waits to be written
+            // again: over.
+            self.store_full = None;
+            self.retry_due = false;
+            log::warn!("The data store has room again: durable changes are accepted again.");
+            self.node.broker.set_store_full(self.below_min_free);
+        }
         // Acknowledgements waiting for the next write (`Node::lazy_deferred`)
         // go alone once their wait is over.
         self.lazy_wake_us = self.node.lazy_deferred().map(|until| now_us + until.saturating_sub(now_ms) * 1000);
@@ -431,7 +451,12 @@ impl<L: RaftLog> Driver<L> {
     /// is already committed goes out before the fsync, then calls
     /// `begin_write`.
     pub fn wants_write(&self) -> bool {
-        !self.writing && if self.store_full.is_some() { self.retry_due } else { self.node.needs_flush() }
+        !self.writing
+            && if self.store_full.is_some() {
+                self.retry_due && !self.full_in_pass && self.node.raw_writing()
+            } else {
+                self.node.needs_flush()
+            }
     }
 
     /// Stage what arrived meanwhile and hand out the write of everything
@@ -479,18 +504,25 @@ impl<L: RaftLog> Driver<L> {
                 Ok(())
             }
             Err(NodeError::Store(StoreError::Full(why))) => {
-                if self.store_full.is_none() {
-                    log::error!(
-                        "The data store is full ({why}): refusing changes that need a durable write (MQTT 5 \
-                         clients get 0x97 Quota exceeded) and trying the write again every {} s.",
-                        STORE_FULL_RETRY_US / 1_000_000
-                    );
-                    self.node.broker.set_store_full(true);
-                    self.store_full = Some(0);
-                }
+                self.disk_full(&why);
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A write found the disk full: the broker refuses durable changes
+    /// and the write is tried again every `STORE_FULL_RETRY_US`. Logged
+    /// when the state begins.
+    fn disk_full(&mut self, why: &str) {
+        if self.store_full.is_none() {
+            log::error!(
+                "The data store is full ({why}): refusing changes that need a durable write (MQTT 5 clients get \
+                 0x97 Quota exceeded) and trying the write again every {} s.",
+                STORE_FULL_RETRY_US / 1_000_000
+            );
+            self.node.broker.set_store_full(true);
+            self.store_full = Some(0);
         }
     }
 
@@ -524,9 +556,21 @@ impl<L: RaftLog> Driver<L> {
     /// writes them); in memory there is nothing to batch for, so it writes
     /// at once and runs the pass that follows.
     fn ready_pass(&mut self, now_ms: u64, now_us: u64) -> Result<bool, NodeError> {
+        if self.full_in_pass {
+            return Ok(false);
+        }
         let messages = &mut self.out.messages;
         let mut send = |msgs: Vec<Message>| messages.extend(msgs);
-        let r = self.node.ready(now_ms, &mut send)?;
+        let r = match self.node.ready(now_ms, &mut send) {
+            Err(NodeError::Store(StoreError::Full(why))) => {
+                // Before raft's Ready was taken (see `Node::ready`): the
+                // retry's pass writes it.
+                self.disk_full(&why);
+                self.full_in_pass = true;
+                return Ok(false);
+            }
+            r => r?,
+        };
         let applied = r.applied_entries > 0;
         self.out.messages.extend(r.messages);
         if self.mode != CommitMode::AtCommitDurable {

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::broker::state::{Command, Entry, State};
 use crate::broker::Broker;
-use crate::store::{FlushJob, FlushResult, RaftLog, Staged};
+use crate::store::{FlushJob, FlushResult, RaftLog, Staged, StoreError};
 
 /// Entries this leader keeps proposed and not yet committed before it
 /// holds new commands back for the next one (see `propose_pending`).
@@ -68,6 +68,13 @@ pub struct Node<L: RaftLog> {
     /// Membership changes applied since the runtime last looked.
     membership_events: Vec<MembershipEvent>,
     force_snapshot: bool,
+    /// A membership change applied whose conf state the store could not
+    /// write (disk full): written before the next Ready. The log holds the
+    /// change, so a restart meanwhile applies it again.
+    conf_state_unwritten: Option<ConfState>,
+    /// The index of the snapshot from a leader already installed in the
+    /// store before its Ready was taken (see `ready`).
+    preinstalled: Option<u64>,
     /// See `set_forward_proposals`.
     forward_proposals: bool,
     /// Commands waiting for a leader to forward them to.
@@ -220,6 +227,8 @@ impl<L: RaftLog> Node<L> {
             leader_start_term: 0,
             membership_events: Vec::new(),
             force_snapshot: false,
+            conf_state_unwritten: None,
+            preinstalled: None,
             stats: NodeStats::default(),
             unflushed_ready: None,
             unflushed_msgs: Vec::new(),
@@ -632,7 +641,7 @@ impl<L: RaftLog> Node<L> {
     /// leader's appends), so followers persist in parallel with the
     /// leader; the rest wait for `flush`.
     pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
-        let mut out = ReadyOutput::default();
+        let out = ReadyOutput::default();
         // A Ready goes on while a flush's job runs (its entries are staged
         // for the next flush), except one that installs a snapshot: that
         // replaces the log, so it waits for the job.
@@ -645,6 +654,40 @@ impl<L: RaftLog> Node<L> {
             self.update_serving(now)?;
             return Ok(out);
         }
+        // Writes that a full disk refused, before anything new: an error
+        // (`StoreError::Full`) leaves raft's Ready untaken, so the next
+        // pass tries them again and loses nothing.
+        if let Some(cs) = self.conf_state_unwritten.take() {
+            if let Err(e) = self.raw.mut_store().set_conf_state(&cs) {
+                self.conf_state_unwritten = Some(cs);
+                return Err(e.into());
+            }
+        }
+        if let Some(snap) = &self.raw.raft.raft_log.unstable.snapshot {
+            let index = snap.get_metadata().index;
+            if self.preinstalled != Some(index) {
+                let snap = snap.clone();
+                self.raw.mut_store().install_snapshot(&snap)?;
+                self.preinstalled = Some(index);
+            }
+        }
+        // From here on a full disk is fatal as any failed write: raft's
+        // Ready is taken and cannot be put back.
+        self.ready_taken(now, send, out).map_err(|e| match e {
+            NodeError::Store(StoreError::Full(why)) => {
+                NodeError::Store(StoreError::Io(format!("a write within a Ready found the disk full: {why}")))
+            }
+            e => e,
+        })
+    }
+
+    /// `ready` once raft's Ready is due: takes it and carries it out.
+    fn ready_taken(
+        &mut self,
+        now: u64,
+        send: &mut dyn FnMut(Vec<Message>),
+        mut out: ReadyOutput,
+    ) -> Result<ReadyOutput, NodeError> {
         let mut rd = self.raw.ready();
         let early = rd.take_messages();
         for m in &early {
@@ -658,7 +701,9 @@ impl<L: RaftLog> Node<L> {
         let has_snapshot = !rd.snapshot().is_empty();
         if has_snapshot {
             let snap = rd.snapshot().clone();
-            self.raw.mut_store().install_snapshot(&snap)?;
+            if self.preinstalled.take() != Some(snap.get_metadata().index) {
+                self.raw.mut_store().install_snapshot(&snap)?;
+            }
             self.broker.install_state(State::restore(snap.get_data())?);
             let md = snap.get_metadata();
             self.applied = md.index;
@@ -697,6 +742,12 @@ impl<L: RaftLog> Node<L> {
         self.maybe_snapshot()?;
         self.update_serving(now)?;
         Ok(out)
+    }
+
+    /// Whether a flush is unfinished: its job runs, or a full disk
+    /// refused it and it waits to be written again (`begin_retry`).
+    pub fn raw_writing(&self) -> bool {
+        self.raw.store().writing()
     }
 
     /// Whether `flush` has anything to do.
@@ -779,7 +830,7 @@ impl<L: RaftLog> Node<L> {
                     protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
                         .map_err(|err| NodeError::Entry(err.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(&cs)?;
+                    self.store_conf_state(&cs)?;
                     let id = cc.node_id;
                     match cc.get_change_type() {
                         ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
@@ -805,7 +856,7 @@ impl<L: RaftLog> Node<L> {
                     protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
                         .map_err(|err| NodeError::Entry(err.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(&cs)?;
+                    self.store_conf_state(&cs)?;
                     info!("Membership changed: voters {:?}, learners {:?}.", cs.voters, cs.learners);
                     self.conf_state = cs;
                 }
@@ -814,6 +865,19 @@ impl<L: RaftLog> Node<L> {
             self.last_apply_ms = self.now_ms;
         }
         Ok(n)
+    }
+
+    /// Writes the conf state of an applied membership change; on a full
+    /// disk it waits for the next Ready (`conf_state_unwritten`).
+    fn store_conf_state(&mut self, cs: &ConfState) -> Result<(), NodeError> {
+        match self.raw.mut_store().set_conf_state(cs) {
+            Err(StoreError::Full(why)) => {
+                log::warn!("The membership change is in the log but its conf state is not yet written ({why}).");
+                self.conf_state_unwritten = Some(cs.clone());
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     /// The commands of entry (index, term) if this node proposed it and
@@ -848,6 +912,7 @@ impl<L: RaftLog> Node<L> {
         let store = self.raw.store();
         if now_ms.saturating_sub(self.last_apply_ms) < IDLE_SNAPSHOT_MS
             || self.applied < self.raw.raft.raft_log.committed
+            || self.conf_state_unwritten.is_some()
             || store.older_segments() == 0
             || store.writing()
             || !self.applied_early.is_empty()
@@ -870,6 +935,10 @@ impl<L: RaftLog> Node<L> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        if self.conf_state_unwritten.is_some() {
+            // Not before the membership it would carry is on disk.
+            return Ok(());
+        }
         if !self.applied_early.is_empty() || self.broker.proposals_applied() > 0 {
             // The state is ahead of `applied`: not a snapshot of it.
             return Ok(());

@@ -255,12 +255,13 @@ impl SnapshotWrite {
     }
 }
 
+/// Whether a failed I/O found the disk (or the user's quota) full.
+fn io_full(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 /// Whether a failed write found the disk (or the user's quota) full.
 fn disk_full(e: &WriteJobError) -> bool {
-    let io_full = |io: &std::io::Error| {
-        io.kind() == std::io::ErrorKind::StorageFull
-            || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-    };
     match e {
         WriteJobError::Log { source: redb::Error::Io(io), .. }
         | WriteJobError::Snapshot { source: redb::Error::Io(io), .. } => io_full(io),
@@ -480,12 +481,25 @@ impl RedbLog {
         self.handles.borrow_mut().retain(|(s, _)| *s >= below);
     }
 
-    /// Runs `body` in one write transaction and commits it. After any
-    /// failure, this and every later write are refused.
+    /// Runs `body` in one write transaction and commits it. A full disk
+    /// is `StoreError::Full`: nothing of it was written, and the store
+    /// takes writes again (reopened at its last transaction). After any
+    /// other failure, this and every later write are refused.
     fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
         self.check_not_failed()?;
         let db = self.db()?;
-        transaction(&db, self.durability, body).map_err(|e| self.fail(e.to_string()))
+        match transaction(&db, self.durability, body) {
+            Ok(t) => Ok(t),
+            Err(redb::Error::Io(io)) if io_full(&io) => {
+                drop(db);
+                let why = format!("{io} (writing to {})", self.path);
+                if let Err(reopen) = self.reopen() {
+                    return Err(self.fail(format!("{why}; {reopen}")));
+                }
+                Err(StoreError::Full(why))
+            }
+            Err(e) => Err(self.fail(e.to_string())),
+        }
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
