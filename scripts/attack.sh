@@ -19,6 +19,13 @@
 #                   # that never read: RSS before and after
 #   ping_flood      a client that never reads sends PINGREQs for 3 s: bytes
 #                   the broker took, RSS growth
+#   deep_topic      a SUBSCRIBE and a PUBLISH with 10,000-level names: the
+#                   SUBACK code, whether the publisher is disconnected
+#   slow_consumer   a QoS 0 subscriber that never reads, 50,000 x 1 KiB
+#                   published to it: RSS growth
+#   session_churn   5,000 persistent sessions made and left, then one id
+#                   taken over 5,000 times: RSS per session, growth after
+#   idle_sockets    50 connections that never send a byte: closed when
 #
 # Traffic to 127.0.0.1 only; each case is bounded in time (under 40 s);
 # the brokers this script started are stopped by PID. Needs python3 and
@@ -30,12 +37,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOG_NAME=attack
 # pick_port, wait_listening, stop_pid, STARTED_PIDS, bench_cleanup.
 . "$ROOT/scripts/lib-bench.sh"
-CASES="slowloris big_claim subscribe_10k retained_flood ping_flood"
+CASES="slowloris big_claim subscribe_10k retained_flood ping_flood deep_topic slow_consumer session_churn idle_sockets"
 MOSQUITTO=1
 MIDGE_BIN="$ROOT/target/release/midge"
 [ -x "$MIDGE_BIN" ] || MIDGE_BIN="$ROOT/target/debug/midge"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --midge-bin) MIDGE_BIN="$2"; shift ;;
