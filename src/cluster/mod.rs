@@ -114,6 +114,13 @@ pub struct Node<L: RaftLog> {
     applied_early: std::collections::VecDeque<u64>,
     /// `now` of the latest Ready pass.
     now_ms: u64,
+    /// Something `update_serving` reads may have changed since it last
+    /// ran: raft's role or term, an entry applied through the log (a
+    /// LeaderStart, a membership change), a tick or a peer's message, a
+    /// membership change or leader transfer asked for. A lone leader's
+    /// Ready passes otherwise only commit what applied at propose, and
+    /// skip it (it ran four times per QoS 1 round trip for nothing).
+    serving_stale: bool,
 }
 
 struct InFlight {
@@ -234,6 +241,7 @@ impl<L: RaftLog> Node<L> {
             apply_at_propose_allowed: false,
             applied_early: Default::default(),
             now_ms: 0,
+            serving_stale: true,
         })
     }
 
@@ -246,6 +254,7 @@ impl<L: RaftLog> Node<L> {
     pub fn set_commit_mode(&mut self, mode: driver::CommitMode) {
         self.apply_at_propose_allowed = mode == driver::CommitMode::AtPropose;
         self.hold_after_commit = mode != driver::CommitMode::AtPropose;
+        self.serving_stale = true;
     }
 
     pub fn broker(&self) -> &Broker {
@@ -313,11 +322,14 @@ impl<L: RaftLog> Node<L> {
     }
 
     pub fn tick(&mut self) {
+        // (A tick may end a leader transfer or an election.)
+        self.serving_stale = true;
         self.raw.tick();
     }
 
     pub fn step(&mut self, mut m: Message) {
         use raft::eraftpb::MessageType;
+        self.serving_stale = true;
         let last = self.raw.raft.raft_log.last_index();
         match m.get_msg_type() {
             // A leader that believes this node has entries it no longer has
@@ -552,6 +564,8 @@ impl<L: RaftLog> Node<L> {
     /// stops (until `update_apply_at_propose` finds the commit certain
     /// again).
     fn end_apply_at_propose(&mut self) -> Result<(), String> {
+        // (A membership change or a leader transfer follows.)
+        self.serving_stale = true;
         if !self.broker.applies_at_propose() {
             return Ok(());
         }
@@ -642,10 +656,13 @@ impl<L: RaftLog> Node<L> {
         self.now_ms = now;
         self.propose_pending()?;
         if !self.raw.has_ready() {
-            self.update_serving(now)?;
+            self.update_serving_if_stale(now)?;
             return Ok(out);
         }
         let mut rd = self.raw.ready();
+        if rd.ss().is_some() {
+            self.serving_stale = true;
+        }
         let early = rd.take_messages();
         for m in &early {
             if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
@@ -657,6 +674,7 @@ impl<L: RaftLog> Node<L> {
         }
         let has_snapshot = !rd.snapshot().is_empty();
         if has_snapshot {
+            self.serving_stale = true;
             let snap = rd.snapshot().clone();
             self.raw.mut_store().install_snapshot(&snap)?;
             self.broker.install_state(State::restore(snap.get_data())?);
@@ -695,7 +713,7 @@ impl<L: RaftLog> Node<L> {
             }
         }
         self.maybe_snapshot()?;
-        self.update_serving(now)?;
+        self.update_serving_if_stale(now)?;
         Ok(out)
     }
 
@@ -762,6 +780,7 @@ impl<L: RaftLog> Node<L> {
                             self.applied_early.pop_front();
                         }
                         _ if !e.get_data().is_empty() => {
+                            self.serving_stale = true;
                             for cmd in
                                 self.take_proposed(e.index, e.term).map_or_else(|| decode_batch(e.get_data()), Ok)?
                             {
@@ -771,10 +790,11 @@ impl<L: RaftLog> Node<L> {
                                 self.broker.apply_committed(&cmd, now);
                             }
                         }
-                        _ => {}
+                        _ => self.serving_stale = true,
                     }
                 }
                 EntryType::EntryConfChange => {
+                    self.serving_stale = true;
                     let mut cc = ConfChange::default();
                     protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
                         .map_err(|err| NodeError::Entry(err.to_string()))?;
@@ -801,6 +821,7 @@ impl<L: RaftLog> Node<L> {
                     self.force_snapshot = true;
                 }
                 EntryType::EntryConfChangeV2 => {
+                    self.serving_stale = true;
                     let mut cc = ConfChangeV2::default();
                     protobuf::Message::merge_from_bytes(&mut cc, e.get_data())
                         .map_err(|err| NodeError::Entry(err.to_string()))?;
@@ -909,6 +930,21 @@ impl<L: RaftLog> Node<L> {
             && cs.learners.is_empty()
             && cs.voters_outgoing.is_empty()
             && cs.learners_next.is_empty()
+    }
+
+    /// `update_serving`, when something it reads may have changed (see
+    /// `serving_stale`). Stale again when it changed something: what it
+    /// changed is an input of its next run (serving makes the commit
+    /// certain, which turns apply at propose on).
+    fn update_serving_if_stale(&mut self, now: u64) -> Result<(), NodeError> {
+        if !self.serving_stale {
+            return Ok(());
+        }
+        let before = (self.broker.serving(), self.broker.applies_at_propose(), self.leader_start_term);
+        self.update_serving(now)?;
+        let after = (self.broker.serving(), self.broker.applies_at_propose(), self.leader_start_term);
+        self.serving_stale = before != after;
+        Ok(())
     }
 
     /// Serve clients only as a leader whose LeaderStart (proposed in its
