@@ -532,15 +532,17 @@ impl<L: RaftLog> Driver<L> {
 
     /// One pass of the raft Ready loop; true when more work is ready. With
     /// the log on disk the pass only stages its writes (`begin_write`
-    /// writes them); in memory there is nothing to batch for, so it writes
-    /// at once and runs the pass that follows.
+    /// writes them); in memory with peers there is nothing to batch for,
+    /// so it writes at once and runs the pass that follows. (In
+    /// `AtPropose` mode `Node::ready` writes and finishes its Ready
+    /// itself.)
     fn ready_pass(&mut self, now_ms: u64, now_us: u64) -> Result<bool, NodeError> {
         let messages = &mut self.out.messages;
         let mut send = |msgs: Vec<Message>| messages.extend(msgs);
         let r = self.node.ready(now_ms, &mut send)?;
         let applied = r.applied_entries > 0;
         self.out.messages.extend(r.messages);
-        if self.mode != CommitMode::AtCommitDurable {
+        if self.mode == CommitMode::AtCommit {
             let flushed = self.node.flush()?;
             self.out.messages.extend(flushed);
             let messages = &mut self.out.messages;
