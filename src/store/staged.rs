@@ -164,6 +164,40 @@ impl<L: RaftLog> Staged<L> {
         Ok(Some(job))
     }
 
+    /// Whether `write_through` may write now: nothing is staged (but
+    /// perhaps a commit index) and no flush runs.
+    pub fn can_write_through(&self) -> bool {
+        !self.writing && !self.has_staged()
+    }
+
+    /// Write one Ready's entries and hard state to the inner log at once,
+    /// without staging them: for a store in memory whose Ready finishes
+    /// at once (a lone node, `CommitMode::AtPropose`), where staging only
+    /// copied the entries once more. Only when `can_write_through`, so
+    /// that the log's order holds. A hard state whose only change is the
+    /// commit index stays staged, as in `begin_flush`. Returns how many
+    /// entries it wrote, if it wrote.
+    pub fn write_through(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<Option<u64>, StoreError> {
+        assert!(self.can_write_through(), "a write through while staged entries or a flush wait");
+        if let Some(hs) = hard_state {
+            self.hard_state = Some(hs.clone());
+        }
+        let hs_changed = self.hard_state_changed();
+        if entries.is_empty() && !hs_changed {
+            return Ok(None);
+        }
+        let hs = if hs_changed { self.hard_state.take() } else { None };
+        self.inner.persist(entries, hs.as_ref())?;
+        if let Some(hs) = hs {
+            self.flushed_hs = hs;
+        }
+        Ok(Some(entries.len() as u64))
+    }
+
     /// Takes the result of the job `begin_flush` returned; returns the
     /// number of entries written.
     /// A `StoreError::Full` leaves the flush unfinished: its entries stay
