@@ -644,7 +644,9 @@ impl<L: RaftLog> Node<L> {
     /// `flush` later writes everything staged in one durable write. `send`
     /// gets the messages raft allows out before this node's own write (the
     /// leader's appends), so followers persist in parallel with the
-    /// leader; the rest wait for `flush`.
+    /// leader; the rest wait for `flush`. A lone node with its log in
+    /// memory (`CommitMode::AtPropose`) writes and finishes each Ready at
+    /// once instead (see below).
     pub fn ready(&mut self, now: u64, send: &mut dyn FnMut(Vec<Message>)) -> Result<ReadyOutput, NodeError> {
         let mut out = ReadyOutput::default();
         // A Ready goes on while a flush's job runs (its entries are staged
