@@ -220,3 +220,99 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
     }
     assert!(states[0] == states[1], "applying at propose and at commit end in the same state");
 }
+
+/// A lone in-memory node (`CommitMode::AtPropose`): a subscriber's PUBACK
+/// applies at once (its window has room again) and asks for no run of the
+/// driver task; its command goes into the entry of the next input that
+/// proposes (here the publisher's next PUBLISH), or into the driver's next
+/// pass. Every command is logged once either way.
+#[test]
+fn lone_volatile_node_logs_acknowledgements_with_the_next_input() {
+    use midge::cluster::driver::Driver;
+    use midge::config::FollowerMode;
+    use midge::mqtt::PubResp;
+
+    let now = 1_700_000_000_000;
+    let (sub, publ) = (1, 2);
+    let disk = MemLog::volatile();
+    let node = Node::new(NodeConfig::single(1), disk.clone(), Broker::new(settings(), now), &raft_logger())
+        .expect("node starts");
+    let mut d = Driver::new(node, CommitMode::AtPropose, FollowerMode::Closed, None, 100, 0);
+    let step = |d: &mut Driver<MemLog>| {
+        for _ in 0..100 {
+            if !d.step(now, 0, &|_| false).expect("step") {
+                break;
+            }
+        }
+        d.broker_mut().take_actions().collect::<Vec<_>>()
+    };
+    step(&mut d);
+    for conn in [sub, publ] {
+        d.with_broker(now, |b, now| {
+            b.open(conn, "127.0.0.1:1".parse().unwrap(), now);
+            b.packet(
+                conn,
+                Packet::Connect(Box::new(Connect {
+                    version: Version::V311,
+                    client_id: format!("client-{conn}"),
+                    clean_start: true,
+                    keep_alive: 0,
+                    username: None,
+                    password: None,
+                    will: None,
+                    properties: Properties::default(),
+                })),
+                now,
+            )
+        })
+        .expect("connect");
+    }
+    d.with_broker(now, |b, now| {
+        let filters =
+            vec![("t/#".into(), midge::mqtt::SubOptions { qos: midge::mqtt::QoS::AtLeastOnce, ..Default::default() })];
+        let s = midge::mqtt::Subscribe { packet_id: 1, filters, properties: Properties::default() };
+        b.packet(sub, Packet::Subscribe(s), now)
+    })
+    .expect("subscribe");
+    step(&mut d);
+    assert!(d.broker().applies_at_propose());
+
+    let delivered = |actions: &[Action]| {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Send(c, Packet::Publish(p)) if *c == sub => p.packet_id,
+                _ => None,
+            })
+            .expect("delivered")
+    };
+    let puback = |pid| Packet::PubAck(PubResp { packet_id: pid, code: 0, properties: Properties::default() });
+    d.with_broker(now, |b, now| b.packet(publ, publish("t/1", 1), now)).expect("publish");
+    let pid = delivered(&d.broker_mut().take_actions().collect::<Vec<_>>());
+    let commands = d.node().stats().commands;
+
+    // The PUBACK alone: applied, not logged, no driver pass asked for.
+    let ((), wake) = d.with_broker(now, |b, now| b.packet(sub, puback(pid), now)).expect("puback");
+    assert!(!wake, "a lone in-memory node's acknowledgement wakes no driver pass");
+    assert!(d.broker().has_proposals());
+    assert_eq!(d.broker().proposals_applied(), 1, "applied at once");
+    assert_eq!(d.node().stats().commands, commands);
+
+    // The next PUBLISH takes it into its entry: two commands, one entry.
+    let proposals = d.node().stats().proposals;
+    d.with_broker(now, |b, now| b.packet(publ, publish("t/2", 2), now)).expect("publish");
+    assert!(!d.broker().has_proposals());
+    assert_eq!(d.node().stats().commands, commands + 2);
+    assert_eq!(d.node().stats().proposals, proposals + 1);
+    let pid = delivered(&d.broker_mut().take_actions().collect::<Vec<_>>());
+
+    // A last PUBACK with nothing after it: the driver's next pass logs it.
+    d.with_broker(now, |b, now| b.packet(sub, puback(pid), now)).expect("puback");
+    assert!(d.broker().has_proposals());
+    step(&mut d);
+    assert!(!d.broker().has_proposals());
+    assert_eq!(d.node().stats().commands, commands + 3);
+    assert_eq!(d.node().applied(), disk.last_index().unwrap(), "everything in the log is applied");
+    let session = d.broker().state().sessions().get("client-1").expect("session");
+    assert!(session.inflight.is_empty(), "both deliveries acknowledged");
+}

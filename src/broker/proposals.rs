@@ -90,6 +90,12 @@ impl Broker {
         self.apply_at_propose
     }
 
+    /// Whether every pending proposal is applied already (at propose):
+    /// only their log entry is left.
+    pub fn proposals_all_applied(&self) -> bool {
+        self.proposals_applied == self.proposals.len()
+    }
+
     /// Proposals applied but not yet taken for the log.
     pub fn proposals_applied(&self) -> usize {
         self.proposals_applied
