@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -x "$MIDGE_BIN" ] || { echo "bench-cpu.sh: no midge binary at $MIDGE_BIN (cargo build --release)" >&2; exit 1; }
+MIDGE_BIN=$(realpath "$MIDGE_BIN")
 command -v mosquitto > /dev/null || { echo "bench-cpu.sh: mosquitto not installed" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/midge-bench-cpu.XXXXXX)
