@@ -502,10 +502,12 @@ fn run<L: RaftLog + 'static>(
             let s2 = server.clone();
             let s3 = server.clone();
             let s4 = server.clone();
+            let s5 = server.clone();
             let inbox = transport::Inbox {
                 known: Rc::new(move |id| s4.is_known_peer(id)),
                 hello: Rc::new(move |id, a| s3.set_advertised(id, a)),
                 deliver: Rc::new(move |m| s2.deliver_peer_message(m)),
+                lost: Rc::new(move |id| s5.peer_link_lost(id)),
                 message_bytes_max,
             };
             ex.spawn(transport::accept_loop(ex.clone(), l, peers.clone(), inbox)).detach();

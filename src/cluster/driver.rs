@@ -309,6 +309,12 @@ impl<L: RaftLog> Driver<L> {
         }
     }
 
+    /// The link from peer `id` ended; true if that changed anything (see
+    /// `Node::leader_link_lost`).
+    pub fn peer_link_lost(&mut self, id: u64) -> bool {
+        self.node.leader_link_lost(id)
+    }
+
     /// A raft message from a peer.
     pub fn peer_message(&mut self, m: Message) {
         self.node.step(m);

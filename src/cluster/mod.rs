@@ -312,6 +312,34 @@ impl<L: RaftLog> Node<L> {
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
+    /// The link from node `id` ended. If `id` is this follower's leader,
+    /// its lease ends now and this node campaigns at its next tick, or a
+    /// tick later per voter ranked before it (lowest id first, so the
+    /// followers of a dead leader do not split the vote), unless the
+    /// leader is heard from again meanwhile (a new link: it was alive).
+    /// A leader killed with SIGKILL closes its links at once, so its
+    /// followers need not wait out the election timeout (300-600 ms by
+    /// default). A pre-vote that finds the others still hearing the leader
+    /// fails without a new term. True if this node will campaign early.
+    pub fn leader_link_lost(&mut self, id: u64) -> bool {
+        let me = self.id();
+        let r = &mut self.raw.raft;
+        if r.state != raft::StateRole::Follower || r.leader_id != id || !self.conf_state.voters.contains(&me) {
+            return false;
+        }
+        let timeout = r.election_timeout();
+        let max = self.cfg.election_ticks_max.max(self.cfg.election_ticks + 1);
+        let rank = self.conf_state.voters.iter().filter(|&&v| v != id && v < me).count();
+        let at = (timeout + 2 * rank).min(max - 1);
+        r.set_randomized_election_timeout(at);
+        r.election_elapsed = r.election_elapsed.max(timeout);
+        info!(
+            "The link from leader node {id} ended: campaigning in {} tick(s) unless it is heard from again.",
+            at.saturating_sub(r.election_elapsed).max(1)
+        );
+        true
+    }
+
     pub fn leader_id(&self) -> u64 {
         self.raw.raft.leader_id
     }

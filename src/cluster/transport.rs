@@ -381,11 +381,15 @@ impl Peers {
         (n, rx)
     }
 
-    fn link_ended(&self, from: u64, n: u64) {
+    /// Link `n` from node `from` ended; true if it was that node's live
+    /// link (not one a newer link replaced).
+    fn link_ended(&self, from: u64, n: u64) -> bool {
         let mut i = self.inbound.borrow_mut();
-        if i.links.get(&from).is_some_and(|(m, _)| *m == n) {
+        let live = i.links.get(&from).is_some_and(|(m, _)| *m == n);
+        if live {
             i.links.remove(&from);
         }
+        live
     }
 
     /// Whether a peer of cluster `theirs` may talk to this node. Both ids
@@ -581,6 +585,9 @@ pub struct Inbox {
     /// A peer's hello: where it serves.
     pub hello: Rc<dyn Fn(u64, Advertised)>,
     pub deliver: Rc<dyn Fn(Message)>,
+    /// The live link from a node ended (not replaced by a newer one): the
+    /// node died, restarted or is cut off.
+    pub lost: Rc<dyn Fn(u64)>,
     pub message_bytes_max: usize,
 }
 
@@ -725,7 +732,9 @@ async fn receive(s: TcpStream, ip: IpAddr, peers: &Peers, inbox: &Inbox) -> std:
         },
     )
     .await;
-    peers.link_ended(from, n);
+    if peers.link_ended(from, n) {
+        (inbox.lost)(from);
+    }
     r
 }
 
@@ -851,6 +860,7 @@ mod tests {
                 known: Rc::new(|_| true),
                 hello: Rc::new(|_, _| panic!("no hello was sent")),
                 deliver: Rc::new(|_| panic!("no message was sent")),
+                lost: Rc::new(|_| {}),
                 message_bytes_max: 1 << 20,
             };
             ex.spawn(accept_loop(ex.clone(), l, Peers::new(1, Advertised::default(), None), inbox)).detach();

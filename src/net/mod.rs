@@ -743,6 +743,13 @@ impl<L: RaftLog + 'static> Server<L> {
         }
     }
 
+    /// The link from peer `id` ended (`Driver::peer_link_lost`).
+    pub fn peer_link_lost(&self, id: u64) {
+        if self.peer_driver().borrow_mut().peer_link_lost(id) {
+            self.peer_bell().ring();
+        }
+    }
+
     /// A raft message from a peer.
     pub fn deliver_peer_message(&self, m: PeerMessage) {
         self.peer_driver().borrow_mut().peer_message(m);
