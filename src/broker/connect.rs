@@ -43,25 +43,18 @@ impl Broker {
                 self.close(conn, None, now);
                 return;
             }
-            if self.store_full {
-                // Started on a full disk: the write that makes this node
-                // serve (its election) waits for room, and so does every
-                // client, with the reason a serving node gives.
+            // Started on a full disk, the write that makes this node serve
+            // (its election) waits for room: its clients get the reason a
+            // serving node gives (below).
+            if !self.store_full {
                 return self.refuse(
                     conn,
-                    reason::QUOTA_EXCEEDED,
+                    reason::SERVER_UNAVAILABLE,
                     reason::V3_SERVER_UNAVAILABLE,
-                    "the data store is full",
+                    "this node is not the cluster leader",
                     now,
                 );
             }
-            return self.refuse(
-                conn,
-                reason::SERVER_UNAVAILABLE,
-                reason::V3_SERVER_UNAVAILABLE,
-                "this node is not the cluster leader",
-                now,
-            );
         }
         if self.store_full {
             // A connection is a durable change (its session).
