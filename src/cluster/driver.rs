@@ -198,6 +198,11 @@ impl<L: RaftLog> Driver<L> {
         &mut self.node
     }
 
+    /// See `Node::cluster_id`.
+    pub fn cluster_id(&self) -> u128 {
+        self.node.cluster_id()
+    }
+
     pub fn broker(&self) -> &Broker {
         &self.node.broker
     }

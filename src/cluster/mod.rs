@@ -128,6 +128,9 @@ pub struct Node<L: RaftLog> {
     /// Ready passes otherwise only commit what applied at propose, and
     /// skip it (it ran four times per QoS 1 round trip for nothing).
     serving_stale: bool,
+    /// A cluster id in the committed entries that were in the log at start
+    /// and not yet applied (see `cluster_id`).
+    logged_cluster_id: u128,
 }
 
 struct InFlight {
@@ -173,6 +176,32 @@ pub fn raft_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
+/// The first cluster id in the committed entries after `applied` (0 when
+/// none): read in slices of at most 1 MiB, stopping at the first found. A
+/// damaged or unreadable entry is left to the replay, which reports it.
+fn committed_cluster_id<L: RaftLog>(log: &L, applied: u64, commit: u64) -> u128 {
+    let mut next = applied + 1;
+    while next <= commit {
+        let ctx = raft::GetEntriesContext::empty(false);
+        let Ok(entries) = raft::Storage::entries(log, next, commit + 1, 1 << 20, ctx) else { return 0 };
+        let Some(last) = entries.last() else { return 0 };
+        next = last.index + 1;
+        for e in &entries {
+            if e.get_entry_type() != EntryType::EntryNormal || e.get_data().is_empty() {
+                continue;
+            }
+            let Ok(cmds) = decode_batch(e.get_data()) else { return 0 };
+            if let Some(id) = cmds.iter().find_map(|c| match c.cmd {
+                Command::ClusterId { id } if id != 0 => Some(id),
+                _ => None,
+            }) {
+                return id;
+            }
+        }
+    }
+    0
+}
+
 impl<L: RaftLog> Node<L> {
     /// Open a node on `log`: restore the applied state from the latest
     /// snapshot; raft then replays the committed entries after it.
@@ -199,6 +228,11 @@ impl<L: RaftLog> Node<L> {
             log.install_snapshot(&snap)?;
             applied = 1;
         }
+        let state_cluster_id = state.cluster_id();
+        let logged_cluster_id = match state_cluster_id {
+            0 => committed_cluster_id(&log, applied, initial.hard_state.commit),
+            _ => 0,
+        };
         broker.install_state(state);
         broker.set_replicated();
         let rc = Config {
@@ -215,12 +249,24 @@ impl<L: RaftLog> Node<L> {
             max_uncommitted_size: 64 * 1024 * 1024,
             ..Default::default()
         };
+        let last_index = raft::Storage::last_index(&log).unwrap_or(0);
         let mut raw = RawNode::new(&rc, Staged::new(log), logger)?;
         if conf_state.voters == [cfg.id] {
             // A one-voter cluster elects itself at once.
             raw.campaign()?;
         }
-        info!("Raft node {} starting: applied index {}, voters {:?}.", cfg.id, applied, conf_state.voters);
+        let known_id = match (state_cluster_id, logged_cluster_id) {
+            (0, 0) => "none yet".to_string(),
+            (0, id) => format!("{} (from the log)", transport::cluster_id_hex(id)),
+            (id, _) => transport::cluster_id_hex(id),
+        };
+        info!(
+            "Raft node {} starting: applied index {applied}, committed {}, last {}, voters {:?}, cluster id {known_id}.",
+            cfg.id,
+            initial.hard_state.commit,
+            last_index,
+            conf_state.voters
+        );
         Ok(Node {
             forward_proposals: false,
             unforwarded: Vec::new(),
@@ -251,11 +297,24 @@ impl<L: RaftLog> Node<L> {
             applied_early: Default::default(),
             now_ms: 0,
             serving_stale: true,
+            logged_cluster_id,
         })
     }
 
     pub fn id(&self) -> u64 {
         self.cfg.id
+    }
+
+    /// The id of the cluster this node's data belongs to (0: none yet).
+    /// Known from the start: from the snapshot, or from a committed entry
+    /// not applied yet, so that the first hello to a peer carries it and a
+    /// data directory of another cluster is refused before any of its raft
+    /// messages are heard.
+    pub fn cluster_id(&self) -> u128 {
+        match self.broker.state().cluster_id() {
+            0 => self.logged_cluster_id,
+            id => id,
+        }
     }
 
     /// How commands commit (see `driver::CommitMode`), set once by the
@@ -870,6 +929,7 @@ impl<L: RaftLog> Node<L> {
     }
 
     fn apply_entries(&mut self, entries: Vec<raft::eraftpb::Entry>, now: u64) -> Result<u64, NodeError> {
+        let had_cluster_id = self.broker.state().cluster_id() != 0;
         let mut n = 0;
         for e in entries {
             n += 1;
@@ -937,6 +997,12 @@ impl<L: RaftLog> Node<L> {
             }
             self.applied = e.index;
             self.last_apply_ms = self.now_ms;
+        }
+        if !had_cluster_id && self.broker.state().cluster_id() != 0 && self.raw.store().on_disk() {
+            // The cluster id goes into a snapshot at once: the durable
+            // commit index can lag what was applied, and a restart must
+            // know its cluster before its first hello (see `cluster_id`).
+            self.force_snapshot = true;
         }
         Ok(n)
     }

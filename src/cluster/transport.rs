@@ -429,6 +429,11 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
     // again (refused, then a certificate problem), the same one not.
     let mut logged_down: Option<String> = None;
     let mut logged_refused = false;
+    // The link a new hello (the cluster id changed) replaces: kept open
+    // until the new link has carried traffic for `SHORT_LINK`, so that the
+    // peer sees the new link before the old one ends and does not take the
+    // end for this node's death (`Inbox::lost`).
+    let mut retiring: Option<Link> = None;
     loop {
         if bell.is_closed() && bell.is_empty() && Rc::strong_count(&p) == 1 {
             return;
@@ -443,18 +448,21 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
                 }
                 p.rehello.set(false);
                 let hello = encode_hello(peers.my_id, peers.cluster_id.get(), &peers.advertised);
-                let r = match link {
-                    Link::Plain(mut s) => send_loop(&hello, &mut s, &p, &bell).await,
-                    Link::Tls(mut s) => send_loop(&hello, &mut *s, &p, &bell).await,
+                let (r, link) = match link {
+                    Link::Plain(mut s) => (send_loop(&hello, &mut s, &p, &bell, &mut retiring).await, Link::Plain(s)),
+                    Link::Tls(mut s) => (send_loop(&hello, &mut *s, &p, &bell, &mut retiring).await, Link::Tls(s)),
                 };
                 p.connected.set(false);
                 if Rc::strong_count(&p) == 1 {
                     return;
                 }
-                if p.rehello.get() {
+                if p.rehello.get() && r.is_ok() {
                     debug!("Saying hello again to peer node {id}: this node's cluster id changed.");
+                    retiring = Some(link);
                     continue;
                 }
+                drop(link);
+                retiring = None;
                 if opened.elapsed() < SHORT_LINK {
                     // Refused after the hello (another cluster, mode or
                     // version: the peer's log says which): back off.
@@ -520,11 +528,16 @@ async fn send_loop<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     p: &PeerOut,
     bell: &Receiver<()>,
+    retiring: &mut Option<Link>,
 ) -> std::io::Result<()> {
     s.write_all(hello).await?;
     s.flush().await?;
+    let opened = Instant::now();
     let mut buf = Vec::new();
     loop {
+        if retiring.is_some() && opened.elapsed() >= SHORT_LINK {
+            *retiring = None;
+        }
         if p.rehello.get() {
             return Ok(());
         }

@@ -397,6 +397,9 @@ impl<L: RaftLog + 'static> Server<L> {
         let settings = driver.broker().settings();
         let lim = settings.limits.clone();
         let connection_messages = settings.connection_messages;
+        // The peers' driver (see `perform`) knows its cluster id before the
+        // first hello goes out.
+        peers.set_cluster_id(group.as_ref().unwrap_or(&driver).cluster_id());
         Rc::new(Server {
             driver: RefCell::new(driver),
             peers,
@@ -627,7 +630,7 @@ impl<L: RaftLog + 'static> Server<L> {
         }
         self.write_dynsec_file(d.broker_mut());
         if (which == Which::Group) == self.group.is_some() {
-            self.peers.set_cluster_id(d.broker().state().cluster_id());
+            self.peers.set_cluster_id(d.cluster_id());
         }
         let out = d.take_out();
         for ev in out.membership {
