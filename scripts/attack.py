@@ -265,6 +265,18 @@ def slow_consumer(port, pid):
     return f"sent={sent} secs={time.time() - start:.1f} rss_grew_kib={after - before}"
 
 
+def send_and_drain(port, data):
+    """One connection: send `data`, read until the broker closes it."""
+    c = socket.create_connection((HOST, port), timeout=5)
+    c.sendall(data)
+    try:
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
+
+
 def session_churn(port, pid):
     """5,000 persistent sessions made and left (clean=0, one SUBSCRIBE
     each), then one client id taken over 5,000 times."""
@@ -274,30 +286,16 @@ def session_churn(port, pid):
     for i in range(5_000):
         if time.time() - start > 25:
             break
-        c = socket.create_connection((HOST, port), timeout=5)
         cid = f"churn-{i}".encode()
-        c.sendall(pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(cid)))
-        c.sendall(pkt(0x82, struct.pack(">H", 1) + s(b"churn/" + cid) + b"\x01") + b"\xe0\x00")
-        try:
-            while c.recv(4096):
-                pass
-        except OSError:
-            pass
-        c.close()
+        connect = pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(cid))
+        send_and_drain(port, connect + pkt(0x82, struct.pack(">H", 1) + s(b"churn/" + cid) + b"\x01") + b"\xe0\x00")
         made += 1
     mid = settle(pid, 3)
     taken = 0
     for _ in range(5_000):
         if time.time() - start > 35:
             break
-        c = socket.create_connection((HOST, port), timeout=5)
-        c.sendall(pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(b"same")) + b"\xe0\x00")
-        try:
-            while c.recv(4096):
-                pass
-        except OSError:
-            pass
-        c.close()
+        send_and_drain(port, pkt(0x10, s(b"MQTT") + bytes([4, 0]) + struct.pack(">H", 600) + s(b"same")) + b"\xe0\x00")
         taken += 1
     after = settle(pid, 3)
     per = (mid - before) * 1024 / made if made else 0
