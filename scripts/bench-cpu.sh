@@ -40,6 +40,9 @@ done
 [ -x "$MIDGE_BIN" ] || { echo "bench-cpu.sh: no midge binary at $MIDGE_BIN (cargo build --release)" >&2; exit 1; }
 MIDGE_BIN=$(realpath "$MIDGE_BIN")
 command -v mosquitto > /dev/null || { echo "bench-cpu.sh: mosquitto not installed" >&2; exit 1; }
+# paho-mqtt 2 (Debian's python3 has none): the tests' virtual environment,
+# made when missing.
+PYTHON=$(bash "$ROOT/scripts/python-env.sh") || { echo "bench-cpu.sh: no python with paho-mqtt 2" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/midge-bench-cpu.XXXXXX)
 trap 'bench_cleanup; rm -rf "$WORK"' EXIT
@@ -66,7 +69,7 @@ run_one() { # label rate extra-config-line -> prints a table row
         return
     fi
     c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
-    out=$(timeout $((DURATION + 30)) python3 "$ROOT/scripts/paced_qos1.py" "$port" "$rate" "$DURATION" 5 2>&1 | tail -n 1)
+    out=$(timeout $((DURATION + 30)) "$PYTHON" "$ROOT/scripts/paced_qos1.py" "$port" "$rate" "$DURATION" 5 2>&1 | tail -n 1)
     c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
     pct=$(printf '%.1f' "$(echo "scale=3; ($c1 - $c0) * 100 / $TICKS / ($t1 - $t0)" | bc)")
     echo "| $label | $rate | $pct | $out |"
