@@ -42,19 +42,23 @@ fn run(node: &mut Node<MemLog>, now: u64) -> usize {
     accepted
 }
 
-fn connect(node: &mut Node<MemLog>, conn: u64, now: u64) {
-    node.broker_mut().open(conn, "127.0.0.1:1".parse().unwrap(), now);
-    let c = Connect {
+/// A 3.1.1 CONNECT of client `client-{conn}`.
+fn connect_packet(conn: u64, clean_start: bool) -> Packet {
+    Packet::Connect(Box::new(Connect {
         version: Version::V311,
         client_id: format!("client-{conn}"),
-        clean_start: false,
+        clean_start,
         keep_alive: 0,
         username: None,
         password: None,
         will: None,
         properties: Properties::default(),
-    };
-    node.broker_mut().packet(conn, Packet::Connect(Box::new(c)), now);
+    }))
+}
+
+fn connect(node: &mut Node<MemLog>, conn: u64, now: u64) {
+    node.broker_mut().open(conn, "127.0.0.1:1".parse().unwrap(), now);
+    node.broker_mut().packet(conn, connect_packet(conn, false), now);
 }
 
 #[test]
@@ -250,20 +254,7 @@ fn lone_volatile_node_logs_acknowledgements_with_the_next_input() {
     for conn in [sub, publ] {
         d.with_broker(now, |b, now| {
             b.open(conn, "127.0.0.1:1".parse().unwrap(), now);
-            b.packet(
-                conn,
-                Packet::Connect(Box::new(Connect {
-                    version: Version::V311,
-                    client_id: format!("client-{conn}"),
-                    clean_start: true,
-                    keep_alive: 0,
-                    username: None,
-                    password: None,
-                    will: None,
-                    properties: Properties::default(),
-                })),
-                now,
-            )
+            b.packet(conn, connect_packet(conn, true), now)
         })
         .expect("connect");
     }
