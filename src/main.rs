@@ -384,7 +384,7 @@ fn run<L: RaftLog + 'static>(
     let message_bytes_max = config.limits.memory_bytes_max.min(1 << 31) as usize + (16 << 20);
     let mut sockets = Vec::new();
     for l in &config.listeners {
-        match smol::block_on(midge::net::bind(l)) {
+        match midge::net::rt::block_on(midge::net::bind(l)) {
             Ok(s) => sockets.push(s),
             Err(e) => {
                 error!(
@@ -398,7 +398,7 @@ fn run<L: RaftLog + 'static>(
     }
     let mut admin_listener = None;
     if let Some(l) = &config.admin_listener {
-        match smol::block_on(midge::net::bind(l)) {
+        match midge::net::rt::block_on(midge::net::bind(l)) {
             Ok(s) => {
                 info!(
                     "Admin listener on port {}{} (password users only).",
@@ -413,7 +413,7 @@ fn run<L: RaftLog + 'static>(
             }
         }
     }
-    let port_of = |s: &smol::net::TcpListener| s.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port_of = |s: &midge::net::rt::TcpListener| s.local_addr().map(|a| a.port()).unwrap_or(0);
     let ports: Vec<u16> = sockets.iter().map(port_of).collect();
     let peers = Peers::new(
         node_id,
@@ -440,7 +440,7 @@ fn run<L: RaftLog + 'static>(
     }
     let mut health_listener = None;
     if let Some(l) = &config.health_listener {
-        match smol::block_on(midge::net::bind(l)) {
+        match midge::net::rt::block_on(midge::net::bind(l)) {
             Ok(s) => health_listener = Some(s),
             Err(e) => {
                 error!("Cannot open health_listener on port {}: {e}.", l.port);
@@ -450,7 +450,7 @@ fn run<L: RaftLog + 'static>(
     }
     let mut peer_listener = None;
     if let Some((_, addr)) = config.cluster_peers.iter().find(|(id, _)| *id == node_id) {
-        match smol::block_on(smol::net::TcpListener::bind(addr.as_str())) {
+        match midge::net::rt::block_on(midge::net::rt::TcpListener::bind(addr.as_str())) {
             Ok(l) => {
                 match &config.cluster_tls {
                     Some(t) => info!(
@@ -483,7 +483,7 @@ fn run<L: RaftLog + 'static>(
         },
     };
     let ex = Rc::new(LocalExecutor::new());
-    let code = smol::block_on(server.clone().busy_polling(ex.run(async {
+    let code = midge::net::rt::block_on(server.clone().busy_polling(ex.run(async {
         for (i, (l, s)) in config.listeners.iter().zip(sockets).enumerate() {
             ex.spawn(server.clone().listen(ex.clone(), i, l.clone(), s)).detach();
         }
@@ -514,7 +514,6 @@ fn run<L: RaftLog + 'static>(
         }
         server.start_bridges(&ex, &config.bridges);
         ex.spawn(server.clone().ticker()).detach();
-        ex.spawn(server.clone().keep_reactor()).detach();
         ex.spawn(server.clone().parker(ex.clone())).detach();
         ex.spawn(server.clone().driver()).detach();
         ex.spawn(server.clone().group_driver()).detach();

@@ -34,11 +34,11 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::net::rt::{TcpListener, TcpStream};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use log::{debug, info, warn};
 use raft::eraftpb::Message;
 use smol::channel::{bounded, Receiver, Sender};
-use smol::net::{TcpListener, TcpStream};
 
 use rustls::pki_types::ServerName;
 
@@ -470,7 +470,7 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
                         warn!("Peer node {id} at {addr} closed the link at once; its log says why. Retrying with backoff.");
                         logged_refused = true;
                     }
-                    smol::Timer::after(Duration::from_millis(backoff)).await;
+                    crate::net::rt::Timer::after(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX_MS);
                     continue;
                 }
@@ -491,7 +491,7 @@ async fn sender(peers: Rc<Peers>, id: u64, addr: String, p: Rc<PeerOut>, bell: R
                 // time it is back; raft resends what matters.
                 p.queue.borrow_mut().clear();
                 p.queued_bytes.set(0);
-                smol::Timer::after(Duration::from_millis(backoff)).await;
+                crate::net::rt::Timer::after(Duration::from_millis(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX_MS);
             }
         }
@@ -515,7 +515,7 @@ async fn connect(peers: &Peers, addr: &str) -> std::io::Result<Link> {
     let name = server_name(addr).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
     let handshake = futures_rustls::TlsConnector::from(tls.client()).connect(name, s);
     futures_lite::future::or(handshake, async {
-        smol::Timer::after(HELLO_DEADLINE).await;
+        crate::net::rt::Timer::after(HELLO_DEADLINE).await;
         Err(Error::new(ErrorKind::TimedOut, "no TLS handshake within the hello deadline"))
     })
     .await
@@ -612,7 +612,7 @@ pub async fn accept_loop(ex: Rc<smol::LocalExecutor<'static>>, listener: TcpList
             Ok(x) => x,
             Err(e) => {
                 warn!("Peer accept failed: {e}.");
-                smol::Timer::after(Duration::from_millis(100)).await;
+                crate::net::rt::Timer::after(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -693,7 +693,7 @@ async fn receive(s: TcpStream, ip: IpAddr, peers: &Peers, inbox: &Inbox) -> std:
     // The handshake and the hello have `HELLO_DEADLINE` together: a
     // connection that does not complete them holds a task and a descriptor.
     let deadline = async {
-        smol::Timer::after(HELLO_DEADLINE).await;
+        crate::net::rt::Timer::after(HELLO_DEADLINE).await;
         Err(Error::new(ErrorKind::TimedOut, format!("no hello within {} s", HELLO_DEADLINE.as_secs())))
     };
     let opened = futures_lite::future::or(
@@ -866,7 +866,7 @@ mod tests {
     #[test]
     fn a_silent_peer_connection_is_dropped_at_the_hello_deadline() {
         let ex = Rc::new(smol::LocalExecutor::new());
-        smol::block_on(ex.run(async {
+        crate::net::rt::block_on(ex.run(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = l.local_addr().unwrap().port();
             let inbox = Inbox {
@@ -877,11 +877,11 @@ mod tests {
                 message_bytes_max: 1 << 20,
             };
             ex.spawn(accept_loop(ex.clone(), l, Peers::new(1, Advertised::default(), None), inbox)).detach();
-            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut c = TcpStream::connect(&format!("127.0.0.1:{port}")).await.unwrap();
             let start = std::time::Instant::now();
             let mut buf = [0u8; 1];
             let n = futures_lite::future::or(async { c.read(&mut buf).await.unwrap_or(0) }, async {
-                smol::Timer::after(HELLO_DEADLINE * 3).await;
+                crate::net::rt::Timer::after(HELLO_DEADLINE * 3).await;
                 99
             })
             .await;

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::net::rt::TcpStream;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use log::{debug, info, warn};
-use smol::net::TcpStream;
 
 use super::{Doorbell, Server};
 use crate::bridge::{map_in, origin_id, BridgeConfig};
@@ -145,17 +145,17 @@ pub async fn run<L: RaftLog + 'static>(server: Rc<Server<L>>, io: Rc<BridgeIo>) 
             down_announced = true;
             server.with_broker(|b, now| b.bridge_notify(&io.origin, &cfg.notification_topic(), b"0", now));
         }
-        smol::Timer::after(Duration::from_secs(cfg.restart_delay_secs(attempt).into())).await;
+        crate::net::rt::Timer::after(Duration::from_secs(cfg.restart_delay_secs(attempt).into())).await;
         attempt = attempt.saturating_add(1);
     }
 }
 
 async fn sleep(d: Duration) {
-    smol::Timer::after(d).await;
+    crate::net::rt::Timer::after(d).await;
 }
 
 async fn open(io: &BridgeIo, host: &str, port: u16) -> Result<Box<dyn Stream>, String> {
-    let tcp = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(&host_port(host, port)).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &io.cfg.tls else { return Ok(Box::new(tcp)) };
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("TLS: {e}"))?;
@@ -168,7 +168,7 @@ async fn open(io: &BridgeIo, host: &str, port: u16) -> Result<Box<dyn Stream>, S
 
 async fn timed<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     futures_lite::future::or(f, async {
-        smol::Timer::after(CONNECT_TIMEOUT).await;
+        crate::net::rt::Timer::after(CONNECT_TIMEOUT).await;
         Err("timed out".to_string())
     })
     .await
@@ -530,6 +530,15 @@ async fn session<L: RaftLog + 'static>(
                 return end;
             }
         }
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

@@ -3,13 +3,12 @@
 //! broker decides; never blocks.
 
 use std::future::Future;
-use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use smol::Async;
+use super::rt::Async;
 
 use super::{
     ConnIo, Intake, Server, ACTIVE, ANSWERED, CLOSING, PARK_REQUESTED, READ_BUFFER_BYTES_BUSY, READ_BUFFER_BYTES_MIN,
@@ -115,7 +114,7 @@ impl OutBuf {
                 }
                 io.with_out(|o| std::mem::swap(&mut self.buf, o));
             }
-            match (&mut sock.get_ref()).write(&self.buf[self.done..]) {
+            match sock.try_write(&self.buf[self.done..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.done += n;
@@ -284,7 +283,7 @@ impl<L: RaftLog + 'static> TcpConn<L> {
         let room = space.len();
         let Some(sock) = &self.sock else { return Input::End };
         loop {
-            return match (&mut sock.get_ref()).read(space) {
+            return match sock.try_read(space) {
                 Ok(0) => Input::End,
                 Ok(n) => {
                     self.io.flags.set(ACTIVE, true);

@@ -5,8 +5,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::net::rt::TcpListener;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::net::TcpListener;
 use smol::LocalExecutor;
 
 use super::Server;
@@ -30,7 +30,7 @@ fn wants_metrics(head: &[u8]) -> bool {
 pub async fn health<L: RaftLog + 'static>(server: Rc<Server<L>>, ex: Rc<LocalExecutor<'static>>, l: TcpListener) {
     loop {
         let Ok((mut s, _)) = l.accept().await else {
-            smol::Timer::after(Duration::from_millis(100)).await;
+            crate::net::rt::Timer::after(Duration::from_millis(100)).await;
             continue;
         };
         let server = server.clone();
@@ -49,7 +49,7 @@ pub async fn health<L: RaftLog + 'static>(server: Rc<Server<L>>, ex: Rc<LocalExe
                 }
             };
             futures_lite::future::or(read, async {
-                smol::Timer::after(Duration::from_secs(2)).await;
+                crate::net::rt::Timer::after(Duration::from_secs(2)).await;
             })
             .await;
             let resp = if wants_metrics(&buf[..n]) {

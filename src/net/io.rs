@@ -3,11 +3,11 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use super::rt::Async;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use smol::Async;
 
 pub struct SmolIo<S>(pub S);
 
@@ -32,14 +32,12 @@ impl<S: AsyncWrite + Unpin> embedded_io_async::Write for SmolIo<S> {
 }
 
 /// A client's TCP socket, shared by its reader and writer: one pointer per
-/// handle. (`smol::net::TcpStream` also carries two cached readiness
-/// futures per handle, which a connection with three handles pays for in
-/// every idle connection's task.)
+/// handle.
 #[derive(Clone)]
-pub struct Tcp(pub Arc<Async<std::net::TcpStream>>);
+pub struct Tcp(pub Rc<Async<std::net::TcpStream>>);
 
-impl From<smol::net::TcpStream> for Tcp {
-    fn from(s: smol::net::TcpStream) -> Tcp {
+impl From<super::rt::TcpStream> for Tcp {
+    fn from(s: super::rt::TcpStream) -> Tcp {
         Tcp(s.into())
     }
 }

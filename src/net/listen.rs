@@ -8,9 +8,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::rt::Async;
+use crate::net::rt::{TcpListener, TcpStream};
 use log::{debug, info, warn};
-use smol::net::{TcpListener, TcpStream};
-use smol::{Async, LocalExecutor};
+use smol::LocalExecutor;
 
 use super::conn::TcpConn;
 use super::io::{SmolIo, Tcp};
@@ -35,7 +36,7 @@ impl<L: RaftLog + 'static> Server<L> {
         // its disk is full (then its clients learn why: 0x97).
         if !self.clustered {
             while !self.driver.borrow().broker().serving() && !self.driver.borrow().store_full() {
-                smol::Timer::after(Duration::from_millis(5)).await;
+                crate::net::rt::Timer::after(Duration::from_millis(5)).await;
             }
         }
         if let Some(first) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
@@ -53,7 +54,7 @@ impl<L: RaftLog + 'static> Server<L> {
                         );
                         drop(old);
                     }
-                    smol::Timer::after(Duration::from_millis(20)).await;
+                    crate::net::rt::Timer::after(Duration::from_millis(20)).await;
                     continue;
                 }
                 if sock.is_none() {
@@ -64,7 +65,7 @@ impl<L: RaftLog + 'static> Server<L> {
                         }
                         Err(e) => {
                             warn!("Cannot reopen client listener on port {}: {e}.", l.port);
-                            smol::Timer::after(Duration::from_millis(200)).await;
+                            crate::net::rt::Timer::after(Duration::from_millis(200)).await;
                             continue;
                         }
                     }
@@ -73,7 +74,7 @@ impl<L: RaftLog + 'static> Server<L> {
             let Some(listener) = sock.as_ref() else { continue };
             let accepted = if closed_mode {
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    smol::Timer::after(Duration::from_millis(100)).await;
+                    crate::net::rt::Timer::after(Duration::from_millis(100)).await;
                     None
                 })
                 .await
@@ -85,7 +86,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 Ok(x) => x,
                 Err(e) => {
                     warn!("Accept on port {} failed: {}.", l.port, e);
-                    smol::Timer::after(Duration::from_millis(100)).await;
+                    crate::net::rt::Timer::after(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -133,7 +134,7 @@ impl<L: RaftLog + 'static> Server<L> {
     ) {
         self.handshakes.set(self.handshakes.get() + 1);
         let first = futures_lite::future::or(read_proxy_header(&mut stream), async {
-            smol::Timer::after(FIRST_BYTES_TIMEOUT).await;
+            crate::net::rt::Timer::after(FIRST_BYTES_TIMEOUT).await;
             Err(FirstBytes::Bad(format!("nothing received within {} s", FIRST_BYTES_TIMEOUT.as_secs())))
         })
         .await;
@@ -247,7 +248,7 @@ impl<L: RaftLog + 'static> Server<L> {
     pub async fn listen_admin(self: Rc<Self>, ex: Rc<LocalExecutor<'static>>, l: Listener, listener: TcpListener) {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
-                smol::Timer::after(Duration::from_millis(100)).await;
+                crate::net::rt::Timer::after(Duration::from_millis(100)).await;
                 continue;
             };
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
@@ -278,7 +279,7 @@ impl<L: RaftLog + 'static> Server<L> {
     ) -> Option<ConnId> {
         // A freshly accepted stream has no other handle: own the socket
         // outright (no reference count, no cached readiness futures).
-        let Ok(sock) = Arc::try_unwrap(Arc::<Async<std::net::TcpStream>>::from(stream)) else {
+        let Ok(sock) = std::rc::Rc::try_unwrap(std::rc::Rc::<Async<std::net::TcpStream>>::from(stream)) else {
             warn!("Closing connection from {peer}: its socket is shared.");
             return None;
         };
@@ -304,7 +305,7 @@ impl<L: RaftLog + 'static> Server<L> {
         let tcp = Tcp::from(stream);
         let accept = futures_rustls::TlsAcceptor::from(cfg).accept(tcp.clone());
         let done = futures_lite::future::or(async { Some(accept.await) }, async {
-            smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+            crate::net::rt::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
             None
         })
         .await;

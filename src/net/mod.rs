@@ -15,6 +15,7 @@ mod listen;
 pub use listen::bind;
 mod park;
 pub mod proxy_header;
+pub mod rt;
 mod ws;
 
 use std::cell::{Cell, RefCell};
@@ -144,7 +145,7 @@ impl Flags {
     }
 }
 
-/// Wakes one task (the raft driver, the parker, `keep_reactor`). A channel
+/// Wakes one task (the raft driver, the parker). A channel
 /// would do, but costs an allocation per wait; on one thread two `Cell`s
 /// are enough.
 #[derive(Default)]
@@ -231,11 +232,6 @@ pub struct Server<L: RaftLog> {
     busy_poll: Duration,
     /// When a client's input last arrived (kept only with busy polling).
     last_input: Cell<Option<Instant>>,
-    /// Client inputs taken, and whether `keep_reactor` rests until the
-    /// next one (it does after `REACTOR_KEEP_IDLE` without any).
-    inputs: Cell<u64>,
-    keeper_resting: Cell<bool>,
-    keeper_bell: Doorbell,
     /// Empty vectors that `dispatch` keeps for its next call, so that it
     /// does not allocate them again for every message (`SPARE_KEPT`).
     spare_actions: Cell<Vec<Action>>,
@@ -423,9 +419,6 @@ impl<L: RaftLog + 'static> Server<L> {
             executor: RefCell::new(None),
             busy_poll,
             last_input: Cell::new(None),
-            inputs: Cell::new(0),
-            keeper_resting: Cell::new(false),
-            keeper_bell: Doorbell::default(),
             spare_actions: Cell::default(),
             spare_fresh: Cell::default(),
             dynsec_file: RefCell::new(None),
@@ -655,7 +648,7 @@ impl<L: RaftLog + 'static> Server<L> {
     /// sockets without sleeping, so that the next packet is taken at once
     /// instead of after the thread is woken from sleep (on the machines
     /// measured, a woken thread starts 5-15 us later; see docs/CONFIG.md).
-    /// Works with async-io's `block_on`: a future that wakes itself makes
+    /// Works with `rt::block_on`: a future that wakes itself makes
     /// `block_on` poll the reactor without blocking and poll it again.
     /// Costs CPU while it polls; zero when the broker is idle.
     pub async fn busy_polling<T>(self: Rc<Self>, fut: impl std::future::Future<Output = T>) -> T {
@@ -783,7 +776,7 @@ impl<L: RaftLog + 'static> Server<L> {
         // on every pass cost a reactor notification (an eventfd write and
         // an extra epoll round) per message.
         let mut timer_at = cell.borrow().next_wake_us();
-        let mut timer = smol::Timer::at(self.epoch + Duration::from_micros(timer_at));
+        let mut timer = crate::net::rt::Timer::at(self.epoch + Duration::from_micros(timer_at));
         loop {
             let wake = cell.borrow().next_wake_us();
             // (A timer that fired stays silent until it is set again.)
@@ -948,7 +941,7 @@ impl<L: RaftLog + 'static> Server<L> {
     /// subscribers of `$SYS/broker/log/...`.
     pub async fn publish_log(self: Rc<Self>) {
         loop {
-            smol::Timer::after(Duration::from_millis(100)).await;
+            crate::net::rt::Timer::after(Duration::from_millis(100)).await;
             let lines = crate::logging::take_topic_lines();
             if !lines.is_empty() {
                 self.with_broker(|b, now| b.publish_log(lines, now));
@@ -990,10 +983,6 @@ impl<L: RaftLog + 'static> Server<L> {
     fn take_input(&self, id: ConnId, rb: &mut ReadBuf, n: usize, room: usize) -> Intake {
         if !self.busy_poll.is_zero() {
             self.last_input.set(Some(Instant::now()));
-        }
-        self.inputs.set(self.inputs.get() + 1);
-        if self.keeper_resting.replace(false) {
-            self.keeper_bell.ring();
         }
         rb.filled += n;
         let (buf, filled, topics) = (&rb.buf, rb.filled, &mut rb.topics);
@@ -1053,7 +1042,7 @@ impl<L: RaftLog + 'static> Server<L> {
             // while its unwritten output is over the bound. TLS connections
             // are few; a short sleep is simpler than a second waker.
             while self.driver.borrow().broker().out_buffered(id) > self.out_buffer_bytes_max {
-                smol::Timer::after(Duration::from_millis(10)).await;
+                crate::net::rt::Timer::after(Duration::from_millis(10)).await;
             }
             let Some(space) = rb.space(self.packet_bytes_max) else { return };
             let room = space.len();
@@ -1064,7 +1053,7 @@ impl<L: RaftLog + 'static> Server<L> {
             let mut intake = self.take_input(id, &mut rb, n, room);
             while intake == Intake::Held {
                 while self.driver.borrow().broker().out_buffered(id) > self.out_buffer_bytes_max {
-                    smol::Timer::after(Duration::from_millis(10)).await;
+                    crate::net::rt::Timer::after(Duration::from_millis(10)).await;
                 }
                 intake = self.take_input(id, &mut rb, 0, usize::MAX);
             }
@@ -1123,7 +1112,7 @@ impl<L: RaftLog + 'static> Server<L> {
     pub async fn ticker(self: Rc<Self>) {
         let mut ticks = 0u64;
         loop {
-            smol::Timer::after(Duration::from_millis(1000)).await;
+            crate::net::rt::Timer::after(Duration::from_millis(1000)).await;
             self.check_free_space();
             self.with_broker(|b, now| b.tick(now));
             // A lone node's raft tick rides on this wake-up (see
@@ -1169,48 +1158,6 @@ fn write_direct(io: &ConnIo, out: &mut Vec<u8>) -> usize {
     io.flags.set(ACTIVE, true);
     n
 }
-
-impl<L: RaftLog + 'static> Server<L> {
-    /// Keeps the event loop's thread the one that waits for I/O. async-io's
-    /// helper thread ("async-io") takes the reactor over when it sees no
-    /// reactor turn for 10 ms; from then on every event woke that thread
-    /// first, and it woke ours: a second thread wake-up on every packet
-    /// after a quiet spell (a QoS 1 round trip every 30 ms took 117 us at
-    /// the median instead of 77 us on the machines measured). A turn every
-    /// `REACTOR_TURN_MS` keeps it from ever seeing such a gap. The turns
-    /// cost CPU (about 0.5% of a core on that machine), so they rest once
-    /// no client has sent anything for `REACTOR_KEEP_IDLE`, until the next
-    /// input: an idle broker sleeps, and only the first packet after the
-    /// rest pays the second wake-up.
-    pub async fn keep_reactor(self: Rc<Self>) {
-        let turn = Duration::from_millis(REACTOR_TURN_MS);
-        let mut t = smol::Timer::interval(turn);
-        let mut seen = self.inputs.get();
-        let mut quiet = Duration::ZERO;
-        loop {
-            futures_lite::StreamExt::next(&mut t).await;
-            let now = self.inputs.get();
-            if now != seen {
-                seen = now;
-                quiet = Duration::ZERO;
-                continue;
-            }
-            quiet += turn;
-            if quiet >= REACTOR_KEEP_IDLE {
-                self.keeper_resting.set(true);
-                self.keeper_bell.wait().await;
-                seen = self.inputs.get();
-                quiet = Duration::ZERO;
-                t.set_interval(turn);
-            }
-        }
-    }
-}
-
-/// Below the helper thread's 10 ms check (see `Server::keep_reactor`).
-const REACTOR_TURN_MS: u64 = 8;
-/// How long without client input before the reactor turns rest.
-const REACTOR_KEEP_IDLE: Duration = Duration::from_secs(5);
 
 /// How often freed heap memory is handed back to the operating system.
 const RETURN_MEMORY_EVERY_SECS: u64 = 10;

@@ -11,8 +11,9 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::rt::Async;
 use log::{debug, warn};
-use smol::{Async, LocalExecutor};
+use smol::LocalExecutor;
 
 use super::conn::TcpConn;
 use super::{ConnIo, Doorbell, Server, ACTIVE, PARK_REQUESTED};
@@ -163,7 +164,13 @@ impl<L: RaftLog + 'static> Server<L> {
             })
             .await;
             events.clear();
+            // Edge-triggered (`rt`): the set is readable again only with a
+            // new event, so a full batch means more may wait: look again.
+            p.poller.clear_readable();
             let _ = p.poller.get_ref().wait(&mut events, Some(Duration::ZERO));
+            if events.len() == PARKER_EVENTS_MAX.get() {
+                p.bell.ring();
+            }
             let ready: Vec<ConnId> = {
                 let by_fd = p.by_fd.borrow();
                 events.iter().filter_map(|ev| by_fd.get(ev.key).copied()).filter(|id| *id != 0).collect()

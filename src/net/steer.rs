@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
+use crate::net::rt::TcpStream;
 use futures_lite::AsyncWriteExt;
 use log::debug;
-use smol::net::TcpStream;
 
 /// Forward a client's byte stream to the leader and back until either side
 /// closes. A PROXY header goes first: the leader logs the client's own

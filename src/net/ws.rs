@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::net::rt::TcpStream;
 use async_tungstenite::bytes::{ByteReader, ByteWriter};
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -20,7 +21,6 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use log::info;
-use smol::net::TcpStream;
 
 use super::io::{SmolIo, Tcp};
 use super::{Server, TLS_HANDSHAKE_TIMEOUT};
@@ -198,7 +198,7 @@ impl<L: RaftLog + 'static> Server<L> {
                 }
             },
             async {
-                smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+                crate::net::rt::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
                 None
             },
         )
