@@ -48,6 +48,9 @@ if [ "$BUILD" = 1 ]; then
 fi
 : "${MIDGE_BIN:=$ROOT/target/release/midge}"
 LOADGEN="$ROOT/benches/loadgen/target/release/loadgen"
+for f in "$MIDGE_BIN" "$LOADGEN"; do
+    [ -x "$f" ] || { echo "bench-instructions.sh: $f is missing (run without --no-build)" >&2; exit 1; }
+done
 WORK=$(mktemp -d /tmp/midge-instr.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
@@ -79,6 +82,7 @@ total() {
     done
     if ! "$LOADGEN" latency --port "$PORT" --qos 1 --count "$n" --warmup 0 --timeout-secs 120 > "$WORK/$b-$n.lg" 2>&1; then
         echo "bench-instructions.sh: loadgen failed against $b: $(cat "$WORK/$b-$n.lg")" >&2
+        exit 1
     fi
     sleep "$(awk -v s="$secs" -v a="$start" -v n="$(date +%s.%N)" 'BEGIN { r = s - (n - a); print (r > 0 ? r : 0) }')"
     ELAPSED=$(awk -v a="$start" -v n="$(date +%s.%N)" 'BEGIN { print n - a }')

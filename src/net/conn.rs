@@ -286,6 +286,8 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             return match sock.try_read(space) {
                 Ok(0) => Input::End,
                 Ok(n) => {
+                    // A read that did not fill the space emptied the socket.
+                    self.input = sock.is_readable();
                     self.io.flags.set(ACTIVE, true);
                     self.intake(n, room);
                     Input::Taken

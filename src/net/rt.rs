@@ -97,6 +97,8 @@ struct Reactor {
     timerfd: OwnedFd,
     /// The deadline the timerfd is set for.
     armed: Cell<Option<Instant>>,
+    /// Wakers to wake after a turn (kept for its capacity).
+    wake: Cell<Vec<Waker>>,
     notify: Arc<Notify>,
 }
 
@@ -128,6 +130,7 @@ impl Reactor {
             timer_ids: Cell::new(0),
             timerfd,
             armed: Cell::new(None),
+            wake: Cell::new(Vec::new()),
             notify: Arc::new(Notify { woken: AtomicBool::new(false), waker }),
         })
     }
@@ -169,15 +172,23 @@ impl Reactor {
 
     /// Wakes the timers that are due; true if any was.
     fn fire_timers(&self, now: Instant) -> bool {
-        let due: Vec<Waker> = {
+        let mut due = self.wake.take();
+        {
             let mut t = self.timers.borrow_mut();
-            let later = t.split_off(&(now + Duration::from_nanos(1), 0));
-            std::mem::replace(&mut *t, later).into_values().collect()
-        };
+            while let Some(e) = t.first_entry() {
+                if e.key().0 > now {
+                    break;
+                }
+                due.push(e.remove());
+            }
+        }
         let any = !due.is_empty();
-        for w in due {
+        // (Woken with no borrow held: a waker dropped here may drop a task
+        // and its sources and timers.)
+        for w in due.drain(..) {
             w.wake();
         }
+        self.wake.set(due);
         any
     }
 
@@ -216,7 +227,7 @@ impl Reactor {
             }
             return;
         }
-        let mut wake: Vec<Waker> = Vec::new();
+        let mut wake = self.wake.take();
         for ev in events.iter() {
             match ev.token() {
                 WAKE => {}
@@ -240,9 +251,10 @@ impl Reactor {
             }
         }
         drop(events);
-        for w in wake {
+        for w in wake.drain(..) {
             w.wake();
         }
+        self.wake.set(wake);
         self.fire_timers(Instant::now());
     }
 }
@@ -322,16 +334,26 @@ impl<T: AsRawFd> Async<T> {
         self.src.readable.set(false);
     }
 
-    /// One read without waiting; would-block clears the readiness.
+    /// One read without waiting. Would-block clears the readiness, and so
+    /// does a read that did not fill `buf`: the socket was empty then, and
+    /// data that comes later is a new edge (as tokio does; it saves the
+    /// would-block read after each packet).
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>
     where
         for<'a> &'a T: Read,
     {
         let r = (&mut self.get_ref()).read(buf);
-        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            self.src.readable.set(false);
+        match &r {
+            Ok(n) if *n > 0 && *n < buf.len() => self.src.readable.set(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.src.readable.set(false),
+            _ => {}
         }
         r
+    }
+
+    /// Whether the source counts as readable (see `poll_readable`).
+    pub fn is_readable(&self) -> bool {
+        self.src.readable.get()
     }
 
     /// One write without waiting; would-block clears the readiness.
@@ -378,12 +400,12 @@ where
     for<'a> &'a T: Read,
 {
     loop {
+        // Drained and no edge since: no read needed to know.
+        if a.poll_readable(cx).is_pending() {
+            return Poll::Pending;
+        }
         match a.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if a.poll_readable(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return Poll::Ready(r),
         }
@@ -395,12 +417,11 @@ where
     for<'a> &'a T: Write,
 {
     loop {
+        if a.poll_writable(cx).is_pending() {
+            return Poll::Pending;
+        }
         match a.try_write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if a.poll_writable(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return Poll::Ready(r),
         }
