@@ -1,5 +1,5 @@
 //! Parked connections: a plain TCP connection that stays idle gives up its
-//! task and its async-io source (about 420 bytes together) and leaves only
+//! task and its event-loop source (a few hundred bytes together) and leaves only
 //! its socket, registered in one epoll set of its own that the parker task
 //! watches. Input on the socket, output for it, or closing it brings the
 //! connection back as a new task (`TcpConn`), with its broker state

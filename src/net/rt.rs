@@ -689,3 +689,129 @@ impl AsyncWrite for TcpStream {
         Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn timers_fire_in_order_and_not_early() {
+        block_on(async {
+            let start = Instant::now();
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let ex = smol::LocalExecutor::new();
+            for (i, ms) in [(1, 30u64), (0, 10), (2, 50)] {
+                let order = order.clone();
+                ex.spawn(async move {
+                    let at = Timer::after(Duration::from_millis(ms)).await;
+                    assert!(at.duration_since(start) >= Duration::from_millis(ms));
+                    assert!(start.elapsed() >= Duration::from_millis(ms));
+                    order.borrow_mut().push(i);
+                })
+                .detach();
+            }
+            ex.run(Timer::after(Duration::from_millis(80))).await;
+            assert_eq!(*order.borrow(), vec![0, 1, 2]);
+        });
+    }
+
+    #[test]
+    fn a_fired_timer_stays_silent_until_set_again_and_an_interval_repeats() {
+        block_on(async {
+            let mut t = Timer::after(Duration::from_millis(5));
+            (&mut t).await;
+            let quiet = futures_lite::future::or(
+                async {
+                    (&mut t).await;
+                    true
+                },
+                async {
+                    Timer::after(Duration::from_millis(30)).await;
+                    false
+                },
+            );
+            assert!(!quiet.await, "a fired one-shot timer fired again");
+            t.set_after(Duration::from_millis(5));
+            (&mut t).await;
+            let start = Instant::now();
+            let mut i = Timer::interval(Duration::from_millis(10));
+            for _ in 0..3 {
+                futures_lite::StreamExt::next(&mut i).await;
+            }
+            assert!(start.elapsed() >= Duration::from_millis(30));
+        });
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_the_wait() {
+        let (tx, rx) = smol::channel::bounded::<u32>(1);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send_blocking(7).unwrap();
+        });
+        // Only the eventfd can end the wait early: the one timer is at 5 s.
+        let start = Instant::now();
+        let got = block_on(futures_lite::future::or(async { rx.recv().await.ok() }, async {
+            Timer::after(Duration::from_secs(5)).await;
+            None
+        }));
+        assert_eq!(got, Some(7));
+        assert!(start.elapsed() < Duration::from_secs(4), "woken by the timer, not the other thread");
+        t.join().unwrap();
+    }
+
+    /// Edge-triggered readiness: a read that did not fill the buffer
+    /// clears it, and data that comes later wakes the reader again.
+    #[test]
+    fn a_short_read_clears_readiness_and_new_data_wakes_the_reader() {
+        block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let (client, accepted) = futures_lite::future::zip(TcpStream::connect(&addr), l.accept()).await;
+            let mut client = client.unwrap();
+            let (server, _) = accepted.unwrap();
+            let server: Rc<Async<std::net::TcpStream>> = server.into();
+            client.write_all(b"abc").await.unwrap();
+            server.readable().await.unwrap();
+            let mut buf = [0u8; 16];
+            assert_eq!(server.try_read(&mut buf).unwrap(), 3);
+            assert!(!server.is_readable(), "a short read left the socket readable");
+            let ex = smol::LocalExecutor::new();
+            let s2 = server.clone();
+            let reader = ex.spawn(async move {
+                s2.readable().await.unwrap();
+                let mut buf = [0u8; 16];
+                s2.try_read(&mut buf).unwrap()
+            });
+            let n = ex
+                .run(futures_lite::future::or(
+                    async {
+                        Timer::after(Duration::from_millis(20)).await;
+                        client.write_all(b"defg").await.unwrap();
+                        reader.await
+                    },
+                    async {
+                        Timer::after(Duration::from_secs(5)).await;
+                        panic!("new data did not wake the reader")
+                    },
+                ))
+                .await;
+            assert_eq!(n, 4);
+            // End of input is readable too, and stays so.
+            client.close().await.unwrap();
+            let mut rest = Vec::new();
+            let mut s3 = TcpStream(server.clone());
+            assert_eq!(s3.read_to_end(&mut rest).await.unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn connecting_to_a_closed_port_fails() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let e = block_on(TcpStream::connect(&addr)).err().expect("connected to a closed port");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+}
