@@ -624,13 +624,21 @@ impl TcpStream {
         let s = mio::net::TcpStream::connect(a)?;
         let s = std::net::TcpStream::from(OwnedFd::from(s));
         let s = TcpStream::try_from(s)?;
-        s.0.writable().await?;
-        if let Some(e) = s.0.get_ref().take_error()? {
-            return Err(e);
+        // A new source counts as writable; this one is once the connection
+        // is made (or has failed). A connection made before the
+        // registration is reported by the first wait all the same.
+        s.0.src.writable.set(false);
+        loop {
+            s.0.writable().await?;
+            if let Some(e) = s.0.get_ref().take_error()? {
+                return Err(e);
+            }
+            match s.0.get_ref().peer_addr() {
+                Ok(_) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => s.0.src.writable.set(false),
+                Err(e) => return Err(e),
+            }
         }
-        // Not connected yet when only the error was cleared.
-        s.0.get_ref().peer_addr()?;
-        Ok(s)
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -803,6 +811,45 @@ mod tests {
             let mut rest = Vec::new();
             let mut s3 = TcpStream(server.clone());
             assert_eq!(s3.read_to_end(&mut rest).await.unwrap(), 0);
+        });
+    }
+
+    /// A connection still being made is waited for, not reported as
+    /// failed (`peer_addr` says "not connected" until it is made). With a
+    /// listen backlog of 0 the kernel leaves all but the first connection
+    /// unanswered until the listener accepts (the SYN is sent again after
+    /// a second).
+    #[test]
+    fn connects_wait_until_the_connection_is_made() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen on a socket this test owns (it only shrinks the backlog).
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let addr: &'static str = Box::leak(l.local_addr().unwrap().to_string().into_boxed_str());
+        block_on(async {
+            let l = TcpListener::try_from(l).unwrap();
+            let ex = smol::LocalExecutor::new();
+            let dials: Vec<_> = (0..4).map(|_| ex.spawn(TcpStream::connect(addr))).collect();
+            let mut accepted = Vec::new();
+            ex.run(async {
+                Timer::after(Duration::from_millis(200)).await;
+                let dialed = async {
+                    let mut out = Vec::new();
+                    for d in dials {
+                        out.push(d.await.expect("a connection still being made was reported failed"));
+                    }
+                    out
+                };
+                let accept = async {
+                    loop {
+                        accepted.push(l.accept().await.unwrap());
+                    }
+                };
+                let streams = futures_lite::future::or(dialed, accept).await;
+                for s in &streams {
+                    s.peer_addr().expect("connected");
+                }
+            })
+            .await;
         });
     }
 
