@@ -8,8 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::rt::Async;
-use crate::net::rt::{TcpListener, TcpStream};
+use super::rt::{Async, TcpListener, TcpStream};
 use log::{debug, info, warn};
 use smol::LocalExecutor;
 

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -395,37 +395,30 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn poll_read_with<T: AsRawFd>(a: &Async<T>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>
-where
-    for<'a> &'a T: Read,
-{
+/// One read or write (`op`) once the source is `ready`: a source not
+/// ready since it was drained waits without a system call.
+fn poll_io(
+    cx: &mut Context<'_>,
+    ready: impl Fn(&mut Context<'_>) -> Poll<io::Result<()>>,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
     loop {
-        // Drained and no edge since: no read needed to know.
-        if a.poll_readable(cx).is_pending() {
+        if ready(cx).is_pending() {
             return Poll::Pending;
         }
-        match a.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        match op() {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             r => return Poll::Ready(r),
         }
     }
 }
 
-fn poll_write_with<T: AsRawFd>(a: &Async<T>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>
-where
-    for<'a> &'a T: Write,
-{
-    loop {
-        if a.poll_writable(cx).is_pending() {
-            return Poll::Pending;
-        }
-        match a.try_write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return Poll::Ready(r),
-        }
-    }
+fn poll_read_with(a: &Async<std::net::TcpStream>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    poll_io(cx, |cx| a.poll_readable(cx), || a.try_read(buf))
+}
+
+fn poll_write_with(a: &Async<std::net::TcpStream>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    poll_io(cx, |cx| a.poll_writable(cx), || a.try_write(buf))
 }
 
 impl AsyncRead for &Async<std::net::TcpStream> {
@@ -449,11 +442,9 @@ impl AsyncWrite for &Async<std::net::TcpStream> {
 }
 
 /// A timer of this thread's reactor: a future that completes at its
-/// deadline (once; then it stays pending until set again), or with a
-/// period, a stream of deadlines.
+/// deadline, once; then it stays pending until set again.
 pub struct Timer {
     when: Option<Instant>,
-    period: Option<Duration>,
     id: u64,
     /// The key it is registered under.
     key: Option<(Instant, u64)>,
@@ -466,31 +457,16 @@ impl Timer {
             r.timer_ids.set(id);
             id
         });
-        Timer { when: Some(when), period: None, id, key: None }
+        Timer { when: Some(when), id, key: None }
     }
 
     pub fn after(d: Duration) -> Timer {
         Timer::at(Instant::now() + d)
     }
 
-    pub fn interval(period: Duration) -> Timer {
-        let mut t = Timer::after(period);
-        t.period = Some(period);
-        t
-    }
-
     pub fn set_at(&mut self, when: Instant) {
         self.unregister();
         self.when = Some(when);
-    }
-
-    pub fn set_after(&mut self, d: Duration) {
-        self.set_at(Instant::now() + d)
-    }
-
-    pub fn set_interval(&mut self, period: Duration) {
-        self.set_after(period);
-        self.period = Some(period);
     }
 
     fn unregister(&mut self) {
@@ -504,7 +480,7 @@ impl Timer {
         let now = Instant::now();
         if now >= when {
             self.unregister();
-            self.when = self.period.map(|p| (when + p).max(now));
+            self.when = None;
             return Poll::Ready(when);
         }
         let key = (when, self.id);
@@ -534,14 +510,6 @@ impl Future for Timer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Instant> {
         self.get_mut().poll_due(cx)
-    }
-}
-
-impl futures_lite::Stream for Timer {
-    type Item = Instant;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
-        self.get_mut().poll_due(cx).map(Some)
     }
 }
 
@@ -672,12 +640,6 @@ impl From<TcpStream> for Rc<Async<std::net::TcpStream>> {
     }
 }
 
-impl AsFd for TcpStream {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.0.get_ref().as_fd()
-    }
-}
-
 impl AsyncRead for TcpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         poll_read_with(&self.0, cx, buf)
@@ -725,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fired_timer_stays_silent_until_set_again_and_an_interval_repeats() {
+    fn a_fired_timer_stays_silent_until_set_again() {
         block_on(async {
             let mut t = Timer::after(Duration::from_millis(5));
             (&mut t).await;
@@ -740,14 +702,10 @@ mod tests {
                 },
             );
             assert!(!quiet.await, "a fired one-shot timer fired again");
-            t.set_after(Duration::from_millis(5));
-            (&mut t).await;
-            let start = Instant::now();
-            let mut i = Timer::interval(Duration::from_millis(10));
-            for _ in 0..3 {
-                futures_lite::StreamExt::next(&mut i).await;
-            }
-            assert!(start.elapsed() >= Duration::from_millis(30));
+            let again = Instant::now() + Duration::from_millis(5);
+            t.set_at(again);
+            assert_eq!((&mut t).await, again);
+            assert!(Instant::now() >= again);
         });
     }
 
