@@ -146,11 +146,13 @@ fn publish(topic: &str, pid: u16) -> Packet {
 
 /// The same conversation on a lone in-memory node that applies at propose
 /// and on one that applies at commit: the first answers before its log
-/// round, the second after it; both log every command once and end in the
-/// same state. A membership change puts the applied commands into the
-/// log first and ends applying at propose.
+/// round, the second after it; the first logs none of its commands (no
+/// follower and no restart would read them), the second logs each once;
+/// both end in the same state. A membership change ends applying at
+/// propose, and the new member receives the whole state by snapshot,
+/// never the log from before it.
 #[test]
-fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
+fn lone_volatile_node_applies_at_propose_without_logging() {
     let now = 1_700_000_000_000;
     let (sub, publ) = (1, 2);
     let mut states = Vec::new();
@@ -186,8 +188,11 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
         let is_puback = |p: &Packet| matches!(p, Packet::PubAck(_));
         assert_eq!(sends(&before, sub, is_publish), usize::from(early));
         assert_eq!(sends(&before, publ, is_puback), usize::from(early));
-        assert!(node.broker_mut().has_proposals(), "the command still goes into the log");
+        assert!(node.broker_mut().has_proposals(), "the command waits for the log");
+        let last_before = disk.last_index().unwrap();
         let after = settle(&mut node, now);
+        let logged = disk.last_index().unwrap() - last_before;
+        assert_eq!(logged, u64::from(!early), "logged only when applied at commit");
         assert_eq!(sends(&after, sub, is_publish), usize::from(!early), "delivered exactly once");
         assert_eq!(sends(&after, publ, is_puback), usize::from(!early), "acknowledged exactly once");
 
@@ -204,12 +209,22 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
         assert_eq!(node.applied(), disk.last_index().unwrap(), "everything in the log is applied");
         assert!(!node.broker_mut().has_proposals());
         states.push(node.broker().state().snapshot());
+        if early {
+            // The log holds nothing older than the state (everything was
+            // forgotten when the first command skipped it), so a new
+            // member can only be sent a snapshot.
+            assert!(disk.first_index().unwrap() > disk.last_index().unwrap(), "the log is empty");
+            assert!(node.stats().unlogged >= 8, "unlogged {}", node.stats().unlogged);
+        } else {
+            assert_eq!(node.stats().unlogged, 0);
+        }
 
         if early {
             // A proposal applied and not yet logged goes in before the
             // membership change, which ends applying at propose.
             node.broker_mut().packet(publ, publish("t/7", 7), now);
             assert_eq!(node.broker().proposals_applied(), 1);
+            let forgotten = disk.last_index().unwrap();
             node.change_membership(true, 2, "127.0.0.1:1", true).expect("propose add");
             assert!(!node.broker_mut().applies_at_propose());
             assert_eq!(node.broker().proposals_applied(), 0);
@@ -220,6 +235,12 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
             let snap = disk.snapshot(0, 2).expect("a snapshot for the new member");
             let restored = State::restore(&snap.data).expect("snapshot decodes");
             assert_eq!(restored.snapshot(), node.broker().state().snapshot());
+            assert_eq!(restored.retained().len(), 7, "the unlogged commands are in the snapshot");
+            // What the log still holds came after every unlogged command
+            // (the membership change): a new member that needs anything
+            // older gets the snapshot.
+            assert_eq!(disk.first_index().unwrap(), forgotten + 1, "nothing older to send");
+            assert!(snap.get_metadata().index > forgotten);
         }
     }
     assert!(states[0] == states[1], "applying at propose and at commit end in the same state");
@@ -227,9 +248,8 @@ fn lone_volatile_node_applies_at_propose_and_logs_every_command_once() {
 
 /// A lone in-memory node (`CommitMode::AtPropose`): a subscriber's PUBACK
 /// applies at once (its window has room again) and asks for no run of the
-/// driver task; its command goes into the entry of the next input that
-/// proposes (here the publisher's next PUBLISH), or into the driver's next
-/// pass. Every command is logged once either way.
+/// driver task; its command is taken with the next input that proposes
+/// (here the publisher's next PUBLISH), or by the driver's next pass.
 #[test]
 fn lone_volatile_node_logs_acknowledgements_with_the_next_input() {
     use midge::cluster::driver::Driver;

@@ -33,8 +33,10 @@ pub enum CommitMode {
     /// A lone node (no `cluster_peer` lines) with its log in memory: its
     /// own append commits an entry and cannot fail, so each command
     /// applies as the broker proposes it and its effects (a delivery, a
-    /// PUBACK) leave before the log round; the Ready loop runs at once
-    /// after the broker's input, with no hold and nothing to batch for.
+    /// PUBACK) leave at once; no follower or restart reads its log, so
+    /// the applied commands are not logged (`Node::log_not_read`); the
+    /// Ready loop runs at once after the broker's input, with no hold and
+    /// nothing to batch for.
     AtPropose,
     /// Log in memory, with peers: commands apply when raft commits them;
     /// each Ready pass writes at once (there is no fsync to batch for);
@@ -243,13 +245,11 @@ impl<L: RaftLog> Driver<L> {
             let lazy = broker.proposals_lazy();
             if self.mode == CommitMode::AtPropose && lazy && broker.proposals_all_applied() {
                 // Applied at propose already (the subscriber's window has
-                // its room): only their log entry is left, and nothing
-                // waits for it. They go into the entry of the next client
-                // input that proposes, or of the driver's next pass (the
-                // runtime's once-a-second timer rings it), without a run
-                // of the driver task of their own (about 1.6k instructions
-                // per QoS 1 round trip; committed at once instead, each
-                // costs an entry of its own, about 4k).
+                // its room), and nothing waits for them. They are taken
+                // with the next client input that proposes, or by the
+                // driver's next pass (the runtime's once-a-second timer
+                // rings it), without a run of the driver task of their
+                // own (about 1.6k instructions per QoS 1 round trip).
             } else if self.mode == CommitMode::AtPropose && !lazy {
                 // Commit at once instead of a hop through the driver task
                 // (no fsync to batch for). This mode has no hold after a

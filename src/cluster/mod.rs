@@ -113,8 +113,8 @@ pub struct Node<L: RaftLog> {
     /// as the broker makes them (`Broker::set_apply_at_propose`), since
     /// its own append commits them and cannot fail. A delivery then
     /// leaves before the log round instead of after it (docs/CONFIG.md,
-    /// `persistence`, has the measurement). The same commands go into
-    /// the same log, in the same order.
+    /// `persistence`, has the measurement). The commands are then not
+    /// logged at all while it stays alone (`log_not_read`).
     apply_at_propose_allowed: bool,
     /// Indexes of the entries applied at propose and not yet committed:
     /// their commit only advances `applied`.
@@ -152,6 +152,10 @@ pub struct NodeStats {
     pub persists: u64,
     /// Raft entries written by them.
     pub persisted_entries: u64,
+    /// Broker commands that a lone in-memory leader applied and did not
+    /// log (`Node::log_not_read`); counted in `proposals` and `commands`
+    /// too.
+    pub unlogged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -588,6 +592,15 @@ impl<L: RaftLog> Node<L> {
             return Ok(());
         }
         let n = batch.len() as u64;
+        if early && self.log_not_read()? {
+            // Applied, and no follower or restart will ever read their
+            // entry: the state alone carries them.
+            self.stats.proposals += 1;
+            self.stats.commands += n;
+            self.stats.unlogged += n;
+            self.broker.recycle_proposals(batch);
+            return Ok(());
+        }
         match self.raw.propose(vec![], encode_batch(&batch)) {
             Ok(()) => {
                 self.stats.proposals += 1;
@@ -609,6 +622,38 @@ impl<L: RaftLog> Node<L> {
             Err(e) => warn!("Proposal dropped: {e}."),
         }
         Ok(())
+    }
+
+    /// Whether commands applied at propose may skip the log: this lone
+    /// leader's store dies with the process (`persistence false`), so no
+    /// restart reads the log, and no follower does while it is alone. Such
+    /// a log would only be forgotten (`maybe_snapshot`); encoding, raft's
+    /// append and commit and the forgetting cost a third of a QoS 1 round
+    /// trip. What the log holds is first forgotten, so that it never holds
+    /// entries older than the state that a new member could be sent
+    /// instead of a snapshot: a membership change, which ends applying at
+    /// propose first, forces a snapshot of the whole state
+    /// (`apply_entries`) and a new member catches up from it. Only with
+    /// every entry applied, none early and nothing staged, as at the
+    /// forgetting in `maybe_snapshot`.
+    fn log_not_read(&mut self) -> Result<bool, NodeError> {
+        let log = &self.raw.raft.raft_log;
+        let last = log.last_index();
+        if !self.raw.store().is_volatile()
+            || !self.alone()
+            || !self.applied_early.is_empty()
+            || self.applied != last
+            || log.committed != last
+        {
+            return Ok(false);
+        }
+        if self.snapshot_index < self.applied {
+            if !self.raw.mut_store().forget_applied(self.applied)? {
+                return Ok(false);
+            }
+            self.snapshot_index = self.applied;
+        }
+        Ok(true)
     }
 
     /// Whether an entry proposed now is certain to commit, in order, as

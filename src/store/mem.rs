@@ -245,4 +245,8 @@ impl RaftLog for MemLog {
     fn on_disk(&self) -> bool {
         false
     }
+
+    fn is_volatile(&self) -> bool {
+        self.inner.borrow().volatile
+    }
 }

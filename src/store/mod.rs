@@ -231,4 +231,10 @@ pub trait RaftLog: raft::Storage {
     fn forget_applied(&self, _index: u64) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// Whether nothing reads this store after the process ends
+    /// (`MemLog::volatile`): what it forgets, nobody misses.
+    fn is_volatile(&self) -> bool {
+        false
+    }
 }

@@ -302,6 +302,10 @@ impl<L: RaftLog> Staged<L> {
         self.inner.on_disk()
     }
 
+    pub fn is_volatile(&self) -> bool {
+        self.inner.is_volatile()
+    }
+
     /// How long the log writes took (transaction and fsync; a store on
     /// disk only).
     pub fn write_time(&self) -> &Histogram {
