@@ -386,7 +386,11 @@ impl State {
                         _ => {}
                     }
                 }
-                self.fill_window(client, now, out);
+                if !s.unsent.is_empty() || !s.queue.is_empty() {
+                    // Otherwise nothing waits for the room (one session
+                    // lookup less per acknowledgement).
+                    self.fill_window(client, now, out);
+                }
                 self.pull_retained(client, now, lim, acl, out);
             }
             Command::Tick => self.tick(now, lim, acl, out),

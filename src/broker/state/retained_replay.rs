@@ -105,6 +105,10 @@ impl State {
         acl: AclCheck,
         out: &mut Vec<Effect>,
     ) {
+        if self.retained_replays.is_empty() {
+            // Nearly always: no session lookup per acknowledgement.
+            return;
+        }
         let Some(s) = self.sessions.get(client) else {
             self.retained_replays.remove(client);
             return;
