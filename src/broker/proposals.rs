@@ -9,6 +9,9 @@ use log::{debug, info, warn};
 use super::{Broker, Command, Effect, Entry};
 use crate::mqtt::{Packet, PubResp, SubAck, UnsubAck};
 
+/// The largest batch buffer `recycle_proposals` keeps (entries).
+const RECYCLED_ENTRIES_MAX: usize = 64;
+
 impl Broker {
     pub fn has_proposals(&self) -> bool {
         !self.proposals.is_empty()
@@ -72,9 +75,11 @@ impl Broker {
 
     /// A batch from `take_proposals` that the runtime is done with: its
     /// buffer holds the next commands (one allocation less per batch).
+    /// Not the buffer of a burst: it would stay allocated (a fan-out's
+    /// acknowledgements left 12 MiB so after the load).
     pub fn recycle_proposals(&mut self, mut batch: Vec<Entry>) {
         batch.clear();
-        if self.proposals.capacity() == 0 {
+        if self.proposals.capacity() == 0 && batch.capacity() <= RECYCLED_ENTRIES_MAX {
             self.proposals = batch;
         }
     }

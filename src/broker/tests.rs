@@ -754,3 +754,15 @@ fn a_node_not_serving_for_a_full_disk_says_so() {
     assert_eq!(connect(&mut b, 2, "b", Version::V5, true, 1_001).code, reason::QUOTA_EXCEEDED);
     assert_eq!(connect(&mut b, 3, "c", Version::V311, true, 1_002).code, reason::V3_SERVER_UNAVAILABLE);
 }
+
+/// A lone in-memory node hands each taken batch's buffer back; the buffer
+/// of a burst (thousands of acknowledgements of a fan-out) must not stay
+/// allocated after the load.
+#[test]
+fn only_small_batch_buffers_are_kept_for_the_next_commands() {
+    let mut b = broker();
+    b.recycle_proposals(Vec::with_capacity(10_000));
+    assert_eq!(b.proposals.capacity(), 0, "a burst's buffer is freed");
+    b.recycle_proposals(Vec::with_capacity(8));
+    assert_eq!(b.proposals.capacity(), 8, "a small one is reused");
+}
