@@ -483,84 +483,87 @@ fn run<L: RaftLog + 'static>(
         },
     };
     let ex = Rc::new(LocalExecutor::new());
-    let code = midge::net::rt::block_on(server.clone().busy_polling(ex.run(async {
-        for (i, (l, s)) in config.listeners.iter().zip(sockets).enumerate() {
-            ex.spawn(server.clone().listen(ex.clone(), i, l.clone(), s)).detach();
-        }
-        if let Some(h) = health_listener {
-            info!("Health endpoint on port {}.", h.local_addr().map(|a| a.port()).unwrap_or(0));
-            ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
-        }
-        server.start_peers(&ex, &config.cluster_peers);
-        if config.log_topic {
-            ex.spawn(server.clone().publish_log()).detach();
-        }
-        if let (Some(a), Some(l)) = (admin_listener, &config.admin_listener) {
-            ex.spawn(server.clone().listen_admin(ex.clone(), l.clone(), a)).detach();
-        }
-        if let Some(l) = peer_listener {
-            let s2 = server.clone();
-            let s3 = server.clone();
-            let s4 = server.clone();
-            let s5 = server.clone();
-            let inbox = transport::Inbox {
-                known: Rc::new(move |id| s4.is_known_peer(id)),
-                hello: Rc::new(move |id, a| s3.set_advertised(id, a)),
-                deliver: Rc::new(move |m| s2.deliver_peer_message(m)),
-                lost: Rc::new(move |id| s5.peer_link_lost(id)),
-                message_bytes_max,
-            };
-            ex.spawn(transport::accept_loop(ex.clone(), l, peers.clone(), inbox)).detach();
-        }
-        server.start_bridges(&ex, &config.bridges);
-        ex.spawn(server.clone().ticker()).detach();
-        ex.spawn(server.clone().parker(ex.clone())).detach();
-        ex.spawn(server.clone().driver()).detach();
-        ex.spawn(server.clone().group_driver()).detach();
-        let signals = match async_signal::Signals::new([
-            async_signal::Signal::Term,
-            async_signal::Signal::Int,
-            async_signal::Signal::Hup,
-        ]) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
+    let code = midge::net::rt::run(
+        &ex,
+        server.clone().busy_polling(async {
+            for (i, (l, s)) in config.listeners.iter().zip(sockets).enumerate() {
+                ex.spawn(server.clone().listen(ex.clone(), i, l.clone(), s)).detach();
             }
-        };
-        // The signals are awaited in a task of their own: as the executor's
-        // main future they would be polled, a read of their pipe, on every
-        // turn of the event loop.
-        let (tx, rx) = smol::channel::bounded(1);
-        let auth_files = AuthFiles::of(config);
-        let server = server.clone();
-        let certs = Certificates::of(config);
-        ex.spawn(async move {
-            use futures_lite::StreamExt;
-            let mut signals = signals;
-            loop {
-                match signals.next().await.and_then(|r| r.ok()) {
-                    Some(async_signal::Signal::Hup) => {
-                        reload(&server, &auth_files);
-                        certs.reload();
-                    }
-                    s => {
-                        let _ = tx.send(s).await;
-                        return;
+            if let Some(h) = health_listener {
+                info!("Health endpoint on port {}.", h.local_addr().map(|a| a.port()).unwrap_or(0));
+                ex.spawn(midge::net::health(server.clone(), ex.clone(), h)).detach();
+            }
+            server.start_peers(&ex, &config.cluster_peers);
+            if config.log_topic {
+                ex.spawn(server.clone().publish_log()).detach();
+            }
+            if let (Some(a), Some(l)) = (admin_listener, &config.admin_listener) {
+                ex.spawn(server.clone().listen_admin(ex.clone(), l.clone(), a)).detach();
+            }
+            if let Some(l) = peer_listener {
+                let s2 = server.clone();
+                let s3 = server.clone();
+                let s4 = server.clone();
+                let s5 = server.clone();
+                let inbox = transport::Inbox {
+                    known: Rc::new(move |id| s4.is_known_peer(id)),
+                    hello: Rc::new(move |id, a| s3.set_advertised(id, a)),
+                    deliver: Rc::new(move |m| s2.deliver_peer_message(m)),
+                    lost: Rc::new(move |id| s5.peer_link_lost(id)),
+                    message_bytes_max,
+                };
+                ex.spawn(transport::accept_loop(ex.clone(), l, peers.clone(), inbox)).detach();
+            }
+            server.start_bridges(&ex, &config.bridges);
+            ex.spawn(server.clone().ticker()).detach();
+            ex.spawn(server.clone().parker(ex.clone())).detach();
+            ex.spawn(server.clone().driver()).detach();
+            ex.spawn(server.clone().group_driver()).detach();
+            let signals = match async_signal::Signals::new([
+                async_signal::Signal::Term,
+                async_signal::Signal::Int,
+                async_signal::Signal::Hup,
+            ]) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot install signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The signals are awaited in a task of their own: as the executor's
+            // main future they would be polled, a read of their pipe, on every
+            // turn of the event loop.
+            let (tx, rx) = smol::channel::bounded(1);
+            let auth_files = AuthFiles::of(config);
+            let server = server.clone();
+            let certs = Certificates::of(config);
+            ex.spawn(async move {
+                use futures_lite::StreamExt;
+                let mut signals = signals;
+                loop {
+                    match signals.next().await.and_then(|r| r.ok()) {
+                        Some(async_signal::Signal::Hup) => {
+                            reload(&server, &auth_files);
+                            certs.reload();
+                        }
+                        s => {
+                            let _ = tx.send(s).await;
+                            return;
+                        }
                     }
                 }
-            }
-        })
-        .detach();
-        let s = rx.recv().await.ok().flatten();
-        let name = match s {
-            Some(async_signal::Signal::Term) => "SIGTERM",
-            Some(async_signal::Signal::Int) => "SIGINT",
-            _ => "a signal",
-        };
-        info!("midge received {name}, shutting down.");
-        ExitCode::SUCCESS
-    })));
+            })
+            .detach();
+            let s = rx.recv().await.ok().flatten();
+            let name = match s {
+                Some(async_signal::Signal::Term) => "SIGTERM",
+                Some(async_signal::Signal::Int) => "SIGINT",
+                _ => "a signal",
+            };
+            info!("midge received {name}, shutting down.");
+            ExitCode::SUCCESS
+        }),
+    );
     if let Some(path) = pid_file {
         if let Err(e) = std::fs::remove_file(&path) {
             error!("Cannot remove the pid file {}: {e}.", path.display());
