@@ -866,7 +866,7 @@ mod tests {
     #[test]
     fn a_silent_peer_connection_is_dropped_at_the_hello_deadline() {
         let ex = Rc::new(smol::LocalExecutor::new());
-        crate::net::rt::block_on(ex.run(async {
+        crate::net::rt::run(&ex, async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = l.local_addr().unwrap().port();
             let inbox = Inbox {
@@ -888,6 +888,6 @@ mod tests {
             assert_eq!(n, 0, "closed by the node, not timed out by the test");
             let took = start.elapsed();
             assert!(took >= HELLO_DEADLINE - Duration::from_millis(100), "closed after {took:?}");
-        }));
+        });
     }
 }

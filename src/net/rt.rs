@@ -260,23 +260,9 @@ impl Reactor {
 }
 
 /// Runs `fut` to completion on this thread, turning the reactor whenever
-/// it waits.
+/// it waits (`run` with no tasks of its own).
 pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
-    let was = ON_LOOP.with(|l| l.replace(true));
-    let notify = REACTOR.with(|r| r.notify.clone());
-    let waker = Waker::from(notify.clone());
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    let out = loop {
-        notify.woken.store(false, Ordering::SeqCst);
-        if let Poll::Ready(t) = fut.as_mut().poll(&mut cx) {
-            break t;
-        }
-        let block = !notify.woken.load(Ordering::SeqCst);
-        REACTOR.with(|r| r.react(block));
-    };
-    ON_LOOP.with(|l| l.set(was));
-    out
+    run(&smol::LocalExecutor::new(), fut)
 }
 
 /// Most tasks `run` runs before it turns the reactor again without
@@ -287,8 +273,9 @@ const TASKS_PER_TURN: usize = 64;
 /// ends. The tasks run through `LocalExecutor::try_tick`, which pops the
 /// executor's queue directly: `LocalExecutor::run` goes through the
 /// multi-threaded executor's runner (a local queue per runner that it
-/// fills from the global one, stealing, a ticker woken per task), about
-/// 1.8k instructions per QoS 1 round trip for one thread. While no task
+/// fills from the global one, stealing, a ticker woken per task), which
+/// cost about 1.2k instructions more per QoS 1 round trip than this loop
+/// (benches/results/instructions.md). While no task
 /// is runnable, one `LocalExecutor::tick` future stays registered as the
 /// executor's sleeper with this loop's waker, so that a task scheduled
 /// from another thread (the writer thread, the blocking pool) ends the
@@ -316,7 +303,6 @@ pub fn run<T>(ex: &smol::LocalExecutor<'_>, fut: impl Future<Output = T>) -> T {
             sleeper = Box::pin(ex.tick());
             block = false;
         }
-        let block = block && !notify.woken.load(Ordering::SeqCst);
         REACTOR.with(|r| r.react(block));
     };
     ON_LOOP.with(|l| l.set(was));
