@@ -115,7 +115,7 @@ fn applied_state(es: &[Entry]) -> State {
     let mut st = State::default();
     let mut out = Vec::new();
     for e in es {
-        st.apply(e, &lim, &|_, _, _| true, &mut out);
+        st.apply(e, &lim, None, &mut out);
     }
     st.peer_added(4, "10.0.0.14:7883".into());
     st

@@ -142,7 +142,7 @@ impl Broker {
         let scopes = self.client_scopes.clone();
         let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
         let mut effects = std::mem::take(&mut self.effects);
-        self.state.apply(e, &settings.apply, &acl, &mut effects);
+        self.state.apply(e, &settings.apply, settings.read_check(&acl), &mut effects);
         for eff in effects.drain(..) {
             self.on_effect(eff, now);
         }

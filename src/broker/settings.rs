@@ -10,7 +10,7 @@ use crate::auth::password::PasswordFile;
 use crate::dynsec::{self, Decision, DynsecState};
 use crate::limits::Limits;
 
-use super::state::ApplyLimits;
+use super::state::{AclCheck, ApplyLimits};
 use super::{Broker, ConnId, Kind, Phase};
 use crate::mqtt::reason;
 
@@ -187,6 +187,16 @@ impl Settings {
             None => true,
             Some(a) => a.check(client, user, topic, access),
         }
+    }
+
+    /// `acl` (a closure over `read_allowed`) as an apply's read check, or
+    /// None when no ACL source applies to any client: then every read is
+    /// allowed, as `read_allowed` would answer.
+    pub fn read_check<'a>(&self, acl: &'a dyn Fn(&str, Option<&str>, &str) -> bool) -> AclCheck<'a> {
+        let any = self.dynsec
+            || self.acl_of(AuthScope::Broker).is_some()
+            || self.every_scope().any(|s| self.acl_of(s).is_some());
+        any.then_some(acl)
     }
 
     /// Whether any ACL source applies to `scope` (else every check allows).

@@ -169,7 +169,15 @@ pub struct ApplyLimits {
     pub bridges: Rc<[crate::bridge::OutRoute]>,
 }
 
-pub type AclCheck<'a> = &'a dyn Fn(&str, Option<&str>, &str) -> bool;
+/// The read ACL of an apply's deliveries (client, username, topic), or
+/// None when no ACL source applies and every read is allowed (then no
+/// delivery looks its session up for the check).
+pub type AclCheck<'a> = Option<&'a dyn Fn(&str, Option<&str>, &str) -> bool>;
+
+/// Whether `acl` lets `client` (`user`) receive on `topic`.
+pub fn read_allowed(acl: AclCheck, client: &str, user: Option<&str>, topic: &str) -> bool {
+    acl.is_none_or(|f| f(client, user, topic))
+}
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -519,7 +527,7 @@ impl State {
         }
         let username = self.sessions.get(client).and_then(|s| s.username.clone());
         for m in matches {
-            if !acl(client, username.as_deref(), &m.topic) {
+            if !read_allowed(acl, client, username.as_deref(), &m.topic) {
                 continue;
             }
             // Retained messages sent on subscribe carry retain = 1
@@ -665,7 +673,9 @@ impl State {
                 true
             });
         }
-        out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl(c, s.username.as_deref(), &msg.topic)));
+        if let Some(acl) = acl {
+            out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl(c, s.username.as_deref(), &msg.topic)));
+        }
     }
 
     /// Give a delivery to a session: straight into a free window slot when

@@ -161,7 +161,9 @@ impl Broker {
             let ds = self.dynsec_data().cloned();
             let scopes = self.client_scopes.clone();
             let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
-            for (client, mut d) in self.state.route(&msg, settings.apply.upgrade_outgoing_qos, &acl) {
+            for (client, mut d) in
+                self.state.route(&msg, settings.apply.upgrade_outgoing_qos, settings.read_check(&acl))
+            {
                 d.qos = QoS::AtMostOnce;
                 self.deliver(&client, None, &d, false, now);
             }
@@ -193,7 +195,7 @@ impl Broker {
                 expires_at_ms: None,
                 origin: None,
             };
-            for (client, mut d) in self.state.route(&msg, false, &acl) {
+            for (client, mut d) in self.state.route(&msg, false, settings.read_check(&acl)) {
                 if self.conn_of(&client).is_none() {
                     continue;
                 }

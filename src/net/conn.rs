@@ -54,7 +54,9 @@ impl ReadBuf {
     /// The first `consumed` bytes are decoded; the last read brought `n`
     /// bytes into `room` bytes of space.
     pub(super) fn consumed(&mut self, consumed: usize, n: usize, room: usize) {
-        self.buf.copy_within(consumed..self.filled, 0);
+        if consumed < self.filled {
+            self.buf.copy_within(consumed..self.filled, 0);
+        }
         self.filled -= consumed;
         if n == room && self.buf.len() < READ_BUFFER_BYTES_BUSY {
             self.buf.resize(self.buf.len() * 2, 0);
@@ -201,6 +203,14 @@ impl<L: RaftLog + 'static> TcpConn<L> {
     }
 
     fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        // Input that arrived while this task waited (the reactor marked the
+        // socket readable and woke it) is read in the first turn, not after
+        // a turn that only finds it.
+        if !self.input && self.reading {
+            if let Some(s) = &self.sock {
+                self.input = s.is_readable();
+            }
+        }
         for _ in 0..CONN_TURNS_MAX {
             // Writers first: what earlier input produced goes out before
             // more input is taken.
@@ -234,6 +244,15 @@ impl<L: RaftLog + 'static> TcpConn<L> {
             if self.input && self.reading && !stalled && !self.held {
                 match self.read_input() {
                     Input::End => return Poll::Ready(Stop::End),
+                    Input::Taken if !self.input && !self.held && self.out.is_empty() && self.io.out_len() == 0 => {
+                        // The socket is drained and every answer was
+                        // written straight to the socket (`write_direct`):
+                        // nothing is left for a second poll to do before
+                        // it would wait, so wait now (one task run per
+                        // packet instead of two). The ordering below holds:
+                        // nothing of this connection's is left to go out
+                        // ahead of other connections' deliveries.
+                    }
                     Input::Taken => {
                         // The writers of the connections this batch fed
                         // (woken already, so ahead in the queue) run

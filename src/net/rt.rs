@@ -86,6 +86,27 @@ impl Wake for Notify {
     }
 }
 
+/// The waker of `run`'s own future: marks it for a poll (it is polled
+/// only when woken, not on every turn of the loop) and wakes the loop.
+struct MainWake {
+    woken: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Wake for MainWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Flag first: the loop clears `notify.woken` before it looks at
+        // this flag, so a wake from another thread is either seen here or
+        // ends the wait through the eventfd.
+        self.woken.store(true, Ordering::SeqCst);
+        self.notify.wake_by_ref();
+    }
+}
+
 struct Reactor {
     poll: RefCell<mio::Poll>,
     events: RefCell<mio::Events>,
@@ -170,8 +191,8 @@ impl Reactor {
         self.free.borrow_mut().push(src.token);
     }
 
-    /// Wakes the timers that are due; true if any was.
-    fn fire_timers(&self, now: Instant) -> bool {
+    /// Wakes the timers that are due.
+    fn fire_timers(&self, now: Instant) {
         let mut due = self.wake.take();
         {
             let mut t = self.timers.borrow_mut();
@@ -182,14 +203,12 @@ impl Reactor {
                 due.push(e.remove());
             }
         }
-        let any = !due.is_empty();
         // (Woken with no borrow held: a waker dropped here may drop a task
         // and its sources and timers.)
         for w in due.drain(..) {
             w.wake();
         }
         self.wake.set(due);
-        any
     }
 
     /// Sets the timerfd for the earliest timer, if that changed.
@@ -212,13 +231,19 @@ impl Reactor {
     /// One turn: wait for events (without sleeping unless `block`), wake
     /// what they concern, and wake the timers that are due.
     fn react(&self, block: bool) {
-        let now = Instant::now();
-        let fired = self.fire_timers(now);
-        let timeout = if block && !fired {
-            self.arm(now);
-            None
-        } else {
-            Some(Duration::ZERO)
+        // A timer already due makes the wait a look; it fires after it,
+        // with those that come due meanwhile.
+        let timeout = match block {
+            true => {
+                let now = Instant::now();
+                if self.timers.borrow().keys().next().is_some_and(|&(at, _)| at <= now) {
+                    Some(Duration::ZERO)
+                } else {
+                    self.arm(now);
+                    None
+                }
+            }
+            false => Some(Duration::ZERO),
         };
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
@@ -270,7 +295,7 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
 const TASKS_PER_TURN: usize = 64;
 
 /// Runs `fut` and the tasks of `ex` on this thread's reactor until `fut`
-/// ends. The tasks run through `LocalExecutor::try_tick`, which pops the
+/// ends; `fut` is polled when its waker was woken, not on every turn. The tasks run through `LocalExecutor::try_tick`, which pops the
 /// executor's queue directly: `LocalExecutor::run` goes through the
 /// multi-threaded executor's runner (a local queue per runner that it
 /// fills from the global one, stealing, a ticker woken per task), which
@@ -286,12 +311,17 @@ pub fn run<T>(ex: &smol::LocalExecutor<'_>, fut: impl Future<Output = T>) -> T {
     let notify = REACTOR.with(|r| r.notify.clone());
     let waker = Waker::from(notify.clone());
     let mut cx = Context::from_waker(&waker);
+    let main = Arc::new(MainWake { woken: AtomicBool::new(true), notify: notify.clone() });
+    let main_waker = Waker::from(main.clone());
+    let mut main_cx = Context::from_waker(&main_waker);
     let mut fut = std::pin::pin!(fut);
     let mut sleeper: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(ex.tick());
     let out = loop {
         notify.woken.store(false, Ordering::SeqCst);
-        if let Poll::Ready(t) = fut.as_mut().poll(&mut cx) {
-            break t;
+        if main.woken.swap(false, Ordering::SeqCst) {
+            if let Poll::Ready(t) = fut.as_mut().poll(&mut main_cx) {
+                break t;
+            }
         }
         let mut ran = 0;
         while ran < TASKS_PER_TURN && ex.try_tick() {

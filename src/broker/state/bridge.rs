@@ -170,19 +170,18 @@ mod tests {
     #[test]
     fn queued_remapped_bounded_and_acked() {
         let lim = lim(2);
-        let acl = |_: &str, _: Option<&str>, _: &str| true;
         let mut st = State::default();
         let mut out = Vec::new();
-        st.apply(&publish("plant/a", QoS::ExactlyOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/a", QoS::ExactlyOnce, "c"), &lim, None, &mut out);
         // Matched by the bridge alone: PUBREC 0, and PUBACK would be 0 too.
         assert!(out.contains(&Effect::BridgeQueued { bridge: Rc::from("up") }), "{out:?}");
-        st.apply(&publish("other", QoS::AtLeastOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("other", QoS::AtLeastOnce, "c"), &lim, None, &mut out);
         out.clear();
-        st.apply(&publish("plant/b", QoS::AtLeastOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/b", QoS::AtLeastOnce, "c"), &lim, None, &mut out);
         assert!(out.contains(&Effect::PubAck { client: Rc::from("c"), packet_id: 7, code: 0 }), "{out:?}");
-        st.apply(&publish("plant/c", QoS::AtLeastOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/c", QoS::AtLeastOnce, "c"), &lim, None, &mut out);
         // From the bridge itself: not sent back.
-        st.apply(&publish("plant/d", QoS::AtLeastOnce, "$bridge/up"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/d", QoS::AtLeastOnce, "$bridge/up"), &lim, None, &mut out);
         let q = st.bridge_queue("up").unwrap();
         let topics: Vec<(&str, QoS, u64)> = q.items.iter().map(|m| (&*m.msg.topic, m.msg.qos, m.seq)).collect();
         assert_eq!(topics, [("site/a", QoS::AtLeastOnce, 0), ("site/b", QoS::AtLeastOnce, 1)]);
@@ -191,19 +190,19 @@ mod tests {
         let before = st.stored_bytes();
         assert!(before > 0);
         let acked = Entry { now_ms: 2, cmd: Command::BridgeAcked { bridge: Rc::from("up"), seqs: vec![1, 0, 9] } };
-        st.apply(&acked, &lim, &acl, &mut out);
+        st.apply(&acked, &lim, None, &mut out);
         assert!(st.bridge_queue("up").unwrap().items.is_empty());
         assert_eq!(st.stored_bytes(), 0);
         // The snapshot keeps the queue and its numbering.
-        st.apply(&publish("plant/e", QoS::AtLeastOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/e", QoS::AtLeastOnce, "c"), &lim, None, &mut out);
         let back = State::restore(&st.snapshot()).unwrap();
         assert_eq!(back.bridge_queue("up"), st.bridge_queue("up"));
         assert_eq!(back.bridge_queue("up").unwrap().items[0].seq, 2);
         assert_eq!(back.stored_bytes(), st.stored_bytes());
         // An acknowledgement out of queue order (QoS 2 behind QoS 1).
-        st.apply(&publish("plant/f", QoS::AtLeastOnce, "c"), &lim, &acl, &mut out);
+        st.apply(&publish("plant/f", QoS::AtLeastOnce, "c"), &lim, None, &mut out);
         let acked = Entry { now_ms: 3, cmd: Command::BridgeAcked { bridge: Rc::from("up"), seqs: vec![3] } };
-        st.apply(&acked, &lim, &acl, &mut out);
+        st.apply(&acked, &lim, None, &mut out);
         let left: Vec<u64> = st.bridge_queue("up").unwrap().items.iter().map(|m| m.seq).collect();
         assert_eq!(left, [2]);
         assert_eq!(st.stored_bytes(), back.stored_bytes());
@@ -214,12 +213,12 @@ mod tests {
         };
         kept.retain = true;
         let retain = Entry { now_ms: 4, cmd: Command::Publish { msg: kept, from: None, offline_only: false } };
-        st.apply(&retain, &lim, &acl, &mut out);
+        st.apply(&retain, &lim, None, &mut out);
         let acked = Entry { now_ms: 5, cmd: Command::BridgeAcked { bridge: Rc::from("up"), seqs: vec![2, 4] } };
-        st.apply(&acked, &lim, &acl, &mut out);
+        st.apply(&acked, &lim, None, &mut out);
         assert!(st.bridge_queue("up").unwrap().items.is_empty());
         let connected = Entry { now_ms: 6, cmd: Command::BridgeConnected { bridge: Rc::from("up") } };
-        st.apply(&connected, &lim, &acl, &mut out);
+        st.apply(&connected, &lim, None, &mut out);
         let q = st.bridge_queue("up").unwrap();
         let topics: Vec<(&str, bool)> = q.items.iter().map(|m| (&*m.msg.topic, m.msg.retain)).collect();
         assert_eq!(topics, [("site/kept", true)]);

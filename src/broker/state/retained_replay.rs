@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AclCheck, ApplyLimits, Delivery, Effect, Session, State};
+use super::{read_allowed, AclCheck, ApplyLimits, Delivery, Effect, Session, State};
 use crate::broker::message::Message;
 use crate::mqtt::{topic, QoS};
 
@@ -145,7 +145,7 @@ impl State {
                 scanned += 1;
                 // What goes at QoS 0 is the serving broker's replay.
                 let wanted = !m.expired(now) && m.qos.min(c.sub_qos) != QoS::AtMostOnce;
-                if wanted && topic::matches(&c.filter, t) && acl(client, username.as_deref(), t) {
+                if wanted && topic::matches(&c.filter, t) && read_allowed(acl, client, username.as_deref(), t) {
                     next = Some(m.clone());
                     done = false;
                     break;

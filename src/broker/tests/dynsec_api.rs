@@ -249,13 +249,13 @@ fn a_change_before_the_import_is_refused_and_the_import_still_applies() {
     let mut out = Vec::new();
     let tag = DynsecTag { node: 2, client: Rc::from("ctrl"), seq: 1 };
     let steps = vec![DynsecStep::Change(DynsecChange::DeleteClient { username: "admin".into() })];
-    st.apply(&Entry { now_ms: 1, cmd: Command::Dynsec { tag, steps } }, &lim, &|_, _, _| true, &mut out);
+    st.apply(&Entry { now_ms: 1, cmd: Command::Dynsec { tag, steps } }, &lim, None, &mut out);
     assert!(st.dynsec().is_none(), "no data made up");
     assert!(
         matches!(&out[..], [Effect::DynsecAnswered { results, .. }] if results == &vec![Err(crate::dynsec::CommandError::NOT_LOADED)]),
         "{out:?}"
     );
     let state = Box::new(import_json(INIT).unwrap().state);
-    st.apply(&Entry { now_ms: 2, cmd: Command::DynsecImport { state } }, &lim, &|_, _, _| true, &mut out);
+    st.apply(&Entry { now_ms: 2, cmd: Command::DynsecImport { state } }, &lim, None, &mut out);
     assert!(st.dynsec().unwrap().clients.contains_key("admin"), "the import applied");
 }

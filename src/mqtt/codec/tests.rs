@@ -622,3 +622,29 @@ fn every_single_byte_mutation_of_goldens() {
     }
     assert!(decoded > 1000);
 }
+
+/// The word-at-a-time topic scan against its per-byte definition: every
+/// byte value at every position of topics of 0 to 24 bytes (so every tail
+/// length), among bytes that are none of those looked for.
+#[test]
+fn topic_scan_agrees_with_the_per_byte_definition() {
+    let naive = |t: &[u8]| TopicScan {
+        forbidden: t.iter().any(|&b| b == 0 || b == b'#' || b == b'+'),
+        non_ascii: t.iter().any(|&b| b >= 0x80),
+    };
+    for len in 0..=24 {
+        let base: Vec<u8> = (0..len).map(|i| b"abc/xyz-09"[i % 10]).collect();
+        assert_eq!(scan_topic(&base), naive(&base), "{base:?}");
+        for pos in 0..len {
+            for b in 0..=255u8 {
+                let mut t = base.clone();
+                t[pos] = b;
+                assert_eq!(scan_topic(&t), naive(&t), "byte {b:#04x} at {pos} of {len}");
+            }
+        }
+    }
+    // Two of them in one word, and a zero after a byte that borrows.
+    for t in [&b"a+#b"[..], b"\x01\x00", b"\x00\x01", b"\xff\x00abcdefgh", b"\x80\x2b", b"/#"] {
+        assert_eq!(scan_topic(t), naive(t), "{t:?}");
+    }
+}

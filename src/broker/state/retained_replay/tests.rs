@@ -70,7 +70,7 @@ impl Run {
             window: WINDOW,
             will: None,
         };
-        self.apply(cmd, &allow_all);
+        self.apply(cmd, Some(&allow_all));
     }
 
     /// `n` retained messages `r/0000`.. at `qos(i)`.
@@ -86,7 +86,7 @@ impl Run {
                 expires_at_ms: None,
                 origin: Some(Rc::from("pub")),
             };
-            self.apply(Command::Publish { msg, from: None, offline_only: false }, &allow_all);
+            self.apply(Command::Publish { msg, from: None, offline_only: false }, Some(&allow_all));
         }
     }
 
@@ -144,11 +144,11 @@ fn a_subscriber_that_acknowledges_gets_every_retained_message_once_in_order() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("#", QoS::AtLeastOnce, &allow_all);
+    r.subscribe("#", QoS::AtLeastOnce, Some(&allow_all));
     assert_eq!(r.got.len(), WINDOW as usize, "the window");
     assert!(r.st.sessions()["sub"].queue.is_empty(), "the queue is left to live messages");
     assert_eq!(r.st.retained_replays()["sub"].len(), 1, "the rest waits behind a cursor");
-    r.ack_until_idle(&allow_all);
+    r.ack_until_idle(Some(&allow_all));
     assert_eq!(r.topics(), all_topics(2_000));
     assert!(r.got.iter().all(|g| g.0.is_some() && g.2 == QoS::AtLeastOnce && g.3), "QoS 1 with retain = 1");
     assert_eq!(r.queue_full, 0);
@@ -162,8 +162,8 @@ fn qos_is_the_lower_of_message_and_subscription() {
     let mut r = Run::new();
     r.retain(300, |i| [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][i % 3]);
     r.connect("sub", true);
-    r.subscribe("r/+", QoS::AtLeastOnce, &allow_all);
-    r.ack_until_idle(&allow_all);
+    r.subscribe("r/+", QoS::AtLeastOnce, Some(&allow_all));
+    r.ack_until_idle(Some(&allow_all));
     let want: Vec<String> = (0..300).filter(|i| i % 3 != 0).map(|i| format!("r/{i:04}")).collect();
     assert_eq!(r.topics(), want);
     assert!(r.got.iter().all(|g| g.2 == QoS::AtLeastOnce));
@@ -179,16 +179,16 @@ fn acl_denied_topics_are_never_delivered() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &deny_1xxx);
-    r.ack_until_idle(&deny_1xxx);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&deny_1xxx));
+    r.ack_until_idle(Some(&deny_1xxx));
     assert_eq!(r.topics(), all_topics(1_000), "r/0000..r/0999, none of r/1xxx");
 
     let only_last = |c: &str, _: Option<&str>, t: &str| c != "sub" || t == "r/1999";
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &only_last);
-    r.ack_until_idle(&only_last);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&only_last));
+    r.ack_until_idle(Some(&only_last));
     assert_eq!(r.topics(), ["r/1999"]);
 }
 
@@ -200,11 +200,11 @@ fn a_sparse_replay_resumes_after_its_scan_bound() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("#", QoS::AtLeastOnce, &sparse);
+    r.subscribe("#", QoS::AtLeastOnce, Some(&sparse));
     assert_eq!(r.topics(), ["r/0000"]);
     let after = r.st.retained_replays()["sub"][0].after.clone();
     assert_eq!(after.as_deref(), Some("r/0255"), "256 topics looked at, then a pause");
-    r.ack_until_idle(&sparse);
+    r.ack_until_idle(Some(&sparse));
     let want: Vec<String> = (0..2_000).step_by(300).map(|i| format!("r/{i:04}")).collect();
     assert_eq!(r.topics(), want);
 }
@@ -216,13 +216,16 @@ fn unsubscribe_mid_replay_stops_it() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &allow_all);
-    r.ack_all(&allow_all);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&allow_all));
+    r.ack_all(Some(&allow_all));
     let sent = r.got.len();
     assert!(r.st.retained_replays().contains_key("sub"));
-    r.apply(Command::Unsubscribe { client: Rc::from("sub"), packet_id: 2, filters: vec!["r/#".into()] }, &allow_all);
+    r.apply(
+        Command::Unsubscribe { client: Rc::from("sub"), packet_id: 2, filters: vec!["r/#".into()] },
+        Some(&allow_all),
+    );
     assert!(r.st.retained_replays().is_empty());
-    r.ack_until_idle(&allow_all);
+    r.ack_until_idle(Some(&allow_all));
     assert_eq!(r.topics(), all_topics(sent), "nothing after the UNSUBSCRIBE");
 }
 
@@ -233,8 +236,8 @@ fn resubscribe_replaces_the_replay() {
     let mut r = Run::new();
     r.retain(1_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &allow_all);
-    r.subscribe("r/#", QoS::AtLeastOnce, &allow_all);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&allow_all));
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&allow_all));
     assert_eq!(r.st.retained_replays()["sub"].len(), 1);
     assert_eq!(r.st.retained_replays()["sub"][0].after, None, "started over");
 }
@@ -246,9 +249,9 @@ fn snapshot_mid_replay_then_the_rest() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &allow_all);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&allow_all));
     for _ in 0..10 {
-        r.ack_all(&allow_all);
+        r.ack_all(Some(&allow_all));
     }
     let bytes = r.st.snapshot();
     let restored = State::restore(&bytes).expect("restores");
@@ -256,8 +259,8 @@ fn snapshot_mid_replay_then_the_rest() {
     assert_eq!(restored.retained_replays(), r.st.retained_replays());
     let mut copy = Run { st: restored, now: r.now, got: Vec::new(), queue_full: 0 };
     let before = r.got.len();
-    r.ack_until_idle(&allow_all);
-    copy.ack_until_idle(&allow_all);
+    r.ack_until_idle(Some(&allow_all));
+    copy.ack_until_idle(Some(&allow_all));
     assert_eq!(r.topics(), all_topics(2_000));
     assert_eq!(copy.topics(), r.topics()[before..], "the restored state hands out the same rest");
 }
@@ -270,13 +273,13 @@ fn reconnect_resumes_the_replay() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("r/#", QoS::AtLeastOnce, &allow_all);
-    r.ack_all(&allow_all);
-    r.apply(Command::LeaderStart { node: 2, term: 3 }, &allow_all);
+    r.subscribe("r/#", QoS::AtLeastOnce, Some(&allow_all));
+    r.ack_all(Some(&allow_all));
+    r.apply(Command::LeaderStart { node: 2, term: 3 }, Some(&allow_all));
     let acked = r.got.len() - WINDOW as usize;
     r.got.truncate(acked); // the unacknowledged window comes again
     r.connect("sub", false);
-    r.ack_until_idle(&allow_all);
+    r.ack_until_idle(Some(&allow_all));
     assert_eq!(r.topics(), all_topics(2_000));
 }
 
@@ -289,8 +292,8 @@ fn live_messages_during_a_replay_are_queued_not_dropped() {
     let mut r = Run::new();
     r.retain(2_000, |_| QoS::AtLeastOnce);
     r.connect("sub", true);
-    r.subscribe("#", QoS::AtLeastOnce, &allow_all);
-    r.ack_all(&allow_all);
+    r.subscribe("#", QoS::AtLeastOnce, Some(&allow_all));
+    r.ack_all(Some(&allow_all));
     for i in 0..QUEUE_MAX {
         let msg = Message {
             topic: Rc::from(format!("live/{i:03}")),
@@ -301,13 +304,13 @@ fn live_messages_during_a_replay_are_queued_not_dropped() {
             expires_at_ms: None,
             origin: Some(Rc::from("pub")),
         };
-        r.apply(Command::Publish { msg, from: None, offline_only: false }, &allow_all);
+        r.apply(Command::Publish { msg, from: None, offline_only: false }, Some(&allow_all));
     }
     assert_eq!(r.st.sessions()["sub"].queue.len(), QUEUE_MAX as usize);
     let before = r.got.len();
-    r.ack_all(&allow_all);
+    r.ack_all(Some(&allow_all));
     assert!(r.got[before..].iter().all(|g| g.1.starts_with("live/")), "the queue first");
-    r.ack_until_idle(&allow_all);
+    r.ack_until_idle(Some(&allow_all));
     assert_eq!(r.queue_full, 0);
     let live = r.got.iter().filter(|g| g.1.starts_with("live/")).count();
     assert_eq!(live, QUEUE_MAX as usize);
