@@ -252,10 +252,16 @@ impl Broker {
     /// with the data replayed from the store, and logs a difference: the
     /// replicated data is the truth; the file is rewritten at the next
     /// change.
+    #[inline]
     pub fn take_dynsec_file(&mut self) -> Option<String> {
+        // (Inlined: called after every event; dynamic security is mostly off.)
         if !self.settings.dynsec {
             return None;
         }
+        self.changed_dynsec_file()
+    }
+
+    fn changed_dynsec_file(&mut self) -> Option<String> {
         if !self.dynsec.compared {
             self.dynsec.compared = true;
             if let (Some(data), Some(file)) = (self.state.dynsec(), &self.dynsec.seed) {

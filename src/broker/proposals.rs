@@ -133,16 +133,21 @@ impl Broker {
     /// Apply a committed entry and act on its effects.
     pub fn apply_committed(&mut self, e: &Entry, now: u64) {
         let settings = self.settings.clone();
-        // A dynamic-security command changes the data: a clone held here
-        // would make it copy the whole of it (and it delivers nothing).
-        let ds = match e.cmd {
-            Command::Dynsec { .. } | Command::DynsecImport { .. } => None,
-            _ => self.dynsec_data().cloned(),
-        };
-        let scopes = self.client_scopes.clone();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
         let mut effects = std::mem::take(&mut self.effects);
-        self.state.apply(e, &settings.apply, settings.read_check(&acl), &mut effects);
+        if settings.reads_checked() {
+            // A dynamic-security command changes the data: a clone held
+            // here would make it copy the whole of it (and it delivers
+            // nothing).
+            let ds = match e.cmd {
+                Command::Dynsec { .. } | Command::DynsecImport { .. } => None,
+                _ => self.dynsec_data().cloned(),
+            };
+            let scopes = self.client_scopes.clone();
+            let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
+            self.state.apply(e, &settings.apply, Some(&acl), &mut effects);
+        } else {
+            self.state.apply(e, &settings.apply, None, &mut effects);
+        }
         for eff in effects.drain(..) {
             self.on_effect(eff, now);
         }

@@ -193,10 +193,13 @@ impl Settings {
     /// None when no ACL source applies to any client: then every read is
     /// allowed, as `read_allowed` would answer.
     pub fn read_check<'a>(&self, acl: &'a dyn Fn(&str, Option<&str>, &str) -> bool) -> AclCheck<'a> {
-        let any = self.dynsec
-            || self.acl_of(AuthScope::Broker).is_some()
-            || self.every_scope().any(|s| self.acl_of(s).is_some());
-        any.then_some(acl)
+        self.reads_checked().then_some(acl)
+    }
+
+    /// Whether any ACL source applies to any client (else `read_allowed`
+    /// allows every read).
+    pub fn reads_checked(&self) -> bool {
+        self.dynsec || self.acl_of(AuthScope::Broker).is_some() || self.every_scope().any(|s| self.acl_of(s).is_some())
     }
 
     /// Whether any ACL source applies to `scope` (else every check allows).

@@ -336,6 +336,12 @@ impl<L: RaftLog + 'static> TcpConn<L> {
     /// waiting; an error means the socket is broken.
     fn write_out(&mut self) -> std::io::Result<()> {
         let Some(sock) = &self.sock else { return Err(std::io::ErrorKind::NotConnected.into()) };
+        // Nothing to write (the broker wrote it straight to the socket)
+        // and nothing to shrink: no call.
+        if self.out.is_empty() && self.io.out_len() == 0 && self.out.buf.capacity() <= self.server.out_buffer_bytes_max
+        {
+            return Ok(());
+        }
         let sent = self.out.write_from(&self.io, sock, self.server.out_buffer_bytes_max)?;
         if sent > 0 {
             self.io.flags.set(ACTIVE, true);
