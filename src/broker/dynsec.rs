@@ -450,11 +450,8 @@ impl Broker {
             expires_at_ms: None,
             origin: None,
         };
-        let settings = self.settings.clone();
-        let ds = self.dynsec_data().cloned();
-        let scopes = self.client_scopes.clone();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
-        let targets = self.state.route(&msg, false, settings.read_check(&acl));
+        let acl = self.read_acl();
+        let targets = self.state.route(&msg, false, acl.check());
         for (target, mut d) in targets {
             if self.state.sessions().get(&target).is_some_and(|s| s.online) {
                 d.qos = QoS::AtMostOnce;

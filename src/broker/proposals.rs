@@ -134,16 +134,14 @@ impl Broker {
     pub fn apply_committed(&mut self, e: &Entry, now: u64) {
         let settings = self.settings.clone();
         let mut effects = std::mem::take(&mut self.effects);
+        // (The ACL's inputs are not even cloned when no ACL applies.)
         if settings.reads_checked() {
-            // A dynamic-security command changes the data: a clone held
-            // here would make it copy the whole of it (and it delivers
-            // nothing).
-            let ds = match e.cmd {
-                Command::Dynsec { .. } | Command::DynsecImport { .. } => None,
-                _ => self.dynsec_data().cloned(),
-            };
-            let scopes = self.client_scopes.clone();
-            let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
+            let mut acl = self.read_acl();
+            if let Command::Dynsec { .. } | Command::DynsecImport { .. } = e.cmd {
+                // It changes the data: a clone held here would make it
+                // copy the whole of it (and it delivers nothing).
+                acl.dynsec = None;
+            }
             self.state.apply(e, &settings.apply, Some(&acl), &mut effects);
         } else {
             self.state.apply(e, &settings.apply, None, &mut effects);

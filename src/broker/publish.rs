@@ -301,11 +301,8 @@ impl Broker {
         match p.qos {
             QoS::AtMostOnce if !p.retain && !self.settings.apply.upgrade_outgoing_qos && !self.bridged(&msg.topic) => {
                 // QoS 0 to online subscribers does not wait for a commit.
-                let settings = self.settings.clone();
-                let ds = self.dynsec_data().cloned();
-                let scopes = self.client_scopes.clone();
-                let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
-                let targets = self.state.route(&msg, settings.apply.upgrade_outgoing_qos, settings.read_check(&acl));
+                let acl = self.read_acl();
+                let targets = self.state.route(&msg, self.settings.apply.upgrade_outgoing_qos, acl.check());
                 let mut offline = false;
                 for (target, d) in targets {
                     if self.state.sessions().get(&target).is_some_and(|s| s.online) {

@@ -10,7 +10,7 @@ use crate::auth::password::PasswordFile;
 use crate::dynsec::{self, Decision, DynsecState};
 use crate::limits::Limits;
 
-use super::state::{AclCheck, ApplyLimits};
+use super::state::{AclCheck, ApplyLimits, ReadCheck};
 use super::{Broker, ConnId, Kind, Phase};
 use crate::mqtt::reason;
 
@@ -189,13 +189,6 @@ impl Settings {
         }
     }
 
-    /// `acl` (a closure over `read_allowed`) as an apply's read check, or
-    /// None when no ACL source applies to any client: then every read is
-    /// allowed, as `read_allowed` would answer.
-    pub fn read_check<'a>(&self, acl: &'a dyn Fn(&str, Option<&str>, &str) -> bool) -> AclCheck<'a> {
-        self.reads_checked().then_some(acl)
-    }
-
     /// Whether any ACL source applies to any client (else `read_allowed`
     /// allows every read).
     pub fn reads_checked(&self) -> bool {
@@ -212,12 +205,46 @@ impl Settings {
     }
 }
 
+/// A delivery's read check as the broker makes it (`Broker::read_acl`):
+/// shared pointers to what `Settings::read_allowed` reads, so that the
+/// broker's state can change while the check is in use.
+pub struct ReadAcl {
+    settings: Rc<Settings>,
+    scopes: Rc<ClientScopes>,
+    /// None: no dynamic-security data (or left out while a
+    /// dynamic-security command changes it, see `apply_committed`).
+    pub(super) dynsec: Option<Rc<DynsecState>>,
+}
+
+impl ReadCheck for ReadAcl {
+    fn allows(&self, client: &str, user: Option<&str>, topic: &str) -> bool {
+        self.settings.read_allowed(&self.scopes, self.dynsec.as_deref(), client, user, topic)
+    }
+}
+
+impl ReadAcl {
+    /// As an apply's or a route's check: None when no ACL source applies
+    /// to any client, and every read is allowed.
+    pub fn check(&self) -> AclCheck<'_> {
+        self.settings.reads_checked().then_some(self)
+    }
+}
+
 /// The scope of each client by its id: the listener it last connected on
 /// (`per_listener_settings true` only). In memory: after a restart a
 /// session is `AuthScope::Unknown` until its client connects again.
 pub type ClientScopes = std::collections::BTreeMap<Rc<str>, AuthScope>;
 
 impl Broker {
+    /// The read check of deliveries made now.
+    pub(super) fn read_acl(&self) -> ReadAcl {
+        ReadAcl {
+            settings: self.settings.clone(),
+            scopes: self.client_scopes.clone(),
+            dynsec: self.dynsec_data().cloned(),
+        }
+    }
+
     /// SIGHUP: new password and ACL files, as Mosquitto reloads them.
     /// `Some` replaces the file in force, `None` keeps it (the file did not
     /// parse, or none is configured). ACL changes apply from the next check

@@ -169,14 +169,27 @@ pub struct ApplyLimits {
     pub bridges: Rc<[crate::bridge::OutRoute]>,
 }
 
-/// The read ACL of an apply's deliveries (client, username, topic), or
-/// None when no ACL source applies and every read is allowed (then no
-/// delivery looks its session up for the check).
-pub type AclCheck<'a> = Option<&'a dyn Fn(&str, Option<&str>, &str) -> bool>;
+/// A delivery's read check: may `client` (logged in as `user`) receive a
+/// message on `topic`? The broker's is `settings::ReadAcl`; any closure of
+/// that shape is one too (the state's tests use closures).
+pub trait ReadCheck {
+    fn allows(&self, client: &str, user: Option<&str>, topic: &str) -> bool;
+}
+
+impl<F: Fn(&str, Option<&str>, &str) -> bool> ReadCheck for F {
+    fn allows(&self, client: &str, user: Option<&str>, topic: &str) -> bool {
+        self(client, user, topic)
+    }
+}
+
+/// The read ACL of an apply's deliveries, or None when no ACL source
+/// applies and every read is allowed (then no delivery looks its session
+/// up for the check).
+pub type AclCheck<'a> = Option<&'a dyn ReadCheck>;
 
 /// Whether `acl` lets `client` (`user`) receive on `topic`.
 pub fn read_allowed(acl: AclCheck, client: &str, user: Option<&str>, topic: &str) -> bool {
-    acl.is_none_or(|f| f(client, user, topic))
+    acl.is_none_or(|f| f.allows(client, user, topic))
 }
 
 #[derive(Debug, Default)]
@@ -674,7 +687,7 @@ impl State {
             });
         }
         if let Some(acl) = acl {
-            out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl(c, s.username.as_deref(), &msg.topic)));
+            out.retain(|(c, _)| self.sessions.get(c).is_some_and(|s| acl.allows(c, s.username.as_deref(), &msg.topic)));
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use super::state::Delivery;
+use super::state::{Delivery, ReadCheck};
 use super::{Broker, Message};
 use crate::metrics::Exposition;
 use crate::mqtt::{topic, QoS};
@@ -157,13 +157,8 @@ impl Broker {
                 expires_at_ms: None,
                 origin: None,
             };
-            let settings = self.settings.clone();
-            let ds = self.dynsec_data().cloned();
-            let scopes = self.client_scopes.clone();
-            let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
-            for (client, mut d) in
-                self.state.route(&msg, settings.apply.upgrade_outgoing_qos, settings.read_check(&acl))
-            {
+            let acl = self.read_acl();
+            for (client, mut d) in self.state.route(&msg, self.settings.apply.upgrade_outgoing_qos, acl.check()) {
                 d.qos = QoS::AtMostOnce;
                 self.deliver(&client, None, &d, false, now);
             }
@@ -176,10 +171,7 @@ impl Broker {
     /// information lines, which Mosquitto logs as notices: connections and
     /// the like), QoS 0, not retained, not queued for offline sessions.
     pub fn publish_log(&mut self, lines: Vec<(log::Level, String)>, now: u64) {
-        let settings = self.settings.clone();
-        let ds = self.dynsec_data().cloned();
-        let scopes = self.client_scopes.clone();
-        let acl = |c: &str, u: Option<&str>, t: &str| settings.read_allowed(&scopes, ds.as_deref(), c, u, t);
+        let acl = self.read_acl();
         for (level, text) in lines {
             let topic = match level {
                 log::Level::Error => "$SYS/broker/log/E",
@@ -195,7 +187,7 @@ impl Broker {
                 expires_at_ms: None,
                 origin: None,
             };
-            for (client, mut d) in self.state.route(&msg, false, settings.read_check(&acl)) {
+            for (client, mut d) in self.state.route(&msg, false, acl.check()) {
                 if self.conn_of(&client).is_none() {
                     continue;
                 }
@@ -211,14 +203,12 @@ impl Broker {
             return;
         }
         let user = self.state.sessions().get(client).and_then(|s| s.username.clone());
-        let settings = self.settings.clone();
-        let scopes = self.client_scopes.clone();
-        let ds = self.dynsec_data().cloned();
+        let acl = self.read_acl();
         let msgs: Vec<Message> = self
             .sys_retained
             .values()
             .filter(|m| topic::matches(filter, &m.topic))
-            .filter(|m| settings.read_allowed(&scopes, ds.as_deref(), client, user.as_deref(), &m.topic))
+            .filter(|m| acl.allows(client, user.as_deref(), &m.topic))
             .cloned()
             .collect();
         for m in msgs {
