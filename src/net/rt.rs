@@ -295,8 +295,9 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
 const TASKS_PER_TURN: usize = 64;
 
 /// Runs `fut` and the tasks of `ex` on this thread's reactor until `fut`
-/// ends; `fut` is polled when its waker was woken, not on every turn. The tasks run through `LocalExecutor::try_tick`, which pops the
-/// executor's queue directly: `LocalExecutor::run` goes through the
+/// ends; `fut` is polled when its waker was woken, not on every turn. The
+/// tasks run through `LocalExecutor::try_tick`, which pops the executor's
+/// queue directly: `LocalExecutor::run` goes through the
 /// multi-threaded executor's runner (a local queue per runner that it
 /// fills from the global one, stealing, a ticker woken per task), which
 /// cost about 1.2k instructions more per QoS 1 round trip than this loop
