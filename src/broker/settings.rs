@@ -192,7 +192,8 @@ impl Settings {
     /// Whether any ACL source applies to any client (else `read_allowed`
     /// allows every read).
     pub fn reads_checked(&self) -> bool {
-        self.dynsec || self.acl_of(AuthScope::Broker).is_some() || self.every_scope().any(|s| self.acl_of(s).is_some())
+        // (Unknown: any listener's own rules.)
+        self.has_acl(AuthScope::Broker) || self.has_acl(AuthScope::Unknown)
     }
 
     /// Whether any ACL source applies to `scope` (else every check allows).
