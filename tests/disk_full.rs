@@ -207,7 +207,7 @@ fn a_full_disk_refuses_durable_changes_serves_the_rest_and_resumes_by_itself() {
     assert!(b.alive(), "midge stopped:\n{}", b.log());
 
     // Room again: QoS 1 publishes succeed, without a restart.
-    std::fs::remove_file(&filler).unwrap();
+    free_up(&filler);
     let end = Instant::now() + Duration::from_secs(15);
     let mut pid = 3000u16;
     loop {
@@ -303,7 +303,7 @@ fn a_leader_whose_disk_fills_hands_the_lead_to_a_follower() {
     let code = puback_reason(&mut p2, 1, T, &mut none).expect("a PUBACK from the new leader");
     assert!(code < 0x80, "new leader refused: {code:#04x}");
     // Room again on node 1: it writes again (and catches up).
-    std::fs::remove_file(&filler).unwrap();
+    free_up(&filler);
     let end = Instant::now() + Duration::from_secs(15);
     while !health_json(c.health[0]).contains("\"store_full\":false") {
         assert!(Instant::now() < end, "node 1 still full\n{}", c.logs());
@@ -346,7 +346,7 @@ fn persistence_min_free_keeps_a_reserve_from_the_start() {
     assert!(b.log().contains("below persistence_min_free (8388608)"), "{}", b.log());
 
     // Room again: new sessions within a few seconds (checked once a second).
-    std::fs::remove_file(&filler).unwrap();
+    free_up(&filler);
     let end = Instant::now() + Duration::from_secs(10);
     let (mut publisher, mut watcher) = loop {
         let mut r = Raw::connect(b.port);
@@ -372,7 +372,7 @@ fn persistence_min_free_keeps_a_reserve_from_the_start() {
     publisher.send(&common::publish_v5("live/a", 0, 0, b"qos 0 goes on"));
     assert_eq!(next_on(&mut watcher, "live/a", T).as_deref(), Some("qos 0 goes on"));
 
-    std::fs::remove_file(&filler).unwrap();
+    free_up(&filler);
     store_full_becomes(&mut watcher, "0");
     publisher.send(&publish_retained_v5("kept/a", 2, b"accepted"));
     // 0x10: accepted, no subscriber matched.
@@ -381,6 +381,16 @@ fn persistence_min_free_keeps_a_reserve_from_the_start() {
     let log = b.log();
     assert_eq!(log.matches("below persistence_min_free").count(), 2, "logged once per change:\n{log}");
     assert_eq!(log.matches("free again (persistence_min_free").count(), 2, "{log}");
+}
+
+/// Deletes the filler and gives its room back at once. Truncating first
+/// matters: a child process that another test thread forks holds a copy
+/// of every open descriptor until its exec, and a deleted file keeps its
+/// pages while any descriptor is open (CI once saw the room come back
+/// only after `install_snapshot` had been retried on it).
+fn free_up(path: &Path) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(0).unwrap();
+    std::fs::remove_file(path).unwrap();
 }
 
 /// Fills `path` until the file system refuses (ENOSPC).
@@ -434,7 +444,7 @@ fn snapshot_and_membership_writes_wait_for_room() {
         Err(e) => panic!("set_conf_state on a full disk: {e}"),
     }
 
-    std::fs::remove_file(&filler).unwrap();
+    free_up(&filler);
     log.install_snapshot(&snap).unwrap();
     log.set_conf_state(&cs(&[1, 2, 3])).unwrap();
     drop(log);
