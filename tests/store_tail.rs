@@ -20,6 +20,13 @@ fn newest_segment(data: &Path) -> PathBuf {
     all.pop().expect("a log segment")
 }
 
+/// Where a segment's records end (zeros follow in a preallocated one).
+fn records_end(segment: &[u8]) -> usize {
+    let scanned = midge::store::segments::scan(segment);
+    assert_eq!(scanned.torn, None, "an intact segment");
+    scanned.end as usize
+}
+
 /// Starts midge on `data`, publishes `MESSAGES` retained QoS 1 messages
 /// with mosquitto_pub (each acknowledged before the next), kills it with
 /// SIGKILL; returns the broker (dead) for its log.
@@ -65,7 +72,10 @@ fn a_torn_append_is_cut_off_at_start_and_nothing_acknowledged_is_lost() {
         drop(publish_then_kill(data.path()));
         let seg = newest_segment(data.path());
         let mut bytes = std::fs::read(&seg).unwrap();
-        let clean_len = bytes.len();
+        // The damage goes where the records end (a segment is
+        // preallocated: zeros follow them).
+        let clean_len = records_end(&bytes);
+        bytes.truncate(clean_len);
         // A record header claiming 600 bytes, and 100 of them; or a whole
         // record of 100 bytes with its CRC off by one bit.
         let payload = vec![0x42u8; 100];
@@ -88,7 +98,7 @@ fn a_torn_append_is_cut_off_at_start_and_nothing_acknowledged_is_lost() {
         // The restarted node appended after the cut: the damaged bytes are
         // gone from the file, its first write starts where they began.
         let now = std::fs::read(&seg).unwrap();
-        assert!(now.len() > clean_len, "{damage}: the node wrote after the cut");
+        assert!(records_end(&now) > clean_len, "{damage}: the node wrote after the cut");
         assert_ne!(&now[clean_len..clean_len + 4], &bytes[clean_len..clean_len + 4], "{damage}: overwritten");
     }
 }
@@ -105,7 +115,7 @@ fn damage_inside_the_log_refuses_to_start_and_names_the_file() {
     // not the end of the log, and starting would drop acknowledged data.
     let seg = newest_segment(data.path());
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.len() - 5;
+    let at = records_end(&bytes) - 5;
     bytes[at] ^= 0x55;
     std::fs::write(&seg, &bytes).unwrap();
     let name = seg.file_name().unwrap().to_str().unwrap();

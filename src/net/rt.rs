@@ -220,7 +220,7 @@ impl Reactor {
         let d = at.saturating_duration_since(now).max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ },
+            it_value: libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ },
         };
         // SAFETY: a valid timerfd and a valid itimerspec.
         if unsafe { libc::timerfd_settime(self.timerfd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } == 0 {

@@ -24,6 +24,10 @@ pub const RECORD_HEADER_BYTES: usize = 9;
 /// A segment takes new records until it reaches this size; then the next
 /// write starts a new one. Small enough that compaction frees space in
 /// steps, large enough that creating files (a directory fsync each) is rare.
+/// A new segment is allocated at this size when it is created (see
+/// `redb_log`'s `preallocate`): its records are then written over
+/// allocated zeros, so that an append's `fdatasync` need not also commit
+/// a new file size to the file system's journal.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A record holding one protobuf-encoded `eraftpb::Entry`.
@@ -111,36 +115,60 @@ pub fn check_header(bytes: &[u8], seq: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// What `scan` found in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    /// The whole, intact records, in order.
+    pub records: Vec<Record>,
+    /// Where the records end: the next append's offset.
+    pub end: u64,
+    /// Why the records end before the last non-zero byte, if they do.
+    pub torn: Option<Torn>,
+}
+
 /// The records of a segment whose header `check_header` accepted, in
-/// order, up to the end of `bytes` or the first record that is not whole
-/// and intact (`Torn`): a length past the end, a CRC that does not match,
-/// or an unknown kind. What follows such a record is not read: records are
-/// only ever appended, so it is the end of a write that did not finish.
-pub fn scan(bytes: &[u8]) -> (Vec<Record>, Option<Torn>) {
+/// order, up to the end of `bytes`, the start of the zeros that fill the
+/// rest of it (space allocated and never written: a preallocated segment,
+/// or a file system that extended the file without writing it) or the
+/// first record that is not whole and intact (`Torn`): a length past the
+/// end, a CRC that does not match, or an unknown kind. What follows such a
+/// record is not read: records are only ever appended, so it is the end of
+/// a write that did not finish.
+pub fn scan(bytes: &[u8]) -> Scanned {
     let mut records = Vec::new();
     let mut at = HEADER_BYTES;
     while at < bytes.len() {
-        let torn = |reason: String| Some(Torn { at: at as u64, reason });
+        if bytes[at..].iter().all(|&b| b == 0) {
+            break;
+        }
+        let torn = |reason: String| Scanned {
+            records: Vec::new(),
+            end: at as u64,
+            torn: Some(Torn { at: at as u64, reason }),
+        };
         let Some(head) = bytes.get(at..at + RECORD_HEADER_BYTES) else {
-            return (records, torn(format!("{} bytes of a record header", bytes.len() - at)));
+            return Scanned { records, ..torn(format!("{} bytes of a record header", bytes.len() - at)) };
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let sum = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let kind = head[8];
         let start = at + RECORD_HEADER_BYTES;
         let Some(payload) = start.checked_add(len as usize).and_then(|end| bytes.get(start..end)) else {
-            return (records, torn(format!("a record of {len} bytes, but only {} follow", bytes.len() - start)));
+            return Scanned {
+                records,
+                ..torn(format!("a record of {len} bytes, but only {} follow", bytes.len() - start))
+            };
         };
         if crc(kind, payload) != sum {
-            return (records, torn("a record whose checksum does not match".to_string()));
+            return Scanned { records, ..torn("a record whose checksum does not match".to_string()) };
         }
         if kind != KIND_ENTRY && kind != KIND_HARD_STATE {
-            return (records, torn(format!("a record of unknown kind {kind}")));
+            return Scanned { records, ..torn(format!("a record of unknown kind {kind}")) };
         }
         records.push(Record { kind, offset: start as u64, len });
         at = start + len as usize;
     }
-    (records, None)
+    Scanned { records, end: at.min(bytes.len()) as u64, torn: None }
 }
 
 /// Checks one record read back from `offset` (its header and payload) and
@@ -182,8 +210,9 @@ mod tests {
     fn records_read_back_in_order() {
         let bytes = segment(&[(KIND_ENTRY, b"one"), (KIND_HARD_STATE, b""), (KIND_ENTRY, &[9u8; 300])]);
         check_header(&bytes, 7).unwrap();
-        let (records, torn) = scan(&bytes);
+        let Scanned { records, end, torn } = scan(&bytes);
         assert_eq!(torn, None);
+        assert_eq!(end, bytes.len() as u64);
         assert_eq!(records.len(), 3);
         assert_eq!((records[0].kind, records[0].len), (KIND_ENTRY, 3));
         assert_eq!(&bytes[records[0].offset as usize..][..3], b"one");
@@ -200,25 +229,53 @@ mod tests {
         let second_at = (HEADER_BYTES + RECORD_HEADER_BYTES + 5) as u64;
         // Cut anywhere inside the second record.
         for cut in second_at as usize + 1..whole.len() {
-            let (records, torn) = scan(&whole[..cut]);
+            let Scanned { records, end, torn } = scan(&whole[..cut]);
             assert_eq!(records.len(), 1, "cut at {cut}");
             assert_eq!(torn.expect("torn").at, second_at, "cut at {cut}");
+            assert_eq!(end, second_at, "cut at {cut}");
         }
         // A flipped bit in the payload, the length or the kind.
         for flip in [second_at as usize, second_at as usize + 8, whole.len() - 1] {
             let mut damaged = whole.clone();
             damaged[flip] ^= 0x10;
-            let (records, torn) = scan(&damaged);
+            let Scanned { records, torn, .. } = scan(&damaged);
             assert_eq!(records.len(), 1, "flip at {flip}");
             assert_eq!(torn.expect("torn").at, second_at, "flip at {flip}");
         }
-        // Zeros after the last record (a filesystem that extended the file
-        // but did not write it) are torn too, not records.
-        let mut zeros = whole.clone();
-        zeros.extend([0u8; 100]);
-        let (records, torn) = scan(&zeros);
-        assert_eq!(records.len(), 2);
-        assert_eq!(torn.expect("torn").at, whole.len() as u64);
+        // The same, torn, followed by the zeros of a preallocated segment.
+        let mut torn_then_zeros = whole[..whole.len() - 3].to_vec();
+        torn_then_zeros.extend([0u8; 100]);
+        let Scanned { records, end, torn } = scan(&torn_then_zeros);
+        assert_eq!((records.len(), end), (1, second_at));
+        assert_eq!(torn.expect("torn").at, second_at);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_space_never_written() {
+        // A preallocated segment, or a file system that extended the file
+        // and did not write it: the records end where the zeros begin.
+        let whole = segment(&[(KIND_ENTRY, b"first"), (KIND_ENTRY, b"second record")]);
+        for zeros in [1, 8, 9, 10, 4096] {
+            let mut bytes = whole.clone();
+            bytes.extend(vec![0u8; zeros]);
+            let Scanned { records, end, torn } = scan(&bytes);
+            assert_eq!((records.len(), end, torn), (2, whole.len() as u64, None), "{zeros} zeros");
+        }
+        // An empty, preallocated segment: no records, the first append
+        // goes right after the header.
+        let mut empty = header(7).to_vec();
+        empty.extend([0u8; 4096]);
+        assert_eq!(scan(&empty), Scanned { records: vec![], end: HEADER_BYTES as u64, torn: None });
+        // Anything but zeros after them is an unfinished write: a record
+        // whose header did not reach the disk while a later page did.
+        for garbage_at in [0, 9, 100, 4095] {
+            let mut bytes = whole.clone();
+            bytes.extend(vec![0u8; 4096]);
+            bytes[whole.len() + garbage_at] = 0x42;
+            let Scanned { records, end, torn } = scan(&bytes);
+            assert_eq!((records.len(), end), (2, whole.len() as u64), "garbage at {garbage_at}");
+            assert_eq!(torn.expect("torn").at, whole.len() as u64, "garbage at {garbage_at}");
+        }
     }
 
     #[test]

@@ -193,9 +193,12 @@ fn foreign_redb_file_is_refused() {
 }
 
 /// Appends records to the newest segment, as a write of midge would.
+/// Appends records where the newest segment's records end (over the
+/// zeros of its preallocated rest).
 fn append_raw(dir: &Path, records: &[(u8, Vec<u8>)]) {
     let newest = newest_segment(dir);
     let mut bytes = std::fs::read(&newest).unwrap();
+    bytes.truncate(segments::scan(&bytes).end as usize);
     for (kind, payload) in records {
         segments::encode_record(*kind, payload, &mut bytes);
     }
@@ -301,7 +304,11 @@ fn a_torn_write_at_the_end_is_cut_off_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     store_with_some_content(dir.path());
     let seg = newest_segment(dir.path());
-    let whole = std::fs::metadata(&seg).unwrap().len();
+    // Preallocated: the records, then zeros up to the segment's size.
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), segments::SEGMENT_BYTES);
+    let mut clean = std::fs::read(&seg).unwrap();
+    let whole = segments::scan(&clean).end;
+    clean.truncate(whole as usize);
     // A write of entry 41 that did not finish: cut anywhere inside it, or
     // complete but with a damaged byte, or followed by zeros.
     let mut e41 = entry(41, 5);
@@ -315,15 +322,25 @@ fn a_torn_write_at_the_end_is_cut_off_and_the_log_goes_on() {
     cases.push(flipped);
     let mut zeros = vec![0u8; 4096];
     zeros[..10].copy_from_slice(&[0; 10]);
+    cases.push(zeros.clone());
+    // The record whole, but a later page of it never written (zeros),
+    // and the first page of a write never written while a later one was.
+    let mut hole = record.clone();
+    hole[100..300].fill(0);
+    cases.push(hole);
+    zeros[3000] = 0x42;
     cases.push(zeros);
-    let clean = std::fs::read(&seg).unwrap();
     for (n, tail) in cases.iter().enumerate() {
         let mut bytes = clean.clone();
         bytes.extend_from_slice(tail);
         std::fs::write(&seg, &bytes).unwrap();
         let log = RedbLog::open(dir.path(), ID, true).unwrap_or_else(|e| panic!("case {n}: {e}"));
         assert_eq!(log.last_index().unwrap(), 40, "case {n}");
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole, "case {n}: the torn tail is cut off");
+        let now = std::fs::read(&seg).unwrap();
+        let scanned = segments::scan(&now);
+        assert_eq!((scanned.end, scanned.torn), (whole, None), "case {n}: the torn tail is cut off");
+        assert_eq!(now.len() as u64, segments::SEGMENT_BYTES, "case {n}: allocated again");
+        assert!(now[whole as usize..].iter().all(|&b| b == 0), "case {n}: zeros after the records");
         assert_eq!(log.entries(26, 41, None, ctx()).unwrap().len(), 15, "case {n}");
     }
     // After the cut, appends go on where it was, and survive a reopen.
@@ -618,12 +635,40 @@ fn golden_store_v2_still_reads() {
     assert_eq!(&seg[..8], b"MIDGELOG");
     assert_eq!(&seg[8..12], &1u32.to_le_bytes());
     assert_eq!(&seg[16..24], &1u64.to_le_bytes());
-    let (records, torn) = segments::scan(&seg);
+    let segments::Scanned { records, torn, .. } = segments::scan(&seg);
     assert_eq!(torn, None);
     let kinds: Vec<u8> = records.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, vec![1, 1, 2, 1, 1, 1, 1, 2], "entries 1-2, a hard state, entries 3-6, a hard state");
 
     check_golden_store(copy.path(), b"golden snapshot v2");
+}
+
+/// A new segment is allocated whole (zeros after its records); the next
+/// one begins only once its records fill it, so only the newest segment
+/// ends in zeros (an older midge reads every other one as it always did).
+#[test]
+fn only_the_newest_segment_is_allocated_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    let mut written = Vec::new();
+    for i in 1..=50u64 {
+        let mut e = entry(i, 1);
+        e.data = vec![i as u8; 100_000].into();
+        log.persist(std::slice::from_ref(&e), Some(&hard_state(1, 1, i - 1))).unwrap();
+        written.push(e);
+        let files = segment_files(dir.path());
+        let newest = std::fs::read(files.last().unwrap()).unwrap();
+        assert_eq!(newest.len() as u64, segments::SEGMENT_BYTES.max(segments::scan(&newest).end), "after entry {i}");
+        for older in &files[..files.len() - 1] {
+            let bytes = std::fs::read(older).unwrap();
+            let scanned = segments::scan(&bytes);
+            assert_eq!((scanned.end, scanned.torn), (bytes.len() as u64, None), "{}", older.display());
+        }
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2, "5 MB of entries in 4 MiB segments");
+    drop(log);
+    let log = RedbLog::open(dir.path(), ID, true).unwrap();
+    assert_eq!(log.entries(1, 51, None, ctx()).unwrap(), written);
 }
 
 #[test]
