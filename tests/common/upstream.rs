@@ -52,10 +52,16 @@ impl Upstream {
             .stderr(log)
             .spawn()
             .expect("start mosquitto");
+        let pid = child.id();
         self.child = Some(child);
+        // Its own listening socket, not any listener on the port (one that
+        // another test's process took meanwhile would answer a connect).
         let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < end, "upstream mosquitto did not listen:\n{}", self.log());
+        while !super::listens(pid, self.port) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("upstream mosquitto on port {} exited ({st}):\n{}", self.port, self.log());
+            }
+            assert!(Instant::now() < end, "upstream mosquitto did not listen on port {}:\n{}", self.port, self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -111,18 +117,28 @@ impl Watch {
         let dir = tempdir();
         let out = dir.path().join("out.txt");
         let file = std::fs::File::create(&out).unwrap();
+        let err_path = dir.path().join("err.txt");
+        let err = std::fs::File::create(&err_path).unwrap();
         let child = Command::new("stdbuf")
             .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port.to_string(), "-d", "-F", "%t %q %r %p"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(file)
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("mosquitto_sub");
-        let w = Watch { child, out, _dir: dir };
+        let mut w = Watch { child, out, _dir: dir };
         let end = Instant::now() + Duration::from_secs(10);
         while !w.raw().contains("Subscribed (mid") {
-            assert!(Instant::now() < end, "mosquitto_sub {args:?} never subscribed: {}", w.raw());
+            let exited = w.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= end {
+                panic!(
+                    "mosquitto_sub {args:?} on port {port} never subscribed ({}); stdout: {}; stderr: {}",
+                    exited.map_or("still running after 10 s".to_string(), |st| format!("exited: {st}")),
+                    w.raw(),
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         w
