@@ -228,9 +228,9 @@ impl LogWrite {
 /// instead of 8 KiB written to the device (the journal's commit of the
 /// size is gone; what the journal writes is not in a process's
 /// /proc/PID/io, so `scripts/bench-wear.sh` does not see it). False when
-/// the file system cannot (no
-/// `fallocate`, or no room for a whole segment): then the records extend
-/// the file as they are written, which `load` reads just the same.
+/// the file system cannot (no `fallocate`, or no room for a whole
+/// segment): then the records extend the file as they are written, which
+/// `load` reads just the same.
 fn preallocate(file: &File) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(len) = libc::off_t::try_from(SEGMENT_BYTES) else { return false };
@@ -908,9 +908,9 @@ fn load(meta: Meta, path: &str, log_dir: &Path, durable: bool) -> Result<Cached,
             }
             return Err(corrupt(format!("the log segment {name} is not readable: {why}")));
         }
-        let segments::Scanned { records, end, torn } = segments::scan(&bytes);
-        let mut len = end;
-        if let Some(torn) = torn {
+        // (A torn segment's records end where the damage begins.)
+        let segments::Scanned { records, end: len, torn } = segments::scan(&bytes);
+        if let Some(torn) = &torn {
             if !last_segment {
                 return Err(corrupt(format!(
                     "the log segment {name} is damaged at byte {}: {} (only the newest segment can end in an \
@@ -928,26 +928,22 @@ fn load(meta: Meta, path: &str, log_dir: &Path, durable: bool) -> Result<Cached,
                 torn.reason,
                 written.saturating_sub(torn.at)
             );
+        }
+        // The newest segment: cut after its last whole record, and
+        // allocated whole (see `preallocate`), so that what follows its
+        // records is zeros, never an old record the next appends would not
+        // overwrite. A segment written before segments were allocated
+        // ahead (or where there was no room) is allocated now, if it can be.
+        if torn.is_some() || (last_segment && (bytes.len() as u64) < SEGMENT_BYTES) {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(seg)
-                .map_err(|e| open_failed(format!("cannot open {name} to cut it: {e}")))?;
-            // Cut, and allocated again: what follows the records is zeros,
-            // never an old record the next appends would not overwrite.
-            f.set_len(torn.at).map_err(|e| open_failed(format!("cannot cut {name}: {e}")))?;
-            preallocate(&f);
-            if durable {
-                f.sync_all().map_err(|e| open_failed(format!("cannot sync {name}: {e}")))?;
+                .map_err(|e| open_failed(format!("cannot open {name} to cut or allocate it: {e}")))?;
+            if torn.is_some() {
+                f.set_len(len).map_err(|e| open_failed(format!("cannot cut {name}: {e}")))?;
             }
-            len = torn.at;
-        } else if last_segment && (bytes.len() as u64) < SEGMENT_BYTES {
-            // Written by a midge before segments were preallocated, or
-            // where there was no room for it: allocated now, if it can be.
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(seg)
-                .map_err(|e| open_failed(format!("cannot open {name}: {e}")))?;
-            if preallocate(&f) && durable {
+            let allocated = preallocate(&f);
+            if durable && (torn.is_some() || allocated) {
                 f.sync_all().map_err(|e| open_failed(format!("cannot sync {name}: {e}")))?;
             }
         }

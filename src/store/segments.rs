@@ -141,34 +141,27 @@ pub fn scan(bytes: &[u8]) -> Scanned {
         if bytes[at..].iter().all(|&b| b == 0) {
             break;
         }
-        let torn = |reason: String| Scanned {
-            records: Vec::new(),
-            end: at as u64,
-            torn: Some(Torn { at: at as u64, reason }),
-        };
+        let torn = |records, reason| Scanned { records, end: at as u64, torn: Some(Torn { at: at as u64, reason }) };
         let Some(head) = bytes.get(at..at + RECORD_HEADER_BYTES) else {
-            return Scanned { records, ..torn(format!("{} bytes of a record header", bytes.len() - at)) };
+            return torn(records, format!("{} bytes of a record header", bytes.len() - at));
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let sum = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let kind = head[8];
         let start = at + RECORD_HEADER_BYTES;
         let Some(payload) = start.checked_add(len as usize).and_then(|end| bytes.get(start..end)) else {
-            return Scanned {
-                records,
-                ..torn(format!("a record of {len} bytes, but only {} follow", bytes.len() - start))
-            };
+            return torn(records, format!("a record of {len} bytes, but only {} follow", bytes.len() - start));
         };
         if crc(kind, payload) != sum {
-            return Scanned { records, ..torn("a record whose checksum does not match".to_string()) };
+            return torn(records, "a record whose checksum does not match".to_string());
         }
         if kind != KIND_ENTRY && kind != KIND_HARD_STATE {
-            return Scanned { records, ..torn(format!("a record of unknown kind {kind}")) };
+            return torn(records, format!("a record of unknown kind {kind}"));
         }
         records.push(Record { kind, offset: start as u64, len });
         at = start + len as usize;
     }
-    Scanned { records, end: at.min(bytes.len()) as u64, torn: None }
+    Scanned { records, end: at as u64, torn: None }
 }
 
 /// Checks one record read back from `offset` (its header and payload) and
