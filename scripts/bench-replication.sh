@@ -24,7 +24,12 @@
 # (loadgen latency), and for midge the batching counters from the leader's
 # health JSON around each throughput run: broker commands per raft entry
 # (commands/proposals) and raft entries per durable write
-# (persisted_entries/persists). Tests alternate between the setups; with
+# (persisted_entries/persists). Once per repetition it also measures the
+# disk under the run (loadgen fsync: a 1,600-byte overwrite + fdatasync, 1
+# writer for one node, 3 at once for three nodes on this one disk) and
+# reports the ceiling that sets for 1->1: with the window of 20 in one
+# entry, a node on this disk cannot answer more than 20 per fdatasync
+# even if the broker and the hops took no time. Tests alternate between the setups; with
 # --reps N every number is the median of N runs. Prints a markdown table and
 # writes it to benches/results/replication.md (raw lines next to it).
 # Full run ~3 min, --quick ~1 min. Temp dirs are removed unless --keep.
@@ -393,6 +398,20 @@ tp_test() { # metric pubs subs setup
 }
 
 
+# The disk's floor for a setup: one writer per node that fsyncs per
+# entry, all at once (the leader and its followers write each entry
+# together, on this machine's one disk).
+floor_test() { # setup
+    local s=$1 w=1 line
+    case "$s" in mosquitto) return ;; midge3*) w=3 ;; esac
+    log "${LABEL[$s]}: disk floor (loadgen fsync, $w writer(s))"
+    line=$(timeout -k 5 "$KILL_AFTER" "$LOADGEN" fsync --dir "$WORK" --writers "$w" --count 2000 --bytes 1600 2> "$WORK/lg.err" | grep '^RESULT ')
+    echo "$s floor $line" >> "$RAW"
+    if [ -z "$line" ]; then note "${LABEL[$s]}: loadgen fsync failed: $(head -n 2 "$WORK/lg.err" | tr '\n' ' ')"; return; fi
+    record floor "$s" "$(kv p50_us "$line")"
+    record ceil "$s" "$(awk -v w=$WINDOW -v p="$(kv p50_us "$line")" 'BEGIN {if (p > 0) printf "%.0f", w * 1e6 / p}')"
+}
+
 lat_test() { # setup
     local s=$1 line
     log "${LABEL[$s]}: QoS 1 ping-pong latency ($LAT_COUNT messages)"
@@ -421,6 +440,7 @@ for r in $(seq 1 "$REPS"); do
     for s in "${ORDER[@]}"; do tp_test q1_11 1 1 "$s"; done
     for s in "${ORDER[@]}"; do tp_test q1_44 4 4 "$s"; done
     for s in "${ORDER[@]}"; do lat_test "$s"; done
+    for s in "${ORDER[@]}"; do floor_test "$s"; done
     LOADS="$LOADS $(cut -d' ' -f1 /proc/loadavg)"
 done
 
@@ -508,6 +528,7 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     echo "- both: max_inflight_messages 20, max_queued_messages 100000; payload $PAYLOAD B; loopback only"
     echo "- throughput = unique deliveries / (first publish → last delivery); publishers run ${DUR} s, windowed QoS 1 ($WINDOW PUBACKs outstanding), each at most $LEAD/publishers messages ahead of the slowest subscriber. Latency: QoS 1 ping-pong (publish → subscriber receives), $LAT_COUNT messages"
     echo "- batching (midge leader, counter deltas over each throughput run): commands/proposal = broker commands per raft entry; entries/persist = raft entries per redb write+fsync"
+    echo "- disk floor: \`loadgen fsync --writers 1|3 --bytes 1600\` in the run's directory once per repetition (each writer overwrites its own zero-filled file, one fdatasync per write; 1,600 B is about one entry of 20 QoS 1 commands). With the window in one entry a node answers at most $WINDOW messages per fdatasync, so $WINDOW / floor bounds 1→1 whatever the broker does; the ceiling's ratio column compares that bound with Mosquitto's measured 1→1"
     echo
     echo "| metric | ${LABEL[${SETUPS[0]}]} | ${LABEL[${SETUPS[1]}]} | mosquitto | ${LABEL[${SETUPS[0]}]} / mosquitto | ${LABEL[${SETUPS[1]}]} / mosquitto |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
@@ -527,10 +548,18 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     row "longest delivery gap 1→1, worst run (ms)" gap.q1_11 max noratio
     row "longest delivery gap 4→4, worst run (ms)" gap.q1_44 max noratio
     row "QoS 1 deliveries lost, all runs (must be 0)" lostall sum noratio
+    row "disk floor: fdatasync p50 of a 1,600 B overwrite, one writer per node at once (µs)" floor median noratio
+    # The ceiling's ratio is to Mosquitto's measured 1->1; the last row
+    # says how much of its own ceiling midge reached.
+    a=$(get ceil "${SETUPS[0]}" median); b=$(get ceil "${SETUPS[1]}" median); z=$(get q1_11 mosquitto median)
+    printf '| %s | %s | %s | | %s | %s |\n' "1→1 ceiling if broker and hops took no time: $WINDOW / floor (msg/s)" \
+        "$(fmt "$a")" "$(fmt "$b")" "$(ratio "$a" "$z")" "$(ratio "$b" "$z")"
+    printf '| %s | %s | %s | | | |\n' "1→1 throughput / that ceiling" \
+        "$(ratio "$(get q1_11 "${SETUPS[0]}" median)" "$a")" "$(ratio "$(get q1_11 "${SETUPS[1]}" median)" "$b")"
     echo
     echo "Per-run values:"
     echo
-    per_run_values SETUPS LABEL q1_11 q1_44 p50 p99 cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44
+    per_run_values SETUPS LABEL q1_11 q1_44 p50 p99 floor cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44
     notes_section
 } > "$WORK/table.md"
 

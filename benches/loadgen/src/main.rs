@@ -10,6 +10,14 @@
 //!   loadgen retain     --port P --count N [--payload 100] [--window 20] [--prefix T]
 //!                      [--verify-only 0|1]
 //!   loadgen connect    --port P --count N [--concurrency 1] [--username U --password W] [--users K]
+//!   loadgen fsync      --dir D [--writers 1] [--count 2000] [--bytes 1600]
+//!
+//! `fsync` measures the disk, not a broker: the floor under a broker that
+//! makes each write durable before it answers. Each writer thread
+//! overwrites its own zero-filled 4 MiB file in `--bytes` steps, one
+//! `fdatasync` each, all writers at once (as a raft leader and its
+//! followers do on one machine); it reports the latency of write +
+//! fdatasync over all writers.
 //!
 //! `throughput`, `latency`, `idle` and `connect` log in with
 //! --username/--password if given (every connection; `latency
@@ -57,6 +65,7 @@ usage: loadgen throughput --port P [--host 127.0.0.1] [--qos 0|1] [--publishers 
                           [--timeout-secs 120]
        loadgen connect    --port P --count N [--concurrency 1] [--username U --password W]
                           [--users K (username U0..U<K-1>)] [--timeout-secs 60]
+       loadgen fsync      --dir D [--writers 1] [--count 2000] [--bytes 1600]
 Output: one `RESULT key=value ...` line on stdout. Targets must be 127.0.0.0/8.";
 
 const READ_POLL: Duration = Duration::from_millis(100);
@@ -115,6 +124,7 @@ fn main() -> ExitCode {
         "idle" => idle(&mut args),
         "retain" => retain(&mut args),
         "connect" => connect(&mut args),
+        "fsync" => fsync(&mut args),
         m => Err(format!("unknown mode {m}\n{USAGE}")),
     };
     match r {
@@ -1089,6 +1099,100 @@ fn latency(args: &mut Args) -> Result<u8, String> {
         lats.first().copied().unwrap_or(0),
     );
     Ok(if status == "ok" { 0 } else { 1 })
+}
+
+// ------------------------------------------------------------------ fsync
+
+/// Size of each writer's file; its writes wrap around within it.
+const FSYNC_FILE_BYTES: u64 = 4 << 20;
+
+fn fsync(args: &mut Args) -> Result<u8, String> {
+    use std::os::unix::fs::FileExt;
+    let dir: String = args.take("dir", None)?;
+    let writers: usize = args.take("writers", Some(1))?;
+    let count: usize = args.take("count", Some(2000))?;
+    let bytes: u64 = args.take("bytes", Some(1600))?;
+    args.finish()?;
+    if writers == 0 || writers > 16 || count == 0 || count > 100_000 || bytes == 0 || bytes > 1 << 20 {
+        return Err("--writers 1..16, --count 1..100000, --bytes 1..1048576".into());
+    }
+    // Zero-filled and synced first: the measured writes overwrite
+    // allocated blocks (no file size or extent to commit), the cheapest
+    // durable write the file system offers.
+    let mut files = Vec::new();
+    for w in 0..writers {
+        let path = std::path::Path::new(&dir).join(format!("loadgen-fsync-{}-{w}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..FSYNC_FILE_BYTES / zeros.len() as u64 {
+            f.write_all_at(&zeros, i * zeros.len() as u64).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push((path, f));
+    }
+    let barrier = Arc::new(Barrier::new(writers));
+    let handles: Vec<_> = files
+        .iter()
+        .map(|(_, f)| {
+            let f = f.try_clone().map_err(|e| e.to_string());
+            let barrier = barrier.clone();
+            thread::spawn(move || -> Result<(Vec<u64>, f64), String> {
+                let f = f?;
+                let buf = vec![0x5au8; bytes as usize];
+                let mut lats = Vec::with_capacity(count);
+                let mut off = 0u64;
+                barrier.wait();
+                let t0 = Instant::now();
+                for _ in 0..count {
+                    if off + bytes > FSYNC_FILE_BYTES {
+                        off = 0;
+                    }
+                    let t = Instant::now();
+                    f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
+                    f.sync_data().map_err(|e| e.to_string())?;
+                    lats.push(t.elapsed().as_micros() as u64);
+                    off += bytes;
+                }
+                Ok((lats, t0.elapsed().as_secs_f64()))
+            })
+        })
+        .collect();
+    let mut lats = Vec::with_capacity(count * writers);
+    let mut secs = 0f64;
+    let mut err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok((l, s))) => {
+                lats.extend(l);
+                secs = secs.max(s);
+            }
+            Ok(Err(e)) => err = Some(e),
+            Err(_) => err = Some("a writer thread panicked".into()),
+        }
+    }
+    for (path, _) in &files {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(e) = err {
+        return Err(format!("fsync: {e}"));
+    }
+    lats.sort_unstable();
+    let pct = |q: f64| lats[((lats.len() as f64 * q).ceil() as usize).clamp(1, lats.len()) - 1];
+    println!(
+        "RESULT mode=fsync status=ok writers={writers} count={count} bytes={bytes} p50_us={} p99_us={} max_us={} \
+         syncs_per_s_per_writer={:.0}",
+        pct(0.50),
+        pct(0.99),
+        lats.last().copied().unwrap_or(0),
+        if secs > 0.0 { count as f64 / secs } else { 0.0 },
+    );
+    Ok(0)
 }
 
 // ------------------------------------------------------------------ connect
