@@ -76,6 +76,7 @@ else
     DUR=3
     LAT_COUNT=2000
 fi
+CLK_TCK=$(getconf CLK_TCK)
 LEAD=4000              # a publisher stays <= LEAD/publishers ahead of the slowest subscriber
 WINDOW=20              # QoS 1 PUBACKs outstanding per publisher (= max_inflight_messages)
 PAYLOAD=16
@@ -355,9 +356,21 @@ tp_test() { # metric pubs subs setup
     if [ "$s" = midge3 ] || [ "$s" = midge3tls ]; then
         for n in $(setup_nodes "$s"); do [ "$n" = "${LEADER[$s]}" ] || fh0[$n]=$(health "${NODE_HPORT[$n]}"); done
     fi
+    local pids=() c0 c1
+    for n in $(setup_nodes "$s"); do [ -n "${NODE_PID[$n]:-}" ] && pids+=("${NODE_PID[$n]}"); done
+    c0=$(cpu_ticks "${pids[@]}")
     run_lg "$s" "$m" throughput --qos 1 --publishers "$np" --subscribers "$ns" --payload $PAYLOAD \
         --duration-secs "$DUR" --max-lead $((LEAD / np)) --window $WINDOW --timeout-secs $LG_TIMEOUT
     line=$LINE
+    c1=$(cpu_ticks "${pids[@]}")
+    # CPU per delivery: the broker's (every node of the setup) and the
+    # load generator's own, so that a ratio is not read as the client's.
+    if [ -n "$line" ] && [ "$(kv unique "$line")" -gt 0 ] 2>/dev/null; then
+        [ -n "$c0" ] && [ -n "$c1" ] && record "bcpu.$m" "$s" \
+            "$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v u="$(kv unique "$line")" 'BEGIN {printf "%.2f", d / hz * 1e6 / u}')"
+        record "ccpu.$m" "$s" "$(awk -v a="$(kv cpu_user_s "$line")" -v b="$(kv cpu_sys_s "$line")" -v u="$(kv unique "$line")" \
+            'BEGIN {printf "%.2f", (a + b) * 1e6 / u}')"
+    fi
     if [ "$s" != mosquitto ]; then
         h1=$(health "${HPORT[$s]}")
         echo "$s $m health-before $h0" >> "$RAW"
@@ -528,12 +541,17 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     echo "- both: max_inflight_messages 20, max_queued_messages 100000; payload $PAYLOAD B; loopback only"
     echo "- throughput = unique deliveries / (first publish → last delivery); publishers run ${DUR} s, windowed QoS 1 ($WINDOW PUBACKs outstanding), each at most $LEAD/publishers messages ahead of the slowest subscriber. Latency: QoS 1 ping-pong (publish → subscriber receives), $LAT_COUNT messages"
     echo "- batching (midge leader, counter deltas over each throughput run): commands/proposal = broker commands per raft entry; entries/persist = raft entries per redb write+fsync"
+    echo "- CPU per delivery: user + system time over each throughput run (/proc/PID/stat, $CLK_TCK ticks a second) of every process of the setup (three nodes: all three), and loadgen's own (its getrusage), each over the run's unique deliveries"
     echo "- disk floor: \`loadgen fsync --writers 1|3 --bytes 1600\` in the run's directory once per repetition (each writer overwrites its own zero-filled file, one fdatasync per write; 1,600 B is about one entry of 20 QoS 1 commands). With the window in one entry a node answers at most $WINDOW messages per fdatasync, so $WINDOW / floor bounds 1→1 whatever the broker does; the ceiling's ratio column compares that bound with Mosquitto's measured 1→1"
     echo
     echo "| metric | ${LABEL[${SETUPS[0]}]} | ${LABEL[${SETUPS[1]}]} | mosquitto | ${LABEL[${SETUPS[0]}]} / mosquitto | ${LABEL[${SETUPS[1]}]} / mosquitto |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     row "QoS 1 throughput 1→1 (msg/s, higher is better)" q1_11 median
     row "QoS 1 throughput 4→4 (deliveries/s, higher is better)" q1_44 median
+    row "CPU per delivery 1→1, broker (all its nodes; µs, lower is better)" bcpu.q1_11 median
+    row "CPU per delivery 1→1, loadgen (µs)" ccpu.q1_11 median
+    row "CPU per delivery 4→4, broker (all its nodes; µs, lower is better)" bcpu.q1_44 median
+    row "CPU per delivery 4→4, loadgen (µs)" ccpu.q1_44 median
     row "QoS 1 ping-pong latency p50 (µs, lower is better)" p50 median
     row "QoS 1 ping-pong latency p99 (µs, lower is better)" p99 median
     row "QoS 1 ping-pong latency max, worst run (µs)" pmax max noratio
@@ -559,7 +577,7 @@ verdict() { awk -v r="$1" 'BEGIN { if (r == "—") print "n/a"; else if (r + 0 >
     echo
     echo "Per-run values:"
     echo
-    per_run_values SETUPS LABEL q1_11 q1_44 p50 p99 floor cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44
+    per_run_values SETUPS LABEL q1_11 q1_44 bcpu.q1_11 ccpu.q1_11 bcpu.q1_44 ccpu.q1_44 p50 p99 floor cpp.q1_11 epp.q1_11 cpp.q1_44 epp.q1_44 fepp.q1_11 fepp.q1_44 gap.q1_11 gap.q1_44
     notes_section
 } > "$WORK/table.md"
 

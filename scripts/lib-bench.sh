@@ -91,6 +91,19 @@ stop_pid() {
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 
+# cpu_ticks PID...: user + system CPU of the processes (all their threads)
+# in clock ticks (getconf CLK_TCK a second), summed; empty if one is gone.
+cpu_ticks() {
+    local p t sum=0
+    for p in "$@"; do
+        # Fields 14 and 15 after the ")" that ends the command name.
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || return 0
+        [ -n "$t" ] || return 0
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
+
 kv() { # key line -> value of key=value in a loadgen RESULT line
     sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $2" | head -n 1
 }

@@ -792,6 +792,43 @@ fn pub_qos0(
     Ok(())
 }
 
+/// Counts the PUBACKs already read into `rd`'s buffer into `acked`.
+fn count_pubacks(rd: &mut FrameReader<TcpStream>, acked: &mut u64) -> io::Result<()> {
+    while let Some((hdr, body)) = rd.next_buffered()? {
+        match hdr >> 4 {
+            mqtt::PUBACK => {
+                if mqtt::packet_id(body)? == 0 {
+                    return Err(mqtt::bad("PUBACK with packet id 0"));
+                }
+                *acked += 1;
+            }
+            mqtt::PINGRESP => {}
+            t => return Err(mqtt::bad(format!("publisher got unexpected packet type {t}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Reads PUBACKs until `acked` reaches `target`; false at the deadline.
+fn await_pubacks(rd: &mut FrameReader<TcpStream>, acked: &mut u64, target: u64, deadline: Instant) -> io::Result<bool> {
+    loop {
+        count_pubacks(rd, acked)?;
+        if *acked >= target {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        rd.fill()?;
+    }
+}
+
+/// A windowed QoS 1 publisher on one thread: it writes while the window
+/// has room and reads PUBACKs only when it is full (every read then
+/// takes all that arrived), as a client that publishes from its network
+/// loop does. (A reader thread of its own cost a thread hand-off per
+/// PUBACK: with Mosquitto, whose PUBACKs come one at a time, loadgen used
+/// as much CPU per message as the broker it measured.)
 #[allow(clippy::too_many_arguments)]
 fn pub_qos1(
     conn: Conn,
@@ -806,86 +843,28 @@ fn pub_qos1(
     let deadline = lim.deadline;
     let Conn { mut rd } = conn;
     let mut wr = rd.get_ref().try_clone()?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
-    let wake_at = Arc::new(AtomicU64::new(u64::MAX));
-    // Number of messages the writer ended up sending (u64::MAX while running).
-    let final_sent = Arc::new(AtomicU64::new(u64::MAX));
-    let me = thread::current();
-    let reader = {
-        let acked = acked.clone();
-        let failed = failed.clone();
-        let wake_at = wake_at.clone();
-        let final_sent = final_sent.clone();
-        thread::Builder::new().stack_size(256 * 1024).spawn(move || -> (FrameReader<TcpStream>, io::Result<bool>) {
-            let mut n = 0u64;
-            let r = (|| loop {
-                while let Some((hdr, body)) = rd.next_buffered()? {
-                    match hdr >> 4 {
-                        mqtt::PUBACK => {
-                            if mqtt::packet_id(body)? == 0 {
-                                return Err(mqtt::bad("PUBACK with packet id 0"));
-                            }
-                            n += 1;
-                        }
-                        mqtt::PINGRESP => {}
-                        t => return Err(mqtt::bad(format!("publisher got unexpected packet type {t}"))),
-                    }
-                }
-                acked.store(n, Ordering::SeqCst);
-                if n >= wake_at.load(Ordering::SeqCst) {
-                    me.unpark();
-                }
-                if n >= final_sent.load(Ordering::SeqCst) {
-                    return Ok(false);
-                }
-                if Instant::now() >= deadline {
-                    return Ok(true);
-                }
-                rd.fill()?;
-            })();
-            if r.is_err() {
-                failed.store(true, Ordering::Release);
-            }
-            me.unpark();
-            (rd, r)
-        })?
-    };
+    let mut acked = 0u64;
     let mut payload = vec![0u8; psize];
     let mut buf = Vec::with_capacity(BATCH_BYTES + psize + 256);
     let t = topic.as_bytes();
     let mut sent = 0u64;
-    let mut werr = None;
     let mut lead_cached = 0u64;
     let mut gave_up = false;
     while sent < lim.k {
-        if sent - acked.load(Ordering::Acquire) >= window {
-            // Window full: flush, then sleep until it has drained to
+        if sent - acked >= window {
+            // Window full: flush, then read until it has drained to
             // --resume-at outstanding. The default (window - 1) publishes
             // again on the first PUBACK, like a real client; a lower mark
             // batches writes but, with the broker's Nagle, invites 40 ms
             // delayed-ACK stalls (the publisher sends nothing to carry ACKs).
             if !buf.is_empty() {
-                if let Err(e) = wr.write_all(&buf) {
-                    werr = Some(e);
-                    break;
-                }
+                wr.write_all(&buf)?;
                 buf.clear();
             }
-            let now = Instant::now();
-            if lim.time_up(now) {
+            if lim.time_up(Instant::now()) {
                 break;
             }
-            let target = sent - resume_at;
-            wake_at.store(target, Ordering::SeqCst);
-            while acked.load(Ordering::SeqCst) < target {
-                if failed.load(Ordering::Acquire) || Instant::now() >= deadline {
-                    break;
-                }
-                thread::park_timeout(Duration::from_millis(20));
-            }
-            wake_at.store(u64::MAX, Ordering::SeqCst);
-            if failed.load(Ordering::Acquire) || Instant::now() >= deadline {
+            if !await_pubacks(&mut rd, &mut acked, sent - resume_at, deadline)? {
                 gave_up = true;
                 break;
             }
@@ -893,10 +872,7 @@ fn pub_qos1(
         }
         if lead.on() && sent >= lead_cached + lead.lead {
             if !buf.is_empty() {
-                if let Err(e) = wr.write_all(&buf) {
-                    werr = Some(e);
-                    break;
-                }
+                wr.write_all(&buf)?;
                 buf.clear();
             }
             if !lead.wait(pubid as usize, sent, &mut lead_cached, &lim) {
@@ -909,32 +885,21 @@ fn pub_qos1(
         mqtt::publish(&mut buf, t, 1, pid, &payload);
         sent += 1;
         if buf.len() >= BATCH_BYTES {
-            if let Err(e) = wr.write_all(&buf) {
-                werr = Some(e);
-                break;
-            }
+            wr.write_all(&buf)?;
             buf.clear();
         }
         if sent.is_multiple_of(64) && lim.stop_at.is_some() && lim.time_up(Instant::now()) {
             break;
         }
     }
-    if werr.is_none() && !buf.is_empty() {
-        werr = wr.write_all(&buf).err();
+    if !buf.is_empty() {
+        wr.write_all(&buf)?;
     }
     st.sent = sent;
-    final_sent.store(sent, Ordering::SeqCst);
-    if werr.is_some() {
-        // Unblock the reader: it exits on its deadline or the closed socket.
-        let _ = wr.shutdown(std::net::Shutdown::Both);
-    }
-    let (rd, r) = reader.join().map_err(|_| mqtt::bad("publisher reader panicked"))?;
-    st.acked = acked.load(Ordering::Acquire);
-    if let Some(e) = werr {
-        return Err(e);
-    }
-    let timed_out = r?;
-    st.timed_out = timed_out || gave_up || st.acked < sent;
+    // The rest of the PUBACKs, until the deadline.
+    let all = await_pubacks(&mut rd, &mut acked, sent, deadline)?;
+    st.acked = acked;
+    st.timed_out = !all || gave_up || acked < sent;
     st.done = Some(Instant::now());
     drop(wr);
     st.conn = Some(Conn { rd });
