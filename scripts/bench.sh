@@ -84,6 +84,7 @@ fi
 PACED_MS=10
 LEAD=4000
 WINDOW=20
+CLK_TCK=$(getconf CLK_TCK)
 BURST_MSGS=100000      # open-loop QoS 0 burst: as fast as possible, no flow control
 COMPAT_MSGS=20000      # QoS 1 with 64 PUBACKs outstanding (pipelining 3.1.1 client)
 IDLE_SMALL=1000
@@ -230,14 +231,25 @@ run_lg() { # broker test-name loadgen-args... ; sets LINE to the RESULT line
 
 
 tp_test() { # metric qos pubs subs [extra loadgen args]
-    local m=$1 q=$2 np=$3 ns=$4 b line st rate lost
+    local m=$1 q=$2 np=$3 ns=$4 b line st rate lost c0 c1 u
     shift 4
     for b in "${BROKERS[@]}"; do
         log "$b: $m"
+        c0=$(cpu_ticks "${PID[$b]}")
         run_lg "$b" "$m" throughput --qos "$q" --publishers "$np" --subscribers "$ns" \
             --payload $PAYLOAD --timeout-secs $LG_TIMEOUT "$@"
         line=$LINE
+        c1=$(cpu_ticks "${PID[$b]}")
         if [ -z "$line" ]; then record "$m" "$b" "nan"; continue; fi
+        # CPU per delivery, the broker's and the load generator's own (a
+        # ratio of brokers is only as good as a client cheaper than both).
+        u=$(kv unique "$line")
+        if [ "${u:-0}" -gt 0 ] 2>/dev/null; then
+            [ -n "$c0" ] && [ -n "$c1" ] && record "bcpu.$m" "$b" \
+                "$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v u="$u" 'BEGIN {printf "%.2f", d / hz * 1e6 / u}')"
+            record "ccpu.$m" "$b" "$(awk -v a="$(kv cpu_user_s "$line")" -v c="$(kv cpu_sys_s "$line")" -v u="$u" \
+                'BEGIN {printf "%.2f", (a + c) * 1e6 / u}')"
+        fi
         st=$(kv status "$line"); rate=$(kv deliver_rate "$line"); lost=$(kv lost "$line")
         case "$st" in ok|loss) record "$m" "$b" "$rate" ;; *) record "$m" "$b" "nan" ;; esac
         record "lost.$m" "$b" "$lost"
@@ -360,7 +372,7 @@ T1=$(date +%s)
 
 sum_file() { [ -s "$1" ] && awk '{s += $1} END {print s}' "$1" || echo ""; }
 
-row() { # label metric better(higher|lower) [sum]
+row() { # label metric better(higher|lower|client) [sum]
     local label=$1 m=$2 better=$3 how=${4:-median} a="" z="" ratio="—" win="—"
     if [ "$how" = sum ]; then
         a=$(sum_file "$WORK/vals.$m.midge"); z=$(sum_file "$WORK/vals.$m.mosquitto")
@@ -378,6 +390,8 @@ row() { # label metric better(higher|lower) [sum]
             else if (z + 0 != 0 && a / z > 0.95 && a / z < 1.05) print "≈ (within 5%)";
             else if ((b == "higher") == (a + 0 > z + 0)) print "**midge**"; else print "mosquitto" }')
     fi
+    # The load generator's own figures: no winner.
+    [ "$better" = client ] && win="(the client)"
     printf '| %s | %s | %s | %s | %s |\n' "$label" "$(fmt "$a")" "$(fmt "$z")" "$ratio" "$win"
 }
 
@@ -395,6 +409,7 @@ done
     echo "- both brokers: same config (listener on 127.0.0.1, allow_anonymous true, max_queued_messages 100000, max_inflight_messages 20, persistence false$([ "$BROKER_NODELAY" = 1 ] && echo ', set_tcp_nodelay true')); payload $PAYLOAD B; loadgen sockets use TCP_NODELAY"
     if [ ${#MIDGE_OPTS[@]} -gt 0 ]; then echo "- midge only: $(printf '`%s` ' "${MIDGE_OPTS[@]}")"; fi
     echo "- throughput = unique messages delivered to subscribers / (first publish → last delivery); publishers run ${DUR} s, each at most $LEAD/publishers messages ahead of the slowest subscriber; QoS 1 window $WINDOW PUBACKs"
+    echo "- CPU per delivery: the broker's user + system time over each throughput run (/proc/PID/stat, $CLK_TCK ticks a second) and loadgen's own (its getrusage), each over the run's unique deliveries: the client must cost less than the broker it measures"
     echo
     echo "| metric | midge | mosquitto | ratio midge/mosquitto | better |"
     echo "| --- | ---: | ---: | ---: | --- |"
@@ -404,6 +419,12 @@ done
     row "QoS 1 fan-out 1→100 (deliveries/s, higher is better)" q1_fan higher
     row "QoS 0 throughput 4→4 (deliveries/s, higher is better)" q0_44 higher
     row "QoS 1 throughput 4→4 (deliveries/s, higher is better)" q1_44 higher
+    row "CPU per delivery, QoS 1 1→1: broker (µs, lower is better)" bcpu.q1_11 lower
+    row "CPU per delivery, QoS 1 1→1: loadgen (µs)" ccpu.q1_11 client
+    row "CPU per delivery, QoS 1 4→4: broker (µs, lower is better)" bcpu.q1_44 lower
+    row "CPU per delivery, QoS 1 4→4: loadgen (µs)" ccpu.q1_44 client
+    row "CPU per delivery, QoS 0 4→4: broker (µs, lower is better)" bcpu.q0_44 lower
+    row "CPU per delivery, QoS 0 4→4: loadgen (µs)" ccpu.q0_44 client
     row "QoS 1 ping-pong latency p50 (µs, lower is better)" p50 lower
     row "QoS 1 ping-pong latency p99 (µs, lower is better)" p99 lower
     row "QoS 1 ping-pong latency max (µs, lower is better)" pmax lower
@@ -426,7 +447,7 @@ done
     echo
     echo "Per-run values (all repetitions):"
     echo
-    per_run_values BROKERS "" q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 p50 p99 paced_p50 paced_p99
+    per_run_values BROKERS "" q0_11 q1_11 q0_fan q1_fan q0_44 q1_44 bcpu.q1_11 ccpu.q1_11 bcpu.q1_44 ccpu.q1_44 bcpu.q0_44 ccpu.q0_44 p50 p99 paced_p50 paced_p99
     notes_section
 } > "$WORK/table.md"
 
