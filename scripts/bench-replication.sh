@@ -363,14 +363,7 @@ tp_test() { # metric pubs subs setup
         --duration-secs "$DUR" --max-lead $((LEAD / np)) --window $WINDOW --timeout-secs $LG_TIMEOUT
     line=$LINE
     c1=$(cpu_ticks "${pids[@]}")
-    # CPU per delivery: the broker's (every node of the setup) and the
-    # load generator's own, so that a ratio is not read as the client's.
-    if [ -n "$line" ] && [ "$(kv unique "$line")" -gt 0 ] 2>/dev/null; then
-        [ -n "$c0" ] && [ -n "$c1" ] && record "bcpu.$m" "$s" \
-            "$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v u="$(kv unique "$line")" 'BEGIN {printf "%.2f", d / hz * 1e6 / u}')"
-        record "ccpu.$m" "$s" "$(awk -v a="$(kv cpu_user_s "$line")" -v b="$(kv cpu_sys_s "$line")" -v u="$(kv unique "$line")" \
-            'BEGIN {printf "%.2f", (a + b) * 1e6 / u}')"
-    fi
+    record_cpu "$m" "$s" "$c0" "$c1" "$line"   # every node of the setup
     if [ "$s" != mosquitto ]; then
         h1=$(health "${HPORT[$s]}")
         echo "$s $m health-before $h0" >> "$RAW"

@@ -231,7 +231,7 @@ run_lg() { # broker test-name loadgen-args... ; sets LINE to the RESULT line
 
 
 tp_test() { # metric qos pubs subs [extra loadgen args]
-    local m=$1 q=$2 np=$3 ns=$4 b line st rate lost c0 c1 u
+    local m=$1 q=$2 np=$3 ns=$4 b line st rate lost c0 c1
     shift 4
     for b in "${BROKERS[@]}"; do
         log "$b: $m"
@@ -241,15 +241,7 @@ tp_test() { # metric qos pubs subs [extra loadgen args]
         line=$LINE
         c1=$(cpu_ticks "${PID[$b]}")
         if [ -z "$line" ]; then record "$m" "$b" "nan"; continue; fi
-        # CPU per delivery, the broker's and the load generator's own (a
-        # ratio of brokers is only as good as a client cheaper than both).
-        u=$(kv unique "$line")
-        if [ "${u:-0}" -gt 0 ] 2>/dev/null; then
-            [ -n "$c0" ] && [ -n "$c1" ] && record "bcpu.$m" "$b" \
-                "$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v u="$u" 'BEGIN {printf "%.2f", d / hz * 1e6 / u}')"
-            record "ccpu.$m" "$b" "$(awk -v a="$(kv cpu_user_s "$line")" -v c="$(kv cpu_sys_s "$line")" -v u="$u" \
-                'BEGIN {printf "%.2f", (a + c) * 1e6 / u}')"
-        fi
+        record_cpu "$m" "$b" "$c0" "$c1" "$line"
         st=$(kv status "$line"); rate=$(kv deliver_rate "$line"); lost=$(kv lost "$line")
         case "$st" in ok|loss) record "$m" "$b" "$rate" ;; *) record "$m" "$b" "nan" ;; esac
         record "lost.$m" "$b" "$lost"

@@ -96,12 +96,29 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 cpu_ticks() {
     local p t sum=0
     for p in "$@"; do
-        # Fields 14 and 15 after the ")" that ends the command name.
+        # utime and stime are fields 14 and 15 of stat: 12 and 13 once the
+        # pid and the "(command name)" are cut off.
         t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || return 0
         [ -n "$t" ] || return 0
         sum=$((sum + t))
     done
     echo "$sum"
+}
+
+# record_cpu METRIC SETUP C0 C1 LINE: CPU per delivery of a loadgen
+# throughput run (LINE, its RESULT), recorded as bcpu.METRIC (the broker's:
+# cpu_ticks C0 before and C1 after, all its processes) and ccpu.METRIC
+# (loadgen's own, from its getrusage figures), both in µs over the run's
+# unique deliveries: a ratio of brokers is only as good as a client that
+# costs less than both. Nothing when nothing was delivered.
+record_cpu() {
+    local m=$1 s=$2 c0=$3 c1=$4 line=$5 u
+    u=$(kv unique "$line")
+    [ "${u:-0}" -gt 0 ] 2>/dev/null || return 0
+    [ -n "$c0" ] && [ -n "$c1" ] && record "bcpu.$m" "$s" \
+        "$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v u="$u" 'BEGIN {printf "%.2f", d / hz * 1e6 / u}')"
+    record "ccpu.$m" "$s" "$(awk -v a="$(kv cpu_user_s "$line")" -v b="$(kv cpu_sys_s "$line")" -v u="$u" \
+        'BEGIN {printf "%.2f", (a + b) * 1e6 / u}')"
 }
 
 kv() { # key line -> value of key=value in a loadgen RESULT line
